@@ -1,0 +1,8 @@
+"""What runs inside run and service containers: the run logger, service schemas, the scoring server.
+
+Plain Python with no Django; pandas and numpy are imported only when a schema needs them.
+"""
+
+from mlportal_runtime.logger import METRIC_PREFIX, get_logger, parse_metric_line
+
+__all__ = ["METRIC_PREFIX", "get_logger", "parse_metric_line"]

@@ -1,0 +1,173 @@
+"""The shared fixture set: a team workspace with an owner, a contributor and a reader, and an
+outsider who owns another workspace. Every endpoint test tries the outsider too.
+
+Integration fixtures start the real parts: a Celery worker process (`celery_worker`) bound to the
+test database, and the live server (pytest-django's `live_server`).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from rest_framework.test import APIClient
+
+from workspaces import services
+from workspaces.models import Membership, Role
+
+REPO = Path(__file__).resolve().parent.parent
+ARTIFACTS = REPO / "test-artifacts"
+
+
+@pytest.fixture
+def make_user(django_user_model):
+    def make(username: str, password: str = "pw-for-tests-1"):
+        return django_user_model.objects.create_user(username=username, password=password)
+
+    return make
+
+
+@pytest.fixture
+def owner(make_user):
+    return make_user("olivia")
+
+
+@pytest.fixture
+def workspace(owner):
+    return services.workspace_create(name="team", user=owner)
+
+
+@pytest.fixture
+def contributor(make_user, workspace):
+    user = make_user("carl")
+    Membership.objects.create(workspace=workspace, user=user, role=Role.CONTRIBUTOR)
+    return user
+
+
+@pytest.fixture
+def reader(make_user, workspace):
+    user = make_user("rita")
+    Membership.objects.create(workspace=workspace, user=user, role=Role.READER)
+    return user
+
+
+@pytest.fixture
+def outsider(make_user):
+    user = make_user("oscar")
+    services.workspace_create(name="elsewhere", user=user)
+    return user
+
+
+def _client_for(user) -> APIClient:
+    client = APIClient()
+    _, secret = services.token_create(user=user, name="tests")
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    client.user = user
+    return client
+
+
+@pytest.fixture
+def api_for():
+    """api_for(user) -> an APIClient authenticated with a fresh bearer token of `user`."""
+    return _client_for
+
+
+@pytest.fixture
+def owner_api(owner, workspace):
+    return _client_for(owner)
+
+
+@pytest.fixture
+def contributor_api(contributor):
+    return _client_for(contributor)
+
+
+@pytest.fixture
+def reader_api(reader):
+    return _client_for(reader)
+
+
+@pytest.fixture
+def outsider_api(outsider):
+    return _client_for(outsider)
+
+
+@pytest.fixture
+def page_client(client):
+    """page_client(user) -> Django's test client logged in as `user` (for HTML pages)."""
+
+    def login(user):
+        client.force_login(user)
+        return client
+
+    return login
+
+
+# --- real parts ---------------------------------------------------------------------------------
+
+def worker_env(db_settings: dict) -> dict[str, str]:
+    """Environment for a subprocess (worker, server, CLI) that must use the test database."""
+    env = dict(os.environ)
+    env["DJANGO_SETTINGS_MODULE"] = "mlportal.settings"
+    env["MLPORTAL_DATA_DIR"] = str(settings.DATA_DIR)
+    engine = db_settings["ENGINE"]
+    if engine.endswith("sqlite3"):
+        env["DATABASE_URL"] = f"sqlite:///{db_settings['NAME']}"
+    else:
+        env["DATABASE_URL"] = (
+            f"postgres://{db_settings['USER']}:{db_settings['PASSWORD']}@{db_settings['HOST'] or 'localhost'}:"
+            f"{db_settings['PORT'] or 5432}/{db_settings['NAME']}"
+        )
+    env["CELERY_BROKER_URL"] = settings.CELERY_BROKER_URL
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@pytest.fixture(scope="session")
+def celery_worker_process(django_db_setup, django_db_blocker, tmp_path_factory):
+    """A real Celery worker (queues runs, builds, deploy, celery) on the test database, for the session.
+
+    Tests that use it must use `transactional_db` so the worker sees their rows.
+    """
+    from django.db import connection
+
+    with django_db_blocker.unblock():
+        db_settings = dict(connection.settings_dict)
+    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "mlportal", "worker", "-Q", "runs,builds,deploy,celery",
+         "-c", "3", "--loglevel", "INFO", "-n", f"test-worker-{os.getpid()}@%h", "--without-gossip", "--without-mingle"],
+        cwd=REPO, env=worker_env(db_settings), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    from mlportal.celery import app
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"Celery worker exited early:\n{log_path.read_text()[-3000:]}")
+        try:
+            if app.control.ping(timeout=1):
+                break
+        except Exception:  # broker not ready yet
+            time.sleep(0.5)
+    else:
+        raise RuntimeError(f"Celery worker did not answer within 60 s:\n{log_path.read_text()[-3000:]}")
+    proc.log_path = log_path
+    yield proc
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    log.close()
+
+
+@pytest.fixture
+def celery_worker(celery_worker_process, transactional_db):
+    return celery_worker_process

@@ -1,0 +1,27 @@
+"""Prints a new API token for a user, so scripts and CI can log in without a browser."""
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError
+
+from workspaces import services
+
+
+class Command(BaseCommand):
+    help = "Create an API token for USERNAME and print it (create the user with --create)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("username")
+        parser.add_argument("--name", default="cli", help="A name for the token (default: cli)")
+        parser.add_argument("--create", action="store_true", help="Create the user (and a workspace they own) if missing")
+        parser.add_argument("--workspace", default=None, help="Workspace for a created user (default: their username)")
+
+    def handle(self, *args, username, name, create, workspace, **options):
+        User = get_user_model()
+        user = User.objects.filter(username=username).first()
+        if user is None:
+            if not create:
+                raise CommandError(f"No user named '{username}': pass --create to create one.")
+            user, _, _ = services.user_bootstrap(username=username, workspace_name=workspace or username.lower())
+        if not user.is_active:
+            raise CommandError(f"User '{username}' is deactivated.")
+        _, secret = services.token_create(user=user, name=name)
+        self.stdout.write(secret)
