@@ -78,11 +78,11 @@ def add_tree(tar: tarfile.TarFile, root: Path, prefix: str) -> None:
     for path in tree_files(root):
         rel = path.relative_to(root).as_posix()
         parent = posixpath.dirname(f"{prefix}/{rel}")
-        _add_parents(tar, parent, made, uid=0, gid=0)
+        add_parents(tar, parent, made, uid=0, gid=0)
         add_bytes(tar, f"{prefix}/{rel}", path.read_bytes())
 
 
-def _add_parents(tar: tarfile.TarFile, directory: str, made: set[str], *, uid: int, gid: int) -> None:
+def add_parents(tar: tarfile.TarFile, directory: str, made: set[str], *, uid: int, gid: int) -> None:
     missing = []
     while directory and directory not in made:
         missing.append(directory)
@@ -112,7 +112,7 @@ def snapshot_for_container(snapshot: Path, *, uid: int, gid: int) -> IO[bytes]:
     made: set[str] = set()
     with tarfile.open(fileobj=out, mode="w") as tar:
         for name, member, src in _snapshot_members(snapshot):
-            _add_parents(tar, posixpath.dirname(name), made, uid=uid, gid=gid)
+            add_parents(tar, posixpath.dirname(name), made, uid=uid, gid=gid)
             if member.isdir():
                 if name not in made:
                     add_dir(tar, name, uid=uid, gid=gid)

@@ -38,7 +38,7 @@ class RequirementsError(BuildError):
 
 def normalise_requirements(requirements: list[str]) -> list[str]:
     """Returns the requirements in canonical form, without comments, blanks or duplicates,
-    sorted by project name. Raises RequirementsError for a line that is not a plain PEP 508
+    sorted. Raises RequirementsError for a line that is not a plain PEP 508
     requirement: pip options (``-r``, ``--index-url``, ``-e``) and URL/path requirements are
     refused, as they would read host files or reach other indexes."""
     seen: set[str] = set()
@@ -59,8 +59,19 @@ def normalise_requirements(requirements: list[str]) -> list[str]:
             raise RequirementsError(
                 f"requirement {line!r} points at a URL or path; use a package name and version "
                 f"from the package index instead", step="resolve requirements")
-        seen.add(str(req))
-    return sorted(seen, key=lambda text: (canonicalize_name(Requirement(text).name), text))
+        seen.add(_canonical(req))
+    return sorted(seen)
+
+
+def _canonical(req: Requirement) -> str:
+    """``Pandas >= 2.0`` and ``pandas>=2.0`` are one requirement: one spelling for the hash."""
+    text = canonicalize_name(req.name)
+    if req.extras:
+        text += "[" + ",".join(sorted(canonicalize_name(e) for e in req.extras)) + "]"
+    text += str(req.specifier)
+    if req.marker:
+        text += f"; {req.marker}"
+    return text
 
 
 @contextmanager

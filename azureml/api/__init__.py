@@ -1,0 +1,1 @@
+"""Lab-era ``azureml.api`` imports, re-exported from ``mlportal_runtime``."""

@@ -1,0 +1,3 @@
+from mlportal_runtime.schema import generate_schema
+
+__all__ = ["generate_schema"]

@@ -1,0 +1,3 @@
+from mlportal_runtime.schema import DataTypes
+
+__all__ = ["DataTypes"]

@@ -1,0 +1,3 @@
+from mlportal_runtime.schema import SampleDefinition
+
+__all__ = ["SampleDefinition"]

@@ -1,0 +1,528 @@
+"""Executing a run: in a fresh Docker container (``-c docker``) or a local process (``-c local``).
+
+Both runners share one contract: the project snapshot is copied in, ``python <script> <args>``
+runs with limits, stdout/stderr lines go to ``on_output`` as they come (without the newline),
+the run is killed on its time limit or when ``should_cancel()`` turns true, and the files the
+script wrote under ``outputs/`` come back as a tar with paths relative to ``outputs/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import queue
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker.errors
+
+from compute import _archive
+from compute.engine import (
+    ENGINE_EXCEPTIONS,
+    LABEL_ID,
+    LABEL_KIND,
+    BuildError,
+    connect,
+    engine_errors,
+)
+from compute.envimage import RUN_UID, RUN_USER, ensure_env_image, runtime_package_dirs
+from compute.wheels import ensure_wheels, file_lock, normalise_requirements, offline_pip_env
+
+logger = logging.getLogger(__name__)
+
+WORKDIR = "/workspace"
+POLL_S = 0.5
+STREAM_GRACE_S = 3.0
+MAX_LINE_BYTES = 64 * 1024
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass
+class RunSpec:
+    run_id: str
+    snapshot: Path  # a .tar of the project files
+    script: str
+    args: list[str]
+    requirements: list[str]
+    base_image: str
+    memory_mb: int = 2048
+    cpus: float = 1.0
+    pids: int = 256
+    timeout_s: int = 3600
+    network: bool = False
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    status: str  # "completed" | "failed" | "timed_out" | "canceled"
+    exit_code: int | None
+    reason: str  # human message, "" on success
+    oom: bool
+    outputs: Path | None  # a .tar of outputs/ (paths relative to outputs/), None if none
+    image: str
+
+
+def _check_spec(spec: RunSpec) -> None:
+    """Raises ValueError when the script path or an environment variable name is unusable."""
+    script = _archive.clean_relative_path(spec.script)
+    if script.startswith("-"):
+        raise ValueError(f"script {spec.script!r} must be a file of the project")
+    for name in spec.env:
+        if not ENV_NAME_RE.match(name):
+            raise ValueError(f"environment variable name {name!r} is not valid")
+    if spec.memory_mb < 16 or spec.cpus <= 0 or spec.pids < 8 or spec.timeout_s <= 0:
+        raise ValueError("memory_mb, cpus, pids and timeout_s must be positive (memory >= 16 MiB)")
+
+
+def _exit_reason(exit_code: int | None) -> str:
+    if exit_code is None:
+        return "ended without an exit code"
+    if exit_code < 0:
+        try:
+            return f"killed by signal {signal.Signals(-exit_code).name}"
+        except ValueError:
+            return f"killed by signal {-exit_code}"
+    if exit_code == 137:
+        return "exited with code 137 (killed)"
+    return f"exited with code {exit_code}"
+
+
+class _Lines:
+    """Splits byte chunks of one stream into decoded lines (a partial last line on flush)."""
+
+    def __init__(self) -> None:
+        self._rest = b""
+
+    def feed(self, chunk: bytes) -> list[str]:
+        *lines, self._rest = (self._rest + chunk).split(b"\n")
+        # A script that never ends its line must not grow this buffer without bound.
+        while len(self._rest) > MAX_LINE_BYTES:
+            lines.append(self._rest[:MAX_LINE_BYTES])
+            self._rest = self._rest[MAX_LINE_BYTES:]
+        return [_decode(line) for line in lines]
+
+    def flush(self) -> list[str]:
+        rest, self._rest = self._rest, b""
+        return [_decode(rest)] if rest else []
+
+
+def _decode(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace").rstrip("\r")
+
+
+_DONE = object()
+
+
+def _pump(put: Callable[[object], None], frames: Iterable[tuple[int, bytes]]) -> None:
+    """Reads ``(stream number, bytes)`` frames and puts complete lines, kept apart per stream
+    so a partial stdout line never merges with stderr; puts the partial rests at the end."""
+    splitters: dict[int, _Lines] = {}
+    try:
+        for stream_no, chunk in frames:
+            if chunk:
+                for line in splitters.setdefault(stream_no, _Lines()).feed(chunk):
+                    put(line)
+    except Exception as exc:  # noqa: BLE001 - the run goes on; the loss is reported in the log
+        put(f"[mlportal] log stream interrupted: {exc}")
+    finally:
+        for splitter in splitters.values():
+            for line in splitter.flush():
+                put(line)
+
+
+def _start_readers(sources: list[Iterable[tuple[int, bytes]]], lines: queue.Queue) -> list[threading.Thread]:
+    """Starts one reader thread per source; ``_DONE`` is queued once all of them have ended."""
+    remaining = [len(sources)]
+    lock = threading.Lock()
+
+    def read(frames: Iterable[tuple[int, bytes]]) -> None:
+        _pump(lines.put, frames)
+        with lock:
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                lines.put(_DONE)
+
+    threads = [threading.Thread(target=read, args=(src,), daemon=True, name="run-output")
+               for src in sources]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def _supervise(*, lines: queue.Queue, on_output: Callable[[str], None],
+               should_cancel: Callable[[], bool], timeout_s: int, is_running: Callable[[], bool],
+               kill: Callable[[], None], close_stream: Callable[[], None] = lambda: None,
+               started: float | None = None) -> str | None:
+    """Delivers queued lines to ``on_output`` until the output has ended and the process is
+    gone; kills it on ``timeout_s`` (counted from ``started``) or a cancel (polled every
+    ``POLL_S``). A stream still open ``STREAM_GRACE_S`` after the process ended is closed (a
+    grandchild holding the pipe, a stuck attach). Returns "timed_out", "canceled" or None."""
+    deadline = (started if started is not None else time.monotonic()) + timeout_s
+    next_check = 0.0
+    verdict: str | None = None
+    stream_done = False
+    gone_at: float | None = None
+    closed = False
+    while True:
+        try:
+            item = lines.get(timeout=POLL_S)
+        except queue.Empty:
+            item = None
+        if item is _DONE:
+            stream_done = True
+        elif item is not None:
+            on_output(item)
+        now = time.monotonic()
+        if verdict is None and now >= deadline:
+            verdict = "timed_out"
+            kill()
+        if now >= next_check or stream_done:
+            next_check = now + POLL_S
+            if verdict is None and should_cancel():
+                verdict = "canceled"
+                kill()
+            if gone_at is None and not is_running():
+                gone_at = now
+        if gone_at is None:
+            continue
+        if stream_done:
+            return verdict
+        if not closed and now - gone_at > STREAM_GRACE_S:
+            close_stream()
+            closed = True
+        elif now - gone_at > STREAM_GRACE_S + 5:
+            on_output("[mlportal] the output stream did not end; some last lines may be missing")
+            return verdict
+
+
+def _result_for(verdict: str | None, *, exit_code: int | None, oom: bool, memory_mb: int,
+                timeout_s: int, outputs: Path | None, image: str) -> RunResult:
+    if verdict == "timed_out":
+        return RunResult("timed_out", exit_code, f"over its time limit of {timeout_s} s", False,
+                         outputs, image)
+    if verdict == "canceled":
+        return RunResult("canceled", exit_code, "canceled", False, outputs, image)
+    if oom and exit_code != 0:
+        return RunResult("failed", exit_code, f"out of memory (limit {memory_mb} MiB)", True,
+                         outputs, image)
+    if exit_code == 0:
+        return RunResult("completed", 0, "", oom, outputs, image)
+    return RunResult("failed", exit_code, _exit_reason(exit_code), oom, outputs, image)
+
+
+# --- Docker -------------------------------------------------------------------------------------
+
+def _container_name(run_id: str) -> str:
+    safe = re.sub(r"[^a-zA-Z0-9_.-]", "-", run_id)[:40].strip("-.") or "run"
+    return f"mlportal-run-{safe}-{secrets.token_hex(3)}"
+
+
+def run_in_docker(spec: RunSpec, *, wheel_cache: Path, on_output: Callable[[str], None],
+                  should_cancel: Callable[[], bool],
+                  on_container: Callable[[str], None] = lambda cid: None, workdir: Path,
+                  base_url: str | None = None) -> RunResult:
+    """Runs ``spec`` in a fresh container of its environment image and returns the result.
+
+    Prepares the environment image first (its log goes to ``on_output`` prefixed with
+    ``[prepare]``); a requirement pip cannot resolve or a failed image build gives a "failed"
+    result whose reason says why. The container runs as ``mlportal`` with the spec's limits,
+    no network unless ``spec.network``, no mounts, and only ``spec.env`` + PYTHONUNBUFFERED
+    added to the image's environment; ``on_container`` gets its id right after it is created.
+    The container is removed in every case. Raises EngineError when the engine fails and
+    ValueError for an unusable spec."""
+    _check_spec(spec)
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        image = ensure_env_image(base_image=spec.base_image, requirements=spec.requirements,
+                                 wheel_cache=wheel_cache, base_url=base_url,
+                                 log=lambda line: on_output(f"[prepare] {line}"))
+    except BuildError as exc:  # the build log has already gone to on_output line by line
+        on_output(f"[prepare] error: {exc}")
+        return RunResult("failed", None, f"environment preparation failed: {exc}", False, None,
+                         "")
+    if should_cancel():
+        return RunResult("canceled", None, "canceled", False, None, image)
+
+    with connect(base_url, timeout=300) as client:
+        container = None
+        try:
+            container = client.containers.create(
+                image,
+                command=["python", spec.script, *spec.args],
+                name=_container_name(spec.run_id),
+                user=RUN_USER,
+                working_dir=WORKDIR,
+                environment={**spec.env, "PYTHONUNBUFFERED": "1"},
+                labels={LABEL_KIND: "run", LABEL_ID: spec.run_id},
+                mem_limit=f"{spec.memory_mb}m",
+                memswap_limit=f"{spec.memory_mb}m",
+                nano_cpus=int(spec.cpus * 1e9),
+                pids_limit=spec.pids,
+                network_mode="bridge" if spec.network else "none",
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges"],
+                restart_policy={"Name": "no"},
+                stdin_open=False,
+                tty=False,
+            )
+            on_container(container.id)
+            with _archive.snapshot_for_container(spec.snapshot, uid=RUN_UID, gid=RUN_UID) as tar:
+                container.put_archive(WORKDIR, tar)
+            verdict = _follow_container(container.id, spec=spec, on_output=on_output,
+                                        should_cancel=should_cancel, base_url=base_url,
+                                        client=client)
+            state = client.api.inspect_container(container.id)["State"]
+            exit_code = state.get("ExitCode")
+            outputs = _copy_outputs(client, container.id, workdir / "outputs.tar")
+            return _result_for(verdict, exit_code=exit_code, oom=bool(state.get("OOMKilled")),
+                               memory_mb=spec.memory_mb, timeout_s=spec.timeout_s,
+                               outputs=outputs, image=image)
+        finally:
+            if container is not None:
+                _remove_quietly(client, container.id)
+
+
+def _follow_container(container_id: str, *, spec: RunSpec, on_output, should_cancel,
+                      base_url: str | None, client) -> str | None:
+    """Starts the container and supervises it; returns the verdict of _supervise."""
+    # Attach before start (as `docker run` does) so no line is missed. The stream has its own
+    # client: its socket stays open for the whole run, so its read timeout outlasts the limit.
+    with connect(base_url, timeout=spec.timeout_s + 120) as log_client:
+        stream = log_client.api.attach(container_id, stdout=True, stderr=True, stream=True,
+                                       logs=False, demux=True)
+        readers: list[threading.Thread] = []
+        try:
+            frames = ((1, out) if out else (2, err) for out, err in stream)
+            lines: queue.Queue = queue.Queue()
+            readers = _start_readers([frames], lines)
+            client.api.start(container_id)
+            started = time.monotonic()
+
+            def is_running() -> bool:
+                with engine_errors(base_url):
+                    return bool(client.api.inspect_container(container_id)["State"]["Running"])
+
+            def kill() -> None:
+                try:
+                    client.api.kill(container_id)
+                except docker.errors.APIError as exc:  # already stopped: nothing to kill
+                    if exc.status_code not in (404, 409):
+                        raise
+
+            with engine_errors(base_url):
+                return _supervise(lines=lines, on_output=on_output, should_cancel=should_cancel,
+                                  timeout_s=spec.timeout_s, is_running=is_running, kill=kill,
+                                  close_stream=stream.close, started=started)
+        finally:
+            stream.close()
+            for reader in readers:
+                reader.join(timeout=5)
+
+
+def _copy_outputs(client, container_id: str, dest: Path) -> Path | None:
+    """Copies ``/workspace/outputs`` of a stopped container to ``dest``; None when missing or empty."""
+    try:
+        chunks, _stat = client.api.get_archive(container_id, f"{WORKDIR}/outputs")
+    except docker.errors.NotFound:
+        return None
+    with tempfile.TemporaryFile(dir=dest.parent) as raw:
+        for chunk in chunks:
+            raw.write(chunk)
+        raw.seek(0)
+        return _archive.repack_outputs(raw, prefix="outputs", dest=dest)
+
+
+def _remove_quietly(client, container_id: str) -> None:
+    try:
+        client.api.remove_container(container_id, force=True, v=True)
+    except docker.errors.NotFound:
+        pass
+    except ENGINE_EXCEPTIONS as exc:  # the sweeper removes what is left by label
+        logger.warning("could not remove container %s: %s", container_id[:12], exc)
+
+
+def remove_container(container_id: str, *, base_url: str | None = None) -> None:
+    """Removes a container, running or not, with its anonymous volumes; a missing one is fine."""
+    with connect(base_url) as client:
+        try:
+            client.api.remove_container(container_id, force=True, v=True)
+        except docker.errors.NotFound:
+            pass
+
+
+def list_containers(kind: str, *, base_url: str | None = None) -> list[dict]:
+    """Returns the product's containers labelled ``mlportal.kind=<kind>``, stopped ones too:
+    ``{"id", "name", "status", "labels", "running"}`` each."""
+    with connect(base_url) as client:
+        found = client.api.containers(all=True, filters={"label": f"{LABEL_KIND}={kind}"})
+    return [
+        {
+            "id": item["Id"],
+            "name": (item.get("Names") or ["/"])[0].lstrip("/"),
+            "status": item.get("State", ""),  # created, running, exited, dead...
+            "labels": item.get("Labels") or {},
+            "running": item.get("State") == "running",
+        }
+        for item in found
+    ]
+
+
+# --- local process ------------------------------------------------------------------------------
+
+def _venv_for(requirements: list[str], *, venv_root: Path, wheel_cache: Path,
+              on_output: Callable[[str], None]) -> Path:
+    """Returns a virtualenv holding ``requirements``, made once per requirement set (and
+    Python version) under ``venv_root`` and reused after."""
+    reqs = normalise_requirements(requirements)
+    key = hashlib.sha256("\n".join([sys.version, *reqs]).encode()).hexdigest()[:16]
+    venv = venv_root / key
+    ready = venv / ".mlportal-ready"
+    if ready.exists():
+        return venv
+    with file_lock(venv_root / f".{key}.lock"):
+        if ready.exists():
+            return venv
+        shutil.rmtree(venv, ignore_errors=True)
+        on_output(f"[prepare] creating virtualenv {venv}")
+        wheels = ensure_wheels(reqs, cache_dir=wheel_cache,
+                               log=lambda line: on_output(f"[prepare] {line}"))
+        _check_call([sys.executable, "-m", "venv", "--without-pip", str(venv)], on_output)
+        if wheels:
+            # The portal's own pip installs into the new venv (--python), offline, exactly the
+            # wheels the resolver chose.
+            _check_call([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"),
+                         "install", "--no-index", "--no-deps", "--no-cache-dir",
+                         *map(str, wheels)], on_output, env=offline_pip_env())
+        ready.write_text("\n".join(reqs) + "\n")
+    return venv
+
+
+def _check_call(cmd: list[str], on_output: Callable[[str], None], env=None) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+    for line in (proc.stdout + proc.stderr).splitlines():
+        on_output(f"[prepare] {line}")
+    if proc.returncode != 0:
+        raise BuildError(f"preparing the local environment failed: {cmd[2]} exited with "
+                         f"{proc.returncode}", step=" ".join(cmd[:4]),
+                         log_tail=(proc.stdout + proc.stderr)[-4000:])
+
+
+# Sets the address-space limit, then becomes the script's interpreter (exec keeps the limit).
+# A launcher instead of preexec_fn, which is unsafe in a threaded worker.
+_LIMIT_AND_EXEC = (
+    "import os, resource, sys\n"
+    "limit = int(sys.argv[1])\n"
+    "try:\n"
+    "    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))\n"
+    "except (ValueError, OSError):\n"
+    "    pass\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+def _chunks(stream, number: int):
+    with stream:
+        while chunk := stream.read1(65536):
+            yield number, chunk
+
+
+def run_local(spec: RunSpec, *, venv_root: Path, wheel_cache: Path,
+              on_output: Callable[[str], None], should_cancel: Callable[[], bool],
+              workdir: Path) -> RunResult:
+    """Runs ``spec`` as a local process in a cached virtualenv and returns the result.
+
+    The snapshot is extracted into a fresh folder under ``workdir`` (removed afterwards; the
+    outputs tar stays at ``workdir/outputs.tar``). The process gets a minimal environment (PATH,
+    HOME, LANG, PYTHONPATH with the runtime packages, PYTHONUNBUFFERED and ``spec.env``; nothing
+    of the portal's own), its own process group (killed whole on timeout or cancel) and an
+    address-space limit of ``memory_mb``. ``cpus``, ``pids`` and ``network`` are not enforced
+    locally. Raises ValueError for an unusable spec."""
+    _check_spec(spec)
+    workdir.mkdir(parents=True, exist_ok=True)
+    venv_root.mkdir(parents=True, exist_ok=True)
+    try:
+        venv = _venv_for(spec.requirements, venv_root=venv_root, wheel_cache=wheel_cache,
+                         on_output=on_output)
+    except BuildError as exc:
+        on_output(f"[prepare] error: {exc}")
+        return RunResult("failed", None, f"environment preparation failed: {exc}", False, None,
+                         "local")
+    image = f"local:{venv.name}"
+    if should_cancel():
+        return RunResult("canceled", None, "canceled", False, None, image)
+
+    scratch = Path(tempfile.mkdtemp(prefix="run-", dir=workdir))
+    try:
+        project, home, lib = scratch / "workspace", scratch / "home", scratch / "lib"
+        for folder in (project, home, lib):
+            folder.mkdir()
+        _archive.extract_snapshot(spec.snapshot, project)
+        for root in runtime_package_dirs():
+            shutil.copytree(root, lib / root.name,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        env = {
+            "PATH": f"{venv / 'bin'}:/usr/local/bin:/usr/bin:/bin",
+            "HOME": str(home),
+            "TMPDIR": str(home),
+            "LANG": "C.UTF-8",
+            "PYTHONPATH": str(lib),
+            "VIRTUAL_ENV": str(venv),
+            **spec.env,
+            "PYTHONUNBUFFERED": "1",
+        }
+        python = str(venv / "bin" / "python")
+        proc = subprocess.Popen(
+            [python, "-c", _LIMIT_AND_EXEC, str(spec.memory_mb * 1024 * 1024), python,
+             spec.script, *spec.args],
+            cwd=project, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, start_new_session=True,
+        )
+        lines: queue.Queue = queue.Queue()
+        readers = _start_readers([_chunks(proc.stdout, 1), _chunks(proc.stderr, 2)], lines)
+        tail: list[str] = []
+
+        def kill() -> None:  # the whole process group: the script's children too
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+        def is_running() -> bool:
+            if proc.poll() is None:
+                return True
+            kill()  # orphans left behind would hold the pipes open
+            return False
+
+        def deliver(line: str) -> None:
+            tail.append(line)
+            del tail[:-20]
+            on_output(line)
+
+        try:
+            verdict = _supervise(lines=lines, on_output=deliver, should_cancel=should_cancel,
+                                 timeout_s=spec.timeout_s, is_running=is_running, kill=kill)
+        finally:
+            kill()
+            proc.wait()
+            for thread in readers:
+                thread.join(timeout=5)
+        exit_code = proc.returncode
+        oom = exit_code != 0 and any("MemoryError" in line for line in tail)
+        outputs = _archive.tar_directory(project / "outputs", workdir / "outputs.tar")
+        return _result_for(verdict, exit_code=exit_code, oom=oom, memory_mb=spec.memory_mb,
+                           timeout_s=spec.timeout_s, outputs=outputs, image=image)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+

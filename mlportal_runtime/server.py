@@ -1,0 +1,1206 @@
+"""The scoring server of a service image: pre-fork, keep-alive HTTP/1.1, standard library only.
+
+    python -m mlportal_runtime.server --app-dir /app --port 5001 [--workers N] [--host 0.0.0.0]
+
+The master binds one socket and forks N workers. Each worker chdir's to the app dir, imports
+``score.py``, calls ``init()`` once, then serves from an epoll loop: many keep-alive
+connections per worker, requests handled one at a time (``run()`` is CPU-bound; the workers
+are the parallelism). The master respawns a worker that dies, kills one stuck in a request
+past the timeout, and stops all on SIGTERM/SIGINT.
+
+Environment: MLPORTAL_SERVICE_NAME, MLPORTAL_SERVICE_KEYS (``primary,secondary``; when set,
+scoring needs ``Authorization: Bearer <key>``), MLPORTAL_WORKERS, MLPORTAL_MAX_BODY_BYTES
+(default 1 MiB), MLPORTAL_REQUEST_TIMEOUT (seconds), MLPORTAL_ACCESS_LOG (``0`` turns the
+per-request line off), MLPORTAL_MODEL_VERSION (shown by the OIP metadata).
+
+Endpoints: ``POST /score``, ``POST /api/v1/service/<name>/score``, ``GET /health``,
+``GET /ready``, ``GET /swagger.json``, ``GET /metrics`` and the Open Inference Protocol v2
+(``/v2/health/live``, ``/v2/health/ready``, ``/v2/models/<name>[/ready|/infer]``).
+Scoring endpoints need the key when keys are set; probes, documents and metrics do not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import hmac
+import importlib.util
+import inspect
+import json
+import mmap
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from typing import Any, Callable
+
+from mlportal_runtime import oip
+from mlportal_runtime.schema import SchemaError, build_inputs, load_schema, openapi_document
+
+EXIT_INIT_FAILED = 3
+DEFAULT_MAX_BODY = 1024 * 1024
+MAX_HEADER_BYTES = 64 * 1024
+KEEPALIVE_TIMEOUT = 30.0  # seconds a connection may sit idle or half-sent
+KILL_GRACE = 2.0  # seconds past the request timeout before the master kills a stuck worker
+SCHEMA_FILE = "service_schema.json"
+SCORE_FILE = "score.py"
+SERVER_NAME = "mlportal"
+
+REASONS = {
+    100: "Continue", 200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+    405: "Method Not Allowed", 408: "Request Timeout", 411: "Length Required",
+    413: "Content Too Large", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
+    501: "Not Implemented", 503: "Service Unavailable", 504: "Gateway Timeout", 505: "HTTP Version Not Supported",
+}
+JSON_TYPE = b"application/json"
+
+
+class RequestTimeout(BaseException):
+    """Raised by SIGALRM inside a request; a BaseException so ``except Exception`` in run() lets it through."""
+
+
+class HttpError(Exception):
+    """A request the server answers with an error status (and, when ``close``, closes the connection)."""
+
+    def __init__(self, status: int, code: str, message: str, close: bool = False) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.close = close
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------
+
+
+class Config:
+    def __init__(self, args: argparse.Namespace) -> None:
+        env = os.environ
+        self.app_dir = os.path.abspath(args.app_dir)
+        self.host = args.host
+        self.port = args.port
+        self.workers = args.workers or _env_int("MLPORTAL_WORKERS", 0) or _cpu_count()
+        self.service_name = env.get("MLPORTAL_SERVICE_NAME", "").strip() or "model"
+        self.model_version = env.get("MLPORTAL_MODEL_VERSION", "").strip() or None
+        self.keys = [k.strip().encode() for k in env.get("MLPORTAL_SERVICE_KEYS", "").split(",") if k.strip()]
+        self.max_body = _env_int("MLPORTAL_MAX_BODY_BYTES", DEFAULT_MAX_BODY)
+        self.timeout = _env_float("MLPORTAL_REQUEST_TIMEOUT", 0.0) or None
+        self.access_log = env.get("MLPORTAL_ACCESS_LOG", "1").strip().lower() not in ("0", "false", "no", "off")
+        self.score_file = args.score_file
+        self.schema_file = args.schema_file
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SystemExit(f"mlportal: {name}={raw!r} is not an integer") from None
+    if value < 0:
+        raise SystemExit(f"mlportal: {name} must not be negative")
+    return value
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SystemExit(f"mlportal: {name}={raw!r} is not a number of seconds") from None
+    if not value >= 0:
+        raise SystemExit(f"mlportal: {name} must not be negative")
+    return value
+
+
+def _cpu_count() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _log(message: str) -> None:
+    sys.stderr.write(f"mlportal: {message}\n")
+    sys.stderr.flush()
+
+
+# --------------------------------------------------------------------------------------------
+# Shared counters: one row of doubles per worker in an anonymous shared mapping made before the
+# fork. Each worker writes only its own row, so no lock is needed; /metrics sums the rows.
+# --------------------------------------------------------------------------------------------
+
+HANDLERS = ("score", "infer", "health", "ready", "metadata", "swagger", "metrics", "other")
+CODES = (200, 400, 401, 404, 405, 408, 411, 413, 431, 500, 501, 503, 504, 505, 0)  # 0: any other
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, float("inf"))
+_CODE_INDEX = {code: i for i, code in enumerate(CODES)}
+_HANDLER_INDEX = {name: i for i, name in enumerate(HANDLERS)}
+F_PID, F_BUSY, F_READY, F_LAT_SUM, F_ERR_RUN, F_ERR_TIMEOUT, F_RESTARTS, F_KILLED, F_CONNS = range(9)
+F_HIST = 9
+F_REQ = F_HIST + len(BUCKETS)
+ROW = F_REQ + len(HANDLERS) * len(CODES)
+
+
+class Stats:
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._map = mmap.mmap(-1, 8 * ROW * workers)
+        self.cells = (ctypes.c_double * (ROW * workers)).from_buffer(self._map)
+
+    def row(self, index: int) -> "Row":
+        return Row(self.cells, index * ROW)
+
+    def any_ready(self) -> bool:
+        return any(self.cells[i * ROW + F_READY] for i in range(self.workers))
+
+    def fewest_connections_elsewhere(self, me: int, idle_only: bool = True) -> float:
+        """Return the fewest open connections among the other ready (and idle) workers, inf if none."""
+        cells = self.cells
+        best = float("inf")
+        for i in range(self.workers):
+            base = i * ROW
+            if i != me and cells[base + F_READY] and not (idle_only and cells[base + F_BUSY]):
+                best = min(best, cells[base + F_CONNS])
+        return best
+
+    def total(self, field: int) -> float:
+        return sum(self.cells[i * ROW + field] for i in range(self.workers))
+
+    def prometheus(self, configured_workers: int) -> bytes:
+        cells, workers = self.cells, self.workers
+        lines = [
+            "# HELP mlportal_requests_total HTTP requests answered, by handler and status code.",
+            "# TYPE mlportal_requests_total counter",
+        ]
+        for h, handler in enumerate(HANDLERS):
+            for c, code in enumerate(CODES):
+                field = F_REQ + h * len(CODES) + c
+                count = sum(cells[w * ROW + field] for w in range(workers))
+                if count:
+                    label = str(code) if code else "other"
+                    lines.append(f'mlportal_requests_total{{handler="{handler}",code="{label}"}} {count:.0f}')
+        lines += [
+            "# HELP mlportal_scoring_errors_total Scoring requests that failed: run() raised (exception) or ran past the timeout (timeout).",
+            "# TYPE mlportal_scoring_errors_total counter",
+            f'mlportal_scoring_errors_total{{reason="exception"}} {self.total(F_ERR_RUN):.0f}',
+            f'mlportal_scoring_errors_total{{reason="timeout"}} {self.total(F_ERR_TIMEOUT):.0f}',
+            "# HELP mlportal_request_duration_seconds Time to answer scoring requests (score and infer).",
+            "# TYPE mlportal_request_duration_seconds histogram",
+        ]
+        cumulative = 0.0
+        for b, bound in enumerate(BUCKETS):
+            cumulative += self.total(F_HIST + b)
+            le = "+Inf" if bound == float("inf") else repr(bound)
+            lines.append(f'mlportal_request_duration_seconds_bucket{{le="{le}"}} {cumulative:.0f}')
+        lines += [
+            f"mlportal_request_duration_seconds_sum {self.total(F_LAT_SUM):.6f}",
+            f"mlportal_request_duration_seconds_count {cumulative:.0f}",
+            "# HELP mlportal_workers Worker processes configured.",
+            "# TYPE mlportal_workers gauge",
+            f"mlportal_workers {configured_workers}",
+            "# HELP mlportal_workers_ready Workers whose init() has finished.",
+            "# TYPE mlportal_workers_ready gauge",
+            f"mlportal_workers_ready {self.total(F_READY):.0f}",
+            "# HELP mlportal_worker_restarts_total Workers started again after one died or was killed.",
+            "# TYPE mlportal_worker_restarts_total counter",
+            f"mlportal_worker_restarts_total {self.total(F_RESTARTS):.0f}",
+            "# HELP mlportal_worker_kills_total Workers killed by the master for running past the request timeout.",
+            "# TYPE mlportal_worker_kills_total counter",
+            f"mlportal_worker_kills_total {self.total(F_KILLED):.0f}",
+        ]
+        return ("\n".join(lines) + "\n").encode()
+
+
+class Row:
+    __slots__ = ("cells", "base")
+
+    def __init__(self, cells: Any, base: int) -> None:
+        self.cells = cells
+        self.base = base
+
+    def __getitem__(self, field: int) -> float:
+        return self.cells[self.base + field]
+
+    def __setitem__(self, field: int, value: float) -> None:
+        self.cells[self.base + field] = value
+
+    def count(self, handler: str, status: int, seconds: float | None) -> None:
+        cells, base = self.cells, self.base
+        cells[base + F_REQ + _HANDLER_INDEX[handler] * len(CODES) + _CODE_INDEX.get(status, len(CODES) - 1)] += 1
+        if seconds is not None:
+            cells[base + F_LAT_SUM] += seconds
+            for b, bound in enumerate(BUCKETS):
+                if seconds <= bound:
+                    cells[base + F_HIST + b] += 1
+                    break
+
+
+# --------------------------------------------------------------------------------------------
+# HTTP/1.1 parsing and responses
+# --------------------------------------------------------------------------------------------
+
+
+class Request:
+    __slots__ = ("method", "target", "path", "version", "headers", "body", "keep_alive")
+
+    def __init__(self, method: str, target: str, version: str, headers: dict[str, str], body: bytes) -> None:
+        self.method = method
+        self.target = target
+        self.path = target.split("?", 1)[0]
+        self.version = version
+        self.headers = headers
+        self.body = body
+        connection = headers.get("connection", "").lower()
+        if version == "HTTP/1.1":
+            self.keep_alive = "close" not in connection
+        else:
+            self.keep_alive = "keep-alive" in connection
+
+
+def parse_head(buf: bytearray, end: int) -> tuple[str, str, str, dict[str, str]]:
+    """Return (method, target, version, lowercased headers) of the head ``buf[:end]``."""
+    try:
+        text = buf[:end].decode("latin-1")
+    except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes every byte
+        raise HttpError(400, "bad_request", "the request head is not text", close=True) from None
+    lines = text.split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[0] or not parts[1].startswith("/"):
+        raise HttpError(400, "bad_request", "malformed request line", close=True)
+    method, target, version = parts
+    if version not in ("HTTP/1.1", "HTTP/1.0"):
+        raise HttpError(505, "http_version", f"{version} is not supported; use HTTP/1.1", close=True)
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if not sep or not name or name != name.strip():
+            raise HttpError(400, "bad_request", f"malformed header line {line[:40]!r}", close=True)
+        key = name.lower()
+        value = value.strip()
+        if key in headers:
+            if key == "content-length" and headers[key] != value:
+                raise HttpError(400, "bad_request", "conflicting Content-Length headers", close=True)
+            headers[key] = headers[key] + ", " + value
+        else:
+            headers[key] = value
+    return method, target, version, headers
+
+
+def parse_chunked(buf: bytearray, start: int, limit: int) -> tuple[bytes, int] | None:
+    """Return (body, end offset) of a complete chunked body at ``buf[start:]``, None when incomplete."""
+    parts = []
+    size_total = 0
+    pos = start
+    while True:
+        line_end = buf.find(b"\r\n", pos)
+        if line_end < 0:
+            if len(buf) - pos > 1024:
+                raise HttpError(400, "bad_request", "malformed chunk size line", close=True)
+            return None
+        size_text = bytes(buf[pos:line_end]).split(b";", 1)[0].strip()
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            raise HttpError(400, "bad_request", "malformed chunk size", close=True) from None
+        if size < 0:
+            raise HttpError(400, "bad_request", "malformed chunk size", close=True)
+        size_total += size
+        if size_total > limit:
+            raise HttpError(413, "body_too_large", f"the body is larger than {limit} bytes", close=True)
+        pos = line_end + 2
+        if size == 0:
+            # Trailers, if any, end with an empty line.
+            trailer_end = buf.find(b"\r\n", pos)
+            while trailer_end >= 0 and trailer_end != pos:
+                pos = trailer_end + 2
+                trailer_end = buf.find(b"\r\n", pos)
+            if trailer_end < 0:
+                return None
+            return b"".join(parts), trailer_end + 2
+        if len(buf) < pos + size + 2:
+            return None
+        parts.append(bytes(buf[pos:pos + size]))
+        if buf[pos + size:pos + size + 2] != b"\r\n":
+            raise HttpError(400, "bad_request", "chunk data is not followed by CRLF", close=True)
+        pos += size + 2
+
+
+def response_bytes(status: int, body: bytes, content_type: bytes = JSON_TYPE, keep_alive: bool = True,
+                   extra: bytes = b"", head_only: bool = False) -> bytes:
+    head = b"HTTP/1.1 %d %s\r\nServer: mlportal\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s%s\r\n" % (
+        status, REASONS.get(status, "Unknown").encode(), content_type, len(body), extra,
+        b"" if keep_alive else b"Connection: close\r\n",
+    )
+    return head if head_only else head + body
+
+
+def error_body(code: str, message: str) -> bytes:
+    return json.dumps({"error": {"code": code, "message": message}}).encode()
+
+
+def _reject_constant(token: str) -> Any:
+    raise ValueError(f"{token} is not a valid JSON number")
+
+
+def parse_json_body(body: bytes) -> Any:
+    if not body.strip():
+        raise HttpError(400, "invalid_json", "the request body is empty; send a JSON object")
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise HttpError(400, "invalid_json", "the request body is not UTF-8 JSON") from None
+    except ValueError as exc:
+        raise HttpError(400, "invalid_json", f"the request body is not valid JSON: {exc}") from None
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return value.tolist()
+    if hasattr(value, "to_dict") and hasattr(value, "columns"):  # DataFrame
+        return value.to_dict(orient="records")
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    raise TypeError(f"run() returned a {type(value).__name__}, which cannot be sent as JSON")
+
+
+def encode_result(result: Any) -> bytes:
+    """Return the JSON bytes for what run() returned; a str that is JSON already goes out as is."""
+    if isinstance(result, (bytes, bytearray)):
+        result = bytes(result).decode("utf-8", "replace")
+    if isinstance(result, str):
+        try:
+            json.loads(result, parse_constant=_reject_constant)
+            return result.encode()
+        except ValueError:
+            return json.dumps(result).encode()
+    try:
+        return json.dumps(result, default=_json_default, allow_nan=False).encode()
+    except ValueError as exc:
+        raise ValueError(f"run() returned a value JSON cannot carry ({exc}); replace NaN/Infinity") from None
+
+
+# --------------------------------------------------------------------------------------------
+# The application: routing and handlers (one instance per worker)
+# --------------------------------------------------------------------------------------------
+
+
+class App:
+    def __init__(self, config: Config, schema: Any, openapi: bytes, stats: Stats, worker_index: int) -> None:
+        self.config = config
+        self.schema = schema
+        self.openapi = openapi
+        self.stats = stats
+        self.row = stats.row(worker_index)
+        self.worker = worker_index
+        self.ready = False
+        self.run: Callable[..., Any] | None = None
+        self.run_takes_raw = False
+        self.keys = config.keys
+        self.name = config.service_name
+        self.api_prefix = "/api/v1/service/"
+        self.model_prefix = "/v2/models/"
+        self.init_error: str | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def load_module(self) -> None:
+        """Import score.py and call init() once; raises what init() raised."""
+        path = os.path.join(self.config.app_dir, self.config.score_file)
+        module_name = os.path.splitext(os.path.basename(path))[0]
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        if spec is None or spec.loader is None:
+            raise RuntimeError(f"cannot import {path}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module  # pickles may name classes defined in score.py
+        spec.loader.exec_module(module)
+        run = getattr(module, "run", None)
+        if not callable(run):
+            raise RuntimeError(f"{self.config.score_file} has no run() function")
+        init = getattr(module, "init", None)
+        if callable(init):
+            init()
+        else:
+            _log(f"{self.config.score_file} has no init(); nothing to load")
+        self.run = run
+        if self.schema is None:
+            self.run_takes_raw = True
+        else:
+            parameters = inspect.signature(run).parameters
+            takes_kwargs = any(p.kind == p.VAR_KEYWORD for p in parameters.values())
+            missing = [n for n in self.schema.inputs if n not in parameters and not takes_kwargs]
+            if missing:
+                raise RuntimeError(f'run() has no parameter "{missing[0]}" that service_schema.json names; regenerate the schema')
+
+    # -- dispatch --------------------------------------------------------------------------
+
+    def handle(self, request: Request) -> tuple[int, bytes, bytes, bytes, str]:
+        """Return (status, body, content type, extra headers, handler label) for a request."""
+        path = request.path
+        method = request.method
+        try:
+            if path == "/score" or (path.startswith(self.api_prefix) and path.endswith("/score")):
+                if path != "/score" and path[len(self.api_prefix):-len("/score")] != self.name:
+                    raise HttpError(404, "not_found", f"no service named {path[len(self.api_prefix):-6]!r} here; this is {self.name!r}")
+                if method != "POST":
+                    raise HttpError(405, "method_not_allowed", "score with POST and a JSON body")
+                return self._score(request)
+            if path.startswith("/v2"):
+                return self._oip(request)
+            if method not in ("GET", "HEAD"):
+                if path in ("/health", "/ready", "/swagger.json", "/metrics", "/"):
+                    raise HttpError(405, "method_not_allowed", f"use GET for {path}")
+                raise HttpError(404, "not_found", f"nothing at {path}")
+            if path == "/health":
+                return 200, b'{"status":"alive"}', JSON_TYPE, b"", "health"
+            if path == "/ready":
+                return self._ready("ready")
+            if path == "/swagger.json":
+                return 200, self.openapi, JSON_TYPE, b"", "swagger"
+            if path == "/metrics":
+                return 200, self.stats.prometheus(self.stats.workers), b"text/plain; version=0.0.4", b"", "metrics"
+            if path == "/":
+                body = json.dumps({"service": self.name, "ready": self.ready, "score": "/score", "openapi": "/swagger.json"}).encode()
+                return 200, body, JSON_TYPE, b"", "other"
+            raise HttpError(404, "not_found", f"nothing at {path}")
+        except HttpError as exc:
+            handler = "score" if path.endswith("/score") else "infer" if path.endswith("/infer") else "other"
+            if path.startswith("/v2"):
+                return exc.status, json.dumps({"error": exc.message}).encode(), JSON_TYPE, self._auth_header(exc), handler
+            return exc.status, error_body(exc.code, exc.message), JSON_TYPE, self._auth_header(exc), handler
+
+    @staticmethod
+    def _auth_header(exc: HttpError) -> bytes:
+        if exc.status == 401:
+            return b'WWW-Authenticate: Bearer realm="mlportal"\r\n'
+        if exc.status == 405:
+            return b"Allow: POST\r\n" if exc.message.startswith("score") or "POST" in exc.message else b"Allow: GET, HEAD\r\n"
+        return b""
+
+    def _ready(self, label: str, oip: bool = False) -> tuple[int, bytes, bytes, bytes, str]:
+        ready = self.ready
+        if oip:
+            return (200 if ready else 503), json.dumps({"ready": ready}).encode(), JSON_TYPE, b"", label
+        body = b'{"status":"ready"}' if ready else b'{"status":"loading"}'
+        return (200 if ready else 503), body, JSON_TYPE, b"", label
+
+    def _check_key(self, request: Request) -> None:
+        if not self.keys:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if not header:
+            raise HttpError(401, "unauthorized", "this service needs a key: send Authorization: Bearer <key>")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise HttpError(401, "unauthorized", "send the key as Authorization: Bearer <key>")
+        given = token.strip().encode("latin-1", "replace")
+        matched = False
+        for key in self.keys:  # compare with every key so timing says nothing about which matched
+            matched |= hmac.compare_digest(given, key)
+        if not matched:
+            raise HttpError(401, "unauthorized", "the service key is wrong")
+
+    def _call_run(self, inputs: dict[str, Any] | str) -> Any:
+        """Call run(); RequestTimeout passes through, anything run() raises becomes a 500 HttpError."""
+        try:
+            if self.run_takes_raw:
+                return self.run(inputs)  # type: ignore[misc]
+            return self.run(**inputs)  # type: ignore[misc, arg-type]
+        except (RequestTimeout, HttpError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the user's code; its error goes to the caller and the log
+            traceback.print_exc()
+            sys.stderr.flush()
+            self.row[F_ERR_RUN] += 1
+            raise HttpError(500, "run_failed", f"run() raised {type(exc).__name__}: {exc}") from None
+
+    def _score(self, request: Request) -> tuple[int, bytes, bytes, bytes, str]:
+        self._check_key(request)
+        if not self.ready:
+            raise HttpError(503, "not_ready", "the model is still loading (init() has not finished); retry shortly")
+        if self.schema is None:
+            parse_json_body(request.body)
+            raw = request.body.decode("utf-8")
+            result = self._call_run(raw)
+        else:
+            body = parse_json_body(request.body)
+            try:
+                inputs = build_inputs(self.schema, body)
+            except SchemaError as exc:
+                raise HttpError(400, "invalid_input", exc.message) from None
+            result = self._call_run(inputs)
+        try:
+            payload = encode_result(result)
+        except (TypeError, ValueError) as exc:
+            self.row[F_ERR_RUN] += 1
+            raise HttpError(500, "bad_result", str(exc)) from None
+        return 200, payload, JSON_TYPE, b"", "score"
+
+    def _oip(self, request: Request) -> tuple[int, bytes, bytes, bytes, str]:
+        path, method = request.path.rstrip("/"), request.method
+        if path in ("/v2/health/live", "/v2/health/ready", "/v2"):
+            if method not in ("GET", "HEAD"):
+                raise HttpError(405, "method_not_allowed", f"use GET for {path}")
+            if path == "/v2/health/live":
+                return 200, b'{"live":true}', JSON_TYPE, b"", "health"
+            if path == "/v2":
+                body = json.dumps({"name": SERVER_NAME, "version": "1", "extensions": []}).encode()
+                return 200, body, JSON_TYPE, b"", "metadata"
+            return self._ready("ready", oip=True)
+        if not path.startswith(self.model_prefix):
+            raise HttpError(404, "not_found", f"nothing at {path}")
+        rest = path[len(self.model_prefix):].split("/")
+        name, rest = rest[0], rest[1:]
+        if len(rest) >= 2 and rest[0] == "versions":
+            rest = rest[2:]  # one model per service: any version names it
+        if name != self.name:
+            raise HttpError(404, "not_found", f"no model named {name!r}; this service serves {self.name!r}")
+        action = rest[0] if rest else ""
+        if len(rest) > 1 or action not in ("", "ready", "infer"):
+            raise HttpError(404, "not_found", f"nothing at {path}")
+        if action == "infer":
+            if method != "POST":
+                raise HttpError(405, "method_not_allowed", "infer with POST")
+            self._check_key(request)
+            if not self.ready:
+                raise HttpError(503, "not_ready", "the model is still loading; retry shortly")
+            body = parse_json_body(request.body)
+            try:
+                inputs, request_id = oip.parse_infer_request(self.schema, body)
+            except SchemaError as exc:
+                raise HttpError(400, "invalid_input", exc.message) from None
+            result = self._call_run(inputs)
+            try:
+                value = json.loads(encode_result(result))
+            except (TypeError, ValueError) as exc:
+                self.row[F_ERR_RUN] += 1
+                raise HttpError(500, "bad_result", str(exc)) from None
+            response = oip.infer_response(value, self.name, request_id, self.config.model_version)
+            return 200, json.dumps(response).encode(), JSON_TYPE, b"", "infer"
+        if method not in ("GET", "HEAD"):
+            raise HttpError(405, "method_not_allowed", f"use GET for {path}")
+        if action == "ready":
+            return self._ready("ready", oip=True)
+        document = oip.model_metadata(self.schema, self.name, self.config.model_version)
+        return 200, json.dumps(document).encode(), JSON_TYPE, b"", "metadata"
+
+
+# --------------------------------------------------------------------------------------------
+# Worker: the event loop
+# --------------------------------------------------------------------------------------------
+
+
+class Conn:
+    __slots__ = ("sock", "fd", "addr", "buf", "out", "last", "close_after", "continued", "want_write", "lingering")
+
+    def __init__(self, sock: socket.socket, addr: str) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.addr = addr
+        self.buf = bytearray()
+        self.out = bytearray()
+        self.last = time.monotonic()
+        self.close_after = False
+        self.continued = False
+        self.want_write = False
+        self.lingering = False
+
+
+LINGER_SECONDS = 2.0
+
+
+class Worker:
+    def __init__(self, config: Config, listener: socket.socket, app: App) -> None:
+        self.config = config
+        self.listener = listener
+        self.app = app
+        self.conns: dict[int, Conn] = {}
+        self.stopping = False
+        self.master_pid = os.getppid()
+        self.label = f"w{app.worker}".encode()
+        self.timeout = config.timeout
+        self.max_body = config.max_body
+        self.deferring_since = 0.0
+
+    # -- requests --------------------------------------------------------------------------
+
+    def next_request(self, conn: Conn) -> Request | None:
+        """Return the next complete request in the connection's buffer, or None if more bytes are needed."""
+        buf = conn.buf
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buf) > MAX_HEADER_BYTES:
+                raise HttpError(431, "header_too_large", "the request head is larger than 64 KiB", close=True)
+            return None
+        method, target, version, headers = parse_head(buf, end)
+        start = end + 4
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            parsed = parse_chunked(buf, start, self.max_body)
+            if parsed is None:
+                self._maybe_continue(conn, headers, version)
+                return None
+            body, stop = parsed
+        else:
+            length_text = headers.get("content-length")
+            if length_text is None:
+                if headers.get("transfer-encoding"):
+                    raise HttpError(501, "not_implemented", "only chunked Transfer-Encoding is supported", close=True)
+                length = 0
+            else:
+                if not length_text.isdigit():
+                    raise HttpError(400, "bad_request", "Content-Length is not a number", close=True)
+                length = int(length_text)
+            if length > self.max_body:
+                raise HttpError(413, "body_too_large", f"the body is {length} bytes; this service accepts at most {self.max_body}", close=True)
+            stop = start + length
+            if len(buf) < stop:
+                self._maybe_continue(conn, headers, version)
+                return None
+            body = bytes(buf[start:stop])
+        del buf[:stop]
+        conn.continued = False
+        return Request(method, target, version, headers, body)
+
+    def _maybe_continue(self, conn: Conn, headers: dict[str, str], version: str) -> None:
+        if not conn.continued and version == "HTTP/1.1" and headers.get("expect", "").lower() == "100-continue":
+            conn.continued = True
+            conn.out += b"HTTP/1.1 100 Continue\r\n\r\n"
+
+    def serve_request(self, conn: Conn, request: Request) -> None:
+        app = self.app
+        row = app.row
+        started = time.monotonic()
+        scoring = request.method == "POST"
+        if scoring:
+            row[F_BUSY] = started
+            if self.timeout:
+                signal.setitimer(signal.ITIMER_REAL, self.timeout)
+        try:
+            status, body, content_type, extra, handler = app.handle(request)
+        except RequestTimeout:
+            status, content_type, extra = 504, JSON_TYPE, b""
+            handler = "infer" if request.path.endswith("/infer") else "score"
+            row[F_ERR_TIMEOUT] += 1
+            message = f"run() took longer than the {self.timeout:g} s request timeout"
+            body = json.dumps({"error": message}).encode() if request.path.startswith("/v2") else error_body("timeout", message)
+            _log(f"worker {app.worker}: {request.method} {request.path} timed out after {self.timeout:g} s")
+        finally:
+            if scoring:
+                if self.timeout:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+                row[F_BUSY] = 0
+        elapsed = time.monotonic() - started
+        keep_alive = request.keep_alive and not self.stopping
+        if keep_alive and len(self.conns) > 1 and len(self.conns) > app.stats.fewest_connections_elsewhere(app.worker, False) + 1:
+            # Keep-alive connections stick to this worker; when it holds clearly more than
+            # another, close this one after the response so the client reconnects there.
+            keep_alive = False
+        conn.out += response_bytes(status, body, content_type, keep_alive, extra, request.method == "HEAD")
+        if not keep_alive:
+            conn.close_after = True
+        row.count(handler, status, elapsed if handler in ("score", "infer") else None)
+        if self.config.access_log:
+            line = b'%s %s "%s %s" %d %d %.2fms\n' % (
+                self.label, conn.addr.encode(), request.method.encode("latin-1"),
+                request.target[:200].encode("latin-1", "replace"), status, len(body), elapsed * 1000,
+            )
+            try:
+                os.write(1, line)
+            except OSError:
+                pass
+
+    def serve_error(self, conn: Conn, exc: HttpError) -> None:
+        conn.out += response_bytes(exc.status, error_body(exc.code, exc.message), JSON_TYPE, not exc.close)
+        if exc.close:
+            conn.close_after = True
+        handler = "score" if b"/score" in conn.buf[:200] else "other"
+        self.app.row.count(handler, exc.status, None)
+
+    # -- sockets ---------------------------------------------------------------------------
+
+    def loop(self) -> None:
+        epoll = select.epoll()
+        self.epoll = epoll
+        listen_fd = self.listener.fileno()
+        # Not EPOLLEXCLUSIVE: every idle worker must see a new connection for accept() to balance.
+        epoll.register(listen_fd, select.EPOLLIN)
+        epoll.register(self.wake_r, select.EPOLLIN)
+        conns = self.conns
+        listening = True
+        next_sweep = time.monotonic() + 1.0
+        while True:
+            if self.stopping and listening:
+                epoll.unregister(listen_fd)
+                listening = False
+                for conn in list(conns.values()):
+                    if not conn.out and not conn.buf:
+                        self.close(conn)
+            if self.stopping and not conns:
+                break
+            try:
+                events = epoll.poll(1.0)
+            except InterruptedError:  # pragma: no cover - PEP 475 retries
+                continue
+            for fd, mask in events:
+                if fd == listen_fd:
+                    self.accept()
+                elif fd == self.wake_r:
+                    try:
+                        os.read(self.wake_r, 512)
+                    except BlockingIOError:
+                        pass
+                else:
+                    conn = conns.get(fd)
+                    if conn is None:
+                        continue
+                    if mask & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
+                        self.on_readable(conn)
+                    if mask & select.EPOLLOUT and fd in conns:
+                        self.flush(conn)
+            now = time.monotonic()
+            if now >= next_sweep:
+                next_sweep = now + 1.0
+                for conn in [c for c in conns.values()
+                             if now - c.last > (LINGER_SECONDS if c.lingering else KEEPALIVE_TIMEOUT)]:
+                    self.close(conn)
+                if os.getppid() != self.master_pid:  # the master is gone: do not linger as an orphan
+                    self.stopping = True
+                if self.stopping:
+                    for conn in [c for c in conns.values() if not c.out]:
+                        self.close(conn)
+        epoll.close()
+
+    def accept(self) -> None:
+        """Take new connections, leaving them to a less loaded idle worker when there is one.
+
+        Keep-alive connections stay with the worker that accepted them, so a burst of connects
+        must not all land on whichever worker woke first: every idle worker is woken, and one
+        with more connections than another idle worker lets that one take the connection (for
+        a few milliseconds at most, in case the other does not).
+        """
+        stats, me, row = self.app.stats, self.app.worker, self.app.row
+        for _ in range(16):
+            if len(self.conns) > stats.fewest_connections_elsewhere(me):
+                now = time.monotonic()
+                if not self.deferring_since:
+                    self.deferring_since = now
+                if now - self.deferring_since < 0.005:
+                    os.sched_yield()  # let the idle worker run: on few cores it may be waiting for ours
+                    return
+            self.deferring_since = 0.0
+            try:
+                sock, addr = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. EMFILE: keep serving what we have
+                _log(f"worker {me}: accept failed: {exc}")
+                return
+            sock.setblocking(False)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+            peer = addr[0] if isinstance(addr, tuple) else "unix"
+            conn = Conn(sock, peer)
+            self.conns[conn.fd] = conn
+            row[F_CONNS] = len(self.conns)
+            self.epoll.register(conn.fd, select.EPOLLIN | select.EPOLLRDHUP)
+
+    def on_readable(self, conn: Conn) -> None:
+        try:
+            data = conn.sock.recv(262144)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close(conn)
+            return
+        if not data:
+            self.close(conn)
+            return
+        conn.last = time.monotonic()
+        if conn.close_after:
+            return  # a response that closes the connection is queued; ignore what follows
+        conn.buf += data
+        while not conn.close_after:
+            try:
+                request = self.next_request(conn)
+            except HttpError as exc:
+                self.serve_error(conn, exc)
+                break
+            if request is None:
+                break
+            self.serve_request(conn, request)
+        if conn.out:
+            self.flush(conn)
+
+    def flush(self, conn: Conn) -> None:
+        try:
+            while conn.out:
+                sent = conn.sock.send(conn.out)
+                del conn.out[:sent]
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            self.close(conn)
+            return
+        conn.last = time.monotonic()
+        if conn.out:
+            if not conn.want_write:
+                conn.want_write = True
+                self.epoll.modify(conn.fd, select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP)
+            return
+        if conn.want_write:
+            conn.want_write = False
+            self.epoll.modify(conn.fd, select.EPOLLIN | select.EPOLLRDHUP)
+        if conn.close_after and not conn.lingering:
+            # Closing with unread bytes (say, the rest of a body refused with 413) makes the
+            # kernel send a reset that can destroy our response before the client reads it:
+            # stop writing and read-and-drop until the client closes, for a short while.
+            conn.lingering = True
+            conn.buf.clear()
+            try:
+                conn.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                self.close(conn)
+        elif self.stopping and not conn.buf and not conn.close_after:
+            self.close(conn)
+
+    def close(self, conn: Conn) -> None:
+        if self.conns.pop(conn.fd, None) is None:
+            return
+        self.app.row[F_CONNS] = len(self.conns)
+        try:
+            self.epoll.unregister(conn.fd)
+        except (OSError, ValueError):
+            pass
+        try:
+            conn.sock.close()
+        except OSError:
+            pass
+
+
+def _serve_while_loading(listener: socket.socket, app: App, stats: Stats, done: threading.Event, max_body: int) -> None:
+    """Answer probes while init() runs, so /health says alive and /ready says 503 during a cold start.
+
+    It takes connections only while no worker is ready: after a respawn the ready workers keep
+    the traffic and scoring requests never meet this placeholder.
+    """
+    epoll = select.epoll()
+    epoll.register(listener.fileno(), select.EPOLLIN)
+    try:
+        while not done.is_set():
+            if stats.any_ready():
+                done.wait(0.1)
+                continue
+            if not epoll.poll(0.1) or done.is_set():
+                continue
+            try:
+                sock, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                continue
+            with sock:
+                sock.settimeout(2.0)
+                buf = bytearray()
+                try:
+                    while True:
+                        end = buf.find(b"\r\n\r\n")
+                        if end >= 0:
+                            method, target, version, headers = parse_head(buf, end)
+                            length = int(headers.get("content-length", "0") or 0)
+                            if length > max_body or len(buf) >= end + 4 + length:
+                                break
+                        chunk = sock.recv(65536)
+                        if not chunk:
+                            break
+                        buf += chunk
+                        if len(buf) > MAX_HEADER_BYTES + max_body:
+                            break
+                    if buf.find(b"\r\n\r\n") < 0:
+                        continue
+                    request = Request(method, target, version, headers, b"")
+                    if request.path in ("/health", "/v2/health/live", "/ready", "/v2/health/ready", "/metrics"):
+                        status, body, content_type, extra, handler = app.handle(request)
+                    else:
+                        status, body, content_type, extra = 503, error_body("not_ready", "the model is still loading (init() has not finished); retry shortly"), JSON_TYPE, b"Retry-After: 1\r\n"
+                        handler = "score" if request.path.endswith("/score") else "infer" if request.path.endswith("/infer") else "other"
+                    sock.sendall(response_bytes(status, body, content_type, False, extra))
+                    app.row.count(handler, status, None)
+                except (OSError, ValueError, HttpError):
+                    continue
+    finally:
+        epoll.close()
+
+
+def _worker_main(index: int, config: Config, listener: socket.socket, stats: Stats, schema: Any, openapi: bytes) -> int:
+    """Run one worker: import score.py, init() once, then serve. Returns the exit code."""
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the master turns Ctrl+C into a SIGTERM for us
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # during init: just die
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    row = stats.row(index)
+    row[F_PID] = os.getpid()
+    row[F_READY] = 0
+    row[F_BUSY] = 0
+    row[F_CONNS] = 0
+    try:
+        sys.stdout.reconfigure(line_buffering=True)  # prints in run() reach the container log promptly
+    except AttributeError:
+        pass
+    os.chdir(config.app_dir)
+    if config.app_dir not in sys.path:
+        sys.path.insert(0, config.app_dir)
+
+    app = App(config, schema, openapi, stats, index)
+    loading = threading.Event()
+    helper = threading.Thread(target=_serve_while_loading, args=(listener, app, stats, loading, config.max_body), daemon=True)
+    helper.start()
+    try:
+        app.load_module()
+    except BaseException:  # noqa: BLE001 - report whatever init() raised, then stop the service
+        traceback.print_exc()
+        _log(f"worker {index}: loading {config.score_file} / init() failed; the service cannot start")
+        loading.set()
+        return EXIT_INIT_FAILED
+    loading.set()
+    helper.join()
+    # Objects made by init() (the model) live as long as the worker: keep the collector off them.
+    gc.collect()
+    gc.freeze()
+
+    worker = Worker(config, listener, app)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    worker.wake_r = wake_r
+    signal.set_wakeup_fd(wake_w)
+
+    def on_term(signum: int, frame: Any) -> None:
+        worker.stopping = True
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise RequestTimeout()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGALRM, on_alarm)
+    app.ready = True
+    row[F_READY] = 1
+    try:
+        worker.loop()
+    finally:
+        row[F_READY] = 0
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# Master
+# --------------------------------------------------------------------------------------------
+
+
+class Master:
+    def __init__(self, config: Config, listener: socket.socket, schema: Any, openapi: bytes) -> None:
+        self.config = config
+        self.listener = listener
+        self.schema = schema
+        self.openapi = openapi
+        self.stats = Stats(config.workers)
+        self.pids: dict[int, int] = {}  # pid -> worker index
+        self.respawn_at: dict[int, float] = {}
+        self.deaths: dict[int, list[float]] = {}
+        self.stopping = False
+        self.exit_code = 0
+
+    def spawn(self, index: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                code = _worker_main(index, self.config, self.listener, self.stats, self.schema, self.openapi)
+            except BaseException:  # noqa: BLE001 - never let a child return into the master's code
+                traceback.print_exc()
+            finally:
+                try:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                finally:
+                    os._exit(code)
+        self.pids[pid] = index
+
+    def run(self) -> int:
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w)
+
+        def on_stop(signum: int, frame: Any) -> None:
+            self.stopping = True
+
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        for index in range(self.config.workers):
+            self.spawn(index)
+        while not self.stopping:
+            select.select([wake_r], [], [], 0.5)
+            try:
+                os.read(wake_r, 512)
+            except BlockingIOError:
+                pass
+            self.reap()
+            self.kill_stuck()
+            now = time.monotonic()
+            for index, when in list(self.respawn_at.items()):
+                if now >= when and not self.stopping:
+                    del self.respawn_at[index]
+                    self.stats.row(index)[F_RESTARTS] += 1
+                    self.spawn(index)
+        self.shutdown()
+        return self.exit_code
+
+    def reap(self) -> None:
+        while self.pids:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            index = self.pids.pop(pid, None)
+            if index is None:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            row = self.stats.row(index)
+            row[F_READY] = 0
+            row[F_BUSY] = 0
+            row[F_CONNS] = 0
+            if self.stopping:
+                continue
+            if code == EXIT_INIT_FAILED:
+                _log("stopping: score.py could not be loaded (see the traceback above)")
+                self.exit_code = EXIT_INIT_FAILED
+                self.stopping = True
+                continue
+            how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            now = time.monotonic()
+            recent = [t for t in self.deaths.get(index, []) if now - t < 30] + [now]
+            self.deaths[index] = recent
+            delay = 0.0 if len(recent) <= 3 else min(10.0, 0.5 * 2 ** (len(recent) - 3))
+            _log(f"worker {index} (pid {pid}) {how}; starting it again" + (f" in {delay:g} s" if delay else ""))
+            self.respawn_at[index] = now + delay
+
+    def kill_stuck(self) -> None:
+        timeout = self.config.timeout
+        if not timeout:
+            return
+        now = time.monotonic()
+        for pid, index in list(self.pids.items()):
+            row = self.stats.row(index)
+            busy = row[F_BUSY]
+            if busy and now - busy > timeout + KILL_GRACE:
+                _log(f"worker {index} (pid {pid}) is stuck in a request for {now - busy:.1f} s (timeout {timeout:g} s); killing it")
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    continue
+                row[F_BUSY] = 0
+                row[F_KILLED] += 1
+                row[F_ERR_TIMEOUT] += 1
+                row.count("score", 504, now - busy)
+
+    def shutdown(self) -> None:
+        for pid in list(self.pids):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + max(10.0, (self.config.timeout or 0) + 1)
+        while self.pids and time.monotonic() < deadline:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid:
+                self.pids.pop(pid, None)
+            else:
+                time.sleep(0.05)
+        for pid in list(self.pids):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+        self.listener.close()
+        _log("stopped")
+
+
+def make_listener(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    # Every worker polls this one socket; non-blocking so a worker that loses the race for a
+    # connection gets EAGAIN instead of hanging in accept().
+    sock.setblocking(False)
+    return sock
+
+
+def load_app_schema(config: Config) -> Any:
+    """Return the app's Schema, or None when it has no schema file (run() then gets the raw body)."""
+    path = os.path.join(config.app_dir, config.schema_file)
+    if not os.path.exists(path):
+        _log(f"no {config.schema_file} in {config.app_dir}: run() will get the raw JSON text of each request")
+        return None
+    try:
+        with open(path, "rb") as handle:
+            return load_schema(handle.read())
+    except SchemaError as exc:
+        raise SystemExit(f"mlportal: {path}: {exc.message}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mlportal_runtime.server", description="Serve score.py over HTTP.")
+    parser.add_argument("--app-dir", default=".", help="folder with score.py, service_schema.json and the model files")
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=5001)
+    parser.add_argument("--workers", type=int, default=0, help="worker processes (default MLPORTAL_WORKERS or the CPU count)")
+    parser.add_argument("--score-file", default=SCORE_FILE)
+    parser.add_argument("--schema-file", default=SCHEMA_FILE)
+    config = Config(parser.parse_args(argv))
+    if not os.path.isfile(os.path.join(config.app_dir, config.score_file)):
+        raise SystemExit(f"mlportal: no {config.score_file} in {config.app_dir}")
+
+    schema = load_app_schema(config)
+    if schema is not None and schema.needs_numpy:
+        # Import once in the master: the workers then share these pages and start faster.
+        import numpy  # noqa: F401
+        if schema.needs_pandas:
+            import pandas  # noqa: F401
+
+    if schema is not None:
+        document = openapi_document(schema, config.service_name, auth=bool(config.keys))
+    else:
+        document = {"openapi": "3.0.3", "info": {"title": f"{config.service_name} scoring service", "version": "1"},
+                    "paths": {"/score": {"post": {"requestBody": {"content": {"application/json": {"schema": {}}}},
+                                                  "responses": {"200": {"description": "What run() returned."}}}}}}
+    openapi = json.dumps(document).encode()
+
+    listener = make_listener(config.host, config.port)
+    port = listener.getsockname()[1]
+    _log(f"serving {config.service_name!r} from {config.app_dir} on http://{config.host}:{port} with {config.workers} worker(s)"
+         + (", keys required" if config.keys else "") + (f", timeout {config.timeout:g} s" if config.timeout else ""))
+    return Master(config, listener, schema, openapi).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
