@@ -19,16 +19,17 @@ def check_database() -> dict:
         return {"ok": False, "detail": f"database unreachable: {exc}"}
 
 
-def check_broker() -> dict:
+def check_broker(url: str | None = None) -> dict:
     from mlportal.celery import app
 
+    url = url or settings.CELERY_BROKER_URL
     try:
-        with app.connection_for_write() as conn:
+        with app.connection_for_write(url) as conn:
             conn.ensure_connection(max_retries=1, timeout=2)
             transport = conn.transport_cls if isinstance(conn.transport_cls, str) else conn.transport.driver_type
         return {"ok": True, "detail": str(transport)}
     except Exception as exc:
-        return {"ok": False, "detail": f"broker unreachable at {_redact(settings.CELERY_BROKER_URL)}: {exc}"}
+        return {"ok": False, "detail": f"broker unreachable at {_redact(url)}: {exc}"}
 
 
 def check_worker() -> dict:

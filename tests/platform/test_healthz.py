@@ -28,15 +28,8 @@ def test_a_missing_worker_is_reported_down_with_the_reason(settings):
 
 
 def test_an_unreachable_broker_is_reported_down():
-    from mlportal.celery import app
-
-    old = app.conf.broker_url
-    app.conf.broker_url = "redis://127.0.0.1:1/0"
-    try:
-        part = health.check_broker()
-    finally:
-        app.conf.broker_url = old
-    assert part["ok"] is False and "broker unreachable" in part["detail"]
+    part = health.check_broker("redis://127.0.0.1:1/0")
+    assert part["ok"] is False and "broker unreachable at redis://127.0.0.1:1/0" in part["detail"]
 
 
 @pytest.mark.docker
