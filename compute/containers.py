@@ -24,11 +24,12 @@ def start_service_container(*, image: str, service_id: str, replica: int, name: 
                             labels: dict[str, str] | None = None,
                             base_url: str | None = None) -> dict:
     """Starts a replica of ``image`` named ``name`` and returns ``{"id", "host", "port"}`` with
-    the host port the engine assigned to 5001/tcp. Labels ``mlportal.kind=service``,
+    the host port the engine assigned to 5001/tcp. Labels ``mlportal.kind=service`` (a caller
+    may pass another kind, e.g. ``bench``, to keep the container out of the reconciler's view),
     ``mlportal.id=<service_id>``, ``mlportal.replica=<n>``; no restart policy (the portal's
     reconciler restarts). Raises EngineError (a name already in use, a missing image...)."""
     check_image_ref(image)
-    all_labels = {**(labels or {}), LABEL_KIND: "service", LABEL_ID: str(service_id),
+    all_labels = {LABEL_KIND: "service", **(labels or {}), LABEL_ID: str(service_id),
                   LABEL_REPLICA: str(replica)}
     with connect(base_url) as client:
         container = client.containers.run(

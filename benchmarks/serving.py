@@ -1,0 +1,483 @@
+"""Serving benchmark: MLPortal's service container against ``mlflow models serve``.
+
+    .venv/bin/python benchmarks/serving.py [--seconds 3] [--repeats 4] [--workers 2] [--cases light,churn]
+
+Two cases, each served by both servers with the same scoring code, the same worker count and
+the same single core (core 0; wrk runs on core 1), single-record requests over keep-alive
+connections, at 1 and 16 connections:
+
+* light: a DecisionTreeClassifier on the 4 numeric iris columns; ``run()`` only predicts;
+* churn: the churn template's pipeline (trained by the template's own script in a temporary
+  copy) with its ``score.py`` and a ``service_schema.json`` made by ``churn_schema_gen.py``.
+
+MLPortal: the image ``compute.images.build_service_image`` builds on the environment image,
+started with ``compute.containers.start_service_container`` (port published on 127.0.0.1).
+MLflow 3.17, in its own venv under ``~/.cache/mlportal/bench-venvs/mlflow`` with the same
+numpy/pandas/scikit-learn: a pyfunc whose ``load_context`` calls the same ``init()`` and whose
+``predict`` calls the same ``run()``, with a signature inferred from the same record (MLflow's
+counterpart of the service schema), served with ``--env-manager local -w N``, with the TCP_NODELAY
+its uvicorn loses under ``-w > 1`` restored (see NODELAY_PATCH). Both log each request, as
+they do by default.
+
+The floor is the same ``run()`` called in-process (pinned to core 0) on an input prepared once.
+Overhead is what a server adds above it: at 1 connection the median latency minus the floor;
+at 16 (the server core saturated) the core time per request, 1/throughput, minus the floor.
+Both servers run side by side (one idles while wrk loads the other) and wrk alternates between
+them, so both meet the same background load of this shared machine; each figure is its best
+over ``--repeats`` runs (others' work only ever slows a run down): highest throughput, lowest
+latencies.
+
+Prints a table, then the goal checks, and ends with one line per case and connection count:
+``light c=16 throughput_ratio=3.4 p99_ratio=0.21 overhead_ratio=0.12`` (ours / MLflow's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as common  # noqa: E402
+
+MLFLOW_VERSION = "3.17.*"
+MLFLOW_VENV = Path(os.environ.get("MLPORTAL_BENCH_VENVS", "~/.cache/mlportal/bench-venvs")).expanduser() / "mlflow"
+CONNECTIONS = (1, 16)
+CASES = ("light", "churn")
+
+# Goals of issue 5, per case: (throughput ratio at least, p99 ratio at most, overhead ratio at most).
+GOALS = {
+    "light": {"throughput_ratio": (">=", 3.0), "p99_ratio": ("<=", 1 / 3), "overhead_ratio": ("<=", 0.2)},
+    "churn": {"throughput_ratio": (">=", 1.5), "overhead_ratio": ("<=", 0.2)},
+}
+
+# The MLflow side: "models from code", so the wrapper is imported, not unpickled.
+MLFLOW_WRAPPER = '''\
+"""An MLflow pyfunc around a score.py: load_context calls init(), predict calls run()."""
+
+import importlib.util
+import inspect
+import os
+import sys
+
+import mlflow
+from mlflow.pyfunc import PythonModel
+
+
+class ScorePy(PythonModel):
+    def load_context(self, context):
+        app = context.artifacts["app"]
+        os.chdir(app)  # score.py loads model.pkl from the working directory, as in our image
+        sys.path.insert(0, app)
+        spec = importlib.util.spec_from_file_location("score", os.path.join(app, "score.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["score"] = module
+        spec.loader.exec_module(module)
+        module.init()
+        self._run = module.run
+        self._arg = next(iter(inspect.signature(module.run).parameters))
+
+    def predict(self, context, model_input, params=None):
+        return self._run(**{self._arg: model_input})
+
+
+mlflow.models.set_model(ScorePy())
+'''
+
+MLFLOW_SAVE = '''\
+import json, sys
+import pandas as pd
+import mlflow
+from mlflow.models import infer_signature
+
+app_dir, model_dir, wrapper, sample_file = sys.argv[1:]
+with open(sample_file) as handle:
+    sample = pd.DataFrame(json.load(handle))
+mlflow.pyfunc.save_model(model_dir, python_model=wrapper, artifacts={"app": app_dir},
+                         signature=infer_signature(sample), input_example=None)
+'''
+
+
+PREPARE = common.PREPARE
+
+
+# --------------------------------------------------------------------------------------------
+# The floor: run() in-process on a prepared input
+# --------------------------------------------------------------------------------------------
+
+
+def floor_child(app_dir: str, body_file: str, repeats: int = 5) -> None:
+    """Prints JSON timings of run() on a prepared input and of the request path (json + schema)."""
+    import timeit
+
+    from mlportal_runtime.schema import build_inputs, load_schema
+
+    os.chdir(app_dir)
+    sys.path.insert(0, app_dir)
+    import score  # noqa: PLC0415 - the app's module, found on the path set just above
+
+    score.init()
+    body_bytes = Path(body_file).read_bytes()
+    schema = load_schema(Path("service_schema.json").read_text())
+    inputs = build_inputs(schema, json.loads(body_bytes))
+
+    def per_call(fn) -> float:
+        for _ in range(50):  # warm caches and lazy imports
+            fn()
+        timer = timeit.Timer(fn)
+        number, _ = timer.autorange()  # calls per batch: at least 0.2 s
+        return min(timer.repeat(repeat=repeats, number=number)) / number  # the least disturbed batch
+
+    run_s = per_call(lambda: score.run(**inputs))
+    parse_s = per_call(lambda: build_inputs(schema, json.loads(body_bytes)))
+    print(json.dumps({"run_ms": run_s * 1000, "request_path_ms": parse_s * 1000}))
+
+
+def measure_floor(app_dir: Path, body: bytes, cpu: int) -> dict:
+    with tempfile.NamedTemporaryFile("wb", suffix=".json", delete=False) as handle:
+        handle.write(body)
+    try:
+        done = subprocess.run(
+            ["taskset", "-c", str(cpu), sys.executable, __file__, "--floor-child", str(app_dir), handle.name],
+            capture_output=True, text=True, timeout=300,
+            env={**os.environ, "PYTHONPATH": str(common.REPO)})
+    finally:
+        os.unlink(handle.name)
+    if done.returncode != 0:
+        raise RuntimeError(f"floor measurement failed: {done.stderr.strip()[-500:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------------------------
+# Servers
+# --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def our_server(case: str, app: Path, *, env_image: str, workers: int, cpu: int) -> Iterator[str]:
+    """Builds the service image, runs it pinned to ``cpu``; yields the /score URL; always
+    removes the container and the image."""
+    tag = common.image_tag(f"mlportal-bench-{case}", app)
+    common.log(f"{case}: building the service image {tag}")
+    common.build_app_image(tag=tag, app_dir=app, env=env_image)
+    try:
+        env = {"MLPORTAL_WORKERS": str(workers), "MLPORTAL_SERVICE_NAME": case}
+        with common.bench_container(image=tag, name=f"mlportal-bench-{case}-{os.getpid()}", cpu=cpu,
+                                    env=env) as started:
+            from compute.containers import wait_ready
+
+            wait_ready(host=started["host"], port=started["port"], timeout_s=120, container_id=started["id"])
+            yield f"http://{started['host']}:{started['port']}/score"
+    finally:
+        common.remove_image(tag)
+
+
+def answer(url: str, body: bytes) -> str:
+    """POSTs one request; returns the answer text, RuntimeError unless it is a 200."""
+    parts = urlsplit(url)
+    status, text = common.post_json(parts.hostname, parts.port, parts.path, body)
+    if status != 200:
+        raise RuntimeError(f"{url} answered {status}: {text[:300]!r}")
+    return text.decode()
+
+
+def load_both(targets: dict[str, tuple[str, bytes]], *, seconds: float, warmup: float, repeats: int,
+              load_cpu: int | None) -> dict[str, dict[int, dict]]:
+    """Warms each server with 16 connections, then, per connection count, runs wrk ``repeats``
+    times against each server in turn and keeps each server's best figures (see best_of).
+
+    Alternating means both servers meet the same background load of this shared machine.
+    """
+    scripts = {name: common.wrk_script(body) for name, (_, body) in targets.items()}
+    for name, (url, _) in targets.items():
+        common.run_wrk(url=url, script=scripts[name], connections=max(CONNECTIONS), seconds=warmup, cpu=load_cpu)
+    figures: dict[str, dict[int, dict]] = {name: {} for name in targets}
+    for connections in CONNECTIONS:
+        runs: dict[str, list[dict]] = {name: [] for name in targets}
+        for _ in range(repeats):
+            for name, (url, _) in targets.items():
+                runs[name].append(common.run_wrk(url=url, script=scripts[name], connections=connections,
+                                                 seconds=seconds, cpu=load_cpu))
+        for name in targets:
+            figures[name][connections] = best_of(runs[name])
+    return figures
+
+
+def best_of(runs: list[dict]) -> dict:
+    """Returns each figure at its best over ``runs``: the highest throughput, the lowest
+    latencies (each run's disturbance by others hits different figures)."""
+    best = dict(max(runs, key=lambda run: run["rps"]))
+    for key in ("p50", "p90", "p99", "mean", "max"):
+        best[key] = min(run[key] for run in runs)
+    best["runs"] = len(runs)
+    return best
+
+
+def same_answer(ours: str, mlflow: str) -> bool:
+    """True when MLflow's ``{"predictions": ...}`` carries what our /score answered (run() may
+    return JSON text, which MLflow passes on as a string)."""
+    theirs = json.loads(mlflow).get("predictions")
+    if isinstance(theirs, str):
+        with contextlib.suppress(ValueError):
+            theirs = json.loads(theirs)
+    return json.loads(ours) == theirs
+
+
+def mlflow_python() -> Path:
+    return MLFLOW_VENV / "bin" / "python"
+
+
+def ensure_mlflow_venv() -> None:
+    """Creates the MLflow venv (never this project's venv) with the pinned scikit-learn stack."""
+    wanted = common.pinned_requirements()
+    check = ("import mlflow, numpy, pandas, sklearn; "
+             "print(numpy.__version__, pandas.__version__, sklearn.__version__, mlflow.__version__)")
+    python = mlflow_python()
+    if python.exists():
+        done = subprocess.run([str(python), "-c", check], capture_output=True, text=True, timeout=120)
+        versions = done.stdout.split()
+        if done.returncode == 0 and versions[:3] == [r.split("==")[1] for r in wanted] \
+                and versions[3].startswith(MLFLOW_VERSION.rstrip("*")):
+            return
+    common.log(f"installing mlflow {MLFLOW_VERSION} with {', '.join(wanted)} into {MLFLOW_VENV} (once)")
+    if not python.exists():  # other benchmarks share this venv: add to it, never wipe it
+        MLFLOW_VENV.parent.mkdir(parents=True, exist_ok=True)
+        base_python = Path(sys.base_prefix) / "bin" / "python3"
+        subprocess.run([str(base_python), "-m", "venv", str(MLFLOW_VENV)], check=True, timeout=300)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                    f"mlflow=={MLFLOW_VERSION}", *wanted], check=True, timeout=1800)
+
+
+# uvicorn --workers N (N > 1) binds the listener with proto 0, and asyncio turns TCP_NODELAY on
+# only for sockets whose proto is IPPROTO_TCP: each keep-alive response then waits ~40 ms for the
+# client's delayed ACK (Kludex/uvicorn#3149, open). We compare against MLflow at its best, not
+# against that bug: a sitecustomize on the MLflow server's path sets TCP_NODELAY as asyncio
+# means to. ``--mlflow-as-shipped`` leaves it out.
+NODELAY_PATCH = '''\
+"""Benchmark-only: TCP_NODELAY on accepted TCP sockets whatever their proto (uvicorn#3149)."""
+import asyncio.base_events as _base_events
+import socket as _socket
+
+
+def _set_nodelay(sock):
+    if sock.family in (_socket.AF_INET, _socket.AF_INET6) and sock.type == _socket.SOCK_STREAM:
+        sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+
+
+_base_events._set_nodelay = _set_nodelay
+'''
+
+
+def mlflow_env(work: Path, *, nodelay_patch: bool = False) -> dict[str, str]:
+    path = ""
+    if nodelay_patch:
+        patch_dir = work / "mlflow-nodelay"
+        patch_dir.mkdir(exist_ok=True)
+        (patch_dir / "sitecustomize.py").write_text(NODELAY_PATCH)
+        path = str(patch_dir)
+    return {
+        **os.environ,
+        "PATH": f"{MLFLOW_VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",  # serve finds uvicorn here
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "true",
+        "MLFLOW_TRACKING_URI": (work / "mlruns").as_uri(),
+        "PYTHONPATH": path,
+    }
+
+
+def save_mlflow_model(case: str, app: Path, record: dict, work: Path) -> Path:
+    model_dir = work / f"mlflow-{case}"
+    wrapper = work / f"mlflow_{case}_wrapper.py"
+    wrapper.write_text(MLFLOW_WRAPPER)
+    saver = work / "mlflow_save.py"
+    saver.write_text(MLFLOW_SAVE)
+    sample = work / f"{case}-sample.json"
+    sample.write_text(json.dumps([record]))
+    done = subprocess.run([str(mlflow_python()), str(saver), str(app), str(model_dir), str(wrapper), str(sample)],
+                          cwd=work, env=mlflow_env(work), capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        raise RuntimeError(f"{case}: saving the MLflow model failed: {done.stderr.strip()[-800:]}")
+    return model_dir
+
+
+@contextlib.contextmanager
+def mlflow_server(model_dir: Path, work: Path, *, workers: int, cpu: int, as_shipped: bool) -> Iterator[int]:
+    """Runs ``mlflow models serve`` on core ``cpu``; yields its port; always stops its process group."""
+    port = common.free_port()
+    log_file = (work / f"{model_dir.name}.log").open("wb")
+    command = ["taskset", "-c", str(cpu), str(MLFLOW_VENV / "bin" / "mlflow"), "models", "serve",
+               "-m", str(model_dir), "--env-manager", "local", "-w", str(workers), "-h", "127.0.0.1", "-p", str(port)]
+    process = subprocess.Popen(command, cwd=work, env=mlflow_env(work, nodelay_patch=not as_shipped),
+                               stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        try:
+            common.wait_http("127.0.0.1", port, "/ping", timeout_s=180, alive=lambda: process.poll() is None)
+        except RuntimeError as exc:
+            log_file.flush()
+            tail = (work / f"{model_dir.name}.log").read_text(errors="replace")[-800:]
+            raise RuntimeError(f"{exc}\n{tail}") from None
+        yield port
+    finally:
+        stop_group(process)
+        log_file.close()
+
+
+def stop_group(process: subprocess.Popen, grace_s: float = 15.0) -> None:
+    """Stops the process group ``process`` leads (mlflow, its shell and the uvicorn workers) and
+    waits until none of it is left: SIGTERM, then SIGKILL after ``grace_s``."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    signalled = False
+    while True:
+        if process.poll() is None:
+            time.sleep(0.05)
+        else:
+            try:
+                os.killpg(process.pid, 0)  # anyone left in the group?
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+        if time.monotonic() > deadline:
+            if signalled:
+                return
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            signalled = True
+            deadline = time.monotonic() + 5
+
+
+# --------------------------------------------------------------------------------------------
+# Figures and report
+# --------------------------------------------------------------------------------------------
+
+
+def overhead_ms(figures: dict, connections: int, floor_ms: float) -> float:
+    """What the server adds above the floor: at 1 connection the median latency minus the floor;
+    at more (the server's core saturated) its core time per request, 1/throughput, minus the floor."""
+    if connections == 1:
+        return figures["p50"] - floor_ms
+    return 1000.0 / figures["rps"] - floor_ms
+
+
+def ratios(result: dict, connections: int) -> dict[str, float]:
+    ours, theirs = result["ours"]["load"][connections], result["mlflow"]["load"][connections]
+    floor = result["floor"]["run_ms"]
+    return {
+        "throughput_ratio": common.ratio(ours["rps"], theirs["rps"]),
+        "p99_ratio": common.ratio(ours["p99"], theirs["p99"]),
+        "overhead_ratio": common.ratio(overhead_ms(ours, connections, floor), overhead_ms(theirs, connections, floor)),
+    }
+
+
+def goal_verdicts(case: str, values: dict[str, float]) -> list[str]:
+    """Returns 'key=value (goal >= x): met|MISSED' for each goal of ``case``."""
+    verdicts = []
+    for key, (op, bound) in GOALS.get(case, {}).items():
+        value = values[key]
+        met = value >= bound if op == ">=" else value <= bound
+        verdict = "met" if met else "MISSED"
+        verdicts.append(f"{key}={common.fmt_ratio(value)} (goal {op} {common.fmt_ratio(bound)}): {verdict}")
+    return verdicts
+
+
+def report(results: dict, workers: int) -> list[str]:
+    lines = [
+        f"serving {results['date']}: {workers} worker(s) per server on core {results['server_cpu']}, wrk on core "
+        f"{results['load_cpu']}, single-record POSTs, best of {results['repeats']} x {results['seconds']:g} s; "
+        f"MLflow {'as shipped' if results['mlflow_as_shipped'] else 'with TCP_NODELAY restored (uvicorn#3149)'}; "
+        f"load average at start {results['loadavg']}",
+    ]
+    header = (f"{'case':<6} {'server':<8} {'c':>3} {'req/s':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
+              f"{'overhead ms':>12}")
+    for case, result in results["cases"].items():
+        floor = result["floor"]
+        lines.append(f"{case}: floor run() {floor['run_ms']:.3f} ms in-process; request path (json + schema) "
+                     f"{floor['request_path_ms']:.3f} ms")
+        lines.append(header)
+        for server in ("ours", "mlflow"):
+            for c, fig in result[server]["load"].items():
+                lines.append(f"{case:<6} {server:<8} {c:>3} {fig['rps']:>8.0f} {fig['p50']:>8.2f} {fig['p90']:>8.2f} "
+                             f"{fig['p99']:>8.2f} {overhead_ms(fig, c, floor['run_ms']):>12.3f}")
+    lines.append("goals:")
+    for case, result in results["cases"].items():
+        for c in CONNECTIONS:
+            lines.append(f"  {case} c={c}: " + "; ".join(goal_verdicts(case, ratios(result, c))))
+    for case, result in results["cases"].items():
+        for c in CONNECTIONS:
+            lines.append(common.ratio_line(f"{case} c={c}", **ratios(result, c)))
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=float(os.environ.get("BENCH_SECONDS", 3)), help="per wrk run")
+    parser.add_argument("--repeats", type=int, default=4, help="wrk runs per figure; the best figures are kept")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of 16-connection load before measuring")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes of each server")
+    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--mlflow-as-shipped", action="store_true",
+                        help="leave out the TCP_NODELAY fix for uvicorn#3149 (MLflow -w > 1 then pays ~40 ms a request)")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--floor-child", nargs=2, metavar=("APP_DIR", "BODY_FILE"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.floor_child:
+        floor_child(*args.floor_child)
+        return 0
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = [c for c in cases if c not in PREPARE]
+    if unknown:
+        parser.error(f"unknown case {unknown[0]!r}; choose from {', '.join(CASES)}")
+
+    server_cpu, load_cpu = common.server_and_load_cpus()
+    ensure_mlflow_venv()
+    common.log("preparing the environment image (built once per requirement set)")
+    env_image = common.env_image()
+    results: dict = {"server_cpu": server_cpu, "load_cpu": load_cpu, "seconds": args.seconds, "repeats": args.repeats,
+                     "workers": args.workers, "date": time.strftime("%Y-%m-%d"), "cases": {},
+                     "mlflow_as_shipped": args.mlflow_as_shipped, "loadavg": common.loadavg()}
+    work = Path(tempfile.mkdtemp(prefix="mlportal-bench-serving-"))
+    try:
+        for case in cases:
+            common.log(f"{case}: preparing the model and app files")
+            app, input_name, record = PREPARE[case](work)
+            body = json.dumps({input_name: [record]}).encode()
+            result: dict = {"floor": measure_floor(app, body, server_cpu)}
+            common.log(f"{case}: floor {result['floor']['run_ms']:.3f} ms")
+            model_dir = save_mlflow_model(case, app, record, work)
+            mlflow_body = json.dumps({"dataframe_records": [record]}).encode()
+            with our_server(case, app, env_image=env_image, workers=args.workers, cpu=server_cpu) as ours_url, \
+                    mlflow_server(model_dir, work, workers=args.workers, cpu=server_cpu,
+                                  as_shipped=args.mlflow_as_shipped) as mlflow_port:
+                mlflow_url = f"http://127.0.0.1:{mlflow_port}/invocations"
+                result["ours"] = {"answer": answer(ours_url, body)}
+                result["mlflow"] = {"answer": answer(mlflow_url, mlflow_body)}
+                common.log(f"{case}: ours answers {result['ours']['answer'][:60]}, MLflow "
+                           f"{result['mlflow']['answer'][:60]}; loading both in turn")
+                figures = load_both({"ours": (ours_url, body), "mlflow": (mlflow_url, mlflow_body)},
+                                    seconds=args.seconds, warmup=args.warmup, repeats=args.repeats, load_cpu=load_cpu)
+            result["ours"]["load"], result["mlflow"]["load"] = figures["ours"], figures["mlflow"]
+            if not same_answer(result["ours"]["answer"], result["mlflow"]["answer"]):
+                raise RuntimeError(f"{case}: the servers disagree: ours {result['ours']['answer']!r}, "
+                                   f"MLflow {result['mlflow']['answer']!r}")
+            results["cases"][case] = result
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if args.json:
+        common.dump(args.json, results)
+    print("\n".join(report(results, args.workers)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

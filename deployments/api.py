@@ -1,0 +1,447 @@
+"""REST API: /api/v1/environments/ and /api/v1/services/, and the portal's scoring proxy
+``POST /api/v1/services/<name or id>/score`` (authenticated by a service key, not a user token).
+
+Viewsets stay thin: they parse, then call one service or selector.
+"""
+from __future__ import annotations
+
+import django_filters
+from django.conf import settings
+from django.http import HttpResponse
+from django.urls import re_path
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import permissions, serializers, status
+from rest_framework.decorators import action
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from deployments import proxy, selectors, services
+from deployments.models import Environment, Service, ServiceEvent, ServiceRevision
+from workspaces.api_base import CreateListRetrieveDestroyViewSet, workspace_from_request
+from workspaces.errors import NotFound, PortalError, error_body
+from workspaces.models import Role
+
+# --- environments ---------------------------------------------------------------------------------
+
+
+class EnvironmentSerializer(serializers.ModelSerializer):
+    workspace = serializers.CharField(source="workspace.name", read_only=True)
+    created_by = serializers.CharField(source="created_by.username", read_only=True, default=None)
+    engine = serializers.SerializerMethodField()
+    services = serializers.SerializerMethodField()
+    active = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Environment
+        fields = ["id", "workspace", "name", "kind", "engine_url", "publish_address", "labels", "description", "engine",
+                  "services", "active", "created_by", "created_at"]
+        read_only_fields = fields
+
+    def get_engine(self, obj) -> dict:
+        return selectors.engine_status(obj)
+
+    def get_services(self, obj) -> list[dict]:
+        return [{"id": str(s.pk), "name": s.name, "status": s.status} for s in selectors.services_in(obj)[:100]]
+
+    def get_active(self, obj) -> bool:
+        request = self.context.get("request")
+        active = selectors.active_environment(request.user, obj.workspace) if request else None
+        return active is not None and active.pk == obj.pk
+
+
+class EnvironmentWriteSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+    kind = serializers.CharField(required=False, default=Environment.Kind.LOCAL)
+    engine_url = serializers.CharField(required=False, allow_blank=True, default="")
+    publish_address = serializers.CharField(required=False, allow_blank=True, default="")
+    labels = serializers.JSONField(required=False)
+    description = serializers.CharField(required=False, allow_blank=True, default="")
+    workspace = serializers.CharField(required=False)
+
+
+class EnvironmentViewSet(CreateListRetrieveDestroyViewSet):
+    """Environments: where services run (the lab's ``az ml env setup / list / show / set``).
+    ``GET active/`` is the caller's active one; ``POST {ref}/activate/`` sets it."""
+
+    queryset = Environment.objects.select_related("workspace", "created_by")
+    serializer_class = EnvironmentSerializer
+    filterset_fields = ["name", "kind"]
+    search_fields = ["name", "description", "engine_url"]
+    ordering_fields = ["name", "created_at", "kind"]
+    ordering = ["name"]
+    action_roles = {"activate": Role.READER}
+
+    @extend_schema(request=EnvironmentWriteSerializer, responses={201: EnvironmentSerializer})
+    def create(self, request, *args, **kwargs):
+        workspace = workspace_from_request(request, role=Role.CONTRIBUTOR)
+        body = EnvironmentWriteSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        environment = services.environment_create(
+            workspace=workspace, name=data["name"], user=request.user, kind=data["kind"], engine_url=data["engine_url"],
+            publish_address=data["publish_address"], labels=data.get("labels"), description=data["description"],
+        )
+        return Response(self.get_serializer(environment).data, status=status.HTTP_201_CREATED)
+
+    def perform_destroy(self, instance):
+        services.environment_delete(environment=instance, user=self.request.user)
+
+    @extend_schema(responses=EnvironmentSerializer)
+    @action(detail=False, methods=["get"])
+    def active(self, request):
+        """The caller's active environment in the current (or ?workspace=) workspace."""
+        workspace = workspace_from_request(request, role=Role.READER)
+        environment = selectors.active_environment(request.user, workspace)
+        if environment is None:
+            raise NotFound(f"No active environment in workspace '{workspace.name}': set one with "
+                           "POST /api/v1/environments/<name>/activate/ (mlportal env set -n <name>).", code="no_active_environment")
+        return Response(self.get_serializer(environment).data)
+
+    @extend_schema(request=None, responses=EnvironmentSerializer)
+    @action(detail=True, methods=["post"])
+    def activate(self, request, **kwargs):
+        environment = self.get_object()
+        services.environment_activate(environment=environment, user=request.user)
+        return Response(self.get_serializer(environment).data)
+
+
+# --- services -------------------------------------------------------------------------------------
+
+class ReplicaSerializer(serializers.Serializer):
+    number = serializers.IntegerField()
+    container_id = serializers.CharField()
+    host = serializers.CharField()
+    port = serializers.IntegerField()
+    url = serializers.CharField()
+    restarts = serializers.IntegerField()
+    started_at = serializers.DateTimeField()
+
+
+class RevisionSerializer(serializers.ModelSerializer):
+    image = serializers.CharField(source="image_ref")
+    image_id = serializers.UUIDField(allow_null=True)
+    created_by = serializers.CharField(source="created_by.username", default=None)
+
+    class Meta:
+        model = ServiceRevision
+        fields = ["number", "image", "image_id", "reason", "created_by", "started_at", "ended_at"]
+
+
+class EventSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ServiceEvent
+        fields = ["level", "message", "created_at"]
+
+
+class ServiceSerializer(serializers.ModelSerializer):
+    workspace = serializers.CharField(source="workspace.name", read_only=True)
+    environment = serializers.CharField(source="environment.name", read_only=True)
+    environment_id = serializers.UUIDField(read_only=True)
+    image = serializers.CharField(source="image.ref", read_only=True)
+    image_id = serializers.UUIDField(read_only=True)
+    image_tag = serializers.CharField(source="image.tag", read_only=True)
+    created_by = serializers.CharField(source="created_by.username", read_only=True, default=None)
+    scoring_url = serializers.SerializerMethodField()
+    containers = serializers.SerializerMethodField()
+    steps = serializers.SerializerMethodField()
+    revisions = serializers.SerializerMethodField()
+    events = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Service
+        fields = ["id", "workspace", "name", "status", "environment", "environment_id", "image", "image_id", "image_tag",
+                  "replicas", "cpus", "memory_mb", "error", "last_update_error", "pending", "scoring_url", "containers",
+                  "steps", "revisions", "events", "created_by", "created_at", "updated_at"]
+        read_only_fields = fields
+
+    def get_scoring_url(self, obj) -> str:
+        request = self.context.get("request")
+        path = f"/api/v1/services/{obj.name}/score"
+        return request.build_absolute_uri(path) if request else path
+
+    def get_containers(self, obj) -> list[dict]:
+        rows = ReplicaSerializer(obj.replica_set.order_by("number"), many=True).data
+        if self.context.get("detail"):
+            rows = [dict(row, **_replica_state(obj, row)) for row in rows]
+        return rows
+
+    def get_steps(self, obj) -> list[dict]:
+        return selectors.service_steps(obj)
+
+    def get_revisions(self, obj) -> list[dict]:
+        return RevisionSerializer(obj.revisions.select_related("image", "created_by")[:50], many=True).data
+
+    def get_events(self, obj) -> list[dict]:
+        if not self.context.get("detail"):
+            return []
+        return EventSerializer(obj.events.all()[:50], many=True).data
+
+
+def _replica_state(service: Service, row: dict) -> dict:
+    """The container's state as the engine says, and whether it answers /ready."""
+    from compute.containers import container_state
+    from compute.engine import EngineError
+
+    try:
+        state = container_state(row["container_id"], base_url=service.environment.docker_url)
+    except EngineError as exc:
+        return {"state": "unknown", "ready": False, "state_error": str(exc)}
+    if state is None:
+        return {"state": "gone", "ready": False, "state_error": None}
+    ready = False
+    if state["running"]:
+        try:
+            proxy.fetch_text(row["host"], row["port"], "/ready", timeout=1.0)
+            ready = True
+        except (OSError, proxy.http.client.HTTPException):
+            ready = False
+    return {"state": state["status"], "ready": ready, "state_error": None}
+
+
+class ServiceFilter(django_filters.FilterSet):
+    environment = django_filters.CharFilter(method="filter_environment", help_text="Environment id or name")
+
+    class Meta:
+        model = Service
+        fields = ["name", "status", "environment"]
+
+    def filter_environment(self, qs, name, value):
+        return selectors.filter_services(qs, environment=value)
+
+
+class ServiceCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+    image = serializers.CharField()
+    environment = serializers.CharField(required=False, allow_blank=True)
+    replicas = serializers.JSONField(required=False)
+    cpus = serializers.JSONField(required=False)
+    memory_mb = serializers.JSONField(required=False)
+    workspace = serializers.CharField(required=False)
+
+
+RealtimeSerializer = inline_serializer("ServiceCreateRealtime", {
+    "name": serializers.CharField(), "model_file": serializers.FileField(), "score_file": serializers.FileField(),
+    "schema_file": serializers.FileField(), "requirements_file": serializers.FileField(required=False),
+    "runtime": serializers.CharField(required=False), "model_name": serializers.CharField(required=False),
+    "environment": serializers.CharField(required=False), "replicas": serializers.IntegerField(required=False),
+    "cpus": serializers.FloatField(required=False), "memory_mb": serializers.IntegerField(required=False),
+    "workspace": serializers.CharField(required=False)})
+KeysSerializer = inline_serializer("ServiceKeys", {"primary": serializers.CharField(), "secondary": serializers.CharField()})
+UsageSerializer = inline_serializer("ServiceUsage", {
+    "scoring_url": serializers.CharField(), "container_url": serializers.CharField(allow_null=True),
+    "swagger_url": serializers.CharField(allow_null=True), "headers": serializers.DictField(),
+    "sample_body": serializers.JSONField(), "curl": serializers.CharField(), "cli": serializers.CharField()})
+LogsSerializer = inline_serializer("ServiceLogs", {
+    "text": serializers.CharField(), "replicas": serializers.ListField(child=serializers.DictField()),
+    "done": serializers.BooleanField()})
+
+
+def _value(request, name: str, default=None):
+    value = request.data.get(name, default) if hasattr(request.data, "get") else default
+    return default if value in (None, "") else value
+
+
+class ServiceViewSet(CreateListRetrieveDestroyViewSet):
+    """Realtime services. POST ``{"name", "image", "environment"?, "replicas"?, "cpus"?, "memory_mb"?}``
+    deploys a built image; ``POST create-realtime/`` (multipart) is the lab's one-shot
+    ``service create realtime``. DELETE answers 202: the service goes ``deleting``, then away."""
+
+    queryset = Service.objects.select_related("workspace", "environment", "image__manifest", "created_by")
+    serializer_class = ServiceSerializer
+    filterset_class = ServiceFilter
+    search_fields = ["name", "image__name"]
+    ordering_fields = ["name", "status", "created_at", "updated_at", "replicas"]
+    ordering = ["name"]
+    parser_classes = [JSONParser, MultiPartParser, FormParser]
+
+    def get_serializer_context(self):
+        return {**super().get_serializer_context(), "detail": self.action not in ("list", "create", "create_realtime")}
+
+    def _answer(self, service: Service, *, code: int = status.HTTP_200_OK, notice: str | None = None) -> Response:
+        service = self.get_queryset().get(pk=service.pk)
+        data = self.get_serializer(service).data
+        if notice:
+            data["notice"] = notice
+        return Response(data, status=code)
+
+    @extend_schema(request=ServiceCreateSerializer, responses={201: ServiceSerializer})
+    def create(self, request, *args, **kwargs):
+        from registry.api import resolve_in_workspace
+        from registry.models import Image
+
+        workspace = workspace_from_request(request, role=Role.CONTRIBUTOR)
+        body = ServiceCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        image = resolve_in_workspace(Image.objects.all(), workspace, data["image"], field="image", what="image", tag=True)
+        service, notice = services.service_create(
+            workspace=workspace, name=data["name"], image=image, user=request.user, environment=data.get("environment") or None,
+            replicas=data.get("replicas", 1), cpus=data.get("cpus", 1.0), memory_mb=data.get("memory_mb", 1024),
+        )
+        return self._answer(service, code=status.HTTP_201_CREATED, notice=notice)
+
+    @extend_schema(request={"multipart/form-data": RealtimeSerializer}, responses={201: ServiceSerializer})
+    @action(detail=False, methods=["post"], url_path="create-realtime")
+    def create_realtime(self, request):
+        """Register the model, create the manifest and the image, and start the service: in one go."""
+        workspace = workspace_from_request(request, role=Role.CONTRIBUTOR)
+        files = {}
+        for field, required in (("model_file", True), ("score_file", True), ("schema_file", True), ("requirements_file", False)):
+            upload = request.FILES.get(field)
+            if upload is None and required:
+                raise PortalError(f"Upload the file as '{field}' (multipart/form-data).", fields={field: "This file is required."})
+            files[field] = upload
+        model = files["model_file"]
+        requirements = files["requirements_file"]
+        service, notice = services.service_create_realtime(
+            workspace=workspace, name=_value(request, "name", ""), model_file=model, model_filename=model.name,
+            score=files["score_file"].read(), schema=files["schema_file"].read(),
+            requirements=requirements.read() if requirements is not None else None, user=request.user,
+            runtime=_value(request, "runtime", "python"), model_name=_value(request, "model_name"),
+            environment=_value(request, "environment"), replicas=_value(request, "replicas", 1),
+            cpus=_value(request, "cpus", 1.0), memory_mb=_value(request, "memory_mb", 1024),
+        )
+        return self._answer(service, code=status.HTTP_201_CREATED, notice=notice)
+
+    @extend_schema(responses={202: ServiceSerializer})
+    def destroy(self, request, *args, **kwargs):
+        service = services.service_delete(service=self.get_object(), user=request.user)
+        return Response(self.get_serializer(service).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(responses=KeysSerializer)
+    @action(detail=True, methods=["get"])
+    def keys(self, request, **kwargs):
+        """The service's primary and secondary keys (members of its workspace only)."""
+        service = self.get_object()
+        return Response({"primary": service.primary_key, "secondary": service.secondary_key})
+
+    @extend_schema(request=inline_serializer("RegenerateKey", {"key": serializers.ChoiceField(["primary", "secondary"])}),
+                   responses={202: ServiceSerializer})
+    @action(detail=True, methods=["post"], url_path="regenerate-key")
+    def regenerate_key(self, request, **kwargs):
+        service = services.service_regenerate_key(service=self.get_object(), which=_value(request, "key"), user=request.user)
+        return self._answer(service, code=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(responses=UsageSerializer)
+    @action(detail=True, methods=["get"])
+    def usage(self, request, **kwargs):
+        """How to call it: scoring URL, container URL, swagger, headers, sample body, curl, CLI."""
+        return Response(selectors.service_usage(self.get_object(), portal_url=request.build_absolute_uri("/")))
+
+    @extend_schema(parameters=[OpenApiParameter("tail", int)], responses=LogsSerializer)
+    @action(detail=True, methods=["get"])
+    def logs(self, request, **kwargs):
+        """The last ?tail=N (default 200, at most 5000) lines of each replica's container."""
+        try:
+            tail = int(request.query_params.get("tail", 200))
+        except ValueError:
+            raise PortalError("tail must be a whole number of lines.", fields={"tail": "Not a number."}) from None
+        if not 1 <= tail <= 5000:
+            raise PortalError("tail must be from 1 to 5000 lines.", fields={"tail": "Out of range."})
+        return Response(selectors.service_logs(self.get_object(), tail=tail))
+
+    @extend_schema(responses={200: dict})
+    @action(detail=True, methods=["get"])
+    def metrics(self, request, **kwargs):
+        """Scoring requests and latency from each replica's /metrics, and the totals."""
+        return Response(selectors.service_metrics(self.get_object()))
+
+    @extend_schema(request=inline_serializer("ServiceUpdate", {"image": serializers.CharField()}),
+                   responses={202: ServiceSerializer})
+    @action(detail=True, methods=["post"], url_path="update")
+    def update_image(self, request, **kwargs):
+        """Moves the service to another built image without downtime."""
+        image = _value(request, "image")
+        if image is None:
+            raise PortalError("Name the image to update to: {\"image\": \"churnpred:2\"}.", fields={"image": "This field is required."})
+        service = services.service_update(service=self.get_object(), image=image, user=request.user)
+        return self._answer(service, code=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=inline_serializer("ServiceRollback", {"revision": serializers.IntegerField(required=False),
+                                                                  "image": serializers.CharField(required=False)}),
+                   responses={202: ServiceSerializer})
+    @action(detail=True, methods=["post"])
+    def rollback(self, request, **kwargs):
+        service = services.service_rollback(service=self.get_object(), user=request.user,
+                                            revision=_value(request, "revision"), image=_value(request, "image"))
+        return self._answer(service, code=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=inline_serializer("ServiceScale", {"replicas": serializers.IntegerField()}),
+                   responses={202: ServiceSerializer})
+    @action(detail=True, methods=["post"])
+    def scale(self, request, **kwargs):
+        if _value(request, "replicas") is None:
+            raise PortalError("Say how many replicas: {\"replicas\": 2}.", fields={"replicas": "This field is required."})
+        service = services.service_scale(service=self.get_object(), replicas=_value(request, "replicas"), user=request.user)
+        return self._answer(service, code=status.HTTP_202_ACCEPTED)
+
+
+# --- the scoring proxy ----------------------------------------------------------------------------
+
+def _score_error(message: str, code: str, status_code: int, **headers) -> HttpResponse:
+    response = HttpResponse(_json(error_body(message, code)), status=status_code, content_type="application/json")
+    for name, value in headers.items():
+        response[name.replace("_", "-")] = value
+    return response
+
+
+def _json(data) -> str:
+    import json
+
+    return json.dumps(data)
+
+
+class ServiceScoreView(APIView):
+    """``POST /api/v1/services/<name or id>/score`` with ``Authorization: Bearer <service key>``:
+    forwards the body to the service's replicas in turn (round robin) and passes the container's
+    status code and body through. 401 without a key or with a wrong one; 413 over the body cap;
+    503 while no replica is ready. The containers' own endpoints work without the portal."""
+
+    authentication_classes = []  # a service key, checked below; never a user token or session
+    permission_classes = [permissions.AllowAny]
+    parser_classes = []  # the body goes to the container as it came
+
+    @extend_schema(request={"application/json": dict}, responses={200: dict}, auth=[])
+    def post(self, request, ref: str):
+        header = request.META.get("HTTP_AUTHORIZATION", "")
+        scheme, _, key = header.partition(" ")
+        unauthorized = {"WWW_Authenticate": 'Bearer realm="service"'}
+        if not header:
+            return _score_error("This service needs a key: send 'Authorization: Bearer <service key>' (the keys are on "
+                                "the service's page).", "unauthorized", 401, **unauthorized)
+        if scheme.lower() != "bearer" or not key.strip():
+            return _score_error("Send the service key as 'Authorization: Bearer <service key>'.", "unauthorized", 401, **unauthorized)
+        cap = settings.MLPORTAL_MAX_BODY_BYTES
+        body = request.body
+        if len(body) > cap:
+            return _score_error(f"The request body is {len(body)} bytes, over the limit of {cap} bytes: send less data.",
+                                "too_large", 413)
+        service = selectors.find_for_scoring(ref, key.strip())
+        if service is None:
+            return _score_error(f"No service '{ref[:80]}' accepts this key: check the service name and its keys.",
+                                "unauthorized", 401, **unauthorized)
+        replicas = selectors.ready_replicas(service)
+        if not replicas:
+            return _score_error(f"Service '{service.name}' has no ready replica (it is {service.status}); try again "
+                                "once it is healthy.", "not_ready", 503, Retry_After="5")
+        try:
+            answer = proxy.forward(proxy.round_robin(str(service.pk), replicas), path="/score", body=body,
+                                   content_type=request.META.get("CONTENT_TYPE", "application/json"),
+                                   key=service.proxy_key)
+        except proxy.NoReplicaAnswered as exc:
+            return _score_error(f"No replica of service '{service.name}' answered: {exc}", "bad_gateway", 502)
+        response = HttpResponse(answer.body, status=answer.status, content_type=answer.content_type)
+        response["X-MLPortal-Replica"] = str(answer.replica)
+        response["X-MLPortal-Latency-Ms"] = f"{answer.latency_ms:.1f}"
+        return response
+
+
+ROUTES = [
+    # api-* basenames: the pages own the plain names (service-list, environment-detail, …).
+    ("environments", EnvironmentViewSet, "api-environment"),
+    ("services", ServiceViewSet, "api-service"),
+]
+EXTRA_URLS = [
+    re_path(r"^services/(?P<ref>[^/]+)/score/?$", ServiceScoreView.as_view(), name="api-service-score"),
+]

@@ -1,0 +1,72 @@
+"""Page forms. They only collect input: every rule is checked by deployments.services."""
+from __future__ import annotations
+
+import json
+
+from django import forms
+from django.conf import settings
+
+LABELS_HELP = 'A JSON object, like {"stage": "production"}.'
+
+
+class JSONObjectField(forms.CharField):
+    """Text holding a JSON object; the service checks what is in it."""
+
+    def clean(self, value):
+        value = super().clean(value)
+        if not value:
+            return {}
+        try:
+            data = json.loads(value)
+        except ValueError:
+            raise forms.ValidationError('Not valid JSON: write an object like {"stage": "production"}.') from None
+        if not isinstance(data, dict):
+            raise forms.ValidationError('Write a JSON object, like {"stage": "production"}.')
+        return data
+
+
+class EnvironmentForm(forms.Form):
+    name = forms.CharField(max_length=200, help_text="Like local, staging or production.")
+    engine_url = forms.CharField(required=False, label="Docker engine URL",
+                                 help_text="Empty: the workers' own engine. Or tcp://host:2375, ssh://user@host.")
+    publish_address = forms.CharField(required=False, initial="127.0.0.1",
+                                      help_text="Where replicas publish their port on the engine's host; the workers must reach it.")
+    labels = JSONObjectField(required=False, help_text=LABELS_HELP)
+    description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
+
+
+def _environment_field() -> forms.ChoiceField:
+    return forms.ChoiceField(required=False, choices=[], help_text="Empty: your active environment (or a new 'local' one).")
+
+
+class RealtimeForm(forms.Form):
+    """The lab's one-shot ``service create realtime``."""
+
+    name = forms.CharField(max_length=200, help_text="The service name, like churnpred.")
+    model_file = forms.FileField(label="Model file", help_text="Like model.pkl; registered as a new model version.")
+    score_file = forms.FileField(label="score.py", help_text="Defines init() and run(input).")
+    schema_file = forms.FileField(label="service_schema.json")
+    requirements_file = forms.FileField(required=False, label="requirements.txt (optional)")
+    model_name = forms.CharField(required=False, max_length=200, help_text="Empty: the model file's name.")
+    environment = _environment_field()
+    replicas = forms.IntegerField(initial=1)
+
+    def __init__(self, *args, environment_choices=(), **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["environment"].choices = [("", "(active environment)")] + list(environment_choices)
+        self.fields["replicas"].help_text = f"1 to {settings.MLPORTAL_MAX_REPLICAS}."
+
+
+class FromImageForm(forms.Form):
+    name = forms.CharField(max_length=200)
+    image = forms.ChoiceField(choices=[], help_text="A built image of this workspace.")
+    environment = _environment_field()
+    replicas = forms.IntegerField(initial=1)
+    cpus = forms.FloatField(initial=1.0, label="CPUs per replica")
+    memory_mb = forms.IntegerField(initial=1024, label="Memory per replica (MB)")
+
+    def __init__(self, *args, image_choices=(), environment_choices=(), **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["image"].choices = list(image_choices)
+        self.fields["environment"].choices = [("", "(active environment)")] + list(environment_choices)
+        self.fields["replicas"].help_text = f"1 to {settings.MLPORTAL_MAX_REPLICAS}."

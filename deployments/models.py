@@ -1,0 +1,203 @@
+"""Environments (where services run) and realtime services (a running Image in an Environment),
+with their replicas, revisions (which image served when) and events.
+
+What runs where lives here and in the containers' labels (``mlportal.kind=service``,
+``mlportal.id=<service id>``, ``mlportal.replica=<n>``), so a restarted worker loses nothing.
+"""
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.urls import reverse
+
+
+class Environment(models.Model):
+    """A place services run: a Docker engine the workers can reach (``local``), or later a cluster.
+
+    ``engine_url`` empty means the workers' own engine (``settings.MLPORTAL_DOCKER_URL``);
+    ``publish_address`` is the address of the engine's host on which replicas publish their port.
+    Staging and production are environments with those names and labels.
+    """
+
+    class Kind(models.TextChoices):
+        LOCAL = "local", "Local (a Docker engine)"
+        CLUSTER = "cluster", "Cluster (Kubernetes)"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    workspace = models.ForeignKey("workspaces.Workspace", on_delete=models.CASCADE, related_name="environments")
+    name = models.CharField(max_length=63)
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.LOCAL)
+    engine_url = models.CharField(max_length=255, blank=True, help_text="tcp:// or ssh:// URL; empty: the workers' own engine")
+    publish_address = models.GenericIPAddressField(default="127.0.0.1", help_text="Where replicas publish their port")
+    labels = models.JSONField(default=dict, blank=True)
+    description = models.TextField(blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["workspace", "name"], name="environment_unique_name")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def get_absolute_url(self) -> str:
+        return reverse("environment-detail", args=[self.pk])
+
+    @property
+    def docker_url(self) -> str | None:
+        """The engine the workers talk to for this environment (None: the local default)."""
+        return self.engine_url or settings.MLPORTAL_DOCKER_URL
+
+    @property
+    def engine_label(self) -> str:
+        return self.engine_url or "this machine's Docker engine"
+
+
+class ActiveEnvironment(models.Model):
+    """The environment a user deploys to by default in a workspace (the lab's ``az ml env set``)."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    workspace = models.ForeignKey("workspaces.Workspace", on_delete=models.CASCADE, related_name="+")
+    environment = models.ForeignKey(Environment, on_delete=models.CASCADE, related_name="+")
+    set_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "workspace"], name="one_active_environment")]
+
+    def __str__(self) -> str:
+        return f"{self.user} uses {self.environment} in {self.workspace_id}"
+
+
+class Service(models.Model):
+    """A realtime scoring service: ``replicas`` containers of ``image`` in ``environment``.
+
+    Keys: callers use ``primary_key`` or ``secondary_key`` (both valid at once); containers also
+    accept ``proxy_key``, which only the portal's scoring proxy sends, so a key regenerated at the
+    portal works there at once while the containers are being restarted with it.
+    ``pending`` holds the change an ``updating`` service is going through; ``lock_token`` /
+    ``lock_until`` let one worker at a time act on the service's containers.
+    """
+
+    class Status(models.TextChoices):
+        CREATING = "creating", "Creating"
+        HEALTHY = "healthy", "Healthy"
+        UNHEALTHY = "unhealthy", "Unhealthy"
+        FAILED = "failed", "Failed"
+        UPDATING = "updating", "Updating"
+        DELETING = "deleting", "Deleting"
+        DELETED = "deleted", "Deleted"
+
+    SERVING = (Status.HEALTHY, Status.UNHEALTHY, Status.UPDATING)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    workspace = models.ForeignKey("workspaces.Workspace", on_delete=models.CASCADE, related_name="services")
+    name = models.CharField(max_length=63)
+    environment = models.ForeignKey(Environment, on_delete=models.RESTRICT, related_name="services")
+    image = models.ForeignKey("registry.Image", on_delete=models.RESTRICT, related_name="services")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.CREATING)
+    replicas = models.PositiveSmallIntegerField(default=1, help_text="Replicas it runs (changed by a finished scale)")
+    cpus = models.FloatField(default=1.0)
+    memory_mb = models.PositiveIntegerField(default=1024)
+    primary_key = models.CharField(max_length=64)
+    secondary_key = models.CharField(max_length=64)
+    proxy_key = models.CharField(max_length=64)
+    error = models.TextField(blank=True, help_text="Why it failed, one line")
+    last_update_error = models.TextField(blank=True, help_text="Why the last update, scale or key change failed")
+    pending = models.JSONField(default=dict, blank=True, help_text="The change an updating service is going through")
+    lock_token = models.UUIDField(null=True, blank=True)
+    lock_until = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        # A deleted service's row goes once its containers are gone, which frees its name.
+        constraints = [models.UniqueConstraint(fields=["workspace", "name"], name="service_unique_name")]
+        # The scoring proxy finds services by name across workspaces, then checks the key.
+        indexes = [models.Index(fields=["name"], name="service_name")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def get_absolute_url(self) -> str:
+        return reverse("service-detail", args=[self.pk])
+
+    @property
+    def keys(self) -> list[str]:
+        return [self.primary_key, self.secondary_key]
+
+
+class ServiceReplica(models.Model):
+    """One running container of a service: the proxy spreads requests over these rows."""
+
+    service = models.ForeignKey(Service, on_delete=models.CASCADE, related_name="replica_set")
+    number = models.PositiveSmallIntegerField()
+    container_id = models.CharField(max_length=80)
+    host = models.CharField(max_length=255)
+    port = models.PositiveIntegerField()
+    restarts = models.PositiveIntegerField(default=0)
+    started_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["service", "number"]
+        constraints = [models.UniqueConstraint(fields=["service", "number"], name="replica_unique_number")]
+
+    def __str__(self) -> str:
+        return f"{self.service_id} replica {self.number}"
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+class ServiceRevision(models.Model):
+    """Which image a service served from when to when (``ended_at`` empty: the current one)."""
+
+    class Reason(models.TextChoices):
+        CREATE = "create", "Created"
+        UPDATE = "update", "Updated"
+        ROLLBACK = "rollback", "Rolled back"
+
+    service = models.ForeignKey(Service, on_delete=models.CASCADE, related_name="revisions")
+    number = models.PositiveIntegerField()
+    # SET_NULL: the history outlives a deleted image (image_ref keeps its name); a rollback to it is refused.
+    image = models.ForeignKey("registry.Image", null=True, on_delete=models.SET_NULL, related_name="+")
+    image_ref = models.CharField(max_length=100)
+    reason = models.CharField(max_length=16, choices=Reason.choices)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    started_at = models.DateTimeField(auto_now_add=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["service", "-number"]
+        constraints = [models.UniqueConstraint(fields=["service", "number"], name="revision_unique_number")]
+
+    def __str__(self) -> str:
+        return f"{self.service_id} revision {self.number}"
+
+
+class ServiceEvent(models.Model):
+    """Something that happened to a service: deployed, a replica restarted, an update failed…"""
+
+    class Level(models.TextChoices):
+        INFO = "info", "Info"
+        WARNING = "warning", "Warning"
+        ERROR = "error", "Error"
+
+    service = models.ForeignKey(Service, on_delete=models.CASCADE, related_name="events")
+    level = models.CharField(max_length=8, choices=Level.choices, default=Level.INFO)
+    message = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        # The service page lists a service's newest events first.
+        indexes = [models.Index(fields=["service", "-created_at"], name="service_event_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.level}: {self.message[:60]}"

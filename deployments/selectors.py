@@ -1,0 +1,183 @@
+"""Read queries about environments and services, and what the pages and API show of them:
+engine status, the one-shot's steps, usage samples, container logs and metrics."""
+from __future__ import annotations
+
+import hmac
+import json
+import shlex
+import uuid
+
+from django.core.cache import cache
+from django.db.models import Q, QuerySet
+
+from deployments import proxy
+from deployments.models import ActiveEnvironment, Environment, Service, ServiceReplica
+
+ENGINE_STATUS_TTL = 10  # seconds: lists show many environments, and an unreachable engine takes a while to say so
+SAMPLE_KEY = "<service-key>"
+
+
+def engine_status(environment: Environment) -> dict:
+    """``{"ok", "version", "error"}`` of the environment's engine, cached for a few seconds."""
+    from compute.engine import engine_status as probe
+
+    if environment.kind != Environment.Kind.LOCAL:
+        return {"ok": False, "version": None, "error": "cluster environments are not available yet"}
+    key = f"deployments:engine:{environment.docker_url or 'local'}"
+    status = cache.get(key)
+    if status is None:
+        status = probe(environment.docker_url)
+        cache.set(key, status, ENGINE_STATUS_TTL)
+    return status
+
+
+def active_environment(user, workspace) -> Environment | None:
+    if workspace is None:
+        return None
+    active = ActiveEnvironment.objects.filter(user=user, workspace=workspace).select_related("environment").first()
+    return active.environment if active else None
+
+
+def services_in(environment: Environment) -> QuerySet[Service]:
+    return environment.services.exclude(status=Service.Status.DELETED).order_by("name")
+
+
+def filter_services(qs: QuerySet[Service], *, q: str = "", status: str = "", environment: str = "") -> QuerySet[Service]:
+    """The services list's search (name, image name) and filters (status, environment id or name)."""
+    if q:
+        qs = qs.filter(Q(name__icontains=q) | Q(image__name__icontains=q))
+    if status:
+        qs = qs.filter(status=status)
+    if environment:
+        try:
+            qs = qs.filter(environment_id=uuid.UUID(environment))
+        except ValueError:
+            qs = qs.filter(environment__name=environment)
+    return qs
+
+
+def ready_replicas(service: Service) -> list[ServiceReplica]:
+    return list(service.replica_set.order_by("number"))
+
+
+def find_for_scoring(ref: str, key: str) -> Service | None:
+    """The service ``ref`` (id or name) whose primary or secondary key is ``key``; names are unique
+    per workspace only, so among same-named services the key decides. Keys are compared in
+    constant time, every candidate's both keys, so timing tells nothing."""
+    qs = Service.objects.exclude(status__in=[Service.Status.DELETING, Service.Status.DELETED])
+    try:
+        candidates = list(qs.filter(pk=uuid.UUID(ref))[:1])
+    except ValueError:
+        candidates = list(qs.filter(name=ref)[:100])
+    given = key.encode("utf-8", "replace")
+    found = None
+    for service in candidates:
+        matched = False
+        for stored in service.keys:
+            matched |= hmac.compare_digest(given, stored.encode())
+        if matched and found is None:
+            found = service
+    return found
+
+
+def service_steps(service: Service) -> list[dict]:
+    """register → manifest → image → service, each with its id, status and page, as the one-shot
+    create shows them (any service has this lineage)."""
+    from django.urls import reverse
+
+    image = service.image
+    manifest = image.manifest
+    model = manifest.model_versions.order_by("manifest_models__position").first()
+    steps = []
+    if model is not None:
+        steps.append({"step": "register", "label": "Register model", "id": str(model.pk), "ref": model.ref,
+                      "status": "succeeded", "url": reverse("model-detail", args=[model.pk])})
+    steps.append({"step": "manifest", "label": "Create manifest", "id": str(manifest.pk), "ref": manifest.ref,
+                  "status": "succeeded", "url": reverse("manifest-detail", args=[manifest.pk])})
+    steps.append({"step": "image", "label": "Build image", "id": str(image.pk), "ref": image.ref, "status": image.status,
+                  "error": image.error, "url": reverse("image-detail", args=[image.pk])})
+    steps.append({"step": "service", "label": "Start service", "id": str(service.pk), "ref": service.name,
+                  "status": service.status, "error": service.error, "url": service.get_absolute_url()})
+    return steps
+
+
+def sample_body(service: Service) -> dict:
+    from mlportal_runtime.schema import example_body, load_schema
+    from registry.models import Manifest
+    from registry.services import manifest_file
+
+    return example_body(load_schema(manifest_file(service.image.manifest, Manifest.SCHEMA)))
+
+
+def service_usage(service: Service, *, portal_url: str) -> dict:
+    """How to call the service: the portal's scoring URL, the container's own, its OpenAPI
+    document, headers, the schema's example body, a curl line and the CLI line."""
+    body = sample_body(service)
+    body_json = json.dumps(body)
+    scoring_url = f"{portal_url.rstrip('/')}/api/v1/services/{service.name}/score"
+    replica = service.replica_set.order_by("number").first()
+    container_url = f"{replica.url}/score" if replica else None
+    headers = {"Authorization": f"Bearer {SAMPLE_KEY}", "Content-Type": "application/json"}
+    curl = (f"curl -X POST {shlex.quote(scoring_url)} -H {shlex.quote(headers['Authorization'])} "
+            f"-H 'Content-Type: application/json' -d {shlex.quote(body_json)}")
+    return {
+        "scoring_url": scoring_url,
+        "container_url": container_url,
+        "swagger_url": f"{replica.url}/swagger.json" if replica else None,
+        "headers": headers,
+        "sample_body": body,
+        "curl": curl,
+        "cli": f"mlportal service run realtime -i {shlex.quote(service.name)} -d {shlex.quote(body_json)}",
+    }
+
+
+def service_logs(service: Service, *, tail: int = 200) -> dict:
+    """The last ``tail`` lines of each replica's container: ``{"text", "replicas": [...], "done"}``
+    (``text`` joins them, each line prefixed with its replica)."""
+    from compute.containers import container_logs
+    from compute.engine import EngineError
+
+    replicas = []
+    parts = []
+    base_url = service.environment.docker_url
+    for replica in service.replica_set.order_by("number"):
+        try:
+            text = container_logs(replica.container_id, tail=tail, base_url=base_url)
+            error = None
+        except EngineError as exc:
+            text, error = "", str(exc)
+        replicas.append({"replica": replica.number, "container_id": replica.container_id, "text": text, "error": error})
+        lines = text.splitlines()
+        parts.extend(f"[replica {replica.number}] {line}" for line in lines)
+        if error:
+            parts.append(f"[replica {replica.number}] (logs unavailable: {error})")
+    return {"text": "\n".join(parts) + ("\n" if parts else ""), "replicas": replicas,
+            "done": service.status in (Service.Status.FAILED, Service.Status.DELETED)}
+
+
+def service_metrics(service: Service) -> dict:
+    """Scoring requests and latency of every replica (their /metrics), and the totals."""
+    per_replica = []
+    merged: dict[float, float] = {}
+    total = {"requests": 0, "errors": 0, "latency_sum_ms": 0.0, "latency_count": 0, "by_code": {}}
+    for replica in service.replica_set.order_by("number"):
+        try:
+            summary = proxy.summarise_metrics(proxy.fetch_text(replica.host, replica.port, "/metrics"))
+        except (OSError, proxy.http.client.HTTPException) as exc:
+            per_replica.append({"replica": replica.number, "error": str(exc) or type(exc).__name__})
+            continue
+        for bound, cumulative in summary.pop("buckets"):
+            merged[bound] = merged.get(bound, 0) + cumulative
+        per_replica.append({"replica": replica.number, **summary, "error": None})
+        for field in ("requests", "errors", "latency_sum_ms", "latency_count"):
+            total[field] += summary[field]
+        for code, count in summary["by_code"].items():
+            total["by_code"][code] = total["by_code"].get(code, 0) + count
+    buckets = sorted(merged.items())
+    count = total["latency_count"]
+    return {
+        "requests": total["requests"], "errors": total["errors"], "by_code": total["by_code"],
+        "mean_latency_ms": round(total["latency_sum_ms"] / count, 3) if count else None,
+        "p50_latency_ms": proxy.quantile_ms(buckets, 0.5), "p95_latency_ms": proxy.quantile_ms(buckets, 0.95),
+        "replicas": per_replica,
+    }

@@ -1,0 +1,263 @@
+"""Pages: Services (list, create, the service page with Usage / Test / Logs / Metrics), Environments."""
+from __future__ import annotations
+
+import json
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.db.models import Q
+from django.http import Http404
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from deployments import selectors, services
+from deployments.forms import EnvironmentForm, FromImageForm, RealtimeForm
+from deployments.models import Environment, Service
+from workspaces.errors import PortalError
+from workspaces.models import Role
+from workspaces.selectors import has_role, role_in
+from workspaces.views import _form_error
+from workspaces.views_base import get_scoped_or_404, paginate, require_page_role, scoped
+
+
+def _can(request, obj, role: str) -> bool:
+    return has_role(role_in(request.user, obj.workspace_id), role)
+
+
+def _current_workspace(request, role: str = Role.CONTRIBUTOR):
+    if request.workspace is None:
+        raise Http404("You belong to no workspace yet.")
+    require_page_role(request, request.workspace, role)
+    return request.workspace
+
+
+def _sorted(request, qs, allowed: dict[str, str], default: str):
+    sort = request.GET.get("sort", default)
+    return qs.order_by(allowed.get(sort, allowed[default]), "-pk"), (sort if sort in allowed else default)
+
+
+def _service(request, ref: str) -> Service:
+    return get_scoped_or_404(request, Service.objects.select_related("workspace", "environment", "image__manifest",
+                                                                     "created_by"), ref)
+
+
+def _environment(request, ref: str) -> Environment:
+    return get_scoped_or_404(request, Environment.objects.select_related("workspace", "created_by"), ref)
+
+
+def _environment_choices(workspace) -> list[tuple[str, str]]:
+    return [(e.name, e.name) for e in Environment.objects.filter(workspace=workspace).order_by("name")[:200]]
+
+
+# --- services -------------------------------------------------------------------------------------
+
+@login_required
+def service_list(request):
+    filters = {k: request.GET.get(k, "").strip() for k in ("q", "status", "environment")}
+    qs = selectors.filter_services(scoped(request, Service.objects.select_related("environment", "image", "created_by")),
+                                   **filters)
+    qs, sort = _sorted(request, qs, {"name": "name", "-name": "-name", "status": "status", "-created": "-created_at",
+                                     "created": "created_at"}, "name")
+    environments = scoped(request, Environment.objects.all()).order_by("name")
+    return render(request, "deployments/service_list.html", {
+        "page": paginate(request, qs), "sort": sort, "statuses": Service.Status.values, "environments": environments,
+        "active": selectors.active_environment(request.user, request.workspace), **filters,
+    })
+
+
+@login_required
+def service_create(request):
+    from registry.models import Image
+
+    workspace = _current_workspace(request)
+    environments = _environment_choices(workspace)
+    images = Image.objects.filter(workspace=workspace, status=Image.Status.SUCCEEDED).order_by("-created_at")[:200]
+    image_choices = [(str(i.pk), f"{i.name} v{i.version} ({i.tag})") for i in images]
+    mode = request.POST.get("mode", "realtime")
+    realtime = RealtimeForm(request.POST if mode == "realtime" else None, request.FILES if mode == "realtime" else None,
+                            environment_choices=environments)
+    from_image = FromImageForm(request.POST if mode == "image" else None, image_choices=image_choices,
+                               environment_choices=environments, initial={"image": request.GET.get("image", "")})
+    form = realtime if mode == "realtime" else from_image
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            if mode == "realtime":
+                model = data["model_file"]
+                requirements = data.get("requirements_file")
+                service, notice = services.service_create_realtime(
+                    workspace=workspace, name=data["name"], model_file=model, model_filename=model.name,
+                    score=data["score_file"].read(), schema=data["schema_file"].read(),
+                    requirements=requirements.read() if requirements else None, user=request.user,
+                    model_name=data["model_name"] or None, environment=data["environment"] or None,
+                    replicas=data["replicas"],
+                )
+            else:
+                image = Image.objects.filter(workspace=workspace, pk=data["image"]).first()
+                if image is None:
+                    raise PortalError("Choose a built image.", fields={"image": "Unknown image."})
+                service, notice = services.service_create(
+                    workspace=workspace, name=data["name"], image=image, user=request.user,
+                    environment=data["environment"] or None, replicas=data["replicas"], cpus=data["cpus"],
+                    memory_mb=data["memory_mb"],
+                )
+        except PortalError as exc:
+            _form_error(form, exc)
+        else:
+            if notice:
+                messages.info(request, notice)
+            messages.success(request, f"Service '{service.name}' is being created.")
+            return redirect("service-detail", ref=str(service.pk))
+    return render(request, "deployments/service_create.html", {
+        "realtime": realtime, "from_image": from_image, "mode": mode, "has_images": bool(image_choices),
+    })
+
+
+@login_required
+def service_detail(request, ref: str):
+    from registry.models import Image
+
+    service = _service(request, ref)
+    try:
+        usage = selectors.service_usage(service, portal_url=request.build_absolute_uri("/"))
+    except (ValueError, PortalError) as exc:  # SchemaError is a ValueError: the page still shows the rest
+        usage, usage_error = None, str(exc)
+    else:
+        usage_error = ""
+    images = Image.objects.filter(workspace=service.workspace_id, status=Image.Status.SUCCEEDED).exclude(
+        pk=service.image_id).order_by("-created_at")[:100]
+    return render(request, "deployments/service_detail.html", {
+        "service": service, "usage": usage, "usage_error": usage_error, "images": images,
+        "sample_json": json.dumps(usage["sample_body"], indent=2) if usage else "{}",
+        "revisions": service.revisions.select_related("image", "created_by")[:50],
+        "events": service.events.all()[:50], "steps": selectors.service_steps(service),
+        "can_change": _can(request, service, Role.CONTRIBUTOR), "can_delete": _can(request, service, Role.OWNER),
+        "max_replicas": settings.MLPORTAL_MAX_REPLICAS,
+        "status_url": reverse("api-service-detail", kwargs={"pk": service.pk}),
+        "logs_url": reverse("api-service-logs", kwargs={"pk": service.pk}),
+        "metrics_url": reverse("api-service-metrics", kwargs={"pk": service.pk}),
+        "keys_url": reverse("api-service-keys", kwargs={"pk": service.pk}),
+        "score_url": reverse("api-service-score", kwargs={"ref": service.pk}),
+    })
+
+
+def _service_action(request, ref: str, role: str, act, done: str):
+    service = _service(request, ref)
+    require_page_role(request, service.workspace, role)
+    try:
+        act(service)
+    except PortalError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, done.format(service=service))
+    return redirect("service-detail", ref=str(service.pk))
+
+
+@login_required
+@require_POST
+def service_update(request, ref: str):
+    return _service_action(request, ref, Role.CONTRIBUTOR, lambda s: services.service_update(
+        service=s, image=request.POST.get("image", ""), user=request.user), "Updating '{service.name}': the new replicas start before the old ones stop.")
+
+
+@login_required
+@require_POST
+def service_rollback(request, ref: str):
+    return _service_action(request, ref, Role.CONTRIBUTOR, lambda s: services.service_rollback(
+        service=s, revision=request.POST.get("revision"), user=request.user), "Rolling '{service.name}' back.")
+
+
+@login_required
+@require_POST
+def service_scale(request, ref: str):
+    return _service_action(request, ref, Role.CONTRIBUTOR, lambda s: services.service_scale(
+        service=s, replicas=request.POST.get("replicas", ""), user=request.user), "Scaling '{service.name}'.")
+
+
+@login_required
+@require_POST
+def service_regenerate_key(request, ref: str):
+    which = request.POST.get("key", "")
+    return _service_action(request, ref, Role.CONTRIBUTOR, lambda s: services.service_regenerate_key(
+        service=s, which=which, user=request.user),
+        f"New {which} key for '{{service.name}}': the portal takes it now; the replicas restart with it.")
+
+
+@login_required
+@require_POST
+def service_delete(request, ref: str):
+    service = _service(request, ref)
+    require_page_role(request, service.workspace, Role.OWNER)
+    try:
+        services.service_delete(service=service, user=request.user)
+    except PortalError as exc:
+        messages.error(request, exc.message)
+        return redirect("service-detail", ref=str(service.pk))
+    messages.success(request, f"Deleting service '{service.name}': its containers are being removed.")
+    return redirect("service-list")
+
+
+# --- environments ---------------------------------------------------------------------------------
+
+@login_required
+def environment_list(request):
+    form = EnvironmentForm(request.POST or None)
+    if request.method == "POST":
+        workspace = _current_workspace(request)
+        if form.is_valid():
+            try:
+                environment = services.environment_create(workspace=workspace, user=request.user, **form.cleaned_data)
+            except PortalError as exc:
+                _form_error(form, exc)
+            else:
+                messages.success(request, f"Environment '{environment.name}' created.")
+                return redirect("environment-detail", ref=str(environment.pk))
+    q = request.GET.get("q", "").strip()
+    qs = scoped(request, Environment.objects.select_related("created_by"))
+    if q:
+        qs = qs.filter(Q(name__icontains=q) | Q(description__icontains=q) | Q(engine_url__icontains=q))
+    qs, sort = _sorted(request, qs, {"name": "name", "-name": "-name", "-created": "-created_at", "created": "created_at"}, "name")
+    page = paginate(request, qs)
+    rows = [{"env": e, "engine": selectors.engine_status(e), "services": selectors.services_in(e).count()} for e in page]
+    return render(request, "deployments/environment_list.html", {
+        "page": page, "rows": rows, "form": form, "q": q, "sort": sort,
+        "active": selectors.active_environment(request.user, request.workspace),
+        "can_create": request.workspace is not None and has_role(request.role, Role.CONTRIBUTOR),
+    })
+
+
+@login_required
+def environment_detail(request, ref: str):
+    environment = _environment(request, ref)
+    active = selectors.active_environment(request.user, environment.workspace)
+    return render(request, "deployments/environment_detail.html", {
+        "environment": environment, "engine": selectors.engine_status(environment),
+        "services": selectors.services_in(environment).select_related("image"),
+        "is_active": active is not None and active.pk == environment.pk,
+        "can_delete": _can(request, environment, Role.OWNER),
+    })
+
+
+@login_required
+@require_POST
+def environment_activate(request, ref: str):
+    environment = _environment(request, ref)
+    services.environment_activate(environment=environment, user=request.user)
+    messages.success(request, f"'{environment.name}' is now your active environment in {environment.workspace.name}.")
+    return redirect("environment-detail", ref=str(environment.pk))
+
+
+@login_required
+@require_POST
+def environment_delete(request, ref: str):
+    environment = _environment(request, ref)
+    require_page_role(request, environment.workspace, Role.OWNER)
+    try:
+        services.environment_delete(environment=environment, user=request.user)
+    except PortalError as exc:
+        messages.error(request, exc.message)
+        return redirect("environment-detail", ref=str(environment.pk))
+    messages.success(request, f"Deleted environment '{environment.name}'.")
+    return redirect("environment-list")

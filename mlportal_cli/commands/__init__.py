@@ -1,0 +1,1 @@
+"""The command groups; each module adds its commands with `register(subparsers)`."""

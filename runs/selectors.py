@@ -1,0 +1,196 @@
+"""Read queries of the runs app: run lists with metric columns, filters and ordering; logs; compare."""
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable
+
+from django.db.models import DurationField, ExpressionWrapper, F, FilteredRelation, Q, QuerySet
+
+from runs.models import Metric, Project, Run, RunLogChunk, RunMetricSummary
+from workspaces.errors import PortalError
+
+# Columns the runs list can be ordered by (API `?ordering=` and the page's column headers).
+RUN_ORDERING = {
+    "number": "number",
+    "script": "script",
+    "status": "status",
+    "target": "target",
+    "kind": "kind",
+    "created_at": "created_at",
+    "started_at": "started_at",
+    "ended_at": "ended_at",
+    "duration": "duration_value",
+    "user": "created_by__username",
+    "project": "project__name",
+    "exit_code": "exit_code",
+}
+NULLABLE_COLUMNS = {"started_at", "ended_at", "duration", "user", "exit_code"}
+METRIC_OPS = {"metric_gt": "gt", "metric_gte": "gte", "metric_lt": "lt", "metric_lte": "lte", "metric_eq": "exact"}
+LOG_PAGE_CHUNKS = 200
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(str(value))
+    except ValueError:
+        return False
+    return True
+
+
+def filter_runs(qs: QuerySet, params) -> QuerySet:
+    """Applies the runs-list filters of a query dict: project (id or name), script, status, user,
+    target, kind, q (search in script and project name) and one metric comparison
+    (`metric=<name>&metric_gt=<number>`, also _gte, _lt, _lte, _eq). Raises PortalError for a
+    comparison value that is not a number or one given without `metric`."""
+    if project := (params.get("project") or "").strip():
+        qs = qs.filter(project_id=project) if _is_uuid(project) else qs.filter(project__name=project)
+    if script := (params.get("script") or "").strip():
+        qs = qs.filter(script=script)
+    if status := (params.get("status") or "").strip():
+        qs = qs.filter(status__in=[s for s in status.split(",") if s])
+    if user := (params.get("user") or "").strip():
+        qs = qs.filter(created_by__username=user)
+    if target := (params.get("target") or "").strip():
+        qs = qs.filter(target=target)
+    if kind := (params.get("kind") or "").strip():
+        qs = qs.filter(kind=kind)
+    if q := (params.get("q") or params.get("search") or "").strip():
+        query = Q(script__icontains=q) | Q(project__name__icontains=q)
+        if q.lstrip("#").isdigit():
+            query |= Q(number=int(q.lstrip("#")))
+        qs = qs.filter(query)
+    metric = (params.get("metric") or "").strip()
+    comparisons = {op: params.get(key) for key, op in METRIC_OPS.items() if params.get(key) not in (None, "")}
+    if comparisons and not metric:
+        raise PortalError("A metric comparison needs the metric name too, e.g. ?metric=Accuracy&metric_gt=0.8.",
+                          fields={"metric": "Name the metric to compare."})
+    if metric and comparisons:
+        # The summary table holds one row per (run, name); its (workspace, name, value) index
+        # answers this without touching the metric points.
+        cond = Q(name=metric)
+        for op, raw in comparisons.items():
+            try:
+                number = float(raw)
+            except (TypeError, ValueError):
+                raise PortalError(f"Metric comparison value {str(raw)[:40]!r} is not a number.",
+                                  fields={"metric_value": "Not a number."}) from None
+            cond &= Q(**{f"value__{op}": number})
+        qs = qs.filter(id__in=RunMetricSummary.objects.filter(cond).values("run_id"))
+    elif metric:
+        qs = qs.filter(id__in=RunMetricSummary.objects.filter(name=metric).values("run_id"))
+    return qs
+
+
+def order_runs(qs: QuerySet, ordering: str | None) -> QuerySet:
+    """Orders by a column of RUN_ORDERING or by a metric's last value (`metric:<name>`), `-` for
+    descending; runs without that metric come last either way. Unknown columns: PortalError."""
+    ordering = (ordering or "").strip() or "-created_at"
+    desc = ordering.startswith("-")
+    key = ordering.lstrip("-")
+    if key.startswith("metric:"):
+        name = key.split(":", 1)[1]
+        qs = qs.annotate(sort_metric=FilteredRelation("metric_summaries", condition=Q(metric_summaries__name=name)))
+        expr = F("sort_metric__value")
+        return qs.order_by(expr.desc(nulls_last=True) if desc else expr.asc(nulls_last=True), "-created_at")
+    if key not in RUN_ORDERING:
+        allowed = ", ".join(sorted(RUN_ORDERING)) + ", metric:<name>"
+        raise PortalError(f"Cannot order runs by {key!r}: use one of {allowed} (prefix '-' for descending).",
+                          fields={"ordering": "Unknown column."})
+    if key == "duration":
+        qs = qs.annotate(duration_value=ExpressionWrapper(F("ended_at") - F("started_at"), output_field=DurationField()))
+    expr = F(RUN_ORDERING[key])
+    if key not in NULLABLE_COLUMNS:  # a plain ORDER BY can walk an index; NULLS LAST cannot
+        return qs.order_by(expr.desc() if desc else expr.asc(), "-created_at")
+    return qs.order_by(expr.desc(nulls_last=True) if desc else expr.asc(nulls_last=True), "-created_at")
+
+
+def runs_base(qs: QuerySet | None = None) -> QuerySet:
+    return (qs if qs is not None else Run.objects.all()).select_related("project", "created_by")
+
+
+def metric_names(workspace_ids: Iterable) -> list[str]:
+    """Names of the metrics the runs of these workspaces log (the runs list's metric columns)."""
+    return list(
+        RunMetricSummary.objects.filter(workspace_id__in=list(workspace_ids)).values_list("name", flat=True).distinct().order_by("name")[:50]
+    )
+
+
+def attach_metric_summaries(runs: list[Run]) -> list[Run]:
+    """Sets `run.metric_values = {name: last value}` on each run with one query."""
+    by_run: dict = defaultdict(dict)
+    for run_id, name, value, text in RunMetricSummary.objects.filter(run_id__in=[r.id for r in runs]).values_list(
+        "run_id", "name", "value", "text"
+    ):
+        by_run[run_id][name] = value if value is not None else text
+    for run in runs:
+        run.metric_values = by_run.get(run.id, {})
+    return runs
+
+
+def metrics_of(run: Run) -> tuple[list[RunMetricSummary], dict[str, list[tuple[int, float]]]]:
+    """The run's metric summaries and its series: {name: [(step, value), …]} for names logged with steps."""
+    summaries = list(RunMetricSummary.objects.filter(run=run).order_by("name"))
+    series: dict[str, list] = defaultdict(list)
+    for name, step, value in Metric.objects.filter(run=run, step__isnull=False, value__isnull=False).order_by(
+        "name", "step", "id"
+    ).values_list("name", "step", "value")[:50_000]:
+        series[name].append((step, value))
+    return summaries, dict(series)
+
+
+def log_since(run: Run, offset: int) -> tuple[str, int]:
+    """Returns the log text from chunk `offset` on (at most LOG_PAGE_CHUNKS chunks) and the next offset."""
+    chunks = list(RunLogChunk.objects.filter(run=run, seq__gt=offset).order_by("seq").values_list("seq", "text")[:LOG_PAGE_CHUNKS])
+    if not chunks:
+        return "", offset
+    return "".join(text for _, text in chunks), chunks[-1][0]
+
+
+def log_chunks(run: Run) -> Iterable[str]:
+    """The whole log, chunk by chunk (for the download), without loading it all at once."""
+    last = 0
+    while True:
+        text, last_next = log_since(run, last)
+        if not text:
+            return
+        yield text
+        last = last_next
+
+
+def project_scripts(project: Project) -> list[str]:
+    return list(project.files.filter(path__endswith=".py").order_by("path").values_list("path", flat=True))
+
+
+def compare(runs: list[Run]) -> dict:
+    """Arguments, metrics and outputs of runs side by side, with the rows that differ marked."""
+    attach_metric_summaries(runs)
+    names = sorted({n for r in runs for n in r.metric_values})
+    metric_rows = []
+    for name in names:
+        values = [r.metric_values.get(name) for r in runs]
+        numeric = [v for v in values if isinstance(v, (int, float))]
+        best = max(numeric) if len(numeric) > 1 else None  # "best" only means something between runs
+        metric_rows.append({"name": name, "values": values, "differs": len({repr(v) for v in values}) > 1, "best": best})
+    outputs = {r.id: {o.path: o for o in r.outputs.all()} for r in runs}
+    paths = sorted({p for r in runs for p in outputs[r.id]})
+    output_rows = []
+    for path in paths:
+        cells = [outputs[r.id].get(path) for r in runs]
+        output_rows.append({"path": path, "cells": cells,
+                            "differs": len({c.sha256 if c else None for c in cells}) > 1})
+    props = [
+        ("Project", [r.project.name for r in runs]),
+        ("Script", [r.script or "(prepare)" for r in runs]),
+        ("Arguments", [" ".join(r.args or []) or "—" for r in runs]),
+        ("Target", [r.target for r in runs]),
+        ("Status", [r.status for r in runs]),
+        ("Duration (s)", [r.duration_s for r in runs]),
+        ("Snapshot SHA-256", [r.snapshot_sha256[:12] for r in runs]),
+    ]
+    property_rows = [{"name": n, "values": v, "differs": len({repr(x) for x in v}) > 1} for n, v in props]
+    series = {}
+    for r in runs:
+        _, s = metrics_of(r)
+        series[str(r.id)] = s
+    return {"runs": runs, "properties": property_rows, "metrics": metric_rows, "outputs": output_rows, "series": series}

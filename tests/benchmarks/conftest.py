@@ -1,0 +1,9 @@
+"""The benchmark scripts live in benchmarks/ (run as scripts, not a package): put it on the path."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+if str(BENCHMARKS) not in sys.path:
+    sys.path.insert(0, str(BENCHMARKS))

@@ -1,0 +1,95 @@
+"""The serving benchmark's arithmetic and report, on made-up figures; and the texts it runs elsewhere."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import cold_start
+import serving
+
+
+def load(rps: float, p50: float, p99: float) -> dict:
+    return {"rps": rps, "p50": p50, "p90": p50, "p99": p99}
+
+
+def result(ours: dict, theirs: dict, floor_ms: float = 0.5) -> dict:
+    return {"floor": {"run_ms": floor_ms, "request_path_ms": 0.03},
+            "ours": {"answer": "[1]", "load": ours}, "mlflow": {"answer": '{"predictions": [1]}', "load": theirs}}
+
+
+def test_overhead_is_median_latency_above_the_floor_at_one_connection_and_core_time_at_more():
+    assert serving.overhead_ms(load(500, 0.8, 1.0), 1, 0.5) == pytest.approx(0.3)
+    assert serving.overhead_ms(load(1000, 20.0, 30.0), 16, 0.5) == pytest.approx(0.5)
+
+
+def test_ratios_put_ours_over_mlflows():
+    figures = result({1: load(1200, 0.8, 1.0)}, {1: load(300, 3.5, 5.0)})
+
+    values = serving.ratios(figures, 1)
+
+    assert values["throughput_ratio"] == pytest.approx(4.0)
+    assert values["p99_ratio"] == pytest.approx(0.2)
+    assert values["overhead_ratio"] == pytest.approx(0.3 / 3.0)
+
+
+def test_goal_verdicts_say_which_goal_is_missed():
+    verdicts = serving.goal_verdicts("light", {"throughput_ratio": 2.5, "p99_ratio": 0.2, "overhead_ratio": 0.1})
+
+    assert verdicts[0] == "throughput_ratio=2.50 (goal >= 3.00): MISSED"
+    assert verdicts[1].endswith(": met") and verdicts[2].endswith(": met")
+    assert [v.split("=")[0] for v in serving.goal_verdicts("churn", {"throughput_ratio": 2, "p99_ratio": 1,
+                                                                       "overhead_ratio": 0.1})] == [
+        "throughput_ratio", "overhead_ratio"]
+
+
+def test_report_ends_with_one_ratio_line_per_case_and_connection_count():
+    loads = {1: load(1200, 0.8, 1.0), 16: load(1500, 10.0, 20.0)}
+    theirs = {1: load(300, 3.5, 5.0), 16: load(400, 40.0, 120.0)}
+    results = {"date": "2026-11-28", "server_cpu": 0, "load_cpu": 1, "seconds": 5, "repeats": 2,
+               "mlflow_as_shipped": False, "loadavg": "0.10",
+               "cases": {"light": result(loads, theirs), "churn": result(loads, theirs, floor_ms=0.3)}}
+
+    lines = serving.report(results, workers=2)
+
+    assert lines[-4:] == [
+        "light c=1 throughput_ratio=4.00 p99_ratio=0.20 overhead_ratio=0.10",
+        "light c=16 throughput_ratio=3.75 p99_ratio=0.17 overhead_ratio=0.08",
+        "churn c=1 throughput_ratio=4.00 p99_ratio=0.20 overhead_ratio=0.16",
+        "churn c=16 throughput_ratio=3.75 p99_ratio=0.17 overhead_ratio=0.17",
+    ]
+    assert any("light c=16:" in line and "met" in line for line in lines)
+
+
+@pytest.mark.parametrize(("ours", "mlflow", "same"), [
+    ("[1]", '{"predictions": [1]}', True),
+    ('"0"', '{"predictions": "\\"0\\""}', True),
+    ('"0"', '{"predictions": "\\"1\\""}', False),
+])
+def test_same_answer_reads_mlflows_predictions(ours, mlflow, same):
+    assert serving.same_answer(ours, mlflow) is same
+
+
+def test_the_mlflow_wrapper_and_saver_are_valid_python():
+    compile(serving.MLFLOW_WRAPPER, "wrapper.py", "exec")
+    compile(serving.MLFLOW_SAVE, "save.py", "exec")
+
+
+def test_nodelay_patch_sets_tcp_nodelay_on_a_socket_with_proto_zero():
+    probe = (
+        "import socket, asyncio.base_events as b\n"
+        f"exec({serving.NODELAY_PATCH!r})\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0)\n"
+        "b._set_nodelay(s)\n"
+        "print(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30)
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() != "0"
+
+
+def test_cold_start_probe_times_the_two_imports():
+    assert "import pandas, sklearn" in cold_start.IMPORT_PROBE
+    compile(cold_start.IMPORT_PROBE, "probe", "exec")

@@ -1,0 +1,121 @@
+"""Fixtures of the runs tests: projects (blank and from the churn template), finished runs with
+metrics and outputs made through the worker-side services, and the churn environment image shared
+by every Docker test of the session."""
+from __future__ import annotations
+
+import io
+import tarfile
+
+import pytest
+from django.conf import settings
+
+from runs import services
+from runs.models import Run
+
+
+@pytest.fixture
+def churn(owner, workspace):
+    return services.project_create(workspace=workspace, name="churn_prediction", user=owner, template="churn")
+
+
+@pytest.fixture
+def blank(owner, workspace):
+    project = services.project_create(workspace=workspace, name="scratch", user=owner)
+    services.project_file_put(project=project, path="train.py", content=b"print('hello')\n", user=owner)
+    return project
+
+
+def make_tar(files: dict[str, bytes]) -> str:
+    """A tar of `files` written to a temporary folder; returns its path (what compute hands back)."""
+    import tempfile
+
+    handle = tempfile.NamedTemporaryFile(suffix=".tar", delete=False)
+    with tarfile.open(fileobj=handle, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    handle.close()
+    return handle.name
+
+
+@pytest.fixture
+def finished_run():
+    """finished_run(project, user, metrics={name: value or [(step, value)…]}, outputs={path: bytes}, status=…)
+    -> a Run that went through the worker-side services as a worker would record it."""
+
+    def make(project, user, *, metrics=None, outputs=None, status=Run.Status.COMPLETED, log=("hello",), script="train.py", args=None):
+        run = services.run_submit(project=project, script=script, args=args or [], target="docker", user=user)
+        assert services.run_claim(run_id=run.id, worker="tests") is not None
+        services.run_mark_running(run_id=run.id, image="mlportal-env:test")
+        services.run_append_log(run_id=run.id, workspace_id=run.workspace_id, lines=list(log))
+        points = []
+        for name, value in (metrics or {}).items():
+            if isinstance(value, list):
+                points += [{"name": name, "value": v, "step": step, "time": None} for step, v in value]
+            else:
+                points.append({"name": name, "value": value, "step": None, "time": None})
+        services.run_record_metrics(run_id=run.id, workspace_id=run.workspace_id, points=points)
+        if outputs:
+            from pathlib import Path
+
+            services.run_store_outputs(run=run, tar_path=Path(make_tar(outputs)))
+        services.run_finish(run_id=run.id, status=status, exit_code=0 if status == Run.Status.COMPLETED else 1)
+        run.refresh_from_db()
+        return run
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def churn_env_image():
+    """The environment image of the churn template's requirements, built once per session (and
+    reused across sessions: its tag is a content hash)."""
+    from compute.envimage import ensure_env_image
+    from runs import catalog
+
+    template = catalog.get_template("churn")
+    requirements = [line.strip() for line in template.file_path("requirements.txt").read_text().splitlines() if line.strip()]
+    return ensure_env_image(base_image=settings.MLPORTAL_BASE_IMAGE, requirements=requirements,
+                            wheel_cache=settings.MLPORTAL_WHEEL_CACHE, log=lambda line: None,
+                            base_url=settings.MLPORTAL_DOCKER_URL)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium (Debian's) driven by Playwright, for the session."""
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    import os
+    import shutil
+
+    # Playwright's sync API keeps an event loop running in this thread, which Django's ORM takes
+    # for an async context; the test code itself stays synchronous.
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+
+    executable = shutil.which("chromium") or "/usr/bin/chromium"
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def browser_page(browser, live_server, client):
+    """browser_page(user) -> a Playwright page logged in as `user` on the live server."""
+    from django.conf import settings as django_settings
+
+    contexts = []
+
+    def open_for(user):
+        client.force_login(user)
+        context = browser.new_context(viewport={"width": 1300, "height": 900})
+        context.add_cookies([{"name": django_settings.SESSION_COOKIE_NAME, "value": client.cookies[django_settings.SESSION_COOKIE_NAME].value,
+                              "url": live_server.url}])
+        contexts.append(context)
+        return context.new_page()
+
+    yield open_for
+    for context in contexts:
+        context.close()
