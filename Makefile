@@ -19,7 +19,7 @@ install: $(STAMP)
 run: install
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py bootstrap
-	$(PY) manage.py bootstrap_templates
+	$(PY) manage.py load_project_templates
 	$(PY) scripts/run_portal.py
 
 ## Run every test: unit, integration (real Docker engine, worker, Redis/PostgreSQL when configured) and end-to-end.

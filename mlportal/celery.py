@@ -18,21 +18,26 @@ def queue_time_limits(queue: str) -> tuple[int, int]:
     return settings.CELERY_QUEUE_TIME_LIMITS.get(queue, settings.CELERY_QUEUE_TIME_LIMITS["celery"])
 
 
-@app.on_after_finalize.connect
-def _apply_queue_time_limits(sender: Celery, **_kwargs) -> None:
-    # Each task gets the limits of the queue it is routed to, unless it set its own on purpose.
-    from django.conf import settings
+class QueueTimeLimits:
+    """Task annotation (CELERY_TASK_ANNOTATIONS): each task gets the time limits of the queue it is
+    routed to, unless it set its own on purpose. Annotations apply whenever a task is registered,
+    so a tasks module imported late (web process, tests) gets them too."""
 
-    for name, task in sender.tasks.items():
+    @staticmethod
+    def annotate(task) -> dict | None:
+        from django.conf import settings
+
         queue = "celery"
         for pattern, route in settings.CELERY_TASK_ROUTES.items():
-            if name.startswith(pattern.rstrip("*")):
+            if task.name.startswith(pattern.rstrip("*")):
                 queue = route["queue"]
         soft, hard = queue_time_limits(queue)
+        limits = {}
         if task.soft_time_limit is None:
-            task.soft_time_limit = soft
+            limits["soft_time_limit"] = soft
         if task.time_limit is None:
-            task.time_limit = hard
+            limits["time_limit"] = hard
+        return limits or None
 
 
 @task_prerun.connect

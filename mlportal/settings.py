@@ -215,6 +215,7 @@ CELERY_QUEUE_TIME_LIMITS = {
     "deploy": (600, 660),
     "celery": (120, 180),
 }
+CELERY_TASK_ANNOTATIONS = ["mlportal.celery.QueueTimeLimits"]
 CELERY_BEAT_SCHEDULE = {
     "sweep-lost-runs": {"task": "runs.tasks.sweep_lost_runs", "schedule": 30.0},
     "reconcile-services": {"task": "deployments.tasks.reconcile_services", "schedule": 30.0},
