@@ -118,7 +118,7 @@ def service_usage(service: Service, *, portal_url: str) -> dict:
     replica = service.replica_set.order_by("number").first()
     container_url = f"{replica.url}/score" if replica else None
     headers = {"Authorization": f"Bearer {SAMPLE_KEY}", "Content-Type": "application/json"}
-    curl = (f"curl -X POST {shlex.quote(scoring_url)} -H {shlex.quote(headers['Authorization'])} "
+    curl = (f"curl -X POST {shlex.quote(scoring_url)} -H {shlex.quote('Authorization: ' + headers['Authorization'])} "
             f"-H 'Content-Type: application/json' -d {shlex.quote(body_json)}")
     return {
         "scoring_url": scoring_url,

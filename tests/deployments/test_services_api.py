@@ -59,6 +59,7 @@ def test_usage_holds_the_scoring_url_headers_sample_curl_and_cli(owner_api, serv
     usage = owner_api.get("/api/v1/services/churnpred/usage/").json()
     assert usage["scoring_url"] == "http://testserver/api/v1/services/churnpred/score"
     assert usage["headers"] == {"Authorization": "Bearer <service-key>", "Content-Type": "application/json"}
+    assert "-H 'Authorization: Bearer <service-key>'" in usage["curl"]
     assert set(usage["sample_body"]) == {"input_df"} and usage["sample_body"]["input_df"][0]["state"]
     assert usage["curl"].startswith("curl -X POST http://testserver/api/v1/services/churnpred/score")
     assert usage["cli"].startswith("mlportal service run realtime -i churnpred -d '{\"input_df\": [{")
