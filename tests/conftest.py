@@ -171,3 +171,52 @@ def celery_worker_process(django_db_setup, django_db_blocker, tmp_path_factory):
 @pytest.fixture
 def celery_worker(celery_worker_process, transactional_db):
     return celery_worker_process
+
+
+# --- the browser (one Chromium for the whole session, shared by every app's page tests) ----------
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium (Debian's) driven by Playwright, for the session."""
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    import os
+    import shutil
+
+    # Playwright's sync API keeps an event loop running in this thread, which Django's ORM takes
+    # for an async context; the test code itself stays synchronous.
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+
+    executable = shutil.which("chromium") or "/usr/bin/chromium"
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        try:
+            yield browser
+        finally:
+            browser.close()
+            if previous is None:
+                os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+            else:
+                os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
+
+
+@pytest.fixture
+def browser_page(browser, live_server, client):
+    """browser_page(user) -> a Playwright page logged in as `user` on the live server."""
+    from django.conf import settings as django_settings
+
+    contexts = []
+
+    def open_for(user):
+        client.force_login(user)
+        context = browser.new_context(viewport={"width": 1300, "height": 900})
+        context.add_cookies([{"name": django_settings.SESSION_COOKIE_NAME, "value": client.cookies[django_settings.SESSION_COOKIE_NAME].value,
+                              "url": live_server.url}])
+        contexts.append(context)
+        return context.new_page()
+
+    yield open_for
+    for context in contexts:
+        context.close()

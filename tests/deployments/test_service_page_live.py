@@ -8,7 +8,6 @@ import re
 import pytest
 
 from tests.deployments.conftest import wait_for
-from tests.runs.conftest import browser, browser_page  # noqa: F401 (shared browser fixtures)
 
 pytestmark = [pytest.mark.docker, pytest.mark.integration, pytest.mark.e2e]
 

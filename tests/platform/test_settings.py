@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _django(tmp_path, extra_env: dict, *args: str) -> subprocess.CompletedProcess:
-    environ = {k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "MLPORTAL_MODE", "ALLOWED_HOSTS", "DATABASE_URL"}}
+    environ = {k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "MLPORTAL_MODE", "ALLOWED_HOSTS", "DATABASE_URL", "DJANGO_ALLOW_ASYNC_UNSAFE"}}
     environ.update({"MLPORTAL_DATA_DIR": str(tmp_path), "DJANGO_SETTINGS_MODULE": "mlportal.settings"}, **extra_env)
     return subprocess.run([sys.executable, "manage.py", *args], cwd=REPO, env=environ, capture_output=True, text=True, timeout=120)
 
