@@ -9,9 +9,16 @@ are the parallelism). The master respawns a worker that dies, kills one stuck in
 past the timeout, and stops all on SIGTERM/SIGINT.
 
 Environment: MLPORTAL_SERVICE_NAME, MLPORTAL_SERVICE_KEYS (``primary,secondary``; when set,
-scoring needs ``Authorization: Bearer <key>``), MLPORTAL_WORKERS, MLPORTAL_MAX_BODY_BYTES
-(default 1 MiB), MLPORTAL_REQUEST_TIMEOUT (seconds), MLPORTAL_ACCESS_LOG (``0`` turns the
-per-request line off), MLPORTAL_MODEL_VERSION (shown by the OIP metadata).
+scoring needs ``Authorization: Bearer <key>``), MLPORTAL_WORKERS (default: the CPUs this
+process may use, capped by the container's CPU quota), MLPORTAL_MAX_BODY_BYTES (default 1 MiB),
+MLPORTAL_REQUEST_TIMEOUT (seconds), MLPORTAL_ACCESS_LOG (``0`` turns the per-request line off),
+MLPORTAL_MODEL_VERSION (shown by the OIP metadata), MLPORTAL_PREIMPORT (``0`` stops the master
+importing the modules the model files name before it forks; for libraries not safe to fork).
+
+Cold start: before forking, the master imports numpy/pandas when the schema needs them and the
+modules named by the app's pickle files (read with pickletools, never unpickled), builds the
+schema's converters once, and freezes its heap out of the collector's reach, so the workers
+share all of it instead of each importing scikit-learn at once under a small CPU quota.
 
 Endpoints: ``POST /score``, ``POST /api/v1/service/<name>/score``, ``GET /health``,
 ``GET /ready``, ``GET /swagger.json``, ``GET /metrics`` and the Open Inference Protocol v2
@@ -28,8 +35,10 @@ import hmac
 import importlib.util
 import inspect
 import json
+import math
 import mmap
 import os
+import pickletools
 import select
 import signal
 import socket
@@ -40,7 +49,7 @@ import traceback
 from typing import Any, Callable
 
 from mlportal_runtime import oip
-from mlportal_runtime.schema import SchemaError, build_inputs, load_schema, openapi_document
+from mlportal_runtime.schema import SchemaError, build_inputs, example_body, load_schema, openapi_document
 
 EXIT_INIT_FAILED = 3
 DEFAULT_MAX_BODY = 1024 * 1024
@@ -86,13 +95,14 @@ class Config:
         self.app_dir = os.path.abspath(args.app_dir)
         self.host = args.host
         self.port = args.port
-        self.workers = args.workers or _env_int("MLPORTAL_WORKERS", 0) or _cpu_count()
+        self.workers = args.workers or _env_int("MLPORTAL_WORKERS", 0) or default_workers()
         self.service_name = env.get("MLPORTAL_SERVICE_NAME", "").strip() or "model"
         self.model_version = env.get("MLPORTAL_MODEL_VERSION", "").strip() or None
         self.keys = [k.strip().encode() for k in env.get("MLPORTAL_SERVICE_KEYS", "").split(",") if k.strip()]
         self.max_body = _env_int("MLPORTAL_MAX_BODY_BYTES", DEFAULT_MAX_BODY)
         self.timeout = _env_float("MLPORTAL_REQUEST_TIMEOUT", 0.0) or None
-        self.access_log = env.get("MLPORTAL_ACCESS_LOG", "1").strip().lower() not in ("0", "false", "no", "off")
+        self.access_log = _env_flag("MLPORTAL_ACCESS_LOG")
+        self.preimport = _env_flag("MLPORTAL_PREIMPORT")
         self.score_file = args.score_file
         self.schema_file = args.schema_file
 
@@ -123,11 +133,95 @@ def _env_float(name: str, default: float) -> float:
     return value
 
 
+def _env_flag(name: str) -> bool:
+    """Return False when the variable says 0/false/no/off; on by default."""
+    return os.environ.get(name, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
 def _cpu_count() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:
         return os.cpu_count() or 1
+
+
+def default_workers(root: str = "/sys/fs/cgroup", self_cgroup: str = "/proc/self/cgroup") -> int:
+    """Return the default worker count: the usable CPUs, capped by the cgroup CPU quota rounded up.
+
+    Docker's ``--cpus 1`` on a many-core host leaves every core in the affinity mask; one worker
+    per core would then share one CPU's worth of time slices and only add memory and context
+    switches.
+    """
+    cpus = _cpu_count()
+    quota = cgroup_cpu_quota(root, self_cgroup)
+    if quota is None:
+        return cpus
+    return max(1, min(cpus, math.ceil(quota - 1e-9)))
+
+
+def cgroup_cpu_quota(root: str = "/sys/fs/cgroup", self_cgroup: str = "/proc/self/cgroup") -> float | None:
+    """Return this process's CPU quota in CPUs (``1.5`` for 150 ms per 100 ms), None when unlimited or unknown.
+
+    Reads cgroup v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` in the
+    process's own cgroup and each parent (the tightest wins). Inside a container the mount often
+    is the container's own cgroup while /proc/self/cgroup names the host's path to it; missing
+    levels are skipped, so the mount's root is read then.
+    """
+    try:
+        with open(self_cgroup, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        lines = []
+    v2_path, v1_path = "/", "/"
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        if parts[0] == "0" and not parts[1]:
+            v2_path = parts[2] or "/"
+        elif "cpu" in parts[1].split(","):
+            v1_path = parts[2] or "/"
+    limits = [q for q in (_quota_in(root, v2_path, _read_cpu_max),) if q is not None]
+    for mount in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
+        quota = _quota_in(os.path.join(root, mount), v1_path, _read_cfs_quota)
+        if quota is not None:
+            limits.append(quota)
+            break
+    return min(limits) if limits else None
+
+
+def _quota_in(mount: str, path: str, read: Callable[[str], float | None]) -> float | None:
+    """Return the tightest quota ``read`` finds in ``mount``/path and each of its parents up to ``mount``."""
+    parts = [p for p in path.split("/") if p and p not in (".", "..")]
+    found = []
+    for depth in range(len(parts), -1, -1):
+        quota = read(os.path.join(mount, *parts[:depth]))
+        if quota is not None:
+            found.append(quota)
+    return min(found) if found else None
+
+
+def _read_cpu_max(folder: str) -> float | None:
+    try:
+        with open(os.path.join(folder, "cpu.max"), encoding="ascii") as handle:
+            fields = handle.read().split()
+        if len(fields) != 2 or fields[0] == "max":
+            return None
+        quota, period = int(fields[0]), int(fields[1])
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def _read_cfs_quota(folder: str) -> float | None:
+    try:
+        with open(os.path.join(folder, "cpu.cfs_quota_us"), encoding="ascii") as handle:
+            quota = int(handle.read().strip())
+        with open(os.path.join(folder, "cpu.cfs_period_us"), encoding="ascii") as handle:
+            period = int(handle.read().strip())
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
 
 
 def _log(message: str) -> None:
@@ -618,6 +712,47 @@ class Conn:
 
 
 LINGER_SECONDS = 2.0
+LOG_FLUSH_BYTES = 16 * 1024
+LOG_FLUSH_SECONDS = 0.1
+
+
+class AccessLog:
+    """Access-log lines gathered and written to ``fd`` together, off the response path.
+
+    The worker writes them when it runs out of ready events (a quiet service logs each request
+    as it happens) and, while it stays busy, at least every ``max_delay`` seconds or
+    ``max_bytes`` bytes; ``flush()`` at shutdown writes the rest. A worker killed with SIGKILL
+    loses what it held (at most ``max_delay`` worth).
+    """
+
+    __slots__ = ("fd", "buf", "due", "max_bytes", "max_delay")
+
+    def __init__(self, fd: int = 1, max_bytes: int = LOG_FLUSH_BYTES, max_delay: float = LOG_FLUSH_SECONDS) -> None:
+        self.fd = fd
+        self.buf = bytearray()
+        self.due = 0.0
+        self.max_bytes = max_bytes
+        self.max_delay = max_delay
+
+    def add(self, line: bytes, now: float) -> None:
+        if not self.buf:
+            self.due = now + self.max_delay
+        self.buf += line
+
+    def full_or_due(self, now: float) -> bool:
+        return bool(self.buf) and (len(self.buf) >= self.max_bytes or now >= self.due)
+
+    def flush(self) -> None:
+        buf = self.buf
+        while buf:
+            try:
+                written = os.write(self.fd, buf)
+            except InterruptedError:
+                continue
+            except OSError:  # stdout gone: the log is lost, serving goes on
+                buf.clear()
+                return
+            del buf[:written]
 
 
 class Worker:
@@ -632,6 +767,7 @@ class Worker:
         self.timeout = config.timeout
         self.max_body = config.max_body
         self.deferring_since = 0.0
+        self.log = AccessLog()
 
     # -- requests --------------------------------------------------------------------------
 
@@ -711,14 +847,10 @@ class Worker:
             conn.close_after = True
         row.count(handler, status, elapsed if handler in ("score", "infer") else None)
         if self.config.access_log:
-            line = b'%s %s "%s %s" %d %d %.2fms\n' % (
+            self.log.add(b'%s %s "%s %s" %d %d %.2fms\n' % (
                 self.label, conn.addr.encode(), request.method.encode("latin-1"),
                 request.target[:200].encode("latin-1", "replace"), status, len(body), elapsed * 1000,
-            )
-            try:
-                os.write(1, line)
-            except OSError:
-                pass
+            ), started + elapsed)
 
     def serve_error(self, conn: Conn, exc: HttpError) -> None:
         conn.out += response_bytes(exc.status, error_body(exc.code, exc.message), JSON_TYPE, not exc.close)
@@ -730,6 +862,12 @@ class Worker:
     # -- sockets ---------------------------------------------------------------------------
 
     def loop(self) -> None:
+        try:
+            self._loop()
+        finally:
+            self.log.flush()
+
+    def _loop(self) -> None:
         epoll = select.epoll()
         self.epoll = epoll
         listen_fd = self.listener.fileno()
@@ -737,6 +875,7 @@ class Worker:
         epoll.register(listen_fd, select.EPOLLIN)
         epoll.register(self.wake_r, select.EPOLLIN)
         conns = self.conns
+        log = self.log
         listening = True
         next_sweep = time.monotonic() + 1.0
         while True:
@@ -749,7 +888,8 @@ class Worker:
             if self.stopping and not conns:
                 break
             try:
-                events = epoll.poll(1.0)
+                # With log lines waiting, only look: no ready event means idle, time to write them.
+                events = epoll.poll(0 if log.buf else 1.0)
             except InterruptedError:  # pragma: no cover - PEP 475 retries
                 continue
             for fd, mask in events:
@@ -769,6 +909,8 @@ class Worker:
                     if mask & select.EPOLLOUT and fd in conns:
                         self.flush(conn)
             now = time.monotonic()
+            if log.buf and (not events or log.full_or_due(now)):
+                log.flush()
             if now >= next_sweep:
                 next_sweep = now + 1.0
                 for conn in [c for c in conns.values()
@@ -1155,6 +1297,134 @@ def make_listener(host: str, port: int) -> socket.socket:
     return sock
 
 
+# --------------------------------------------------------------------------------------------
+# Before the fork: what the workers would otherwise each load at once
+# --------------------------------------------------------------------------------------------
+
+PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
+SCAN_MAX_FILES = 64
+SCAN_MAX_ENTRIES = 20_000  # files and folders looked at in the app dir
+SCAN_MAX_BYTES = 32 * 1024 * 1024  # per file: genops reads each argument (array data too) into memory
+SCAN_MAX_OPCODES = 2_000_000  # over all files, about 1 µs each
+_STRING_OPCODES = frozenset({"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE",
+                             "SHORT_BINUNICODE", "BINUNICODE8"})
+_GET_OPCODES = frozenset({"GET", "BINGET", "LONG_BINGET"})
+_PUT_OPCODES = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+_NO_PUSH_OPCODES = frozenset({"PROTO", "FRAME", "MEMOIZE", "STOP"}) | _PUT_OPCODES
+
+
+class _Capped:
+    """A read-only view of the first ``limit`` bytes of a file: genops then stops at the cap."""
+
+    def __init__(self, handle: Any, limit: int) -> None:
+        self.handle = handle
+        self.left = limit
+
+    def read(self, size: int = -1) -> bytes:
+        size = self.left if size < 0 else min(size, self.left)
+        data = self.handle.read(size)
+        self.left -= len(data)
+        return data
+
+    def readline(self) -> bytes:
+        data = self.handle.readline(self.left)
+        self.left -= len(data)
+        return data
+
+
+def pickled_modules(path: str, max_bytes: int = SCAN_MAX_BYTES, max_opcodes: int = SCAN_MAX_OPCODES) -> tuple[list[str], int]:
+    """Return (modules named by the pickle's GLOBAL/INST/STACK_GLOBAL opcodes in order, opcodes read).
+
+    Reads opcodes only: nothing is unpickled. STACK_GLOBAL takes its names from the stack, so
+    the two values pushed last are tracked, with the memo for strings fetched again by GET. A
+    file that is not a pickle, is cut off by the caps, or holds raw data mid-stream (joblib's
+    arrays) yields what was found before that point.
+    """
+    modules: list[str] = []
+    memo: dict[int, Any] = {}
+    last: list[Any] = [None, None]  # the two values pushed last; None for anything but a string
+    count = 0
+    try:
+        with open(path, "rb") as handle:
+            for opcode, arg, _pos in pickletools.genops(_Capped(handle, max_bytes)):
+                count += 1
+                if count > max_opcodes:
+                    break
+                name = opcode.name
+                if name in ("GLOBAL", "INST"):
+                    modules.append(str(arg).split(" ", 1)[0])
+                elif name == "STACK_GLOBAL":
+                    if isinstance(last[0], str):
+                        modules.append(last[0])
+                    last = [None, None]
+                elif name == "MEMOIZE":
+                    memo[len(memo)] = last[1]
+                elif name in _PUT_OPCODES:
+                    memo[arg] = last[1]
+                if name in _NO_PUSH_OPCODES:
+                    continue
+                value = arg if name in _STRING_OPCODES else memo.get(arg) if name in _GET_OPCODES else None
+                last = [last[1], value]
+    except Exception:  # noqa: BLE001 - a broken or foreign file only ends its scan
+        pass
+    return modules, count
+
+
+def _is_app_module(module: str, app_dir: str) -> bool:
+    """Return True when the module's top-level package is one of the app's own files (or cannot be found).
+
+    Those run the app's code on import (score.py itself, often): they stay the workers' to import.
+    """
+    top = module.split(".", 1)[0]
+    if top == "__main__":
+        return True
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return True
+    if spec is None:
+        return True
+    places = list(spec.submodule_search_locations or []) + ([spec.origin] if spec.origin and spec.has_location else [])
+    inside = app_dir.rstrip(os.sep) + os.sep
+    return any(os.path.abspath(place).startswith(inside) for place in places)
+
+
+def preimport_model_modules(app_dir: str) -> list[str]:
+    """Import the modules the app's pickle files name; return those imported. Never unpickles.
+
+    The workers unpickle the model in init(); with its modules already loaded in the master they
+    share those pages and skip the import. Import errors are ignored: init() meets them itself.
+    """
+    paths = []
+    seen = 0
+    for folder, dirs, files in os.walk(app_dir):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        paths += [os.path.join(folder, f) for f in sorted(files) if f.lower().endswith(PICKLE_SUFFIXES)]
+        seen += len(dirs) + len(files)
+        if len(paths) >= SCAN_MAX_FILES or seen >= SCAN_MAX_ENTRIES:
+            break
+    names: list[str] = []
+    budget = SCAN_MAX_OPCODES
+    for path in paths[:SCAN_MAX_FILES]:
+        if budget <= 0:
+            break
+        found, used = pickled_modules(path, max_opcodes=budget)
+        budget -= used
+        names += [n for n in found if n not in names]
+    imported = []
+    for name in names:
+        if name in sys.modules or not all(part.isidentifier() for part in name.split(".")):
+            continue
+        if _is_app_module(name, app_dir):
+            continue
+        try:
+            importlib.import_module(name)
+        except (Exception, SystemExit):  # noqa: BLE001 - the worker's init() reports a real problem
+            continue
+        imported.append(name)
+    return imported
+
+
 def load_app_schema(config: Config) -> Any:
     """Return the app's Schema, or None when it has no schema file (run() then gets the raw body)."""
     path = os.path.join(config.app_dir, config.schema_file)
@@ -1173,7 +1443,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--app-dir", default=".", help="folder with score.py, service_schema.json and the model files")
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=5001)
-    parser.add_argument("--workers", type=int, default=0, help="worker processes (default MLPORTAL_WORKERS or the CPU count)")
+    parser.add_argument("--workers", type=int, default=0, help="worker processes (default MLPORTAL_WORKERS or the CPUs, capped by the CPU quota)")
     parser.add_argument("--score-file", default=SCORE_FILE)
     parser.add_argument("--schema-file", default=SCHEMA_FILE)
     config = Config(parser.parse_args(argv))
@@ -1186,6 +1456,18 @@ def main(argv: list[str] | None = None) -> int:
         import numpy  # noqa: F401
         if schema.needs_pandas:
             import pandas  # noqa: F401
+    if config.preimport:
+        started = time.monotonic()
+        imported = preimport_model_modules(config.app_dir)
+        if imported:
+            _log(f"imported {len(imported)} module(s) named by the model files in {(time.monotonic() - started) * 1000:.0f} ms")
+    if schema is not None:
+        # The converters prepare themselves on first use (dtypes, pandas' lazy imports): do that
+        # here once, not in every worker's first request.
+        try:
+            build_inputs(schema, example_body(schema))
+        except Exception:  # noqa: BLE001 - an example that does not fit is the first request's to report
+            pass
 
     if schema is not None:
         document = openapi_document(schema, config.service_name, auth=bool(config.keys))
@@ -1199,6 +1481,10 @@ def main(argv: list[str] | None = None) -> int:
     port = listener.getsockname()[1]
     _log(f"serving {config.service_name!r} from {config.app_dir} on http://{config.host}:{port} with {config.workers} worker(s)"
          + (", keys required" if config.keys else "") + (f", timeout {config.timeout:g} s" if config.timeout else ""))
+    # Everything made so far lives as long as the server: freeze it out of the collector's
+    # reach, so no worker's collection walks (and copies, by touching refcounts) these pages.
+    gc.collect()
+    gc.freeze()
     return Master(config, listener, schema, openapi).run()
 
 
