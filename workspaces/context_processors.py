@@ -5,8 +5,8 @@ from workspaces.selectors import workspaces_for_user
 
 NAV = [
     ("Dashboard", "dashboard", "▦"),
-    ("Projects", "project-list", "📁"),
-    ("Runs", "run-list", "⏱"),
+    ("Projects", "project-list", "▤"),
+    ("Runs", "run-list", "▶"),
     ("Models", "model-list", "◈"),
     ("Manifests", "manifest-list", "☰"),
     ("Images", "image-list", "▣"),

@@ -10,13 +10,26 @@
     });
   }
 
+  /* Shows an ISO time (from the API) in `el` as the server-rendered <time> would, or "—". */
+  function setTime(el, iso) {
+    if (!el) return;
+    el.textContent = "";
+    if (!iso) { el.textContent = "—"; return; }
+    const t = document.createElement("time");
+    t.setAttribute("datetime", iso);
+    t.title = iso;
+    el.appendChild(t);
+    localTimes(el);
+  }
+
   async function getJSON(url) {
     const res = await fetch(url, { headers: { Accept: "application/json" }, credentials: "same-origin" });
     if (!res.ok) throw new Error(res.status + " " + res.statusText);
     return res.json();
   }
 
-  /* Appends text from `url?offset=N` (JSON {text, offset, done}) to `el` until done. */
+  /* Appends `url`'s log text to `el` from its offset until the server says done; then sets
+     el.dataset.done, so a reader (or a test) knows the last line is in. */
   function tailLog(el, url, onDone) {
     let offset = parseInt(el.dataset.offset || "0", 10);
     let stopped = false;
@@ -31,7 +44,7 @@
           if (atBottom) el.scrollTop = el.scrollHeight;
         }
         offset = data.offset;
-        if (data.done) { stopped = true; if (onDone) onDone(data); return; }
+        if (data.done) { stopped = true; el.dataset.done = "true"; if (onDone) onDone(data); return; }
       } catch (e) { /* transient: try again next tick */ }
       setTimeout(tick, pollMs());
     }
@@ -77,6 +90,6 @@
     return m ? decodeURIComponent(m[1]) : "";
   }
 
-  window.MLPortal = { tailLog, poll, badge, getJSON, localTimes, csrf };
+  window.MLPortal = { tailLog, poll, badge, getJSON, localTimes, setTime, csrf };
   document.addEventListener("DOMContentLoaded", () => { localTimes(); tabs(); });
 })();
