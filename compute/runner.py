@@ -8,6 +8,7 @@ script wrote under ``outputs/`` come back as a tar with paths relative to ``outp
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -419,17 +420,37 @@ def _check_call(cmd: list[str], on_output: Callable[[str], None], env=None) -> N
                          log_tail=(proc.stdout + proc.stderr)[-4000:])
 
 
-# Sets the address-space limit, then becomes the script's interpreter (exec keeps the limit).
-# A launcher instead of preexec_fn, which is unsafe in a threaded worker.
+# Sets the address-space limit and the CPUs the script may use (the first ceil(cpus) of those the
+# worker may use), then becomes the script's interpreter (exec keeps both). A launcher instead of
+# preexec_fn, which is unsafe in a threaded worker.
 _LIMIT_AND_EXEC = (
-    "import os, resource, sys\n"
-    "limit = int(sys.argv[1])\n"
+    "import math, os, resource, sys\n"
+    "limit, cpus = int(sys.argv[1]), float(sys.argv[2])\n"
     "try:\n"
     "    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))\n"
     "except (ValueError, OSError):\n"
     "    pass\n"
-    "os.execv(sys.argv[2], sys.argv[2:])\n"
+    "mine = sorted(os.sched_getaffinity(0))\n"
+    "os.sched_setaffinity(0, mine[:max(1, math.ceil(cpus))])\n"
+    "os.execv(sys.argv[3], sys.argv[3:])\n"
 )
+
+
+@functools.lru_cache(maxsize=1)
+def network_isolation_prefix() -> tuple[str, ...] | None:
+    """The command prefix that starts a process in a network namespace of its own (only a
+    loopback, down): ``unshare --net --map-root-user``, when util-linux's unshare is there and
+    this worker may create namespaces (as root, or with unprivileged user namespaces). None
+    otherwise."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return None
+    prefix = (unshare, "--net", "--map-root-user", "--")
+    try:
+        done = subprocess.run([*prefix, "true"], capture_output=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return prefix if done.returncode == 0 else None
 
 
 def _chunks(stream, number: int):
@@ -447,8 +468,11 @@ def run_local(spec: RunSpec, *, venv_root: Path, wheel_cache: Path,
     outputs tar stays at ``workdir/outputs.tar``). The process gets a minimal environment (PATH,
     HOME, LANG, PYTHONPATH with the runtime packages, PYTHONUNBUFFERED and ``spec.env``; nothing
     of the portal's own), its own process group (killed whole on timeout or cancel) and an
-    address-space limit of ``memory_mb``. ``cpus``, ``pids`` and ``network`` are not enforced
-    locally. Raises ValueError for an unusable spec."""
+    address-space limit of ``memory_mb``, at most ``ceil(cpus)`` CPUs (affinity) and, unless
+    ``network``, a network namespace of its own (see network_isolation_prefix; a run that needs
+    isolation on a worker that cannot provide it fails before it starts, saying so). ``pids`` is
+    not enforced locally (RLIMIT_NPROC counts every process of the worker's user). Raises
+    ValueError for an unusable spec."""
     _check_spec(spec)
     workdir.mkdir(parents=True, exist_ok=True)
     venv_root.mkdir(parents=True, exist_ok=True)
@@ -460,6 +484,15 @@ def run_local(spec: RunSpec, *, venv_root: Path, wheel_cache: Path,
         return RunResult("failed", None, f"environment preparation failed: {exc}", False, None,
                          "local")
     image = f"local:{venv.name}"
+    prefix: tuple[str, ...] = ()
+    if not spec.network:
+        isolation = network_isolation_prefix()
+        if isolation is None:
+            reason = ("the local target cannot cut this run off the network on this worker (no 'unshare', or "
+                      "namespaces are not allowed): use target docker, or allow network in the project's run settings")
+            on_output(f"[mlportal] error: {reason}")
+            return RunResult("failed", None, reason, False, None, image)
+        prefix = isolation
     if should_cancel():
         return RunResult("canceled", None, "canceled", False, None, image)
 
@@ -484,7 +517,7 @@ def run_local(spec: RunSpec, *, venv_root: Path, wheel_cache: Path,
         }
         python = str(venv / "bin" / "python")
         proc = subprocess.Popen(
-            [python, "-c", _LIMIT_AND_EXEC, str(spec.memory_mb * 1024 * 1024), python,
+            [*prefix, python, "-c", _LIMIT_AND_EXEC, str(spec.memory_mb * 1024 * 1024), str(spec.cpus), python,
              spec.script, *spec.args],
             cwd=project, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, start_new_session=True,

@@ -38,7 +38,6 @@ import json
 import math
 import mmap
 import os
-import pickletools
 import select
 import signal
 import socket
@@ -49,6 +48,7 @@ import traceback
 from typing import Any, Callable
 
 from mlportal_runtime import oip
+from mlportal_runtime.pickles import SCAN_MAX_OPCODES, scan_pickle
 from mlportal_runtime.schema import SchemaError, build_inputs, example_body, load_schema, openapi_document
 
 EXIT_INIT_FAILED = 3
@@ -1304,70 +1304,6 @@ def make_listener(host: str, port: int) -> socket.socket:
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
 SCAN_MAX_FILES = 64
 SCAN_MAX_ENTRIES = 20_000  # files and folders looked at in the app dir
-SCAN_MAX_BYTES = 32 * 1024 * 1024  # per file: genops reads each argument (array data too) into memory
-SCAN_MAX_OPCODES = 2_000_000  # over all files, about 1 µs each
-_STRING_OPCODES = frozenset({"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE",
-                             "SHORT_BINUNICODE", "BINUNICODE8"})
-_GET_OPCODES = frozenset({"GET", "BINGET", "LONG_BINGET"})
-_PUT_OPCODES = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
-_NO_PUSH_OPCODES = frozenset({"PROTO", "FRAME", "MEMOIZE", "STOP"}) | _PUT_OPCODES
-
-
-class _Capped:
-    """A read-only view of the first ``limit`` bytes of a file: genops then stops at the cap."""
-
-    def __init__(self, handle: Any, limit: int) -> None:
-        self.handle = handle
-        self.left = limit
-
-    def read(self, size: int = -1) -> bytes:
-        size = self.left if size < 0 else min(size, self.left)
-        data = self.handle.read(size)
-        self.left -= len(data)
-        return data
-
-    def readline(self) -> bytes:
-        data = self.handle.readline(self.left)
-        self.left -= len(data)
-        return data
-
-
-def pickled_modules(path: str, max_bytes: int = SCAN_MAX_BYTES, max_opcodes: int = SCAN_MAX_OPCODES) -> tuple[list[str], int]:
-    """Return (modules named by the pickle's GLOBAL/INST/STACK_GLOBAL opcodes in order, opcodes read).
-
-    Reads opcodes only: nothing is unpickled. STACK_GLOBAL takes its names from the stack, so
-    the two values pushed last are tracked, with the memo for strings fetched again by GET. A
-    file that is not a pickle, is cut off by the caps, or holds raw data mid-stream (joblib's
-    arrays) yields what was found before that point.
-    """
-    modules: list[str] = []
-    memo: dict[int, Any] = {}
-    last: list[Any] = [None, None]  # the two values pushed last; None for anything but a string
-    count = 0
-    try:
-        with open(path, "rb") as handle:
-            for opcode, arg, _pos in pickletools.genops(_Capped(handle, max_bytes)):
-                count += 1
-                if count > max_opcodes:
-                    break
-                name = opcode.name
-                if name in ("GLOBAL", "INST"):
-                    modules.append(str(arg).split(" ", 1)[0])
-                elif name == "STACK_GLOBAL":
-                    if isinstance(last[0], str):
-                        modules.append(last[0])
-                    last = [None, None]
-                elif name == "MEMOIZE":
-                    memo[len(memo)] = last[1]
-                elif name in _PUT_OPCODES:
-                    memo[arg] = last[1]
-                if name in _NO_PUSH_OPCODES:
-                    continue
-                value = arg if name in _STRING_OPCODES else memo.get(arg) if name in _GET_OPCODES else None
-                last = [last[1], value]
-    except Exception:  # noqa: BLE001 - a broken or foreign file only ends its scan
-        pass
-    return modules, count
 
 
 def _is_app_module(module: str, app_dir: str) -> bool:
@@ -1408,9 +1344,9 @@ def preimport_model_modules(app_dir: str) -> list[str]:
     for path in paths[:SCAN_MAX_FILES]:
         if budget <= 0:
             break
-        found, used = pickled_modules(path, max_opcodes=budget)
-        budget -= used
-        names += [n for n in found if n not in names]
+        scan = scan_pickle(path, max_opcodes=budget)
+        budget -= scan.opcodes
+        names += [n for n in scan.modules if n not in names]
     imported = []
     for name in names:
         if name in sys.modules or not all(part.isidentifier() for part in name.split(".")):

@@ -26,6 +26,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
 
 from registry import selectors
 from registry.models import Image, ImageLogChunk, Manifest, ManifestModel, Model
@@ -704,21 +705,99 @@ class BuildLog:
         Image.objects.filter(pk=self.image_id).update(log_size=self.offset, heartbeat_at=now)
 
 
-def image_build_requirements(manifest: Manifest) -> list[str]:
-    """Returns the manifest's requirements plus what the scoring server needs for its schema:
-    pandas and numpy for a pandas schema, numpy for a numpy schema (unless already listed)."""
+def image_build_requirements(manifest: Manifest, log=None) -> list[str]:
+    """Returns the manifest's requirements plus what the image needs and they do not list: pandas
+    and numpy for a pandas schema, numpy for a numpy schema, and the packages its model files and
+    score.py import (see imported_requirements). ``log(line)`` hears what was added and why."""
     from mlportal_runtime.schema import load_schema
-    from packaging.utils import canonicalize_name
 
     reqs = list(manifest.requirements)
-    schema = load_schema(manifest_file(manifest, Manifest.SCHEMA))
     listed = {canonicalize_name(Requirement(r).name) for r in reqs}
-    needed = []
-    if schema.needs_pandas:
-        needed.append("pandas")
-    if schema.needs_numpy:
-        needed.append("numpy")
-    return reqs + [n for n in needed if n not in listed]
+    added: list[tuple[str, str]] = []
+    schema = load_schema(manifest_file(manifest, Manifest.SCHEMA))
+    for needed, flag in (("pandas", schema.needs_pandas), ("numpy", schema.needs_numpy)):
+        if flag and needed not in listed:
+            added.append((needed, "the schema's inputs"))
+            listed.add(needed)
+    models = [(m.file_name, m.file) for m in manifest.model_versions.all()]
+    found, unknown = imported_requirements(models=models, score=manifest_file(manifest, Manifest.SCORE),
+                                           local_modules={p[:-3] for p in manifest.files if p.endswith(".py")})
+    added += [(req, why) for req, why in found if canonicalize_name(Requirement(req).name) not in listed]
+    if log is not None:
+        for req, why in added:
+            log(f"adding requirement {req}: imported by {why}")
+        for module, why in unknown:
+            log(f"warning: {why} imports {module!r}, which no installed package provides: "
+                f"list its package in requirements.txt if the service needs it")
+    return reqs + [req for req, _ in added]
+
+
+# Modules that every image has: the runtime and the lab-era shim.
+_RUNTIME_MODULES = frozenset({"mlportal_runtime", "azureml", "__main__", "__builtin__", "builtins"})
+
+
+def imported_requirements(*, models: list[tuple[str, str]], score: bytes,
+                          local_modules: set[str] = frozenset()) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Which packages the model files (``(file name, storage name)`` pairs) and score.py import.
+
+    Reads the pickles' opcodes (never unpickles) and score.py's import statements (never runs it);
+    maps each top-level module to the installed distribution that provides it. Returns
+    ``([(requirement, where), …], [(module, where), …])``: requirements (scikit-learn pinned to the
+    version recorded in the pickle, the others unpinned, as the project template lists them) and
+    the modules no installed distribution provides. The standard library, the runtime and the
+    manifest's own modules are left out."""
+    import importlib.metadata
+    import sys
+
+    from mlportal_runtime.pickles import scan_pickle
+
+    named: dict[str, str] = {}  # top-level module -> first file that names it
+    versions: dict[str, str] = {}
+    for file_name, storage_name in models:
+        try:
+            with default_storage.open(storage_name, "rb") as handle:
+                scan = scan_pickle(handle)
+        except OSError:
+            continue
+        for module in scan.modules:
+            named.setdefault(module.split(".", 1)[0], file_name)
+        for dist, version in scan.versions.items():
+            versions.setdefault(canonicalize_name(dist), version)
+    for module in _score_imports(score):
+        named.setdefault(module, "score.py")
+    providers = importlib.metadata.packages_distributions()
+    found: dict[str, tuple[str, str]] = {}
+    unknown = []
+    for module, where in named.items():
+        if module in sys.stdlib_module_names or module in _RUNTIME_MODULES or module in local_modules:
+            continue
+        dists = sorted({canonicalize_name(d) for d in providers.get(module, [])})
+        if len(dists) != 1:
+            unknown.append((module, where))
+            continue
+        dist = dists[0]
+        version = versions.get(dist)
+        if dist not in found and (version is None or _VERSION.fullmatch(version)):
+            found[dist] = (f"{dist}=={version}" if version else dist, where)
+    return list(found.values()), unknown
+
+
+_VERSION = re.compile(r"[0-9]+(\.[0-9]+)*([.-]?(a|b|rc|post|dev)[0-9]*)*")
+
+
+def _score_imports(score: bytes) -> list[str]:
+    """Top-level names of the absolute imports anywhere in score.py (it parsed when the manifest was made)."""
+    try:
+        tree = ast.parse(score)
+    except (SyntaxError, ValueError):
+        return []
+    names: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [alias.name.split(".", 1)[0] for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.append(node.module.split(".", 1)[0])
+    return list(dict.fromkeys(names))
 
 
 def image_app_files(manifest: Manifest) -> dict[str, bytes]:
@@ -812,7 +891,7 @@ def _build(image: Image) -> str:
     manifest = image.manifest
     try:
         log(f"building {image.tag} from manifest {manifest.ref} (hash {manifest.content_hash[:12]})")
-        requirements = image_build_requirements(manifest)
+        requirements = image_build_requirements(manifest, log=log)
         log(f"requirements: {', '.join(requirements) or '(none)'}")
         env_image = ensure_env_image(
             base_image=settings.MLPORTAL_BASE_IMAGE, requirements=requirements,

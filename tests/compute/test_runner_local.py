@@ -55,3 +55,47 @@ def test_a_local_run_over_its_memory_limit_fails_with_oom(tmp_path, recorder):
     result = run(tmp_path, recorder, "data = b'x' * (600 * 1024 * 1024)\n", memory_mb=256)
     assert result.status == "failed" and result.oom is True
     assert result.reason == "out of memory (limit 256 MiB)"
+
+
+@pytest.fixture
+def listener():
+    """A TCP server on the host's 127.0.0.1: reachable only from the host's network namespace."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        yield server.getsockname()[1]
+
+
+NETWORK_PROBE = """
+import os, socket, sys
+try:
+    socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=3).close()
+    print("network: open")
+except OSError:
+    print("network: blocked")
+print("cpus:", len(os.sched_getaffinity(0)))
+"""
+
+
+def test_a_local_run_has_no_network_and_its_cpu_share_unless_the_project_allows_network(tmp_path, recorder, listener):
+    from compute.runner import network_isolation_prefix
+
+    assert network_isolation_prefix() is not None, "unshare must work on the test machine"
+    for name in ("closed", "open"):
+        (tmp_path / name).mkdir()
+    result = run(tmp_path / "closed", recorder, NETWORK_PROBE, args=[str(listener)], cpus=1.0)
+    assert result.status == "completed", recorder.text
+    assert recorder.text == ["network: blocked", "cpus: 1"]
+    recorder.lines.clear()
+    result = run(tmp_path / "open", recorder, NETWORK_PROBE, args=[str(listener)], network=True, cpus=8.0)
+    assert result.status == "completed", recorder.text
+    assert recorder.text == ["network: open", f"cpus: {len(__import__('os').sched_getaffinity(0))}"]
+
+
+def test_a_local_run_that_needs_isolation_the_worker_cannot_give_fails_before_it_starts(tmp_path, recorder, monkeypatch):
+    from compute import runner
+
+    monkeypatch.setattr(runner, "network_isolation_prefix", lambda: None)
+    result = run(tmp_path, recorder, "open('started', 'w')\n")
+    assert result.status == "failed" and result.exit_code is None
+    assert "cannot cut this run off the network" in result.reason and "target docker" in result.reason

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import sklearn
 from rest_framework.test import APIClient
 
 from deployments.models import Service
@@ -15,11 +16,15 @@ pytestmark = [pytest.mark.docker, pytest.mark.integration]
 
 
 def test_the_one_shot_create_builds_deploys_and_scores_0_through_the_portal(deploy_worker, owner_api, create_realtime):
-    created = create_realtime(owner_api, "churnpred")
+    # The lab's line passes no requirements file: the build reads what model.pkl and score.py import.
+    created = create_realtime(owner_api, "churnpred", requirements=None)
     assert created.status_code == 201, created.json()
     service = wait_for(owner_api, "churnpred", ("healthy", "failed"))
     assert service["status"] == "healthy", service["error"] + json.dumps(service["events"], indent=1)
     assert [s["status"] for s in service["steps"]] == ["succeeded", "succeeded", "succeeded", "healthy"]
+    image_id = next(s["id"] for s in service["steps"] if s["step"] == "image")
+    build_log = owner_api.get(f"/api/v1/images/{image_id}/log/").json()["text"]
+    assert f"adding requirement scikit-learn=={sklearn.__version__}: imported by model.pkl" in build_log, build_log[-3000:]
     assert len(service["containers"]) == 1 and service["containers"][0]["ready"] is True
     assert service["containers"][0]["state"] == "running" and service["containers"][0]["host"] == "127.0.0.1"
     assert [r["number"] for r in service["revisions"]] == [1] and service["revisions"][0]["image"] == "churnpred:1"

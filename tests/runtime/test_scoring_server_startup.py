@@ -11,7 +11,8 @@ import sys
 import pytest
 
 from mlportal_runtime import server
-from mlportal_runtime.server import AccessLog, cgroup_cpu_quota, default_workers, pickled_modules, preimport_model_modules
+from mlportal_runtime.pickles import pickled_modules, scan_pickle
+from mlportal_runtime.server import AccessLog, cgroup_cpu_quota, default_workers, preimport_model_modules
 
 
 # -- worker count from the cgroup CPU quota ------------------------------------------------------
@@ -122,6 +123,21 @@ def test_pickled_modules_of_a_foreign_or_cut_file_returns_what_came_before(tmp_p
     # The caps stop the scan early.
     assert pickled_modules(str(cut), max_bytes=2)[0] == []
     assert pickled_modules(str(cut), max_opcodes=1)[0] == []
+
+
+def test_scan_pickle_finds_the_scikit_learn_version_a_model_was_made_with(tmp_path):
+    sklearn = pytest.importorskip("sklearn")
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.tree import DecisionTreeClassifier
+
+    model = make_pipeline(StandardScaler(), DecisionTreeClassifier(max_depth=2)).fit([[0, 1], [1, 0], [2, 2]], [0, 1, 0])
+    for protocol in (2, 5):
+        scan = scan_pickle(__import__("io").BytesIO(pickle.dumps(model, protocol=protocol)))
+        assert scan.versions == {"scikit-learn": sklearn.__version__}
+        assert {m.split(".")[0] for m in scan.modules} >= {"sklearn", "numpy"}
+    # A look-alike key elsewhere is not a version unless a string follows it.
+    assert scan_pickle(__import__("io").BytesIO(pickle.dumps({"_sklearn_version": 3}))).versions == {}
 
 
 def test_preimport_imports_library_modules_but_never_the_apps_own(tmp_path, monkeypatch):

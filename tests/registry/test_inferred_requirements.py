@@ -1,0 +1,80 @@
+"""The image's requirements when the manifest lists none: the packages its model files and score.py
+import, read from the pickle's opcodes and score.py's import statements (nothing is unpickled or
+run), scikit-learn pinned to the version the model was pickled with. The lab's
+`service create realtime … -r python -s service_schema.json` passes no requirements file."""
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import sklearn
+
+from registry import services
+from registry.models import Manifest
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def churn_model(trained_churn) -> bytes:
+    return (trained_churn["app"] / "model.pkl").read_bytes()
+
+
+def make_manifest(api, register_model, create_manifest, *, model: bytes, score: bytes | None = None, requirements=None):
+    assert register_model(api, content=model).status_code == 201
+    fields = {"requirements": requirements}
+    if score is not None:
+        fields["score"] = score
+    response = create_manifest(api, **fields)
+    assert response.status_code == 201, response.content
+    return Manifest.objects.get(pk=response.json()["id"])
+
+
+def test_a_manifest_without_requirements_builds_with_what_the_model_and_score_import(
+    owner_api, register_model, create_manifest, churn_model
+):
+    manifest = make_manifest(owner_api, register_model, create_manifest, model=churn_model)
+    assert manifest.requirements == []
+    heard: list[str] = []
+    reqs = services.image_build_requirements(manifest, log=heard.append)
+    assert f"scikit-learn=={sklearn.__version__}" in reqs  # the version recorded in model.pkl
+    assert "pandas" in reqs and "numpy" in reqs
+    assert len(reqs) == len(set(reqs))
+    assert any(line == f"adding requirement scikit-learn=={sklearn.__version__}: imported by model.pkl" for line in heard), heard
+
+
+def test_listed_requirements_win_and_nothing_is_added_twice(owner_api, register_model, create_manifest, churn_model):
+    manifest = make_manifest(owner_api, register_model, create_manifest, model=churn_model,
+                             requirements=b"scikit-learn>=1.5\npandas>=2.2\nnumpy>=1.26\n")
+    assert sorted(services.image_build_requirements(manifest)) == ["numpy>=1.26", "pandas>=2.2", "scikit-learn>=1.5"]
+
+
+def test_score_imports_count_and_unknown_modules_are_reported_not_guessed(owner_api, register_model, create_manifest):
+    score = (b"import json\nimport helpers\nfrom joblib import load\nfrom . import nothing\n"
+             b"def init():\n    import not_a_real_package_xyz\n\ndef run(input_df):\n    return json.dumps(0)\n")
+    model = pickle.dumps({"weights": [1, 2, 3]})
+    manifest = make_manifest(owner_api, register_model, create_manifest, model=model, score=score)
+    heard: list[str] = []
+    reqs = services.image_build_requirements(manifest, log=heard.append)
+    assert "joblib" in reqs  # imported by score.py
+    assert not any(r.startswith(("json", "helpers", "not-a-real")) for r in reqs), reqs
+    warnings = [line for line in heard if line.startswith("warning:")]
+    assert any("'not_a_real_package_xyz'" in line and "score.py" in line for line in warnings), heard
+    assert any("'helpers'" in line for line in warnings), heard
+
+
+def test_imported_requirements_never_unpickles(tmp_path, settings):
+    marker = tmp_path / "unpickled"
+
+    class Boom:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import default_storage
+
+    stored = default_storage.save("models/boom.pkl", ContentFile(pickle.dumps([Boom(), __import__("sklearn.tree").tree.DecisionTreeClassifier()])))
+    found, _ = services.imported_requirements(models=[("boom.pkl", stored)], score=b"def run(x):\n    return x\n")
+    assert [req.split("==")[0] for req, _ in found] == ["scikit-learn"]
+    assert found[0] == (f"scikit-learn=={sklearn.__version__}", "boom.pkl")
+    assert not marker.exists()
