@@ -60,6 +60,13 @@ class EnvironmentWriteSerializer(serializers.Serializer):
     workspace = serializers.CharField(required=False)
 
 
+class EnvironmentUpdateSerializer(serializers.Serializer):
+    engine_url = serializers.CharField(required=False, allow_blank=True)
+    publish_address = serializers.CharField(required=False, allow_blank=True)
+    labels = serializers.JSONField(required=False)
+    description = serializers.CharField(required=False, allow_blank=True)
+
+
 class EnvironmentViewSet(CreateListRetrieveDestroyViewSet):
     """Environments: where services run (the lab's ``az ml env setup / list / show / set``).
     ``GET active/`` is the caller's active one; ``POST {ref}/activate/`` sets it."""
@@ -83,6 +90,20 @@ class EnvironmentViewSet(CreateListRetrieveDestroyViewSet):
             publish_address=data["publish_address"], labels=data.get("labels"), description=data["description"],
         )
         return Response(self.get_serializer(environment).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=EnvironmentUpdateSerializer, responses=EnvironmentSerializer)
+    def partial_update(self, request, *args, **kwargs):
+        """Changes description, labels, engine_url or publish_address (the last two only while no
+        service runs in it)."""
+        environment = self.get_object()
+        data = request.data.dict() if hasattr(request.data, "dict") else request.data  # a form's QueryDict
+        if not isinstance(data, dict):
+            raise PortalError("Send a JSON object with the fields to change.")
+        environment = services.environment_update(environment=environment, user=request.user, changes=dict(data))
+        return Response(self.get_serializer(environment).data)
+
+    def update(self, request, *args, **kwargs):
+        return self.partial_update(request, *args, **kwargs)
 
     def perform_destroy(self, instance):
         services.environment_delete(environment=instance, user=self.request.user)

@@ -35,6 +35,16 @@ class EnvironmentForm(forms.Form):
     description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
 
 
+class EnvironmentEditForm(forms.Form):
+    """What can change on an environment (not its name or kind)."""
+
+    description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
+    labels = JSONObjectField(required=False, help_text=LABELS_HELP)
+    engine_url = forms.CharField(required=False, label="Docker engine URL",
+                                 help_text="Empty: the workers' own engine. Fixed while services run here.")
+    publish_address = forms.CharField(required=False, help_text="Fixed while services run here.")
+
+
 def _environment_field() -> forms.ChoiceField:
     return forms.ChoiceField(required=False, choices=[], help_text="Empty: your active environment (or a new 'local' one).")
 

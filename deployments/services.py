@@ -187,6 +187,52 @@ def environment_create(*, workspace: Workspace, name: str, user, kind: str = Env
     return environment
 
 
+UPDATABLE_ENVIRONMENT_FIELDS = ("description", "labels", "engine_url", "publish_address")
+
+
+def environment_update(*, environment: Environment, user, changes: dict[str, Any]) -> Environment:
+    """Changes an environment's description, labels, engine URL or publish address (only the keys
+    given). The engine and the publish address stay as they are while services run in it (those
+    replicas live on that engine, at that address): refused, naming the services. Names and kinds
+    do not change (scripts and services refer to environments by name)."""
+    require_role(user=user, workspace=environment.workspace, role=Role.CONTRIBUTOR)
+    unknown = sorted(set(changes) - set(UPDATABLE_ENVIRONMENT_FIELDS))
+    if unknown:
+        message = (f"Only {', '.join(UPDATABLE_ENVIRONMENT_FIELDS)} can change; not {', '.join(unknown)}"
+                   + (" (to rename, set up a new environment and move the services)" if "name" in unknown else "") + ".")
+        raise PortalError(message, fields={k: "Cannot change." for k in unknown})
+    values: dict[str, Any] = {}
+    if "description" in changes:
+        description = changes["description"]
+        if not isinstance(description, str) or len(description.strip()) > 2000:
+            raise _field_error("description", "The description must be text of at most 2000 characters.")
+        values["description"] = description.strip()
+    if "labels" in changes:
+        values["labels"] = check_labels(changes["labels"])
+    if "engine_url" in changes:
+        values["engine_url"] = check_engine_url(changes["engine_url"])
+    if "publish_address" in changes:
+        values["publish_address"] = check_publish_address(changes["publish_address"])
+    with transaction.atomic():
+        environment = Environment.objects.select_for_update().get(pk=environment.pk)
+        moved = [f for f in ("engine_url", "publish_address") if f in values and values[f] != getattr(environment, f)]
+        if moved:
+            names = list(environment.services.order_by("name").values_list("name", flat=True)[:6])
+            if names:
+                listed = ", ".join(names[:5]) + (" …" if len(names) > 5 else "")
+                what = " and ".join("engine" if f == "engine_url" else "publish address" for f in moved)
+                raise Conflict(f"Environment '{environment.name}' runs service {listed}: its {what} cannot change "
+                               "under them; delete those services first, or set up another environment.", code="in_use")
+        changed = {k: v for k, v in values.items() if getattr(environment, k) != v}
+        for key, value in changed.items():
+            setattr(environment, key, value)
+        if changed:
+            environment.save(update_fields=list(changed))
+            activity_record(workspace=environment.workspace, actor=user, verb="environment.updated", target=environment,
+                            detail={"changed": sorted(changed)})
+    return environment
+
+
 @transaction.atomic
 def environment_delete(*, environment: Environment, user) -> None:
     """Deletes an environment; refused while services are in it (naming them)."""

@@ -13,7 +13,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from deployments import selectors, services
-from deployments.forms import EnvironmentForm, FromImageForm, RealtimeForm
+from deployments.forms import EnvironmentEditForm, EnvironmentForm, FromImageForm, RealtimeForm
 from deployments.models import Environment, Service
 from workspaces.errors import PortalError
 from workspaces.models import Role
@@ -231,12 +231,28 @@ def environment_list(request):
 @login_required
 def environment_detail(request, ref: str):
     environment = _environment(request, ref)
+    can_edit = _can(request, environment, Role.CONTRIBUTOR)
+    current = {"description": environment.description, "labels": environment.labels,
+               "engine_url": environment.engine_url, "publish_address": environment.publish_address}
+    form = EnvironmentEditForm(request.POST or None,
+                               initial={**current, "labels": json.dumps(environment.labels) if environment.labels else ""})
+    if request.method == "POST":
+        require_page_role(request, environment.workspace, Role.CONTRIBUTOR)
+        if form.is_valid():
+            changes = {k: v if v is not None else {} for k, v in form.cleaned_data.items() if v != current[k]}
+            try:
+                services.environment_update(environment=environment, user=request.user, changes=changes)
+            except PortalError as exc:
+                _form_error(form, exc)
+            else:
+                messages.success(request, f"Environment '{environment.name}' saved." if changes else "Nothing changed.")
+                return redirect("environment-detail", ref=str(environment.pk))
     active = selectors.active_environment(request.user, environment.workspace)
     return render(request, "deployments/environment_detail.html", {
         "environment": environment, "engine": selectors.engine_status(environment),
         "services": selectors.services_in(environment).select_related("image"),
         "is_active": active is not None and active.pk == environment.pk,
-        "can_delete": _can(request, environment, Role.OWNER),
+        "can_delete": _can(request, environment, Role.OWNER), "can_edit": can_edit, "form": form,
     })
 
 

@@ -160,11 +160,16 @@ def check_framework(value: Any, file_name: str) -> str:
 # --- versions ----------------------------------------------------------------------------------
 
 def _create_versioned(cls, *, workspace: Workspace, name: str, **fields):
-    """Creates ``cls`` as the next version of ``name`` in ``workspace``. Two writers racing for the
-    same number both try; the unique constraint lets one win and the other retries with the next."""
+    """Creates ``cls`` as the next version of ``name`` in ``workspace``. Writers queue on the
+    workspace's row (PostgreSQL; SQLite serialises writers itself), so racing registrations take
+    consecutive numbers in turn; should two still meet, the unique constraint lets one win and the
+    other retries with the next."""
+    from workspaces.models import Workspace as WorkspaceRow
+
     for attempt in range(VERSION_ATTEMPTS):
         try:
             with transaction.atomic():
+                list(WorkspaceRow.objects.select_for_update().filter(pk=workspace.pk).values_list("pk", flat=True))
                 latest = cls.objects.filter(workspace=workspace, name=name).aggregate(v=Max("version"))["v"] or 0
                 return cls.objects.create(workspace=workspace, name=name, version=latest + 1, **fields)
         except IntegrityError:

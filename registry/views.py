@@ -318,7 +318,7 @@ def image_detail(request, ref: str):
         "image": image, "usage": usage, "sample_json": json.dumps(usage["sample_body"], indent=2),
         "models": [mm.model for mm in image.manifest.manifest_models.select_related("model").order_by("position")],
         "services": selectors.services_using_images([image.pk]),
-        "can_delete": _can(request, image, Role.OWNER),
+        "can_delete": _can(request, image, Role.OWNER), "can_build": _can(request, image, Role.CONTRIBUTOR),
         "log_url": reverse("api-image-log", kwargs={"pk": image.pk}),
         "status_url": reverse("api-image-detail", kwargs={"pk": image.pk}),
     })

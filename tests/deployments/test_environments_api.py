@@ -137,3 +137,48 @@ def test_the_list_pages_searches_and_orders(owner_api):
     page = owner_api.get("/api/v1/environments/?page_size=2&ordering=-name").json()
     assert page["count"] == 3 and [e["name"] for e in page["results"]] == ["gamma", "beta"] and page["next"]
     assert [e["name"] for e in owner_api.get("/api/v1/environments/?search=bet").json()["results"]] == ["beta"]
+
+
+def test_a_contributor_edits_description_labels_and_engine_and_it_is_recorded(owner_api, contributor_api):
+    create(owner_api, "staging", labels={"stage": "staging"})
+    response = contributor_api.patch("/api/v1/environments/staging/", {
+        "description": "the team's staging host", "labels": {"stage": "staging", "owner": "ml"},
+        "engine_url": "tcp://10.0.0.5:2375", "publish_address": "10.0.0.5"}, format="json")
+    assert response.status_code == 200, response.json()
+    body = response.json()
+    assert (body["description"], body["labels"], body["engine_url"], body["publish_address"]) == (
+        "the team's staging host", {"stage": "staging", "owner": "ml"}, "tcp://10.0.0.5:2375", "10.0.0.5")
+    env = Environment.objects.get(name="staging")
+    assert env.engine_url == "tcp://10.0.0.5:2375"
+    activity = owner_api.get("/api/v1/activity/?verb=environment.updated").json()["results"]
+    assert len(activity) == 1 and activity[0]["detail"]["changed"] == ["description", "engine_url", "labels", "publish_address"]
+    # Only what is sent changes; sending the same again records nothing.
+    assert contributor_api.patch("/api/v1/environments/staging/", {"description": "the team's staging host"},
+                                 format="json").json()["labels"] == {"stage": "staging", "owner": "ml"}
+    assert owner_api.get("/api/v1/activity/?verb=environment.updated").json()["count"] == 1
+
+
+@pytest.mark.parametrize("body,field,says", [
+    ({"name": "prod"}, "name", "set up a new environment"),
+    ({"kind": "cluster"}, "kind", "Only description, labels"),
+    ({"engine_url": "http://host:2375"}, "engine_url", "tcp://"),
+    ({"publish_address": "not-an-ip"}, "publish_address", ""),
+    ({"labels": ["a"]}, "labels", ""),
+    ({"description": "x" * 2001}, "description", "2000 characters"),
+])
+def test_bad_edits_answer_400_naming_the_field_and_change_nothing(owner_api, body, field, says):
+    create(owner_api, "staging", description="before")
+    response = owner_api.patch("/api/v1/environments/staging/", body, format="json")
+    assert response.status_code == 400, response.json()
+    error = response.json()["error"]
+    assert field in error["fields"] and says in error["message"], error
+    env = Environment.objects.get(name="staging")
+    assert (env.name, env.description, env.engine_url, env.publish_address) == ("staging", "before", "", "127.0.0.1")
+
+
+def test_readers_cannot_edit_and_outsiders_get_404(owner_api, reader_api, outsider_api):
+    create(owner_api, "staging")
+    refused = reader_api.patch("/api/v1/environments/staging/", {"description": "mine"}, format="json")
+    assert refused.status_code == 403 and "contributor" in refused.json()["error"]["message"]
+    assert outsider_api.patch("/api/v1/environments/staging/", {"description": "x"}, format="json").status_code == 404
+    assert Environment.objects.get(name="staging").description == ""

@@ -133,3 +133,33 @@ def test_an_environment_in_use_is_not_deleted_from_the_page(page_client, owner, 
     assert Environment.objects.exists()
     page = page_client(owner).get("/environments/local/").content.decode()
     assert "churnpred" in page and 'data-testid="engine-status"' in page
+
+
+def test_an_environment_is_edited_on_its_page_and_mistakes_show_next_to_the_field(page_client, owner, reader, workspace):
+    client = page_client(owner)
+    client.post("/environments/", {"name": "staging", "labels": '{"stage": "staging"}'})
+    environment = Environment.objects.get()
+    page = client.get(f"/environments/{environment.pk}/").content.decode()
+    assert 'data-testid="environment-edit-form"' in page and "{&quot;stage&quot;: &quot;staging&quot;}" in page
+    bad = client.post(f"/environments/{environment.pk}/", {"labels": "[1]", "publish_address": "127.0.0.1"})
+    assert bad.status_code == 200 and "Write a JSON object" in bad.content.decode()
+    bad = client.post(f"/environments/{environment.pk}/", {"engine_url": "http://nope", "publish_address": "127.0.0.1"})
+    assert "not supported" in bad.content.decode()
+    environment.refresh_from_db()
+    assert (environment.labels, environment.engine_url) == ({"stage": "staging"}, "")
+    saved = client.post(f"/environments/{environment.pk}/", {"description": "<b>staging</b> host",
+                                                             "labels": '{"stage": "staging", "team": "ml"}',
+                                                             "engine_url": "", "publish_address": "127.0.0.1"}, follow=True)
+    html = saved.content.decode()
+    assert "Environment &#x27;staging&#x27; saved." in html and "&lt;b&gt;staging&lt;/b&gt; host" in html
+    environment.refresh_from_db()
+    assert environment.labels == {"stage": "staging", "team": "ml"} and environment.description == "<b>staging</b> host"
+    # Readers see no form and cannot post one.
+    assert 'environment-edit-form' not in page_client(reader).get(f"/environments/{environment.pk}/").content.decode()
+    assert page_client(reader).post(f"/environments/{environment.pk}/", {"description": "x"}).status_code == 403
+
+
+def test_an_environment_in_use_keeps_its_engine_when_edited_on_the_page(page_client, owner, service):
+    response = page_client(owner).post("/environments/local/", {"engine_url": "tcp://10.0.0.5:2375", "publish_address": "127.0.0.1"})
+    assert response.status_code == 200 and "runs service churnpred: its engine cannot change" in response.content.decode()
+    assert Environment.objects.get(name="local").engine_url == ""

@@ -143,3 +143,15 @@ def test_deleting_a_workspace_takes_its_services_and_environments(owner, workspa
 
     workspace_delete(workspace=workspace, user=owner)
     assert not Service.objects.exists() and not Environment.objects.exists() and not Image.objects.exists()
+
+
+def test_an_environment_running_services_keeps_its_engine_and_address_but_takes_a_description(owner_api, service):
+    moved = owner_api.patch("/api/v1/environments/local/", {"engine_url": "tcp://10.0.0.5:2375"}, format="json")
+    assert moved.status_code == 409
+    assert "runs service churnpred: its engine cannot change" in moved.json()["error"]["message"]
+    readdressed = owner_api.patch("/api/v1/environments/local/", {"publish_address": "0.0.0.0"}, format="json")
+    assert readdressed.status_code == 409 and "publish address" in readdressed.json()["error"]["message"]
+    described = owner_api.patch("/api/v1/environments/local/", {"description": "the workers' engine",
+                                                                 "publish_address": "127.0.0.1"}, format="json")
+    assert described.status_code == 200 and described.json()["description"] == "the workers' engine"
+    assert described.json()["engine_url"] == "" and described.json()["publish_address"] == "127.0.0.1"

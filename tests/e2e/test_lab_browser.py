@@ -285,6 +285,7 @@ def test_the_lab_clicked_through_in_a_browser_ends_with_the_service_predicting_0
                  timeout=10, what="the image id")
     page.click("button[data-tab=overview]")
     assert page.locator("[data-testid=image-tag]").inner_text() == "mlportal/churnlab-churnpred:1"
+    assert page.locator("#image-finished time").count() == 1  # filled in without a reload
     shot(page, "07-image")
 
     # Deploy the image as service churnpred.

@@ -178,3 +178,18 @@ def test_the_images_list_filters_by_status_and_searches(page_client, owner, mani
     assert [i.name for i in client.get("/images/?status=failed").context["page"]] == ["churnpred"]
     assert [i.name for i in client.get("/images/?q=shad").context["page"]] == ["shadow"]
     assert 'data-status="failed"' in client.get("/images/").content.decode()
+
+
+def test_a_failed_image_page_offers_to_build_its_manifest_again(page_client, owner, reader, manifest, django_capture_on_commit_callbacks):
+    failed = services.image_create(manifest=manifest, user=owner, name="churnsvc")
+    Image.objects.filter(pk=failed.pk).update(status="failed", error="pip could not find scikit-learn==0.0")
+    assert 'data-testid="rebuild-form"' not in page_client(reader).get(f"/images/{failed.pk}/").content.decode()
+    html = page_client(owner).get(f"/images/{failed.pk}/").content.decode()
+    assert 'data-testid="rebuild-form"' in html and "Build again" in html
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = page_client(owner).post(f"/manifests/{manifest.pk}/build/", {"name": "churnsvc"})
+    again = Image.objects.exclude(pk=failed.pk).get()
+    assert response["Location"] == f"/images/{again.pk}/" and len(callbacks) == 1
+    assert (again.name, again.version, again.status, again.manifest_id) == ("churnsvc", 2, "queued", manifest.pk)
+    # While an image builds, the failure block (with its Build again form) stays hidden until a failure shows it.
+    assert 'data-testid="build-error" hidden' in page_client(owner).get(f"/images/{again.pk}/").content.decode()
