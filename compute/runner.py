@@ -8,7 +8,6 @@ script wrote under ``outputs/`` come back as a tar with paths relative to ``outp
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import os
@@ -431,17 +430,29 @@ _LIMIT_AND_EXEC = (
     "except (ValueError, OSError):\n"
     "    pass\n"
     "mine = sorted(os.sched_getaffinity(0))\n"
-    "os.sched_setaffinity(0, mine[:max(1, math.ceil(cpus))])\n"
-    "os.execv(sys.argv[3], sys.argv[3:])\n"
+    "want = max(1, math.ceil(cpus))\n"
+    "if want < len(mine):  # a window of the worker's CPUs, starting where the run's offset says\n"
+    "    start = int(sys.argv[3]) % len(mine)\n"
+    "    os.sched_setaffinity(0, [mine[(start + i) % len(mine)] for i in range(want)])\n"
+    "os.execv(sys.argv[4], sys.argv[4:])\n"
 )
 
+_isolation: tuple[str, ...] | None = None
 
-@functools.lru_cache(maxsize=1)
+
 def network_isolation_prefix() -> tuple[str, ...] | None:
     """The command prefix that starts a process in a network namespace of its own (only a
     loopback, down): ``unshare --net --map-root-user``, when util-linux's unshare is there and
-    this worker may create namespaces (as root, or with unprivileged user namespaces). None
-    otherwise."""
+    this worker may create namespaces (as root, or with unprivileged user namespaces; a container
+    under Docker's default seccomp profile may not). None otherwise. Only a success is
+    remembered, so a probe that failed on a busy moment is tried again next time.
+
+    A network namespace cuts TCP/IP only: Unix sockets the process can open on the filesystem
+    (a mounted Docker socket, a database socket) stay reachable, as for any local process of the
+    worker's user. Untrusted code belongs on target docker."""
+    global _isolation
+    if _isolation is not None:
+        return _isolation
     unshare = shutil.which("unshare")
     if unshare is None:
         return None
@@ -450,7 +461,10 @@ def network_isolation_prefix() -> tuple[str, ...] | None:
         done = subprocess.run([*prefix, "true"], capture_output=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    return prefix if done.returncode == 0 else None
+    if done.returncode != 0:
+        return None
+    _isolation = prefix
+    return prefix
 
 
 def _chunks(stream, number: int):
@@ -474,6 +488,15 @@ def run_local(spec: RunSpec, *, venv_root: Path, wheel_cache: Path,
     not enforced locally (RLIMIT_NPROC counts every process of the worker's user). Raises
     ValueError for an unusable spec."""
     _check_spec(spec)
+    prefix: tuple[str, ...] = ()
+    if not spec.network:  # checked before the environment is prepared, which may take minutes
+        isolation = network_isolation_prefix()
+        if isolation is None:
+            reason = ("the local target cannot cut this run off the network on this worker (no 'unshare', or "
+                      "namespaces are not allowed): use target docker, or allow network in the project's run settings")
+            on_output(f"[mlportal] error: {reason}")
+            return RunResult("failed", None, reason, False, None, "local")
+        prefix = isolation
     workdir.mkdir(parents=True, exist_ok=True)
     venv_root.mkdir(parents=True, exist_ok=True)
     try:
@@ -484,15 +507,6 @@ def run_local(spec: RunSpec, *, venv_root: Path, wheel_cache: Path,
         return RunResult("failed", None, f"environment preparation failed: {exc}", False, None,
                          "local")
     image = f"local:{venv.name}"
-    prefix: tuple[str, ...] = ()
-    if not spec.network:
-        isolation = network_isolation_prefix()
-        if isolation is None:
-            reason = ("the local target cannot cut this run off the network on this worker (no 'unshare', or "
-                      "namespaces are not allowed): use target docker, or allow network in the project's run settings")
-            on_output(f"[mlportal] error: {reason}")
-            return RunResult("failed", None, reason, False, None, image)
-        prefix = isolation
     if should_cancel():
         return RunResult("canceled", None, "canceled", False, None, image)
 
@@ -517,8 +531,8 @@ def run_local(spec: RunSpec, *, venv_root: Path, wheel_cache: Path,
         }
         python = str(venv / "bin" / "python")
         proc = subprocess.Popen(
-            [*prefix, python, "-c", _LIMIT_AND_EXEC, str(spec.memory_mb * 1024 * 1024), str(spec.cpus), python,
-             spec.script, *spec.args],
+            [*prefix, python, "-c", _LIMIT_AND_EXEC, str(spec.memory_mb * 1024 * 1024), str(spec.cpus),
+             str(int(hashlib.sha256(spec.run_id.encode()).hexdigest()[:8], 16)), python, spec.script, *spec.args],
             cwd=project, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, start_new_session=True,
         )

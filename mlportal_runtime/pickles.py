@@ -28,11 +28,13 @@ _NO_PUSH_OPCODES = frozenset({"PROTO", "FRAME", "MEMOIZE", "STOP"}) | _PUT_OPCOD
 @dataclass
 class PickleScan:
     """What one pickle names: modules in order of appearance (repeats kept), the versions found
-    under VERSION_KEYS (distribution → version; the first one seen wins), and opcodes read."""
+    under VERSION_KEYS (distribution → version; the first one seen wins), opcodes read, and
+    whether the scan reached the pickle's STOP (False when raw data, a cap or garbage ended it)."""
 
     modules: list[str] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
     opcodes: int = 0
+    complete: bool = False
 
 
 class _Capped:
@@ -74,6 +76,9 @@ def scan_pickle(source: str | IO[bytes], max_bytes: int = SCAN_MAX_BYTES, max_op
             if scan.opcodes > max_opcodes:
                 break
             name = opcode.name
+            if name == "STOP":
+                scan.complete = True
+                break
             if name in ("GLOBAL", "INST"):
                 scan.modules.append(str(arg).split(" ", 1)[0])
             elif name == "STACK_GLOBAL":

@@ -1314,6 +1314,10 @@ def _is_app_module(module: str, app_dir: str) -> bool:
     top = module.split(".", 1)[0]
     if top == "__main__":
         return True
+    # The master's sys.path may not hold the app dir (workers import score.py from it): an app
+    # file that shares its name with an installed package must not be shadowed by that package.
+    if os.path.exists(os.path.join(app_dir, top + ".py")) or os.path.isdir(os.path.join(app_dir, top)):
+        return True
     try:
         spec = importlib.util.find_spec(top)
     except (ImportError, ValueError):

@@ -169,7 +169,9 @@ def _create_versioned(cls, *, workspace: Workspace, name: str, **fields):
     for attempt in range(VERSION_ATTEMPTS):
         try:
             with transaction.atomic():
-                list(WorkspaceRow.objects.select_for_update().filter(pk=workspace.pk).values_list("pk", flat=True))
+                # NO KEY UPDATE: registrations queue behind each other, while inserts that only
+                # point at the workspace (activity, logs, services) are not held up by it.
+                list(WorkspaceRow.objects.select_for_update(no_key=True).filter(pk=workspace.pk).values_list("pk", flat=True))
                 latest = cls.objects.filter(workspace=workspace, name=name).aggregate(v=Max("version"))["v"] or 0
                 return cls.objects.create(workspace=workspace, name=name, version=latest + 1, **fields)
         except IntegrityError:
@@ -712,8 +714,9 @@ class BuildLog:
 
 def image_build_requirements(manifest: Manifest, log=None) -> list[str]:
     """Returns the manifest's requirements plus what the image needs and they do not list: pandas
-    and numpy for a pandas schema, numpy for a numpy schema, and the packages its model files and
-    score.py import (see imported_requirements). ``log(line)`` hears what was added and why."""
+    and numpy for a pandas schema, numpy for a numpy schema; and, when the manifest has no
+    requirements.txt at all, the packages its model files and score.py import (see
+    imported_requirements). ``log(line)`` hears what was added and why."""
     from mlportal_runtime.schema import load_schema
 
     reqs = list(manifest.requirements)
@@ -724,16 +727,17 @@ def image_build_requirements(manifest: Manifest, log=None) -> list[str]:
         if flag and needed not in listed:
             added.append((needed, "the schema's inputs"))
             listed.add(needed)
-    models = [(m.file_name, m.file) for m in manifest.model_versions.all()]
-    found, unknown = imported_requirements(models=models, score=manifest_file(manifest, Manifest.SCORE),
-                                           local_modules={p[:-3] for p in manifest.files if p.endswith(".py")})
-    added += [(req, why) for req, why in found if canonicalize_name(Requirement(req).name) not in listed]
+    warnings: list[str] = []
+    if Manifest.REQUIREMENTS not in manifest.files:
+        models = [(m.file_name, m.file) for m in manifest.model_versions.all()]
+        found, warnings = imported_requirements(models=models, score=manifest_file(manifest, Manifest.SCORE),
+                                                local_modules={p[:-3] for p in manifest.files if p.endswith(".py")})
+        added += [(req, why) for req, why in found if canonicalize_name(Requirement(req).name) not in listed]
     if log is not None:
         for req, why in added:
             log(f"adding requirement {req}: imported by {why}")
-        for module, why in unknown:
-            log(f"warning: {why} imports {module!r}, which no installed package provides: "
-                f"list its package in requirements.txt if the service needs it")
+        for warning in warnings:
+            log(f"warning: {warning}")
     return reqs + [req for req, _ in added]
 
 
@@ -742,15 +746,17 @@ _RUNTIME_MODULES = frozenset({"mlportal_runtime", "azureml", "__main__", "__buil
 
 
 def imported_requirements(*, models: list[tuple[str, str]], score: bytes,
-                          local_modules: set[str] = frozenset()) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+                          local_modules: set[str] = frozenset()) -> tuple[list[tuple[str, str]], list[str]]:
     """Which packages the model files (``(file name, storage name)`` pairs) and score.py import.
 
-    Reads the pickles' opcodes (never unpickles) and score.py's import statements (never runs it);
-    maps each top-level module to the installed distribution that provides it. Returns
-    ``([(requirement, where), …], [(module, where), …])``: requirements (scikit-learn pinned to the
+    Reads the pickles' opcodes (never unpickles) and score.py's import statements (never runs it;
+    imports guarded by ``try: … except ImportError`` or ``if TYPE_CHECKING:`` are optional and
+    left out); maps each top-level module to the installed distribution that provides it.
+    Returns ``([(requirement, where), …], [warning, …])``: requirements (scikit-learn pinned to the
     version recorded in the pickle, the others unpinned, as the project template lists them) and
-    the modules no installed distribution provides. The standard library, the runtime and the
-    manifest's own modules are left out."""
+    what could not be told (a module no third-party distribution provides, a pickle read only in
+    part). The standard library, the runtime, the portal's own package and the manifest's own
+    modules are never requirements."""
     import importlib.metadata
     import sys
 
@@ -758,12 +764,17 @@ def imported_requirements(*, models: list[tuple[str, str]], score: bytes,
 
     named: dict[str, str] = {}  # top-level module -> first file that names it
     versions: dict[str, str] = {}
+    warnings: list[str] = []
     for file_name, storage_name in models:
         try:
             with default_storage.open(storage_name, "rb") as handle:
                 scan = scan_pickle(handle)
         except OSError:
             continue
+        if not scan.complete and scan.opcodes:
+            warnings.append(f"{file_name} was read only up to raw data or a size cap (joblib stores arrays that way): "
+                            "packages named after that point, and scikit-learn's version, are unknown; list them in "
+                            "requirements.txt to be sure")
         for module in scan.modules:
             named.setdefault(module.split(".", 1)[0], file_name)
         for dist, version in scan.versions.items():
@@ -771,38 +782,66 @@ def imported_requirements(*, models: list[tuple[str, str]], score: bytes,
     for module in _score_imports(score):
         named.setdefault(module, "score.py")
     providers = importlib.metadata.packages_distributions()
+    own = {canonicalize_name(d) for d in providers.get("mlportal_runtime", [])}  # the portal itself
     found: dict[str, tuple[str, str]] = {}
-    unknown = []
     for module, where in named.items():
         if module in sys.stdlib_module_names or module in _RUNTIME_MODULES or module in local_modules:
             continue
         dists = sorted({canonicalize_name(d) for d in providers.get(module, [])})
-        if len(dists) != 1:
-            unknown.append((module, where))
+        if len(dists) != 1 or dists[0] in own:
+            warnings.append(f"{where} imports {module!r}, which no installed package provides: "
+                            "list its package in requirements.txt if the service needs it")
             continue
         dist = dists[0]
+        if dist in found:
+            continue
         version = versions.get(dist)
-        if dist not in found and (version is None or _VERSION.fullmatch(version)):
-            found[dist] = (f"{dist}=={version}" if version else dist, where)
-    return list(found.values()), unknown
+        if version is not None and not _VERSION.fullmatch(version):
+            warnings.append(f"{where} records {dist} version {version[:40]!r}, which is not a release number: "
+                            f"installing {dist} unpinned")
+            version = None
+        found[dist] = (f"{dist}=={version}" if version else dist, where)
+    return list(found.values()), warnings
 
 
 _VERSION = re.compile(r"[0-9]+(\.[0-9]+)*([.-]?(a|b|rc|post|dev)[0-9]*)*")
 
 
 def _score_imports(score: bytes) -> list[str]:
-    """Top-level names of the absolute imports anywhere in score.py (it parsed when the manifest was made)."""
+    """Top-level names of score.py's absolute imports, anywhere in it, except optional ones: those
+    inside ``try`` blocks that catch ImportError (or everything) and inside ``if TYPE_CHECKING:``."""
     try:
         tree = ast.parse(score)
     except (SyntaxError, ValueError):
         return []
+    optional: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Try) and any(_catches_import_error(h) for h in node.handlers):
+            optional.update(id(inner) for stmt in node.body for inner in ast.walk(stmt))
+        elif isinstance(node, ast.If) and _is_type_checking(node.test):
+            optional.update(id(inner) for stmt in node.body for inner in ast.walk(stmt))
     names: list[str] = []
     for node in ast.walk(tree):
+        if id(node) in optional:
+            continue
         if isinstance(node, ast.Import):
             names += [alias.name.split(".", 1)[0] for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             names.append(node.module.split(".", 1)[0])
     return list(dict.fromkeys(names))
+
+
+def _catches_import_error(handler: ast.ExceptHandler) -> bool:
+    if handler.type is None:
+        return True
+    types = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
+    return any(isinstance(t, ast.Name) and t.id in ("ImportError", "ModuleNotFoundError", "Exception", "BaseException")
+               for t in types)
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
+        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
 def image_app_files(manifest: Manifest) -> dict[str, bytes]:

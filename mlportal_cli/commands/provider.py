@@ -25,6 +25,8 @@ def _engine(ctx: Context) -> tuple[bool, str]:
     try:
         response = client.session.get(client.api_url("healthz/"), timeout=(5, 15))
         docker = response.json()["parts"]["docker"]
+        if not isinstance(docker, dict):
+            raise TypeError("parts.docker is not an object")
     except requests.exceptions.RequestException as exc:
         raise CliError(f"cannot reach the portal at {client.url}: {exc.__class__.__name__} "
                        "(is the portal running, and is the URL right?)") from None

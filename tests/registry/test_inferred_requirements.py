@@ -49,18 +49,28 @@ def test_listed_requirements_win_and_nothing_is_added_twice(owner_api, register_
     assert sorted(services.image_build_requirements(manifest)) == ["numpy>=1.26", "pandas>=2.2", "scikit-learn>=1.5"]
 
 
+def test_a_requirements_file_is_taken_as_complete_apart_from_the_schemas_needs(owner_api, register_model, create_manifest, churn_model):
+    # The author chose: nothing is inferred (scikit-learn is not added), only what the server needs.
+    manifest = make_manifest(owner_api, register_model, create_manifest, model=churn_model, requirements=b"joblib\n")
+    assert services.image_build_requirements(manifest) == ["joblib", "pandas", "numpy"]
+
+
 def test_score_imports_count_and_unknown_modules_are_reported_not_guessed(owner_api, register_model, create_manifest):
-    score = (b"import json\nimport helpers\nfrom joblib import load\nfrom . import nothing\n"
+    score = (b"import json\nimport helpers\nfrom joblib import load\nfrom . import nothing\nimport compute\n"
+             b"from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import scipy\n"
+             b"try:\n    import threadpoolctl\nexcept ImportError:\n    threadpoolctl = None\n"
              b"def init():\n    import not_a_real_package_xyz\n\ndef run(input_df):\n    return json.dumps(0)\n")
     model = pickle.dumps({"weights": [1, 2, 3]})
     manifest = make_manifest(owner_api, register_model, create_manifest, model=model, score=score)
     heard: list[str] = []
     reqs = services.image_build_requirements(manifest, log=heard.append)
     assert "joblib" in reqs  # imported by score.py
-    assert not any(r.startswith(("json", "helpers", "not-a-real")) for r in reqs), reqs
+    assert not any(r.startswith(("json", "helpers", "not-a-real", "mlportal", "scipy", "threadpoolctl")) for r in reqs), reqs
     warnings = [line for line in heard if line.startswith("warning:")]
     assert any("'not_a_real_package_xyz'" in line and "score.py" in line for line in warnings), heard
     assert any("'helpers'" in line for line in warnings), heard
+    # A module of the portal's own package is never fetched from an index under its name.
+    assert any("'compute'" in line for line in warnings), heard
 
 
 def test_imported_requirements_never_unpickles(tmp_path, settings):
@@ -78,3 +88,30 @@ def test_imported_requirements_never_unpickles(tmp_path, settings):
     assert [req.split("==")[0] for req, _ in found] == ["scikit-learn"]
     assert found[0] == (f"scikit-learn=={sklearn.__version__}", "boom.pkl")
     assert not marker.exists()
+
+
+def store(name: str, data: bytes) -> str:
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import default_storage
+
+    return default_storage.save(f"models/{name}", ContentFile(data))
+
+
+def test_a_joblib_model_read_in_part_is_said_and_scikit_learn_still_added(tmp_path):
+    joblib = pytest.importorskip("joblib")
+    import numpy as np
+    from sklearn.tree import DecisionTreeClassifier
+
+    path = tmp_path / "model.joblib"
+    joblib.dump(DecisionTreeClassifier().fit(np.arange(40).reshape(20, 2), [0, 1] * 10), path)
+    found, warnings = services.imported_requirements(models=[("model.joblib", store("model.joblib", path.read_bytes()))],
+                                                     score=b"def run(x):\n    return x\n")
+    assert ("scikit-learn", "model.joblib") in found  # seen before the arrays; its version came after them
+    assert any("model.joblib was read only up to raw data" in w for w in warnings), warnings
+
+
+def test_a_recorded_version_that_is_not_a_release_installs_unpinned_and_says_so():
+    data = pickle.dumps({"_sklearn_version": "1.5.0+local build", "cls": __import__("sklearn.tree").tree.DecisionTreeClassifier})
+    found, warnings = services.imported_requirements(models=[("m.pkl", store("m.pkl", data))], score=b"")
+    assert ("scikit-learn", "m.pkl") in found
+    assert any("not a release number" in w for w in warnings), warnings

@@ -220,3 +220,20 @@ def one_worker_with_log(tmp_path_factory, start_server):
     (folder / "score.py").write_text("def init():\n    pass\n\ndef run(data):\n    return data\n")
     (folder / "service_schema.json").write_text(json.dumps({"inputs": {"data": {"kind": "json", "type": "object"}}}))
     return start_server(folder, workers=1)
+
+
+def test_preimport_leaves_a_module_to_the_app_when_the_app_has_a_file_of_that_name(tmp_path, monkeypatch):
+    # The master's sys.path may not hold the app dir: importing the installed `wave` there would
+    # shadow the app's own wave.py in every worker.
+    (tmp_path / "wave.py").write_text("class Error(Exception):\n    pass\n")
+    (tmp_path / "model.pkl").write_bytes(pickle.dumps(__import__("wave").Error, protocol=2))
+    monkeypatch.delitem(sys.modules, "wave", raising=False)
+    assert preimport_model_modules(str(tmp_path)) == []
+    assert "wave" not in sys.modules
+
+
+def test_scan_pickle_says_whether_it_read_the_whole_pickle(tmp_path):
+    whole = pickle.dumps({"a": [1, 2]}, protocol=4)
+    assert scan_pickle(__import__("io").BytesIO(whole)).complete is True
+    assert scan_pickle(__import__("io").BytesIO(whole[:-3])).complete is False
+    assert scan_pickle(__import__("io").BytesIO(whole), max_opcodes=2).complete is False
