@@ -187,6 +187,12 @@ def environment_create(*, workspace: Workspace, name: str, user, kind: str = Env
     return environment
 
 
+def _services_listed(environment: Environment) -> str:
+    """The names of the services in ``environment`` for a message (five at most, then "…"); "" for none."""
+    names = list(environment.services.order_by("name").values_list("name", flat=True)[:6])
+    return ", ".join(names[:5]) + (" …" if len(names) > 5 else "")
+
+
 UPDATABLE_ENVIRONMENT_FIELDS = ("description", "labels", "engine_url", "publish_address")
 
 
@@ -217,9 +223,8 @@ def environment_update(*, environment: Environment, user, changes: dict[str, Any
         environment = Environment.objects.select_for_update().get(pk=environment.pk)
         moved = [f for f in ("engine_url", "publish_address") if f in values and values[f] != getattr(environment, f)]
         if moved:
-            names = list(environment.services.order_by("name").values_list("name", flat=True)[:6])
-            if names:
-                listed = ", ".join(names[:5]) + (" …" if len(names) > 5 else "")
+            listed = _services_listed(environment)
+            if listed:
                 what = " and ".join("engine" if f == "engine_url" else "publish address" for f in moved)
                 raise Conflict(f"Environment '{environment.name}' runs service {listed}: its {what} cannot change "
                                "under them; delete those services first, or set up another environment.", code="in_use")
@@ -237,9 +242,8 @@ def environment_update(*, environment: Environment, user, changes: dict[str, Any
 def environment_delete(*, environment: Environment, user) -> None:
     """Deletes an environment; refused while services are in it (naming them)."""
     require_role(user=user, workspace=environment.workspace, role=Role.OWNER)
-    names = list(environment.services.order_by("name").values_list("name", flat=True)[:6])
-    if names:
-        listed = ", ".join(names[:5]) + (" …" if len(names) > 5 else "")
+    listed = _services_listed(environment)
+    if listed:
         raise Conflict(f"Environment '{environment.name}' runs service {listed}: delete those services first.",
                        code="in_use")
     activity_record(workspace=environment.workspace, actor=user, verb="environment.deleted", target=environment)

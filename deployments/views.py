@@ -239,7 +239,7 @@ def environment_detail(request, ref: str):
     if request.method == "POST":
         require_page_role(request, environment.workspace, Role.CONTRIBUTOR)
         if form.is_valid():
-            changes = {k: v if v is not None else {} for k, v in form.cleaned_data.items() if v != current[k]}
+            changes = {k: v for k, v in form.cleaned_data.items() if v != current[k]}
             try:
                 services.environment_update(environment=environment, user=request.user, changes=changes)
             except PortalError as exc:

@@ -99,8 +99,3 @@ def scan_pickle(source: str | IO[bytes], max_bytes: int = SCAN_MAX_BYTES, max_op
         pass
     return scan
 
-
-def pickled_modules(source: str | IO[bytes], max_bytes: int = SCAN_MAX_BYTES, max_opcodes: int = SCAN_MAX_OPCODES) -> tuple[list[str], int]:
-    """Return (modules the pickle names, in order, opcodes read): scan_pickle without the versions."""
-    scan = scan_pickle(source, max_bytes, max_opcodes)
-    return scan.modules, scan.opcodes

@@ -1408,8 +1408,6 @@ def main(argv: list[str] | None = None) -> int:
             build_inputs(schema, example_body(schema))
         except Exception:  # noqa: BLE001 - an example that does not fit is the first request's to report
             pass
-
-    if schema is not None:
         document = openapi_document(schema, config.service_name, auth=bool(config.keys))
     else:
         document = {"openapi": "3.0.3", "info": {"title": f"{config.service_name} scoring service", "version": "1"},

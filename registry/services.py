@@ -164,14 +164,12 @@ def _create_versioned(cls, *, workspace: Workspace, name: str, **fields):
     workspace's row (PostgreSQL; SQLite serialises writers itself), so racing registrations take
     consecutive numbers in turn; should two still meet, the unique constraint lets one win and the
     other retries with the next."""
-    from workspaces.models import Workspace as WorkspaceRow
-
     for attempt in range(VERSION_ATTEMPTS):
         try:
             with transaction.atomic():
                 # NO KEY UPDATE: registrations queue behind each other, while inserts that only
                 # point at the workspace (activity, logs, services) are not held up by it.
-                list(WorkspaceRow.objects.select_for_update(no_key=True).filter(pk=workspace.pk).values_list("pk", flat=True))
+                list(Workspace.objects.select_for_update(no_key=True).filter(pk=workspace.pk).values_list("pk", flat=True))
                 latest = cls.objects.filter(workspace=workspace, name=name).aggregate(v=Max("version"))["v"] or 0
                 return cls.objects.create(workspace=workspace, name=name, version=latest + 1, **fields)
         except IntegrityError:

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from mlportal_runtime import server
-from mlportal_runtime.pickles import pickled_modules, scan_pickle
+from mlportal_runtime.pickles import scan_pickle
 from mlportal_runtime.server import AccessLog, cgroup_cpu_quota, default_workers, preimport_model_modules
 
 
@@ -93,7 +93,8 @@ def test_pickled_modules_names_every_global_without_loading_the_file(tmp_path, p
     data = {"when": decimal.Decimal("1.5"), "counts": collections.OrderedDict(a=1), "boom": Boom(str(marker))}
     path = tmp_path / "model.pkl"
     path.write_bytes(pickle.dumps(data, protocol=protocol))
-    modules, count = pickled_modules(str(path))
+    scan = scan_pickle(str(path))
+    modules, count = scan.modules, scan.opcodes
     assert {"decimal", "collections", "io"} <= set(modules), modules  # open is io.open
     assert count == sum(1 for _ in pickletools.genops(path.read_bytes()))
     assert not marker.exists()
@@ -108,21 +109,21 @@ def test_pickled_modules_resolves_names_fetched_from_the_memo(tmp_path):
     path.write_bytes(pickle.dumps([collections.OrderedDict, collections.Counter, __import__("decimal").Decimal], protocol=4))
     ops = [op.name for op, _, _ in pickletools.genops(path.read_bytes())]
     assert ops.count("SHORT_BINUNICODE") == 5 and "BINGET" in ops  # "collections" is written once, then fetched
-    modules, _ = pickled_modules(str(path))
+    modules = scan_pickle(str(path)).modules
     assert modules == ["collections", "collections", "decimal"], modules
 
 
 def test_pickled_modules_of_a_foreign_or_cut_file_returns_what_came_before(tmp_path):
     garbage = tmp_path / "notes.pkl"
     garbage.write_bytes(b"this is not a pickle at all")
-    assert pickled_modules(str(garbage))[0] == []
+    assert scan_pickle(str(garbage)).modules == []
     whole = pickle.dumps(__import__("decimal").Decimal("2"), protocol=2)
     cut = tmp_path / "cut.pkl"
     cut.write_bytes(whole[: len(whole) // 2 + 5])
-    assert pickled_modules(str(cut))[0] == ["decimal"]
+    assert scan_pickle(str(cut)).modules == ["decimal"]
     # The caps stop the scan early.
-    assert pickled_modules(str(cut), max_bytes=2)[0] == []
-    assert pickled_modules(str(cut), max_opcodes=1)[0] == []
+    assert scan_pickle(str(cut), max_bytes=2).modules == []
+    assert scan_pickle(str(cut), max_opcodes=1).modules == []
 
 
 def test_scan_pickle_finds_the_scikit_learn_version_a_model_was_made_with(tmp_path):
