@@ -14,6 +14,7 @@ import docker.errors
 from compute.engine import LABEL_ID, LABEL_KIND, LABEL_REPLICA, EngineError, connect
 from compute.envimage import check_image_ref
 from compute.images import SERVICE_PORT
+from mlportal_runtime.logsafe import escape_controls
 
 PORT_KEY = f"{SERVICE_PORT}/tcp"
 
@@ -116,13 +117,14 @@ def stop_container(container_id: str, *, base_url: str | None = None, timeout: i
 
 
 def container_logs(container_id: str, *, tail: int = 200, base_url: str | None = None) -> str:
-    """Returns the last ``tail`` lines of a container's stdout and stderr ("" when it is gone)."""
+    """Returns the last ``tail`` lines of a container's stdout and stderr ("" when it is gone),
+    control characters escaped (what the container printed may be hostile: see logsafe)."""
     with connect(base_url) as client:
         try:
             raw = client.api.logs(container_id, stdout=True, stderr=True, tail=tail)
         except docker.errors.NotFound:
             return ""
-    return raw.decode("utf-8", "replace")
+    return escape_controls(raw.decode("utf-8", "replace"))
 
 
 def container_state(container_id: str, *, base_url: str | None = None) -> dict | None:

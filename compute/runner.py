@@ -28,6 +28,7 @@ from pathlib import Path
 import docker.errors
 
 from compute import _archive
+from mlportal_runtime.logsafe import escape_controls
 from compute.engine import (
     ENGINE_EXCEPTIONS,
     LABEL_ID,
@@ -119,7 +120,8 @@ class _Lines:
 
 
 def _decode(raw: bytes) -> str:
-    return raw.decode("utf-8", "replace").rstrip("\r")
+    """One line of a run's output, control characters escaped: the log is shown in pages and terminals."""
+    return escape_controls(raw.decode("utf-8", "replace").rstrip("\r"))
 
 
 _DONE = object()
