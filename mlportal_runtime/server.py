@@ -406,9 +406,9 @@ class RequestReader:
     (0 otherwise): the worker answers 408 when the head takes longer than its deadline.
     """
 
-    __slots__ = ("parser", "max_body", "ready", "phase", "serial", "url", "headers", "head_bytes",
-                 "fields", "body", "body_len", "framing", "chunks", "trailers", "head_started",
-                 "body_started", "continue_wanted", "path_hint", "_http_version")
+    __slots__ = ("parser", "max_body", "ready", "phase", "serial", "url", "raw_headers", "headers",
+                 "body", "body_len", "framing", "chunks", "trailers", "head_started", "body_started",
+                 "continue_wanted", "path_hint", "version")
 
     def __init__(self, max_body: int) -> None:
         self.parser = httptools.HttpRequestParser(self)
@@ -420,73 +420,81 @@ class RequestReader:
         self.body_started = 0.0
         self.continue_wanted = False
         self.path_hint = ""
-        self._reset()
-
-    def _reset(self) -> None:
+        self.version = "HTTP/1.1"
         self.url = b""
+        self.raw_headers: list[tuple[bytes, bytes]] = []
         self.headers: dict[str, str] = {}
-        self.head_bytes = 0
-        self.fields = 0
         self.body: list[bytes] = []
-        self.body_len = 0
-        self.framing = 0
-        self.chunks = 0
-        self.trailers = 0
+        self.body_len = self.framing = self.chunks = self.trailers = 0
 
-    # -- llhttp callbacks (an HttpError raised here ends the connection) -----------------------
+    # -- llhttp callbacks (an HttpError raised here ends the connection). Kept lean: they run
+    # for every request. The head's fields are gathered raw and checked once it is complete
+    # (one feed holds at most one recv(); across feeds, feed() bounds what piles up).
 
     def on_message_begin(self) -> None:
-        self._reset()
         self.phase = HEAD
         self.serial += 1
         self.head_started = time.monotonic()
+        self.url = b""
+        self.raw_headers = []
+        self.body = []
+        self.body_len = self.framing = self.chunks = self.trailers = 0
 
     def on_url(self, url: bytes) -> None:
-        self.url += url
-        self.head_bytes += len(url)
-        if self.head_bytes > MAX_HEADER_BYTES:
-            raise HttpError(431, "header_too_large", f"the request head is larger than {MAX_HEADER_BYTES // 1024} KiB", close=True)
+        self.url = self.url + url if self.url else url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self.phase == BODY:  # a trailer field of a chunked body: bounded, then dropped
-            self.trailers += 1
-            self.framing += len(name) + len(value) + 4
-            if self.trailers > MAX_TRAILERS:
-                raise HttpError(400, "bad_request", f"more than {MAX_TRAILERS} trailer fields", close=True)
-            if self.framing > MAX_FRAMING_BYTES:
-                raise HttpError(400, "bad_request", f"the chunked framing (size lines, extensions, trailers) is larger than {MAX_FRAMING_BYTES // 1024} KiB", close=True)
-            return
-        self.fields += 1
-        self.head_bytes += len(name) + len(value) + 4
-        if self.head_bytes > MAX_HEADER_BYTES:
-            raise HttpError(431, "header_too_large", f"the request head is larger than {MAX_HEADER_BYTES // 1024} KiB", close=True)
-        if self.fields > MAX_HEADERS:
-            raise HttpError(431, "header_too_large", f"the request has more than {MAX_HEADERS} header fields", close=True)
-        key = name.decode("latin-1").lower()
-        text = value.decode("latin-1")
-        if key in self.headers:
-            self.headers[key] = self.headers[key] + ", " + text
+        if self.phase == BODY:
+            self._trailer(name, value)
         else:
-            self.headers[key] = text
+            self.raw_headers.append((name, value))
+
+    def _trailer(self, name: bytes, value: bytes) -> None:
+        """A trailer field of a chunked body: counted and bounded, then dropped."""
+        self.trailers += 1
+        self.framing += len(name) + len(value) + 4
+        if self.trailers > MAX_TRAILERS:
+            raise HttpError(400, "bad_request", f"more than {MAX_TRAILERS} trailer fields", close=True)
+        if self.framing > MAX_FRAMING_BYTES:
+            raise HttpError(400, "bad_request", f"the chunked framing (size lines, extensions, trailers) is larger than {MAX_FRAMING_BYTES // 1024} KiB", close=True)
 
     def on_headers_complete(self) -> None:
         self.phase = BODY
         self.framing = 0
         self.head_started = 0.0
         self.body_started = time.monotonic()
-        parser, headers = self.parser, self.headers
-        self._http_version = version = parser.get_http_version()
-        self.path_hint = self.url[:200].decode("latin-1")
-        if version not in ("1.1", "1.0"):
+        url = self.url
+        raw = self.raw_headers
+        self.path_hint = url[:200].decode("latin-1")
+        if len(raw) > MAX_HEADERS:
+            raise HttpError(431, "header_too_large", f"the request has more than {MAX_HEADERS} header fields", close=True)
+        size = len(url)
+        headers: dict[str, str] = {}
+        for name, value in raw:
+            size += len(name) + len(value) + 4
+            key = name.decode("latin-1").lower()
+            if key in headers:
+                headers[key] = headers[key] + ", " + value.decode("latin-1")
+            else:
+                headers[key] = value.decode("latin-1")
+        self.headers = headers
+        if size > MAX_HEADER_BYTES:
+            raise HttpError(431, "header_too_large", f"the request head is larger than {MAX_HEADER_BYTES // 1024} KiB", close=True)
+        version = self.parser.get_http_version()
+        if version == "1.1":
+            self.version = "HTTP/1.1"
+        elif version == "1.0":
+            self.version = "HTTP/1.0"
+        else:
             raise HttpError(505, "http_version", f"HTTP/{version} is not supported; use HTTP/1.1", close=True)
         coding = headers.get("transfer-encoding")
+        length = headers.get("content-length")
         if coding is not None and coding.lower() != "chunked":
             raise HttpError(501, "not_implemented", "only Transfer-Encoding: chunked is supported (one coding, no list)", close=True)
-        length = headers.get("content-length")
         if length is not None and int(length) > self.max_body:  # llhttp let only ASCII digits through
             raise HttpError(413, "body_too_large", f"the body is {int(length)} bytes; this service accepts at most {self.max_body}", close=True)
-        if (version == "1.1" and headers.get("expect", "").lower() == "100-continue"
-                and (coding is not None or (length is not None and length != "0"))):
+        if "expect" in headers and self.version == "HTTP/1.1" and headers["expect"].lower() == "100-continue" \
+                and (coding is not None or (length is not None and length != "0")):
             self.continue_wanted = True
 
     def on_body(self, body: bytes) -> None:
@@ -502,14 +510,12 @@ class RequestReader:
 
     def on_message_complete(self) -> None:
         parser = self.parser
-        body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
-        method = parser.get_method().decode("ascii")
-        target = self.url.decode("latin-1")
-        self.ready.append(Request(method, target, "HTTP/" + self._http_version, self.headers, body, parser.should_keep_alive()))
+        body = self.body
+        self.ready.append(Request(parser.get_method().decode("ascii"), self.url.decode("latin-1"), self.version,
+                                  self.headers, body[0] if len(body) == 1 else b"".join(body), parser.should_keep_alive()))
         self.phase = IDLE
         self.body_started = 0.0
         self.continue_wanted = False
-        self.body = []
 
     # -- driving ----------------------------------------------------------------------------
 
