@@ -28,7 +28,6 @@ from pathlib import Path
 import docker.errors
 
 from compute import _archive
-from mlportal_runtime.logsafe import escape_controls
 from compute.engine import (
     ENGINE_EXCEPTIONS,
     LABEL_ID,
@@ -122,8 +121,7 @@ class _Lines:
 
 
 def _decode(raw: bytes) -> str:
-    """One line of a run's output, control characters escaped: the log is shown in pages and terminals."""
-    return escape_controls(raw.decode("utf-8", "replace").rstrip("\r"))
+    return raw.decode("utf-8", "replace").rstrip("\r")
 
 
 _DONE = object()
