@@ -278,3 +278,6 @@ LOGGING = {
 
 # Seconds a page waits between live refreshes of status and logs.
 MLPORTAL_POLL_INTERVAL_MS = env_int("MLPORTAL_POLL_INTERVAL_MS", 1000, minimum=200)
+
+# /healthz answers from a report at most this many seconds old (one real check per process per period).
+MLPORTAL_HEALTH_MAX_AGE = env_float("MLPORTAL_HEALTH_MAX_AGE", 1.0, minimum=0.1)
