@@ -261,7 +261,23 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "workspaces.errors.api_exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    "DEFAULT_THROTTLE_CLASSES": ["workspaces.throttles.TokenRateThrottle", "workspaces.throttles.TokenWriteRateThrottle"],
 }
+# Per token (or signed-in user): "<n>/<s|min|hour|day>"; 429 with Retry-After beyond.
+MLPORTAL_API_RATE = env_str("MLPORTAL_API_RATE", "1200/min")
+MLPORTAL_API_WRITE_RATE = env_str("MLPORTAL_API_WRITE_RATE", "240/min")
+for _name, _rate in (("MLPORTAL_API_RATE", MLPORTAL_API_RATE), ("MLPORTAL_API_WRITE_RATE", MLPORTAL_API_WRITE_RATE)):
+    _n, _, _period = _rate.partition("/")
+    if not _n.isdigit() or int(_n) < 1 or _period[:1] not in {"s", "m", "h", "d"}:
+        raise ImproperlyConfigured(f"{_name}={_rate!r} is not a rate: use e.g. 600/min")
+
+# The throttles' counters (and other short-lived shared state): Redis when MLPORTAL_CACHE_URL names
+# one (team configuration: every web process counts together), else this process's memory.
+MLPORTAL_CACHE_URL = env_str("MLPORTAL_CACHE_URL")
+if MLPORTAL_CACHE_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": MLPORTAL_CACHE_URL}}
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "mlportal"}}
 SPECTACULAR_SETTINGS = {
     "TITLE": "MLPortal API",
     "DESCRIPTION": "Runs, models, manifests, images and realtime services. "
