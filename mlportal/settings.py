@@ -70,6 +70,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "workspaces.middleware.BodySizeLimitMiddleware",
+    "workspaces.middleware.JsonDepthMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -184,6 +185,8 @@ if env_str("MLPORTAL_STORAGE") == "s3":  # a team with workers on several hosts 
 MLPORTAL_MAX_BODY_BYTES = env_int("MLPORTAL_MAX_BODY_BYTES", 2 * 1024 * 1024, minimum=1024)
 MLPORTAL_MAX_UPLOAD_BYTES = env_int("MLPORTAL_MAX_UPLOAD_BYTES", 512 * 1024 * 1024, minimum=1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MLPORTAL_MAX_BODY_BYTES
+# JSON bodies nested deeper than this answer 400 (see workspaces.middleware.JsonDepthMiddleware).
+MLPORTAL_MAX_JSON_DEPTH = env_int("MLPORTAL_MAX_JSON_DEPTH", 64, minimum=8)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 DATA_UPLOAD_MAX_NUMBER_FILES = 2000
 
