@@ -266,6 +266,11 @@ REST_FRAMEWORK = {
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     "DEFAULT_THROTTLE_CLASSES": ["workspaces.throttles.TokenRateThrottle", "workspaces.throttles.TokenWriteRateThrottle"],
 }
+# API tokens: the lifetime a new token gets unless its maker chooses another, and the longest allowed.
+MLPORTAL_TOKEN_DAYS = env_int("MLPORTAL_TOKEN_DAYS", 90, minimum=1)
+MLPORTAL_TOKEN_MAX_DAYS = env_int("MLPORTAL_TOKEN_MAX_DAYS", 365, minimum=1)
+if MLPORTAL_TOKEN_DAYS > MLPORTAL_TOKEN_MAX_DAYS:
+    raise ImproperlyConfigured("MLPORTAL_TOKEN_DAYS is above MLPORTAL_TOKEN_MAX_DAYS")
 # Per token (or signed-in user): "<n>/<s|min|hour|day>"; 429 with Retry-After beyond.
 MLPORTAL_API_RATE = env_str("MLPORTAL_API_RATE", "1200/min")
 MLPORTAL_API_WRITE_RATE = env_str("MLPORTAL_API_WRITE_RATE", "240/min")

@@ -67,6 +67,9 @@ class ApiToken(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    # Chosen at creation (MLPORTAL_TOKEN_DAYS by default); null only for tokens made before expiry existed.
+    expires_at = models.DateTimeField(null=True, blank=True)
+    read_only = models.BooleanField(default=False, help_text="Only GET, HEAD and OPTIONS requests")
 
     class Meta:
         ordering = ["-created_at"]
@@ -75,8 +78,20 @@ class ApiToken(models.Model):
         return f"{self.name} ({self.prefix}…) of {self.user}"
 
     @property
+    def is_expired(self) -> bool:
+        from django.utils import timezone
+
+        return self.expires_at is not None and self.expires_at <= timezone.now()
+
+    @property
     def is_active(self) -> bool:
-        return self.revoked_at is None
+        return self.revoked_at is None and not self.is_expired
+
+    @property
+    def state(self) -> str:
+        if self.revoked_at is not None:
+            return "revoked"
+        return "expired" if self.is_expired else "active"
 
 
 class Activity(models.Model):
