@@ -79,6 +79,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "workspaces.middleware.CurrentWorkspaceMiddleware",
+    "workspaces.idempotency.IdempotencyMiddleware",
     # Last, as django-axes asks: it turns a locked-out login into its answer.
     "axes.middleware.AxesMiddleware",
 ]
@@ -266,6 +267,10 @@ REST_FRAMEWORK = {
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     "DEFAULT_THROTTLE_CLASSES": ["workspaces.throttles.TokenRateThrottle", "workspaces.throttles.TokenWriteRateThrottle"],
 }
+# POSTs with an Idempotency-Key header: how long their first answer is replayed, and after how long a
+# first request that never answered (its process died) frees its key.
+MLPORTAL_IDEMPOTENCY_HOURS = env_int("MLPORTAL_IDEMPOTENCY_HOURS", 24, minimum=1)
+MLPORTAL_IDEMPOTENCY_STALE_SECONDS = env_int("MLPORTAL_IDEMPOTENCY_STALE_SECONDS", 900, minimum=10)
 # API tokens: the lifetime a new token gets unless its maker chooses another, and the longest allowed.
 MLPORTAL_TOKEN_DAYS = env_int("MLPORTAL_TOKEN_DAYS", 90, minimum=1)
 MLPORTAL_TOKEN_MAX_DAYS = env_int("MLPORTAL_TOKEN_MAX_DAYS", 365, minimum=1)

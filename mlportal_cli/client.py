@@ -6,6 +6,7 @@ portal) becomes a CliError whose message is one line: the server's own message w
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Any, Iterator
 
 import requests
@@ -125,7 +126,10 @@ class Client:
         return self.request("GET", path, **kwargs).json()
 
     def post(self, path: str, json: Any = None, **kwargs) -> Any:
-        response = self.request("POST", path, json=json, **kwargs)
+        """POSTs with a fresh Idempotency-Key, so a create sent again (a retry after a lost answer)
+        is done once by the portal and answered with the first result."""
+        headers = {"Idempotency-Key": str(uuid.uuid4()), **dict(kwargs.pop("headers", None) or {})}
+        response = self.request("POST", path, json=json, headers=headers, **kwargs)
         return response.json() if response.content else None
 
     def patch(self, path: str, json: Any = None, **kwargs) -> Any:

@@ -114,3 +114,23 @@ class Activity(models.Model):
 
     def __str__(self) -> str:
         return f"{self.actor} {self.verb} {self.target_type} {self.target_name or self.target_id}"
+
+
+class IdempotencyKey(models.Model):
+    """The first answer to a POST sent with an ``Idempotency-Key`` header, kept 24 h so a retry with
+    the same key and body gets it again instead of a second resource (see workspaces.idempotency)."""
+
+    # Who sent it: "user:<id>" (a token's user or a session), so one key of one person is one request.
+    scope = models.CharField(max_length=80)
+    key = models.CharField(max_length=255)
+    fingerprint = models.CharField(max_length=64, help_text="SHA-256 of method, path and body")
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True, help_text="Null while the first request runs")
+    content_type = models.CharField(max_length=120, blank=True)
+    body = models.BinaryField(blank=True, default=b"")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)  # the 24 h sweep
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["scope", "key"], name="one_idempotency_key_per_sender")]
+
+    def __str__(self) -> str:
+        return f"{self.key} of {self.scope} ({self.status_code or 'running'})"

@@ -87,3 +87,13 @@ def test_token_create_list_and_revoke(cli, login, owner, workspace):
     assert revoked.code == 0, revoked.err
     again = cli("token", "revoke", "ci")
     assert again.code == 1 and "no active token" in again.err
+
+
+def test_every_create_sends_an_idempotency_key(cli, login, owner, workspace):
+    from workspaces.models import IdempotencyKey
+
+    login(owner)
+    assert cli("workspace", "create", "second").code == 0
+    assert cli("token", "create", "ci").code == 0
+    keys = IdempotencyKey.objects.filter(scope=f"user:{owner.pk}", status_code=201)
+    assert keys.count() == 2 and len(set(keys.values_list("key", flat=True))) == 2
