@@ -21,6 +21,7 @@ import urllib3.exceptions
 LABEL_KIND = "mlportal.kind"
 LABEL_ID = "mlportal.id"
 LABEL_REPLICA = "mlportal.replica"
+LABEL_PORTAL = "mlportal.portal"  # which portal installation started a container: sweeps touch only their own
 
 DEFAULT_ENGINE_URL = "unix:///var/run/docker.sock"
 

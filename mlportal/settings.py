@@ -22,6 +22,8 @@ DEBUG = env_bool("DEBUG", False)
 
 DATA_DIR = env_path("MLPORTAL_DATA_DIR", BASE_DIR / "data")
 DATA_DIR.mkdir(parents=True, exist_ok=True)
+if DATA_DIR.stat().st_uid == __import__("os").geteuid():
+    DATA_DIR.chmod(0o700)  # the database, SECRET_KEY and the admin password: the portal's user only
 
 
 def _secret_key() -> str:
@@ -196,13 +198,22 @@ MLPORTAL_BASE_IMAGE = env_str("MLPORTAL_BASE_IMAGE", "python:3.11-slim")
 MLPORTAL_DOCKER_URL = env_str("DOCKER_HOST") or None  # None: the local engine
 MLPORTAL_CACHE_DIR = env_path("MLPORTAL_CACHE_DIR", Path.home() / ".cache" / "mlportal")
 MLPORTAL_WHEEL_CACHE = env_path("MLPORTAL_WHEEL_CACHE", MLPORTAL_CACHE_DIR / "wheels")
-MLPORTAL_VENV_CACHE = env_path("MLPORTAL_VENV_CACHE", MLPORTAL_CACHE_DIR / "venvs")
 MLPORTAL_WORK_DIR = env_path("MLPORTAL_WORK_DIR", DATA_DIR / "work")
 MLPORTAL_RUN_TIMEOUT_MAX = env_int("MLPORTAL_RUN_TIMEOUT_MAX", 6 * 3600, minimum=10)
 MLPORTAL_BUILD_TIMEOUT = env_int("MLPORTAL_BUILD_TIMEOUT", 1800, minimum=30)
 MLPORTAL_MAX_REPLICAS = env_int("MLPORTAL_MAX_REPLICAS", 8, minimum=1)
 MLPORTAL_LOG_MAX_BYTES = env_int("MLPORTAL_LOG_MAX_BYTES", 5 * 1024 * 1024, minimum=1024)
 MLPORTAL_LOST_AFTER_SECONDS = env_int("MLPORTAL_LOST_AFTER_SECONDS", 60, minimum=5)
+# Local runs (target `local`) run contributor code on the worker's host: off unless this is on AND a
+# portal administrator allowed them for the workspace (Admin → Workspaces). They run as
+# MLPORTAL_LOCAL_RUN_UID (a uid that owns nothing else) in working copies under MLPORTAL_LOCAL_RUN_ROOT,
+# which needs a worker running as root (to switch to that uid) with util-linux's unshare.
+MLPORTAL_LOCAL_RUNS = env_bool("MLPORTAL_LOCAL_RUNS", False)
+MLPORTAL_LOCAL_RUN_UID = env_int("MLPORTAL_LOCAL_RUN_UID", 61234, minimum=1000)
+MLPORTAL_LOCAL_RUN_ROOT = env_path("MLPORTAL_LOCAL_RUN_ROOT", Path("/var/lib/mlportal/local-runs"))
+MLPORTAL_LOCAL_RUN_PYTHON = env_str("MLPORTAL_LOCAL_RUN_PYTHON", "")  # default: one the run user may execute
+if MLPORTAL_LOCAL_RUN_ROOT.resolve().is_relative_to(DATA_DIR.resolve()):
+    raise ImproperlyConfigured("MLPORTAL_LOCAL_RUN_ROOT must lie outside MLPORTAL_DATA_DIR (local runs must not reach it)")
 
 # --- Celery ---------------------------------------------------------------------------------
 _BROKER_DIR = DATA_DIR / "broker"

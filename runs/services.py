@@ -481,11 +481,19 @@ def _add_project_files(tar: tarfile.TarFile, rows: Iterable[ProjectFile]) -> Non
 
 # --- runs: submit, prepare, cancel ----------------------------------------------------------------
 
+LOCAL_RUNS_OFF = ("Local runs are off in workspace '{workspace}': they run code on the worker's host, so only a portal "
+                  "administrator can allow them (MLPORTAL_LOCAL_RUNS=on, then Admin → Workspaces → local runs allowed). "
+                  "Use target docker.")
+
+
 def _check_target(target: str | None, project: Project) -> str:
     target = target or project.default_target
     if target not in Target.values:
         message = f"Unknown compute target {target!r}: use docker or local."
         raise PortalError(message, code="unknown_target", fields={"target": message})
+    if target == Target.LOCAL and not project.workspace.local_runs_enabled:
+        message = LOCAL_RUNS_OFF.format(workspace=project.workspace.name)
+        raise PortalError(message, code="local_runs_off", fields={"target": message})
     return target
 
 

@@ -23,12 +23,20 @@ class Workspace(models.Model):
     description = models.TextField(blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
+    # Set only by a portal administrator (the admin site): local runs execute contributor code on the
+    # worker's host, so no workspace owner may turn them on for themselves.
+    local_runs_allowed = models.BooleanField(
+        default=False, help_text="Members may run on target local (also needs MLPORTAL_LOCAL_RUNS=on)")
 
     class Meta:
         ordering = ["name"]
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def local_runs_enabled(self) -> bool:
+        return bool(settings.MLPORTAL_LOCAL_RUNS and self.local_runs_allowed)
 
 
 class Membership(models.Model):
