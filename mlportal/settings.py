@@ -200,8 +200,16 @@ MLPORTAL_CACHE_DIR = env_path("MLPORTAL_CACHE_DIR", Path.home() / ".cache" / "ml
 MLPORTAL_WHEEL_CACHE = env_path("MLPORTAL_WHEEL_CACHE", MLPORTAL_CACHE_DIR / "wheels")
 MLPORTAL_WORK_DIR = env_path("MLPORTAL_WORK_DIR", DATA_DIR / "work")
 MLPORTAL_RUN_TIMEOUT_MAX = env_int("MLPORTAL_RUN_TIMEOUT_MAX", 6 * 3600, minimum=10)
+# Packages published only as source are refused (their build code would run); on, they are built in a
+# throwaway container of the base image without network (compute/sourcebuild.py), never on the worker.
+MLPORTAL_SOURCE_PACKAGES = env_bool("MLPORTAL_SOURCE_PACKAGES", False)
 MLPORTAL_BUILD_TIMEOUT = env_int("MLPORTAL_BUILD_TIMEOUT", 1800, minimum=30)
 MLPORTAL_MAX_REPLICAS = env_int("MLPORTAL_MAX_REPLICAS", 8, minimum=1)
+# The most a project's runs and a service's replicas may ask for (the portal's maxima).
+MLPORTAL_RUN_MAX_MEMORY_MB = env_int("MLPORTAL_RUN_MAX_MEMORY_MB", 16 * 1024, minimum=64)
+MLPORTAL_RUN_MAX_CPUS = env_float("MLPORTAL_RUN_MAX_CPUS", 8.0, minimum=0.1)
+MLPORTAL_SERVICE_MAX_MEMORY_MB = env_int("MLPORTAL_SERVICE_MAX_MEMORY_MB", 16 * 1024, minimum=64)
+MLPORTAL_SERVICE_MAX_CPUS = env_float("MLPORTAL_SERVICE_MAX_CPUS", 8.0, minimum=0.1)
 MLPORTAL_LOG_MAX_BYTES = env_int("MLPORTAL_LOG_MAX_BYTES", 5 * 1024 * 1024, minimum=1024)
 MLPORTAL_LOST_AFTER_SECONDS = env_int("MLPORTAL_LOST_AFTER_SECONDS", 60, minimum=5)
 # Local runs (target `local`) run contributor code on the worker's host: off unless this is on AND a

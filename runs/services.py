@@ -143,8 +143,8 @@ def _check_settings(*, default_target=None, time_limit_s=None, memory_mb=None, c
         out["default_target"] = default_target
     limits = {
         "time_limit_s": (time_limit_s, int, 1, settings.MLPORTAL_RUN_TIMEOUT_MAX, "seconds"),
-        "memory_mb": (memory_mb, int, 16, 1024 * 1024, "MiB"),
-        "cpus": (cpus, float, 0.01, 256.0, "CPUs"),
+        "memory_mb": (memory_mb, int, 16, settings.MLPORTAL_RUN_MAX_MEMORY_MB, "MiB"),
+        "cpus": (cpus, float, 0.01, settings.MLPORTAL_RUN_MAX_CPUS, "CPUs"),
     }
     for name, (value, kind, low, high, unit) in limits.items():
         if value is None:
@@ -153,7 +153,12 @@ def _check_settings(*, default_target=None, time_limit_s=None, memory_mb=None, c
             number = kind(value)
         except (TypeError, ValueError):
             raise PortalError(f"{name} must be a number, not {str(value)[:40]!r}.", fields={name: "Not a number."}) from None
-        if not low <= number <= high:
+        if number != number or number in (float("inf"), float("-inf")):
+            raise PortalError(f"{name} must be a finite number.", fields={name: "Not a finite number."})
+        if number > high:
+            message = f"{name} {number:g} is over the portal's maximum of {high:g} {unit}: ask for {high:g} or less."
+            raise PortalError(message, code="over_maximum", fields={name: message})
+        if number < low:
             message = f"{name} must be between {low} and {high} {unit}; {number} is not."
             raise PortalError(message, fields={name: message})
         out[name] = number
@@ -234,12 +239,19 @@ def project_delete(*, project: Project, user) -> None:
 
 
 def _sync_requirements(project: Project) -> None:
-    """Copies requirements.txt into project.requirements (empty when the file is gone)."""
+    """Copies requirements.txt into project.requirements (empty when the file is gone), checked at
+    the door with the manifests' rules (package names and versions only: no pip options such as
+    ``--index-url``, no URLs or paths); PortalError naming the line otherwise, which undoes the
+    write it is part of."""
+    from registry.services import parse_requirements
+
     row = project.files.filter(path="requirements.txt").first()
     text = ""
     if row is not None:
         with open_blob(row.storage_name) as handle:
-            text = decode_text(handle.read(256 * 1024))
+            raw = handle.read(256 * 1024 + 1)
+        parse_requirements(raw)
+        text = decode_text(raw)
     if text != project.requirements:
         project.requirements = text
         project.save(update_fields=["requirements", "updated_at"])
