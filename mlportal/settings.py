@@ -196,6 +196,12 @@ DATA_UPLOAD_MAX_NUMBER_FILES = 2000
 # --- compute --------------------------------------------------------------------------------
 MLPORTAL_BASE_IMAGE = env_str("MLPORTAL_BASE_IMAGE", "python:3.11-slim")
 MLPORTAL_DOCKER_URL = env_str("DOCKER_HOST") or None  # None: the local engine
+# Machines workspace owners may point environments at (deployments/hosts.py): engine hosts (names,
+# addresses, CIDR networks), publish addresses, and whether ssh:// engines are allowed at all.
+# Loopback, link-local, 0.0.0.0 and the portal's own addresses need to be listed themselves.
+MLPORTAL_ENGINE_HOSTS = env_list("MLPORTAL_ENGINE_HOSTS", [])
+MLPORTAL_PUBLISH_ADDRESSES = env_list("MLPORTAL_PUBLISH_ADDRESSES", ["127.0.0.1"])
+MLPORTAL_ENGINE_SSH = env_bool("MLPORTAL_ENGINE_SSH", False)
 MLPORTAL_CACHE_DIR = env_path("MLPORTAL_CACHE_DIR", Path.home() / ".cache" / "mlportal")
 MLPORTAL_WHEEL_CACHE = env_path("MLPORTAL_WHEEL_CACHE", MLPORTAL_CACHE_DIR / "wheels")
 MLPORTAL_WORK_DIR = env_path("MLPORTAL_WORK_DIR", DATA_DIR / "work")

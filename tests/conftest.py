@@ -29,10 +29,17 @@ ARTIFACTS = REPO / "test-artifacts"
 LOCAL_RUN_ROOT = Path("/var/tmp/mlportal-test-local-runs")
 
 
+# The test deployment's engine allowlist: tests point environments at closed ports of this host
+# and at 10.0.0.x to see unreachable engines; tests of the allowlist set their own.
+TEST_ENGINE_HOSTS = ["127.0.0.1", "10.0.0.0/8"]
+
+
 @pytest.fixture(scope="session", autouse=True)
 def local_runs_setting():
     settings.MLPORTAL_LOCAL_RUNS = True
     settings.MLPORTAL_LOCAL_RUN_ROOT = LOCAL_RUN_ROOT
+    settings.MLPORTAL_ENGINE_HOSTS = list(TEST_ENGINE_HOSTS)
+    settings.MLPORTAL_PUBLISH_ADDRESSES = ["127.0.0.1", "10.0.0.0/8"]
 
 
 @pytest.fixture
@@ -146,6 +153,8 @@ def worker_env(db_settings: dict) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env["MLPORTAL_LOCAL_RUNS"] = "1"
     env["MLPORTAL_LOCAL_RUN_ROOT"] = str(LOCAL_RUN_ROOT)
+    env["MLPORTAL_ENGINE_HOSTS"] = ",".join(TEST_ENGINE_HOSTS)
+    env["MLPORTAL_PUBLISH_ADDRESSES"] = "127.0.0.1,10.0.0.0/8"
     return env
 
 

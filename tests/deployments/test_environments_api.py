@@ -61,7 +61,8 @@ def test_engine_urls_are_validated(owner_api, url, says):
     assert says in error["message"] and "engine_url" in error["fields"]
 
 
-def test_ssh_engine_urls_are_accepted(owner_api):
+def test_ssh_engine_urls_are_accepted_where_the_administrator_allows_them(owner_api, settings):
+    settings.MLPORTAL_ENGINE_SSH = True
     response = create(owner_api, "remote", engine_url="ssh://deploy@10.0.0.5")
     assert response.status_code == 201 and response.json()["engine_url"] == "ssh://deploy@10.0.0.5"
 
