@@ -323,6 +323,13 @@ def environment_for_new_service(*, workspace: Workspace, user, ref: Any = None) 
         names = ", ".join(e.name for e in environments[:10])
         raise _field_error("environment", f"Choose an environment ({names}) or set your active one first "
                                           "(POST /api/v1/environments/<name>/activate/).")
+    # First services racing each other: they queue on the workspace's row and the later ones find
+    # the 'local' environment the first one made (instead of failing on its unique name).
+    list(Workspace.objects.select_for_update(no_key=True).filter(pk=workspace.pk).values_list("pk", flat=True))
+    made = Environment.objects.filter(workspace=workspace, name="local").first()
+    if made is not None:
+        _check_deployable(made)
+        return made, None
     environment = environment_create(workspace=workspace, name="local", user=user,
                                      description="Made automatically for the first service: the workers' own Docker engine.")
     environment_activate(environment=environment, user=user)

@@ -8,7 +8,7 @@ from django.db import connection
 
 from registry import services
 from tests.registry.conftest import upload
-from tests.registry.test_images_api import REQUIREMENTS, SCORE
+from tests.registry.conftest import REQUIREMENTS, SCORE
 from workspaces.crypto import is_encrypted
 
 pytestmark = pytest.mark.django_db
