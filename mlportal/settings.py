@@ -195,6 +195,8 @@ DATA_UPLOAD_MAX_NUMBER_FILES = 2000
 
 # --- compute --------------------------------------------------------------------------------
 MLPORTAL_BASE_IMAGE = env_str("MLPORTAL_BASE_IMAGE", "python:3.11-slim")
+# The debootstrap that builds the base image offline when it cannot be pulled (default: on PATH).
+MLPORTAL_DEBOOTSTRAP = env_str("MLPORTAL_DEBOOTSTRAP") or None
 MLPORTAL_DOCKER_URL = env_str("DOCKER_HOST") or None  # None: the local engine
 # Machines workspace owners may point environments at (deployments/hosts.py): engine hosts (names,
 # addresses, CIDR networks), publish addresses, and whether ssh:// engines are allowed at all.
