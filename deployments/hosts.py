@@ -144,8 +144,8 @@ def guard_engine_url(url: str | None) -> str | None:
     compute.engine.EngineNotAllowed."""
     from compute.engine import EngineNotAllowed
 
-    if not url or url == (settings.MLPORTAL_DOCKER_URL or ""):
-        return url
+    if not url or url == (settings.MLPORTAL_DOCKER_URL or "") or url.startswith("unix://"):
+        return url  # the portal's own engine, or a socket on this host (never an environment's: those are tcp/ssh)
     try:
         check_engine_url(url)
         parts = urlsplit(url)

@@ -15,6 +15,7 @@ import secrets
 import stat
 import tarfile
 import tempfile
+import time
 import uuid
 import zipfile
 from collections.abc import Iterable, Iterator
@@ -528,14 +529,20 @@ def _next_number(project: Project) -> int:
 
 
 def _create_run(**fields) -> Run:
-    """Creates the Run with the project's next number, retrying when a parallel submit took it."""
+    """Creates the Run with the project's next number. Submits into one project queue on the
+    project's row (NO KEY UPDATE: inserts that only point at it are not held up), so each takes the
+    next number in turn; should two still meet, the unique constraint lets one win and the other
+    retries; after that a 409 asks to try again (never a 500)."""
+    project = fields["project"]
     for attempt in range(5):
         try:
             with transaction.atomic():
-                return Run.objects.create(number=_next_number(fields["project"]), **fields)
+                list(Project.objects.select_for_update(no_key=True).filter(pk=project.pk).values_list("pk", flat=True))
+                return Run.objects.create(number=_next_number(project), **fields)
         except IntegrityError:
             if attempt == 4:
-                raise
+                raise Conflict("Too many runs are being submitted to this project at once: try again.") from None
+            time.sleep(0.05 * (attempt + 1))
     raise AssertionError("unreachable")
 
 

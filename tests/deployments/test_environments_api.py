@@ -140,9 +140,11 @@ def test_the_list_pages_searches_and_orders(owner_api):
     assert [e["name"] for e in owner_api.get("/api/v1/environments/?search=bet").json()["results"]] == ["beta"]
 
 
-def test_a_contributor_edits_description_labels_and_engine_and_it_is_recorded(owner_api, contributor_api):
+def test_an_owner_edits_description_labels_and_engine_and_it_is_recorded(owner_api, contributor_api):
     create(owner_api, "staging", labels={"stage": "staging"})
-    response = contributor_api.patch("/api/v1/environments/staging/", {
+    refused = contributor_api.patch("/api/v1/environments/staging/", {"engine_url": "tcp://10.0.0.5:2375"}, format="json")
+    assert refused.status_code == 403  # which machines the portal talks to is the owner's choice
+    response = owner_api.patch("/api/v1/environments/staging/", {
         "description": "the team's staging host", "labels": {"stage": "staging", "owner": "ml"},
         "engine_url": "tcp://10.0.0.5:2375", "publish_address": "10.0.0.5"}, format="json")
     assert response.status_code == 200, response.json()

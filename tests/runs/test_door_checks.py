@@ -43,7 +43,7 @@ def test_an_archive_upload_with_a_bad_requirements_file_leaves_nothing(owner_api
             tar.addfile(info, io.BytesIO(data))
     raw.seek(0)
     raw.name = "project.tar.gz"
-    response = owner_api.post("/api/v1/projects/scratch/upload/", {"file": raw}, format="multipart")
+    response = owner_api.post("/api/v1/projects/scratch/upload/", {"file": raw, "extract": "true"}, format="multipart")
     assert response.status_code == 400, response.content
     assert not project.files.exists()
 
