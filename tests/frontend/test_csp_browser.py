@@ -64,7 +64,7 @@ def test_every_main_page_runs_under_the_policy_without_a_violation(
                  f"/runs/compare/?ids={first.pk}&ids={second.pk}", "/password/"):
         visit(page, base + path)
     page.goto(f"{base}/runs/compare/?ids={first.pk}&ids={second.pk}")
-    page.wait_for_selector("#compare-chart-box:not([hidden])")
+    page.wait_for_function("() => document.querySelector('[data-testid=compare-chart]').dataset.state === 'drawn'")
 
     # The project page's tabs, one after the other.
     visit(page, f"{base}/projects/{project.pk}/")
@@ -77,7 +77,7 @@ def test_every_main_page_runs_under_the_policy_without_a_violation(
     page.wait_for_function("() => document.getElementById('run-log').dataset.done === 'true'")
     assert "epoch 7" in page.locator("#run-log").inner_text()
     page.click("button[data-tab=metrics]")
-    assert page.evaluate("() => !!Chart.getChart(document.getElementById('series-chart'))")
+    page.wait_for_function("() => document.querySelector('[data-testid=metric-chart]').dataset.state === 'drawn'")
     page.click("button[data-tab=outputs]")
 
     # The image page: the build log and the status poll.

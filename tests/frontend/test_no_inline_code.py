@@ -47,12 +47,14 @@ def test_no_template_holds_inline_code():
     assert {path: issues for path, issues in found.items() if issues} == {}
 
 
-def test_every_page_module_a_template_names_has_its_script():
-    names = set()
+def test_every_page_module_a_template_names_is_registered_by_a_script_it_loads():
+    registered = {}
+    for script in sorted((REPO / "static" / "js").glob("*.js")):
+        for name in re.findall(r'MLPortal\.register\("([a-z0-9-]+)"', script.read_text()):
+            registered[name] = script.name
+    assert {"run-detail", "image-detail", "service-detail", "metric-chart"} <= set(registered)
     for path in templates():
-        names |= set(re.findall(r'data-module="([a-z0-9-]+)"', path.read_text()))
-    assert {"run-detail", "image-detail", "service-detail", "run-compare"} <= names
-    for name in names:
-        script = REPO / "static" / "js" / f"{name}.js"
-        assert script.is_file(), f"data-module={name} but no static/js/{name}.js"
-        assert f'MLPortal.register("{name}"' in script.read_text()
+        text = path.read_text()
+        for name in set(re.findall(r'data-module="([a-z0-9-]+)"', text)):
+            assert name in registered, f"{path.name}: data-module={name} but no static/js file registers it"
+            assert f"js/{registered[name]}" in text, f"{path.name} uses {name} but does not load js/{registered[name]}"

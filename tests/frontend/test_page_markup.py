@@ -35,16 +35,15 @@ def test_the_run_page_log_and_status_are_live_regions_and_its_urls_are_attribute
     assert 'aria-live="polite"' in tag(html, 'id="run-log"')
     assert 'aria-live="polite"' in tag(html, 'id="run-status"') and 'role="status"' in tag(html, 'id="run-status"')
     root = tag(html, 'data-module="run-detail"')
-    for attr in (f'data-run-url="/api/v1/runs/{run.pk}/"', f'data-log-url="/api/v1/runs/{run.pk}/log/"',
-                 f'data-output-base="/runs/{run.pk}/outputs/"', 'data-active="false"', 'data-series="series-data"',
-                 f'data-register-url="/models/register/?run={run.pk}"'):
+    for attr in (f'data-run-url="/api/v1/runs/{run.pk}/"', f'data-run-page="/runs/{run.pk}/"', 'data-active="false"',
+                 'data-can-write="true"'):
         assert attr in root, attr
-    assert '<script id="series-data" type="application/json">' in html and "js/run-detail.js" in html
+    assert "js/run_detail.js" in html and "js/metric_chart.js" in html
 
 
 def test_a_reader_gets_no_register_link_config(page_client, owner, reader, blank, finished_run):  # noqa: F811
     run = finished_run(blank, owner)
-    assert "data-register-url" not in page_client(reader).get(f"/runs/{run.pk}/").content.decode()
+    assert 'data-can-write="false"' in tag(page_client(reader).get(f"/runs/{run.pk}/").content.decode(), "data-run-url")
 
 
 def test_the_image_and_service_pages_are_live_regions_with_data_config(page_client, owner, service):
