@@ -240,7 +240,8 @@ def _execute_script(run: Run, sink: RunSink, workdir: Path) -> dict:
         run_id=str(run.id), snapshot=snapshot, script=run.script, args=list(run.args or []),
         requirements=_requirements_of(snapshot), base_image=settings.MLPORTAL_BASE_IMAGE,
         memory_mb=project.memory_mb, cpus=project.cpus, timeout_s=project.time_limit_s,
-        network=project.allow_network, env={"MLPORTAL_RUN_ID": str(run.id), "MLPORTAL_RUN_NUMBER": str(run.number)},
+        network=project.allow_network, env={"MLPORTAL_RUN_ID": str(run.id), "MLPORTAL_RUN_NUMBER": str(run.number),
+             "MLPORTAL_PROJECT_ID": str(run.project_id)},
         outputs_max_bytes=project.outputs_cap_mb * MIB, tmp_mb=settings.MLPORTAL_RUN_TMP_MB,
         scratch_max_bytes=(project.outputs_cap_mb + settings.MLPORTAL_RUN_SCRATCH_MB) * MIB,
     )
