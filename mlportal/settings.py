@@ -182,6 +182,11 @@ MLPORTAL_RUN_TIMEOUT_MAX = env_int("MLPORTAL_RUN_TIMEOUT_MAX", 6 * 3600, minimum
 MLPORTAL_BUILD_TIMEOUT = env_int("MLPORTAL_BUILD_TIMEOUT", 1800, minimum=30)
 MLPORTAL_MAX_REPLICAS = env_int("MLPORTAL_MAX_REPLICAS", 8, minimum=1)
 MLPORTAL_LOG_MAX_BYTES = env_int("MLPORTAL_LOG_MAX_BYTES", 5 * 1024 * 1024, minimum=1024)
+# What a run may write: outputs/ (a project may set less), /tmp (a tmpfs), and the rest of its
+# container's writable layer beyond its outputs (the project folder, caches).
+MLPORTAL_RUN_OUTPUTS_MAX_MB = env_int("MLPORTAL_RUN_OUTPUTS_MAX_MB", 4096, minimum=1)
+MLPORTAL_RUN_TMP_MB = env_int("MLPORTAL_RUN_TMP_MB", 1024, minimum=16)
+MLPORTAL_RUN_SCRATCH_MB = env_int("MLPORTAL_RUN_SCRATCH_MB", 2048, minimum=16)
 MLPORTAL_LOST_AFTER_SECONDS = env_int("MLPORTAL_LOST_AFTER_SECONDS", 60, minimum=5)
 # Queued work (runs, builds) unclaimed this long is sent again (the broker may have lost it).
 MLPORTAL_REQUEUE_AFTER_SECONDS = env_int("MLPORTAL_REQUEUE_AFTER_SECONDS", 120, minimum=1)
