@@ -175,7 +175,8 @@ if (_NODE_MODULES / "chart.js" / "dist").is_dir():
 WHITENOISE_USE_FINDERS = True  # serve straight from the apps' static folders; no collectstatic step needed
 MEDIA_ROOT = DATA_DIR / "files"
 STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": MEDIA_ROOT}},
+    # FileSystemStorage that removes a partly written file and answers 507 when the disk is full.
+    "default": {"BACKEND": "workspaces.filestorage.PortalFileSystemStorage", "OPTIONS": {"location": MEDIA_ROOT}},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 if env_str("MLPORTAL_STORAGE") == "s3":  # a team with workers on several hosts (needs django-storages[s3])
@@ -222,6 +223,11 @@ MLPORTAL_RUN_MAX_CPUS = env_float("MLPORTAL_RUN_MAX_CPUS", 8.0, minimum=0.1)
 MLPORTAL_SERVICE_MAX_MEMORY_MB = env_int("MLPORTAL_SERVICE_MAX_MEMORY_MB", 16 * 1024, minimum=64)
 MLPORTAL_SERVICE_MAX_CPUS = env_float("MLPORTAL_SERVICE_MAX_CPUS", 8.0, minimum=0.1)
 MLPORTAL_LOG_MAX_BYTES = env_int("MLPORTAL_LOG_MAX_BYTES", 5 * 1024 * 1024, minimum=1024)
+# What a run may write: outputs/ (a project may set less), /tmp (a tmpfs), and the rest of its
+# container's writable layer beyond its outputs (the project folder, caches).
+MLPORTAL_RUN_OUTPUTS_MAX_MB = env_int("MLPORTAL_RUN_OUTPUTS_MAX_MB", 4096, minimum=1)
+MLPORTAL_RUN_TMP_MB = env_int("MLPORTAL_RUN_TMP_MB", 1024, minimum=16)
+MLPORTAL_RUN_SCRATCH_MB = env_int("MLPORTAL_RUN_SCRATCH_MB", 2048, minimum=16)
 MLPORTAL_LOST_AFTER_SECONDS = env_int("MLPORTAL_LOST_AFTER_SECONDS", 60, minimum=5)
 # Local runs (target `local`) run contributor code on the worker's host: off unless this is on AND a
 # portal administrator allowed them for the workspace (Admin → Workspaces). They run as

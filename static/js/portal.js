@@ -84,7 +84,8 @@
        <div class="tabs" data-tabs><button data-tab="logs">Logs</button>…</div>
        <section data-panel="logs">…</section>
      gets role=tablist/tab/tabpanel, aria-selected, aria-controls/aria-labelledby, a roving
-     tabindex and the Left/Right/Home/End keys. The chosen tab is kept in the URL's #fragment. */
+     tabindex and the Left/Right/Home/End keys. The chosen tab is kept in the URL's #fragment.
+     Panels are not `hidden` in the markup: without JavaScript every panel shows (see portal.css). */
   function tabs(bar) {
     const buttons = [...bar.querySelectorAll("[data-tab]")];
     if (!buttons.length) return;
@@ -182,6 +183,7 @@
   document.addEventListener("DOMContentLoaded", () => {
     localTimes();
     document.querySelectorAll(".tabs[data-tabs]").forEach(tabs);
+    document.documentElement.classList.add("tabs-ready");
     startModules();
   });
 })();

@@ -79,3 +79,23 @@ def test_the_workspace_switcher_is_a_form_that_works_without_javascript(live_ser
     assert page.locator("form.ws-switch select option:checked").inner_text() == "second"
     assert Profile.objects.get(user=owner).current_workspace.name == "second"
     problems.assert_none()
+
+
+def test_without_javascript_every_tab_panel_shows_and_its_forms_work(live_server, watched_page, owner, workspace):
+    project = run_services.project_create(workspace=workspace, name="plain", user=owner, template="churn")
+    page, problems = watched_page(owner, java_script_enabled=False)
+    page.goto(f"{live_server.url}/projects/{project.pk}/")
+    assert not page.locator(".tabs[data-tabs]").is_visible()  # a tab bar that could not switch would mislead
+    for testid in ("run-form", "upload-form", "settings-form", "file-table"):
+        assert page.locator(f"[data-testid={testid}]").is_visible(), testid
+    page.locator("[data-testid=settings-form] input[name=time_limit_s]").fill("123")
+    page.locator("[data-testid=settings-form] button[type=submit]").click()
+    page.wait_for_load_state()
+    project.refresh_from_db()
+    assert project.time_limit_s == 123
+
+    scripted, _ = watched_page(owner)
+    scripted.goto(f"{live_server.url}/projects/{project.pk}/")
+    visible = scripted.evaluate("() => [...document.querySelectorAll('[data-panel]')].filter((p) => p.offsetParent).map((p) => p.dataset.panel)")
+    assert visible == ["dashboard"]
+    problems.assert_none()

@@ -58,3 +58,10 @@ def test_every_page_module_a_template_names_is_registered_by_a_script_it_loads()
         for name in set(re.findall(r'data-module="([a-z0-9-]+)"', text)):
             assert name in registered, f"{path.name}: data-module={name} but no static/js file registers it"
             assert f"js/{registered[name]}" in text, f"{path.name} uses {name} but does not load js/{registered[name]}"
+
+
+def test_tab_panels_are_not_hidden_in_the_markup():
+    """Without JavaScript every panel must show (portal.js hides all but the chosen one)."""
+    hidden_panels = {str(p.relative_to(REPO)): re.findall(r"<[a-z]+[^>]*data-panel=[^>]*\shidden[\s>]", p.read_text())
+                     for p in templates()}
+    assert {path: tags for path, tags in hidden_panels.items() if tags} == {}
