@@ -144,8 +144,9 @@ def _check_settings(*, default_target=None, time_limit_s=None, memory_mb=None, c
         out["default_target"] = default_target
     limits = {
         "time_limit_s": (time_limit_s, int, 1, settings.MLPORTAL_RUN_TIMEOUT_MAX, "seconds"),
-        "memory_mb": (memory_mb, int, 16, settings.MLPORTAL_RUN_MAX_MEMORY_MB, "MiB"),
-        "cpus": (cpus, float, 0.01, settings.MLPORTAL_RUN_MAX_CPUS, "CPUs"),
+        "memory_mb": (memory_mb, int, 16, settings.MLPORTAL_RUN_MAX_MEMORY_MB,
+                      "MiB (the portal's maximum, MLPORTAL_RUN_MAX_MEMORY_MB)"),
+        "cpus": (cpus, float, 0.01, settings.MLPORTAL_RUN_MAX_CPUS, "CPUs (the portal's maximum, MLPORTAL_RUN_MAX_CPUS)"),
         "outputs_max_mb": (outputs_max_mb, int, 1, settings.MLPORTAL_RUN_OUTPUTS_MAX_MB, "MiB (the portal's maximum)"),
     }
     for name, (value, kind, low, high, unit) in limits.items():
@@ -157,10 +158,7 @@ def _check_settings(*, default_target=None, time_limit_s=None, memory_mb=None, c
             raise PortalError(f"{name} must be a number, not {str(value)[:40]!r}.", fields={name: "Not a number."}) from None
         if number != number or number in (float("inf"), float("-inf")):
             raise PortalError(f"{name} must be a finite number.", fields={name: "Not a finite number."})
-        if number > high:
-            message = f"{name} {number:g} is over the portal's maximum of {high:g} {unit}: ask for {high:g} or less."
-            raise PortalError(message, code="over_maximum", fields={name: message})
-        if number < low:
+        if not low <= number <= high:
             message = f"{name} must be between {low} and {high} {unit}; {number} is not."
             raise PortalError(message, fields={name: message})
         out[name] = number
