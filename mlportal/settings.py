@@ -150,7 +150,8 @@ if (_NODE_MODULES / "chart.js" / "dist").is_dir():
 WHITENOISE_USE_FINDERS = True  # serve straight from the apps' static folders; no collectstatic step needed
 MEDIA_ROOT = DATA_DIR / "files"
 STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": MEDIA_ROOT}},
+    # FileSystemStorage that removes a partly written file and answers 507 when the disk is full.
+    "default": {"BACKEND": "workspaces.filestorage.PortalFileSystemStorage", "OPTIONS": {"location": MEDIA_ROOT}},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 if env_str("MLPORTAL_STORAGE") == "s3":  # a team with workers on several hosts (needs django-storages[s3])

@@ -7,6 +7,7 @@ what it wrote when the stream or the disk fails; `commit` writes the rows in one
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 from typing import IO
@@ -16,6 +17,7 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 
 from runs.models import Run, RunOutput
+from workspaces.filestorage import StorageFull
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +60,13 @@ class OutputsWriter:
         self.rows: list[RunOutput] = []
 
     def add(self, path: str, size: int, source: IO[bytes]) -> None:
+        """Stores one output file; a full disk raises OSError(ENOSPC), which compute turns into
+        the run's "disk full" end."""
         output = RunOutput(run=self.run, workspace_id=self.run.workspace_id, path=path)
-        stored, written, sha256 = save_stream(f"runs/{self.run.id}/outputs/{output.id}", source)
+        try:
+            stored, written, sha256 = save_stream(f"runs/{self.run.id}/outputs/{output.id}", source)
+        except StorageFull as exc:
+            raise OSError(errno.ENOSPC, exc.message) from exc
         output.storage_name, output.size, output.sha256 = stored, written, sha256
         self.rows.append(output)
 

@@ -183,7 +183,7 @@ def storage_on(settings):
 
     def point(folder: Path) -> Path:
         settings.STORAGES = {**settings.STORAGES, "default": {
-            "BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": str(folder)}}}
+            "BACKEND": "workspaces.filestorage.PortalFileSystemStorage", "OPTIONS": {"location": str(folder)}}}
         return folder
 
     return point
