@@ -2,7 +2,9 @@
 
 base image + a virtualenv at /opt/venv holding the requirements (installed offline from the
 wheel cache in a build stage, so the final image holds no wheel and no pip cache) + the runtime
-packages (``mlportal_runtime``, ``azureml``) at /opt/mlportal/lib on PYTHONPATH, precompiled +
+packages (``mlportal_runtime``, ``azureml``) at /opt/mlportal/lib on PYTHONPATH, precompiled, with
+``mlportal_runtime/sitecustomize.py`` at its root (it appends the ``mlflow`` shim to the END of
+sys.path, so a real MLflow in the environment always wins) +
 a non-root user ``mlportal`` (uid 1000) + WORKDIR /workspace.
 
 The tag is a content hash of the base image id, the normalised requirements, the runtime files
@@ -23,7 +25,7 @@ from pathlib import Path
 from compute import _archive
 from compute._build import build_image
 from compute.engine import LABEL_ID, LABEL_KIND, BuildError, connect, image_id
-from compute.wheels import ensure_wheels, file_lock, normalise_requirements
+from compute.wheels import SourceBuild, ensure_wheels, file_lock, normalise_requirements
 
 ENV_REPOSITORY = "mlportal-env"
 RUNTIME_PACKAGES = ("mlportal_runtime", "azureml")
@@ -56,6 +58,7 @@ RUN python3 -m venv /opt/venv \\
 
 FROM {base}
 COPY --from=build /opt/venv /opt/venv
+# runtime/: the runtime packages and sitecustomize.py, which appends the mlflow shim after site-packages
 COPY runtime/ {runtime_dir}/
 RUN python3 -m compileall -q {runtime_dir} \\
  && (id -u {user} >/dev/null 2>&1 || useradd --uid {uid} --non-unique --create-home --shell /bin/sh {user}) \\
@@ -94,6 +97,11 @@ def runtime_package_dirs() -> list[Path]:
                              f"reinstall MLPortal", step="collect runtime")
         dirs.append(Path(next(iter(spec.submodule_search_locations))))
     return dirs
+
+
+def runtime_site_file() -> Path:
+    """The sitecustomize.py that goes to the root of the runtime folder (see the module docstring)."""
+    return runtime_package_dirs()[0] / "sitecustomize.py"
 
 
 def _runtime_digest(dirs: list[Path]) -> str:
@@ -138,12 +146,13 @@ def _write_context(out, *, base_image: str, reqs: list[str], wheels: list[Path])
         _archive.add_dir(tar, "runtime")
         for root in runtime_package_dirs():
             _archive.add_tree(tar, root, f"runtime/{root.name}")
+        _archive.add_bytes(tar, "runtime/sitecustomize.py", runtime_site_file().read_bytes())
     out.seek(0)
 
 
 def ensure_env_image(*, base_image: str, requirements: list[str], wheel_cache: Path,
                      log: Callable[[str], None], base_url: str | None = None,
-                     timeout_s: int = 3600) -> str:
+                     timeout_s: int = 3600, source_packages: bool = False) -> str:
     """Returns the tag of the environment image, building it first when the engine lacks it
     (the build log goes to ``log`` line by line; an existing image returns at once). Raises
     RequirementsError (a BuildError) for requirements pip cannot find, BuildError for a failed
@@ -162,7 +171,10 @@ def ensure_env_image(*, base_image: str, requirements: list[str], wheel_cache: P
             return tag
         log(f"preparing environment image {tag} from {base_image} "
             f"with {len(reqs)} requirement(s)")
-        wheels = ensure_wheels(reqs, cache_dir=wheel_cache, log=log)
+        # Wheels only; with source_packages (an administrator's choice) a package without a wheel is
+        # built in a container of the same base image without network.
+        wheels = ensure_wheels(reqs, cache_dir=wheel_cache, log=log,
+                               source_build=SourceBuild(base_image, base_url) if source_packages else None)
         with tempfile.SpooledTemporaryFile(max_size=64 * 1024 * 1024) as context:
             _write_context(context, base_image=base_image, reqs=reqs, wheels=wheels)
             with connect(base_url, timeout=timeout_s + 60) as client:

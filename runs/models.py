@@ -57,6 +57,8 @@ class Project(models.Model):
     memory_mb = models.PositiveIntegerField(default=2048)
     cpus = models.FloatField(default=1.0)
     allow_network = models.BooleanField(default=False)
+    # The most a run may write under outputs/ (None: the portal's MLPORTAL_RUN_OUTPUTS_MAX_MB).
+    outputs_max_mb = models.PositiveIntegerField(null=True, blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -76,6 +78,12 @@ class Project(models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("project-detail", args=[self.pk])
+
+    @property
+    def outputs_cap_mb(self) -> int:
+        """The outputs cap its runs get: its own setting, never above the portal's maximum."""
+        maximum = settings.MLPORTAL_RUN_OUTPUTS_MAX_MB
+        return min(self.outputs_max_mb or maximum, maximum)
 
     @property
     def requirement_lines(self) -> list[str]:
@@ -233,8 +241,11 @@ class Metric(models.Model):
     """One logged metric point: a number (`value`) or a string (`text`), optionally at a `step`."""
 
     id = models.BigAutoField(primary_key=True)
-    workspace = models.ForeignKey("workspaces.Workspace", on_delete=models.CASCADE, related_name="+")
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="metrics", db_index=False)
+    # No database-level foreign keys on the highest-volume table: PostgreSQL checks each one per row
+    # at commit, which cost more than the COPY of the rows itself. Django's CASCADE still deletes a
+    # run's points (one DELETE … WHERE run_id), and only the worker side, which holds the run, inserts.
+    workspace = models.ForeignKey("workspaces.Workspace", on_delete=models.CASCADE, related_name="+", db_constraint=False)
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="metrics", db_index=False, db_constraint=False)
     name = models.CharField(max_length=METRIC_NAME_MAX)
     value = models.FloatField(null=True, blank=True)
     text = models.CharField(max_length=1000, blank=True)
@@ -266,6 +277,11 @@ class RunMetricSummary(models.Model):
     step = models.IntegerField(null=True, blank=True)
     count = models.PositiveIntegerField(default=1)
     logged_at = models.DateTimeField()
+    # The series downsampled for charts ({"steps", "values", "points"}), computed from `chart_count`
+    # points: current while it equals `count`. The worker fills it when a run ends, so a page never
+    # aggregates a million points; a live run's chart computes (and keeps) it on demand.
+    chart = models.JSONField(null=True, blank=True)
+    chart_count = models.PositiveIntegerField(default=0)
 
     class Meta:
         ordering = ["run", "name"]

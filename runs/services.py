@@ -15,6 +15,7 @@ import secrets
 import stat
 import tarfile
 import tempfile
+import time
 import uuid
 import zipfile
 from collections.abc import Iterable, Iterator
@@ -32,7 +33,7 @@ from django.utils import timezone
 
 from runs import catalog
 from runs import checks
-from runs.models import Metric, Project, ProjectFile, Run, RunLogChunk, RunMetricSummary, RunOutput, RunParam, RunTag, Target
+from runs.models import EXTERNAL_TARGET, NOTE_MAX, Metric, Project, ProjectFile, Run, RunLogChunk, RunMetricSummary, RunOutput, RunParam, RunTag, Target
 from workspaces.errors import Conflict, NotFound, PayloadTooLarge, PortalError
 from workspaces.models import Role, Workspace
 from workspaces.services import activity_record, check_name, require_role
@@ -136,7 +137,7 @@ def decode_text(data: bytes) -> str:
 
 # --- projects -------------------------------------------------------------------------------------
 
-def _check_settings(*, default_target=None, time_limit_s=None, memory_mb=None, cpus=None) -> dict:
+def _check_settings(*, default_target=None, time_limit_s=None, memory_mb=None, cpus=None, outputs_max_mb=None) -> dict:
     """Returns the given run settings checked and typed; raises PortalError naming the bad one."""
     out = {}
     if default_target is not None:
@@ -145,8 +146,10 @@ def _check_settings(*, default_target=None, time_limit_s=None, memory_mb=None, c
         out["default_target"] = default_target
     limits = {
         "time_limit_s": (time_limit_s, int, 1, settings.MLPORTAL_RUN_TIMEOUT_MAX, "seconds"),
-        "memory_mb": (memory_mb, int, 16, 1024 * 1024, "MiB"),
-        "cpus": (cpus, float, 0.01, 256.0, "CPUs"),
+        "memory_mb": (memory_mb, int, 16, settings.MLPORTAL_RUN_MAX_MEMORY_MB,
+                      "MiB (the portal's maximum, MLPORTAL_RUN_MAX_MEMORY_MB)"),
+        "cpus": (cpus, float, 0.01, settings.MLPORTAL_RUN_MAX_CPUS, "CPUs (the portal's maximum, MLPORTAL_RUN_MAX_CPUS)"),
+        "outputs_max_mb": (outputs_max_mb, int, 1, settings.MLPORTAL_RUN_OUTPUTS_MAX_MB, "MiB (the portal's maximum)"),
     }
     for name, (value, kind, low, high, unit) in limits.items():
         if value is None:
@@ -155,6 +158,8 @@ def _check_settings(*, default_target=None, time_limit_s=None, memory_mb=None, c
             number = kind(value)
         except (TypeError, ValueError):
             raise PortalError(f"{name} must be a number, not {str(value)[:40]!r}.", fields={name: "Not a number."}) from None
+        if number != number or number in (float("inf"), float("-inf")):
+            raise PortalError(f"{name} must be a finite number.", fields={name: "Not a finite number."})
         if not low <= number <= high:
             message = f"{name} must be between {low} and {high} {unit}; {number} is not."
             raise PortalError(message, fields={name: message})
@@ -200,10 +205,12 @@ def project_create(
 def project_update_settings(
     *, project: Project, user, description: str | None = None, requirements: str | None = None,
     default_target: str | None = None, time_limit_s=None, memory_mb=None, cpus=None, allow_network: bool | None = None,
+    outputs_max_mb=None,
 ) -> Project:
     """Changes run settings; `requirements` rewrites the project's requirements.txt."""
     require_role(user=user, workspace=project.workspace, role=Role.CONTRIBUTOR)
-    values = _check_settings(default_target=default_target, time_limit_s=time_limit_s, memory_mb=memory_mb, cpus=cpus)
+    values = _check_settings(default_target=default_target, time_limit_s=time_limit_s, memory_mb=memory_mb, cpus=cpus,
+                             outputs_max_mb=outputs_max_mb)
     if description is not None:
         values["description"] = description[:5000]
     if allow_network is not None:
@@ -236,12 +243,19 @@ def project_delete(*, project: Project, user) -> None:
 
 
 def _sync_requirements(project: Project) -> None:
-    """Copies requirements.txt into project.requirements (empty when the file is gone)."""
+    """Copies requirements.txt into project.requirements (empty when the file is gone), checked at
+    the door with the manifests' rules (package names and versions only: no pip options such as
+    ``--index-url``, no URLs or paths); PortalError naming the line otherwise, which undoes the
+    write it is part of."""
+    from registry.services import parse_requirements
+
     row = project.files.filter(path="requirements.txt").first()
     text = ""
     if row is not None:
         with open_blob(row.storage_name) as handle:
-            text = decode_text(handle.read(256 * 1024))
+            raw = handle.read(256 * 1024 + 1)
+        parse_requirements(raw)
+        text = decode_text(raw)
     if text != project.requirements:
         project.requirements = text
         project.save(update_fields=["requirements", "updated_at"])
@@ -484,11 +498,19 @@ def _add_project_files(tar: tarfile.TarFile, rows: Iterable[ProjectFile]) -> Non
 
 # --- runs: submit, prepare, cancel ----------------------------------------------------------------
 
+LOCAL_RUNS_OFF = ("Local runs are off in workspace '{workspace}': they run code on the worker's host, so only a portal "
+                  "administrator can allow them (MLPORTAL_LOCAL_RUNS=on, then Admin → Workspaces → local runs allowed). "
+                  "Use target docker.")
+
+
 def _check_target(target: str | None, project: Project) -> str:
     target = target or project.default_target
     if target not in Target.values:
         message = f"Unknown compute target {target!r}: use docker or local."
         raise PortalError(message, code="unknown_target", fields={"target": message})
+    if target == Target.LOCAL and not project.workspace.local_runs_enabled:
+        message = LOCAL_RUNS_OFF.format(workspace=project.workspace.name)
+        raise PortalError(message, code="local_runs_off", fields={"target": message})
     return target
 
 
@@ -510,14 +532,20 @@ def _next_number(project: Project) -> int:
 
 
 def _create_run(**fields) -> Run:
-    """Creates the Run with the project's next number, retrying when a parallel submit took it."""
+    """Creates the Run with the project's next number. Submits into one project queue on the
+    project's row (NO KEY UPDATE: inserts that only point at it are not held up), so each takes the
+    next number in turn; should two still meet, the unique constraint lets one win and the other
+    retries; after that a 409 asks to try again (never a 500)."""
+    project = fields["project"]
     for attempt in range(5):
         try:
             with transaction.atomic():
-                return Run.objects.create(number=_next_number(fields["project"]), **fields)
+                list(Project.objects.select_for_update(no_key=True).filter(pk=project.pk).values_list("pk", flat=True))
+                return Run.objects.create(number=_next_number(project), **fields)
         except IntegrityError:
             if attempt == 4:
-                raise
+                raise Conflict("Too many runs are being submitted to this project at once: try again.") from None
+            time.sleep(0.05 * (attempt + 1))
     raise AssertionError("unreachable")
 
 
@@ -659,6 +687,42 @@ def run_add_params(*, run: Run, params: dict, user=None) -> None:
             raise PortalError(problems[0], code="param_changed", fields={"params": problems})
 
 
+def run_create_external(*, project: Project, user, run_name: str = "", started_at=None,
+                        tags: Iterable[tuple[str, str]] = ()) -> Run:
+    """A run logged from outside by an MLflow client (target `external`): nothing executes here;
+    it is running until the client ends it (contributor+)."""
+    require_role(user=user, workspace=project.workspace, role=Role.CONTRIBUTOR)
+    items = [checks.check_tag(k, v) for k, v in tags]
+    now = timezone.now()
+    with transaction.atomic():
+        run = _create_run(workspace=project.workspace, project=project, kind=Run.Kind.SCRIPT, script=(run_name or "")[:255],
+                          target=EXTERNAL_TARGET, status=Run.Status.RUNNING, created_by=user, started_at=started_at or now,
+                          heartbeat_at=now, image="external")
+        run_set_tags(run_id=run.id, workspace_id=run.workspace_id, tags=items)
+    activity_record(workspace=project.workspace, actor=user, verb="run.logged_externally", target=run)
+    return run
+
+
+def run_update_external(*, run: Run, user, status: str | None = None, ended_at=None, run_name: str | None = None) -> Run:
+    """Ends (or renames) a run from the MLflow API; a run that ended keeps its end time."""
+    require_role(user=user, workspace=run.workspace, role=Role.CONTRIBUTOR)
+    fields: dict = {}
+    if run_name:
+        fields["script"] = run_name[:255]
+    if status:
+        fields["status"] = status
+        if status in Run.FINISHED:
+            fields["ended_at"] = ended_at or timezone.now()
+            if run.target == EXTERNAL_TARGET:
+                fields["exit_code"] = 0 if status == Run.Status.COMPLETED else 1
+        else:
+            fields["ended_at"] = None
+    if fields:
+        Run.objects.filter(id=run.id).update(**fields)
+        run.refresh_from_db()
+    return run
+
+
 def _upsert_tags(run_id, workspace_id, items: list[tuple[str, str]]) -> None:
     if not items:
         return
@@ -699,9 +763,17 @@ def _param_changed(name: str, old: str, new: str) -> str:
             f"(got {new[:80]!r}). Log the new value under another name.")
 
 
+NOTE_TAG = "mlflow.note.content"  # MLflow keeps a run's description as this tag; here it is the note
+
+
 def run_set_tags(*, run_id, workspace_id, tags: Iterable[tuple[str, str]]) -> None:
-    """Sets tags ((key, value) already checked); a later value of a key replaces the earlier."""
-    _upsert_tags(run_id, workspace_id, list(tags))
+    """Sets tags ((key, value) already checked); a later value of a key replaces the earlier.
+    MLflow's note tag (mlflow.note.content) becomes the run's note."""
+    items = list(tags)
+    notes = [value for key, value in items if key == NOTE_TAG]
+    _upsert_tags(run_id, workspace_id, [(k, v) for k, v in items if k != NOTE_TAG])
+    if notes:
+        Run.objects.filter(id=run_id).update(note=notes[-1][:NOTE_MAX])
 
 
 def run_claim(*, run_id, worker: str) -> Run | None:
