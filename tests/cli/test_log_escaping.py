@@ -13,7 +13,7 @@ HOSTILE = 'print("title \\x1b]0;owned\\x07 clear \\x1b[2J back\\rforged \\x9b2J 
 
 
 @pytest.fixture
-def project_folder(cli, login, owner, workspace, celery_worker):
+def project_folder(cli, login, owner, workspace, local_runs, celery_worker):
     login(owner)
     outcome = cli("project", "create", "tiny")
     assert outcome.code == 0, outcome.err
