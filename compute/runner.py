@@ -25,6 +25,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import errno
+import tarfile
+from typing import IO
+
 import docker.errors
 
 from compute import _archive
@@ -62,6 +66,25 @@ class RunSpec:
     timeout_s: int = 3600
     network: bool = False
     env: dict[str, str] = field(default_factory=dict)
+    # Bounds on what a run may write (None: unbounded): the total size of outputs/ copied back,
+    # /tmp (a tmpfs of this size, charged to the run's memory too) and the container's writable
+    # layer (the project folder and anything else outside /tmp), checked while it runs.
+    outputs_max_bytes: int | None = None
+    tmp_mb: int | None = None
+    scratch_max_bytes: int | None = None
+
+
+# store_output(path relative to outputs/, size, readable stream): keeps one output file.
+StoreOutput = Callable[[str, int, IO[bytes]], None]
+SCRATCH_CHECK_S = 2.0
+
+
+class OutputsOverCap(Exception):
+    """The run's outputs are larger than its cap: nothing of them is kept."""
+
+
+class DiskFull(Exception):
+    """Storing the run's outputs hit a full disk."""
 
 
 @dataclass
@@ -72,6 +95,7 @@ class RunResult:
     oom: bool
     outputs: Path | None  # a .tar of outputs/ (paths relative to outputs/), None if none
     image: str
+    outputs_failed: bool = False  # copying outputs back stopped (cap, disk full): keep none of them
 
 
 def _check_spec(spec: RunSpec) -> None:
@@ -164,13 +188,15 @@ def _start_readers(sources: list[Iterable[tuple[int, bytes]]], lines: queue.Queu
 def _supervise(*, lines: queue.Queue, on_output: Callable[[str], None],
                should_cancel: Callable[[], bool], timeout_s: int, is_running: Callable[[], bool],
                kill: Callable[[], None], close_stream: Callable[[], None] = lambda: None,
-               started: float | None = None) -> str | None:
+               started: float | None = None, over_scratch: Callable[[], bool] = lambda: False) -> str | None:
     """Delivers queued lines to ``on_output`` until the output has ended and the process is
     gone; kills it on ``timeout_s`` (counted from ``started``) or a cancel (polled every
-    ``POLL_S``). A stream still open ``STREAM_GRACE_S`` after the process ended is closed (a
-    grandchild holding the pipe, a stuck attach). Returns "timed_out", "canceled" or None."""
+    ``POLL_S``), or once ``over_scratch()`` (polled every ``SCRATCH_CHECK_S``) is true. A stream
+    still open ``STREAM_GRACE_S`` after the process ended is closed (a grandchild holding the
+    pipe, a stuck attach). Returns "timed_out", "canceled", "over_scratch" or None."""
     deadline = (started if started is not None else time.monotonic()) + timeout_s
     next_check = 0.0
+    next_scratch_check = 0.0
     verdict: str | None = None
     stream_done = False
     gone_at: float | None = None
@@ -193,6 +219,11 @@ def _supervise(*, lines: queue.Queue, on_output: Callable[[str], None],
             if verdict is None and should_cancel():
                 verdict = "canceled"
                 kill()
+            if verdict is None and gone_at is None and now >= next_scratch_check:
+                next_scratch_check = now + SCRATCH_CHECK_S
+                if over_scratch():
+                    verdict = "over_scratch"
+                    kill()
             if gone_at is None and not is_running():
                 gone_at = now
         if gone_at is None:
@@ -208,7 +239,11 @@ def _supervise(*, lines: queue.Queue, on_output: Callable[[str], None],
 
 
 def _result_for(verdict: str | None, *, exit_code: int | None, oom: bool, memory_mb: int,
-                timeout_s: int, outputs: Path | None, image: str) -> RunResult:
+                timeout_s: int, outputs: Path | None, image: str, scratch_max_bytes: int | None = None) -> RunResult:
+    if verdict == "over_scratch":
+        return RunResult("failed", exit_code, f"wrote more than its scratch space of {_mib(scratch_max_bytes)} "
+                         "(files outside /tmp, the project folder included): write less, or raise the bound",
+                         False, outputs, image)
     if verdict == "timed_out":
         return RunResult("timed_out", exit_code, f"over its time limit of {timeout_s} s", False,
                          outputs, image)
@@ -222,6 +257,10 @@ def _result_for(verdict: str | None, *, exit_code: int | None, oom: bool, memory
     return RunResult("failed", exit_code, _exit_reason(exit_code), oom, outputs, image)
 
 
+def _mib(size: int | None) -> str:
+    return f"{(size or 0) / (1024 * 1024):g} MiB"
+
+
 # --- Docker -------------------------------------------------------------------------------------
 
 def _container_name(run_id: str) -> str:
@@ -232,7 +271,7 @@ def _container_name(run_id: str) -> str:
 def run_in_docker(spec: RunSpec, *, wheel_cache: Path, on_output: Callable[[str], None],
                   should_cancel: Callable[[], bool],
                   on_container: Callable[[str], None] = lambda cid: None, workdir: Path,
-                  base_url: str | None = None) -> RunResult:
+                  base_url: str | None = None, store_output: StoreOutput | None = None) -> RunResult:
     """Runs ``spec`` in a fresh container of its environment image and returns the result.
 
     Prepares the environment image first (its log goes to ``on_output`` prefixed with
@@ -240,6 +279,12 @@ def run_in_docker(spec: RunSpec, *, wheel_cache: Path, on_output: Callable[[str]
     result whose reason says why. The container runs as ``mlportal`` with the spec's limits,
     no network unless ``spec.network``, no mounts, and only ``spec.env`` + PYTHONUNBUFFERED
     added to the image's environment; ``on_container`` gets its id right after it is created.
+
+    With ``store_output``, the files under ``outputs/`` stream from the engine straight to it,
+    one by one (no copy on the worker's disk) and ``outputs`` of the result is None; past
+    ``spec.outputs_max_bytes`` the copy stops and the run fails with the cap named; a full disk
+    (OSError ENOSPC from ``store_output``) closes the stream and fails the run with "disk full".
+    Without it, they come back as a tar at ``workdir/outputs.tar``.
     The container is removed in every case. Raises EngineError when the engine fails and
     ValueError for an unusable spec."""
     _check_spec(spec)
@@ -271,6 +316,7 @@ def run_in_docker(spec: RunSpec, *, wheel_cache: Path, on_output: Callable[[str]
                 nano_cpus=int(spec.cpus * 1e9),
                 pids_limit=spec.pids,
                 network_mode="bridge" if spec.network else "none",
+                tmpfs={"/tmp": f"size={spec.tmp_mb}m,mode=1777"} if spec.tmp_mb else None,
                 cap_drop=["ALL"],
                 security_opt=["no-new-privileges"],
                 restart_policy={"Name": "no"},
@@ -285,10 +331,20 @@ def run_in_docker(spec: RunSpec, *, wheel_cache: Path, on_output: Callable[[str]
                                         client=client)
             state = client.api.inspect_container(container.id)["State"]
             exit_code = state.get("ExitCode")
-            outputs = _copy_outputs(client, container.id, workdir / "outputs.tar")
-            return _result_for(verdict, exit_code=exit_code, oom=bool(state.get("OOMKilled")),
-                               memory_mb=spec.memory_mb, timeout_s=spec.timeout_s,
-                               outputs=outputs, image=image)
+            result = _result_for(verdict, exit_code=exit_code, oom=bool(state.get("OOMKilled")),
+                                 memory_mb=spec.memory_mb, timeout_s=spec.timeout_s,
+                                 outputs=None, image=image, scratch_max_bytes=spec.scratch_max_bytes)
+            if store_output is None:
+                result.outputs = _copy_outputs(client, container.id, workdir / "outputs.tar")
+                return result
+            try:
+                stored = _stream_outputs(client, container.id, store=store_output,
+                                         max_bytes=spec.outputs_max_bytes)
+            except (OutputsOverCap, DiskFull) as exc:
+                return RunResult("failed", exit_code, str(exc), result.oom, None, image, outputs_failed=True)
+            if stored:
+                on_output(f"[mlportal] stored {stored[0]} output file{'s' if stored[0] != 1 else ''} ({stored[1]} bytes)")
+            return result
         finally:
             if container is not None:
                 _remove_quietly(client, container.id)
@@ -321,14 +377,67 @@ def _follow_container(container_id: str, *, spec: RunSpec, on_output, should_can
                     if exc.status_code not in (404, 409):
                         raise
 
+            def over_scratch() -> bool:
+                if not spec.scratch_max_bytes:
+                    return False
+                # SizeRw: what the container wrote outside its mounts (/tmp is a tmpfs).
+                with engine_errors(base_url):  # docker-py's inspect_container has no size option
+                    url = client.api._url("/containers/{0}/json", container_id)
+                    size = client.api._result(client.api._get(url, params={"size": 1}), True).get("SizeRw") or 0
+                return size > spec.scratch_max_bytes
+
             with engine_errors(base_url):
                 return _supervise(lines=lines, on_output=on_output, should_cancel=should_cancel,
                                   timeout_s=spec.timeout_s, is_running=is_running, kill=kill,
-                                  close_stream=stream.close, started=started)
+                                  close_stream=stream.close, started=started, over_scratch=over_scratch)
         finally:
             stream.close()
             for reader in readers:
                 reader.join(timeout=5)
+
+
+def _stream_outputs(client, container_id: str, *, store: StoreOutput,
+                    max_bytes: int | None) -> tuple[int, int]:
+    """Streams the regular files of ``/workspace/outputs`` of a stopped container to ``store``,
+    reading the engine's tar as it arrives; returns (files, bytes). Raises OutputsOverCap as soon
+    as the sizes in the tar headers pass ``max_bytes`` (before that file is stored), DiskFull
+    when ``store`` hits a full disk; the stream is closed in every case, so removing the
+    container never waits on it."""
+    # docker-py's get_archive hands back a generator over the response and never closes it;
+    # here the response is ours, read as a file and closed on the way out.
+    url = client.api._url("/containers/{0}/archive", container_id)
+    response = client.api._get(url, params={"path": f"{WORKDIR}/outputs"}, stream=True,
+                               headers={"Accept-Encoding": "identity"})
+    try:
+        if response.status_code == 404:
+            return 0, 0
+        client.api._raise_for_status(response)
+        files = total = 0
+        with tarfile.open(fileobj=response.raw, mode="r|") as src:
+            for member in src:
+                name = member.name.removeprefix("./")
+                if not member.isfile() or not name.startswith("outputs/"):
+                    continue
+                try:
+                    rel = _archive.clean_relative_path(name[len("outputs/"):])
+                except _archive.UnsafePath:
+                    continue
+                total += member.size
+                if max_bytes is not None and total > max_bytes:
+                    raise OutputsOverCap(
+                        f"its outputs are over the cap of {_mib(max_bytes)} (at {rel}, {_mib(total)} so far): "
+                        "write less under outputs/, or raise the project's outputs cap")
+                try:
+                    store(rel, member.size, src.extractfile(member))
+                except OSError as exc:
+                    if exc.errno == errno.ENOSPC:
+                        raise DiskFull(f"disk full: the portal's storage has no room for its outputs "
+                                       f"(at {rel}); free space or ask an operator") from exc
+                    raise
+                files += 1
+        return files, total
+    finally:
+        response.close()
 
 
 def _copy_outputs(client, container_id: str, dest: Path) -> Path | None:

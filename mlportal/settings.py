@@ -10,6 +10,7 @@ import secrets
 from pathlib import Path
 
 import dj_database_url
+from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
 from mlportal.env import env_bool, env_choice, env_float, env_int, env_list, env_path, env_str
@@ -59,6 +60,7 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "csp",
     "workspaces",
     "runs",
     "registry",
@@ -67,6 +69,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "workspaces.middleware.BodySizeLimitMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -147,7 +150,8 @@ if (_NODE_MODULES / "chart.js" / "dist").is_dir():
 WHITENOISE_USE_FINDERS = True  # serve straight from the apps' static folders; no collectstatic step needed
 MEDIA_ROOT = DATA_DIR / "files"
 STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": MEDIA_ROOT}},
+    # FileSystemStorage that removes a partly written file and answers 507 when the disk is full.
+    "default": {"BACKEND": "workspaces.filestorage.PortalFileSystemStorage", "OPTIONS": {"location": MEDIA_ROOT}},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 if env_str("MLPORTAL_STORAGE") == "s3":  # a team with workers on several hosts (needs django-storages[s3])
@@ -179,6 +183,11 @@ MLPORTAL_RUN_TIMEOUT_MAX = env_int("MLPORTAL_RUN_TIMEOUT_MAX", 6 * 3600, minimum
 MLPORTAL_BUILD_TIMEOUT = env_int("MLPORTAL_BUILD_TIMEOUT", 1800, minimum=30)
 MLPORTAL_MAX_REPLICAS = env_int("MLPORTAL_MAX_REPLICAS", 8, minimum=1)
 MLPORTAL_LOG_MAX_BYTES = env_int("MLPORTAL_LOG_MAX_BYTES", 5 * 1024 * 1024, minimum=1024)
+# What a run may write: outputs/ (a project may set less), /tmp (a tmpfs), and the rest of its
+# container's writable layer beyond its outputs (the project folder, caches).
+MLPORTAL_RUN_OUTPUTS_MAX_MB = env_int("MLPORTAL_RUN_OUTPUTS_MAX_MB", 4096, minimum=1)
+MLPORTAL_RUN_TMP_MB = env_int("MLPORTAL_RUN_TMP_MB", 1024, minimum=16)
+MLPORTAL_RUN_SCRATCH_MB = env_int("MLPORTAL_RUN_SCRATCH_MB", 2048, minimum=16)
 MLPORTAL_LOST_AFTER_SECONDS = env_int("MLPORTAL_LOST_AFTER_SECONDS", 60, minimum=5)
 # Queued work (runs, builds) unclaimed this long is sent again (the broker may have lost it).
 MLPORTAL_REQUEUE_AFTER_SECONDS = env_int("MLPORTAL_REQUEUE_AFTER_SECONDS", 120, minimum=1)
@@ -284,6 +293,26 @@ SPECTACULAR_SETTINGS = {
 SESSION_COOKIE_HTTPONLY = True
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+# Content-Security-Policy (django-csp): scripts, styles, images, fonts and fetches from this origin
+# only; no inline script, inline style or event-handler attribute anywhere (templates hold markup,
+# behaviour lives in static/js/<page>.js). Violations are reported to /csp-report/ and logged by
+# mlportal.csp. report-uri, not report-to: Chromium ignores report-uri when report-to is present and
+# delivers report-to batches up to a minute late, so a violation would reach the log too late to see.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:"],  # data: for the icons in Swagger UI's style sheet
+        "font-src": [SELF],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+        "report-uri": ["/csp-report/"],
+    },
+}
 if PRODUCTION:
     SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
     SESSION_COOKIE_SECURE = True

@@ -134,7 +134,7 @@ def decode_text(data: bytes) -> str:
 
 # --- projects -------------------------------------------------------------------------------------
 
-def _check_settings(*, default_target=None, time_limit_s=None, memory_mb=None, cpus=None) -> dict:
+def _check_settings(*, default_target=None, time_limit_s=None, memory_mb=None, cpus=None, outputs_max_mb=None) -> dict:
     """Returns the given run settings checked and typed; raises PortalError naming the bad one."""
     out = {}
     if default_target is not None:
@@ -145,6 +145,7 @@ def _check_settings(*, default_target=None, time_limit_s=None, memory_mb=None, c
         "time_limit_s": (time_limit_s, int, 1, settings.MLPORTAL_RUN_TIMEOUT_MAX, "seconds"),
         "memory_mb": (memory_mb, int, 16, 1024 * 1024, "MiB"),
         "cpus": (cpus, float, 0.01, 256.0, "CPUs"),
+        "outputs_max_mb": (outputs_max_mb, int, 1, settings.MLPORTAL_RUN_OUTPUTS_MAX_MB, "MiB (the portal's maximum)"),
     }
     for name, (value, kind, low, high, unit) in limits.items():
         if value is None:
@@ -198,10 +199,12 @@ def project_create(
 def project_update_settings(
     *, project: Project, user, description: str | None = None, requirements: str | None = None,
     default_target: str | None = None, time_limit_s=None, memory_mb=None, cpus=None, allow_network: bool | None = None,
+    outputs_max_mb=None,
 ) -> Project:
     """Changes run settings; `requirements` rewrites the project's requirements.txt."""
     require_role(user=user, workspace=project.workspace, role=Role.CONTRIBUTOR)
-    values = _check_settings(default_target=default_target, time_limit_s=time_limit_s, memory_mb=memory_mb, cpus=cpus)
+    values = _check_settings(default_target=default_target, time_limit_s=time_limit_s, memory_mb=memory_mb, cpus=cpus,
+                             outputs_max_mb=outputs_max_mb)
     if description is not None:
         values["description"] = description[:5000]
     if allow_network is not None:

@@ -27,6 +27,7 @@ from compute.runner import RunSpec, list_containers, remove_container, run_in_do
 from mlportal_runtime import parse_line
 from runs import services
 from runs.models import Run, Target, requirement_lines
+from runs.outputs import OutputsWriter
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ HEARTBEAT_S = 2.0
 CANCEL_CHECK_S = 1.0
 # A chunk holds at most this many lines; a burst is split across several flushes' worth of rows.
 MAX_LINES_PER_CHUNK = 2000
+MIB = 1024 * 1024
 # Metric points are written in batches of this many rows; while this many wait unwritten, the
 # thread reading the script's output waits for the writer (the script then blocks on its stdout),
 # so a script printing a million points keeps the worker's memory flat instead of buffering them.
@@ -240,6 +242,8 @@ def _execute_script(run: Run, sink: RunSink, workdir: Path) -> dict:
         memory_mb=project.memory_mb, cpus=project.cpus, timeout_s=project.time_limit_s,
         network=project.allow_network, env={"MLPORTAL_RUN_ID": str(run.id), "MLPORTAL_RUN_NUMBER": str(run.number),
              "MLPORTAL_PROJECT_ID": str(run.project_id)},
+        outputs_max_bytes=project.outputs_cap_mb * MIB, tmp_mb=settings.MLPORTAL_RUN_TMP_MB,
+        scratch_max_bytes=(project.outputs_cap_mb + settings.MLPORTAL_RUN_SCRATCH_MB) * MIB,
     )
     command = " ".join(["python", run.script, *spec.args])
     sink.log(f"[mlportal] run {run}: {command} on target {run.target}")
@@ -258,11 +262,21 @@ def _execute_script(run: Run, sink: RunSink, workdir: Path) -> dict:
             if line != already_said:
                 sink.output(line)
 
-        result = run_in_docker(
-            spec, wheel_cache=settings.MLPORTAL_WHEEL_CACHE, on_output=on_output, should_cancel=sink.should_cancel,
-            on_container=lambda cid: services.run_set_container(run_id=run.id, container_id=cid),
-            workdir=workdir, base_url=settings.MLPORTAL_DOCKER_URL,
-        )
+        writer = OutputsWriter(run)
+        try:
+            result = run_in_docker(
+                spec, wheel_cache=settings.MLPORTAL_WHEEL_CACHE, on_output=on_output, should_cancel=sink.should_cancel,
+                on_container=lambda cid: services.run_set_container(run_id=run.id, container_id=cid),
+                workdir=workdir, base_url=settings.MLPORTAL_DOCKER_URL, store_output=writer.add,
+            )
+        except BaseException:
+            writer.abort()
+            raise
+        if result.outputs_failed:
+            writer.abort()  # all or nothing: a part of the outputs is not what the script made
+            outputs = []
+        else:
+            outputs = writer.commit()
     else:
         if not services.run_mark_running(run_id=run.id, image="local"):
             return {"status": Run.Status.CANCELED, "reason": "canceled before it started"}
@@ -270,7 +284,8 @@ def _execute_script(run: Run, sink: RunSink, workdir: Path) -> dict:
             spec, venv_root=settings.MLPORTAL_VENV_CACHE, wheel_cache=settings.MLPORTAL_WHEEL_CACHE,
             on_output=sink.output, should_cancel=sink.should_cancel, workdir=workdir,
         )
-    outputs = services.run_store_outputs(run=run, tar_path=result.outputs)
+    if run.target != Target.DOCKER:
+        outputs = services.run_store_outputs(run=run, tar_path=result.outputs)
     sink.log(f"[mlportal] run {result.status}{': ' + result.reason if result.reason else ''}"
              f" ({len(outputs)} output file{'s' if len(outputs) != 1 else ''}, {sink.metric_count} metric points)")
     return {"status": result.status, "reason": result.reason, "exit_code": result.exit_code, "oom": result.oom,
