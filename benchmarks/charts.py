@@ -118,9 +118,11 @@ def session_cookie(user) -> str:
 
 MEASURE = """() => {
   const entries = [performance.getEntriesByType('navigation')[0], ...performance.getEntriesByType('resource')];
+  const nav = entries[0], data = entries.find((e) => e.name.includes('/series/')) || {};
   return { bytes: entries.reduce((n, e) => n + (e.transferSize || 0), 0),
            files: entries.map((e) => [e.name.replace(location.origin, ''), e.transferSize]),
-           drawn: window.__drawnAt };
+           drawn: window.__drawnAt, html: nav.responseEnd, ready: nav.domContentLoadedEventEnd,
+           dataStart: data.startTime, dataEnd: data.responseEnd };
 }"""
 
 WATCH = """() => new Promise((resolve) => {
@@ -152,7 +154,7 @@ def main() -> int:
         key = session_cookie(user)
         from django.conf import settings
 
-        renders, sizes, files = [], [], []
+        renders, sizes, files, phases = [], [], [], []
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium", args=[
                 "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -169,6 +171,7 @@ def main() -> int:
                     if str(max_step) != str(args.points - 1):
                         raise SystemExit(f"the chart stopped at step {max_step}, not {args.points - 1}")
                     if i:
+                        phases.append(figures)
                         renders.append(figures["drawn"])
                         sizes.append(figures["bytes"])
                         files = figures["files"]
@@ -187,6 +190,10 @@ def main() -> int:
           f"(max {max(renders):.0f})  goal < {RENDER_GOAL_MS:.0f} ms: {'met' if render < RENDER_GOAL_MS else 'MISSED'}")
     print(f"  page + data over the wire: {size / 1024:.1f} KB  goal < {BYTES_GOAL // 1024} KB: "
           f"{'met' if size < BYTES_GOAL else 'MISSED'}")
+    med = lambda key: statistics.median(p[key] or 0 for p in phases)  # noqa: E731
+    print(f"  where the time goes (medians, ms from navigation start): HTML in {med('html'):.0f}, "
+          f"DOM ready {med('ready'):.0f}, series requested {med('dataStart'):.0f} and in {med('dataEnd'):.0f}, "
+          f"drawn {render:.0f}")
     for name, n in files:
         print(f"    {n / 1024:7.1f} KB  {name[:90]}")
     print(f"charts render_ms={render:.0f} kbytes={size / 1024:.1f}")

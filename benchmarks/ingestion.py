@@ -247,6 +247,9 @@ def bench_mlflow_server(points: int, series: int) -> dict | None:
     port = common.free_port()
     mlflow = str(python.parent / "mlflow")
     try:
+        # Its schema first: several server workers creating it at once break one another.
+        subprocess.run([mlflow, "db", "upgrade", f"sqlite:///{work}/mlflow.db"], env={**os.environ, "HOME": str(work)},
+                       check=True, capture_output=True, timeout=600)
         proc = start([mlflow, "server", "--backend-store-uri", f"sqlite:///{work}/mlflow.db", "--default-artifact-root",
                       str(work / "artifacts"), "--host", "127.0.0.1", "--port", str(port)],
                      {**os.environ, "HOME": str(work)}, port, "/health")
