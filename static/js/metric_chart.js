@@ -5,8 +5,8 @@
    <div data-module="metric-chart" data-sources='[{"url": "/api/v1/runs/<id>/series/", "label": ""}]'>
    After each draw the element carries data-state="drawn", data-series="<count>" and
    data-max-step="<largest step drawn>" (for people reading the DOM, and for tests).
-   Self-contained (no portal.js), so pages may load it async: it draws as soon as it and the data
-   are in, without waiting for the other scripts. */
+   The data is fetched exactly as the page's <link rel=preload as=fetch> asked for it, so the
+   request starts as soon as the HTML arrives. */
 (function () {
   "use strict";
   const COLORS = ["#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00", "#f0e442", "#000000",
@@ -204,18 +204,14 @@
     }
   }
 
-  function start() {
-    document.querySelectorAll("[data-module=metric-chart]").forEach((root) => {
-      if (root.chart) return;
-      root.chart = new MetricChart(root);
-      // A chart on a hidden tab has no width yet: draw again when its panel shows.
-      const panel = root.closest("[data-panel]");
-      if (panel) new MutationObserver(() => { if (!panel.hidden) root.chart.draw(); }).observe(panel, { attributes: true, attributeFilter: ["hidden"] });
-    });
+  function startOne(root) {
+    if (root.chart) return;
+    root.chart = new MetricChart(root);
+    // A chart on a hidden tab has no width yet: draw again when its panel shows.
+    const panel = root.closest("[data-panel]");
+    if (panel) new MutationObserver(() => { if (!panel.hidden) root.chart.draw(); }).observe(panel, { attributes: true, attributeFilter: ["hidden"] });
   }
+  function start() { document.querySelectorAll("[data-module=metric-chart]").forEach(startOne); }
   window.MLPortalCharts = { MetricChart, start };
-  // Loaded async at the end of the body: the chart elements above it are parsed already; start now,
-  // and once more at DOMContentLoaded for any that were not (start skips charts it has).
-  start();
-  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  MLPortal.register("metric-chart", startOne);
 })();
