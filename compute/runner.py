@@ -36,6 +36,7 @@ from compute.engine import (
     ENGINE_EXCEPTIONS,
     LABEL_ID,
     LABEL_KIND,
+    LABEL_PORTAL,
     BuildError,
     connect,
     engine_errors,
@@ -66,6 +67,7 @@ class RunSpec:
     timeout_s: int = 3600
     network: bool = False
     env: dict[str, str] = field(default_factory=dict)
+    portal: str = ""  # the portal instance's id, put on the container as LABEL_PORTAL
     # Bounds on what a run may write (None: unbounded): the total size of outputs/ copied back,
     # /tmp (a tmpfs of this size, charged to the run's memory too) and the container's writable
     # layer (the project folder and anything else outside /tmp), checked while it runs.
@@ -310,7 +312,8 @@ def run_in_docker(spec: RunSpec, *, wheel_cache: Path, on_output: Callable[[str]
                 user=RUN_USER,
                 working_dir=WORKDIR,
                 environment={**spec.env, "PYTHONUNBUFFERED": "1"},
-                labels={LABEL_KIND: "run", LABEL_ID: spec.run_id},
+                labels={LABEL_KIND: "run", LABEL_ID: spec.run_id,
+                        **({LABEL_PORTAL: spec.portal} if spec.portal else {})},
                 mem_limit=f"{spec.memory_mb}m",
                 memswap_limit=f"{spec.memory_mb}m",
                 nano_cpus=int(spec.cpus * 1e9),
@@ -471,11 +474,13 @@ def remove_container(container_id: str, *, base_url: str | None = None) -> None:
             pass
 
 
-def list_containers(kind: str, *, base_url: str | None = None) -> list[dict]:
-    """Returns the product's containers labelled ``mlportal.kind=<kind>``, stopped ones too:
+def list_containers(kind: str, *, base_url: str | None = None, portal: str | None = None) -> list[dict]:
+    """Returns the product's containers labelled ``mlportal.kind=<kind>`` (and, when ``portal`` is
+    given, ``mlportal.portal=<portal>``: that portal's only), stopped ones too:
     ``{"id", "name", "status", "labels", "running"}`` each."""
+    labels = [f"{LABEL_KIND}={kind}"] + ([f"{LABEL_PORTAL}={portal}"] if portal else [])
     with connect(base_url) as client:
-        found = client.api.containers(all=True, filters={"label": f"{LABEL_KIND}={kind}"})
+        found = client.api.containers(all=True, filters={"label": labels})
     return [
         {
             "id": item["Id"],
@@ -489,13 +494,34 @@ def list_containers(kind: str, *, base_url: str | None = None) -> list[dict]:
 
 
 # --- local process ------------------------------------------------------------------------------
+#
+# A local run is a process on the worker's host, so it gets what a container would not give it by
+# default: another user. The worker (root) prepares a private working copy owned by a dedicated
+# uid that owns nothing else, starts the process in its own network and mount namespaces with a
+# fresh tmpfs over /run (the Docker, PostgreSQL and Redis sockets live there), and the launcher
+# drops to that uid, with no supplementary groups, before the script's interpreter starts. The
+# data folder (0700), the worker's home and configuration are not readable by that uid; the
+# environment is built from scratch.
 
-def _venv_for(requirements: list[str], *, venv_root: Path, wheel_cache: Path,
+
+@dataclass
+class LocalSandbox:
+    """Where and as whom local runs execute. ``root`` holds the virtualenvs (readable by all) and
+    the per-run working copies (0700, owned by ``uid``); it must lie outside the data folder.
+    ``python`` is an interpreter the run user may execute (the worker's may sit in a home folder
+    it cannot enter)."""
+
+    uid: int
+    root: Path
+    python: str
+
+
+def _venv_for(requirements: list[str], *, venv_root: Path, wheel_cache: Path, python: str,
               on_output: Callable[[str], None]) -> Path:
-    """Returns a virtualenv holding ``requirements``, made once per requirement set (and
-    Python version) under ``venv_root`` and reused after."""
+    """Returns a virtualenv of ``python`` holding ``requirements``, made once per requirement set
+    (and interpreter) under ``venv_root`` and reused after."""
     reqs = normalise_requirements(requirements)
-    key = hashlib.sha256("\n".join([sys.version, *reqs]).encode()).hexdigest()[:16]
+    key = hashlib.sha256("\n".join([python, _python_version(python), *reqs]).encode()).hexdigest()[:16]
     venv = venv_root / key
     ready = venv / ".mlportal-ready"
     if ready.exists():
@@ -507,15 +533,26 @@ def _venv_for(requirements: list[str], *, venv_root: Path, wheel_cache: Path,
         on_output(f"[prepare] creating virtualenv {venv}")
         wheels = ensure_wheels(reqs, cache_dir=wheel_cache,
                                log=lambda line: on_output(f"[prepare] {line}"))
-        _check_call([sys.executable, "-m", "venv", "--without-pip", str(venv)], on_output)
+        _check_call([python, "-m", "venv", "--without-pip", str(venv)], on_output)
         if wheels:
             # The portal's own pip installs into the new venv (--python), offline, exactly the
-            # wheels the resolver chose.
+            # wheels the resolver chose (wheels only: no package code runs while installing).
             _check_call([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"),
-                         "install", "--no-index", "--no-deps", "--no-cache-dir",
+                         "install", "--no-index", "--no-deps", "--no-cache-dir", "--only-binary", ":all:",
                          *map(str, wheels)], on_output, env=offline_pip_env())
         ready.write_text("\n".join(reqs) + "\n")
     return venv
+
+
+_versions: dict[str, str] = {}
+
+
+def _python_version(python: str) -> str:
+    if python not in _versions:
+        done = subprocess.run([python, "-c", "import sys; print(sys.version)"], capture_output=True, text=True,
+                              timeout=30)
+        _versions[python] = done.stdout.strip()
+    return _versions[python]
 
 
 def _check_call(cmd: list[str], on_output: Callable[[str], None], env=None) -> None:
@@ -528,44 +565,84 @@ def _check_call(cmd: list[str], on_output: Callable[[str], None], env=None) -> N
                          log_tail=(proc.stdout + proc.stderr)[-4000:])
 
 
-# Sets the address-space limit and the CPUs the script may use (the first ceil(cpus) of those the
-# worker may use), then becomes the script's interpreter (exec keeps both). A launcher instead of
-# preexec_fn, which is unsafe in a threaded worker.
-_LIMIT_AND_EXEC = (
-    "import math, os, resource, sys\n"
-    "limit, cpus = int(sys.argv[1]), float(sys.argv[2])\n"
+def python_for_user(uid: int, candidates: Iterable[str]) -> str | None:
+    """Returns the first interpreter of ``candidates`` (same minor version as the worker's) that a
+    process of ``uid`` with no groups can execute, every folder on its way included; None if none."""
+    want = f"{sys.version_info.major}.{sys.version_info.minor}"
+    for candidate in candidates:
+        if not candidate:
+            continue
+        path = Path(candidate)
+        try:
+            real = path.resolve(strict=True)
+        except OSError:
+            continue
+        if not all(_others_may(p, 0o001) for p in [*real.parents]) or not _others_may(real, 0o005):
+            continue
+        if not all(_others_may(p, 0o001) for p in path.parents):
+            continue
+        done = subprocess.run([str(path), "-c", "import sys; print(f'{sys.version_info[0]}.{sys.version_info[1]}')"],
+                              capture_output=True, text=True, timeout=30)
+        if done.returncode == 0 and done.stdout.strip() == want:
+            return str(path)
+    return None
+
+
+def _others_may(path: Path, bits: int) -> bool:
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return mode & bits == bits
+
+
+# Runs as root inside the run's network and mount namespaces: hides /run (sockets) under a fresh
+# tmpfs, sets the limits, leaves every group and becomes the run's uid, then becomes the script's
+# interpreter (exec keeps the limits). A launcher instead of preexec_fn, which is unsafe in a
+# threaded worker. Any failure before the exec ends the launcher with code 126, saying why.
+_LAUNCHER = (
+    "import ctypes, math, os, resource, sys\n"
+    "limit, cpus, offset, uid, nproc = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])\n"
     "try:\n"
+    "    libc = ctypes.CDLL(None, use_errno=True)\n"
+    "    for folder in ('/run', '/var/run', '/dev/shm'):\n"
+    "        if os.path.isdir(folder) and not os.path.islink(folder):\n"
+    "            if libc.mount(b'tmpfs', folder.encode(), b'tmpfs', 0, b'mode=755,size=1m') != 0:\n"
+    "                raise OSError(ctypes.get_errno(), 'mount tmpfs on ' + folder)\n"
     "    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))\n"
-    "except (ValueError, OSError):\n"
-    "    pass\n"
-    "mine = sorted(os.sched_getaffinity(0))\n"
-    "want = max(1, math.ceil(cpus))\n"
-    "if want < len(mine):  # a window of the worker's CPUs, starting where the run's offset says\n"
-    "    start = int(sys.argv[3]) % len(mine)\n"
-    "    os.sched_setaffinity(0, [mine[(start + i) % len(mine)] for i in range(want)])\n"
-    "os.execv(sys.argv[4], sys.argv[4:])\n"
+    "    resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))\n"
+    "    mine = sorted(os.sched_getaffinity(0))\n"
+    "    want = max(1, math.ceil(cpus))\n"
+    "    if want < len(mine):  # a window of the worker's CPUs, starting where the run's offset says\n"
+    "        start = offset % len(mine)\n"
+    "        os.sched_setaffinity(0, [mine[(start + i) % len(mine)] for i in range(want)])\n"
+    "    os.setgroups([])\n"
+    "    os.setresgid(uid, uid, uid)\n"
+    "    os.setresuid(uid, uid, uid)\n"
+    "    if os.getuid() != uid or os.geteuid() != uid or os.getgroups():\n"
+    "        raise OSError('the privileges did not drop')\n"
+    "except OSError as exc:\n"
+    "    sys.stderr.write(f'[mlportal] cannot isolate the local run: {exc}\\n')\n"
+    "    sys.exit(126)\n"
+    "os.execv(sys.argv[6], sys.argv[6:])\n"
 )
 
 _isolation: tuple[str, ...] | None = None
 
 
-def network_isolation_prefix() -> tuple[str, ...] | None:
-    """The command prefix that starts a process in a network namespace of its own (only a
-    loopback, down): ``unshare --net --map-root-user``, when util-linux's unshare is there and
-    this worker may create namespaces (as root, or with unprivileged user namespaces; a container
-    under Docker's default seccomp profile may not). None otherwise. Only a success is
-    remembered, so a probe that failed on a busy moment is tried again next time.
-
-    A network namespace cuts TCP/IP only: Unix sockets the process can open on the filesystem
-    (a mounted Docker socket, a database socket) stay reachable, as for any local process of the
-    worker's user. Untrusted code belongs on target docker."""
+def isolation_prefix() -> tuple[str, ...] | None:
+    """The command prefix that starts a process in network and mount namespaces of its own
+    (``unshare --net --mount --propagation private``), when util-linux's unshare is there and this
+    worker is root and may create namespaces (a container under Docker's default seccomp profile
+    may not). None otherwise. Only a success is remembered, so a probe that failed on a busy
+    moment is tried again next time."""
     global _isolation
     if _isolation is not None:
         return _isolation
     unshare = shutil.which("unshare")
-    if unshare is None:
+    if unshare is None or os.geteuid() != 0:
         return None
-    prefix = (unshare, "--net", "--map-root-user", "--")
+    prefix = (unshare, "--net", "--mount", "--propagation", "private", "--")
     try:
         done = subprocess.run([*prefix, "true"], capture_output=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
@@ -582,35 +659,51 @@ def _chunks(stream, number: int):
             yield number, chunk
 
 
-def run_local(spec: RunSpec, *, venv_root: Path, wheel_cache: Path,
+def _private_dir(path: Path, mode: int = 0o755) -> Path:
+    """Makes ``path`` (and parents) as root with ``mode``; refuses one that is a symlink or
+    belongs to someone else (a run user must not plant it)."""
+    path.mkdir(parents=True, exist_ok=True)
+    info = path.lstat()
+    if path.is_symlink() or info.st_uid != os.geteuid():
+        raise BuildError(f"{path} is not a folder of the worker's own: remove it", step="prepare local run")
+    path.chmod(mode)
+    return path
+
+
+def _chown_tree(root: Path, uid: int) -> None:
+    os.chown(root, uid, uid, follow_symlinks=False)
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            os.chown(Path(folder) / name, uid, uid, follow_symlinks=False)
+
+
+def run_local(spec: RunSpec, *, sandbox: LocalSandbox, wheel_cache: Path,
               on_output: Callable[[str], None], should_cancel: Callable[[], bool],
               workdir: Path) -> RunResult:
-    """Runs ``spec`` as a local process in a cached virtualenv and returns the result.
+    """Runs ``spec`` as a local process of ``sandbox.uid`` in a cached virtualenv and returns the result.
 
-    The snapshot is extracted into a fresh folder under ``workdir`` (removed afterwards; the
-    outputs tar stays at ``workdir/outputs.tar``). The process gets a minimal environment (PATH,
-    HOME, LANG, PYTHONPATH with the runtime packages, PYTHONUNBUFFERED and ``spec.env``; nothing
-    of the portal's own), its own process group (killed whole on timeout or cancel) and an
-    address-space limit of ``memory_mb``, at most ``ceil(cpus)`` CPUs (affinity) and, unless
-    ``network``, a network namespace of its own (see network_isolation_prefix; a run that needs
-    isolation on a worker that cannot provide it fails before it starts, saying so). ``pids`` is
-    not enforced locally (RLIMIT_NPROC counts every process of the worker's user). Raises
-    ValueError for an unusable spec."""
+    The snapshot is extracted into a private working copy under ``sandbox.root`` (0700, owned by
+    the run's uid; removed afterwards; the outputs tar lands at ``workdir/outputs.tar``). The
+    process gets only PATH, HOME, LANG, PYTHONPATH (the runtime packages), PYTHONUNBUFFERED and
+    ``spec.env``; its own process group (killed whole on timeout or cancel); network and mount
+    namespaces of its own with /run hidden, unless ``network`` (then the host's network, /run
+    still hidden); an address-space limit of ``memory_mb``, at most ``pids`` processes of its uid,
+    and at most ``ceil(cpus)`` CPUs. A worker that cannot provide this (not root, no unshare) fails
+    the run before it starts, saying so. Raises ValueError for an unusable spec."""
     _check_spec(spec)
-    prefix: tuple[str, ...] = ()
-    if not spec.network:  # checked before the environment is prepared, which may take minutes
-        isolation = network_isolation_prefix()
-        if isolation is None:
-            reason = ("the local target cannot cut this run off the network on this worker (no 'unshare', or "
-                      "namespaces are not allowed): use target docker, or allow network in the project's run settings")
-            on_output(f"[mlportal] error: {reason}")
-            return RunResult("failed", None, reason, False, None, "local")
-        prefix = isolation
+    isolation = isolation_prefix()
+    if isolation is None:
+        reason = ("this worker cannot isolate local runs (it must run as root, with util-linux's unshare and "
+                  "namespaces allowed, to start them as an unprivileged user): use target docker")
+        on_output(f"[mlportal] error: {reason}")
+        return RunResult("failed", None, reason, False, None, "local")
+    prefix = isolation if not spec.network else (isolation[0], "--mount", "--propagation", "private", "--")
     workdir.mkdir(parents=True, exist_ok=True)
-    venv_root.mkdir(parents=True, exist_ok=True)
     try:
-        venv = _venv_for(spec.requirements, venv_root=venv_root, wheel_cache=wheel_cache,
-                         on_output=on_output)
+        _private_dir(sandbox.root)
+        venv = _venv_for(spec.requirements, venv_root=_private_dir(sandbox.root / "venvs"), wheel_cache=wheel_cache,
+                         python=sandbox.python, on_output=on_output)
+        work_root = _private_dir(sandbox.root / "work", 0o711)
     except BuildError as exc:
         on_output(f"[prepare] error: {exc}")
         return RunResult("failed", None, f"environment preparation failed: {exc}", False, None,
@@ -619,7 +712,7 @@ def run_local(spec: RunSpec, *, venv_root: Path, wheel_cache: Path,
     if should_cancel():
         return RunResult("canceled", None, "canceled", False, None, image)
 
-    scratch = Path(tempfile.mkdtemp(prefix="run-", dir=workdir))
+    scratch = Path(tempfile.mkdtemp(prefix="run-", dir=work_root))
     try:
         project, home, lib = scratch / "workspace", scratch / "home", scratch / "lib"
         for folder in (project, home, lib):
@@ -629,6 +722,8 @@ def run_local(spec: RunSpec, *, venv_root: Path, wheel_cache: Path,
             shutil.copytree(root, lib / root.name,
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         shutil.copyfile(runtime_site_file(), lib / "sitecustomize.py")  # the mlflow shim, after site-packages
+        _chown_tree(scratch, sandbox.uid)
+        scratch.chmod(0o700)
         env = {
             "PATH": f"{venv / 'bin'}:/usr/local/bin:/usr/bin:/bin",
             "HOME": str(home),
@@ -641,8 +736,9 @@ def run_local(spec: RunSpec, *, venv_root: Path, wheel_cache: Path,
         }
         python = str(venv / "bin" / "python")
         proc = subprocess.Popen(
-            [*prefix, python, "-c", _LIMIT_AND_EXEC, str(spec.memory_mb * 1024 * 1024), str(spec.cpus),
-             str(int(hashlib.sha256(spec.run_id.encode()).hexdigest()[:8], 16)), python, spec.script, *spec.args],
+            [*prefix, python, "-c", _LAUNCHER, str(spec.memory_mb * 1024 * 1024), str(spec.cpus),
+             str(int(hashlib.sha256(spec.run_id.encode()).hexdigest()[:8], 16)), str(sandbox.uid), str(spec.pids),
+             python, spec.script, *spec.args],
             cwd=project, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, start_new_session=True,
         )
@@ -682,4 +778,3 @@ def run_local(spec: RunSpec, *, venv_root: Path, wheel_cache: Path,
                            timeout_s=spec.timeout_s, outputs=outputs, image=image)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-

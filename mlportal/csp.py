@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -23,6 +25,9 @@ logger = logging.getLogger("mlportal.csp")
 MAX_REPORT_BYTES = 64 * 1024
 MAX_REPORTS_PER_REQUEST = 20
 MAX_FIELD_CHARS = 300
+# Log lines per minute and process: a page in a loop (or a client posting forged reports) must not
+# fill the disk. Beyond it reports are counted, and the count is logged once the minute is over.
+MAX_LOGGED_PER_MINUTE = 60
 
 # The fields worth a log line, under their report-uri (CSP2) and Reporting API (CSP3) names.
 FIELDS = (
@@ -34,6 +39,34 @@ FIELDS = (
     ("sample", ("script-sample", "sample")),
     ("disposition", ("disposition",)),
 )
+
+
+class _LogBudget:
+    """How many report lines may still be logged in the current minute (thread-safe)."""
+
+    def __init__(self, per_minute: int, clock=time.monotonic) -> None:
+        self.per_minute = per_minute
+        self.clock = clock
+        self.lock = threading.Lock()
+        self.window = 0
+        self.used = 0
+        self.dropped = 0
+
+    def take(self) -> tuple[bool, int]:
+        """(may log one more line, reports dropped in the window that just ended)."""
+        with self.lock:
+            window = int(self.clock() // 60)
+            ended_dropped = 0
+            if window != self.window:
+                ended_dropped, self.window, self.used, self.dropped = self.dropped, window, 0, 0
+            if self.used < self.per_minute:
+                self.used += 1
+                return True, ended_dropped
+            self.dropped += 1
+            return False, ended_dropped
+
+
+log_budget = _LogBudget(MAX_LOGGED_PER_MINUTE)
 
 
 def _error(status: int, code: str, message: str) -> JsonResponse:
@@ -76,7 +109,8 @@ def parse_reports(body: bytes) -> list[dict[str, str]]:
 @csrf_exempt  # browsers send reports on their own, without the page's CSRF token or cookies
 def csp_report(request: HttpRequest) -> HttpResponse:
     """POST /csp-report/: logs each Content-Security-Policy violation a browser reports (logger
-    `mlportal.csp`, level WARNING) and answers 204; a body that is not a report answers 400."""
+    `mlportal.csp`, level WARNING; at most MAX_LOGGED_PER_MINUTE lines a minute, then a count) and
+    answers 204; a body that is not a report answers 400, one over MAX_REPORT_BYTES 413."""
     if request.method != "POST":
         return _error(405, "method_not_allowed", "Send CSP violation reports with POST.")
     length = request.headers.get("Content-Length") or "0"
@@ -87,8 +121,12 @@ def csp_report(request: HttpRequest) -> HttpResponse:
     except (ValueError, UnicodeDecodeError, AttributeError) as exc:
         return _error(400, "invalid_report", f"Not a CSP violation report: {exc}")
     for report in reports:
-        logger.warning("CSP violation: %s", " ".join(f"{k}={v}" for k, v in report.items()),
-                       extra={"csp_report": report})
+        allowed, dropped = log_budget.take()
+        if dropped:
+            logger.warning("CSP violation: %d more reports in the last minute were not logged", dropped)
+        if allowed:
+            logger.warning("CSP violation: %s", " ".join(f"{k}={v}" for k, v in report.items()),
+                           extra={"csp_report": report})
     return HttpResponse(status=204)
 
 

@@ -106,7 +106,8 @@ def retention_apply(*, workspace_id=None) -> dict:
     Returns {"runs": n, "images": n, "bytes": freed, "layers": n, "layer_bytes": freed, "errors": [...]}."""
     from compute.engine import EngineError
     from compute.images import prune_dangling
-    from deployments.services import LABEL_PORTAL, portal_instance
+    from deployments.services import LABEL_PORTAL
+    from workspaces.instance import portal_instance
 
     now = timezone.now()
     summary = {"runs": 0, "images": 0, "bytes": 0, "layers": 0, "layer_bytes": 0, "errors": []}

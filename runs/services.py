@@ -15,6 +15,7 @@ import secrets
 import stat
 import tarfile
 import tempfile
+import time
 import uuid
 import zipfile
 from collections.abc import Iterable, Iterator
@@ -143,8 +144,9 @@ def _check_settings(*, default_target=None, time_limit_s=None, memory_mb=None, c
         out["default_target"] = default_target
     limits = {
         "time_limit_s": (time_limit_s, int, 1, settings.MLPORTAL_RUN_TIMEOUT_MAX, "seconds"),
-        "memory_mb": (memory_mb, int, 16, 1024 * 1024, "MiB"),
-        "cpus": (cpus, float, 0.01, 256.0, "CPUs"),
+        "memory_mb": (memory_mb, int, 16, settings.MLPORTAL_RUN_MAX_MEMORY_MB,
+                      "MiB (the portal's maximum, MLPORTAL_RUN_MAX_MEMORY_MB)"),
+        "cpus": (cpus, float, 0.01, settings.MLPORTAL_RUN_MAX_CPUS, "CPUs (the portal's maximum, MLPORTAL_RUN_MAX_CPUS)"),
         "outputs_max_mb": (outputs_max_mb, int, 1, settings.MLPORTAL_RUN_OUTPUTS_MAX_MB, "MiB (the portal's maximum)"),
     }
     for name, (value, kind, low, high, unit) in limits.items():
@@ -154,6 +156,8 @@ def _check_settings(*, default_target=None, time_limit_s=None, memory_mb=None, c
             number = kind(value)
         except (TypeError, ValueError):
             raise PortalError(f"{name} must be a number, not {str(value)[:40]!r}.", fields={name: "Not a number."}) from None
+        if number != number or number in (float("inf"), float("-inf")):
+            raise PortalError(f"{name} must be a finite number.", fields={name: "Not a finite number."})
         if not low <= number <= high:
             message = f"{name} must be between {low} and {high} {unit}; {number} is not."
             raise PortalError(message, fields={name: message})
@@ -237,12 +241,19 @@ def project_delete(*, project: Project, user) -> None:
 
 
 def _sync_requirements(project: Project) -> None:
-    """Copies requirements.txt into project.requirements (empty when the file is gone)."""
+    """Copies requirements.txt into project.requirements (empty when the file is gone), checked at
+    the door with the manifests' rules (package names and versions only: no pip options such as
+    ``--index-url``, no URLs or paths); PortalError naming the line otherwise, which undoes the
+    write it is part of."""
+    from registry.services import parse_requirements
+
     row = project.files.filter(path="requirements.txt").first()
     text = ""
     if row is not None:
         with open_blob(row.storage_name) as handle:
-            text = decode_text(handle.read(256 * 1024))
+            raw = handle.read(256 * 1024 + 1)
+        parse_requirements(raw)
+        text = decode_text(raw)
     if text != project.requirements:
         project.requirements = text
         project.save(update_fields=["requirements", "updated_at"])
@@ -485,11 +496,19 @@ def _add_project_files(tar: tarfile.TarFile, rows: Iterable[ProjectFile]) -> Non
 
 # --- runs: submit, prepare, cancel ----------------------------------------------------------------
 
+LOCAL_RUNS_OFF = ("Local runs are off in workspace '{workspace}': they run code on the worker's host, so only a portal "
+                  "administrator can allow them (MLPORTAL_LOCAL_RUNS=on, then Admin → Workspaces → local runs allowed). "
+                  "Use target docker.")
+
+
 def _check_target(target: str | None, project: Project) -> str:
     target = target or project.default_target
     if target not in Target.values:
         message = f"Unknown compute target {target!r}: use docker or local."
         raise PortalError(message, code="unknown_target", fields={"target": message})
+    if target == Target.LOCAL and not project.workspace.local_runs_enabled:
+        message = LOCAL_RUNS_OFF.format(workspace=project.workspace.name)
+        raise PortalError(message, code="local_runs_off", fields={"target": message})
     return target
 
 
@@ -511,14 +530,20 @@ def _next_number(project: Project) -> int:
 
 
 def _create_run(**fields) -> Run:
-    """Creates the Run with the project's next number, retrying when a parallel submit took it."""
+    """Creates the Run with the project's next number. Submits into one project queue on the
+    project's row (NO KEY UPDATE: inserts that only point at it are not held up), so each takes the
+    next number in turn; should two still meet, the unique constraint lets one win and the other
+    retries; after that a 409 asks to try again (never a 500)."""
+    project = fields["project"]
     for attempt in range(5):
         try:
             with transaction.atomic():
-                return Run.objects.create(number=_next_number(fields["project"]), **fields)
+                list(Project.objects.select_for_update(no_key=True).filter(pk=project.pk).values_list("pk", flat=True))
+                return Run.objects.create(number=_next_number(project), **fields)
         except IntegrityError:
             if attempt == 4:
-                raise
+                raise Conflict("Too many runs are being submitted to this project at once: try again.") from None
+            time.sleep(0.05 * (attempt + 1))
     raise AssertionError("unreachable")
 
 

@@ -67,7 +67,7 @@ def test_runs_logs_and_outputs_past_the_policy_are_deleted_files_and_rows(owner,
 
 
 def _build(client, tag: str, *, portal: str | None = None, content: str) -> str:
-    from deployments.services import portal_instance
+    from workspaces.instance import portal_instance
 
     label = f'LABEL mlportal.kind="image" mlportal.portal="{portal or portal_instance()}"\n'
     dockerfile = f"FROM python:3.11-slim\n{label}RUN echo '{content}' > /marker\n".encode()

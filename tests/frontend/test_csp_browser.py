@@ -17,8 +17,11 @@ from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.integration]
 
-METRICS_SCRIPT = b"""from mlportal_runtime import get_logger
+METRICS_SCRIPT = b"""import os
+from mlportal_runtime import get_logger
 log = get_logger()
+os.makedirs("outputs", exist_ok=True)
+open("outputs/metrics.txt", "w").write("loss and accuracy per epoch")
 for step in range(8):
     print(f"epoch {step}", flush=True)
     log.log("loss", 1.0 / (step + 1), step=step)
@@ -30,6 +33,14 @@ ADMIN_PASSWORD = "admin-pw-for-csp-1"
 def assert_strict_policy(response) -> None:
     policy = response.headers.get("content-security-policy", "")
     assert "script-src 'self'" in policy and "unsafe-inline" not in policy, (response.url, policy)
+
+
+def click_every_tab(page) -> None:
+    """Opens each tab of the page in turn (so a tab added later is walked too), then the first again."""
+    names = page.eval_on_selector_all("[role=tab]", "(tabs) => tabs.map((t) => t.dataset.tab)")
+    for name in names[1:] + names[:1]:
+        page.click(f"[role=tab][data-tab={name}]")
+        assert page.locator(f"[role=tab][data-tab={name}]").get_attribute("aria-selected") == "true"
 
 
 def visit(page, url: str):
@@ -61,8 +72,10 @@ def test_every_main_page_runs_under_the_policy_without_a_violation(
     for path in ("/", "/projects/", f"/projects/{project.pk}/", "/runs/", "/models/", f"/models/{model_id}/",
                  "/manifests/", f"/manifests/{manifest_id}/", "/images/", "/services/", "/environments/",
                  "/environments/local/", "/activity/", "/tokens/", "/workspaces/", "/workspaces/team/", "/healthz",
-                 f"/runs/compare/?ids={first.pk}&ids={second.pk}", "/password/"):
+                 f"/runs/compare/?ids={first.pk}&ids={second.pk}", "/password/", "/models/register/",
+                 "/manifests/new/", "/services/new/", f"/runs/{first.pk}/outputs/metrics.txt?preview=1"):
         visit(page, base + path)
+        click_every_tab(page)
     page.goto(f"{base}/runs/compare/?ids={first.pk}&ids={second.pk}")
     page.wait_for_function("() => document.querySelector('[data-testid=compare-chart]').dataset.state === 'drawn'")
 
@@ -101,6 +114,7 @@ def test_every_main_page_runs_under_the_policy_without_a_violation(
     page.wait_for_function("() => document.getElementById('m-requests').textContent !== '—'", timeout=15_000)
     assert page.evaluate("() => !!Chart.getChart(document.getElementById('metrics-chart'))")
     page.click("button[data-tab=history]")
+    click_every_tab(page)
 
     # Swagger UI: its bundle, its start-up script (a file of its own) and the schema it renders.
     visit(page, f"{base}/api/v1/docs/")

@@ -100,3 +100,19 @@ def test_an_oversized_report_answers_413_and_get_answers_405(client):
     assert response.status_code == 413 and response.json()["error"]["code"] == "too_large"
     response = client.get("/csp-report/")
     assert response.status_code == 405 and "POST" in response.json()["error"]["message"]
+
+
+def test_a_flood_of_reports_is_logged_up_to_the_budget_then_counted(client, caplog, monkeypatch):
+    from mlportal import csp
+
+    clock = [600.0]
+    monkeypatch.setattr(csp, "log_budget", csp._LogBudget(3, clock=lambda: clock[0]))
+    with caplog.at_level(logging.WARNING, logger="mlportal.csp"):
+        for _ in range(10):
+            assert client.post("/csp-report/", report_body(), content_type="application/csp-report").status_code == 204
+        clock[0] += 60  # the next minute: the count of what was dropped, then logging again
+        client.post("/csp-report/", report_body(), content_type="application/csp-report")
+    messages = [r.getMessage() for r in caplog.records if r.name == "mlportal.csp"]
+    assert len(messages) == 5, messages
+    assert messages[3] == "CSP violation: 7 more reports in the last minute were not logged"
+    assert "directive=script-src-elem" in messages[4]

@@ -63,10 +63,11 @@ def test_a_runs_list_with_twelve_metric_columns_scrolls_inside_its_card(
 
 
 def test_under_900_px_the_side_navigation_folds_into_an_icon_rail(live_server, watched_page, owner, workspace):
-    run_services.project_create(workspace=workspace, name="narrow", user=owner, template="churn")
+    project = run_services.project_create(workspace=workspace, name="narrow", user=owner, template="churn")
     page, problems = watched_page(owner, viewport={"width": 800, "height": 700})
-    for path in ("/", "/projects/", "/runs/", "/models/", "/services/", "/environments/", "/activity/", "/tokens/"):
-        page.goto(live_server.url + path)
+    for path in ("/", "/projects/", f"/projects/{project.pk}/", "/runs/", "/models/", "/services/", "/environments/",
+                 "/activity/", "/tokens/", "/workspaces/team/"):
+        assert page.goto(live_server.url + path).status == 200, path
         rail = page.evaluate("""() => ({nav: document.querySelector("nav.sidenav").getBoundingClientRect().width,
                                        label: document.querySelector("nav.sidenav .nav-label").getBoundingClientRect().width,
                                        document: document.documentElement.scrollWidth, window: window.innerWidth})""")
