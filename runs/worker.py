@@ -86,9 +86,13 @@ class RunSink:
                 self._lines.append(line)
                 return
             kind, data = parsed
-            if kind == "metric":
-                self._metrics.append(data)
-                self.metric_count += 1
+            if kind in ("metric", "metrics"):
+                if kind == "metric":
+                    self._metrics.append(data)
+                    self.metric_count += 1
+                else:
+                    self._metrics.extend(data)
+                    self.metric_count += len(data)
                 if len(self._metrics) >= MAX_PENDING_METRICS:
                     self._wake.set()
                     while len(self._metrics) >= METRIC_BATCH and not self._stop.is_set() and self._thread.is_alive():
