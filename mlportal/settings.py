@@ -246,6 +246,20 @@ MLPORTAL_REQUEUE_AFTER_SECONDS = env_int("MLPORTAL_REQUEUE_AFTER_SECONDS", 120, 
 # How often the maintenance worker's beat runs the sweeps (lost runs, lost work, reconcile).
 MLPORTAL_SWEEP_INTERVAL_SECONDS = env_int("MLPORTAL_SWEEP_INTERVAL_SECONDS", 30, minimum=1)
 
+# --- model scanning (registry.scanning: every registered model file, by its opcodes) ---------
+# Packages ("mypackage") or single globals ("mymodule:MyClass") added to the built-in allow list of
+# model libraries; the deny list (os, subprocess, eval, …) always wins.
+MLPORTAL_SCAN_ALLOW = env_list("MLPORTAL_SCAN_ALLOW", [])
+try:
+    from registry.scanning import parse_allow as _parse_allow
+
+    _parse_allow(MLPORTAL_SCAN_ALLOW)
+except ValueError as _exc:
+    raise ImproperlyConfigured(f"MLPORTAL_SCAN_ALLOW: {_exc}") from None
+MLPORTAL_SCAN_MAX_BYTES = env_int("MLPORTAL_SCAN_MAX_BYTES", 1024 * 1024 * 1024, minimum=1024)
+MLPORTAL_SCAN_MAX_MEMBERS = env_int("MLPORTAL_SCAN_MAX_MEMBERS", 1000, minimum=1)
+MLPORTAL_SCAN_MAX_OPCODES = env_int("MLPORTAL_SCAN_MAX_OPCODES", 5_000_000, minimum=1000)
+
 # --- Celery ---------------------------------------------------------------------------------
 _BROKER_DIR = DATA_DIR / "broker"
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")

@@ -156,6 +156,8 @@ def service_create(ctx: Context):
     for key in ("model_name", "environment", "replicas", "cpus", "memory_mb"):
         if ctx.arg(key) is not None:
             data[key] = str(ctx.arg(key))
+    if ctx.arg("confirm_unknown"):
+        data["confirm_unknown"] = "true"
     names = {"score_file": "score.py", "schema_file": "service_schema.json", "requirements_file": "requirements.txt"}
     ctx.progress(f"Creating service {data['name']}: register the model, create the manifest, build the image, "
                  "start the service.")
@@ -342,6 +344,8 @@ def register(subparsers) -> None:
     parser.add_argument("-p", "--requirements", "--pip-requirements", dest="requirements", metavar="FILE",
                         help="requirements.txt of score.py")
     parser.add_argument("--model-name", metavar="NAME", help="register the model under NAME (default: the file's name)")
+    parser.add_argument("--confirm-unknown", action="store_true",
+                        help="take the model file even if its scan finds unknown globals or cannot finish")
     parser.add_argument("--environment", metavar="ENV", help="where to run it (default: your active environment)")
     parser.add_argument("-z", "--replicas", type=int, metavar="N", help="number of replicas (default 1)")
     parser.add_argument("--cpus", type=float, help="CPU limit per replica (default 1)")
