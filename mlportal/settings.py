@@ -194,6 +194,8 @@ if env_str("MLPORTAL_STORAGE") == "s3":  # a team with workers on several hosts 
 MLPORTAL_MAX_BODY_BYTES = env_int("MLPORTAL_MAX_BODY_BYTES", 2 * 1024 * 1024, minimum=1024)
 MLPORTAL_MAX_UPLOAD_BYTES = env_int("MLPORTAL_MAX_UPLOAD_BYTES", 512 * 1024 * 1024, minimum=1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MLPORTAL_MAX_BODY_BYTES
+# Seconds a scoring request may run inside a service container before it answers 504 (0: no limit).
+MLPORTAL_SCORING_TIMEOUT_SECONDS = env_float("MLPORTAL_SCORING_TIMEOUT_SECONDS", 60.0, minimum=0)
 # JSON bodies nested deeper than this answer 400 (see workspaces.middleware.JsonDepthMiddleware).
 MLPORTAL_MAX_JSON_DEPTH = env_int("MLPORTAL_MAX_JSON_DEPTH", 64, minimum=8)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024

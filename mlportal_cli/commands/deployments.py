@@ -16,6 +16,7 @@ from mlportal_cli.client import ApiError, CliError
 from mlportal_cli.commands.registry import follow_image_log, image_failed
 from mlportal_cli.context import Context, UsageError, add_command, add_group
 from mlportal_cli.output import Result, columns
+from mlportal_runtime.logsafe import escape_controls
 
 WAIT_POLL_SECONDS = 1.0
 NOTICE_SECONDS = 10  # while waiting on a service, say where it stands this often
@@ -206,7 +207,7 @@ def service_logs(ctx: Context):
     logs = ctx.client.get(f"services/{_path(service_ref(ctx))}/logs/", params={"tail": ctx.arg("tail")})
     if ctx.fmt == "json" or ctx.arg("query"):
         return Result(logs)
-    ctx.out.write(logs.get("text") or "")
+    ctx.out.write(escape_controls(logs.get("text") or ""))  # the portal escapes too; an older one may not
     return 0
 
 

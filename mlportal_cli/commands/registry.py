@@ -15,6 +15,7 @@ from mlportal_cli.commands.runs import POLL_SECONDS, download_to, resolve_run
 from mlportal_cli.context import Context, add_command, add_group
 from mlportal_cli.folder import human_size
 from mlportal_cli.output import Result, columns
+from mlportal_runtime.logsafe import escape_controls
 
 def _scan_cell(row: dict) -> str:
     scan = row.get("scan") or {}
@@ -177,7 +178,7 @@ def follow_image_log(ctx: Context, image: dict, *, to_stderr: bool = True) -> di
         body = ctx.client.get_patiently(f"images/{image['id']}/log/", params={"offset": offset}, say=ctx.progress)
         text = body.get("text") or ""
         if text:
-            stream.write(text)
+            stream.write(escape_controls(text))
             stream.flush()
             last = text[-1]
         offset = body.get("offset", offset)
@@ -237,7 +238,7 @@ def image_logs(ctx: Context):
     offset = 0
     while True:  # the endpoint pages long logs
         body = ctx.client.get_patiently(f"images/{image['id']}/log/", params={"offset": offset}, say=ctx.progress)
-        ctx.out.write(body.get("text") or "")
+        ctx.out.write(escape_controls(body.get("text") or ""))
         if not body.get("text") or body.get("offset", offset) == offset:
             break
         offset = body["offset"]
