@@ -11,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from celery.schedules import crontab
 from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
@@ -69,6 +70,7 @@ INSTALLED_APPS = [
     "runs",
     "registry",
     "deployments",
+    "retention",
 ]
 
 MIDDLEWARE = [
@@ -258,7 +260,7 @@ except ValueError as _exc:
     raise ImproperlyConfigured(f"MLPORTAL_SCAN_ALLOW: {_exc}") from None
 MLPORTAL_SCAN_MAX_BYTES = env_int("MLPORTAL_SCAN_MAX_BYTES", 1024 * 1024 * 1024, minimum=1024)
 MLPORTAL_SCAN_MAX_MEMBERS = env_int("MLPORTAL_SCAN_MAX_MEMBERS", 1000, minimum=1)
-MLPORTAL_SCAN_MAX_OPCODES = env_int("MLPORTAL_SCAN_MAX_OPCODES", 5_000_000, minimum=1000)
+MLPORTAL_SCAN_MAX_OPCODES = env_int("MLPORTAL_SCAN_MAX_OPCODES", 2_000_000, minimum=1000)  # ~5 µs each here
 
 # --- Celery ---------------------------------------------------------------------------------
 _BROKER_DIR = DATA_DIR / "broker"
@@ -292,6 +294,7 @@ CELERY_TASK_ROUTES = {
     "runs.tasks.sweep_lost_runs": {"queue": "celery"},
     "runs.tasks.requeue_lost_runs": {"queue": "celery"},
     "registry.tasks.requeue_lost_builds": {"queue": "celery"},
+    "retention.tasks.apply_retention": {"queue": "celery"},
 }
 # Time limits per queue, on purpose: runs enforce their own (per-project) limit inside compute and
 # the task limit is the backstop; builds and deploys are bounded by the engine's work.
@@ -307,6 +310,8 @@ CELERY_BEAT_SCHEDULE = {
     "requeue-lost-runs": {"task": "runs.tasks.requeue_lost_runs", "schedule": float(MLPORTAL_SWEEP_INTERVAL_SECONDS)},
     "requeue-lost-builds": {"task": "registry.tasks.requeue_lost_builds", "schedule": float(MLPORTAL_SWEEP_INTERVAL_SECONDS)},
     "reconcile-services": {"task": "deployments.tasks.reconcile_services", "schedule": float(MLPORTAL_SWEEP_INTERVAL_SECONDS)},
+    # Daily: runs' logs and outputs and unused images past each workspace's retention; dangling layers.
+    "apply-retention": {"task": "retention.tasks.apply_retention", "schedule": crontab(hour=3, minute=17)},
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True

@@ -608,10 +608,14 @@ def image_repository(workspace: Workspace, name: str) -> str:
 
 def image_labels(*, image: Image, manifest: Manifest) -> dict[str, str]:
     from compute.engine import LABEL_ID
+    from deployments.services import LABEL_PORTAL
+    from workspaces.instance import portal_instance
 
     models = manifest.model_versions.order_by("manifest_models__position")
     return {
         LABEL_ID: str(image.pk),
+        # Which portal built it: retention prunes only its own dangling layers on a shared engine.
+        LABEL_PORTAL: portal_instance(),
         "mlportal.workspace": manifest.workspace.name,
         "mlportal.manifest": manifest.ref,
         "mlportal.manifest_hash": manifest.content_hash,
