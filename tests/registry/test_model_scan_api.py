@@ -269,3 +269,12 @@ def test_scan_models_re_judges_versions_after_the_allow_list_changes(owner_api, 
     call_command("scan_models", stdout=out)
     assert "team/ranker:1: unknown -> safe" in out.getvalue() and "scanned 1 versions: 1 safe" in out.getvalue()
     assert Model.objects.get().scan_verdict == "safe"
+
+
+def test_the_manifest_page_shows_each_version_s_scan(page_client, owner, owner_api, register_model, create_manifest,
+                                                     tmp_path):
+    register_model(owner_api, name="barscanary", content=dangerous(tmp_path), filename="model.pkl")
+    owner_api.post("/api/v1/models/barscanary:1/accept/")
+    manifest = create_manifest(owner_api, models=["barscanary:1"]).json()
+    page = page_client(owner).get(f"/manifests/{manifest['id']}/").content.decode()
+    assert 'data-verdict="dangerous"' in page and 'data-testid="accepted-badge"' in page
