@@ -169,12 +169,13 @@ class ServiceSerializer(serializers.ModelSerializer):
     steps = serializers.SerializerMethodField()
     revisions = serializers.SerializerMethodField()
     events = serializers.SerializerMethodField()
+    capture = serializers.SerializerMethodField()
 
     class Meta:
         model = Service
         fields = ["id", "workspace", "name", "status", "environment", "environment_id", "image", "image_id", "image_tag",
                   "replicas", "cpus", "memory_mb", "error", "last_update_error", "pending", "scoring_url", "containers",
-                  "steps", "revisions", "events", "created_by", "created_at", "updated_at"]
+                  "steps", "revisions", "events", "capture", "created_by", "created_at", "updated_at"]
         read_only_fields = fields
 
     def get_scoring_url(self, obj) -> str:
@@ -193,6 +194,11 @@ class ServiceSerializer(serializers.ModelSerializer):
 
     def get_revisions(self, obj) -> list[dict]:
         return RevisionSerializer(obj.revisions.select_related("image", "created_by")[:50], many=True).data
+
+    def get_capture(self, obj) -> dict:
+        from monitoring.services import capture_of
+
+        return capture_of(obj)
 
     def get_events(self, obj) -> list[dict]:
         if not self.context.get("detail"):
@@ -333,6 +339,28 @@ class ServiceViewSet(CreateListRetrieveDestroyViewSet):
         return Response(self.get_serializer(service).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(responses=KeysSerializer)
+    def partial_update(self, request, *args, **kwargs):
+        """PATCH ``{"capture": {"mode": "off|inputs|predictions|both", "percent": 0-100}}``: the data
+        capture switch; running replicas get it with the worker's next pull (no redeploy)."""
+        from monitoring.services import set_capture
+
+        service = self.get_object()
+        data = request.data if isinstance(request.data, dict) else None
+        if not data or set(data) - {"capture"}:
+            raise PortalError("PATCH a service with {\"capture\": {\"mode\", \"percent\"}}; other changes are "
+                              "POST update/, scale/ or rollback/.", fields={k: "cannot be changed here" for k in (data or {}) if k != "capture"})
+        set_capture(service=service, value=data["capture"], user=request.user)
+        return self._answer(service)
+
+    @extend_schema(parameters=[OpenApiParameter("since", str), OpenApiParameter("until", str), OpenApiParameter("limit", int),
+                               OpenApiParameter("output", str)])
+    @action(detail=True, methods=["get"])
+    def data(self, request, **kwargs):
+        """The captured rows (oldest first) in [since, until): JSON, or ``?output=csv``."""
+        from monitoring.api import data_response
+
+        return data_response(request, self.get_object())
+
     @action(detail=True, methods=["get"])
     def keys(self, request, **kwargs):
         """The service's primary and secondary keys (members of its workspace only)."""

@@ -665,7 +665,14 @@ def _container_env(service: Service) -> dict[str, str]:
         "MLPORTAL_MAX_BODY_BYTES": str(settings.MLPORTAL_MAX_BODY_BYTES),
         "MLPORTAL_REQUEST_TIMEOUT": f"{settings.MLPORTAL_SCORING_TIMEOUT_SECONDS:g}",
         "MLPORTAL_MAX_JSON_DEPTH": str(settings.MLPORTAL_MAX_JSON_DEPTH),  # the portal refuses the same nesting
+        **_capture_env(service),
     }
+
+
+def _capture_env(service: Service) -> dict[str, str]:
+    from monitoring.services import container_env
+
+    return container_env(service)
 
 
 def _start_replicas(service: Service, *, image, numbers: list[int]) -> list[dict]:

@@ -71,6 +71,7 @@ INSTALLED_APPS = [
     "registry",
     "deployments",
     "retention",
+    "monitoring",
 ]
 
 MIDDLEWARE = [
@@ -247,6 +248,8 @@ if MLPORTAL_LOCAL_RUN_ROOT.resolve().is_relative_to(DATA_DIR.resolve()):
 MLPORTAL_REQUEUE_AFTER_SECONDS = env_int("MLPORTAL_REQUEUE_AFTER_SECONDS", 120, minimum=1)
 # How often the maintenance worker's beat runs the sweeps (lost runs, lost work, reconcile).
 MLPORTAL_SWEEP_INTERVAL_SECONDS = env_int("MLPORTAL_SWEEP_INTERVAL_SECONDS", 30, minimum=1)
+# How often the maintenance worker pulls captured model data from the replicas (issue 16).
+MLPORTAL_CAPTURE_INTERVAL_SECONDS = env_int("MLPORTAL_CAPTURE_INTERVAL_SECONDS", 60, minimum=1)
 
 # --- model scanning (registry.scanning: every registered model file, by its opcodes) ---------
 # Packages ("mypackage") or single globals ("mymodule:MyClass") added to the built-in allow list of
@@ -295,6 +298,7 @@ CELERY_TASK_ROUTES = {
     "runs.tasks.requeue_lost_runs": {"queue": "celery"},
     "registry.tasks.requeue_lost_builds": {"queue": "celery"},
     "retention.tasks.apply_retention": {"queue": "celery"},
+    "monitoring.tasks.collect_capture": {"queue": "celery"},
 }
 # Time limits per queue, on purpose: runs enforce their own (per-project) limit inside compute and
 # the task limit is the backstop; builds and deploys are bounded by the engine's work.
@@ -310,6 +314,8 @@ CELERY_BEAT_SCHEDULE = {
     "requeue-lost-runs": {"task": "runs.tasks.requeue_lost_runs", "schedule": float(MLPORTAL_SWEEP_INTERVAL_SECONDS)},
     "requeue-lost-builds": {"task": "registry.tasks.requeue_lost_builds", "schedule": float(MLPORTAL_SWEEP_INTERVAL_SECONDS)},
     "reconcile-services": {"task": "deployments.tasks.reconcile_services", "schedule": float(MLPORTAL_SWEEP_INTERVAL_SECONDS)},
+    # Pull the captured rows (issue 16) from every replica, store them as Parquet.
+    "collect-capture": {"task": "monitoring.tasks.collect_capture", "schedule": float(MLPORTAL_CAPTURE_INTERVAL_SECONDS)},
     # Daily: runs' logs and outputs and unused images past each workspace's retention; dangling layers.
     "apply-retention": {"task": "retention.tasks.apply_retention", "schedule": crontab(hour=3, minute=17)},
 }

@@ -50,6 +50,7 @@ import re
 import select
 import signal
 import socket
+import sqlite3
 import sys
 import threading
 import time
@@ -62,7 +63,7 @@ except ImportError:  # pragma: no cover - the environment image installs it with
     raise SystemExit("mlportal: the scoring server needs the 'httptools' package (llhttp); "
                      "rebuild the environment image, or pip install httptools") from None
 
-from mlportal_runtime import oip
+from mlportal_runtime import capture, oip
 from mlportal_runtime.pickles import SCAN_MAX_OPCODES, scan_pickle
 from mlportal_runtime.schema import SchemaError, build_inputs, example_body, load_schema, openapi_document
 
@@ -90,6 +91,7 @@ REASONS = {
     501: "Not Implemented", 503: "Service Unavailable", 504: "Gateway Timeout", 505: "HTTP Version Not Supported",
 }
 JSON_TYPE = b"application/json"
+CAPTURE_PATH = "/_mlportal/capture"  # the portal's pull of captured rows (internal key only)
 
 
 class RequestTimeout(BaseException):
@@ -131,6 +133,8 @@ class Config:
         self.preimport = _env_flag("MLPORTAL_PREIMPORT")
         self.score_file = args.score_file
         self.schema_file = args.schema_file
+        self.internal_key = env.get("MLPORTAL_INTERNAL_KEY", "").strip().encode()
+        self.capture = True  # main() turns it off when the spool cannot be made
 
 
 def _env_int(name: str, default: int) -> int:
@@ -371,7 +375,7 @@ class Row:
 
 
 class Request:
-    __slots__ = ("method", "target", "path", "version", "headers", "body", "keep_alive")
+    __slots__ = ("method", "target", "path", "version", "headers", "body", "keep_alive", "request_id")
 
     def __init__(self, method: str, target: str, version: str, headers: dict[str, str], body: bytes,
                  keep_alive: bool = True) -> None:
@@ -382,6 +386,7 @@ class Request:
         self.headers = headers
         self.body = body
         self.keep_alive = keep_alive
+        self.request_id = ""
 
 
 HEAD, BODY, IDLE = 1, 2, 0
@@ -663,6 +668,7 @@ class App:
         self.api_prefix = "/api/v1/service/"
         self.model_prefix = "/v2/models/"
         self.init_error: str | None = None
+        self.spool = capture.Spool() if config.capture else None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -701,6 +707,8 @@ class App:
         path = request.path
         method = request.method
         try:
+            if path == CAPTURE_PATH:
+                return self._capture(request)
             if path == "/score" or (path.startswith(self.api_prefix) and path.endswith("/score")):
                 if path != "/score" and path[len(self.api_prefix):-len("/score")] != self.name:
                     raise HttpError(404, "not_found", f"no service named {path[len(self.api_prefix):-6]!r} here; this is {self.name!r}")
@@ -762,6 +770,47 @@ class App:
         if not matched:
             raise HttpError(401, "unauthorized", "the service key is wrong")
 
+    def _capture(self, request: Request) -> tuple[int, bytes, bytes, bytes, str]:
+        """The portal's pull of captured rows: 404 to anyone without the internal key."""
+        key = self.config.internal_key
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        given = token.strip().encode("latin-1", "replace")
+        if not key or scheme.lower() != "bearer" or not hmac.compare_digest(given, key) or self.spool is None:
+            raise HttpError(404, "not_found", f"nothing at {request.path}")
+        if request.method != "POST":
+            raise HttpError(405, "method_not_allowed", "pull with POST")
+        body = parse_json_body(request.body or b"{}", self.config.max_json_depth)
+        if not isinstance(body, dict):
+            raise HttpError(400, "invalid_input", 'send an object {"ack", "settings", "limit"}')
+        ack, limit, settings = body.get("ack"), body.get("limit", 1000), None
+        if ack is not None and (isinstance(ack, bool) or not isinstance(ack, int) or ack < 0):
+            raise HttpError(400, "invalid_input", "ack must be the last sequence number stored, or null")
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= capture.MAX_PULL_ROWS:
+            raise HttpError(400, "invalid_input", f"limit must be an integer from 1 to {capture.MAX_PULL_ROWS}")
+        if body.get("settings") is not None:
+            settings, errors = capture.check_settings(body["settings"])
+            if errors:
+                raise HttpError(400, "invalid_input", "; ".join(errors.values()))
+        return 200, json.dumps(self.spool.pull(ack, settings, limit), default=str).encode(), JSON_TYPE, b"", "other"
+
+    def _record(self, request: Request, body: Any, payload: bytes, started: float) -> None:
+        """Put a sampled request into the spool; a capture failure never fails the request."""
+        try:
+            mode = self.spool.sampled() if self.spool is not None else None
+            if mode is None:
+                return
+            row: dict[str, Any] = {
+                "request_id": request.request_id, "time": time.time(), "service": self.name,
+                "model_version": self.config.model_version, "latency_ms": (time.monotonic() - started) * 1000,
+            }
+            if mode in ("inputs", "both"):
+                row["inputs"] = body
+            if mode in ("predictions", "both"):
+                row["prediction"] = json.loads(payload)
+            self.spool.add(row)
+        except Exception as exc:  # noqa: BLE001 - capture is best effort next to scoring
+            _log(f"worker {self.worker}: capture failed ({type(exc).__name__}: {exc})")
+
     def _call_run(self, inputs: dict[str, Any] | str) -> Any:
         """Call run(); RequestTimeout passes through, anything run() raises becomes a 500 HttpError."""
         try:
@@ -777,11 +826,12 @@ class App:
             raise HttpError(500, "run_failed", f"run() raised {type(exc).__name__}: {exc}") from None
 
     def _score(self, request: Request) -> tuple[int, bytes, bytes, bytes, str]:
+        started = time.monotonic()
         self._check_key(request)
         if not self.ready:
             raise HttpError(503, "not_ready", "the model is still loading (init() has not finished); retry shortly")
         if self.schema is None:
-            parse_json_body(request.body, self.config.max_json_depth)
+            body = parse_json_body(request.body, self.config.max_json_depth)
             raw = request.body.decode("utf-8")
             result = self._call_run(raw)
         else:
@@ -796,6 +846,7 @@ class App:
         except (TypeError, ValueError) as exc:
             self.row[F_ERR_RUN] += 1
             raise HttpError(500, "bad_result", str(exc)) from None
+        self._record(request, body, payload, started)
         return 200, payload, JSON_TYPE, b"", "score"
 
     def _oip(self, request: Request) -> tuple[int, bytes, bytes, bytes, str]:
@@ -949,6 +1000,7 @@ class Worker:
         app = self.app
         row = app.row
         started = time.monotonic()
+        request.request_id = capture.request_id_from(request.headers.get("x-request-id"))
         scoring = request.method == "POST"
         if scoring:
             row[F_BUSY] = started
@@ -981,6 +1033,7 @@ class Worker:
             # Keep-alive connections stick to this worker; when it holds clearly more than
             # another, close this one after the response so the client reconnects there.
             keep_alive = False
+        extra += b"X-Request-Id: %s\r\n" % request.request_id.encode()
         conn.out += response_bytes(status, body, content_type, keep_alive, extra, request.method == "HEAD")
         if not keep_alive:
             conn.close_after = True
@@ -992,7 +1045,8 @@ class Worker:
             ), started + elapsed)
 
     def serve_error(self, conn: Conn, exc: HttpError) -> None:
-        conn.out += response_bytes(exc.status, error_body(exc.code, exc.message), JSON_TYPE, not exc.close)
+        extra = b"X-Request-Id: %s\r\n" % capture.request_id_from(None).encode()
+        conn.out += response_bytes(exc.status, error_body(exc.code, exc.message), JSON_TYPE, not exc.close, extra)
         if exc.close:
             conn.close_after = True
         path = conn.reader.path_hint
@@ -1587,6 +1641,11 @@ def main(argv: list[str] | None = None) -> int:
                                                   "responses": {"200": {"description": "What run() returned."}}}}}}
     openapi = json.dumps(document).encode()
 
+    try:
+        capture.Spool().create(capture.env_settings())
+    except (OSError, sqlite3.Error) as exc:
+        config.capture = False
+        _log(f"data capture is off: the spool cannot be made ({exc})")
     listener = make_listener(config.host, config.port)
     port = listener.getsockname()[1]
     _log(f"serving {config.service_name!r} from {config.app_dir} on http://{config.host}:{port} with {config.workers} worker(s)"

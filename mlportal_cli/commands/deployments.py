@@ -231,6 +231,20 @@ def service_usage(ctx: Context):
 
 def service_update(ctx: Context):
     ref = _path(service_ref(ctx))
+    if ctx.arg("capture") is not None or ctx.arg("capture_percent") is not None:
+        if any(ctx.arg(c) is not None for c in ("image", "replicas", "rollback")):
+            raise UsageError("change the data capture on its own: --capture / --capture-percent without --image-id, -z or --rollback")
+        capture = {}
+        if ctx.arg("capture") is not None:
+            capture["mode"] = ctx.arg("capture")
+        if ctx.arg("capture_percent") is not None:
+            capture["percent"] = ctx.arg("capture_percent")
+        service = ctx.client.patch(f"services/{ref}/", {"capture": capture})
+        now = service["capture"]
+        ctx.progress(f"Service {service['name']}: data capture {now['mode']}"
+                     + (f" at {now['percent']:g}% of requests" if now["mode"] != "off" else "")
+                     + " (running replicas take it at the next collection; no redeploy).")
+        return Result(service)
     changes = [c for c in ("image", "replicas", "rollback") if ctx.arg(c) is not None]
     if len(changes) != 1:
         raise UsageError("say what to change, one at a time: --image-id IMAGE, -z/--replicas N or --rollback REVISION")
@@ -397,6 +411,9 @@ def register(subparsers) -> None:
                         help="the image to serve (name:version, id or tag)")
     parser.add_argument("-z", "--replicas", type=int, metavar="N", help="scale to N replicas")
     parser.add_argument("--rollback", type=int, metavar="REVISION", help="serve the image of an earlier revision again")
+    parser.add_argument("--capture", choices=("off", "inputs", "predictions", "both"),
+                        help="capture what the service receives and/or answers (model data collection)")
+    parser.add_argument("--capture-percent", type=float, metavar="PERCENT", help="share of requests to capture, 0-100")
     parser.add_argument("--no-wait", action="store_true", help="return once the change is queued")
     _timeout(parser)
     parser = add_command(service, "delete", help="Delete a service and its containers (owner).",

@@ -1,0 +1,124 @@
+"""Issue 16, the scoring container's side of data capture, over real HTTP against a real server
+(2 worker processes sharing one spool): request ids, sampling, the bounded spool, pull + ack."""
+import json
+import re
+
+import pytest
+
+from .conftest import SERVICE_KEYS
+
+KEY = {"Authorization": "Bearer " + SERVICE_KEYS.split(",")[0]}
+INTERNAL = "internal-key-for-capture-tests"
+PULL = "/_mlportal/capture"
+
+
+def start(start_server, trained_churn, tmp_path, **env):
+    return start_server(
+        trained_churn["app"], workers=2, MLPORTAL_SERVICE_NAME="churnpred", MLPORTAL_SERVICE_KEYS=SERVICE_KEYS,
+        MLPORTAL_INTERNAL_KEY=INTERNAL, MLPORTAL_MODEL_VERSION="3", MLPORTAL_CAPTURE_DIR=str(tmp_path), **env,
+    )
+
+
+def pull(server, **body):
+    status, _, raw = server.request("POST", PULL, json.dumps(body), {"Authorization": "Bearer " + INTERNAL})
+    assert status == 200, raw
+    return json.loads(raw)
+
+
+def score(server, sample_request, n, prefix="r"):
+    for i in range(n):
+        status, headers, _ = server.request("POST", "/score", json.dumps(sample_request), dict(KEY, **{"X-Request-Id": f"{prefix}{i}"}))
+        assert status == 200 and headers["X-Request-Id"] == f"{prefix}{i}"
+
+
+def drain(server):
+    rows, ack = [], None
+    while True:
+        answer = pull(server, ack=ack, limit=5000)
+        if not answer["rows"]:
+            return rows, answer
+        rows += answer["rows"]
+        ack = answer["rows"][-1]["seq"]
+
+
+@pytest.fixture(scope="module")
+def capture_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("capture")
+
+
+def test_every_response_carries_a_request_id_the_callers_when_well_formed(churn_server, sample_request):
+    status, headers, _ = churn_server.request("POST", "/score", json.dumps(sample_request), dict(KEY, **{"X-Request-Id": "abc-123"}))
+    assert status == 200 and headers["X-Request-Id"] == "abc-123"
+    for given in (None, "bad id with spaces", "x" * 200):
+        extra = {} if given is None else {"X-Request-Id": given}
+        _, headers, _ = churn_server.request("GET", "/health", None, extra)
+        assert re.fullmatch(r"[0-9a-f]{32}", headers["X-Request-Id"]), headers
+    status, headers, _ = churn_server.request("POST", "/score", "{", KEY)  # errors carry one too
+    assert status == 400 and re.fullmatch(r"[0-9a-f]{32}", headers["X-Request-Id"])
+
+
+def test_capture_is_off_by_default_and_then_stores_nothing(start_server, trained_churn, tmp_path, sample_request):
+    server = start(start_server, trained_churn, tmp_path)
+    score(server, sample_request, 50)
+    answer = pull(server)
+    assert answer["rows"] == [] and answer["pending"] == 0 and answer["settings"]["mode"] == "off"
+
+
+def test_an_outsider_gets_404_on_the_pull(churn_server, start_server, trained_churn, tmp_path):
+    server = start(start_server, trained_churn, tmp_path)
+    for headers in ({}, KEY, {"Authorization": "Bearer wrong"}, {"Authorization": INTERNAL}):
+        assert server.request("POST", PULL, "{}", headers)[0] == 404
+        assert server.request("GET", PULL, None, headers)[0] == 404
+    # A server started without an internal key answers 404 to everyone.
+    assert churn_server.request("POST", PULL, "{}", {"Authorization": "Bearer " + INTERNAL})[0] == 404
+
+
+def test_bad_settings_are_400_naming_the_field(start_server, trained_churn, tmp_path):
+    server = start(start_server, trained_churn, tmp_path)
+    auth = {"Authorization": "Bearer " + INTERNAL}
+    for settings, word in (({"mode": "both", "percent": 150}, "percent"), ({"mode": "all"}, "mode"),
+                           ({"mode": "both", "percent": "10"}, "percent")):
+        status, _, raw = server.request("POST", PULL, json.dumps({"settings": settings}), auth)
+        assert status == 400 and word in json.loads(raw)["error"]["message"], raw
+    assert pull(server)["settings"]["mode"] == "off"  # nothing half-applied
+
+
+def test_100_percent_captures_every_call_and_10_percent_about_a_tenth(start_server, trained_churn, tmp_path, sample_request):
+    server = start(start_server, trained_churn, tmp_path, MLPORTAL_CAPTURE_MODE="both", MLPORTAL_CAPTURE_PERCENT="100")
+    score(server, sample_request, 2000, "full-")
+    rows, answer = drain(server)
+    assert sorted(r["request_id"] for r in rows) == sorted(f"full-{i}" for i in range(2000))
+    assert answer["dropped"] == 0
+    row = rows[0]
+    assert row["inputs"] == sample_request and row["prediction"] == "0" and row["model_version"] == "3"
+    assert row["latency_ms"] > 0 and row["time"] > 0
+    # Changed on the running replica through the pull itself, no restart; reaches both workers
+    # within the 1 s settings cache.
+    pull(server, settings={"mode": "inputs", "percent": 10})
+    import time
+    time.sleep(1.5)
+    score(server, sample_request, 2000, "tenth-")
+    rows, _ = drain(server)
+    # Binomial(2000, 0.1): mean 200, sd 13.4; [133, 267] is +-5 sd, a false failure < 1e-6.
+    assert 133 <= len(rows) <= 267, len(rows)
+    assert all(r["request_id"].startswith("tenth-") and "prediction" not in r and "inputs" in r for r in rows)
+
+
+def test_a_full_spool_drops_the_oldest_and_counts_them(start_server, trained_churn, tmp_path, sample_request):
+    server = start(start_server, trained_churn, tmp_path, MLPORTAL_CAPTURE_MODE="predictions",
+                   MLPORTAL_CAPTURE_SPOOL_ROWS="50")
+    score(server, sample_request, 80)
+    answer = pull(server)
+    assert [r["request_id"] for r in answer["rows"]] == [f"r{i}" for i in range(30, 80)]
+    assert answer["dropped"] == 30 and answer["pending"] == 50
+
+
+def test_rows_stay_until_acknowledged_so_a_failed_store_loses_nothing(start_server, trained_churn, tmp_path, sample_request):
+    server = start(start_server, trained_churn, tmp_path, MLPORTAL_CAPTURE_MODE="both")
+    score(server, sample_request, 10)
+    first = pull(server, limit=4)
+    again = pull(server, limit=4)  # the store of the first pull failed: no ack, same rows again
+    assert [r["request_id"] for r in first["rows"]] == [r["request_id"] for r in again["rows"]] == ["r0", "r1", "r2", "r3"]
+    rest = pull(server, ack=again["rows"][-1]["seq"], limit=100)
+    assert [r["request_id"] for r in rest["rows"]] == [f"r{i}" for i in range(4, 10)]
+    assert pull(server, ack=rest["rows"][-1]["seq"])["rows"] == []
