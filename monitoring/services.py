@@ -24,7 +24,7 @@ def capture_of(service) -> dict:
 def set_capture(*, service, value, user) -> dict:
     """Validates then saves the switch; the replicas get it with the next pull (no redeploy)."""
     from workspaces.models import Role
-    from workspaces.services import require_role
+    from workspaces.services import activity_record, require_role
 
     require_role(user=user, workspace=service.workspace, role=Role.CONTRIBUTOR)
     changes = check_capture(value)
@@ -32,6 +32,8 @@ def set_capture(*, service, value, user) -> dict:
     for name, field_value in changes.items():
         setattr(capture, name, field_value)
     capture.save()
+    activity_record(workspace=service.workspace, actor=user, verb="service.capture_changed", target=service,
+                    detail={"mode": capture.mode, "percent": capture.percent})
     return capture_of(service)
 
 
