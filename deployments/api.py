@@ -398,6 +398,22 @@ class ServiceViewSet(CreateListRetrieveDestroyViewSet):
         return self._answer(service, code=status.HTTP_202_ACCEPTED)
 
 
+    @extend_schema(request=inline_serializer("ServiceLimits", {"concurrency": serializers.IntegerField(required=False, allow_null=True),
+                                                                "queue": serializers.IntegerField(required=False, allow_null=True)}),
+                   responses={200: dict})
+    @action(detail=True, methods=["get", "post"])
+    def limits(self, request, **kwargs):
+        """The gateway's limits for this service (GET), or set them (POST ``{"concurrency", "queue"}``;
+        null goes back to the default): past both, callers get 503 with Retry-After."""
+        from gateway import services as gateway_services
+
+        service = self.get_object()
+        if request.method == "POST":
+            changes = request.data.dict() if hasattr(request.data, "dict") else dict(request.data or {})
+            service = gateway_services.service_set_limits(service=service, user=request.user, changes=changes)
+        return Response(gateway_services.limits_of(service))
+
+
 # --- the scoring proxy ----------------------------------------------------------------------------
 
 def _score_error(message: str, code: str, status_code: int, **headers) -> HttpResponse:

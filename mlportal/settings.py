@@ -63,6 +63,7 @@ INSTALLED_APPS = [
     "runs",
     "registry",
     "deployments",
+    "gateway",
 ]
 
 MIDDLEWARE = [
@@ -176,6 +177,17 @@ MLPORTAL_WORK_DIR = env_path("MLPORTAL_WORK_DIR", DATA_DIR / "work")
 MLPORTAL_RUN_TIMEOUT_MAX = env_int("MLPORTAL_RUN_TIMEOUT_MAX", 6 * 3600, minimum=10)
 MLPORTAL_BUILD_TIMEOUT = env_int("MLPORTAL_BUILD_TIMEOUT", 1800, minimum=30)
 MLPORTAL_MAX_REPLICAS = env_int("MLPORTAL_MAX_REPLICAS", 8, minimum=1)
+# The scoring gateway (gateway/): how often it re-reads services and keys (a regenerated key is
+# refused within this plus one query), how often it asks replicas for /ready, the default
+# per-service concurrency limit and queue bound (a service may set its own), and how long a queued
+# request waits for a slot before it is answered 503.
+MLPORTAL_GATEWAY_REFRESH_SECONDS = env_float("MLPORTAL_GATEWAY_REFRESH_SECONDS", 0.5, minimum=0.05)
+MLPORTAL_GATEWAY_PROBE_SECONDS = env_float("MLPORTAL_GATEWAY_PROBE_SECONDS", 1.0, minimum=0.1)
+MLPORTAL_GATEWAY_CONCURRENCY = env_int("MLPORTAL_GATEWAY_CONCURRENCY", 32, minimum=1)
+MLPORTAL_GATEWAY_QUEUE = env_int("MLPORTAL_GATEWAY_QUEUE", 64, minimum=0)
+MLPORTAL_GATEWAY_QUEUE_TIMEOUT = env_float("MLPORTAL_GATEWAY_QUEUE_TIMEOUT", 30.0, minimum=0.1)
+# /metrics answers this bearer token; without one, only requests from this host (127.0.0.1, ::1).
+MLPORTAL_METRICS_TOKEN = env_str("MLPORTAL_METRICS_TOKEN")
 MLPORTAL_LOG_MAX_BYTES = env_int("MLPORTAL_LOG_MAX_BYTES", 5 * 1024 * 1024, minimum=1024)
 MLPORTAL_LOST_AFTER_SECONDS = env_int("MLPORTAL_LOST_AFTER_SECONDS", 60, minimum=5)
 

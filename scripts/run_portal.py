@@ -14,12 +14,33 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
+def web_command(bin_dir: Path, host: str, port: str) -> list[str]:
+    """The ASGI server (uvicorn) with the scoring gateway in front of Django (mlportal.asgi).
+
+    Several worker processes share the Prometheus figures through PROMETHEUS_MULTIPROC_DIR (a
+    fresh folder under the data dir); WEB_WORKERS tells the gateway how to split each service's
+    concurrency limit between them."""
+    workers = os.environ.setdefault("WEB_WORKERS", "2")
+    if int(workers) > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        import shutil
+
+        folder = Path(os.environ.get("MLPORTAL_DATA_DIR", REPO / "data")) / "prometheus"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    command = [str(bin_dir / "uvicorn"), "mlportal.asgi:application", "--host", host, "--port", str(port),
+               "--workers", workers, "--loop", "uvloop", "--http", "httptools", "--lifespan", "on",
+               "--timeout-keep-alive", "30", "--no-server-header"]
+    if os.environ.get("MLPORTAL_ACCESS_LOG", "1") in ("0", "false", "no"):
+        command.append("--no-access-log")
+    return command
+
+
 def main() -> int:
     port = os.environ.get("PORT", "8000")
     host = os.environ.get("HOST", "127.0.0.1")
     bin_dir = Path(sys.executable).parent
-    web = [str(bin_dir / "gunicorn"), "mlportal.wsgi", "--bind", f"{host}:{port}", "--workers",
-           os.environ.get("WEB_WORKERS", "2"), "--threads", "4", "--timeout", "120", "--access-logfile", "-"]
+    web = web_command(bin_dir, host, port)
     worker = [sys.executable, "-m", "celery", "-A", "mlportal", "worker", "--beat", "-Q", "runs,builds,deploy,celery",
               "-c", os.environ.get("WORKER_CONCURRENCY", "2"), "--loglevel", "INFO"]
     procs = [subprocess.Popen(cmd, cwd=REPO, start_new_session=True) for cmd in (web, worker)]

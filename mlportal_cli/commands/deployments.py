@@ -1,4 +1,4 @@
-"""`env setup|list|show|set|delete` and `service create|list|show|logs|keys|usage|update|delete|run realtime`.
+"""`env setup|list|show|set|delete` and `service create|list|show|logs|keys|usage|update|limits|delete|run realtime`.
 
 `service create realtime` is the lab's one-shot: register the model, create the manifest, build the
 image, start the service; it shows each step as it happens and ends with the lab's `Usage for
@@ -254,6 +254,18 @@ def service_update(ctx: Context):
     return Result(service)
 
 
+def service_limits(ctx: Context):
+    ref = _path(service_ref(ctx))
+    changes = {}
+    for name in ("concurrency", "queue"):
+        value = ctx.arg(name)
+        if value is not None:
+            changes[name] = None if value == "default" else value
+    if changes:
+        return Result(ctx.client.post(f"services/{ref}/limits/", changes))
+    return Result(ctx.client.get(f"services/{ref}/limits/"))
+
+
 def service_delete(ctx: Context):
     ref = _path(service_ref(ctx))
     service = ctx.client.delete(f"services/{ref}/")
@@ -394,6 +406,15 @@ def register(subparsers) -> None:
     parser.add_argument("--rollback", type=int, metavar="REVISION", help="serve the image of an earlier revision again")
     parser.add_argument("--no-wait", action="store_true", help="return once the change is queued")
     _timeout(parser)
+    parser = add_command(service, "limits", help="Show or set the gateway's limits: requests at once and waiting "
+                                                 "(past both, callers get 503 with Retry-After).",
+                         example="mlportal service limits -n churnpred\n"
+                                 "mlportal service limits -n churnpred --concurrency 8 --queue 16\n"
+                                 "mlportal service limits -n churnpred --concurrency default",
+                         func=service_limits)
+    _service_args(parser)
+    parser.add_argument("--concurrency", metavar="N", help="requests answered at once ('default' for the portal's)")
+    parser.add_argument("--queue", metavar="N", help="requests that may wait for a slot ('default' for the portal's)")
     parser = add_command(service, "delete", help="Delete a service and its containers (owner).",
                          example="mlportal service delete realtime -i churnpred", func=service_delete)
     _service_args(parser)
