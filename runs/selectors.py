@@ -7,7 +7,8 @@ from collections.abc import Iterable
 
 from django.db.models import DurationField, ExpressionWrapper, F, FilteredRelation, Q, QuerySet
 
-from runs.models import Metric, Project, Run, RunLogChunk, RunMetricSummary
+from runs import filtering
+from runs.models import Metric, Project, Run, RunLogChunk, RunMetricSummary, RunParam, RunTag
 from workspaces.errors import PortalError
 
 # Columns the runs list can be ordered by (API `?ordering=` and the page's column headers).
@@ -38,11 +39,59 @@ def _is_uuid(value: str) -> bool:
     return True
 
 
-def filter_runs(qs: QuerySet, params) -> QuerySet:
+_OPS = {"=": "exact", ">": "gt", ">=": "gte", "<": "lt", "<=": "lte"}
+_ATTRIBUTE_FIELDS = {"status": "status", "target": "target", "script": "script", "kind": "kind", "number": "number",
+                     "user": "created_by__username", "project": "project__name", "note": "note", "run_name": "script"}
+
+
+def _compare(field: str, op: str, value) -> Q:
+    """The Q of `field <op> value` (the filter's comparators; LIKE through an anchored regex)."""
+    if op == "!=":
+        return ~Q(**{field: value})
+    if op == "LIKE":
+        return Q(**{f"{field}__regex": filtering.like_to_regex(str(value))})
+    if op == "ILIKE":
+        return Q(**{f"{field}__iregex": filtering.like_to_regex(str(value))})
+    if op == "IN":
+        return Q(**{f"{field}__in": list(value)})
+    if op == "NOT IN":
+        return ~Q(**{f"{field}__in": list(value)})
+    return Q(**{f"{field}__{_OPS[op]}": value})
+
+
+def apply_filter(qs: QuerySet, text: str, workspace_ids: Iterable | None = None) -> QuerySet:
+    """Narrows runs to those matching a filter string (`runs.filtering`); PortalError naming the token
+    it could not read. Each clause is one `id IN (…)` over the summary, param or tag table, led by the
+    workspace so its (workspace, name…) index serves it; a run lacking the metric/param/tag never matches."""
+    try:
+        clauses = filtering.parse(text)
+    except filtering.FilterError as exc:
+        raise PortalError(exc.message, code="invalid_filter", fields={"filter": exc.message}) from None
+    scope = Q(workspace_id__in=list(workspace_ids)) if workspace_ids is not None else Q()
+    for clause in clauses:
+        if clause.entity == "metrics":
+            cond = Q(name=clause.key) & _compare("value", clause.op, clause.value) & Q(value__isnull=False)
+            qs = qs.filter(id__in=RunMetricSummary.objects.filter(scope & cond).values("run_id"))
+        elif clause.entity == "params":
+            cond = Q(name=clause.key) & _compare("value", clause.op, clause.value)
+            qs = qs.filter(id__in=RunParam.objects.filter(scope & cond).values("run_id"))
+        elif clause.entity == "tags":
+            cond = Q(key=clause.key) & _compare("value", clause.op, clause.value)
+            qs = qs.filter(id__in=RunTag.objects.filter(scope & cond).values("run_id"))
+        else:
+            value = int(clause.value) if clause.key == "number" else clause.value
+            qs = qs.filter(_compare(_ATTRIBUTE_FIELDS[clause.key], clause.op, value))
+    return qs
+
+
+def filter_runs(qs: QuerySet, params, workspace_ids: Iterable | None = None) -> QuerySet:
     """Applies the runs-list filters of a query dict: project (id or name), script, status, user,
-    target, kind, q (search in script and project name) and one metric comparison
-    (`metric=<name>&metric_gt=<number>`, also _gte, _lt, _lte, _eq). Raises PortalError for a
-    comparison value that is not a number or one given without `metric`."""
+    target, kind, q (search in script and project name), `filter` (the filter language, see
+    `apply_filter`) and one metric comparison (`metric=<name>&metric_gt=<number>`, also _gte, _lt,
+    _lte, _eq). Raises PortalError for a filter it cannot read, a comparison value that is not a
+    number or one given without `metric`."""
+    if text := (params.get("filter") or "").strip():
+        qs = apply_filter(qs, text, workspace_ids)
     if project := (params.get("project") or "").strip():
         qs = qs.filter(project_id=project) if _is_uuid(project) else qs.filter(project__name=project)
     if script := (params.get("script") or "").strip():
@@ -93,8 +142,14 @@ def order_runs(qs: QuerySet, ordering: str | None) -> QuerySet:
         qs = qs.annotate(sort_metric=FilteredRelation("metric_summaries", condition=Q(metric_summaries__name=name)))
         expr = F("sort_metric__value")
         return qs.order_by(expr.desc(nulls_last=True) if desc else expr.asc(nulls_last=True), "-created_at")
+    if key.startswith(("param:", "tag:")):
+        kind, name = key.split(":", 1)
+        relation, field = ("params", "name") if kind == "param" else ("tags", "key")
+        qs = qs.annotate(sort_kv=FilteredRelation(relation, condition=Q(**{f"{relation}__{field}": name})))
+        expr = F("sort_kv__value")
+        return qs.order_by(expr.desc(nulls_last=True) if desc else expr.asc(nulls_last=True), "-created_at")
     if key not in RUN_ORDERING:
-        allowed = ", ".join(sorted(RUN_ORDERING)) + ", metric:<name>"
+        allowed = ", ".join(sorted(RUN_ORDERING)) + ", metric:<name>, param:<name>, tag:<name>"
         raise PortalError(f"Cannot order runs by {key!r}: use one of {allowed} (prefix '-' for descending).",
                           fields={"ordering": "Unknown column."})
     if key == "duration":
@@ -114,6 +169,27 @@ def metric_names(workspace_ids: Iterable) -> list[str]:
     return list(
         RunMetricSummary.objects.filter(workspace_id__in=list(workspace_ids)).values_list("name", flat=True).distinct().order_by("name")[:50]
     )
+
+
+def param_names(workspace_ids: Iterable) -> list[str]:
+    """Names of the params the runs of these workspaces log (the choices of param columns)."""
+    return list(RunParam.objects.filter(workspace_id__in=list(workspace_ids)).values_list("name", flat=True)
+                .distinct().order_by("name")[:200])
+
+
+def attach_params_and_tags(runs: list[Run]) -> list[Run]:
+    """Sets `run.param_values` and `run.tag_values` ({name: value}) on each run, two queries in all."""
+    ids = [r.id for r in runs]
+    params: dict = defaultdict(dict)
+    for run_id, name, value in RunParam.objects.filter(run_id__in=ids).values_list("run_id", "name", "value"):
+        params[run_id][name] = value
+    tags: dict = defaultdict(dict)
+    for run_id, key, value in RunTag.objects.filter(run_id__in=ids).values_list("run_id", "key", "value"):
+        tags[run_id][key] = value
+    for run in runs:
+        run.param_values = params.get(run.id, {})
+        run.tag_values = tags.get(run.id, {})
+    return runs
 
 
 def attach_metric_summaries(runs: list[Run]) -> list[Run]:

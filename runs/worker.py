@@ -24,7 +24,7 @@ from django.utils import timezone
 from compute.engine import LABEL_ID, BuildError, EngineError
 from compute.envimage import ensure_env_image
 from compute.runner import RunSpec, list_containers, remove_container, run_in_docker, run_local
-from mlportal_runtime import parse_metric_line
+from mlportal_runtime import parse_line
 from runs import services
 from runs.models import Run, Target, requirement_lines
 
@@ -37,13 +37,18 @@ HEARTBEAT_S = 2.0
 CANCEL_CHECK_S = 1.0
 # A chunk holds at most this many lines; a burst is split across several flushes' worth of rows.
 MAX_LINES_PER_CHUNK = 2000
+# Metric points are written in batches of this many rows; while this many wait unwritten, the
+# thread reading the script's output waits for the writer (the script then blocks on its stdout),
+# so a script printing a million points keeps the worker's memory flat instead of buffering them.
+METRIC_BATCH = 20_000
+MAX_PENDING_METRICS = 2 * METRIC_BATCH
 
 
 class RunSink:
     """Collects a run's output from the runner's threads and writes it from one flusher thread.
 
-    Metric lines are parsed and stored as metrics (kept out of the plain log); other lines are
-    appended to the log in small batches. The flusher also stamps the heartbeat.
+    Metric, param and tag lines are parsed and stored as such (kept out of the plain log); other
+    lines are appended to the log in small batches. The flusher also stamps the heartbeat.
     """
 
     def __init__(self, run: Run):
@@ -51,7 +56,12 @@ class RunSink:
         self.workspace_id = run.workspace_id
         self._lines: list[str] = []
         self._metrics: list[dict] = []
+        self._params: list[tuple[str, str]] = []
+        self._tags: list[tuple[str, str]] = []
         self._lock = threading.Lock()
+        self._drained = threading.Condition(self._lock)
+        self._flush_lock = threading.Lock()
+        self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"run-sink-{run.id}", daemon=True)
         self._status = run.status
@@ -63,14 +73,25 @@ class RunSink:
         return self
 
     def output(self, line: str) -> None:
-        """A line the script printed: a metric when it is one, else a log line."""
-        metric = parse_metric_line(line)
+        """A line the script printed: a metric, param or tag when it is one, else a log line.
+        Waits while MAX_PENDING_METRICS points are still unwritten (backpressure on the script)."""
+        parsed = parse_line(line)
         with self._lock:
-            if metric is not None:
-                self._metrics.append(metric)
-                self.metric_count += 1
-            else:
+            if parsed is None:
                 self._lines.append(line)
+                return
+            kind, data = parsed
+            if kind == "metric":
+                self._metrics.append(data)
+                self.metric_count += 1
+                if len(self._metrics) >= MAX_PENDING_METRICS:
+                    self._wake.set()
+                    while len(self._metrics) >= METRIC_BATCH and not self._stop.is_set() and self._thread.is_alive():
+                        self._drained.wait(timeout=1.0)
+            elif kind == "param":
+                self._params.append((data["name"], data["value"]))
+            else:
+                self._tags.append((data["key"], data["value"]))
 
     def log(self, line: str) -> None:
         """A line of the portal's own (prepare log, notes): never parsed as a metric."""
@@ -87,18 +108,35 @@ class RunSink:
         return self._status not in (Run.Status.PREPARING, Run.Status.RUNNING)
 
     def flush(self) -> None:
-        with self._lock:
-            lines, self._lines = self._lines, []
-            metrics, self._metrics = self._metrics, []
-        for start in range(0, len(lines), MAX_LINES_PER_CHUNK):
-            services.run_append_log(run_id=self.run_id, workspace_id=self.workspace_id,
-                                    lines=lines[start:start + MAX_LINES_PER_CHUNK])
-        services.run_record_metrics(run_id=self.run_id, workspace_id=self.workspace_id, points=metrics)
+        with self._flush_lock:
+            with self._lock:
+                params, self._params = self._params, []
+                tags, self._tags = self._tags, []
+            if params:
+                for problem in services.run_log_params(run_id=self.run_id, workspace_id=self.workspace_id, params=params):
+                    self.log(f"[mlportal] param not recorded: {problem}")
+            if tags:
+                services.run_set_tags(run_id=self.run_id, workspace_id=self.workspace_id, tags=tags)
+            while True:
+                with self._lock:
+                    batch, self._metrics = self._metrics[:METRIC_BATCH], self._metrics[METRIC_BATCH:]
+                if not batch:
+                    break
+                services.run_record_metrics(run_id=self.run_id, workspace_id=self.workspace_id, points=batch)
+                with self._lock:
+                    self._drained.notify_all()
+            with self._lock:
+                lines, self._lines = self._lines, []
+            for start in range(0, len(lines), MAX_LINES_PER_CHUNK):
+                services.run_append_log(run_id=self.run_id, workspace_id=self.workspace_id,
+                                        lines=lines[start:start + MAX_LINES_PER_CHUNK])
 
     def _loop(self) -> None:
         last_beat = 0.0
         try:
-            while not self._stop.wait(FLUSH_S):
+            while not self._stop.is_set():
+                self._wake.wait(FLUSH_S)
+                self._wake.clear()
                 try:
                     self.flush()
                     if time.monotonic() - last_beat >= HEARTBEAT_S:
@@ -111,7 +149,10 @@ class RunSink:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         self._thread.join(timeout=30)
+        with self._lock:
+            self._drained.notify_all()
         self.flush()
 
 
@@ -271,3 +312,31 @@ def _is_uuid(value: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def requeue_lost_runs() -> dict:
+    """Sends the task of queued runs again when the broker lost it: at once after the broker
+    forgot its messages (a restart without persistence), else once a run has waited unclaimed
+    longer than MLPORTAL_REQUEUE_AFTER_SECONDS, with a growing gap after that (see
+    workspaces.broker). The claim in `execute` makes a duplicate start nothing. Returns
+    {"resent": [...run ids], "broker_forgot": bool}."""
+    from runs.tasks import execute_run
+    from workspaces.broker import broker_forgot, resend_due
+
+    forgot = broker_forgot("runs")
+    now = timezone.now()
+    after_s = settings.MLPORTAL_REQUEUE_AFTER_SECONDS
+    queued = Run.objects.filter(status=Run.Status.QUEUED)
+    if not forgot:
+        queued = queued.filter(created_at__lt=now - timedelta(seconds=after_s))
+    resent = []
+    for run_id, created_at, sent_at in queued.values_list("id", "created_at", "heartbeat_at").order_by("created_at"):
+        if not forgot and not resend_due(created_at=created_at, sent_at=sent_at, now=now, after_s=after_s):
+            continue
+        # For a queued run, heartbeat_at is when its task was last sent; the claim overwrites it.
+        if Run.objects.filter(id=run_id, status=Run.Status.QUEUED).update(heartbeat_at=now):
+            execute_run.delay(str(run_id))
+            resent.append(str(run_id))
+    if resent:
+        logger.warning("re-sent the task of %d queued run(s) the broker had lost: %s", len(resent), ", ".join(resent))
+    return {"resent": resent, "broker_forgot": forgot}
