@@ -57,7 +57,8 @@ def filter_services(qs: QuerySet[Service], *, q: str = "", status: str = "", env
 
 
 def ready_replicas(service: Service) -> list[ServiceReplica]:
-    return list(service.replica_set.order_by("number"))
+    """The live revision's replicas (a canary's or shadow's take traffic only through the gateway)."""
+    return list(service.replica_set.exclude(revision__role__in=["canary", "shadow"]).order_by("number"))
 
 
 def service_plain_keys(row) -> tuple[str, str, str]:

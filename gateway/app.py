@@ -240,7 +240,7 @@ class Gateway:
         body = await _read_body(receive, headers, self.max_body)
         if body is None:
             await _respond(send, 413, _error(f"The request body is over the limit of {self.max_body} bytes: send less data.",
-                                             "too_large"), extra=[(b"connection", b"close")])
+                                             "too_large"))
             return
         route = self.table.find(ref, key)
         if route is None:

@@ -77,15 +77,17 @@ class Recorder:
             except Exception:  # noqa: BLE001 - figures stay in memory and go with the next flush
                 logger.exception("could not store traffic figures")
 
-    def flush(self) -> int:
+    def flush(self, *, reconnect: bool = True) -> int:
         """Writes the rows that changed since the last flush; forgets finished minutes once
-        written. Returns how many rows it wrote."""
+        written. Returns how many rows it wrote. ``reconnect``: drop a broken or expired database
+        connection first (the gateway's database thread; not inside a test's transaction)."""
         from django.db import close_old_connections
 
         from deployments.models import Service
         from gateway.models import TrafficMinute
 
-        close_old_connections()
+        if reconnect:
+            close_old_connections()
         current = _minute(time.time())
         with self.lock:
             changed = [(key, row.requests, row.errors, row.latency_sum, list(row.buckets), row.shadow_requests,

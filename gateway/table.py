@@ -164,7 +164,9 @@ def load_table(*, workers: int = 1, model_versions: dict | None = None) -> Table
                 mine = mine + replicas.get((row["pk"], None), [])
             weight = 100
             if role in ("canary", "shadow"):
-                weight = int(rollout.get("weight") or 0) if rollout.get("revision") == rev["number"] else 0
+                # Only a running rollout gets its share; promoting or aborting, its rows are about to go.
+                running = rollout.get("status") == "running" and rollout.get("revision") == rev["number"]
+                weight = int(rollout.get("weight") or 0) if running else 0
             by_role[role] = Revision(
                 number=rev["number"], image_ref=rev["image_ref"],
                 model_version=model_versions.get(rev["image__manifest_id"], ""), role=role, weight=weight,

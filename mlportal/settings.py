@@ -222,6 +222,7 @@ CELERY_TASK_ROUTES = {
     "runs.tasks.*": {"queue": "runs"},
     "registry.tasks.*": {"queue": "builds"},
     "deployments.tasks.*": {"queue": "deploy"},
+    "gateway.tasks.*": {"queue": "deploy"},
     # Periodic maintenance (exact names win over the patterns above) goes to the default queue,
     # which the maintenance worker serves with builds and deploys: never behind a training run.
     "runs.tasks.sweep_lost_runs": {"queue": "celery"},
