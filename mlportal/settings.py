@@ -169,6 +169,8 @@ DATA_UPLOAD_MAX_NUMBER_FILES = 2000
 
 # --- compute --------------------------------------------------------------------------------
 MLPORTAL_BASE_IMAGE = env_str("MLPORTAL_BASE_IMAGE", "python:3.11-slim")
+# The debootstrap that builds the base image offline when it cannot be pulled (default: on PATH).
+MLPORTAL_DEBOOTSTRAP = env_str("MLPORTAL_DEBOOTSTRAP") or None
 MLPORTAL_DOCKER_URL = env_str("DOCKER_HOST") or None  # None: the local engine
 MLPORTAL_CACHE_DIR = env_path("MLPORTAL_CACHE_DIR", Path.home() / ".cache" / "mlportal")
 MLPORTAL_WHEEL_CACHE = env_path("MLPORTAL_WHEEL_CACHE", MLPORTAL_CACHE_DIR / "wheels")

@@ -1,12 +1,14 @@
 """REST API: projects and their files, templates, runs with their logs, metrics and outputs."""
 from __future__ import annotations
 
+import gzip
+import json
 import mimetypes
 import tempfile
 import zipfile
 
 from django.db.models import Count
-from django.http import FileResponse, StreamingHttpResponse
+from django.http import FileResponse, HttpResponse, StreamingHttpResponse
 from django.urls import path
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, viewsets
@@ -468,6 +470,28 @@ class RunViewSet(WorkspaceScopedViewSet):
         page = self.paginate_queryset(qs)
         return self.get_paginated_response(MetricPointSerializer(page, many=True).data)
 
+    @extend_schema(parameters=[
+        OpenApiParameter("names", str, description="Comma-separated series names (default: every series logged with steps)"),
+        OpenApiParameter("points", int, description="About how many points per series (default 1000, at most 5000)"),
+        OpenApiParameter("min_step", int), OpenApiParameter("max_step", int)],
+        responses={200: {"type": "object", "properties": {"series": {"type": "object"}}}})
+    @action(detail=True, methods=["get"], url_path="series")
+    def series(self, request, pk=None):
+        """The run's metric series for charts: each downsampled on the server to about `points`
+        points keeping its first, last, minimum and maximum (`sampled` says so); with `min_step` /
+        `max_step`, that range again, at full resolution when it holds at most `points` points.
+        `{"series": {name: {"steps": [...], "values": [...], "points": N, "sampled": bool}}}`."""
+        run = self.get_object()
+        params = request.query_params
+        points = _int_param(params, "points", selectors.CHART_POINTS, low=10, high=selectors.MAX_CHART_POINTS)
+        min_step = _int_param(params, "min_step", None)
+        max_step = _int_param(params, "max_step", None)
+        if min_step is not None and max_step is not None and min_step > max_step:
+            raise PortalError("min_step must not be above max_step.", fields={"min_step": "Above max_step."})
+        names = [n for n in params.get("names", "").split(",") if n] or None
+        data = selectors.chart_series(run, names=names, points=points, min_step=min_step, max_step=max_step)
+        return compact_json(request, {"series": data, "min_step": min_step, "max_step": max_step, "points": points})
+
     @extend_schema(responses=RunOutputSerializer(many=True))
     @action(detail=True, methods=["get"], url_path="outputs")
     def outputs(self, request, pk=None):
@@ -512,12 +536,41 @@ class RunViewSet(WorkspaceScopedViewSet):
         return Response({
             "runs": RunSerializer(runs, many=True).data,
             "properties": data["properties"],
+            "params": data["params"],
+            "tags": data["tags"],
             "metrics": data["metrics"],
             "outputs": [{"path": row["path"], "differs": row["differs"],
                          "cells": [{"size": c.size, "sha256": c.sha256} if c else None for c in row["cells"]]}
                         for row in data["outputs"]],
             "series": data["series"],
+            "parallel": data["parallel"],
         })
+
+
+def compact_json(request, data) -> HttpResponse:
+    """JSON without spaces, gzipped when the client accepts it: chart data is numbers by the
+    thousand, about a third of the bytes once compressed (nothing secret is in it, so no BREACH)."""
+    body = json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
+    response = HttpResponse(content_type="application/json")
+    if len(body) > 1024 and "gzip" in request.META.get("HTTP_ACCEPT_ENCODING", ""):
+        body = gzip.compress(body, compresslevel=5)
+        response["Content-Encoding"] = "gzip"
+    response["Vary"] = "Accept-Encoding"
+    response.content = body
+    return response
+
+
+def _int_param(params, name: str, default, *, low: int | None = None, high: int | None = None):
+    raw = params.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise PortalError(f"{name} must be a whole number, not {raw[:40]!r}.", fields={name: "Not a whole number."}) from None
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise PortalError(f"{name} must be between {low} and {high}.", fields={name: f"Between {low} and {high}."})
+    return value
 
 
 def runs_to_compare(qs, ids: str) -> list[Run]:

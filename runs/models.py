@@ -233,8 +233,11 @@ class Metric(models.Model):
     """One logged metric point: a number (`value`) or a string (`text`), optionally at a `step`."""
 
     id = models.BigAutoField(primary_key=True)
-    workspace = models.ForeignKey("workspaces.Workspace", on_delete=models.CASCADE, related_name="+")
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="metrics", db_index=False)
+    # No database-level foreign keys on the highest-volume table: PostgreSQL checks each one per row
+    # at commit, which cost more than the COPY of the rows itself. Django's CASCADE still deletes a
+    # run's points (one DELETE … WHERE run_id), and only the worker side, which holds the run, inserts.
+    workspace = models.ForeignKey("workspaces.Workspace", on_delete=models.CASCADE, related_name="+", db_constraint=False)
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="metrics", db_index=False, db_constraint=False)
     name = models.CharField(max_length=METRIC_NAME_MAX)
     value = models.FloatField(null=True, blank=True)
     text = models.CharField(max_length=1000, blank=True)
@@ -266,6 +269,11 @@ class RunMetricSummary(models.Model):
     step = models.IntegerField(null=True, blank=True)
     count = models.PositiveIntegerField(default=1)
     logged_at = models.DateTimeField()
+    # The series downsampled for charts ({"steps", "values", "points"}), computed from `chart_count`
+    # points: current while it equals `count`. The worker fills it when a run ends, so a page never
+    # aggregates a million points; a live run's chart computes (and keeps) it on demand.
+    chart = models.JSONField(null=True, blank=True)
+    chart_count = models.PositiveIntegerField(default=0)
 
     class Meta:
         ordering = ["run", "name"]

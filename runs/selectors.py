@@ -204,15 +204,65 @@ def attach_metric_summaries(runs: list[Run]) -> list[Run]:
     return runs
 
 
-def metrics_of(run: Run) -> tuple[list[RunMetricSummary], dict[str, list[tuple[int, float]]]]:
-    """The run's metric summaries and its series: {name: [(step, value), …]} for names logged with steps."""
-    summaries = list(RunMetricSummary.objects.filter(run=run).order_by("name"))
-    series: dict[str, list] = defaultdict(list)
-    for name, step, value in Metric.objects.filter(run=run, step__isnull=False, value__isnull=False).order_by(
-        "name", "step", "id"
-    ).values_list("name", "step", "value")[:50_000]:
-        series[name].append((step, value))
-    return summaries, dict(series)
+CHART_POINTS = 1000
+MAX_CHART_POINTS = 5000
+
+
+def _series_points(run_id, name: str, min_step: int | None = None, max_step: int | None = None) -> tuple[list, list]:
+    """(steps, values) of one numeric series in step order, read with a raw cursor (100,000 rows in
+    about a tenth of a second; model instances would take ten times that)."""
+    qs = Metric.objects.filter(run_id=run_id, name=name, step__isnull=False, value__isnull=False)
+    if min_step is not None:
+        qs = qs.filter(step__gte=min_step)
+    if max_step is not None:
+        qs = qs.filter(step__lte=max_step)
+    rows = qs.order_by("step", "id").values_list("step", "value")
+    sql, params = rows.query.sql_with_params()
+    from django.db import connections
+
+    with connections[rows.db].cursor() as cursor:
+        cursor.execute(sql, params)
+        data = cursor.fetchall()
+    return [r[0] for r in data], [r[1] for r in data]
+
+
+def _chart_entry(steps: list, values: list, points: int) -> dict:
+    from runs.downsample import downsample
+
+    kept_steps, kept_values = downsample(steps, values, points)
+    return {"steps": kept_steps, "values": [float(f"{v:.7g}") for v in kept_values], "points": len(steps),
+            "sampled": len(kept_steps) < len(steps)}
+
+
+def chart_series(run: Run, *, names: Iterable[str] | None = None, points: int = CHART_POINTS,
+                 min_step: int | None = None, max_step: int | None = None) -> dict[str, dict]:
+    """Every numeric series of the run logged with steps (or those `names`), each downsampled to
+    about `points` points keeping first, last, minimum and maximum: {name: {"steps", "values",
+    "points" (how many the series holds in the range), "sampled"}}. With a step range, the points in
+    that range, at full resolution when they number at most `points`. The whole-series answer at
+    the default size is kept on the series' summary row until more points arrive."""
+    qs = RunMetricSummary.objects.filter(run=run, step__isnull=False).order_by("name")
+    if names is not None:
+        qs = qs.filter(name__in=list(names))
+    out: dict[str, dict] = {}
+    whole = min_step is None and max_step is None and points == CHART_POINTS
+    for summary in qs.only("id", "name", "count", "chart", "chart_count"):
+        if whole and summary.chart is not None and summary.chart_count == summary.count:
+            out[summary.name] = summary.chart
+            continue
+        steps, values = _series_points(run.id, summary.name, min_step, max_step)
+        if not steps and min_step is None and max_step is None:
+            continue  # a name logged with steps but only text or NaN values
+        entry = _chart_entry(steps, values, points)
+        out[summary.name] = entry
+        if whole:
+            RunMetricSummary.objects.filter(id=summary.id, count=summary.count).update(chart=entry, chart_count=summary.count)
+    return out
+
+
+def summaries_of(run: Run) -> QuerySet:
+    """The run's metric summaries (last value of each name), by name; the chart cache left out."""
+    return RunMetricSummary.objects.filter(run=run).order_by("name").defer("chart")
 
 
 def log_since(run: Run, offset: int) -> tuple[str, int]:
@@ -238,9 +288,20 @@ def project_scripts(project: Project) -> list[str]:
     return list(project.files.filter(path__endswith=".py").order_by("path").values_list("path", flat=True))
 
 
-def compare(runs: list[Run]) -> dict:
-    """Arguments, metrics and outputs of runs side by side, with the rows that differ marked."""
+def compare(runs: list[Run], *, with_series: bool = True) -> dict:
+    """Params, tags, arguments, metrics and outputs of runs side by side, with the rows that differ
+    marked; `series` (each run's chart series) unless with_series is False; `parallel`: for the
+    parallel-coordinates chart, each run's params and last metric values."""
     attach_metric_summaries(runs)
+    attach_params_and_tags(runs)
+    param_names = sorted({n for r in runs for n in r.param_values})
+    param_rows = []
+    for name in param_names:
+        values = [r.param_values.get(name) for r in runs]
+        param_rows.append({"name": name, "values": values, "differs": len(set(values)) > 1})
+    tag_keys = sorted({k for r in runs for k in r.tag_values})
+    tag_rows = [{"name": k, "values": [r.tag_values.get(k) for r in runs],
+                 "differs": len({r.tag_values.get(k) for r in runs}) > 1} for k in tag_keys]
     names = sorted({n for r in runs for n in r.metric_values})
     metric_rows = []
     for name in names:
@@ -265,8 +326,12 @@ def compare(runs: list[Run]) -> dict:
         ("Snapshot SHA-256", [r.snapshot_sha256[:12] for r in runs]),
     ]
     property_rows = [{"name": n, "values": v, "differs": len({repr(x) for x in v}) > 1} for n, v in props]
-    series = {}
-    for r in runs:
-        _, s = metrics_of(r)
-        series[str(r.id)] = s
-    return {"runs": runs, "properties": property_rows, "metrics": metric_rows, "outputs": output_rows, "series": series}
+    series = {str(r.id): chart_series(r) for r in runs} if with_series else {}
+    parallel = {
+        "params": param_names,
+        "metrics": [row["name"] for row in metric_rows if any(isinstance(v, (int, float)) for v in row["values"])],
+        "runs": [{"label": str(r), "id": str(r.id), "params": r.param_values,
+                  "metrics": {k: v for k, v in r.metric_values.items() if isinstance(v, (int, float))}} for r in runs],
+    }
+    return {"runs": runs, "properties": property_rows, "params": param_rows, "tags": tag_rows, "metrics": metric_rows,
+            "outputs": output_rows, "series": series, "parallel": parallel}

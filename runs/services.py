@@ -32,7 +32,7 @@ from django.utils import timezone
 
 from runs import catalog
 from runs import checks
-from runs.models import Metric, Project, ProjectFile, Run, RunLogChunk, RunMetricSummary, RunOutput, RunParam, RunTag, Target
+from runs.models import EXTERNAL_TARGET, NOTE_MAX, Metric, Project, ProjectFile, Run, RunLogChunk, RunMetricSummary, RunOutput, RunParam, RunTag, Target
 from workspaces.errors import Conflict, NotFound, PayloadTooLarge, PortalError
 from workspaces.models import Role, Workspace
 from workspaces.services import activity_record, check_name, require_role
@@ -657,6 +657,42 @@ def run_add_params(*, run: Run, params: dict, user=None) -> None:
             raise PortalError(problems[0], code="param_changed", fields={"params": problems})
 
 
+def run_create_external(*, project: Project, user, run_name: str = "", started_at=None,
+                        tags: Iterable[tuple[str, str]] = ()) -> Run:
+    """A run logged from outside by an MLflow client (target `external`): nothing executes here;
+    it is running until the client ends it (contributor+)."""
+    require_role(user=user, workspace=project.workspace, role=Role.CONTRIBUTOR)
+    items = [checks.check_tag(k, v) for k, v in tags]
+    now = timezone.now()
+    with transaction.atomic():
+        run = _create_run(workspace=project.workspace, project=project, kind=Run.Kind.SCRIPT, script=(run_name or "")[:255],
+                          target=EXTERNAL_TARGET, status=Run.Status.RUNNING, created_by=user, started_at=started_at or now,
+                          heartbeat_at=now, image="external")
+        run_set_tags(run_id=run.id, workspace_id=run.workspace_id, tags=items)
+    activity_record(workspace=project.workspace, actor=user, verb="run.logged_externally", target=run)
+    return run
+
+
+def run_update_external(*, run: Run, user, status: str | None = None, ended_at=None, run_name: str | None = None) -> Run:
+    """Ends (or renames) a run from the MLflow API; a run that ended keeps its end time."""
+    require_role(user=user, workspace=run.workspace, role=Role.CONTRIBUTOR)
+    fields: dict = {}
+    if run_name:
+        fields["script"] = run_name[:255]
+    if status:
+        fields["status"] = status
+        if status in Run.FINISHED:
+            fields["ended_at"] = ended_at or timezone.now()
+            if run.target == EXTERNAL_TARGET:
+                fields["exit_code"] = 0 if status == Run.Status.COMPLETED else 1
+        else:
+            fields["ended_at"] = None
+    if fields:
+        Run.objects.filter(id=run.id).update(**fields)
+        run.refresh_from_db()
+    return run
+
+
 def _upsert_tags(run_id, workspace_id, items: list[tuple[str, str]]) -> None:
     if not items:
         return
@@ -697,9 +733,17 @@ def _param_changed(name: str, old: str, new: str) -> str:
             f"(got {new[:80]!r}). Log the new value under another name.")
 
 
+NOTE_TAG = "mlflow.note.content"  # MLflow keeps a run's description as this tag; here it is the note
+
+
 def run_set_tags(*, run_id, workspace_id, tags: Iterable[tuple[str, str]]) -> None:
-    """Sets tags ((key, value) already checked); a later value of a key replaces the earlier."""
-    _upsert_tags(run_id, workspace_id, list(tags))
+    """Sets tags ((key, value) already checked); a later value of a key replaces the earlier.
+    MLflow's note tag (mlflow.note.content) becomes the run's note."""
+    items = list(tags)
+    notes = [value for key, value in items if key == NOTE_TAG]
+    _upsert_tags(run_id, workspace_id, [(k, v) for k, v in items if k != NOTE_TAG])
+    if notes:
+        Run.objects.filter(id=run_id).update(note=notes[-1][:NOTE_MAX])
 
 
 def run_claim(*, run_id, worker: str) -> Run | None:

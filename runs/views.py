@@ -318,7 +318,7 @@ def _run(request, run_id) -> Run:
 def run_detail(request, run_id):
     run = _run(request, run_id)
     role = role_in(request.user, run.workspace_id)
-    summaries, series = selectors.metrics_of(run)
+    summaries = list(selectors.summaries_of(run))
     selectors.attach_params_and_tags([run])
     outputs = list(run.outputs.order_by("path"))
     for output in outputs:
@@ -327,7 +327,7 @@ def run_detail(request, run_id):
         output.is_text = (mimetypes.guess_type(output.path)[0] or "").startswith("text/") or ext in (".json", ".log", ".txt", ".csv", ".md", ".yaml", ".yml", ".py")
     return render(request, "runs/run_detail.html", {
         "run": run, "can_write": has_role(role, Role.CONTRIBUTOR), "summaries": summaries, "outputs": outputs,
-        "series_data": series, "has_series": bool(series),
+        "has_series": any(m.step is not None for m in summaries),
     })
 
 
@@ -408,7 +408,9 @@ def run_compare(request):
             raise Http404(exc.message) from None
         messages.error(request, exc.message)
         return redirect(reverse("run-list") + ("?" + urlencode({"ids": ids}) if ids else ""))
-    data = selectors.compare(runs)
-    return render(request, "runs/run_compare.html", {**data, "series_data": {
-        "labels": [str(r) for r in runs], "series": [data["series"][str(r.id)] for r in runs],
-    }})
+    data = selectors.compare(runs, with_series=False)
+    import json
+
+    sources = [{"url": f"/api/v1/runs/{r.pk}/series/", "label": str(r)} for r in runs]
+    return render(request, "runs/run_compare.html", {**data, "chart_sources": json.dumps(sources),
+                                                      "parallel_json": json.dumps(data["parallel"])})

@@ -201,7 +201,19 @@ def execute(run_id) -> str:
     finally:
         sink.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+    prepare_charts(run.id)
     return services.run_finish(run_id=run.id, **outcome)
+
+
+def prepare_charts(run_id) -> None:
+    """Downsamples every series of a run that just ended and keeps the result, so its page never
+    reads the raw points; a failure here only means the first page view computes them."""
+    from runs import selectors
+
+    try:
+        selectors.chart_series(Run.objects.get(id=run_id))
+    except Exception:  # noqa: BLE001 - a cache; the run's end must still be recorded
+        logger.exception("run %s: preparing its charts failed", run_id)
 
 
 def _prepare(run: Run, sink: RunSink) -> dict:
@@ -226,7 +238,8 @@ def _execute_script(run: Run, sink: RunSink, workdir: Path) -> dict:
         run_id=str(run.id), snapshot=snapshot, script=run.script, args=list(run.args or []),
         requirements=_requirements_of(snapshot), base_image=settings.MLPORTAL_BASE_IMAGE,
         memory_mb=project.memory_mb, cpus=project.cpus, timeout_s=project.time_limit_s,
-        network=project.allow_network, env={"MLPORTAL_RUN_ID": str(run.id), "MLPORTAL_RUN_NUMBER": str(run.number)},
+        network=project.allow_network, env={"MLPORTAL_RUN_ID": str(run.id), "MLPORTAL_RUN_NUMBER": str(run.number),
+             "MLPORTAL_PROJECT_ID": str(run.project_id)},
     )
     command = " ".join(["python", run.script, *spec.args])
     sink.log(f"[mlportal] run {run}: {command} on target {run.target}")

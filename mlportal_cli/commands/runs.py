@@ -96,7 +96,7 @@ def follow_run(ctx: Context, run: dict) -> int:
     offset, last = 0, "\n"
     started = quiet_since = time.monotonic()
     while True:
-        body = ctx.client.get(f"runs/{run_id}/log/", params={"offset": offset})
+        body = ctx.client.get_patiently(f"runs/{run_id}/log/", params={"offset": offset}, say=ctx.progress)
         text = body.get("text") or ""
         now = time.monotonic()
         if text:
@@ -115,7 +115,7 @@ def follow_run(ctx: Context, run: dict) -> int:
     if last != "\n":
         ctx.out.write("\n")
         ctx.out.flush()
-    final = ctx.client.get(f"runs/{run_id}/")
+    final = ctx.client.get_patiently(f"runs/{run_id}/", say=ctx.progress)
     label = final.get("name") or run_id
     if final.get("status") == "completed":
         metrics = metrics_text(final)
