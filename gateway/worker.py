@@ -102,7 +102,8 @@ def rollout_finish(*, service_id: str) -> str | None:
     """Promotes or aborts a ``promoting``/``aborting`` rollout. Promote: the new revision becomes
     the live one (the service's image), its replicas take the live numbers, the old replicas'
     rows go, then (after the gateway has read that) their containers stop. Abort: the new
-    replicas' rows go, then their containers. Returns "promoted", "aborted", WAIT or None."""
+    replicas' rows go, then their containers. The rollout is cleared last. Returns "promoted",
+    "aborted", WAIT or None."""
     d = _deployments()
     service = Service.objects.select_related("image", "environment", "workspace").filter(pk=service_id).first()
     if service is None or (service.rollout or {}).get("status") not in ("promoting", "aborting"):
@@ -129,13 +130,12 @@ def rollout_finish(*, service_id: str) -> str | None:
                 ServiceRevision.objects.filter(pk=new.pk).update(role=ServiceRevision.Role.LIVE)
                 for replica in fresh:  # the live numbers (1, 2…), which the reconciler keeps running
                     ServiceReplica.objects.filter(pk=replica.pk).update(number=replica.number - REPLICA_OFFSET)
-                Service.objects.filter(pk=service.pk).update(image=new.image, rollout={}, replicas=len(fresh) or service.replicas)
+                Service.objects.filter(pk=service.pk).update(image=new.image, replicas=len(fresh) or service.replicas)
                 message = (f"Promoted {rollout['mode']} revision {new.number} (image {new.image_ref}): it takes all "
                            f"traffic; {len(old)} old replica(s) stop.")
             else:
                 if new is not None:
                     ServiceRevision.objects.filter(pk=new.pk).update(ended_at=now)
-                Service.objects.filter(pk=service.pk).update(rollout={})
                 message = (f"Aborted {rollout['mode']} revision {rollout['revision']} ({rollout.get('finish_reason', 'aborted')}): "
                            f"revision {_live_number(service)} takes all traffic; {len(fresh)} new replica(s) stop.")
             TrafficChange.objects.create(service=service, revision=rollout["revision"], mode=rollout["mode"],
@@ -149,6 +149,8 @@ def rollout_finish(*, service_id: str) -> str | None:
         if problems:
             d.event(service.pk, f"Could not remove containers ({'; '.join(problems)}); the reconciler retries.",
                     ServiceEvent.Level.WARNING)
+        # Over only now, so whoever waits for it finds exactly the containers that stay.
+        Service.objects.filter(pk=service.pk).update(rollout={})
         return "promoted" if promote else "aborted"
     finally:
         d._unlock(service.pk, token)

@@ -228,11 +228,11 @@ def service_usage(ctx: Context):
 
 def service_update(ctx: Context):
     ref = _path(service_ref(ctx))
+    if (ctx.arg("canary") is not None or ctx.arg("shadow") is not None) and ctx.arg("image") is None:
+        raise UsageError("--canary and --shadow go with --image IMAGE (the new revision's image)")
     changes = [c for c in ("image", "replicas", "rollback") if ctx.arg(c) is not None]
     if len(changes) != 1:
         raise UsageError("say what to change, one at a time: --image-id IMAGE, -z/--replicas N or --rollback REVISION")
-    if (ctx.arg("canary") is not None or ctx.arg("shadow") is not None) and ctx.arg("image") is None:
-        raise UsageError("--canary and --shadow go with --image IMAGE (the new revision's image)")
     if ctx.arg("image") is not None and (ctx.arg("canary") is not None or ctx.arg("shadow") is not None):
         body = {"image": ctx.arg("image"), "canary": ctx.arg("canary"), "shadow": ctx.arg("shadow"),
                 "bake_seconds": ctx.arg("bake")}
