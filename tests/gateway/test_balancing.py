@@ -3,6 +3,7 @@ request goes to, and the per-service limiter."""
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -86,4 +87,6 @@ def test_the_limiter_queues_up_to_its_bound_then_refuses_and_hands_slots_on_in_o
         limiter.release(), limiter.release()
         assert limiter.active == 0
 
-    asyncio.run(scenario())
+    # A thread of its own: the session's Playwright keeps an event loop running in this one.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(asyncio.run, scenario()).result()
