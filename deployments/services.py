@@ -27,6 +27,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Max, Q
 from django.utils import timezone
 
+from deployments import hosts
 from deployments.models import ActiveEnvironment, Environment, Service, ServiceEvent, ServiceReplica, ServiceRevision
 from workspaces.errors import Conflict, PortalError
 from workspaces.models import Role, Workspace
@@ -41,8 +42,7 @@ WAIT_SECONDS = 3  # how often a deploy checks back on an image that is still bui
 IMAGE_WAIT_GRACE = 600  # a deploy gives up on an image still building this long past the build time limit
 LEASE_SECONDS = 660  # the deploy queue's hard time limit: no task holds a service longer
 STALE_SECONDS = 120  # a creating/updating/deleting service untouched this long has lost its task
-MAX_CPUS = 64.0
-MIN_MEMORY_MB, MAX_MEMORY_MB = 64, 256 * 1024
+MIN_MEMORY_MB = 64
 WAIT = "wait"  # returned by worker functions whose task should check back later
 
 
@@ -75,7 +75,12 @@ def check_engine_url(value: Any) -> str:
             raise _field_error("engine_url", f"Engine URL {value[:80]!r} needs a port, like tcp://10.0.0.5:2375.")
     elif parts.password:
         raise _field_error("engine_url", "Do not put a password in an ssh:// URL: use an SSH key of the worker's user.")
-    return value.rstrip("/")
+    value = value.rstrip("/")
+    try:
+        hosts.check_engine_url(value)
+    except hosts.NotAllowed as exc:
+        raise PortalError(str(exc), code="not_allowed", fields={"engine_url": str(exc)}) from None
+    return value
 
 
 def check_publish_address(value: Any) -> str:
@@ -83,10 +88,15 @@ def check_publish_address(value: Any) -> str:
     if value in (None, ""):
         return "127.0.0.1"
     try:
-        return str(ipaddress.ip_address(str(value)))
+        address = str(ipaddress.ip_address(str(value)))
     except ValueError:
         raise _field_error("publish_address", f"Publish address {str(value)[:60]!r} is not an IP address: use "
                                               "127.0.0.1 (this host only) or an address of the engine's host.") from None
+    try:
+        hosts.check_publish_address(address)
+    except hosts.NotAllowed as exc:
+        raise PortalError(str(exc), code="not_allowed", fields={"publish_address": str(exc)}) from None
+    return address
 
 
 def check_labels(value: Any) -> dict[str, str]:
@@ -124,15 +134,23 @@ def check_cpus(value: Any) -> float:
         number = float(value)
     except (TypeError, ValueError):
         raise _field_error("cpus", "CPUs must be a number, like 0.5 or 2.") from None
-    if not 0.1 <= number <= MAX_CPUS:
-        raise _field_error("cpus", f"CPUs must be from 0.1 to {MAX_CPUS:g}; got {number:g}.")
+    maximum = settings.MLPORTAL_SERVICE_MAX_CPUS
+    if number != number or number > maximum:
+        raise _field_error("cpus", f"CPUs {number:g} is over the portal's maximum of {maximum:g} "
+                                   f"(MLPORTAL_SERVICE_MAX_CPUS): ask for {maximum:g} or less.")
+    if number < 0.1:
+        raise _field_error("cpus", f"CPUs must be from 0.1 to {maximum:g}; got {number:g}.")
     return round(number, 2)
 
 
 def check_memory(value: Any) -> int:
     number = _whole_number(value, "memory_mb", "Memory must be a whole number of MB, like 1024.")
-    if not MIN_MEMORY_MB <= number <= MAX_MEMORY_MB:
-        raise _field_error("memory_mb", f"Memory must be from {MIN_MEMORY_MB} to {MAX_MEMORY_MB} MB; got {number}.")
+    maximum = settings.MLPORTAL_SERVICE_MAX_MEMORY_MB
+    if number > maximum:
+        raise _field_error("memory_mb", f"Memory {number} MB is over the portal's maximum of {maximum} MB "
+                                        "(MLPORTAL_SERVICE_MAX_MEMORY_MB): ask for less.")
+    if number < MIN_MEMORY_MB:
+        raise _field_error("memory_mb", f"Memory must be from {MIN_MEMORY_MB} to {maximum} MB; got {number}.")
     return number
 
 
@@ -158,8 +176,11 @@ def _field_error(field: str, message: str) -> PortalError:
 def environment_create(*, workspace: Workspace, name: str, user, kind: str = Environment.Kind.LOCAL,
                        engine_url: str = "", publish_address: str = "", labels: Any = None,
                        description: str = "") -> Environment:
-    """Creates an environment (the lab's ``az ml env setup``). Only ``local`` ones for now."""
+    """Creates an environment (the lab's ``az ml env setup``). Only ``local`` ones for now. Choosing
+    an engine URL or a publish address (a machine the portal will talk to) takes the owner role."""
     require_role(user=user, workspace=workspace, role=Role.CONTRIBUTOR)
+    if str(engine_url or "").strip() or str(publish_address or "").strip() not in ("", "127.0.0.1"):
+        require_role(user=user, workspace=workspace, role=Role.OWNER)
     name = check_name(name, what="environment name")
     kind = (kind or Environment.Kind.LOCAL).strip() if isinstance(kind, str) else kind
     if kind == Environment.Kind.CLUSTER:
@@ -215,6 +236,8 @@ def environment_update(*, environment: Environment, user, changes: dict[str, Any
         values["description"] = description.strip()
     if "labels" in changes:
         values["labels"] = check_labels(changes["labels"])
+    if "engine_url" in changes or "publish_address" in changes:  # which machines the portal talks to
+        require_role(user=user, workspace=environment.workspace, role=Role.OWNER)
     if "engine_url" in changes:
         values["engine_url"] = check_engine_url(changes["engine_url"])
     if "publish_address" in changes:
@@ -300,6 +323,13 @@ def environment_for_new_service(*, workspace: Workspace, user, ref: Any = None) 
         names = ", ".join(e.name for e in environments[:10])
         raise _field_error("environment", f"Choose an environment ({names}) or set your active one first "
                                           "(POST /api/v1/environments/<name>/activate/).")
+    # First services racing each other: they queue on the workspace's row and the later ones find
+    # the 'local' environment the first one made (instead of failing on its unique name).
+    list(Workspace.objects.select_for_update(no_key=True).filter(pk=workspace.pk).values_list("pk", flat=True))
+    made = Environment.objects.filter(workspace=workspace, name="local").first()
+    if made is not None:
+        _check_deployable(made)
+        return made, None
     environment = environment_create(workspace=workspace, name="local", user=user,
                                      description="Made automatically for the first service: the workers' own Docker engine.")
     environment_activate(environment=environment, user=user)

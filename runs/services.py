@@ -15,6 +15,7 @@ import secrets
 import stat
 import tarfile
 import tempfile
+import time
 import uuid
 import zipfile
 from collections.abc import Iterable, Iterator
@@ -134,7 +135,7 @@ def decode_text(data: bytes) -> str:
 
 # --- projects -------------------------------------------------------------------------------------
 
-def _check_settings(*, default_target=None, time_limit_s=None, memory_mb=None, cpus=None) -> dict:
+def _check_settings(*, default_target=None, time_limit_s=None, memory_mb=None, cpus=None, outputs_max_mb=None) -> dict:
     """Returns the given run settings checked and typed; raises PortalError naming the bad one."""
     out = {}
     if default_target is not None:
@@ -143,8 +144,10 @@ def _check_settings(*, default_target=None, time_limit_s=None, memory_mb=None, c
         out["default_target"] = default_target
     limits = {
         "time_limit_s": (time_limit_s, int, 1, settings.MLPORTAL_RUN_TIMEOUT_MAX, "seconds"),
-        "memory_mb": (memory_mb, int, 16, 1024 * 1024, "MiB"),
-        "cpus": (cpus, float, 0.01, 256.0, "CPUs"),
+        "memory_mb": (memory_mb, int, 16, settings.MLPORTAL_RUN_MAX_MEMORY_MB,
+                      "MiB (the portal's maximum, MLPORTAL_RUN_MAX_MEMORY_MB)"),
+        "cpus": (cpus, float, 0.01, settings.MLPORTAL_RUN_MAX_CPUS, "CPUs (the portal's maximum, MLPORTAL_RUN_MAX_CPUS)"),
+        "outputs_max_mb": (outputs_max_mb, int, 1, settings.MLPORTAL_RUN_OUTPUTS_MAX_MB, "MiB (the portal's maximum)"),
     }
     for name, (value, kind, low, high, unit) in limits.items():
         if value is None:
@@ -153,6 +156,8 @@ def _check_settings(*, default_target=None, time_limit_s=None, memory_mb=None, c
             number = kind(value)
         except (TypeError, ValueError):
             raise PortalError(f"{name} must be a number, not {str(value)[:40]!r}.", fields={name: "Not a number."}) from None
+        if number != number or number in (float("inf"), float("-inf")):
+            raise PortalError(f"{name} must be a finite number.", fields={name: "Not a finite number."})
         if not low <= number <= high:
             message = f"{name} must be between {low} and {high} {unit}; {number} is not."
             raise PortalError(message, fields={name: message})
@@ -198,10 +203,12 @@ def project_create(
 def project_update_settings(
     *, project: Project, user, description: str | None = None, requirements: str | None = None,
     default_target: str | None = None, time_limit_s=None, memory_mb=None, cpus=None, allow_network: bool | None = None,
+    outputs_max_mb=None,
 ) -> Project:
     """Changes run settings; `requirements` rewrites the project's requirements.txt."""
     require_role(user=user, workspace=project.workspace, role=Role.CONTRIBUTOR)
-    values = _check_settings(default_target=default_target, time_limit_s=time_limit_s, memory_mb=memory_mb, cpus=cpus)
+    values = _check_settings(default_target=default_target, time_limit_s=time_limit_s, memory_mb=memory_mb, cpus=cpus,
+                             outputs_max_mb=outputs_max_mb)
     if description is not None:
         values["description"] = description[:5000]
     if allow_network is not None:
@@ -234,12 +241,19 @@ def project_delete(*, project: Project, user) -> None:
 
 
 def _sync_requirements(project: Project) -> None:
-    """Copies requirements.txt into project.requirements (empty when the file is gone)."""
+    """Copies requirements.txt into project.requirements (empty when the file is gone), checked at
+    the door with the manifests' rules (package names and versions only: no pip options such as
+    ``--index-url``, no URLs or paths); PortalError naming the line otherwise, which undoes the
+    write it is part of."""
+    from registry.services import parse_requirements
+
     row = project.files.filter(path="requirements.txt").first()
     text = ""
     if row is not None:
         with open_blob(row.storage_name) as handle:
-            text = decode_text(handle.read(256 * 1024))
+            raw = handle.read(256 * 1024 + 1)
+        parse_requirements(raw)
+        text = decode_text(raw)
     if text != project.requirements:
         project.requirements = text
         project.save(update_fields=["requirements", "updated_at"])
@@ -482,11 +496,19 @@ def _add_project_files(tar: tarfile.TarFile, rows: Iterable[ProjectFile]) -> Non
 
 # --- runs: submit, prepare, cancel ----------------------------------------------------------------
 
+LOCAL_RUNS_OFF = ("Local runs are off in workspace '{workspace}': they run code on the worker's host, so only a portal "
+                  "administrator can allow them (MLPORTAL_LOCAL_RUNS=on, then Admin → Workspaces → local runs allowed). "
+                  "Use target docker.")
+
+
 def _check_target(target: str | None, project: Project) -> str:
     target = target or project.default_target
     if target not in Target.values:
         message = f"Unknown compute target {target!r}: use docker or local."
         raise PortalError(message, code="unknown_target", fields={"target": message})
+    if target == Target.LOCAL and not project.workspace.local_runs_enabled:
+        message = LOCAL_RUNS_OFF.format(workspace=project.workspace.name)
+        raise PortalError(message, code="local_runs_off", fields={"target": message})
     return target
 
 
@@ -508,14 +530,20 @@ def _next_number(project: Project) -> int:
 
 
 def _create_run(**fields) -> Run:
-    """Creates the Run with the project's next number, retrying when a parallel submit took it."""
+    """Creates the Run with the project's next number. Submits into one project queue on the
+    project's row (NO KEY UPDATE: inserts that only point at it are not held up), so each takes the
+    next number in turn; should two still meet, the unique constraint lets one win and the other
+    retries; after that a 409 asks to try again (never a 500)."""
+    project = fields["project"]
     for attempt in range(5):
         try:
             with transaction.atomic():
-                return Run.objects.create(number=_next_number(fields["project"]), **fields)
+                list(Project.objects.select_for_update(no_key=True).filter(pk=project.pk).values_list("pk", flat=True))
+                return Run.objects.create(number=_next_number(project), **fields)
         except IntegrityError:
             if attempt == 4:
-                raise
+                raise Conflict("Too many runs are being submitted to this project at once: try again.") from None
+            time.sleep(0.05 * (attempt + 1))
     raise AssertionError("unreachable")
 
 
@@ -830,20 +858,35 @@ def run_record_metrics(*, run_id, workspace_id, points: list[dict]) -> None:
         when = p.get("time")
         logged_at = datetime.fromtimestamp(when, tz=dt_timezone.utc) if isinstance(when, (int, float)) else now
         rows.append((str(p["name"])[:200], value, text, p.get("step"), logged_at))
+    last: dict[str, tuple] = {}
+    counts: dict[str, int] = {}
+    for row in rows:
+        last[row[0]] = row
+        counts[row[0]] = counts.get(row[0], 0) + 1
     with transaction.atomic():
         _insert_metrics(run_id, workspace_id, rows)
-        last: dict[str, tuple] = {}
-        counts: dict[str, int] = {}
-        for row in rows:
-            last[row[0]] = row
-            counts[row[0]] = counts.get(row[0], 0) + 1
-        for name, (_, value, text, step, logged_at) in last.items():
-            updated = RunMetricSummary.objects.filter(run_id=run_id, name=name).update(
-                value=value, text=text, step=step, logged_at=logged_at, count=F("count") + counts[name],
-            )
-            if not updated:
-                RunMetricSummary.objects.create(run_id=run_id, workspace_id=workspace_id, name=name, value=value, text=text,
-                                                step=step, logged_at=logged_at, count=counts[name])
+        items = [(*last[name], counts[name]) for name in last]
+        for start in range(0, len(items), 500):  # 9 parameters a row: stay far below SQLite's limit
+            _upsert_summaries(run_id, workspace_id, items[start:start + 500])
+
+
+def _upsert_summaries(run_id, workspace_id, items: list[tuple]) -> None:
+    """One INSERT … ON CONFLICT for the (name, value, text, step, logged_at, count) of each name:
+    the last value replaces the summary's, the count adds up (PostgreSQL and SQLite both speak it)."""
+    connection = connections[RunMetricSummary.objects.db]
+    table = connection.ops.quote_name(RunMetricSummary._meta.db_table)
+    run_value = uuid.UUID(str(run_id)) if connection.vendor == "postgresql" else uuid.UUID(str(run_id)).hex
+    workspace_value = uuid.UUID(str(workspace_id)) if connection.vendor == "postgresql" else uuid.UUID(str(workspace_id)).hex
+    adapt = connection.ops.adapt_datetimefield_value
+    params: list = []
+    for name, value, text, step, logged_at, count in items:
+        params += [workspace_value, run_value, name, value, text, step, count, adapt(logged_at), 0]
+    values = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(items))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (workspace_id, run_id, name, value, text, step, count, logged_at, chart_count) "
+            f"VALUES {values} ON CONFLICT (run_id, name) DO UPDATE SET value = EXCLUDED.value, text = EXCLUDED.text, "
+            f"step = EXCLUDED.step, logged_at = EXCLUDED.logged_at, count = {table}.count + EXCLUDED.count", params)
 
 
 def _insert_metrics(run_id, workspace_id, rows: list[tuple]) -> None:
