@@ -1,6 +1,6 @@
-/* The service page's Traffic tab: revisions and their weights, the last hour per revision as a
-   chart, and the history of weight changes. Configured by the panel's data-traffic-url; reads
-   GET <traffic-url> (the API's services/<id>/traffic/) every 5 s. */
+/* The service page's Traffic tab (module "service-traffic"): revisions and their weights, the last
+   hour per revision as a chart, and the history of weight changes. Configured by the panel's
+   data-traffic-url; reads GET <traffic-url> (the API's services/<id>/traffic/) every 5 s. */
 (function () {
   "use strict";
   const EVERY_MS = 5000;
@@ -95,7 +95,5 @@
     tick();
   }
 
-  document.addEventListener("DOMContentLoaded", () => {
-    document.querySelectorAll('[data-module="service-traffic"]').forEach(start);
-  });
+  window.MLPortal.register("service-traffic", start);
 })();

@@ -7,6 +7,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from tests.frontend.conftest import csp_reports, watched_page  # noqa: F401 (page fixtures that fail on CSP violations)
+
 pytestmark = [pytest.mark.e2e]
 
 
@@ -36,12 +38,10 @@ def _service_with_a_canary(workspace, owner):
     return service
 
 
-def test_the_traffic_tab_shows_revisions_weights_figures_and_history(owner, workspace, live_server, browser_page,
-                                                                      transactional_db):
+def test_the_traffic_tab_shows_revisions_weights_figures_and_history(owner, workspace, live_server, watched_page,
+                                                                      csp_reports, transactional_db):
     service = _service_with_a_canary(workspace, owner)
-    page = browser_page(owner)
-    errors = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page, problems = watched_page(owner)
     page.goto(f"{live_server.url}/services/{service.pk}/")
     page.click("button[data-tab=traffic]")
     page.wait_for_selector("#traffic-rows tr[data-revision='2']")
@@ -50,17 +50,18 @@ def test_the_traffic_tab_shows_revisions_weights_figures_and_history(owner, work
     assert rows["1"][2:8] == ["live", "90", "0", "180", "0", "5"] and rows["2"][2:8] == ["canary", "10", "0", "20", "2", "5"]
     assert "A canary of image churn:2 is running (revision 2, 10%)" in page.locator("[data-testid=traffic-rollout]").inner_text()
     assert page.locator("#traffic-history-rows tr").first.locator("td").nth(3).inner_text() == "start"
-    page.wait_for_function("document.querySelector('[data-module=service-traffic]').dataset.loaded === 'true'")
-    assert page.evaluate("!!window.Chart && !!window.Chart.getChart(document.getElementById('traffic-chart'))")
+    page.wait_for_function("() => document.querySelector('[data-module=service-traffic]').dataset.loaded === 'true'")
+    assert page.evaluate("() => !!window.Chart && !!window.Chart.getChart(document.getElementById('traffic-chart'))")
 
     page.fill("#traffic-weight", "150")
-    assert page.evaluate("document.getElementById('traffic-weight').checkValidity()") is False  # 1–99 in the form too
+    assert page.evaluate("() => document.getElementById('traffic-weight').checkValidity()") is False  # 1–99 in the form too
     page.fill("#traffic-weight", "30")
     page.click("text=Set weight")
     page.wait_for_load_state()
     service.refresh_from_db()
     assert service.rollout["weight"] == 30
-    assert errors == []
+    problems.assert_none()
+    assert csp_reports() == []
 
 
 def test_the_page_forms_refuse_bad_weights_and_promote_or_abort_only_a_running_rollout(owner, workspace, page_client, db):
