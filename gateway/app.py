@@ -259,6 +259,8 @@ class Gateway:
         if scope.get("query_string"):
             upstream += "?" + scope["query_string"].decode("latin-1")
         revision = choose_revision(route, forced)
+        if forced is None and revision is not route.live and not self.balancer.order(revision.replicas):
+            revision = route.live  # no ready replica of the canary right now: the live revision answers
         if revision is None or not revision.replicas:
             label = f"revision {forced}" if forced is not None else f"service '{route.name}'"
             await self._finish(send, route, revision, 503, _error(
