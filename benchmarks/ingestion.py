@@ -267,6 +267,15 @@ def bench_mlflow_server(points: int, series: int) -> dict | None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+LABELS = {"a": "(a) portal run through the runtime", "b": "(b) MLflow client → portal MLflow API",
+          "c": "(c) MLflow client → mlflow server (SQLite)"}
+
+
+def _say(key: str, result: dict) -> None:
+    print(f"measured {LABELS[key]}: {result['points']} points in {result['seconds']:.1f} s = "
+          f"{result['points'] / result['seconds']:,.0f} points/s", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--points", type=int, default=1_000_000)
@@ -281,12 +290,17 @@ def main() -> int:
         common.log(f"portal under {data_dir} on {'PostgreSQL' if database_url else 'SQLite'} (load average {common.loadavg()})")
         setup_django(data_dir, database_url)
         user, project, token = make_owner()
-        if "c" in only:
-            results["c"] = bench_mlflow_server(args.points, args.series)
-        if "b" in only:
-            results["b"] = bench_portal_api(data_dir, database_url, token, args.points, args.series)
+        # Each figure is printed as soon as it is measured, so a later failure keeps the earlier ones.
         if "a" in only:
             results["a"] = bench_runtime(user, project, args.points, args.series)
+            _say("a", results["a"])
+        if "b" in only:
+            results["b"] = bench_portal_api(data_dir, database_url, token, args.points, args.series)
+            _say("b", results["b"])
+        if "c" in only:
+            results["c"] = bench_mlflow_server(args.points, args.series)
+            if results["c"]:
+                _say("c", results["c"])
     finally:
         drop()
         shutil.rmtree(data_dir, ignore_errors=True)
@@ -294,8 +308,7 @@ def main() -> int:
     print(f"ingestion: {args.points} points in {args.series} series, end to end "
           f"(portal on {'PostgreSQL' if database_url else 'SQLite'}; load average {common.loadavg()})")
     rate = {k: v["points"] / v["seconds"] for k, v in results.items() if v}
-    labels = {"a": "(a) portal run through the runtime", "b": "(b) MLflow client → portal MLflow API",
-              "c": "(c) MLflow client → mlflow server (SQLite)"}
+    labels = LABELS
     for key in ("a", "b", "c"):
         if results.get(key):
             r = results[key]
