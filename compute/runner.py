@@ -39,9 +39,11 @@ from compute.engine import (
     LABEL_PORTAL,
     BuildError,
     connect,
+    container_log_config,
     engine_errors,
 )
 from compute.envimage import RUN_UID, RUN_USER, ensure_env_image, runtime_package_dirs, runtime_site_file
+from compute.network import RUN_NETWORK, ensure_network
 from compute.wheels import ensure_wheels, file_lock, normalise_requirements, offline_pip_env
 
 logger = logging.getLogger(__name__)
@@ -326,7 +328,10 @@ def run_in_docker(spec: RunSpec, *, wheel_cache: Path, on_output: Callable[[str]
                 memswap_limit=f"{spec.memory_mb}m",
                 nano_cpus=int(spec.cpus * 1e9),
                 pids_limit=spec.pids,
-                network_mode="bridge" if spec.network else "none",
+                # A run the project lets use the network gets the isolated runs bridge: it
+                # reaches the internet, never another container or the host's services.
+                network_mode=ensure_network(RUN_NETWORK, base_url=base_url) if spec.network else "none",
+                log_config=container_log_config(),
                 tmpfs={"/tmp": f"size={spec.tmp_mb}m,mode=1777"} if spec.tmp_mb else None,
                 cap_drop=["ALL"],
                 security_opt=["no-new-privileges"],

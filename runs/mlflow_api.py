@@ -86,6 +86,8 @@ def endpoint(method: str):
                 auth = BearerTokenAuthentication().authenticate(request)
             except drf_exceptions.AuthenticationFailed as exc:
                 return _error("UNAUTHENTICATED", str(exc.detail))
+            except drf_exceptions.PermissionDenied as exc:  # a read-only token sending a write
+                return _error("PERMISSION_DENIED", str(exc.detail))
             if auth is None:
                 return _error("UNAUTHENTICATED", "Send the portal's API token: set MLFLOW_TRACKING_TOKEN to a token "
                                                  "from the Tokens page (it goes as 'Authorization: Bearer <token>').")
