@@ -293,6 +293,7 @@ CELERY_TASK_ROUTES = {
     # which the maintenance worker serves with builds and deploys: never behind a training run.
     "runs.tasks.sweep_lost_runs": {"queue": "celery"},
     "runs.tasks.requeue_lost_runs": {"queue": "celery"},
+    "runs.tasks.prepare_run_charts": {"queue": "celery"},
     "registry.tasks.requeue_lost_builds": {"queue": "celery"},
     "retention.tasks.apply_retention": {"queue": "celery"},
 }
