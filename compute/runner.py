@@ -456,6 +456,40 @@ def _stream_outputs(client, container_id: str, *, store: StoreOutput,
         response.close()
 
 
+def _store_directory(root: Path, *, store: StoreOutput, max_bytes: int | None) -> tuple[int, int]:
+    """Hands the regular files under ``root`` (symlinks left out, never followed) to ``store``;
+    returns (files, bytes). Raises OutputsOverCap before storing anything when their total is
+    over ``max_bytes``, DiskFull when ``store`` hits a full disk."""
+    if not root.is_dir() or root.is_symlink():
+        return 0, 0
+    found: list[tuple[str, Path, int]] = []
+    for folder, dirs, names in os.walk(root):  # does not descend into symlinked folders
+        dirs.sort()
+        for name in sorted(names):
+            path = Path(folder) / name
+            if path.is_symlink() or not path.is_file():
+                continue
+            found.append((path.relative_to(root).as_posix(), path, path.stat().st_size))
+    total = sum(size for _, _, size in found)
+    if max_bytes is not None and total > max_bytes:
+        raise OutputsOverCap(f"its outputs are over the cap of {_mib(max_bytes)} ({_mib(total)}): "
+                             "write less under outputs/, or raise the project's outputs cap")
+    for rel, path, size in found:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:  # replaced by a symlink or removed since: not an output
+            continue
+        with os.fdopen(fd, "rb") as handle:
+            try:
+                store(rel, size, handle)
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    raise DiskFull(f"disk full: the portal's storage has no room for its outputs "
+                                   f"(at {rel}); free space or ask an operator") from exc
+                raise
+    return len(found), total
+
+
 def _copy_outputs(client, container_id: str, dest: Path) -> Path | None:
     """Copies ``/workspace/outputs`` of a stopped container to ``dest``; None when missing or empty."""
     try:
@@ -692,7 +726,7 @@ def _chown_tree(root: Path, uid: int) -> None:
 
 def run_local(spec: RunSpec, *, sandbox: LocalSandbox, wheel_cache: Path,
               on_output: Callable[[str], None], should_cancel: Callable[[], bool],
-              workdir: Path) -> RunResult:
+              workdir: Path, store_output: StoreOutput | None = None) -> RunResult:
     """Runs ``spec`` as a local process of ``sandbox.uid`` in a cached virtualenv and returns the result.
 
     The snapshot is extracted into a private working copy under ``sandbox.root`` (0700, owned by
@@ -702,7 +736,9 @@ def run_local(spec: RunSpec, *, sandbox: LocalSandbox, wheel_cache: Path,
     namespaces of its own with /run hidden, unless ``network`` (then the host's network, /run
     still hidden); an address-space limit of ``memory_mb``, at most ``pids`` processes of its uid,
     and at most ``ceil(cpus)`` CPUs. A worker that cannot provide this (not root, no unshare) fails
-    the run before it starts, saying so. Raises ValueError for an unusable spec."""
+    the run before it starts, saying so. With ``store_output``, the files under ``outputs/`` go to
+    it one by one instead of into a tar (the same cap and "disk full" ends as ``run_in_docker``;
+    the cap is checked before anything is stored). Raises ValueError for an unusable spec."""
     _check_spec(spec)
     isolation = isolation_prefix()
     if isolation is None:
@@ -786,8 +822,16 @@ def run_local(spec: RunSpec, *, sandbox: LocalSandbox, wheel_cache: Path,
                 thread.join(timeout=5)
         exit_code = proc.returncode
         oom = exit_code != 0 and any("MemoryError" in line for line in tail)
-        outputs = _archive.tar_directory(project / "outputs", workdir / "outputs.tar")
-        return _result_for(verdict, exit_code=exit_code, oom=oom, memory_mb=spec.memory_mb,
-                           timeout_s=spec.timeout_s, outputs=outputs, image=image)
+        if store_output is None:
+            outputs = _archive.tar_directory(project / "outputs", workdir / "outputs.tar")
+            return _result_for(verdict, exit_code=exit_code, oom=oom, memory_mb=spec.memory_mb,
+                               timeout_s=spec.timeout_s, outputs=outputs, image=image)
+        result = _result_for(verdict, exit_code=exit_code, oom=oom, memory_mb=spec.memory_mb,
+                             timeout_s=spec.timeout_s, outputs=None, image=image)
+        try:
+            _store_directory(project / "outputs", store=store_output, max_bytes=spec.outputs_max_bytes)
+        except (OutputsOverCap, DiskFull) as exc:
+            return RunResult("failed", exit_code, str(exc), oom, None, image, outputs_failed=True)
+        return result
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

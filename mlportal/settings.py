@@ -260,7 +260,7 @@ except ValueError as _exc:
     raise ImproperlyConfigured(f"MLPORTAL_SCAN_ALLOW: {_exc}") from None
 MLPORTAL_SCAN_MAX_BYTES = env_int("MLPORTAL_SCAN_MAX_BYTES", 1024 * 1024 * 1024, minimum=1024)
 MLPORTAL_SCAN_MAX_MEMBERS = env_int("MLPORTAL_SCAN_MAX_MEMBERS", 1000, minimum=1)
-MLPORTAL_SCAN_MAX_OPCODES = env_int("MLPORTAL_SCAN_MAX_OPCODES", 5_000_000, minimum=1000)
+MLPORTAL_SCAN_MAX_OPCODES = env_int("MLPORTAL_SCAN_MAX_OPCODES", 2_000_000, minimum=1000)  # ~5 µs each here
 
 # --- Celery ---------------------------------------------------------------------------------
 _BROKER_DIR = DATA_DIR / "broker"

@@ -222,7 +222,13 @@ _CODES = {op.code.encode("latin-1"): op for op in pickletools.opcodes}
 _LENGTH = {"string1": ("<B", "str"), "string4": ("<i", "str"), "bytes1": ("<B", "bytes"), "bytes4": ("<I", "bytes"),
            "bytes8": ("<Q", "bytes"), "bytearray8": ("<Q", "bytes"), "unicodestring1": ("<B", "unicode"),
            "unicodestring4": ("<I", "unicode"), "unicodestring8": ("<Q", "unicode")}
-_FIXED = {"uint1": "<B", "uint2": "<H", "int4": "<i", "uint4": "<I", "uint8": "<Q", "float8": ">d"}
+_FIXED = {name: struct.Struct(fmt) for name, fmt in
+          {"uint1": "<B", "uint2": "<H", "int4": "<i", "uint4": "<I", "uint8": "<Q", "float8": ">d"}.items()}
+_LENGTH = {name: (struct.Struct(fmt), kind) for name, (fmt, kind) in _LENGTH.items()}
+# Opcodes that only push their argument (numbers, strings, bytes): the commonest, so read first.
+_PUSH_ARG = frozenset(op.name for op in pickletools.opcodes if op.arg is not None and op.stack_before == []
+                      and len(op.stack_after) == 1 and op.name not in ("GET", "BINGET", "LONG_BINGET", "PERSID", "EXT1",
+                                                                       "EXT2", "EXT4", "GLOBAL"))
 
 
 def _read_arg(op, src: Source) -> Any:
@@ -230,12 +236,12 @@ def _read_arg(op, src: Source) -> Any:
     if arg is None:
         return None
     name = arg.name
-    if name in _FIXED:
-        fmt = _FIXED[name]
-        return struct.unpack(fmt, src.read(struct.calcsize(fmt)))[0]
+    fixed = _FIXED.get(name)
+    if fixed is not None:
+        return fixed.unpack(src.read(fixed.size))[0]
     if name in _LENGTH:
         fmt, kind = _LENGTH[name]
-        size = struct.unpack(fmt, src.read(struct.calcsize(fmt)))[0]
+        size = fmt.unpack(src.read(fmt.size))[0]
         if size < 0:
             raise Malformed(f"a negative length at byte {src.pos}")
         if size > MAX_KEPT_BYTES:
@@ -401,6 +407,16 @@ def _run(src: Source, read: PickleRead, *, max_opcodes: int, joblib: bool, depth
             raise ScanLimit(f"the pickle is over the scan's bound of {max_opcodes} opcodes")
         arg = _read_arg(op, src)
         name = op.name
+        if name in _PUSH_ARG:
+            if len(stack) >= MAX_STACK:
+                raise ScanLimit(f"the pickle's stack is over {MAX_STACK} items")
+            stack.append(arg)
+            continue
+        if name == "MEMOIZE" or name == "BINPUT":
+            if len(memo) >= MAX_MEMO:
+                raise ScanLimit(f"the pickle's memo is over {MAX_MEMO} entries")
+            memo[len(memo) if name == "MEMOIZE" else arg] = stack[-1]
+            continue
         if name == "STOP":
             read.complete = True
             return

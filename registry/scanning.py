@@ -110,7 +110,7 @@ class Limits:
 
     max_bytes: int = 1024 * 1024 * 1024
     max_total_bytes: int = 4 * 1024 * 1024 * 1024
-    max_opcodes: int = 5_000_000
+    max_opcodes: int = 2_000_000
     max_members: int = 1000
 
 
