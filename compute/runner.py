@@ -39,9 +39,11 @@ from compute.engine import (
     LABEL_PORTAL,
     BuildError,
     connect,
+    container_log_config,
     engine_errors,
 )
 from compute.envimage import RUN_UID, RUN_USER, ensure_env_image, runtime_package_dirs, runtime_site_file
+from compute.network import RUN_NETWORK, ensure_network
 from compute.wheels import ensure_wheels, file_lock, normalise_requirements, offline_pip_env
 
 logger = logging.getLogger(__name__)
@@ -49,6 +51,9 @@ logger = logging.getLogger(__name__)
 WORKDIR = "/workspace"
 POLL_S = 0.5
 STREAM_GRACE_S = 3.0
+# Lines between the readers and the consumer: a full queue stops the readers, so a script printing
+# faster than the worker stores waits on its stdout instead of the worker buffering its output.
+LINE_QUEUE_MAX = 10_000
 MAX_LINE_BYTES = 64 * 1024
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -195,7 +200,9 @@ def _supervise(*, lines: queue.Queue, on_output: Callable[[str], None],
     gone; kills it on ``timeout_s`` (counted from ``started``) or a cancel (polled every
     ``POLL_S``), or once ``over_scratch()`` (polled every ``SCRATCH_CHECK_S``) is true. A stream
     still open ``STREAM_GRACE_S`` after the process ended is closed (a grandchild holding the
-    pipe, a stuck attach). Returns "timed_out", "canceled", "over_scratch" or None."""
+    pipe, a stuck attach); the grace counts from the last line delivered, so a backlog still
+    being delivered after the process ended is never cut. Returns "timed_out", "canceled",
+    "over_scratch" or None."""
     deadline = (started if started is not None else time.monotonic()) + timeout_s
     next_check = 0.0
     next_scratch_check = 0.0
@@ -203,6 +210,7 @@ def _supervise(*, lines: queue.Queue, on_output: Callable[[str], None],
     stream_done = False
     gone_at: float | None = None
     closed = False
+    last_item = 0.0
     while True:
         try:
             item = lines.get(timeout=POLL_S)
@@ -212,6 +220,7 @@ def _supervise(*, lines: queue.Queue, on_output: Callable[[str], None],
             stream_done = True
         elif item is not None:
             on_output(item)
+            last_item = time.monotonic()
         now = time.monotonic()
         if verdict is None and now >= deadline:
             verdict = "timed_out"
@@ -232,10 +241,11 @@ def _supervise(*, lines: queue.Queue, on_output: Callable[[str], None],
             continue
         if stream_done:
             return verdict
-        if not closed and now - gone_at > STREAM_GRACE_S:
+        quiet = now - max(gone_at, last_item)
+        if not closed and quiet > STREAM_GRACE_S:
             close_stream()
             closed = True
-        elif now - gone_at > STREAM_GRACE_S + 5:
+        elif quiet > STREAM_GRACE_S + 5:
             on_output("[mlportal] the output stream did not end; some last lines may be missing")
             return verdict
 
@@ -318,7 +328,10 @@ def run_in_docker(spec: RunSpec, *, wheel_cache: Path, on_output: Callable[[str]
                 memswap_limit=f"{spec.memory_mb}m",
                 nano_cpus=int(spec.cpus * 1e9),
                 pids_limit=spec.pids,
-                network_mode="bridge" if spec.network else "none",
+                # A run the project lets use the network gets the isolated runs bridge: it
+                # reaches the internet, never another container or the host's services.
+                network_mode=ensure_network(RUN_NETWORK, base_url=base_url) if spec.network else "none",
+                log_config=container_log_config(),
                 tmpfs={"/tmp": f"size={spec.tmp_mb}m,mode=1777"} if spec.tmp_mb else None,
                 cap_drop=["ALL"],
                 security_opt=["no-new-privileges"],
@@ -364,7 +377,7 @@ def _follow_container(container_id: str, *, spec: RunSpec, on_output, should_can
         readers: list[threading.Thread] = []
         try:
             frames = ((1, out) if out else (2, err) for out, err in stream)
-            lines: queue.Queue = queue.Queue()
+            lines: queue.Queue = queue.Queue(maxsize=LINE_QUEUE_MAX)
             readers = _start_readers([frames], lines)
             client.api.start(container_id)
             started = time.monotonic()
@@ -441,6 +454,40 @@ def _stream_outputs(client, container_id: str, *, store: StoreOutput,
         return files, total
     finally:
         response.close()
+
+
+def _store_directory(root: Path, *, store: StoreOutput, max_bytes: int | None) -> tuple[int, int]:
+    """Hands the regular files under ``root`` (symlinks left out, never followed) to ``store``;
+    returns (files, bytes). Raises OutputsOverCap before storing anything when their total is
+    over ``max_bytes``, DiskFull when ``store`` hits a full disk."""
+    if not root.is_dir() or root.is_symlink():
+        return 0, 0
+    found: list[tuple[str, Path, int]] = []
+    for folder, dirs, names in os.walk(root):  # does not descend into symlinked folders
+        dirs.sort()
+        for name in sorted(names):
+            path = Path(folder) / name
+            if path.is_symlink() or not path.is_file():
+                continue
+            found.append((path.relative_to(root).as_posix(), path, path.stat().st_size))
+    total = sum(size for _, _, size in found)
+    if max_bytes is not None and total > max_bytes:
+        raise OutputsOverCap(f"its outputs are over the cap of {_mib(max_bytes)} ({_mib(total)}): "
+                             "write less under outputs/, or raise the project's outputs cap")
+    for rel, path, size in found:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:  # replaced by a symlink or removed since: not an output
+            continue
+        with os.fdopen(fd, "rb") as handle:
+            try:
+                store(rel, size, handle)
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    raise DiskFull(f"disk full: the portal's storage has no room for its outputs "
+                                   f"(at {rel}); free space or ask an operator") from exc
+                raise
+    return len(found), total
 
 
 def _copy_outputs(client, container_id: str, dest: Path) -> Path | None:
@@ -679,7 +726,7 @@ def _chown_tree(root: Path, uid: int) -> None:
 
 def run_local(spec: RunSpec, *, sandbox: LocalSandbox, wheel_cache: Path,
               on_output: Callable[[str], None], should_cancel: Callable[[], bool],
-              workdir: Path) -> RunResult:
+              workdir: Path, store_output: StoreOutput | None = None) -> RunResult:
     """Runs ``spec`` as a local process of ``sandbox.uid`` in a cached virtualenv and returns the result.
 
     The snapshot is extracted into a private working copy under ``sandbox.root`` (0700, owned by
@@ -689,7 +736,9 @@ def run_local(spec: RunSpec, *, sandbox: LocalSandbox, wheel_cache: Path,
     namespaces of its own with /run hidden, unless ``network`` (then the host's network, /run
     still hidden); an address-space limit of ``memory_mb``, at most ``pids`` processes of its uid,
     and at most ``ceil(cpus)`` CPUs. A worker that cannot provide this (not root, no unshare) fails
-    the run before it starts, saying so. Raises ValueError for an unusable spec."""
+    the run before it starts, saying so. With ``store_output``, the files under ``outputs/`` go to
+    it one by one instead of into a tar (the same cap and "disk full" ends as ``run_in_docker``;
+    the cap is checked before anything is stored). Raises ValueError for an unusable spec."""
     _check_spec(spec)
     isolation = isolation_prefix()
     if isolation is None:
@@ -742,7 +791,7 @@ def run_local(spec: RunSpec, *, sandbox: LocalSandbox, wheel_cache: Path,
             cwd=project, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, start_new_session=True,
         )
-        lines: queue.Queue = queue.Queue()
+        lines: queue.Queue = queue.Queue(maxsize=LINE_QUEUE_MAX)
         readers = _start_readers([_chunks(proc.stdout, 1), _chunks(proc.stderr, 2)], lines)
         tail: list[str] = []
 
@@ -773,8 +822,16 @@ def run_local(spec: RunSpec, *, sandbox: LocalSandbox, wheel_cache: Path,
                 thread.join(timeout=5)
         exit_code = proc.returncode
         oom = exit_code != 0 and any("MemoryError" in line for line in tail)
-        outputs = _archive.tar_directory(project / "outputs", workdir / "outputs.tar")
-        return _result_for(verdict, exit_code=exit_code, oom=oom, memory_mb=spec.memory_mb,
-                           timeout_s=spec.timeout_s, outputs=outputs, image=image)
+        if store_output is None:
+            outputs = _archive.tar_directory(project / "outputs", workdir / "outputs.tar")
+            return _result_for(verdict, exit_code=exit_code, oom=oom, memory_mb=spec.memory_mb,
+                               timeout_s=spec.timeout_s, outputs=outputs, image=image)
+        result = _result_for(verdict, exit_code=exit_code, oom=oom, memory_mb=spec.memory_mb,
+                             timeout_s=spec.timeout_s, outputs=None, image=image)
+        try:
+            _store_directory(project / "outputs", store=store_output, max_bytes=spec.outputs_max_bytes)
+        except (OutputsOverCap, DiskFull) as exc:
+            return RunResult("failed", exit_code, str(exc), oom, None, image, outputs_failed=True)
+        return result
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -28,7 +28,7 @@ from django.utils import timezone
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from registry import selectors
+from registry import model_scan, selectors
 from registry.models import Image, ImageLogChunk, Manifest, ManifestModel, Model
 from workspaces.errors import Conflict, PayloadTooLarge, PortalError
 from workspaces.models import Role, Workspace
@@ -40,11 +40,6 @@ MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 # Manifest and image names end up in a Docker repository name: lowercase, single separators.
 RESOURCE_NAME_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
 FRAMEWORKS = ("scikit-learn", "xgboost", "lightgbm", "pytorch", "tensorflow", "keras", "onnx", "other")
-FRAMEWORK_BY_EXTENSION = {
-    ".pkl": "scikit-learn", ".pickle": "scikit-learn", ".joblib": "scikit-learn", ".sav": "scikit-learn",
-    ".onnx": "onnx", ".pt": "pytorch", ".pth": "pytorch", ".h5": "keras", ".keras": "keras",
-    ".pb": "tensorflow", ".ubj": "xgboost", ".xgb": "xgboost",
-}
 MAX_SCORE_BYTES = 1024 * 1024
 MAX_SCHEMA_BYTES = 5 * 1024 * 1024
 MAX_REQUIREMENTS_BYTES = 64 * 1024
@@ -145,12 +140,13 @@ def check_tags(value: Any) -> dict[str, str]:
 
 
 def check_framework(value: Any, file_name: str) -> str:
-    """Returns the framework given (one of FRAMEWORKS) or, when none is given, the one the file's
-    extension suggests ("" when it suggests none)."""
+    """Returns the framework declared (one of FRAMEWORKS), or "". The label a version gets comes from
+    what its file references (see model_scan.scan_fields); a declaration only names the framework
+    of a file that holds no pickle. The file name is no evidence: a malicious pickle named .pkl is
+    not scikit-learn."""
     value = (value or "").strip().lower() if isinstance(value, str) else value
     if not value:
-        dot = file_name.rfind(".")
-        return FRAMEWORK_BY_EXTENSION.get(file_name[dot:].lower(), "") if dot > 0 else ""
+        return ""
     if value not in FRAMEWORKS:
         message = f"Unknown framework {str(value)[:40]!r}: use one of {', '.join(FRAMEWORKS)}."
         raise PortalError(message, fields={"framework": message})
@@ -246,6 +242,9 @@ def _register(*, workspace: Workspace, name: str, user, file_name: str, descript
     framework = check_framework(framework, file_name)
     stored, size, sha256 = store(f"models/{workspace.id}/{uuid.uuid4().hex}/{file_name}")
     try:
+        # Scanned (opcodes only, never loaded) before it becomes a version; the verdict is the version's.
+        scan = model_scan.scan_fields(model_scan.scan_stored(stored, file_name), declared_framework=framework)
+        framework = scan.pop("framework")
         with transaction.atomic():
             lineage = {}
             if run is not None:
@@ -253,12 +252,13 @@ def _register(*, workspace: Workspace, name: str, user, file_name: str, descript
             model = _create_versioned(
                 Model, workspace=workspace, name=name, description=description, tags=tags, framework=framework,
                 file_name=file_name, file=stored, size=size, sha256=sha256, source_path=source_path,
-                created_by=user, **lineage,
+                created_by=user, **lineage, **scan,
             )
-            detail = {"size": size, "sha256": sha256}
+            detail = {"size": size, "sha256": sha256, "scan": model.scan_verdict}
             if run is not None:
                 detail["run"] = str(run.pk)
             activity_record(workspace=workspace, actor=user, verb="model.registered", target=model, detail=detail)
+            model_scan.carry_acceptance(model, user=user)
     except BaseException:
         _delete_files([stored])
         raise
@@ -495,15 +495,19 @@ def _check_models(workspace: Workspace, models: list[Model]) -> list[Model]:
 
 
 def manifest_create(*, workspace: Workspace, name: str, models: list[Model], score: bytes, schema: bytes,
-                    requirements: bytes | None, user, runtime: str = Manifest.Runtime.PYTHON, project=None) -> Manifest:
+                    requirements: bytes | None, user, runtime: str = Manifest.Runtime.PYTHON, project=None,
+                    confirm_unknown: bool = False, one_shot: bool = False) -> Manifest:
     """Creates the next version of manifest ``name``: the model versions + score.py +
     service_schema.json + requirements.txt (optional). Everything is checked before anything is
-    stored; nothing of the user's code runs. Raises PortalError naming the problem."""
+    stored; nothing of the user's code runs. Raises PortalError naming the problem; ScanRefused
+    for a dangerous model version, or an unknown one without ``confirm_unknown``, that no owner
+    accepted."""
     require_role(user=user, workspace=workspace, role=Role.CONTRIBUTOR)
     name = check_resource_name(name)
     if runtime not in Manifest.Runtime.values:
         raise PortalError(f"Unknown runtime {str(runtime)[:20]!r}: use 'python'.", fields={"runtime": "Use 'python'."})
     models = _check_models(workspace, list(models))
+    confirmed = model_scan.check_manifest_models(models, confirm_unknown=confirm_unknown, one_shot=one_shot)
     loaded_schema = check_schema(schema)
     check_score(score, run_function=loaded_schema.run_function)
     _, reqs = parse_requirements(requirements)
@@ -526,8 +530,10 @@ def manifest_create(*, workspace: Workspace, name: str, models: list[Model], sco
             ManifestModel.objects.bulk_create(
                 [ManifestModel(manifest=manifest, model=model, position=i) for i, model in enumerate(models)]
             )
-            activity_record(workspace=workspace, actor=user, verb="manifest.created", target=manifest,
-                            detail={"models": [m.ref for m in models], "hash": manifest.content_hash})
+            detail = {"models": [m.ref for m in models], "hash": manifest.content_hash}
+            if confirmed:
+                detail["confirmed_unknown"] = confirmed
+            activity_record(workspace=workspace, actor=user, verb="manifest.created", target=manifest, detail=detail)
     except BaseException:
         _delete_files(stored)
         raise
@@ -548,7 +554,7 @@ def _project_file(project, path: str | None, *, field: str) -> bytes | None:
 
 def manifest_create_from_project(*, workspace: Workspace, name: str, models: list[Model], project_ref, score_path: str,
                                  schema_path: str, requirements_path: str | None, user,
-                                 runtime: str = Manifest.Runtime.PYTHON) -> Manifest:
+                                 runtime: str = Manifest.Runtime.PYTHON, confirm_unknown: bool = False) -> Manifest:
     """Creates a manifest from files of a project (their current content is copied): score.py and
     the schema at the given paths, requirements.txt when a path is given. Raises PortalError for an
     unknown project or path, then everything manifest_create checks."""
@@ -563,7 +569,8 @@ def manifest_create_from_project(*, workspace: Workspace, name: str, models: lis
     schema = _project_file(project, schema_path or Manifest.SCHEMA, field="schema")
     requirements = _project_file(project, requirements_path, field="requirements")
     return manifest_create(workspace=workspace, name=name, models=models, score=score, schema=schema,
-                           requirements=requirements, user=user, runtime=runtime, project=project)
+                           requirements=requirements, user=user, runtime=runtime, project=project,
+                           confirm_unknown=confirm_unknown)
 
 
 def manifest_file(manifest: Manifest, path: str) -> bytes:
@@ -601,10 +608,14 @@ def image_repository(workspace: Workspace, name: str) -> str:
 
 def image_labels(*, image: Image, manifest: Manifest) -> dict[str, str]:
     from compute.engine import LABEL_ID
+    from deployments.services import LABEL_PORTAL
+    from workspaces.instance import portal_instance
 
     models = manifest.model_versions.order_by("manifest_models__position")
     return {
         LABEL_ID: str(image.pk),
+        # Which portal built it: retention prunes only its own dangling layers on a shared engine.
+        LABEL_PORTAL: portal_instance(),
         "mlportal.workspace": manifest.workspace.name,
         "mlportal.manifest": manifest.ref,
         "mlportal.manifest_hash": manifest.content_hash,
@@ -770,9 +781,9 @@ def imported_requirements(*, models: list[tuple[str, str]], score: bytes,
         except OSError:
             continue
         if not scan.complete and scan.opcodes:
-            warnings.append(f"{file_name} was read only up to raw data or a size cap (joblib stores arrays that way): "
-                            "packages named after that point, and scikit-learn's version, are unknown; list them in "
-                            "requirements.txt to be sure")
+            warnings.append(f"{file_name} was read only in part (it is cut off, damaged or over the scan's size "
+                            "cap): packages named after that point, and scikit-learn's version, are unknown; list them "
+                            "in requirements.txt to be sure")
         for module in scan.modules:
             named.setdefault(module.split(".", 1)[0], file_name)
         for dist, version in scan.versions.items():

@@ -46,7 +46,9 @@ CHUNK = 1024 * 1024
 EDITABLE_MAX_BYTES = 512 * 1024
 ANSI_RE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
 # Control characters other than tab are dropped from log lines (they could rewrite a terminal).
-CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+# C1 controls too (U+009B is a one-character CSI for some terminals), and the bidi and line
+# separator characters that reorder or split what a reader sees.
+CONTROL_RE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 def max_project_files() -> int:

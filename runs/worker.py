@@ -270,21 +270,12 @@ def _execute_script(run: Run, sink: RunSink, workdir: Path) -> dict:
             if line != already_said:
                 sink.output(line)
 
-        writer = OutputsWriter(run)
-        try:
-            result = run_in_docker(
+        def execute(store_output):
+            return run_in_docker(
                 spec, wheel_cache=settings.MLPORTAL_WHEEL_CACHE, on_output=on_output, should_cancel=sink.should_cancel,
                 on_container=lambda cid: services.run_set_container(run_id=run.id, container_id=cid),
-                workdir=workdir, base_url=settings.MLPORTAL_DOCKER_URL, store_output=writer.add,
+                workdir=workdir, base_url=settings.MLPORTAL_DOCKER_URL, store_output=store_output,
             )
-        except BaseException:
-            writer.abort()
-            raise
-        if result.outputs_failed:
-            writer.abort()  # all or nothing: a part of the outputs is not what the script made
-            outputs = []
-        else:
-            outputs = writer.commit()
     else:
         if not services.run_mark_running(run_id=run.id, image="local"):
             return {"status": Run.Status.CANCELED, "reason": "canceled before it started"}
@@ -295,12 +286,24 @@ def _execute_script(run: Run, sink: RunSink, workdir: Path) -> dict:
                       "execute: set MLPORTAL_LOCAL_RUN_PYTHON, or use target docker")
             sink.log(f"[mlportal] error: {reason}")
             return {"status": Run.Status.FAILED, "reason": reason}
-        result = run_local(
-            spec, sandbox=sandbox, wheel_cache=settings.MLPORTAL_WHEEL_CACHE,
-            on_output=sink.output, should_cancel=sink.should_cancel, workdir=workdir,
-        )
-    if run.target != Target.DOCKER:
-        outputs = services.run_store_outputs(run=run, tar_path=result.outputs)
+
+        def execute(store_output):
+            return run_local(
+                spec, sandbox=sandbox, wheel_cache=settings.MLPORTAL_WHEEL_CACHE,
+                on_output=sink.output, should_cancel=sink.should_cancel, workdir=workdir, store_output=store_output,
+            )
+    # Outputs go straight into storage as the runner hands them over; all of them or none.
+    writer = OutputsWriter(run)
+    try:
+        result = execute(writer.add)
+    except BaseException:
+        writer.abort()
+        raise
+    if result.outputs_failed:
+        writer.abort()  # a cap or a full disk stopped the copy: a part is not what the script made
+        outputs = []
+    else:
+        outputs = writer.commit()
     sink.log(f"[mlportal] run {result.status}{': ' + result.reason if result.reason else ''}"
              f" ({len(outputs)} output file{'s' if len(outputs) != 1 else ''}, {sink.metric_count} metric points)")
     return {"status": result.status, "reason": result.reason, "exit_code": result.exit_code, "oom": result.oom,
