@@ -204,7 +204,11 @@ def run_client(uri: str, token: str | None, points: int, series: int, experiment
 def start(cmd: list[str], env: dict, port: int, path: str) -> subprocess.Popen:
     # MLflow's server imports for a long while on a busy machine (its workers, one by one).
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    common.wait_http("127.0.0.1", port, path, timeout_s=600, alive=lambda: proc.poll() is None)
+    try:
+        common.wait_http("127.0.0.1", port, path, timeout_s=600, alive=lambda: proc.poll() is None)
+    except BaseException:
+        stop(proc)  # never leave a server behind
+        raise
     time.sleep(15)  # the first worker answers; give the others (MLflow's server starts four) time to come up
     return proc
 

@@ -498,6 +498,10 @@ def _start_change(service: Service, *, user, op: dict, verb: str, detail: dict, 
     worker; Conflict while it is doing something else."""
     from deployments.tasks import update_service
 
+    rollout = Service.objects.filter(pk=service.pk).values_list("rollout", flat=True).first()
+    if rollout:  # its replicas are the canary's or shadow's too: finish that first
+        raise Conflict(f"Service '{service.name}' has a {rollout.get('mode')} of image {rollout.get('image_ref')} in progress: "
+                       "promote or abort it first.", code="rollout_in_progress")
     with transaction.atomic():
         moved = 0
         for status in (Service.Status.HEALTHY, Service.Status.UNHEALTHY):
@@ -1077,7 +1081,7 @@ def _reconcile_service(service: Service, containers: list[dict]) -> tuple[int, i
         service.refresh_from_db()
         if service.status not in (Service.Status.HEALTHY, Service.Status.UNHEALTHY, Service.Status.FAILED):
             return 0, 0
-        replicas = list(service.replica_set.all())
+        replicas = list(service.replica_set.select_related("revision__image"))
         known = {r.container_id for r in replicas}
         by_id = {c["id"]: c for c in containers}
         for container in containers:
@@ -1098,7 +1102,9 @@ def _reconcile_service(service: Service, containers: list[dict]) -> tuple[int, i
                 continue
             try:
                 state = container_state(replica.container_id, base_url=base_url) if container else None
-                started = _start_replicas(service, image=service.image, numbers=[replica.number])[0]
+                # A canary's or shadow's replica comes back with its own revision's image.
+                image = replica.revision.image if replica.revision_id and replica.revision.image_id else service.image
+                started = _start_replicas(service, image=image, numbers=[replica.number])[0]
             except _deploy_errors() as exc:
                 _log_tail_event(service.pk, exc)
                 problems.append(f"replica {replica.number}: {_start_error(exc)}")
