@@ -107,14 +107,13 @@ def serve():
 
 
 def session_cookie(user) -> str:
-    from django.conf import settings
     from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
     from django.contrib.sessions.backends.db import SessionStore
 
     session = SessionStore()
     session[SESSION_KEY] = str(user.pk)
-    session[BACKEND_SESSION_KEY] = settings.AUTHENTICATION_BACKENDS[0] if getattr(settings, "AUTHENTICATION_BACKENDS", None) \
-        else "django.contrib.auth.backends.ModelBackend"
+    # The backend that loads users (not a guard such as django-axes', which may come first).
+    session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
     session[HASH_SESSION_KEY] = user.get_session_auth_hash()
     session.save()
     return session.session_key
@@ -129,7 +128,8 @@ MEASURE = """() => {
            dataStart: data.startTime, dataEnd: data.responseEnd };
 }"""
 
-WATCH = """() => new Promise((resolve) => {
+WATCH = """() => new Promise((resolve, reject) => {
+  setTimeout(() => reject(new Error('the chart did not draw within 60 s')), 60000);
   const check = () => {
     const el = document.querySelector('[data-testid=metric-chart]');
     if (el && el.dataset.state === 'drawn' && el.dataset.series === String(%d)) { window.__drawnAt = performance.now(); resolve(el.dataset.maxStep); }
