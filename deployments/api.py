@@ -12,11 +12,12 @@ from django.urls import re_path
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import permissions, serializers, status
 from rest_framework.decorators import action
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from deployments import proxy, selectors, services
+from deployments import kubernetes, proxy, selectors, services
 from deployments.models import Environment, Service, ServiceEvent, ServiceRevision
 from registry.model_scan import parse_flag
 from workspaces.api_base import CreateListRetrieveDestroyViewSet, workspace_from_request
@@ -266,6 +267,13 @@ LogsSerializer = inline_serializer("ServiceLogs", {
     "done": serializers.BooleanField()})
 
 
+class _IgnoreFormatParam(DefaultContentNegotiation):
+    """``?format=`` names the export's format here, not a DRF renderer: errors still answer JSON."""
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
 def _value(request, name: str, default=None):
     value = request.data.get(name, default) if hasattr(request.data, "get") else default
     return default if value in (None, "") else value
@@ -392,6 +400,18 @@ class ServiceViewSet(CreateListRetrieveDestroyViewSet):
         if not 1 <= tail <= 5000:
             raise PortalError("tail must be from 1 to 5000 lines.", fields={"tail": "Out of range."})
         return Response(selectors.service_logs(self.get_object(), tail=tail))
+
+    @extend_schema(parameters=[OpenApiParameter("format", str, enum=list(kubernetes.FORMATS))],
+                   responses={(200, "application/yaml"): str})
+    @action(detail=True, methods=["get"], content_negotiation_class=_IgnoreFormatParam)
+    def export(self, request, **kwargs):
+        """The service as deployment files: ``?format=kubernetes`` answers a YAML Secret, Deployment,
+        Service and HorizontalPodAutoscaler (members only: the Secret carries the keys)."""
+        text, filename = selectors.service_export(self.get_object(), request.query_params.get("format"))
+        response = HttpResponse(text, content_type="application/yaml; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="{filename}"'
+        response["Cache-Control"] = "no-store"
+        return response
 
     @extend_schema(responses={200: dict})
     @action(detail=True, methods=["get"])

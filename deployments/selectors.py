@@ -189,3 +189,23 @@ def service_metrics(service: Service) -> dict:
         "p50_latency_ms": proxy.quantile_ms(buckets, 0.5), "p95_latency_ms": proxy.quantile_ms(buckets, 0.95),
         "replicas": per_replica,
     }
+
+
+def service_export(service: Service, fmt: str | None) -> tuple[str, str]:
+    """(text, file name) of the service written for another platform; ``fmt`` is one of
+    ``kubernetes.FORMATS``. The text carries the keys (in the Secret): members only."""
+    from deployments import kubernetes
+    from workspaces.errors import PortalError
+
+    if fmt not in kubernetes.FORMATS:
+        said = f"Unknown export format {fmt!r}" if fmt else "Say which export format"
+        raise PortalError(f"{said}: use one of {', '.join(kubernetes.FORMATS)} (?format=kubernetes).",
+                          fields={"format": f"One of: {', '.join(kubernetes.FORMATS)}."})
+    autoscale = {key: getattr(service, f"autoscale_{key}", None) for key in kubernetes.AUTOSCALE_DEFAULTS}
+    enabled = getattr(service, "autoscale_enabled", None)
+    data = {"name": service.name, "workspace": service.workspace.name if service.workspace_id else "",
+            "image": service.image.tag, "replicas": service.replicas, "cpus": service.cpus,
+            "memory_mb": service.memory_mb, "primary_key": service.primary_key, "secondary_key": service.secondary_key,
+            # the autoscale fields come with the autoscaling slice of issue 19; until then the defaults apply
+            "autoscale": autoscale if enabled else None}
+    return kubernetes.to_yaml(data), f"{service.name}-kubernetes.yaml"

@@ -139,6 +139,7 @@ def service_detail(request, ref: str):
         "logs_url": reverse("api-service-logs", kwargs={"pk": service.pk}),
         "metrics_url": reverse("api-service-metrics", kwargs={"pk": service.pk}),
         "keys_url": reverse("api-service-keys", kwargs={"pk": service.pk}),
+        "export_url": reverse("api-service-export", kwargs={"pk": service.pk}) + "?format=kubernetes",
         "score_url": reverse("api-service-score", kwargs={"ref": service.pk}),
         "traffic_url": reverse("api-service-traffic", kwargs={"pk": service.pk}),
         "rollout": service.rollout or {},

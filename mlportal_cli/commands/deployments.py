@@ -7,6 +7,7 @@ cmd:` and `Usage for curl:` lines.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import time
 import urllib.parse
@@ -227,6 +228,29 @@ def service_usage(ctx: Context):
     service = ctx.client.get(f"services/{_path(service_ref(ctx))}/")
     usage = _print_usage(ctx, service)
     return Result(usage) if ctx.fmt == "json" or ctx.arg("query") else 0
+
+
+def service_export(ctx: Context):
+    """Writes the service as deployment files for another platform (Kubernetes: Secret, Deployment,
+    Service, HorizontalPodAutoscaler) to stdout or --file."""
+    response = ctx.client.request("GET", f"services/{_path(service_ref(ctx))}/export/",
+                                  params={"format": ctx.arg("export_format")})
+    target = ctx.arg("file")
+    if not target:
+        ctx.out.write(response.text)
+        ctx.out.flush()
+        return 0
+    partial = f"{target}.part"
+    try:
+        with open(partial, "w", encoding="utf-8") as handle:
+            handle.write(response.text)
+        os.replace(partial, target)
+    except OSError as exc:
+        if os.path.exists(partial):
+            os.unlink(partial)
+        raise CliError(f"cannot write {target}: {exc.strerror or exc}") from None
+    ctx.progress(f"Wrote {target} (the Secret in it holds the service's keys). Apply it with: kubectl apply -f {target}")
+    return 0
 
 
 def service_update(ctx: Context):
@@ -500,6 +524,14 @@ def register(subparsers) -> None:
     parser.add_argument("--bake", metavar="SECONDS", help="the canary's bake period (default 300): rolled back automatically if it does worse")
     parser.add_argument("--no-wait", action="store_true", help="return once the change is queued")
     _timeout(parser)
+    parser = add_command(service, "export", help="Write the service as Kubernetes objects (Deployment, Service, Secret, HPA).",
+                         example="mlportal service export -n churnpred --format kubernetes > churnpred.yaml\n"
+                                 "mlportal service export -n churnpred --format kubernetes --file churnpred.yaml",
+                         func=service_export)
+    _service_args(parser)
+    parser.add_argument("--format", dest="export_format", choices=("kubernetes",), required=True,
+                        help="what to write: kubernetes (YAML for kubectl apply)")
+    parser.add_argument("--file", metavar="FILE", help="write to FILE instead of stdout")
     parser = add_command(service, "traffic", help="The revisions serving, their weights and last hour (or change the canary's weight).",
                          example="mlportal service traffic -n churnpred\nmlportal service traffic -n churnpred --weight 30",
                          func=service_traffic)
