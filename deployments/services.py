@@ -23,7 +23,7 @@ from typing import IO, Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Max, Q
 from django.utils import timezone
 
@@ -32,6 +32,7 @@ from deployments.models import ActiveEnvironment, Environment, Service, ServiceE
 from workspaces.errors import Conflict, PortalError
 from workspaces.models import Role, Workspace
 from workspaces.services import activity_record, check_name, require_role
+from workspaces.instance import portal_instance
 
 logger = logging.getLogger(__name__)
 
@@ -617,21 +618,6 @@ def event(service_id, message: str, level: str = ServiceEvent.Level.INFO) -> Non
 
 
 # --- the worker's side: containers --------------------------------------------------------------
-
-def portal_instance() -> str:
-    """An id of this portal installation (its database), carried by every container it starts as
-    ``mlportal.portal``: two portals (or test sessions) sharing a Docker engine never remove each
-    other's containers. The database host is left out, since workers on several hosts may call it
-    by different names; ``MLPORTAL_INSTANCE_ID`` (a setting) overrides the whole."""
-    import hashlib
-
-    configured = getattr(settings, "MLPORTAL_INSTANCE_ID", "")
-    if configured:
-        return configured
-    db = connection.settings_dict
-    identity = "|".join(str(db.get(k) or "") for k in ("ENGINE", "NAME"))
-    return hashlib.sha256(identity.encode()).hexdigest()[:16]
-
 
 def _lock(service_id) -> str | None:
     """Takes the service's lease; returns its token, or None when another worker holds it."""
