@@ -16,6 +16,7 @@ import pytest
 from django.db import connection
 
 from tests.conftest import REPO, worker_env
+from tests.real_parts import missing_part
 
 
 def free_port() -> int:
@@ -67,7 +68,7 @@ class RedisServer:
 @pytest.fixture
 def own_redis(tmp_path):
     if not shutil.which("redis-server"):
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+        missing_part("Redis", "redis-server is not installed (apt-get install redis-server)")
     server = RedisServer(tmp_path / "redis")
     server.start()
     yield server
