@@ -76,10 +76,15 @@ def own_redis(tmp_path):
 
 
 def _forget_connections() -> None:
+    """Drops every broker connection the test process holds. kombu keeps its connection and
+    producer pools in global registries keyed by broker URL: closing one in place (and only
+    forgetting the app's reference) left a closed pool there, so every later `.delay()` to that
+    broker in the session raised "Acquire on closed pool". `pools.reset()` closes and removes them."""
+    from kombu import pools
+
     from mlportal.celery import app
 
-    if app._pool is not None:
-        app._pool.force_close_all()
+    pools.reset()
     app._pool = None
     app.amqp._producer_pool = None
 
