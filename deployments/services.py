@@ -651,11 +651,18 @@ def _container_env(service: Service) -> dict[str, str]:
         "MLPORTAL_SERVICE_NAME": service.name,
         "MLPORTAL_SERVICE_KEYS": ",".join([service.primary_key, service.secondary_key, service.proxy_key]),
         "MLPORTAL_WORKERS": str(max(1, round(service.cpus))),
+        **_scoring_limits_env(),
+        **_capture_env(service),
+    }
+
+
+def _scoring_limits_env() -> dict[str, str]:
+    """The limits every scoring container enforces, from the portal's settings."""
+    return {
         # The proxy and the container refuse the same bodies.
         "MLPORTAL_MAX_BODY_BYTES": str(settings.MLPORTAL_MAX_BODY_BYTES),
         "MLPORTAL_REQUEST_TIMEOUT": f"{settings.MLPORTAL_SCORING_TIMEOUT_SECONDS:g}",
         "MLPORTAL_MAX_JSON_DEPTH": str(settings.MLPORTAL_MAX_JSON_DEPTH),  # the portal refuses the same nesting
-        **_capture_env(service),
     }
 
 

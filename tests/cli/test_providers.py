@@ -32,7 +32,10 @@ def test_with_the_engine_down_the_providers_are_not_registered_and_say_why(cli, 
     settings.MLPORTAL_DOCKER_URL = "tcp://127.0.0.1:1"
     health.reset_cache()  # the health report is cached (one real check a second): forget the one taken with the engine up
     login(owner)
-    rows = json.loads(cli("provider", "list", "-o", "json").out)
+    try:
+        rows = json.loads(cli("provider", "list", "-o", "json").out)
+    finally:
+        health.reset_cache()  # and leave no engine-down report behind for the next test
     assert {r["registrationState"] for r in rows} == {"NotRegistered"}
     assert all("the engine is down" in r["providedBy"] for r in rows)
 
