@@ -14,7 +14,7 @@ import re
 import pytest
 
 FLAG = "MLPORTAL_REQUIRE_REAL_PARTS"
-PARTS = ("Docker engine", "Chromium", "Redis")
+PARTS = ("Docker engine", "Chromium", "Redis", "nginx", "tmpfs")
 _MISSING = re.compile(r"\bno (%s)\b|could not import 'playwright" % "|".join(re.escape(p) for p in PARTS))
 
 
@@ -43,5 +43,5 @@ def pytest_runtest_makereport(item, call):
     reason = _skip_reason(report)
     if _MISSING.search(reason):
         report.outcome = "failed"
-        report.longrepr = (f"{reason}\n{FLAG}=1: a missing real part (Docker engine, Chromium, Redis) is a failure, "
+        report.longrepr = (f"{reason}\n{FLAG}=1: a missing real part (Docker engine, Chromium, Redis, nginx, a tmpfs mount) is a failure, "
                            "not a skip: start it (scripts/start_services.sh, scripts/install_system_packages.sh).")

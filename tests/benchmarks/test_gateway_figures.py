@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+
+from tests.real_parts import missing_part
 
 import _common as common
 
@@ -42,8 +45,9 @@ def test_the_report_prints_ours_beside_nginx_and_says_which_goals_are_met():
     assert lines[-1] == "# churn: added p50 0.60 ms (goal <= 1.0: met), throughput 0.94x (goal >= 0.85: met)"
 
 
-@pytest.mark.skipif(not shutil.which("nginx") and not __import__("os").path.exists("/usr/sbin/nginx"), reason="no nginx")
 def test_the_nginx_configuration_is_valid(tmp_path):
+    if not shutil.which("nginx") and not os.path.exists("/usr/sbin/nginx"):
+        missing_part("nginx", "install it with scripts/install_system_packages.sh")
     conf = tmp_path / "nginx.conf"
     conf.write_text(bench.NGINX_CONF.format(work=tmp_path, host="127.0.0.1", port=9, listen=common.free_port()))
     done = subprocess.run([bench.NGINX, "-t", "-p", str(tmp_path), "-c", str(conf)], capture_output=True, text=True)

@@ -174,7 +174,7 @@ def small_disk(tmp_path):
         done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(folder)],
                               capture_output=True, text=True)
         if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+            missing_part("tmpfs", f"cannot mount one here (needs root): {done.stderr.strip()}")
         mounted.append(folder)
         return folder
 
