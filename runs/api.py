@@ -14,7 +14,7 @@ from rest_framework.decorators import action
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 
-from runs import catalog, selectors, services
+from runs import catalog, checks, selectors, services
 from runs.models import Project, ProjectFile, Run, RunOutput
 from workspaces.api_base import Pagination, WorkspaceScopedViewSet, is_uuid, workspace_from_request
 from workspaces.errors import NotFound, PayloadTooLarge, PortalError
@@ -248,8 +248,8 @@ class ProjectViewSet(WorkspaceScopedViewSet):
         upload = request.FILES.get("file")
         if upload is None:
             raise PortalError("Send the file as multipart field 'file'.", fields={"file": "This field is required."})
-        if upload.size > services.max_upload_bytes():
-            raise PayloadTooLarge(f"The upload is {upload.size} bytes, over the limit of {services.max_upload_bytes()} bytes.")
+        if upload.size > checks.max_upload_bytes():
+            raise PayloadTooLarge(f"The upload is {upload.size} bytes, over the limit of {checks.max_upload_bytes()} bytes.")
         rows = services.project_files_upload(
             project=project, fileobj=upload, filename=upload.name or "", user=request.user,
             path=request.data.get("path") or None, extract=_flag(request.data.get("extract")),

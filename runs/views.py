@@ -14,7 +14,7 @@ from django.urls import reverse
 from django.utils.http import urlencode
 from django.views.decorators.http import require_POST
 
-from runs import catalog, selectors, services
+from runs import catalog, checks, selectors, services
 from runs.api import attachment, runs_to_compare
 from runs.forms import EditFileForm, NewFileForm, ProjectForm, RunForm, SettingsForm, UploadForm
 from runs.models import Project, Run
@@ -210,7 +210,7 @@ def project_file_new(request, ref):
     form = NewFileForm(request.POST)
     if form.is_valid():
         try:
-            path = services.clean_path(form.cleaned_data["path"])
+            path = checks.clean_path(form.cleaned_data["path"])
             if project.files.filter(path=path).exists():
                 raise PortalError(f"'{path}' exists already: open it to edit it.", fields={"path": "Exists already."})
             services.project_file_put(project=project, path=path, content=b"", user=request.user)

@@ -1,31 +1,36 @@
 """What a worker does with a run: claim it, prepare its environment, execute it through `compute`,
-stream its log and metrics into the database, store its outputs and record how it ended; and the
-sweep that marks runs lost when their worker died.
+stream its log and metrics into the database, store its outputs and record how it ended.
 
-`runs.tasks` calls `execute` and `sweep_lost_runs`; every database write goes through `runs.services`.
+`runs.tasks.execute_run` calls `execute`. The row writes it makes are the `run_*` functions at the
+end (each taking a run id; state changes are guarded updates). The sweep of lost runs is in
+`runs.reconcile`.
 """
 from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import socket
 import tarfile
 import threading
 import time
-import uuid
-from datetime import timedelta
+from datetime import datetime, timezone as dt_timezone
 from pathlib import Path
 
 from django.conf import settings
-from django.db import connections
+from django.db import connections, transaction
+from django.db.models import F, Max
 from django.utils import timezone
 
-from compute.engine import LABEL_ID, BuildError, EngineError
+from compute.engine import BuildError, EngineError
 from compute.envimage import ensure_env_image
-from compute.runner import RunSpec, list_containers, remove_container, run_in_docker, run_local
+from compute.runner import RunSpec, run_in_docker, run_local
 from mlportal_runtime import parse_metric_line
-from runs import services
+from runs.checks import clean_path
+from runs.models import Metric, RunLogChunk, RunMetricSummary, RunOutput
+from runs.services import delete_blobs, open_blob, read_chunks, save_blob
+from workspaces.errors import PortalError
 from runs.models import Run, Target, requirement_lines
 
 logger = logging.getLogger(__name__)
@@ -91,9 +96,9 @@ class RunSink:
             lines, self._lines = self._lines, []
             metrics, self._metrics = self._metrics, []
         for start in range(0, len(lines), MAX_LINES_PER_CHUNK):
-            services.run_append_log(run_id=self.run_id, workspace_id=self.workspace_id,
+            run_append_log(run_id=self.run_id, workspace_id=self.workspace_id,
                                     lines=lines[start:start + MAX_LINES_PER_CHUNK])
-        services.run_record_metrics(run_id=self.run_id, workspace_id=self.workspace_id, points=metrics)
+        run_record_metrics(run_id=self.run_id, workspace_id=self.workspace_id, points=metrics)
 
     def _loop(self) -> None:
         last_beat = 0.0
@@ -103,7 +108,7 @@ class RunSink:
                     self.flush()
                     if time.monotonic() - last_beat >= HEARTBEAT_S:
                         last_beat = time.monotonic()
-                        services.run_heartbeat(run_id=self.run_id)
+                        run_heartbeat(run_id=self.run_id)
                 except Exception:  # noqa: BLE001 - a database hiccup must not end the run; retried next tick
                     logger.exception("run %s: writing log/heartbeat failed", self.run_id)
         finally:
@@ -133,7 +138,7 @@ def _worker_name() -> str:
 def execute(run_id) -> str:
     """Executes a queued run to its end and returns its final status ("skipped" when the run was
     not queued: a duplicate delivery or a cancel got there first, so nothing is started twice)."""
-    run = services.run_claim(run_id=run_id, worker=_worker_name())
+    run = run_claim(run_id=run_id, worker=_worker_name())
     if run is None:
         return "skipped"
     sink = RunSink(run).start()
@@ -160,7 +165,7 @@ def execute(run_id) -> str:
     finally:
         sink.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-    return services.run_finish(run_id=run.id, **outcome)
+    return run_finish(run_id=run.id, **outcome)
 
 
 def _prepare(run: Run, sink: RunSink) -> dict:
@@ -170,7 +175,7 @@ def _prepare(run: Run, sink: RunSink) -> dict:
         wheel_cache=settings.MLPORTAL_WHEEL_CACHE, log=sink.log, base_url=settings.MLPORTAL_DOCKER_URL,
         timeout_s=settings.MLPORTAL_BUILD_TIMEOUT,
     )
-    services.run_mark_running(run_id=run.id, image=image)
+    run_mark_running(run_id=run.id, image=image)
     sink.log(f"[mlportal] environment image {image} is ready")
     return {"status": Run.Status.COMPLETED, "image": image, "exit_code": 0}
 
@@ -178,7 +183,7 @@ def _prepare(run: Run, sink: RunSink) -> dict:
 def _execute_script(run: Run, sink: RunSink, workdir: Path) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     snapshot = workdir / "snapshot.tar"
-    with services.open_blob(run.snapshot) as src, open(snapshot, "wb") as dst:
+    with open_blob(run.snapshot) as src, open(snapshot, "wb") as dst:
         shutil.copyfileobj(src, dst, 1024 * 1024)
     project = run.project
     spec = RunSpec(
@@ -195,7 +200,7 @@ def _execute_script(run: Run, sink: RunSink, workdir: Path) -> dict:
             log=lambda line: sink.log(f"[prepare] {line}"), base_url=settings.MLPORTAL_DOCKER_URL,
             timeout_s=settings.MLPORTAL_BUILD_TIMEOUT,
         )
-        if not services.run_mark_running(run_id=run.id, image=image):
+        if not run_mark_running(run_id=run.id, image=image):
             return {"status": Run.Status.CANCELED, "reason": "canceled before it started", "image": image}
         already_said = f"[prepare] environment image {image} is ready (reused)"
 
@@ -206,68 +211,173 @@ def _execute_script(run: Run, sink: RunSink, workdir: Path) -> dict:
 
         result = run_in_docker(
             spec, wheel_cache=settings.MLPORTAL_WHEEL_CACHE, on_output=on_output, should_cancel=sink.should_cancel,
-            on_container=lambda cid: services.run_set_container(run_id=run.id, container_id=cid),
+            on_container=lambda cid: run_set_container(run_id=run.id, container_id=cid),
             workdir=workdir, base_url=settings.MLPORTAL_DOCKER_URL,
         )
     else:
-        if not services.run_mark_running(run_id=run.id, image="local"):
+        if not run_mark_running(run_id=run.id, image="local"):
             return {"status": Run.Status.CANCELED, "reason": "canceled before it started"}
         result = run_local(
             spec, venv_root=settings.MLPORTAL_VENV_CACHE, wheel_cache=settings.MLPORTAL_WHEEL_CACHE,
             on_output=sink.output, should_cancel=sink.should_cancel, workdir=workdir,
         )
-    outputs = services.run_store_outputs(run=run, tar_path=result.outputs)
+    outputs = run_store_outputs(run=run, tar_path=result.outputs)
     sink.log(f"[mlportal] run {result.status}{': ' + result.reason if result.reason else ''}"
              f" ({len(outputs)} output file{'s' if len(outputs) != 1 else ''}, {sink.metric_count} metric points)")
     return {"status": result.status, "reason": result.reason, "exit_code": result.exit_code, "oom": result.oom,
             "image": result.image or None}
 
 
-def sweep_lost_runs() -> dict:
-    """Marks runs lost whose worker stopped sending heartbeats, and removes run containers whose run
-    is finished (lost ones included). Returns {"lost": [...run ids], "removed": [...container ids]}.
+# --- the run's rows, written by the worker ----------------------------------------------------
 
-    Exited containers of runs this database does not know are removed too; running ones are left
-    alone, since another portal (or a test suite) may share the engine and own them.
-    """
-    cutoff = timezone.now() - timedelta(seconds=settings.MLPORTAL_LOST_AFTER_SECONDS)
-    stale = Run.objects.filter(status__in=[Run.Status.PREPARING, Run.Status.RUNNING], heartbeat_at__lt=cutoff)
-    lost = []
-    for run_id, beat in stale.values_list("id", "heartbeat_at"):
-        reason = (f"lost: its worker stopped reporting (last heartbeat {beat:%Y-%m-%d %H:%M:%S} UTC, "
-                  f"over {settings.MLPORTAL_LOST_AFTER_SECONDS} s ago)")
-        if services.run_mark_lost(run_id=run_id, reason=reason):
-            services.run_append_log(run_id=run_id, workspace_id=Run.objects.get(id=run_id).workspace_id,
-                                    lines=[f"[mlportal] {reason}"])
-            lost.append(str(run_id))
-    removed = []
+ANSI_RE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
+# Control characters other than tab are dropped from log lines (they could rewrite a terminal).
+CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def run_claim(*, run_id, worker: str) -> Run | None:
+    """Moves a queued run to preparing; None when it is not queued (a duplicate delivery, a cancel)."""
+    now = timezone.now()
+    claimed = Run.objects.filter(id=run_id, status=Run.Status.QUEUED).update(
+        status=Run.Status.PREPARING, started_at=now, heartbeat_at=now, worker=worker[:255],
+    )
+    if not claimed:
+        return None
+    return Run.objects.select_related("project", "workspace").get(id=run_id)
+
+
+def run_mark_running(*, run_id, image: str) -> bool:
+    return bool(Run.objects.filter(id=run_id, status=Run.Status.PREPARING).update(
+        status=Run.Status.RUNNING, image=image[:255], heartbeat_at=timezone.now(),
+    ))
+
+
+def run_heartbeat(*, run_id) -> str | None:
+    """Stamps the heartbeat of an active run and returns its status (None when it is gone)."""
+    Run.objects.filter(id=run_id, status__in=[Run.Status.PREPARING, Run.Status.RUNNING]).update(heartbeat_at=timezone.now())
+    return Run.objects.filter(id=run_id).values_list("status", flat=True).first()
+
+
+def run_set_container(*, run_id, container_id: str) -> None:
+    Run.objects.filter(id=run_id).update(container_id=container_id[:80])
+
+
+def clean_log_line(line: str | bytes) -> str:
+    """A log line safe to show: UTF-8 (bad bytes replaced), no ANSI escapes or control characters."""
+    if isinstance(line, bytes):
+        line = line.decode("utf-8", "replace")
+    return CONTROL_RE.sub("", ANSI_RE.sub("", line))
+
+
+def run_append_log(*, run_id, workspace_id, lines: list[str]) -> None:
+    """Appends lines to the run's log as one chunk, up to MLPORTAL_LOG_MAX_BYTES; past it, one
+    visible "[log truncated…]" note is written and later lines are dropped."""
+    if not lines:
+        return
+    cap = settings.MLPORTAL_LOG_MAX_BYTES
+    with transaction.atomic():
+        row = Run.objects.filter(id=run_id).values("log_bytes", "log_truncated").first()
+        if row is None or row["log_truncated"]:
+            return
+        used = row["log_bytes"]
+        kept: list[str] = []
+        truncated = False
+        for line in lines:
+            text = clean_log_line(line) + "\n"
+            size = len(text.encode())
+            if used + size > cap:
+                truncated = True
+                break
+            kept.append(text)
+            used += size
+        if truncated:
+            kept.append(f"[log truncated: the log reached its limit of {cap} bytes; later lines were dropped]\n")
+        if not kept:
+            return
+        seq = (RunLogChunk.objects.filter(run_id=run_id).aggregate(n=Max("seq"))["n"] or 0) + 1
+        RunLogChunk.objects.create(run_id=run_id, workspace_id=workspace_id, seq=seq, text="".join(kept))
+        Run.objects.filter(id=run_id).update(log_bytes=used, log_truncated=truncated)
+
+
+def run_record_metrics(*, run_id, workspace_id, points: list[dict]) -> None:
+    """Stores parsed metric points ({"name", "value", "step", "time"}) and updates each name's last value."""
+    if not points:
+        return
+    rows = []
+    for p in points:
+        value, text = p.get("value"), ""
+        if isinstance(value, str):
+            value, text = None, value[:1000]
+        elif value is not None:
+            value = float(value)
+        when = p.get("time")
+        logged_at = datetime.fromtimestamp(when, tz=dt_timezone.utc) if isinstance(when, (int, float)) else timezone.now()
+        rows.append(Metric(run_id=run_id, workspace_id=workspace_id, name=str(p["name"])[:200], value=value, text=text,
+                           step=p.get("step"), logged_at=logged_at))
+    with transaction.atomic():
+        Metric.objects.bulk_create(rows)
+        last: dict[str, Metric] = {}
+        counts: dict[str, int] = {}
+        for m in rows:
+            last[m.name] = m
+            counts[m.name] = counts.get(m.name, 0) + 1
+        for name, m in last.items():
+            updated = RunMetricSummary.objects.filter(run_id=run_id, name=name).update(
+                value=m.value, text=m.text, step=m.step, logged_at=m.logged_at, count=F("count") + counts[name],
+            )
+            if not updated:
+                RunMetricSummary.objects.create(run_id=run_id, workspace_id=workspace_id, name=name, value=m.value, text=m.text,
+                                                step=m.step, logged_at=m.logged_at, count=counts[name])
+
+
+def run_store_outputs(*, run: Run, tar_path: Path | None) -> list[RunOutput]:
+    """Stores each regular file of the outputs tar (paths relative to outputs/) as a RunOutput."""
+    if tar_path is None or not Path(tar_path).exists():
+        return []
+    written, rows = [], []
     try:
-        containers = list_containers("run", base_url=settings.MLPORTAL_DOCKER_URL)
-    except EngineError as exc:
-        logger.warning("sweep: cannot list run containers: %s", exc)
-        return {"lost": lost, "removed": removed}
-    ids = {c["labels"].get(LABEL_ID, "") for c in containers}
-    known = {}
-    valid = [i for i in ids if _is_uuid(i)]
-    for run_id, status in Run.objects.filter(id__in=valid).values_list("id", "status"):
-        known[str(run_id)] = status
-    for container in containers:
-        run_id = container["labels"].get(LABEL_ID, "")
-        status = known.get(run_id)
-        finished = status is not None and status not in Run.ACTIVE
-        gone_and_stopped = status is None and container["status"] in ("exited", "dead")
-        if finished or gone_and_stopped:
-            try:
-                remove_container(container["id"], base_url=settings.MLPORTAL_DOCKER_URL)
-                removed.append(container["id"])
-            except EngineError as exc:
-                logger.warning("sweep: cannot remove container %s: %s", container["id"][:12], exc)
-    return {"lost": lost, "removed": removed}
+        with tarfile.open(tar_path, mode="r:*") as tar:
+            for info in tar:
+                if not info.isfile():
+                    continue
+                try:
+                    path = clean_path(info.name)
+                except PortalError:
+                    logger.warning("run %s: skipped output with unsafe path %r", run.id, info.name)
+                    continue
+                output = RunOutput(run=run, workspace_id=run.workspace_id, path=path)
+                blob = save_blob(f"runs/{run.id}/outputs/{output.id}", read_chunks(tar.extractfile(info)))
+                written.append(blob.storage_name)
+                output.storage_name, output.size, output.sha256 = blob.storage_name, blob.size, blob.sha256
+                rows.append(output)
+        with transaction.atomic():
+            RunOutput.objects.filter(run=run).delete()
+            RunOutput.objects.bulk_create(rows)
+    except BaseException:
+        delete_blobs(written)
+        raise
+    return rows
 
 
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
+def run_finish(*, run_id, status: str, reason: str = "", exit_code: int | None = None, oom: bool = False, image: str | None = None) -> str:
+    """Records the end of a run and returns its final status.
+
+    The update is guarded on the active states; a run canceled meanwhile keeps `canceled` (its exit
+    code and end time are still filled in), a run swept to `lost` stays lost."""
+    now = timezone.now()
+    fields = {"exit_code": exit_code, "oom": oom, "heartbeat_at": now}
+    if image:
+        fields["image"] = image[:255]
+    done = Run.objects.filter(id=run_id, status__in=[Run.Status.PREPARING, Run.Status.RUNNING]).update(
+        status=status, status_reason=reason[:2000], ended_at=now, **fields
+    )
+    if not done:
+        Run.objects.filter(id=run_id, status=Run.Status.CANCELED).update(**fields)
+    current = Run.objects.filter(id=run_id).values_list("status", flat=True).first()
+    return current or status
+
+
+def run_mark_lost(*, run_id, reason: str) -> bool:
+    return bool(Run.objects.filter(id=run_id, status__in=[Run.Status.PREPARING, Run.Status.RUNNING]).update(
+        status=Run.Status.LOST, status_reason=reason[:2000], ended_at=timezone.now(),
+    ))

@@ -17,7 +17,7 @@ import uuid
 import pytest
 from django.db import connections
 
-from runs import services, worker
+from runs import reconcile, services, worker
 from runs.models import Run
 from runs.selectors import log_since
 from tests.helpers import wait_until
@@ -182,7 +182,7 @@ def test_the_sweep_marks_a_run_lost_when_its_worker_is_killed_and_removes_its_co
     os.kill(int(pid), signal.SIGKILL)
     assert containers_of(run_id)  # the container outlives the killed worker process
     settings.MLPORTAL_LOST_AFTER_SECONDS = 4
-    wait_until(lambda: run_id in worker.sweep_lost_runs()["lost"], timeout=30, interval=1, message="the sweep to mark it lost")
+    wait_until(lambda: run_id in reconcile.sweep_lost_runs()["lost"], timeout=30, interval=1, message="the sweep to mark it lost")
     run = Run.objects.get(id=run_id)
     assert run.status == "lost" and "stopped reporting" in run.status_reason
     assert containers_of(run_id) == []

@@ -8,7 +8,7 @@ import zipfile
 
 import pytest
 
-from runs import services
+from runs import services, worker
 from runs.models import Run
 
 pytestmark = pytest.mark.django_db
@@ -104,7 +104,7 @@ def test_the_detail_has_metrics_duration_and_outputs_count(owner_api, owner, bla
 
 def test_the_log_endpoint_pages_through_the_log_by_offset(owner_api, owner, blank, finished_run):
     run = finished_run(blank, owner, log=["first line", "second <b>line</b>"])
-    services.run_append_log(run_id=run.id, workspace_id=run.workspace_id, lines=["third"])
+    worker.run_append_log(run_id=run.id, workspace_id=run.workspace_id, lines=["third"])
     body = owner_api.get(f"/api/v1/runs/{run.id}/log/?offset=0").json()
     assert body["text"] == "first line\nsecond <b>line</b>\nthird\n" and body["done"] is True and body["status"] == "completed"
     again = owner_api.get(f"/api/v1/runs/{run.id}/log/?offset={body['offset']}").json()

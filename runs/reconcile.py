@@ -1,0 +1,67 @@
+"""The periodic sweep of runs (``sweep_lost_runs`` task): runs whose worker stopped sending
+heartbeats are marked lost, and run containers whose run is over are removed from the engine."""
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import timedelta
+
+from django.conf import settings
+from django.utils import timezone
+
+from compute.engine import LABEL_ID, EngineError
+from compute.runner import list_containers, remove_container
+from runs import worker
+from runs.models import Run
+
+logger = logging.getLogger(__name__)
+
+
+def sweep_lost_runs() -> dict:
+    """Marks runs lost whose worker stopped sending heartbeats, and removes run containers whose run
+    is finished (lost ones included). Returns {"lost": [...run ids], "removed": [...container ids]}.
+
+    Exited containers of runs this database does not know are removed too; running ones are left
+    alone, since another portal (or a test suite) may share the engine and own them.
+    """
+    cutoff = timezone.now() - timedelta(seconds=settings.MLPORTAL_LOST_AFTER_SECONDS)
+    stale = Run.objects.filter(status__in=[Run.Status.PREPARING, Run.Status.RUNNING], heartbeat_at__lt=cutoff)
+    lost = []
+    for run_id, beat in stale.values_list("id", "heartbeat_at"):
+        reason = (f"lost: its worker stopped reporting (last heartbeat {beat:%Y-%m-%d %H:%M:%S} UTC, "
+                  f"over {settings.MLPORTAL_LOST_AFTER_SECONDS} s ago)")
+        if worker.run_mark_lost(run_id=run_id, reason=reason):
+            worker.run_append_log(run_id=run_id, workspace_id=Run.objects.get(id=run_id).workspace_id,
+                                    lines=[f"[mlportal] {reason}"])
+            lost.append(str(run_id))
+    removed = []
+    try:
+        containers = list_containers("run", base_url=settings.MLPORTAL_DOCKER_URL)
+    except EngineError as exc:
+        logger.warning("sweep: cannot list run containers: %s", exc)
+        return {"lost": lost, "removed": removed}
+    ids = {c["labels"].get(LABEL_ID, "") for c in containers}
+    known = {}
+    valid = [i for i in ids if _is_uuid(i)]
+    for run_id, status in Run.objects.filter(id__in=valid).values_list("id", "status"):
+        known[str(run_id)] = status
+    for container in containers:
+        run_id = container["labels"].get(LABEL_ID, "")
+        status = known.get(run_id)
+        finished = status is not None and status not in Run.ACTIVE
+        gone_and_stopped = status is None and container["status"] in ("exited", "dead")
+        if finished or gone_and_stopped:
+            try:
+                remove_container(container["id"], base_url=settings.MLPORTAL_DOCKER_URL)
+                removed.append(container["id"])
+            except EngineError as exc:
+                logger.warning("sweep: cannot remove container %s: %s", container["id"][:12], exc)
+    return {"lost": lost, "removed": removed}
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
