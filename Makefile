@@ -15,11 +15,12 @@ $(STAMP): pyproject.toml package.json
 
 install: $(STAMP)
 
-## Set up (venv, packages, database, first admin, templates) and start web + worker in the foreground.
+## Set up (venv, packages, database, first admin, templates, base image) and start the portal in the foreground.
 run: install
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py bootstrap
 	$(PY) manage.py load_project_templates
+	$(PY) manage.py make_base_image --optional
 	$(PY) scripts/run_portal.py
 
 ## Run every test: unit, integration (real Docker engine, worker, Redis/PostgreSQL when configured) and end-to-end.

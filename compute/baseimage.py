@@ -52,10 +52,11 @@ def _stream(cmd: list[str], log: Callable[[str], None], *, timeout_s: int) -> tu
 
 def ensure_base_image(name: str, *, log: Callable[[str], None] = print,
                       base_url: str | None = None, suite: str = "bookworm",
-                      mirror: str | None = None, timeout_s: int = 1800) -> str:
+                      mirror: str | None = None, timeout_s: int = 1800, debootstrap: str | None = None) -> str:
     """Returns the id of the image ``name``: at once when the engine has it, else after a pull,
     else after building it offline (debootstrap ``suite`` from ``mirror`` or Debian's default,
-    then ``docker import``), with progress going to ``log``. Raises BaseImageError when
+    then ``docker import``), with progress going to ``log``. ``debootstrap`` is the command to use
+    (default: the one on PATH, else /usr/sbin/debootstrap). Raises BaseImageError when
     debootstrap is missing, not run as root or fails; EngineError when the engine fails."""
     check_image_ref(name)
     found = image_id(name, base_url=base_url)
@@ -72,7 +73,7 @@ def ensure_base_image(name: str, *, log: Callable[[str], None] = print,
     except EngineError as exc:
         log(f"pull failed ({exc}); building {name} offline with debootstrap")
 
-    debootstrap = shutil.which("debootstrap") or "/usr/sbin/debootstrap"
+    debootstrap = debootstrap or shutil.which("debootstrap") or "/usr/sbin/debootstrap"
     if not Path(debootstrap).exists():
         raise BaseImageError("debootstrap is not installed: install it (apt-get install "
                              "debootstrap) or load a base image into the engine")

@@ -2,7 +2,9 @@
 
 base image + a virtualenv at /opt/venv holding the requirements (installed offline from the
 wheel cache in a build stage, so the final image holds no wheel and no pip cache) + the runtime
-packages (``mlportal_runtime``, ``azureml``) at /opt/mlportal/lib on PYTHONPATH, precompiled +
+packages (``mlportal_runtime``, ``azureml``) at /opt/mlportal/lib on PYTHONPATH, precompiled, with
+``mlportal_runtime/sitecustomize.py`` at its root (it appends the ``mlflow`` shim to the END of
+sys.path, so a real MLflow in the environment always wins) +
 a non-root user ``mlportal`` (uid 1000) + WORKDIR /workspace.
 
 The tag is a content hash of the base image id, the normalised requirements, the runtime files
@@ -53,6 +55,7 @@ RUN python3 -m venv /opt/venv \\
 
 FROM {base}
 COPY --from=build /opt/venv /opt/venv
+# runtime/: the runtime packages and sitecustomize.py, which appends the mlflow shim after site-packages
 COPY runtime/ {runtime_dir}/
 RUN python3 -m compileall -q {runtime_dir} \\
  && (id -u {user} >/dev/null 2>&1 || useradd --uid {uid} --non-unique --create-home --shell /bin/sh {user}) \\
@@ -86,6 +89,11 @@ def runtime_package_dirs() -> list[Path]:
                              f"reinstall MLPortal", step="collect runtime")
         dirs.append(Path(next(iter(spec.submodule_search_locations))))
     return dirs
+
+
+def runtime_site_file() -> Path:
+    """The sitecustomize.py that goes to the root of the runtime folder (see the module docstring)."""
+    return runtime_package_dirs()[0] / "sitecustomize.py"
 
 
 def _runtime_digest(dirs: list[Path]) -> str:
@@ -130,6 +138,7 @@ def _write_context(out, *, base_image: str, reqs: list[str], wheels: list[Path])
         _archive.add_dir(tar, "runtime")
         for root in runtime_package_dirs():
             _archive.add_tree(tar, root, f"runtime/{root.name}")
+        _archive.add_bytes(tar, "runtime/sitecustomize.py", runtime_site_file().read_bytes())
     out.seek(0)
 
 

@@ -36,7 +36,7 @@ from compute.engine import (
     connect,
     engine_errors,
 )
-from compute.envimage import RUN_UID, RUN_USER, ensure_env_image, runtime_package_dirs
+from compute.envimage import RUN_UID, RUN_USER, ensure_env_image, runtime_package_dirs, runtime_site_file
 from compute.wheels import ensure_wheels, file_lock, normalise_requirements, offline_pip_env
 
 logger = logging.getLogger(__name__)
@@ -519,6 +519,7 @@ def run_local(spec: RunSpec, *, venv_root: Path, wheel_cache: Path,
         for root in runtime_package_dirs():
             shutil.copytree(root, lib / root.name,
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copyfile(runtime_site_file(), lib / "sitecustomize.py")  # the mlflow shim, after site-packages
         env = {
             "PATH": f"{venv / 'bin'}:/usr/local/bin:/usr/bin:/bin",
             "HOME": str(home),

@@ -28,9 +28,13 @@ class QueueTimeLimits:
         from django.conf import settings
 
         queue = "celery"
-        for pattern, route in settings.CELERY_TASK_ROUTES.items():
-            if task.name.startswith(pattern.rstrip("*")):
-                queue = route["queue"]
+        routes = settings.CELERY_TASK_ROUTES
+        if task.name in routes:  # an exact name wins over a pattern, as in Celery's own routing
+            queue = routes[task.name]["queue"]
+        else:
+            for pattern, route in routes.items():
+                if pattern.endswith("*") and task.name.startswith(pattern[:-1]):
+                    queue = route["queue"]
         soft, hard = queue_time_limits(queue)
         limits = {}
         if task.soft_time_limit is None:

@@ -168,6 +168,8 @@ DATA_UPLOAD_MAX_NUMBER_FILES = 2000
 
 # --- compute --------------------------------------------------------------------------------
 MLPORTAL_BASE_IMAGE = env_str("MLPORTAL_BASE_IMAGE", "python:3.11-slim")
+# The debootstrap that builds the base image offline when it cannot be pulled (default: on PATH).
+MLPORTAL_DEBOOTSTRAP = env_str("MLPORTAL_DEBOOTSTRAP") or None
 MLPORTAL_DOCKER_URL = env_str("DOCKER_HOST") or None  # None: the local engine
 MLPORTAL_CACHE_DIR = env_path("MLPORTAL_CACHE_DIR", Path.home() / ".cache" / "mlportal")
 MLPORTAL_WHEEL_CACHE = env_path("MLPORTAL_WHEEL_CACHE", MLPORTAL_CACHE_DIR / "wheels")
@@ -178,6 +180,10 @@ MLPORTAL_BUILD_TIMEOUT = env_int("MLPORTAL_BUILD_TIMEOUT", 1800, minimum=30)
 MLPORTAL_MAX_REPLICAS = env_int("MLPORTAL_MAX_REPLICAS", 8, minimum=1)
 MLPORTAL_LOG_MAX_BYTES = env_int("MLPORTAL_LOG_MAX_BYTES", 5 * 1024 * 1024, minimum=1024)
 MLPORTAL_LOST_AFTER_SECONDS = env_int("MLPORTAL_LOST_AFTER_SECONDS", 60, minimum=5)
+# Queued work (runs, builds) unclaimed this long is sent again (the broker may have lost it).
+MLPORTAL_REQUEUE_AFTER_SECONDS = env_int("MLPORTAL_REQUEUE_AFTER_SECONDS", 120, minimum=1)
+# How often the maintenance worker's beat runs the sweeps (lost runs, lost work, reconcile).
+MLPORTAL_SWEEP_INTERVAL_SECONDS = env_int("MLPORTAL_SWEEP_INTERVAL_SECONDS", 30, minimum=1)
 
 # --- Celery ---------------------------------------------------------------------------------
 _BROKER_DIR = DATA_DIR / "broker"
@@ -206,6 +212,11 @@ CELERY_TASK_ROUTES = {
     "runs.tasks.*": {"queue": "runs"},
     "registry.tasks.*": {"queue": "builds"},
     "deployments.tasks.*": {"queue": "deploy"},
+    # Periodic maintenance (exact names win over the patterns above) goes to the default queue,
+    # which the maintenance worker serves with builds and deploys: never behind a training run.
+    "runs.tasks.sweep_lost_runs": {"queue": "celery"},
+    "runs.tasks.requeue_lost_runs": {"queue": "celery"},
+    "registry.tasks.requeue_lost_builds": {"queue": "celery"},
 }
 # Time limits per queue, on purpose: runs enforce their own (per-project) limit inside compute and
 # the task limit is the backstop; builds and deploys are bounded by the engine's work.
@@ -217,8 +228,10 @@ CELERY_QUEUE_TIME_LIMITS = {
 }
 CELERY_TASK_ANNOTATIONS = ["mlportal.celery.QueueTimeLimits"]
 CELERY_BEAT_SCHEDULE = {
-    "sweep-lost-runs": {"task": "runs.tasks.sweep_lost_runs", "schedule": 30.0},
-    "reconcile-services": {"task": "deployments.tasks.reconcile_services", "schedule": 30.0},
+    "sweep-lost-runs": {"task": "runs.tasks.sweep_lost_runs", "schedule": float(MLPORTAL_SWEEP_INTERVAL_SECONDS)},
+    "requeue-lost-runs": {"task": "runs.tasks.requeue_lost_runs", "schedule": float(MLPORTAL_SWEEP_INTERVAL_SECONDS)},
+    "requeue-lost-builds": {"task": "registry.tasks.requeue_lost_builds", "schedule": float(MLPORTAL_SWEEP_INTERVAL_SECONDS)},
+    "reconcile-services": {"task": "deployments.tasks.reconcile_services", "schedule": float(MLPORTAL_SWEEP_INTERVAL_SECONDS)},
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True

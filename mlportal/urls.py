@@ -8,6 +8,8 @@ from mlportal.health import healthz
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", include("mlportal.api_urls")),
+    # MLflow's REST tracking API (a subset), for the stock client: MLFLOW_TRACKING_URI=<portal>/mlflow
+    path("mlflow/", include("runs.mlflow_api")),
     path("healthz", healthz, name="healthz"),
     path("", include("workspaces.urls")),
 ]

@@ -5,8 +5,10 @@ portal) becomes a CliError whose message is one line: the server's own message w
 """
 from __future__ import annotations
 
+import os
 import re
-from typing import Any, Iterator
+import time
+from typing import Any, Callable, Iterator
 
 import requests
 
@@ -16,6 +18,11 @@ API_PREFIX = "/api/v1/"
 CONNECT_TIMEOUT = 10  # seconds
 READ_TIMEOUT = 120  # seconds; uploads and downloads get longer ones
 PAGE_SIZE = 200  # the API's largest page
+# How long following a run or a build keeps trying while the portal is away (a restart, a deploy).
+RECONNECT_SECONDS = 300
+RECONNECT_FIRST_S = 0.5
+RECONNECT_MAX_S = 5.0
+TRANSIENT_STATUSES = {502, 503, 504}  # a proxy in front of a portal that is restarting
 
 
 class CliError(Exception):
@@ -25,6 +32,10 @@ class CliError(Exception):
         super().__init__(message)
         self.message = " ".join(str(message).split()) or "failed"
         self.exit_code = exit_code
+
+
+class Unreachable(CliError):
+    """The portal did not answer at all (refused, reset, timed out)."""
 
 
 class ApiError(CliError):
@@ -113,16 +124,49 @@ class Client:
         except requests.exceptions.InvalidURL as exc:
             raise CliError(f"'{self.url}' is not a usable portal URL: {exc}") from None
         except requests.exceptions.Timeout:
-            raise CliError(f"the portal at {self.url} did not answer within {timeout or CONNECT_TIMEOUT} s") from None
+            raise Unreachable(f"the portal at {self.url} did not answer within {timeout or CONNECT_TIMEOUT} s") from None
         except requests.exceptions.ConnectionError as exc:
-            raise CliError(f"cannot reach the portal at {self.url}: {_reason(exc)} "
-                           "(is the portal running, and is the URL right?)") from None
+            raise Unreachable(f"cannot reach the portal at {self.url}: {_reason(exc)} "
+                              "(is the portal running, and is the URL right?)") from None
         if response.status_code >= 400:
             raise error_from_response(response)
         return response
 
     def get(self, path: str, **kwargs) -> Any:
         return self.request("GET", path, **kwargs).json()
+
+    def get_patiently(self, path: str, *, say: Callable[[str], None], patience_s: float | None = None,
+                      **kwargs) -> Any:
+        """GET that rides out a portal restart: while the portal does not answer (or a proxy in
+        front of it answers 502/503/504) it tries again with a back-off (0.5 s doubling to 5 s)
+        for up to `patience_s` (MLPORTAL_CLI_RECONNECT_SECONDS, default 300), telling `say` that
+        it is reconnecting, then that it is back. Raises the last error after that."""
+        if patience_s is None:
+            try:
+                patience_s = float(os.environ.get("MLPORTAL_CLI_RECONNECT_SECONDS") or RECONNECT_SECONDS)
+            except ValueError:
+                raise CliError("MLPORTAL_CLI_RECONNECT_SECONDS must be a number of seconds") from None
+        lost_at = None
+        delay = RECONNECT_FIRST_S
+        while True:
+            try:
+                body = self.get(path, **kwargs)
+            except (Unreachable, ApiError) as exc:
+                if isinstance(exc, ApiError) and exc.status not in TRANSIENT_STATUSES:
+                    raise
+                now = time.monotonic()
+                lost_at = lost_at or now
+                if now - lost_at >= patience_s:
+                    raise CliError(f"{exc.message}; gave up reconnecting after {patience_s:.0f} s "
+                                   "(the work goes on in the portal)") from None
+                say(f"… lost the portal ({exc.message}); reconnecting in {delay:g} s "
+                    f"({now - lost_at:.0f} s of {patience_s:.0f} s)")
+                time.sleep(delay)
+                delay = min(RECONNECT_MAX_S, delay * 2)
+                continue
+            if lost_at is not None:
+                say(f"… reconnected to the portal after {time.monotonic() - lost_at:.0f} s")
+            return body
 
     def post(self, path: str, json: Any = None, **kwargs) -> Any:
         response = self.request("POST", path, json=json, **kwargs)

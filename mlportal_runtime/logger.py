@@ -1,9 +1,10 @@
-"""Run metrics as structured stdout lines.
+"""Run metrics, params and tags as structured stdout lines.
 
-A script inside a run container logs with ``get_logger().log("Accuracy", 0.93)``. The logger
-prints one line, ``METRIC_PREFIX + json``, and flushes it, so no network is needed inside the
-container: the worker that streams the container's output recognises the line with
-``parse_metric_line`` and stores the metric instead of showing the line in the plain log.
+A script inside a run container logs with ``get_logger().log("Accuracy", 0.93)``,
+``log_param("max_depth", 4)`` or ``set_tag("team", "churn")``. The logger prints one line,
+``<PREFIX> + json``, and flushes it, so no network is needed inside the container: the worker that
+streams the container's output recognises the line with ``parse_line`` and stores it instead of
+showing it in the plain log.
 """
 
 from __future__ import annotations
@@ -16,12 +17,46 @@ import time
 from typing import Any
 
 METRIC_PREFIX = "##mlportal[metric] "
+PARAM_PREFIX = "##mlportal[param] "
+TAG_PREFIX = "##mlportal[tag] "
 MAX_NAME_LENGTH = 200
 MAX_STRING_VALUE_LENGTH = 1000
+# MLflow's limits (mlflow/utils/validation.py), so code moving between the two fits both.
+MAX_PARAM_NAME_LENGTH = 250
+MAX_PARAM_VALUE_LENGTH = 6000
+MAX_TAG_NAME_LENGTH = 250
+MAX_TAG_VALUE_LENGTH = 8000
 # Metric values end up in a database column; integers beyond 64 bits would not fit.
 _INT_LIMIT = 2**63
 # A metric line is small; anything far bigger is output that merely starts with the prefix.
 _MAX_LINE_LENGTH = len(METRIC_PREFIX) + 4 * (MAX_NAME_LENGTH + MAX_STRING_VALUE_LENGTH) + 200
+# Param and tag lines are ASCII-escaped JSON: at most 6 characters per character of text.
+_MAX_KV_LINE_LENGTH = len(PARAM_PREFIX) + 6 * (MAX_TAG_NAME_LENGTH + MAX_TAG_VALUE_LENGTH) + 200
+
+
+class DuplicateParam(ValueError):
+    """A param logged again in the same run with a different value (MLflow refuses it too)."""
+
+
+def check_param(name: Any, value: Any) -> tuple[str, str]:
+    """Returns ``(name, str(value))`` for a loggable param; raises ValueError saying what to change."""
+    return _check_kv("param", name, value, MAX_PARAM_NAME_LENGTH, MAX_PARAM_VALUE_LENGTH)
+
+
+def check_tag(key: Any, value: Any) -> tuple[str, str]:
+    """Returns ``(key, str(value))`` for a settable tag; raises ValueError saying what to change."""
+    return _check_kv("tag", key, value, MAX_TAG_NAME_LENGTH, MAX_TAG_VALUE_LENGTH)
+
+
+def _check_kv(what: str, name: Any, value: Any, name_max: int, value_max: int) -> tuple[str, str]:
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"a {what} name must be a non-empty string, not {name!r:.80}")
+    if len(name) > name_max:
+        raise ValueError(f"{what} name {name[:40]!r}… is {len(name)} characters; the limit is {name_max}")
+    text = value if isinstance(value, str) else str(value)
+    if len(text) > value_max:
+        raise ValueError(f"the value of {what} {name[:80]!r} is {len(text)} characters; the limit is {value_max}")
+    return name, text
 
 
 def _reject_constant(token: str) -> Any:
@@ -75,6 +110,52 @@ class RunLogger:
     def __init__(self, stream: Any = None) -> None:
         self._stream = stream
         self._lock = threading.Lock()
+        self._params: dict[str, str] = {}
+
+    def _write(self, line: str) -> None:
+        stream = self._stream or sys.stdout
+        with self._lock:
+            stream.write(line + "\n")
+            stream.flush()
+
+    def log_param(self, name: str, value: Any) -> None:
+        """Record a parameter of the run (stored as text, like MLflow's ``str(value)``).
+
+        Logging the same name again with the same value does nothing; with another value it raises
+        DuplicateParam (a run's params describe how it ran, so they cannot change: log the new value
+        under another name). ValueError for an empty or too long name or a value over 6,000 characters.
+        """
+        name, text = check_param(name, value)
+        with self._lock:
+            known = self._params.get(name)
+            if known is not None and known != text:
+                raise DuplicateParam(f"param {name!r} was already logged in this run with value {known[:80]!r}; "
+                                     f"a run's params cannot change (got {text[:80]!r}): log it under another name")
+            if known is not None:
+                return
+            self._params[name] = text
+        self._write(PARAM_PREFIX + json.dumps({"name": name, "value": text}, ensure_ascii=True))
+
+    def log_params(self, params: dict) -> None:
+        """``log_param`` for each item of ``params``; all are checked before any is written."""
+        checked = [check_param(k, v) for k, v in dict(params).items()]
+        for name, text in checked:
+            self.log_param(name, text)
+
+    def set_tag(self, key: str, value: Any) -> None:
+        """Set a tag of the run (a later call with the same key replaces its value)."""
+        key, text = check_tag(key, value)
+        self._write(TAG_PREFIX + json.dumps({"key": key, "value": text}, ensure_ascii=True))
+
+    def set_tags(self, tags: dict) -> None:
+        checked = [check_tag(k, v) for k, v in dict(tags).items()]
+        for key, text in checked:
+            self._write(TAG_PREFIX + json.dumps({"key": key, "value": text}, ensure_ascii=True))
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        """``log(name, value, step)`` for each item of ``metrics``."""
+        for name, value in dict(metrics).items():
+            self.log(name, value, step=step)
 
     def log(self, name: str, value: Any, step: int | None = None) -> None:
         """Log a scalar metric (no ``step``) or one point of a series (``step=N``).
@@ -103,10 +184,7 @@ class RunLogger:
             ensure_ascii=True,
             allow_nan=False,
         )
-        stream = self._stream or sys.stdout
-        with self._lock:
-            stream.write(line + "\n")
-            stream.flush()
+        self._write(line)
 
     def __repr__(self) -> str:
         return "<RunLogger mlportal>"
@@ -164,3 +242,41 @@ def parse_metric_line(line: str | bytes) -> dict | None:
             return None
         stamp = float(stamp)
     return {"name": data["name"], "value": value, "step": step, "time": stamp}
+
+
+def _parse_kv(line: str, prefix: str, key_field: str, checker) -> dict | None:
+    if len(line) > _MAX_KV_LINE_LENGTH:
+        return None
+    try:
+        data = json.loads(line[len(prefix):].rstrip(), parse_constant=_reject_constant)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("value"), str):
+        return None
+    try:
+        name, value = checker(data.get(key_field), data["value"])
+    except ValueError:
+        return None
+    return {key_field: name, "value": value}
+
+
+def parse_line(line: str | bytes) -> tuple[str, dict] | None:
+    """Returns ``("metric", {...})`` (as ``parse_metric_line``), ``("param", {"name", "value"})`` or
+    ``("tag", {"key", "value"})`` for a well-formed structured line, else None (plain output)."""
+    if isinstance(line, (bytes, bytearray)):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    if not isinstance(line, str) or not line.startswith("##mlportal["):
+        return None
+    if line.startswith(METRIC_PREFIX):
+        metric = parse_metric_line(line)
+        return None if metric is None else ("metric", metric)
+    if line.startswith(PARAM_PREFIX):
+        param = _parse_kv(line, PARAM_PREFIX, "name", check_param)
+        return None if param is None else ("param", param)
+    if line.startswith(TAG_PREFIX):
+        tag = _parse_kv(line, TAG_PREFIX, "key", check_tag)
+        return None if tag is None else ("tag", tag)
+    return None

@@ -16,3 +16,10 @@ def build_image(self, image_id: str) -> str | None:
     if status is None and worker.image_is_building(image_id):
         raise self.retry(countdown=worker.STALE_BUILD_SECONDS)
     return status
+
+
+@shared_task(ignore_result=True)
+def requeue_lost_builds() -> dict:
+    from registry.reconcile import requeue_lost_builds as requeue
+
+    return requeue()

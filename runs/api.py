@@ -1,12 +1,14 @@
 """REST API: projects and their files, templates, runs with their logs, metrics and outputs."""
 from __future__ import annotations
 
+import gzip
+import json
 import mimetypes
 import tempfile
 import zipfile
 
 from django.db.models import Count
-from django.http import FileResponse, StreamingHttpResponse
+from django.http import FileResponse, HttpResponse, StreamingHttpResponse
 from django.urls import path
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, viewsets
@@ -99,19 +101,27 @@ class RunSerializer(serializers.ModelSerializer):
     duration_s = serializers.FloatField(read_only=True)
     url = serializers.CharField(source="get_absolute_url", read_only=True)
     metrics = serializers.SerializerMethodField()
+    params = serializers.SerializerMethodField()
+    tags = serializers.SerializerMethodField()
     status = serializers.CharField(read_only=True, help_text="queued, preparing, running, completed, failed, canceled, timed_out or lost")
-    target = serializers.CharField(read_only=True, help_text="docker or local")
+    target = serializers.CharField(read_only=True, help_text="docker, local, or external (logged by an MLflow client)")
     kind = serializers.CharField(read_only=True, help_text="script or prepare")
 
     class Meta:
         model = Run
         fields = ["id", "name", "number", "project", "project_id", "workspace", "kind", "script", "args", "target", "status",
                   "status_reason", "exit_code", "oom", "image", "snapshot_sha256", "container_id", "created_by",
-                  "created_at", "started_at", "ended_at", "heartbeat_at", "duration_s", "metrics", "url"]
+                  "created_at", "started_at", "ended_at", "heartbeat_at", "duration_s", "metrics", "params", "tags", "note", "url"]
         read_only_fields = fields
 
     def get_metrics(self, obj) -> dict:
         return getattr(obj, "metric_values", {})
+
+    def get_params(self, obj) -> dict[str, str]:
+        return getattr(obj, "param_values", {})
+
+    def get_tags(self, obj) -> dict[str, str]:
+        return getattr(obj, "tag_values", {})
 
 
 class RunDetailSerializer(RunSerializer):
@@ -130,6 +140,16 @@ class RunSubmitSerializer(serializers.Serializer):
     args = serializers.JSONField(required=False, help_text="List of string arguments")
     target = serializers.CharField(required=False, help_text="docker or local (default: the project's)")
     workspace = serializers.CharField(required=False)
+
+
+class RunAnnotateSerializer(serializers.Serializer):
+    tags = serializers.DictField(child=serializers.CharField(allow_blank=True), required=False, help_text="Tags to set (key → value)")
+    delete_tags = serializers.ListField(child=serializers.CharField(), required=False, help_text="Tag keys to remove")
+    note = serializers.CharField(required=False, allow_blank=True, help_text="Replaces the run's note")
+
+
+class RunParamsSerializer(serializers.Serializer):
+    params = serializers.DictField(help_text="name → value (stored as text); a name logged before must keep its value")
 
 
 class RunOutputSerializer(serializers.ModelSerializer):
@@ -307,6 +327,7 @@ class TemplateViewSet(viewsets.GenericViewSet):
 def _detail(run: Run) -> Run:
     run = Run.objects.select_related("project", "created_by").annotate(outputs_count=Count("outputs")).get(pk=run.pk)
     selectors.attach_metric_summaries([run])
+    selectors.attach_params_and_tags([run])
     return run
 
 
@@ -341,8 +362,8 @@ class RunViewSet(WorkspaceScopedViewSet):
     serializer_class = RunSerializer
     name_field = None
     filter_backends: list = []  # filter_runs/order_runs below: metric filters and ordering need the summary table
-    action_roles = {"cancel": Role.CONTRIBUTOR}
-    http_method_names = ["get", "post", "head", "options"]
+    action_roles = {"cancel": Role.CONTRIBUTOR, "partial_update": Role.CONTRIBUTOR, "params": Role.CONTRIBUTOR}
+    http_method_names = ["get", "post", "patch", "head", "options"]
 
     def get_queryset(self):
         return selectors.runs_base(super().get_queryset())
@@ -351,15 +372,47 @@ class RunViewSet(WorkspaceScopedViewSet):
         if self.action != "list":
             return queryset
         params = self.request.query_params
-        return selectors.order_runs(selectors.filter_runs(queryset, params), params.get("ordering"))
+        workspace_ids = None
+        if params.get("filter"):
+            from workspaces.models import Membership
+
+            workspace_ids = list(Membership.objects.filter(user=self.request.user).values_list("workspace_id", flat=True))
+        return selectors.order_runs(selectors.filter_runs(queryset, params, workspace_ids), params.get("ordering"))
 
     @extend_schema(parameters=[OpenApiParameter(n, str) for n in (
         "project", "script", "status", "user", "target", "kind", "q", "metric", "metric_gt", "metric_gte", "metric_lt",
-        "metric_lte", "metric_eq", "ordering", "workspace")])
+        "metric_lte", "metric_eq", "ordering", "workspace")] + [OpenApiParameter(
+            "filter", str, description='e.g. metrics."DTree Accuracy" > 0.9 and params.max_depth = "4" and tags.team = "churn"')])
     def list(self, request, *args, **kwargs):
         page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
         selectors.attach_metric_summaries(page)
+        selectors.attach_params_and_tags(page)
         return self.get_paginated_response(RunSerializer(page, many=True).data)
+
+    @extend_schema(request=RunAnnotateSerializer, responses=RunDetailSerializer)
+    def partial_update(self, request, *args, **kwargs):
+        """Sets or removes tags and replaces the note, during or after the run (contributor+)."""
+        run = self.get_object()
+        data = request.data if hasattr(request.data, "get") else {}
+        unknown = sorted(set(data) - {"tags", "delete_tags", "note"})
+        if unknown:
+            raise PortalError(f"A run's {unknown[0]!r} cannot be changed: only tags, delete_tags and note can.",
+                              fields={unknown[0]: "Not changeable."})
+        delete = data.get("delete_tags") or []
+        if not isinstance(delete, list):
+            raise PortalError("delete_tags must be a list of tag keys.", fields={"delete_tags": "Send a list."})
+        run = services.run_annotate(run=run, user=request.user, tags=data.get("tags"), delete_tags=delete, note=data.get("note"))
+        return Response(RunDetailSerializer(_detail(run)).data)
+
+    @extend_schema(request=RunParamsSerializer, responses=RunDetailSerializer)
+    @action(detail=True, methods=["post"], url_path="params")
+    def params(self, request, pk=None):
+        """Logs params of the run (contributor+): `{"params": {"max_depth": 4}}`; a name logged before
+        with another value is a 400 naming it (MLflow's rule), and nothing of the call is stored."""
+        run = self.get_object()
+        data = request.data if hasattr(request.data, "get") else {}
+        services.run_add_params(run=run, params=data.get("params"), user=request.user)
+        return Response(RunDetailSerializer(_detail(run)).data)
 
     def retrieve(self, request, *args, **kwargs):
         return Response(RunDetailSerializer(_detail(self.get_object())).data)
@@ -417,6 +470,28 @@ class RunViewSet(WorkspaceScopedViewSet):
         page = self.paginate_queryset(qs)
         return self.get_paginated_response(MetricPointSerializer(page, many=True).data)
 
+    @extend_schema(parameters=[
+        OpenApiParameter("names", str, description="Comma-separated series names (default: every series logged with steps)"),
+        OpenApiParameter("points", int, description="About how many points per series (default 1000, at most 5000)"),
+        OpenApiParameter("min_step", int), OpenApiParameter("max_step", int)],
+        responses={200: {"type": "object", "properties": {"series": {"type": "object"}}}})
+    @action(detail=True, methods=["get"], url_path="series")
+    def series(self, request, pk=None):
+        """The run's metric series for charts: each downsampled on the server to about `points`
+        points keeping its first, last, minimum and maximum (`sampled` says so); with `min_step` /
+        `max_step`, that range again, at full resolution when it holds at most `points` points.
+        `{"series": {name: {"steps": [...], "values": [...], "points": N, "sampled": bool}}}`."""
+        run = self.get_object()
+        params = request.query_params
+        points = _int_param(params, "points", selectors.CHART_POINTS, low=10, high=selectors.MAX_CHART_POINTS)
+        min_step = _int_param(params, "min_step", None)
+        max_step = _int_param(params, "max_step", None)
+        if min_step is not None and max_step is not None and min_step > max_step:
+            raise PortalError("min_step must not be above max_step.", fields={"min_step": "Above max_step."})
+        names = [n for n in params.get("names", "").split(",") if n] or None
+        data = selectors.chart_series(run, names=names, points=points, min_step=min_step, max_step=max_step)
+        return compact_json(request, {"series": data, "min_step": min_step, "max_step": max_step, "points": points})
+
     @extend_schema(responses=RunOutputSerializer(many=True))
     @action(detail=True, methods=["get"], url_path="outputs")
     def outputs(self, request, pk=None):
@@ -461,12 +536,41 @@ class RunViewSet(WorkspaceScopedViewSet):
         return Response({
             "runs": RunSerializer(runs, many=True).data,
             "properties": data["properties"],
+            "params": data["params"],
+            "tags": data["tags"],
             "metrics": data["metrics"],
             "outputs": [{"path": row["path"], "differs": row["differs"],
                          "cells": [{"size": c.size, "sha256": c.sha256} if c else None for c in row["cells"]]}
                         for row in data["outputs"]],
             "series": data["series"],
+            "parallel": data["parallel"],
         })
+
+
+def compact_json(request, data) -> HttpResponse:
+    """JSON without spaces, gzipped when the client accepts it: chart data is numbers by the
+    thousand, about a third of the bytes once compressed (nothing secret is in it, so no BREACH)."""
+    body = json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
+    response = HttpResponse(content_type="application/json")
+    if len(body) > 1024 and "gzip" in request.META.get("HTTP_ACCEPT_ENCODING", ""):
+        body = gzip.compress(body, compresslevel=5)
+        response["Content-Encoding"] = "gzip"
+    response["Vary"] = "Accept-Encoding"
+    response.content = body
+    return response
+
+
+def _int_param(params, name: str, default, *, low: int | None = None, high: int | None = None):
+    raw = params.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise PortalError(f"{name} must be a whole number, not {raw[:40]!r}.", fields={name: "Not a whole number."}) from None
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise PortalError(f"{name} must be between {low} and {high}.", fields={name: f"Between {low} and {high}."})
+    return value
 
 
 def runs_to_compare(qs, ids: str) -> list[Run]:

@@ -23,8 +23,23 @@ METRIC_NAME_MAX = 200
 
 
 class Target(models.TextChoices):
+    """Where a submitted run executes (what a project and `experiment submit -c` may name)."""
+
     DOCKER = "docker", "Docker"
     LOCAL = "local", "Local"
+
+
+# A run logged from outside by the stock MLflow client against the portal's MLflow API: nothing of
+# it executes here, so it is a run target but never a submit target.
+EXTERNAL_TARGET = "external"
+RUN_TARGETS = [*Target.values, EXTERNAL_TARGET]
+
+# MLflow's own limits (mlflow/utils/validation.py), so a script moving between the two fits both.
+PARAM_NAME_MAX = 250
+PARAM_VALUE_MAX = 6000
+TAG_NAME_MAX = 250
+TAG_VALUE_MAX = 8000
+NOTE_MAX = 50_000
 
 
 class Project(models.Model):
@@ -143,6 +158,8 @@ class Run(models.Model):
     # The log lives in RunLogChunk rows; these count what was kept so the cap is cheap to check.
     log_bytes = models.BigIntegerField(default=0)
     log_truncated = models.BooleanField(default=False)
+    # Free text a person writes about the run after it (MLflow keeps it as the mlflow.note.content tag).
+    note = models.TextField(blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -153,7 +170,7 @@ class Run(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["project", "number"], name="run_unique_number"),
             models.CheckConstraint(condition=Q(status__in=["queued", "preparing", "running", "completed", "failed", "canceled", "timed_out", "lost"]), name="run_status_known"),
-            models.CheckConstraint(condition=Q(target__in=Target.values), name="run_target_known"),
+            models.CheckConstraint(condition=Q(target__in=RUN_TARGETS), name="run_target_known"),
             models.CheckConstraint(condition=Q(kind__in=["script", "prepare"]), name="run_kind_known"),
         ]
         indexes = [
@@ -216,8 +233,11 @@ class Metric(models.Model):
     """One logged metric point: a number (`value`) or a string (`text`), optionally at a `step`."""
 
     id = models.BigAutoField(primary_key=True)
-    workspace = models.ForeignKey("workspaces.Workspace", on_delete=models.CASCADE, related_name="+")
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="metrics", db_index=False)
+    # No database-level foreign keys on the highest-volume table: PostgreSQL checks each one per row
+    # at commit, which cost more than the COPY of the rows itself. Django's CASCADE still deletes a
+    # run's points (one DELETE … WHERE run_id), and only the worker side, which holds the run, inserts.
+    workspace = models.ForeignKey("workspaces.Workspace", on_delete=models.CASCADE, related_name="+", db_constraint=False)
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="metrics", db_index=False, db_constraint=False)
     name = models.CharField(max_length=METRIC_NAME_MAX)
     value = models.FloatField(null=True, blank=True)
     text = models.CharField(max_length=1000, blank=True)
@@ -249,6 +269,11 @@ class RunMetricSummary(models.Model):
     step = models.IntegerField(null=True, blank=True)
     count = models.PositiveIntegerField(default=1)
     logged_at = models.DateTimeField()
+    # The series downsampled for charts ({"steps", "values", "points"}), computed from `chart_count`
+    # points: current while it equals `count`. The worker fills it when a run ends, so a page never
+    # aggregates a million points; a live run's chart computes (and keeps) it on demand.
+    chart = models.JSONField(null=True, blank=True)
+    chart_count = models.PositiveIntegerField(default=0)
 
     class Meta:
         ordering = ["run", "name"]
@@ -261,6 +286,49 @@ class RunMetricSummary(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name}={self.value if self.value is not None else self.text} (run {self.run_id})"
+
+
+class RunParam(models.Model):
+    """A parameter of a run: a name and its value as text, logged once (MLflow's rule: a second
+    log with another value is refused, the same value again is a no-op)."""
+
+    id = models.BigAutoField(primary_key=True)
+    workspace = models.ForeignKey("workspaces.Workspace", on_delete=models.CASCADE, related_name="+")
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="params", db_index=False)
+    name = models.CharField(max_length=PARAM_NAME_MAX)
+    value = models.TextField()
+
+    class Meta:
+        ordering = ["run", "name"]
+        constraints = [models.UniqueConstraint(fields=["run", "name"], name="run_param_unique_name")]
+        indexes = [
+            # The filter `params.max_depth = "4"` and the runs list's param columns and ordering read
+            # one name across a workspace's runs. Values stay out of the key: up to 6,000 characters
+            # would overflow a B-tree entry, and one name's rows in a workspace are few to scan.
+            models.Index(fields=["workspace", "name"], name="run_param_ws_name"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name}={self.value[:40]}"
+
+
+class RunTag(models.Model):
+    """A tag of a run (key → value); unlike params, tags may be changed after the run."""
+
+    id = models.BigAutoField(primary_key=True)
+    workspace = models.ForeignKey("workspaces.Workspace", on_delete=models.CASCADE, related_name="+")
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="tags", db_index=False)
+    key = models.CharField(max_length=TAG_NAME_MAX)
+    value = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["run", "key"]
+        constraints = [models.UniqueConstraint(fields=["run", "key"], name="run_tag_unique_key")]
+        # `tags.team = "churn"` across a workspace's runs (same reasoning as RunParam's index).
+        indexes = [models.Index(fields=["workspace", "key"], name="run_tag_ws_key")]
+
+    def __str__(self) -> str:
+        return f"{self.key}={self.value[:40]}"
 
 
 class RunOutput(models.Model):

@@ -65,3 +65,31 @@ def _is_uuid(value: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def requeue_lost_runs() -> dict:
+    """Sends the task of queued runs again when the broker lost it: at once after the broker
+    forgot its messages (a restart without persistence), else once a run has waited unclaimed
+    longer than MLPORTAL_REQUEUE_AFTER_SECONDS, with a growing gap after that (see
+    workspaces.broker). The claim in `execute` makes a duplicate start nothing. Returns
+    {"resent": [...run ids], "broker_forgot": bool}."""
+    from runs.tasks import execute_run
+    from workspaces.broker import broker_forgot, resend_due
+
+    forgot = broker_forgot("runs")
+    now = timezone.now()
+    after_s = settings.MLPORTAL_REQUEUE_AFTER_SECONDS
+    queued = Run.objects.filter(status=Run.Status.QUEUED)
+    if not forgot:
+        queued = queued.filter(created_at__lt=now - timedelta(seconds=after_s))
+    resent = []
+    for run_id, created_at, sent_at in queued.values_list("id", "created_at", "heartbeat_at").order_by("created_at"):
+        if not forgot and not resend_due(created_at=created_at, sent_at=sent_at, now=now, after_s=after_s):
+            continue
+        # For a queued run, heartbeat_at is when its task was last sent; the claim overwrites it.
+        if Run.objects.filter(id=run_id, status=Run.Status.QUEUED).update(heartbeat_at=now):
+            execute_run.delay(str(run_id))
+            resent.append(str(run_id))
+    if resent:
+        logger.warning("re-sent the task of %d queued run(s) the broker had lost: %s", len(resent), ", ".join(resent))
+    return {"resent": resent, "broker_forgot": forgot}

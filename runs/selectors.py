@@ -7,7 +7,8 @@ from collections.abc import Iterable
 
 from django.db.models import DurationField, ExpressionWrapper, F, FilteredRelation, Q, QuerySet
 
-from runs.models import Metric, Project, Run, RunLogChunk, RunMetricSummary
+from runs import filtering
+from runs.models import Metric, Project, Run, RunLogChunk, RunMetricSummary, RunParam, RunTag
 from workspaces.errors import PortalError
 
 # Columns the runs list can be ordered by (API `?ordering=` and the page's column headers).
@@ -38,11 +39,59 @@ def _is_uuid(value: str) -> bool:
     return True
 
 
-def filter_runs(qs: QuerySet, params) -> QuerySet:
+_OPS = {"=": "exact", ">": "gt", ">=": "gte", "<": "lt", "<=": "lte"}
+_ATTRIBUTE_FIELDS = {"status": "status", "target": "target", "script": "script", "kind": "kind", "number": "number",
+                     "user": "created_by__username", "project": "project__name", "note": "note", "run_name": "script"}
+
+
+def _compare(field: str, op: str, value) -> Q:
+    """The Q of `field <op> value` (the filter's comparators; LIKE through an anchored regex)."""
+    if op == "!=":
+        return ~Q(**{field: value})
+    if op == "LIKE":
+        return Q(**{f"{field}__regex": filtering.like_to_regex(str(value))})
+    if op == "ILIKE":
+        return Q(**{f"{field}__iregex": filtering.like_to_regex(str(value))})
+    if op == "IN":
+        return Q(**{f"{field}__in": list(value)})
+    if op == "NOT IN":
+        return ~Q(**{f"{field}__in": list(value)})
+    return Q(**{f"{field}__{_OPS[op]}": value})
+
+
+def apply_filter(qs: QuerySet, text: str, workspace_ids: Iterable | None = None) -> QuerySet:
+    """Narrows runs to those matching a filter string (`runs.filtering`); PortalError naming the token
+    it could not read. Each clause is one `id IN (…)` over the summary, param or tag table, led by the
+    workspace so its (workspace, name…) index serves it; a run lacking the metric/param/tag never matches."""
+    try:
+        clauses = filtering.parse(text)
+    except filtering.FilterError as exc:
+        raise PortalError(exc.message, code="invalid_filter", fields={"filter": exc.message}) from None
+    scope = Q(workspace_id__in=list(workspace_ids)) if workspace_ids is not None else Q()
+    for clause in clauses:
+        if clause.entity == "metrics":
+            cond = Q(name=clause.key) & _compare("value", clause.op, clause.value) & Q(value__isnull=False)
+            qs = qs.filter(id__in=RunMetricSummary.objects.filter(scope & cond).values("run_id"))
+        elif clause.entity == "params":
+            cond = Q(name=clause.key) & _compare("value", clause.op, clause.value)
+            qs = qs.filter(id__in=RunParam.objects.filter(scope & cond).values("run_id"))
+        elif clause.entity == "tags":
+            cond = Q(key=clause.key) & _compare("value", clause.op, clause.value)
+            qs = qs.filter(id__in=RunTag.objects.filter(scope & cond).values("run_id"))
+        else:
+            value = int(clause.value) if clause.key == "number" else clause.value
+            qs = qs.filter(_compare(_ATTRIBUTE_FIELDS[clause.key], clause.op, value))
+    return qs
+
+
+def filter_runs(qs: QuerySet, params, workspace_ids: Iterable | None = None) -> QuerySet:
     """Applies the runs-list filters of a query dict: project (id or name), script, status, user,
-    target, kind, q (search in script and project name) and one metric comparison
-    (`metric=<name>&metric_gt=<number>`, also _gte, _lt, _lte, _eq). Raises PortalError for a
-    comparison value that is not a number or one given without `metric`."""
+    target, kind, q (search in script and project name), `filter` (the filter language, see
+    `apply_filter`) and one metric comparison (`metric=<name>&metric_gt=<number>`, also _gte, _lt,
+    _lte, _eq). Raises PortalError for a filter it cannot read, a comparison value that is not a
+    number or one given without `metric`."""
+    if text := (params.get("filter") or "").strip():
+        qs = apply_filter(qs, text, workspace_ids)
     if project := (params.get("project") or "").strip():
         qs = qs.filter(project_id=project) if _is_uuid(project) else qs.filter(project__name=project)
     if script := (params.get("script") or "").strip():
@@ -93,8 +142,14 @@ def order_runs(qs: QuerySet, ordering: str | None) -> QuerySet:
         qs = qs.annotate(sort_metric=FilteredRelation("metric_summaries", condition=Q(metric_summaries__name=name)))
         expr = F("sort_metric__value")
         return qs.order_by(expr.desc(nulls_last=True) if desc else expr.asc(nulls_last=True), "-created_at")
+    if key.startswith(("param:", "tag:")):
+        kind, name = key.split(":", 1)
+        relation, field = ("params", "name") if kind == "param" else ("tags", "key")
+        qs = qs.annotate(sort_kv=FilteredRelation(relation, condition=Q(**{f"{relation}__{field}": name})))
+        expr = F("sort_kv__value")
+        return qs.order_by(expr.desc(nulls_last=True) if desc else expr.asc(nulls_last=True), "-created_at")
     if key not in RUN_ORDERING:
-        allowed = ", ".join(sorted(RUN_ORDERING)) + ", metric:<name>"
+        allowed = ", ".join(sorted(RUN_ORDERING)) + ", metric:<name>, param:<name>, tag:<name>"
         raise PortalError(f"Cannot order runs by {key!r}: use one of {allowed} (prefix '-' for descending).",
                           fields={"ordering": "Unknown column."})
     if key == "duration":
@@ -116,6 +171,27 @@ def metric_names(workspace_ids: Iterable) -> list[str]:
     )
 
 
+def param_names(workspace_ids: Iterable) -> list[str]:
+    """Names of the params the runs of these workspaces log (the choices of param columns)."""
+    return list(RunParam.objects.filter(workspace_id__in=list(workspace_ids)).values_list("name", flat=True)
+                .distinct().order_by("name")[:200])
+
+
+def attach_params_and_tags(runs: list[Run]) -> list[Run]:
+    """Sets `run.param_values` and `run.tag_values` ({name: value}) on each run, two queries in all."""
+    ids = [r.id for r in runs]
+    params: dict = defaultdict(dict)
+    for run_id, name, value in RunParam.objects.filter(run_id__in=ids).values_list("run_id", "name", "value"):
+        params[run_id][name] = value
+    tags: dict = defaultdict(dict)
+    for run_id, key, value in RunTag.objects.filter(run_id__in=ids).values_list("run_id", "key", "value"):
+        tags[run_id][key] = value
+    for run in runs:
+        run.param_values = params.get(run.id, {})
+        run.tag_values = tags.get(run.id, {})
+    return runs
+
+
 def attach_metric_summaries(runs: list[Run]) -> list[Run]:
     """Sets `run.metric_values = {name: last value}` on each run with one query."""
     by_run: dict = defaultdict(dict)
@@ -128,15 +204,65 @@ def attach_metric_summaries(runs: list[Run]) -> list[Run]:
     return runs
 
 
-def metrics_of(run: Run) -> tuple[list[RunMetricSummary], dict[str, list[tuple[int, float]]]]:
-    """The run's metric summaries and its series: {name: [(step, value), …]} for names logged with steps."""
-    summaries = list(RunMetricSummary.objects.filter(run=run).order_by("name"))
-    series: dict[str, list] = defaultdict(list)
-    for name, step, value in Metric.objects.filter(run=run, step__isnull=False, value__isnull=False).order_by(
-        "name", "step", "id"
-    ).values_list("name", "step", "value")[:50_000]:
-        series[name].append((step, value))
-    return summaries, dict(series)
+CHART_POINTS = 1000
+MAX_CHART_POINTS = 5000
+
+
+def _series_points(run_id, name: str, min_step: int | None = None, max_step: int | None = None) -> tuple[list, list]:
+    """(steps, values) of one numeric series in step order, read with a raw cursor (100,000 rows in
+    about a tenth of a second; model instances would take ten times that)."""
+    qs = Metric.objects.filter(run_id=run_id, name=name, step__isnull=False, value__isnull=False)
+    if min_step is not None:
+        qs = qs.filter(step__gte=min_step)
+    if max_step is not None:
+        qs = qs.filter(step__lte=max_step)
+    rows = qs.order_by("step", "id").values_list("step", "value")
+    sql, params = rows.query.sql_with_params()
+    from django.db import connections
+
+    with connections[rows.db].cursor() as cursor:
+        cursor.execute(sql, params)
+        data = cursor.fetchall()
+    return [r[0] for r in data], [r[1] for r in data]
+
+
+def _chart_entry(steps: list, values: list, points: int) -> dict:
+    from runs.downsample import downsample
+
+    kept_steps, kept_values = downsample(steps, values, points)
+    return {"steps": kept_steps, "values": [float(f"{v:.7g}") for v in kept_values], "points": len(steps),
+            "sampled": len(kept_steps) < len(steps)}
+
+
+def chart_series(run: Run, *, names: Iterable[str] | None = None, points: int = CHART_POINTS,
+                 min_step: int | None = None, max_step: int | None = None) -> dict[str, dict]:
+    """Every numeric series of the run logged with steps (or those `names`), each downsampled to
+    about `points` points keeping first, last, minimum and maximum: {name: {"steps", "values",
+    "points" (how many the series holds in the range), "sampled"}}. With a step range, the points in
+    that range, at full resolution when they number at most `points`. The whole-series answer at
+    the default size is kept on the series' summary row until more points arrive."""
+    qs = RunMetricSummary.objects.filter(run=run, step__isnull=False).order_by("name")
+    if names is not None:
+        qs = qs.filter(name__in=list(names))
+    out: dict[str, dict] = {}
+    whole = min_step is None and max_step is None and points == CHART_POINTS
+    for summary in qs.only("id", "name", "count", "chart", "chart_count"):
+        if whole and summary.chart is not None and summary.chart_count == summary.count:
+            out[summary.name] = summary.chart
+            continue
+        steps, values = _series_points(run.id, summary.name, min_step, max_step)
+        if not steps and min_step is None and max_step is None:
+            continue  # a name logged with steps but only text or NaN values
+        entry = _chart_entry(steps, values, points)
+        out[summary.name] = entry
+        if whole:
+            RunMetricSummary.objects.filter(id=summary.id, count=summary.count).update(chart=entry, chart_count=summary.count)
+    return out
+
+
+def summaries_of(run: Run) -> QuerySet:
+    """The run's metric summaries (last value of each name), by name; the chart cache left out."""
+    return RunMetricSummary.objects.filter(run=run).order_by("name").defer("chart")
 
 
 def log_since(run: Run, offset: int) -> tuple[str, int]:
@@ -162,9 +288,20 @@ def project_scripts(project: Project) -> list[str]:
     return list(project.files.filter(path__endswith=".py").order_by("path").values_list("path", flat=True))
 
 
-def compare(runs: list[Run]) -> dict:
-    """Arguments, metrics and outputs of runs side by side, with the rows that differ marked."""
+def compare(runs: list[Run], *, with_series: bool = True) -> dict:
+    """Params, tags, arguments, metrics and outputs of runs side by side, with the rows that differ
+    marked; `series` (each run's chart series) unless with_series is False; `parallel`: for the
+    parallel-coordinates chart, each run's params and last metric values."""
     attach_metric_summaries(runs)
+    attach_params_and_tags(runs)
+    param_names = sorted({n for r in runs for n in r.param_values})
+    param_rows = []
+    for name in param_names:
+        values = [r.param_values.get(name) for r in runs]
+        param_rows.append({"name": name, "values": values, "differs": len(set(values)) > 1})
+    tag_keys = sorted({k for r in runs for k in r.tag_values})
+    tag_rows = [{"name": k, "values": [r.tag_values.get(k) for r in runs],
+                 "differs": len({r.tag_values.get(k) for r in runs}) > 1} for k in tag_keys]
     names = sorted({n for r in runs for n in r.metric_values})
     metric_rows = []
     for name in names:
@@ -189,8 +326,12 @@ def compare(runs: list[Run]) -> dict:
         ("Snapshot SHA-256", [r.snapshot_sha256[:12] for r in runs]),
     ]
     property_rows = [{"name": n, "values": v, "differs": len({repr(x) for x in v}) > 1} for n, v in props]
-    series = {}
-    for r in runs:
-        _, s = metrics_of(r)
-        series[str(r.id)] = s
-    return {"runs": runs, "properties": property_rows, "metrics": metric_rows, "outputs": output_rows, "series": series}
+    series = {str(r.id): chart_series(r) for r in runs} if with_series else {}
+    parallel = {
+        "params": param_names,
+        "metrics": [row["name"] for row in metric_rows if any(isinstance(v, (int, float)) for v in row["values"])],
+        "runs": [{"label": str(r), "id": str(r.id), "params": r.param_values,
+                  "metrics": {k: v for k, v in r.metric_values.items() if isinstance(v, (int, float))}} for r in runs],
+    }
+    return {"runs": runs, "properties": property_rows, "params": param_rows, "tags": tag_rows, "metrics": metric_rows,
+            "outputs": output_rows, "series": series, "parallel": parallel}

@@ -4,6 +4,9 @@ User mistakes raise `workspaces.errors` exceptions with a message saying what to
 (`runs.checks`), and store nothing: files are written to storage first and their rows created in
 one transaction; a failure removes what was written. A submitted run is enqueued when the
 transaction commits; what the worker then does is in `runs.worker`, the sweep in `runs.reconcile`.
+
+About 550 lines on purpose: projects, their files and runs share the storage and snapshot steps
+here; params, tags and notes (and runs logged from outside by an MLflow client) are the last part.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from runs import catalog
+from runs import catalog, checks
 from runs.checks import (
     CHUNK,
     CappedReader,
@@ -37,7 +40,7 @@ from runs.checks import (
     max_project_files,
     max_upload_bytes,
 )
-from runs.models import Project, ProjectFile, Run, RunOutput, Target
+from runs.models import EXTERNAL_TARGET, NOTE_MAX, Project, ProjectFile, Run, RunOutput, RunParam, RunTag, Target
 from workspaces.errors import Conflict, NotFound, PayloadTooLarge, PortalError
 from workspaces.models import Role, Workspace
 from workspaces.services import activity_record, check_name, require_role
@@ -423,3 +426,124 @@ def run_cancel(*, run: Run, user) -> Run:
         raise Conflict(f"Run {run} is {run.status} already: only queued, preparing or running runs can be canceled.")
     activity_record(workspace=run.workspace, actor=user, verb="run.canceled", target=run)
     return run
+
+
+def run_annotate(*, run: Run, user, tags: dict | None = None, delete_tags: Iterable[str] = (), note: str | None = None) -> Run:
+    """Sets (and removes) tags and replaces the note of a run, at any time after it (contributor+).
+
+    Every tag is checked before any is written; None leaves the note as it is."""
+    require_role(user=user, workspace=run.workspace, role=Role.CONTRIBUTOR)
+    items = [checks.check_tag(k, v) for k, v in checks.check_mapping(tags, "tags").items()]
+    removed = [str(k) for k in (delete_tags or [])]
+    if note is not None:
+        note = checks.check_note(note)
+    with transaction.atomic():
+        upsert_tags(run.id, run.workspace_id, items)
+        if removed:
+            RunTag.objects.filter(run_id=run.id, key__in=removed).delete()
+        if note is not None:
+            Run.objects.filter(id=run.id).update(note=note)
+            run.note = note
+    activity_record(workspace=run.workspace, actor=user, verb="run.annotated", target=run,
+                    detail={"tags": [k for k, _ in items], "removed": removed, "note": note is not None})
+    return run
+
+
+def run_add_params(*, run: Run, params: dict, user=None) -> None:
+    """Records params of a run from the API (contributor+ when a user is given). A name logged
+    before with another value refuses the whole call (PortalError naming it); nothing is stored then."""
+    if user is not None:
+        require_role(user=user, workspace=run.workspace, role=Role.CONTRIBUTOR)
+    items = [checks.check_param(k, v) for k, v in checks.check_mapping(params, "params").items()]
+    with transaction.atomic():
+        problems = run_log_params(run_id=run.id, workspace_id=run.workspace_id, params=items)
+        if problems:
+            transaction.set_rollback(True)
+            raise PortalError(problems[0], code="param_changed", fields={"params": problems})
+
+
+def run_create_external(*, project: Project, user, run_name: str = "", started_at=None,
+                        tags: Iterable[tuple[str, str]] = ()) -> Run:
+    """A run logged from outside by an MLflow client (target `external`): nothing executes here;
+    it is running until the client ends it (contributor+)."""
+    require_role(user=user, workspace=project.workspace, role=Role.CONTRIBUTOR)
+    items = [checks.check_tag(k, v) for k, v in tags]
+    now = timezone.now()
+    with transaction.atomic():
+        run = _create_run(workspace=project.workspace, project=project, kind=Run.Kind.SCRIPT, script=(run_name or "")[:255],
+                          target=EXTERNAL_TARGET, status=Run.Status.RUNNING, created_by=user, started_at=started_at or now,
+                          heartbeat_at=now, image="external")
+        run_set_tags(run_id=run.id, workspace_id=run.workspace_id, tags=items)
+    activity_record(workspace=project.workspace, actor=user, verb="run.logged_externally", target=run)
+    return run
+
+
+def run_update_external(*, run: Run, user, status: str | None = None, ended_at=None, run_name: str | None = None) -> Run:
+    """Ends (or renames) a run from the MLflow API; a run that ended keeps its end time."""
+    require_role(user=user, workspace=run.workspace, role=Role.CONTRIBUTOR)
+    fields: dict = {}
+    if run_name:
+        fields["script"] = run_name[:255]
+    if status:
+        fields["status"] = status
+        if status in Run.FINISHED:
+            fields["ended_at"] = ended_at or timezone.now()
+            if run.target == EXTERNAL_TARGET:
+                fields["exit_code"] = 0 if status == Run.Status.COMPLETED else 1
+        else:
+            fields["ended_at"] = None
+    if fields:
+        Run.objects.filter(id=run.id).update(**fields)
+        run.refresh_from_db()
+    return run
+
+
+def upsert_tags(run_id, workspace_id, items: list[tuple[str, str]]) -> None:
+    if not items:
+        return
+    rows = {key: RunTag(run_id=run_id, workspace_id=workspace_id, key=key, value=value) for key, value in items}
+    RunTag.objects.bulk_create(list(rows.values()), update_conflicts=True, unique_fields=["run", "key"],
+                               update_fields=["value"])
+
+
+def run_log_params(*, run_id, workspace_id, params: Iterable[tuple[str, str]]) -> list[str]:
+    """Stores params ((name, value) already checked) and returns a message for each one refused:
+    a name this run logged before with another value (MLflow's rule; the same value again is fine)."""
+    wanted: dict[str, str] = {}
+    problems = []
+    for name, value in params:
+        if name in wanted and wanted[name] != value:
+            problems.append(_param_changed(name, wanted[name], value))
+            continue
+        wanted[name] = value
+    if not wanted:
+        return problems
+    with transaction.atomic():
+        known = dict(RunParam.objects.filter(run_id=run_id, name__in=list(wanted)).values_list("name", "value"))
+        new = []
+        for name, value in wanted.items():
+            if name in known:
+                if known[name] != value:
+                    problems.append(_param_changed(name, known[name], value))
+            else:
+                new.append(RunParam(run_id=run_id, workspace_id=workspace_id, name=name, value=value))
+        RunParam.objects.bulk_create(new, ignore_conflicts=True)
+    return problems
+
+
+def _param_changed(name: str, old: str, new: str) -> str:
+    return (f"Param {name!r} was already logged in this run with value {old[:80]!r}; a run's params cannot change "
+            f"(got {new[:80]!r}). Log the new value under another name.")
+
+
+NOTE_TAG = "mlflow.note.content"  # MLflow keeps a run's description as this tag; here it is the note
+
+
+def run_set_tags(*, run_id, workspace_id, tags: Iterable[tuple[str, str]]) -> None:
+    """Sets tags ((key, value) already checked); a later value of a key replaces the earlier.
+    MLflow's note tag (mlflow.note.content) becomes the run's note."""
+    items = list(tags)
+    notes = [value for key, value in items if key == NOTE_TAG]
+    upsert_tags(run_id, workspace_id, [(k, v) for k, v in items if k != NOTE_TAG])
+    if notes:
+        Run.objects.filter(id=run_id).update(note=notes[-1][:NOTE_MAX])

@@ -14,3 +14,8 @@ def execute_run(run_id: str) -> str:
 @shared_task(ignore_result=True)
 def sweep_lost_runs() -> dict:
     return reconcile.sweep_lost_runs()
+
+
+@shared_task(ignore_result=True)
+def requeue_lost_runs() -> dict:
+    return reconcile.requeue_lost_runs()

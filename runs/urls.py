@@ -15,5 +15,6 @@ urlpatterns = [
     path("runs/compare/", views.run_compare, name="run-compare"),
     path("runs/<uuid:run_id>/", views.run_detail, name="run-detail"),
     path("runs/<uuid:run_id>/cancel/", views.run_cancel, name="run-cancel"),
+    path("runs/<uuid:run_id>/annotate/", views.run_annotate, name="run-annotate"),
     path("runs/<uuid:run_id>/outputs/<path:path>", views.run_output, name="run-output"),
 ]

@@ -267,24 +267,34 @@ def project_file(request, ref, path):
 
 @login_required
 def run_list(request):
-    """All runs of the current workspace with a column per metric, filters, sorting and pagination."""
+    """All runs of the current workspace with a column per metric and per chosen param (`?params=a,b`),
+    the filter language (`?filter=`), the classic filters, sorting by any column and pagination."""
     base = scoped(request, selectors.runs_base())
     ordering = request.GET.get("ordering", "-created_at")
+    workspace_ids = [request.workspace.pk] if request.workspace else []
     error = None
     try:
-        qs = selectors.order_runs(selectors.filter_runs(base, request.GET), ordering)
+        qs = selectors.order_runs(selectors.filter_runs(base, request.GET, workspace_ids), ordering)
     except PortalError as exc:
         error, qs = exc.message, base.order_by("-created_at")
     page = paginate(request, qs)
     runs = selectors.attach_metric_summaries(list(page.object_list))
-    workspace_ids = [request.workspace.pk] if request.workspace else []
+    selectors.attach_params_and_tags(runs)
     names = selectors.metric_names(workspace_ids)
+    all_params = selectors.param_names(workspace_ids)
+    if "params" in request.GET:
+        chosen = [p for p in (n.strip() for n in request.GET.get("params", "").split(",")) if p][:20]
+    else:
+        chosen = all_params[:5]  # until someone chooses, the first few
     for run in runs:
+        run.param_cells = [run.param_values.get(n, "") for n in chosen]
         run.metric_cells = [run.metric_values.get(n) for n in names]
     projects = list(scoped(request, Project.objects.all()).order_by("name").values_list("name", flat=True)[:200])
-    filters = {k: request.GET.get(k, "") for k in ("project", "script", "status", "user", "target", "q", "metric", "metric_gt", "metric_lt")}
+    filters = {k: request.GET.get(k, "") for k in ("project", "script", "status", "user", "target", "q", "metric",
+                                                    "metric_gt", "metric_lt", "filter")}
     columns = [("number", "Run"), ("script", "Script"), ("status", "Status"), ("duration", "Duration"),
                ("started_at", "Started"), ("user", "User"), ("target", "Target")]
+    columns += [(f"param:{n}", n) for n in chosen]
     columns += [(f"metric:{n}", n) for n in names]
     headers = []
     for key, label in columns:
@@ -292,11 +302,12 @@ def run_list(request):
         desc = active and ordering.startswith("-")
         # First click sorts descending (newest, biggest first); a second click flips it.
         headers.append({"label": label, "ordering": key if desc else f"-{key}", "arrow": ("▼" if desc else "▲") if active else "",
-                        "metric": key.startswith("metric:")})
+                        "metric": key.startswith("metric:"), "param": key.startswith("param:")})
     return render(request, "runs/run_list.html", {
         "page": page, "runs": runs, "metric_names": names, "filters": filters, "ordering": ordering, "error": error,
-        "headers": headers, "statuses": Run.Status.choices, "projects": projects,
-    })
+        "headers": headers, "statuses": Run.Status.choices, "projects": projects, "param_names": all_params,
+        "chosen_params": ",".join(chosen),
+    }, status=400 if error else 200)
 
 
 def _run(request, run_id) -> Run:
@@ -307,7 +318,8 @@ def _run(request, run_id) -> Run:
 def run_detail(request, run_id):
     run = _run(request, run_id)
     role = role_in(request.user, run.workspace_id)
-    summaries, series = selectors.metrics_of(run)
+    summaries = list(selectors.summaries_of(run))
+    selectors.attach_params_and_tags([run])
     outputs = list(run.outputs.order_by("path"))
     for output in outputs:
         ext = "." + output.path.rsplit(".", 1)[-1].lower() if "." in output.path else ""
@@ -315,8 +327,34 @@ def run_detail(request, run_id):
         output.is_text = (mimetypes.guess_type(output.path)[0] or "").startswith("text/") or ext in (".json", ".log", ".txt", ".csv", ".md", ".yaml", ".yml", ".py")
     return render(request, "runs/run_detail.html", {
         "run": run, "can_write": has_role(role, Role.CONTRIBUTOR), "summaries": summaries, "outputs": outputs,
-        "series_data": series, "has_series": bool(series),
+        "has_series": any(m.step is not None for m in summaries),
     })
+
+
+@login_required
+@require_POST
+def run_annotate(request, run_id):
+    """The run page's tag and note forms (contributor+): `note` replaces the note; `tag_key` +
+    `tag_value` set a tag; `delete_tag` removes one. Errors come back as a message on the page."""
+    run = _run(request, run_id)
+    require_page_role(request, run.workspace, Role.CONTRIBUTOR)
+    tags, delete, note = {}, [], None
+    if "note" in request.POST:
+        note = request.POST["note"].replace("\r\n", "\n")
+    key = request.POST.get("tag_key", "").strip()
+    if key:
+        tags[key] = request.POST.get("tag_value", "")
+    elif request.POST.get("tag_value"):
+        messages.error(request, "Name the tag: a tag needs a key as well as a value.")
+        return redirect(run.get_absolute_url() + "#overview")
+    if request.POST.get("delete_tag"):
+        delete.append(request.POST["delete_tag"])
+    try:
+        services.run_annotate(run=run, user=request.user, tags=tags, delete_tags=delete, note=note)
+        messages.success(request, "Note saved." if note is not None else "Tags saved.")
+    except PortalError as exc:
+        messages.error(request, exc.message)
+    return redirect(run.get_absolute_url() + "#overview")
 
 
 @login_required
@@ -370,7 +408,9 @@ def run_compare(request):
             raise Http404(exc.message) from None
         messages.error(request, exc.message)
         return redirect(reverse("run-list") + ("?" + urlencode({"ids": ids}) if ids else ""))
-    data = selectors.compare(runs)
-    return render(request, "runs/run_compare.html", {**data, "series_data": {
-        "labels": [str(r) for r in runs], "series": [data["series"][str(r.id)] for r in runs],
-    }})
+    data = selectors.compare(runs, with_series=False)
+    import json
+
+    sources = [{"url": f"/api/v1/runs/{r.pk}/series/", "label": str(r)} for r in runs]
+    return render(request, "runs/run_compare.html", {**data, "chart_sources": json.dumps(sources),
+                                                      "parallel_json": json.dumps(data["parallel"])})

@@ -1,9 +1,8 @@
 """What a worker does with a run: claim it, prepare its environment, execute it through `compute`,
-stream its log and metrics into the database, store its outputs and record how it ended.
-
-`runs.tasks.execute_run` calls `execute`. The row writes it makes are the `run_*` functions at the
-end (each taking a run id; state changes are guarded updates). The sweep of lost runs is in
-`runs.reconcile`.
+stream its log and metrics into the database, store its outputs and record how it ended. The
+`run_*` row writes it makes are at the end (each takes a run id; state changes are guarded
+updates). `runs.tasks.execute_run` calls `execute`; the periodic sweeps (lost runs, lost tasks)
+are in `runs.reconcile`.
 """
 from __future__ import annotations
 
@@ -15,20 +14,21 @@ import socket
 import tarfile
 import threading
 import time
-from datetime import datetime, timezone as dt_timezone
 from pathlib import Path
 
 from django.conf import settings
 from django.db import connections, transaction
-from django.db.models import F, Max
+from django.db.models import Max
 from django.utils import timezone
 
 from compute.engine import BuildError, EngineError
 from compute.envimage import ensure_env_image
 from compute.runner import RunSpec, run_in_docker, run_local
-from mlportal_runtime import parse_metric_line
+from mlportal_runtime import parse_line
 from runs.checks import clean_path
-from runs.models import Metric, RunLogChunk, RunMetricSummary, RunOutput
+from runs.models import RunLogChunk, RunOutput
+from runs.metrics import run_record_metrics
+from runs.services import run_log_params, run_set_tags
 from runs.services import delete_blobs, open_blob, read_chunks, save_blob
 from workspaces.errors import PortalError
 from runs.models import Run, Target, requirement_lines
@@ -42,13 +42,18 @@ HEARTBEAT_S = 2.0
 CANCEL_CHECK_S = 1.0
 # A chunk holds at most this many lines; a burst is split across several flushes' worth of rows.
 MAX_LINES_PER_CHUNK = 2000
+# Metric points are written in batches of this many rows; while this many wait unwritten, the
+# thread reading the script's output waits for the writer (the script then blocks on its stdout),
+# so a script printing a million points keeps the worker's memory flat instead of buffering them.
+METRIC_BATCH = 20_000
+MAX_PENDING_METRICS = 2 * METRIC_BATCH
 
 
 class RunSink:
     """Collects a run's output from the runner's threads and writes it from one flusher thread.
 
-    Metric lines are parsed and stored as metrics (kept out of the plain log); other lines are
-    appended to the log in small batches. The flusher also stamps the heartbeat.
+    Metric, param and tag lines are parsed and stored as such (kept out of the plain log); other
+    lines are appended to the log in small batches. The flusher also stamps the heartbeat.
     """
 
     def __init__(self, run: Run):
@@ -56,7 +61,12 @@ class RunSink:
         self.workspace_id = run.workspace_id
         self._lines: list[str] = []
         self._metrics: list[dict] = []
+        self._params: list[tuple[str, str]] = []
+        self._tags: list[tuple[str, str]] = []
         self._lock = threading.Lock()
+        self._drained = threading.Condition(self._lock)
+        self._flush_lock = threading.Lock()
+        self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"run-sink-{run.id}", daemon=True)
         self._status = run.status
@@ -68,14 +78,25 @@ class RunSink:
         return self
 
     def output(self, line: str) -> None:
-        """A line the script printed: a metric when it is one, else a log line."""
-        metric = parse_metric_line(line)
+        """A line the script printed: a metric, param or tag when it is one, else a log line.
+        Waits while MAX_PENDING_METRICS points are still unwritten (backpressure on the script)."""
+        parsed = parse_line(line)
         with self._lock:
-            if metric is not None:
-                self._metrics.append(metric)
-                self.metric_count += 1
-            else:
+            if parsed is None:
                 self._lines.append(line)
+                return
+            kind, data = parsed
+            if kind == "metric":
+                self._metrics.append(data)
+                self.metric_count += 1
+                if len(self._metrics) >= MAX_PENDING_METRICS:
+                    self._wake.set()
+                    while len(self._metrics) >= METRIC_BATCH and not self._stop.is_set() and self._thread.is_alive():
+                        self._drained.wait(timeout=1.0)
+            elif kind == "param":
+                self._params.append((data["name"], data["value"]))
+            else:
+                self._tags.append((data["key"], data["value"]))
 
     def log(self, line: str) -> None:
         """A line of the portal's own (prepare log, notes): never parsed as a metric."""
@@ -92,18 +113,35 @@ class RunSink:
         return self._status not in (Run.Status.PREPARING, Run.Status.RUNNING)
 
     def flush(self) -> None:
-        with self._lock:
-            lines, self._lines = self._lines, []
-            metrics, self._metrics = self._metrics, []
-        for start in range(0, len(lines), MAX_LINES_PER_CHUNK):
-            run_append_log(run_id=self.run_id, workspace_id=self.workspace_id,
-                                    lines=lines[start:start + MAX_LINES_PER_CHUNK])
-        run_record_metrics(run_id=self.run_id, workspace_id=self.workspace_id, points=metrics)
+        with self._flush_lock:
+            with self._lock:
+                params, self._params = self._params, []
+                tags, self._tags = self._tags, []
+            if params:
+                for problem in run_log_params(run_id=self.run_id, workspace_id=self.workspace_id, params=params):
+                    self.log(f"[mlportal] param not recorded: {problem}")
+            if tags:
+                run_set_tags(run_id=self.run_id, workspace_id=self.workspace_id, tags=tags)
+            while True:
+                with self._lock:
+                    batch, self._metrics = self._metrics[:METRIC_BATCH], self._metrics[METRIC_BATCH:]
+                if not batch:
+                    break
+                run_record_metrics(run_id=self.run_id, workspace_id=self.workspace_id, points=batch)
+                with self._lock:
+                    self._drained.notify_all()
+            with self._lock:
+                lines, self._lines = self._lines, []
+            for start in range(0, len(lines), MAX_LINES_PER_CHUNK):
+                run_append_log(run_id=self.run_id, workspace_id=self.workspace_id,
+                                        lines=lines[start:start + MAX_LINES_PER_CHUNK])
 
     def _loop(self) -> None:
         last_beat = 0.0
         try:
-            while not self._stop.wait(FLUSH_S):
+            while not self._stop.is_set():
+                self._wake.wait(FLUSH_S)
+                self._wake.clear()
                 try:
                     self.flush()
                     if time.monotonic() - last_beat >= HEARTBEAT_S:
@@ -116,7 +154,10 @@ class RunSink:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         self._thread.join(timeout=30)
+        with self._lock:
+            self._drained.notify_all()
         self.flush()
 
 
@@ -165,7 +206,19 @@ def execute(run_id) -> str:
     finally:
         sink.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+    prepare_charts(run.id)
     return run_finish(run_id=run.id, **outcome)
+
+
+def prepare_charts(run_id) -> None:
+    """Downsamples every series of a run that just ended and keeps the result, so its page never
+    reads the raw points; a failure here only means the first page view computes them."""
+    from runs import selectors
+
+    try:
+        selectors.chart_series(Run.objects.get(id=run_id))
+    except Exception:  # noqa: BLE001 - a cache; the run's end must still be recorded
+        logger.exception("run %s: preparing its charts failed", run_id)
 
 
 def _prepare(run: Run, sink: RunSink) -> dict:
@@ -190,7 +243,8 @@ def _execute_script(run: Run, sink: RunSink, workdir: Path) -> dict:
         run_id=str(run.id), snapshot=snapshot, script=run.script, args=list(run.args or []),
         requirements=_requirements_of(snapshot), base_image=settings.MLPORTAL_BASE_IMAGE,
         memory_mb=project.memory_mb, cpus=project.cpus, timeout_s=project.time_limit_s,
-        network=project.allow_network, env={"MLPORTAL_RUN_ID": str(run.id), "MLPORTAL_RUN_NUMBER": str(run.number)},
+        network=project.allow_network, env={"MLPORTAL_RUN_ID": str(run.id), "MLPORTAL_RUN_NUMBER": str(run.number),
+             "MLPORTAL_PROJECT_ID": str(run.project_id)},
     )
     command = " ".join(["python", run.script, *spec.args])
     sink.log(f"[mlportal] run {run}: {command} on target {run.target}")
@@ -297,37 +351,6 @@ def run_append_log(*, run_id, workspace_id, lines: list[str]) -> None:
         seq = (RunLogChunk.objects.filter(run_id=run_id).aggregate(n=Max("seq"))["n"] or 0) + 1
         RunLogChunk.objects.create(run_id=run_id, workspace_id=workspace_id, seq=seq, text="".join(kept))
         Run.objects.filter(id=run_id).update(log_bytes=used, log_truncated=truncated)
-
-
-def run_record_metrics(*, run_id, workspace_id, points: list[dict]) -> None:
-    """Stores parsed metric points ({"name", "value", "step", "time"}) and updates each name's last value."""
-    if not points:
-        return
-    rows = []
-    for p in points:
-        value, text = p.get("value"), ""
-        if isinstance(value, str):
-            value, text = None, value[:1000]
-        elif value is not None:
-            value = float(value)
-        when = p.get("time")
-        logged_at = datetime.fromtimestamp(when, tz=dt_timezone.utc) if isinstance(when, (int, float)) else timezone.now()
-        rows.append(Metric(run_id=run_id, workspace_id=workspace_id, name=str(p["name"])[:200], value=value, text=text,
-                           step=p.get("step"), logged_at=logged_at))
-    with transaction.atomic():
-        Metric.objects.bulk_create(rows)
-        last: dict[str, Metric] = {}
-        counts: dict[str, int] = {}
-        for m in rows:
-            last[m.name] = m
-            counts[m.name] = counts.get(m.name, 0) + 1
-        for name, m in last.items():
-            updated = RunMetricSummary.objects.filter(run_id=run_id, name=name).update(
-                value=m.value, text=m.text, step=m.step, logged_at=m.logged_at, count=F("count") + counts[name],
-            )
-            if not updated:
-                RunMetricSummary.objects.create(run_id=run_id, workspace_id=workspace_id, name=name, value=m.value, text=m.text,
-                                                step=m.step, logged_at=m.logged_at, count=counts[name])
 
 
 def run_store_outputs(*, run: Run, tar_path: Path | None) -> list[RunOutput]:

@@ -113,7 +113,7 @@ def _wait(ctx: Context, service: dict, *, until, timeout: float | None, doing: s
                            f"see 'mlportal service show realtime -i {service['name']}'")
         time.sleep(WAIT_POLL_SECONDS)
         try:
-            service = ctx.client.get(f"services/{service['id']}/")
+            service = ctx.client.get_patiently(f"services/{service['id']}/", say=ctx.progress)
         except ApiError as exc:
             if exc.status == 404:
                 return None

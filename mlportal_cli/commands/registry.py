@@ -143,7 +143,7 @@ def follow_image_log(ctx: Context, image: dict, *, to_stderr: bool = True) -> di
     stream = ctx.err if to_stderr else ctx.out
     offset, last = 0, "\n"
     while True:
-        body = ctx.client.get(f"images/{image['id']}/log/", params={"offset": offset})
+        body = ctx.client.get_patiently(f"images/{image['id']}/log/", params={"offset": offset}, say=ctx.progress)
         text = body.get("text") or ""
         if text:
             stream.write(text)
@@ -156,7 +156,7 @@ def follow_image_log(ctx: Context, image: dict, *, to_stderr: bool = True) -> di
             time.sleep(POLL_SECONDS)
     if last != "\n":
         stream.write("\n")
-    return ctx.client.get(f"images/{image['id']}/")
+    return ctx.client.get_patiently(f"images/{image['id']}/", say=ctx.progress)
 
 
 def image_failed(image: dict) -> CliError:
@@ -205,7 +205,7 @@ def image_logs(ctx: Context):
         return 0
     offset = 0
     while True:  # the endpoint pages long logs
-        body = ctx.client.get(f"images/{image['id']}/log/", params={"offset": offset})
+        body = ctx.client.get_patiently(f"images/{image['id']}/log/", params={"offset": offset}, say=ctx.progress)
         ctx.out.write(body.get("text") or "")
         if not body.get("text") or body.get("offset", offset) == offset:
             break

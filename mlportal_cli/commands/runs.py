@@ -96,7 +96,7 @@ def follow_run(ctx: Context, run: dict) -> int:
     offset, last = 0, "\n"
     started = quiet_since = time.monotonic()
     while True:
-        body = ctx.client.get(f"runs/{run_id}/log/", params={"offset": offset})
+        body = ctx.client.get_patiently(f"runs/{run_id}/log/", params={"offset": offset}, say=ctx.progress)
         text = body.get("text") or ""
         now = time.monotonic()
         if text:
@@ -115,7 +115,7 @@ def follow_run(ctx: Context, run: dict) -> int:
     if last != "\n":
         ctx.out.write("\n")
         ctx.out.flush()
-    final = ctx.client.get(f"runs/{run_id}/")
+    final = ctx.client.get_patiently(f"runs/{run_id}/", say=ctx.progress)
     label = final.get("name") or run_id
     if final.get("status") == "completed":
         metrics = metrics_text(final)
@@ -132,12 +132,61 @@ def run_list(ctx: Context):
     # A named project decides the workspace; otherwise the list is the current workspace's.
     params = {"ordering": ctx.arg("orderby") or "-created_at", "workspace": None if project else ctx.list_workspace()}
     for key, value in (("project", project), ("status", ctx.arg("status")), ("script", ctx.arg("script")),
-                       ("target", ctx.arg("target")), ("q", ctx.arg("search"))):
+                       ("target", ctx.arg("target")), ("q", ctx.arg("search")), ("filter", ctx.arg("filter"))):
         if value:
             params[key] = value
     params = {k: v for k, v in params.items() if v}
     items, total = ctx.client.list("runs/", params=params, limit=ctx.arg("top"))
-    return Result(items, RUN_COLUMNS, total)
+    cols = RUN_COLUMNS
+    chosen = [p.strip() for p in (ctx.arg("params") or "").split(",") if p.strip()]
+    if chosen:
+        cols = RUN_COLUMNS[:-1] + columns(*[(f"param {n}", (lambda n: lambda r: (r.get("params") or {}).get(n, ""))(n))
+                                            for n in chosen]) + RUN_COLUMNS[-1:]
+    return Result(items, cols, total)
+
+
+def _key_values(pairs: list[str], what: str) -> dict[str, str]:
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise CliError(f"write each {what} as KEY=VALUE, e.g. team=churn (got {pair!r})")
+        out[key.strip()] = value
+    return out
+
+
+def run_tag(ctx: Context):
+    """Sets KEY=VALUE tags (and removes --delete KEY ones) on a run."""
+    run = resolve_run(ctx, ctx.arg("run_ref") or ctx.arg("run_opt"))
+    tags = _key_values(ctx.arg("tags"), "tag")
+    delete = ctx.arg("delete") or []
+    if not tags and not delete:
+        raise CliError("give tags as KEY=VALUE (e.g. team=churn) or --delete KEY")
+    data = ctx.client.patch(f"runs/{run['id']}/", json={"tags": tags, "delete_tags": delete})
+    ctx.progress(f"Run {data.get('name')} tags: " + (", ".join(f"{k}={v}" for k, v in sorted(data.get("tags", {}).items())) or "none"))
+    return Result(data)
+
+
+def run_note(ctx: Context):
+    run = resolve_run(ctx, ctx.arg("run_ref") or ctx.arg("run_opt"))
+    text = ctx.arg("text")
+    if text == "-":
+        import sys
+
+        text = sys.stdin.read()
+    data = ctx.client.patch(f"runs/{run['id']}/", json={"note": text or ""})
+    ctx.progress(f"Run {data.get('name')}: note {'saved' if text else 'cleared'}.")
+    return Result(data)
+
+
+def run_params(ctx: Context):
+    """Shows a run's params, or logs KEY=VALUE ones (a name logged before must keep its value)."""
+    run = resolve_run(ctx, ctx.arg("run_ref") or ctx.arg("run_opt"))
+    new = _key_values(ctx.arg("set"), "param")
+    if new:
+        run = ctx.client.post(f"runs/{run['id']}/params/", json={"params": new})
+    rows = [{"name": k, "value": v} for k, v in sorted((run.get("params") or {}).items())]
+    return Result(rows, columns(("Param", "name"), ("Value", "value")))
 
 
 def run_show(ctx: Context, *, ref: str | None = None):
@@ -282,10 +331,14 @@ def _list_options(parser) -> None:
     parser.add_argument("--project", metavar="PROJECT", help="only this project's runs (default: the linked folder's)")
     parser.add_argument("--status", help="only runs in this status (queued, running, completed, failed, …; comma-separated)")
     parser.add_argument("--script", help="only runs of this script")
-    parser.add_argument("--target", choices=("docker", "local"), help="only runs on this compute target")
+    parser.add_argument("--target", choices=("docker", "local", "external"), help="only runs on this compute target")
+    parser.add_argument("--filter", metavar="FILTER",
+                        help='filter string, e.g. \'metrics."DTree Accuracy" > 0.9 and params.max_depth = "4" and tags.team = "churn"\'')
+    parser.add_argument("--params", metavar="NAMES", help="comma-separated param names to show as columns")
     parser.add_argument("--search", metavar="TEXT", help="search scripts and project names (#3 finds run 3)")
     parser.add_argument("--orderby", metavar="FIELD",
-                        help="order by a column (default -created_at), or by a metric: '-metric:DTree Accuracy'")
+                        help="order by a column (default -created_at), a metric ('-metric:DTree Accuracy'), "
+                             "a param ('param:max_depth') or a tag ('tag:team')")
     parser.add_argument("--top", type=int, default=50, metavar="N", help="show at most N runs (default 50)")
 
 
@@ -313,6 +366,19 @@ def _register_runs(sub, prefix: str) -> None:
     parser = add_command(sub, "cancel", help="Cancel a queued or running run.", example=f"{prefix} cancel last",
                          func=run_cancel)
     _run_ref(parser)
+    parser = add_command(sub, "tag", help="Set (or --delete) tags of a run, during or after it.",
+                         example=f"{prefix} tag last team=churn stage=baseline\n{prefix} tag 3 --delete stage", func=run_tag)
+    _run_ref(parser)
+    parser.add_argument("tags", nargs="*", metavar="KEY=VALUE", help="tags to set")
+    parser.add_argument("--delete", action="append", metavar="KEY", help="a tag to remove (repeatable)")
+    parser = add_command(sub, "note", help="Write (or clear) the note of a run.",
+                         example=f"{prefix} note last --text 'baseline with depth 4'", func=run_note)
+    _run_ref(parser)
+    parser.add_argument("--text", default="", help="the note (empty clears it; '-' reads it from stdin)")
+    parser = add_command(sub, "params", help="Show a run's params, or log more with --set KEY=VALUE.",
+                         example=f"{prefix} params last\n{prefix} params 3 --set seed=7", func=run_params)
+    _run_ref(parser)
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="a param to log (repeatable)")
     parser = add_command(sub, "compare", help="Compare 2 to 10 runs: properties, metrics, outputs side by side.",
                          example=f"{prefix} compare 1 2 3", func=run_compare)
     parser.add_argument("runs", nargs="+", metavar="RUN", help="the runs (ids or numbers)")

@@ -44,6 +44,8 @@ def test_make_run_starts_the_embedded_portal_and_ctrl_c_stops_it(tmp_path):
             time.sleep(0.5)
         assert f"http://127.0.0.1:{port}/" in log_path.read_text()
         assert "log in as 'admin'" in log_path.read_text()
+        # The first run makes sure the engine has the base image (here it is already there).
+        assert "[base image] base image python:3.11-slim is present" in log_path.read_text()
 
         status = 0
         while status != 200 and time.monotonic() < deadline:

@@ -100,12 +100,12 @@ def test_the_run_page_shows_properties_metrics_chart_and_outputs(page_client, ow
                        outputs={"model.pkl": b"P", "plot.png": b"\x89PNG\r\n", "<img src=x>.txt": b"<script>x</script>"},
                        log=["<script>alert('log')</script>"])
     page = page_client(owner).get(run.get_absolute_url()).content.decode()
-    assert run.snapshot_sha256 in page and "mlportal-env:test" in page and "series-chart" in page
+    assert run.snapshot_sha256 in page and "mlportal-env:test" in page and 'data-module="metric-chart"' in page
     assert "/models/register/?run=" in page and "path=model.pkl" in page
     assert "<img src=x>" not in page and "&lt;img src=x&gt;.txt" in page
-    assert "vendor/chart.js/chart.umd.min.js" in page
-    series = json.loads(re.search(r'<script id="series-data" type="application/json">(.*?)</script>', page).group(1))
-    assert series == {"loss": [[0, 1.0], [1, 0.5]]}
+    assert "js/metric_chart.js" in page and "<script>\n" not in page  # behaviour from static/js only
+    series = page_client(owner).get(f"/api/v1/runs/{run.pk}/series/").json()["series"]
+    assert series == {"loss": {"steps": [0, 1], "values": [1.0, 0.5], "points": 2, "sampled": False}}
 
 
 def test_image_outputs_are_shown_inline_with_their_type_and_others_never(page_client, owner, blank, finished_run):

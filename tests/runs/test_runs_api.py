@@ -162,7 +162,7 @@ def test_compare_puts_runs_side_by_side_and_marks_differences(owner_api, owner, 
     args = next(p for p in body["properties"] if p["name"] == "Arguments")
     assert args["values"] == ["--depth 3", "--depth 5"] and args["differs"]
     assert body["outputs"][0]["path"] == "model.pkl" and body["outputs"][0]["differs"]
-    assert body["series"][str(b.id)]["loss"] == [[0, 1.0], [1, 0.4]]
+    assert body["series"][str(b.id)]["loss"] == {"steps": [0, 1], "values": [1.0, 0.4], "points": 2, "sampled": False}
     assert owner_api.get(f"/api/v1/runs/compare/?ids={a.id}").status_code == 400
 
 
