@@ -9,8 +9,8 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 
+from core.errors import PortalError
 from deployments.models import Environment
-from workspaces.errors import PortalError
 
 CLUSTER_NOT_AVAILABLE = "cluster (Kubernetes) environments are not available yet"
 MAX_CPUS = 64.0

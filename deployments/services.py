@@ -19,6 +19,8 @@ from typing import IO, Any
 
 from django.db import IntegrityError, transaction
 
+from core.errors import Conflict, PortalError
+from core.storage import delete_files
 from deployments.checks import (
     CLUSTER_NOT_AVAILABLE,
     check_cpus,
@@ -33,7 +35,6 @@ from deployments.checks import (
     whole_number,
 )
 from deployments.models import ActiveEnvironment, Environment, Service, ServiceEvent
-from workspaces.errors import Conflict, PortalError
 from workspaces.models import Role, Workspace
 from workspaces.services import activity_record, check_name, require_role
 
@@ -298,20 +299,9 @@ def service_create_realtime(*, workspace: Workspace, name: str, model_file: IO[b
                               f"the service starts in '{env.name}' once the image is built.")
             _enqueue(deploy_service, service.pk)
     except BaseException:
-        _delete_stored(stored)
+        delete_files(stored)
         raise
     return service, notice
-
-
-def _delete_stored(names: list[str]) -> None:
-    """Removes files a rolled-back one-shot create had stored."""
-    from django.core.files.storage import default_storage
-
-    for stored in names:
-        try:
-            default_storage.delete(stored)
-        except OSError:
-            logger.exception("could not delete stored file %s", stored)
 
 
 @contextmanager

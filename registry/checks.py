@@ -10,8 +10,8 @@ from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
 
+from core.errors import PortalError
 from registry.models import Manifest, Model
-from workspaces.errors import PortalError
 from workspaces.models import Workspace
 
 

@@ -10,19 +10,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import tempfile
-import time
 import uuid
-from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
 from django.conf import settings
-from django.core.files import File
-from django.core.files.base import ContentFile
-from django.core.files.storage import default_storage
-from django.db import IntegrityError, transaction
-from django.db.models import Max
+from django.db import transaction
 
+from core.errors import Conflict, PortalError
+from core.numbering import create_next
+from core.storage import delete_files, delete_files_on_commit, open_file, read_file, save_file
 from registry import selectors
 from registry.checks import (
     check_description,
@@ -36,14 +32,10 @@ from registry.checks import (
     parse_requirements,
 )
 from registry.models import Image, Manifest, ManifestModel, Model
-from workspaces.errors import Conflict, PayloadTooLarge, PortalError
 from workspaces.models import Role, Workspace
 from workspaces.services import activity_record, require_role
 
 logger = logging.getLogger(__name__)
-
-VERSION_ATTEMPTS = 5
-CHUNK = 1024 * 1024
 
 
 class EngineUnavailable(PortalError):
@@ -54,75 +46,17 @@ class EngineUnavailable(PortalError):
 
 
 def _create_versioned(cls, *, workspace: Workspace, name: str, **fields):
-    """Creates ``cls`` as the next version of ``name`` in ``workspace``. Writers queue on the
-    workspace's row (PostgreSQL; SQLite serialises writers itself), so racing registrations take
-    consecutive numbers in turn; should two still meet, the unique constraint lets one win and the
-    other retries with the next."""
-    for attempt in range(VERSION_ATTEMPTS):
-        try:
-            with transaction.atomic():
-                # NO KEY UPDATE: registrations queue behind each other, while inserts that only
-                # point at the workspace (activity, logs, services) are not held up by it.
-                list(Workspace.objects.select_for_update(no_key=True).filter(pk=workspace.pk).values_list("pk", flat=True))
-                latest = cls.objects.filter(workspace=workspace, name=name).aggregate(v=Max("version"))["v"] or 0
-                return cls.objects.create(workspace=workspace, name=name, version=latest + 1, **fields)
-        except IntegrityError:
-            if attempt == VERSION_ATTEMPTS - 1:
-                raise Conflict(f"Too many versions of '{name}' are being created at once; try again.") from None
-            time.sleep(0.05 * (attempt + 1))
-    raise AssertionError("unreachable")
-
-
-def _chunks(fileobj: IO[bytes]) -> Iterator[bytes]:
-    if hasattr(fileobj, "chunks"):
-        yield from fileobj.chunks(CHUNK)
-        return
-    while True:
-        data = fileobj.read(CHUNK)
-        if not data:
-            return
-        yield data
+    """Creates ``cls`` as the next version of ``name`` in ``workspace`` (core.numbering)."""
+    return create_next(cls, workspace_pk=workspace.pk, field="version", scope={"workspace": workspace, "name": name},
+                       what=f"versions of '{name}'", **fields)
 
 
 def _store_upload(fileobj: IO[bytes], *, storage_name: str, what: str, field: str) -> tuple[str, int, str]:
-    """Streams ``fileobj`` into the default storage; returns (storage name, size, sha256).
-
-    Spools through a temporary file first, so an empty or over-cap upload is refused before
-    anything lands in storage."""
-    cap = settings.MLPORTAL_MAX_UPLOAD_BYTES
-    digest = hashlib.sha256()
-    size = 0
-    with tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024) as spool:
-        for data in _chunks(fileobj):
-            size += len(data)
-            if size > cap:
-                message = f"The {what} is over the upload limit of {cap} bytes: upload a smaller file."
-                raise PayloadTooLarge(message, fields={field: message})
-            digest.update(data)
-            spool.write(data)
-        if size == 0:
-            message = f"The {what} is empty: upload the file itself."
-            raise PortalError(message, fields={field: message})
-        spool.seek(0)
-        stored = default_storage.save(storage_name, File(spool))
-    return stored, size, digest.hexdigest()
-
-
-def _delete_files(names: Iterable[str]) -> None:
-    for name in names:
-        try:
-            default_storage.delete(name)
-        except OSError:
-            logger.exception("could not delete stored file %s", name)
-
-
-def _delete_files_on_commit(names: list[str]) -> None:
-    transaction.on_commit(lambda: _delete_files(names))
-
-
-def read_stored(name: str) -> bytes:
-    with default_storage.open(name, "rb") as handle:
-        return handle.read()
+    """Streams ``fileobj`` into storage; returns (storage name, size, sha256). An empty or over-cap
+    upload is refused before anything is kept."""
+    stored = save_file(storage_name, fileobj, limit=settings.MLPORTAL_MAX_UPLOAD_BYTES, what=what, field=field,
+                       allow_empty=False)
+    return stored.storage_name, stored.size, stored.sha256
 
 
 def _register(*, workspace: Workspace, name: str, user, file_name: str, description: Any, tags: Any,
@@ -150,7 +84,7 @@ def _register(*, workspace: Workspace, name: str, user, file_name: str, descript
                 detail["run"] = str(run.pk)
             activity_record(workspace=workspace, actor=user, verb="model.registered", target=model, detail=detail)
     except BaseException:
-        _delete_files([stored])
+        delete_files([stored])
         raise
     return model
 
@@ -190,10 +124,10 @@ def run_output(*, run, path: str):
 
 def _copy_stored(source: str, expected_sha256: str, *, storage_name: str) -> tuple[str, int, str]:
     """Copies a stored file (a run's output) to ``storage_name``, checking its sha256 on the way."""
-    with default_storage.open(source, "rb") as handle:
+    with open_file(source) as handle:
         stored, size, sha256 = _store_upload(handle, storage_name=storage_name, what="run output", field="path")
     if expected_sha256 and sha256 != expected_sha256:
-        _delete_files([stored])
+        delete_files([stored])
         raise Conflict("The run output's stored bytes no longer match its checksum; it cannot be registered.")
     return stored, size, sha256
 
@@ -241,7 +175,7 @@ def model_delete(*, model: Model, user) -> None:
     activity_record(workspace=model.workspace, actor=user, verb="model.deleted", target=model)
     stored = model.file
     model.delete()
-    _delete_files_on_commit([stored])
+    delete_files_on_commit([stored])
 
 
 def content_hash(*, runtime: str, files: dict[str, dict], models: list[Model]) -> str:
@@ -278,7 +212,7 @@ def manifest_create(*, workspace: Workspace, name: str, models: list[Model], sco
     stored: list[str] = []
     try:
         for path, data in contents.items():
-            stored.append(default_storage.save(f"manifests/{manifest_id}/{path}", ContentFile(data)))
+            stored.append(save_file(f"manifests/{manifest_id}/{path}", data).storage_name)
         files = {path: {**info, "storage": stored[i]} for i, (path, info) in enumerate(files.items())}
         with transaction.atomic():
             manifest = _create_versioned(
@@ -291,7 +225,7 @@ def manifest_create(*, workspace: Workspace, name: str, models: list[Model], sco
             activity_record(workspace=workspace, actor=user, verb="manifest.created", target=manifest,
                             detail={"models": [m.ref for m in models], "hash": manifest.content_hash})
     except BaseException:
-        _delete_files(stored)
+        delete_files(stored)
         raise
     return manifest
 
@@ -305,7 +239,7 @@ def _project_file(project, path: str | None, *, field: str) -> bytes | None:
     if found is None:
         message = f"Project '{project.name}' has no file {path[:120]!r}."
         raise PortalError(message, fields={field: message})
-    return read_stored(found.storage_name)
+    return read_file(found.storage_name)
 
 
 def manifest_create_from_project(*, workspace: Workspace, name: str, models: list[Model], project_ref, score_path: str,
@@ -330,12 +264,12 @@ def manifest_create_from_project(*, workspace: Workspace, name: str, models: lis
 
 def manifest_file(manifest: Manifest, path: str) -> bytes:
     """Returns the content of one of the manifest's files; NotFound for a path it does not hold."""
-    from workspaces.errors import NotFound
+    from core.errors import NotFound
 
     info = manifest.files.get(path)
     if info is None:
         raise NotFound(f"Manifest {manifest.ref} has no file {path[:80]!r}; it holds {', '.join(sorted(manifest.files))}.")
-    return read_stored(info["storage"])
+    return read_file(info["storage"])
 
 
 @transaction.atomic
@@ -349,7 +283,7 @@ def manifest_delete(*, manifest: Manifest, user) -> None:
     activity_record(workspace=manifest.workspace, actor=user, verb="manifest.deleted", target=manifest)
     stored = [info["storage"] for info in manifest.files.values()]
     manifest.delete()
-    _delete_files_on_commit(stored)
+    delete_files_on_commit(stored)
 
 
 def image_repository(workspace: Workspace, name: str) -> str:

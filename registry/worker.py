@@ -11,12 +11,13 @@ import time
 from functools import partial
 
 from django.conf import settings
-from django.core.files.storage import default_storage
 from django.utils import timezone
 
+from core.logs import next_seq
+from core.storage import open_file, read_file
 from registry import inference
 from registry.models import Image, ImageLogChunk, Manifest
-from registry.services import manifest_file, read_stored
+from registry.services import manifest_file
 
 
 STALE_BUILD_SECONDS = 180  # a building image whose worker gave no sign of life for this long is taken over
@@ -32,7 +33,8 @@ class BuildLog:
 
     def __init__(self, image: Image) -> None:
         self.image_id = image.pk
-        self.offset = image.log_size
+        self.size = image.log_size  # characters stored so far (the cap counts them)
+        self.seq = next_seq(ImageLogChunk.objects.filter(image_id=image.pk)) - 1
         self.buffer: list[str] = []
         self.buffered = 0
         self.last_flush = 0.0  # the first line goes out at once: the page shows the build started
@@ -43,7 +45,7 @@ class BuildLog:
         if self.truncated:
             return
         text = f"{line}\n"
-        if self.offset + self.buffered + len(text) > self.limit:
+        if self.size + self.buffered + len(text) > self.limit:
             text = f"[log truncated at {self.limit} characters; the build goes on]\n"
             self.truncated = True
         self.buffer.append(text)
@@ -59,9 +61,10 @@ class BuildLog:
             return
         text = "".join(self.buffer)
         self.buffer, self.buffered = [], 0
-        ImageLogChunk.objects.create(image_id=self.image_id, offset=self.offset, text=text)
-        self.offset += len(text)
-        Image.objects.filter(pk=self.image_id).update(log_size=self.offset, heartbeat_at=now)
+        self.seq += 1
+        ImageLogChunk.objects.create(image_id=self.image_id, seq=self.seq, text=text)
+        self.size += len(text)
+        Image.objects.filter(pk=self.image_id).update(log_size=self.size, heartbeat_at=now)
 
 
 def image_build_requirements(manifest: Manifest, log=None) -> list[str]:
@@ -71,7 +74,7 @@ def image_build_requirements(manifest: Manifest, log=None) -> list[str]:
 
     schema = load_schema(manifest_file(manifest, Manifest.SCHEMA))
     complete = Manifest.REQUIREMENTS in manifest.files
-    models = [] if complete else [(m.file_name, partial(default_storage.open, m.file, "rb"))
+    models = [] if complete else [(m.file_name, partial(open_file, m.file))
                                   for m in manifest.model_versions.all()]
     reqs, notes = inference.infer_requirements(
         listed=list(manifest.requirements), needs_pandas=schema.needs_pandas, needs_numpy=schema.needs_numpy,
@@ -90,7 +93,7 @@ def image_app_files(manifest: Manifest) -> dict[str, bytes]:
     registered file name (so score.py opens ``model.pkl`` as in the lab)."""
     files = {path: manifest_file(manifest, path) for path in manifest.files}
     for model in manifest.model_versions.all():
-        files[model.file_name] = read_stored(model.file)
+        files[model.file_name] = read_file(model.file)
     return files
 
 

@@ -5,7 +5,6 @@ value or raises PortalError saying what to change, with the field at fault. No d
 from __future__ import annotations
 
 import io
-import re
 import stat
 import tarfile
 import zipfile
@@ -17,9 +16,9 @@ from django.conf import settings
 from mlportal_runtime.logger import check_param as _runtime_check_param
 from mlportal_runtime.logger import check_tag as _runtime_check_tag
 from runs.models import NOTE_MAX, Project, Target
-from workspaces.errors import PayloadTooLarge, PortalError
+from core.errors import PayloadTooLarge, PortalError
+from core.paths import clean_path
 
-PATH_MAX = 255
 CHUNK = 1024 * 1024
 
 
@@ -29,34 +28,6 @@ def max_project_files() -> int:
 
 def max_upload_bytes() -> int:
     return settings.MLPORTAL_MAX_UPLOAD_BYTES
-
-
-def clean_path(path: str, *, field: str = "path") -> str:
-    """Returns `path` as a normalised relative POSIX path or raises PortalError saying what is wrong:
-    absolute, `..`, control characters, backslashes, empty, or longer than 255 characters."""
-    raw = path if isinstance(path, str) else ""
-    problem = None
-    if not raw.strip():
-        problem = "a file path is needed"
-    elif any(ord(ch) < 32 or ord(ch) == 127 for ch in raw):
-        problem = f"file path {raw[:80]!r} contains control characters"
-    elif "\\" in raw:
-        problem = f"file path {raw[:80]!r} contains a backslash: use '/' between folders"
-    elif raw.startswith("/") or re.match(r"^[A-Za-z]:", raw):
-        problem = f"file path {raw[:80]!r} is absolute: give a path relative to the project folder"
-    else:
-        parts = [p for p in raw.split("/") if p not in ("", ".")]
-        if ".." in parts:
-            problem = f"file path {raw[:80]!r} contains '..': paths must stay inside the project"
-        elif not parts:
-            problem = f"file path {raw[:80]!r} names no file"
-        else:
-            raw = "/".join(parts)
-            if len(raw) > PATH_MAX:
-                problem = f"file path {raw[:80]!r}… is longer than {PATH_MAX} characters"
-    if problem:
-        raise PortalError(problem[0].upper() + problem[1:] + ".", fields={field: problem})
-    return raw
 
 
 def check_settings(*, default_target=None, time_limit_s=None, memory_mb=None, cpus=None) -> dict:

@@ -30,7 +30,7 @@ from runs import checks, selectors, services
 from runs.metrics import run_record_metrics
 from runs.models import Metric, Project, Run, RunMetricSummary
 from workspaces.auth import BearerTokenAuthentication
-from workspaces.errors import Conflict, Forbidden, NotFound, PortalError
+from core.errors import Conflict, Forbidden, NotFound, PortalError
 from workspaces.models import Membership, Role
 from workspaces.selectors import current_workspace_and_role, has_role
 

@@ -1,6 +1,6 @@
 """The request side of projects, project files and runs: what a view, a viewset or a CLI call does.
 
-User mistakes raise `workspaces.errors` exceptions with a message saying what to change
+User mistakes raise `core.errors` exceptions with a message saying what to change
 (`runs.checks`), and store nothing: files are written to storage first and their rows created in
 one transaction; a failure removes what was written. A submitted run is enqueued when the
 transaction commits; what the worker then does is in `runs.worker`, the sweep in `runs.reconcile`.
@@ -10,38 +10,34 @@ here; params, tags and notes (and runs logged from outside by an MLflow client) 
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import secrets
 import tarfile
 import tempfile
 import uuid
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 from typing import IO
 
-from django.core.files.base import File
-from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
-from django.db.models import Max
 from django.utils import timezone
 
 from runs import catalog, checks
 from runs.checks import (
-    CHUNK,
     CappedReader,
     archive_kind,
     archive_members,
     check_args,
     check_settings,
     check_target,
-    clean_path,
     max_project_files,
     max_upload_bytes,
 )
 from runs.models import EXTERNAL_TARGET, NOTE_MAX, Project, ProjectFile, Run, RunOutput, RunParam, RunTag, Target
-from workspaces.errors import Conflict, NotFound, PayloadTooLarge, PortalError
+from core.errors import Conflict, NotFound, PortalError
+from core.numbering import create_next
+from core.paths import clean_path
+from core.storage import StoredFile, chunks_of, delete_files, open_file, save_file
 from workspaces.models import Role, Workspace
 from workspaces.services import activity_record, check_name, require_role
 
@@ -49,48 +45,6 @@ logger = logging.getLogger(__name__)
 
 # A text file a person may edit in the browser is at most this big.
 EDITABLE_MAX_BYTES = 512 * 1024
-
-
-@dataclass
-class Blob:
-    storage_name: str
-    size: int
-    sha256: str
-
-
-def save_blob(name: str, chunks: Iterable[bytes], *, limit: int | None = None, what: str = "file") -> Blob:
-    """Streams `chunks` into storage under `name`; raises PayloadTooLarge (nothing kept) past `limit`."""
-    digest = hashlib.sha256()
-    size = 0
-    with tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024) as tmp:
-        for chunk in chunks:
-            size += len(chunk)
-            if limit is not None and size > limit:
-                raise PayloadTooLarge(
-                    f"The {what} is over the limit of {limit} bytes: send a smaller one.", fields={"file": "Too large."}
-                )
-            digest.update(chunk)
-            tmp.write(chunk)
-        tmp.seek(0)
-        stored = default_storage.save(name, File(tmp, name=name.rsplit("/", 1)[-1]))
-    return Blob(stored, size, digest.hexdigest())
-
-
-def delete_blobs(names: Iterable[str]) -> None:
-    for name in names:
-        try:
-            default_storage.delete(name)
-        except OSError as exc:  # a leftover blob wastes space but harms nothing
-            logger.warning("could not delete stored file %s: %s", name, exc)
-
-
-def read_chunks(fileobj: IO[bytes]) -> Iterator[bytes]:
-    while chunk := fileobj.read(CHUNK):
-        yield chunk
-
-
-def open_blob(storage_name: str) -> IO[bytes]:
-    return default_storage.open(storage_name, "rb")
 
 
 def decode_text(data: bytes) -> str:
@@ -167,7 +121,7 @@ def project_delete(*, project: Project, user) -> None:
     names += list(RunOutput.objects.filter(run__project=project).values_list("storage_name", flat=True))
     activity_record(workspace=project.workspace, actor=user, verb="project.deleted", target=project)
     project.delete()
-    transaction.on_commit(lambda: delete_blobs(names))
+    transaction.on_commit(lambda: delete_files(names))
 
 
 def _sync_requirements(project: Project) -> None:
@@ -175,7 +129,7 @@ def _sync_requirements(project: Project) -> None:
     row = project.files.filter(path="requirements.txt").first()
     text = ""
     if row is not None:
-        with open_blob(row.storage_name) as handle:
+        with open_file(row.storage_name) as handle:
             text = decode_text(handle.read(256 * 1024))
     if text != project.requirements:
         project.requirements = text
@@ -205,8 +159,8 @@ def _write_files(project: Project, files: Iterable[tuple[str, bytes | Path | IO[
                 elif isinstance(content, Path):
                     chunks = [content.read_bytes()]
                 else:
-                    chunks = read_chunks(content)
-                blob = save_blob(f"projects/{project.id}/{row.id}{suffix}", chunks, limit=max_upload_bytes())
+                    chunks = chunks_of(content)
+                blob = save_file(f"projects/{project.id}/{row.id}{suffix}", chunks, limit=max_upload_bytes())
                 written.append(blob.storage_name)
                 if not row._state.adding:
                     old_blobs.append(row.storage_name)
@@ -224,9 +178,9 @@ def _write_files(project: Project, files: Iterable[tuple[str, bytes | Path | IO[
                 )
             _sync_requirements(project)
     except BaseException:
-        delete_blobs(written)
+        delete_files(written)
         raise
-    transaction.on_commit(lambda: delete_blobs(old_blobs))
+    transaction.on_commit(lambda: delete_files(old_blobs))
     return rows
 
 
@@ -252,7 +206,7 @@ def project_file_delete(*, project: Project, path: str, user) -> None:
         row.delete()
         _sync_requirements(project)
         activity_record(workspace=project.workspace, actor=user, verb="files.deleted", target=project, detail={"paths": [path]})
-        transaction.on_commit(lambda: delete_blobs([name]))
+        transaction.on_commit(lambda: delete_files([name]))
 
 
 def project_files_upload_archive(*, project: Project, fileobj: IO[bytes], filename: str, user, replace: bool = False) -> list[ProjectFile]:
@@ -304,35 +258,26 @@ def _add_project_files(tar: tarfile.TarFile, rows: Iterable[ProjectFile]) -> Non
         info.size = row.size
         info.mode = 0o644
         info.mtime = int(row.updated_at.timestamp()) if row.updated_at else 0
-        with open_blob(row.storage_name) as handle:
+        with open_file(row.storage_name) as handle:
             tar.addfile(info, handle)
 
 
-def _next_number(project: Project) -> int:
-    return (Run.objects.filter(project=project).aggregate(n=Max("number"))["n"] or 0) + 1
-
-
 def _create_run(**fields) -> Run:
-    """Creates the Run with the project's next number, retrying when a parallel submit took it."""
-    for attempt in range(5):
-        try:
-            with transaction.atomic():
-                return Run.objects.create(number=_next_number(fields["project"]), **fields)
-        except IntegrityError:
-            if attempt == 4:
-                raise
-    raise AssertionError("unreachable")
+    """Creates the Run with its project's next number, under the workspace's lock (core.numbering)."""
+    project = fields.pop("project")
+    return create_next(Run, workspace_pk=project.workspace_id, field="number", scope={"project": project},
+                       what=f"runs of project '{project.name}'", **fields)
 
 
-def _snapshot_from_project(project: Project, run_id) -> Blob:
+def _snapshot_from_project(project: Project, run_id) -> StoredFile:
     with tempfile.TemporaryFile() as tmp:
         with tarfile.open(fileobj=tmp, mode="w") as tar:
             _add_project_files(tar, project.files.order_by("path"))
         tmp.seek(0)
-        return save_blob(f"runs/{run_id}/snapshot.tar", read_chunks(tmp))
+        return save_file(f"runs/{run_id}/snapshot.tar", chunks_of(tmp))
 
 
-def _snapshot_from_archive(fileobj: IO[bytes], run_id) -> tuple[Blob, list[str]]:
+def _snapshot_from_archive(fileobj: IO[bytes], run_id) -> tuple[StoredFile, list[str]]:
     """Re-packs an uploaded snapshot (zip or tar) after checking it like any upload; returns the blob
     and the file paths it holds."""
     head = fileobj.read(512)
@@ -347,7 +292,7 @@ def _snapshot_from_archive(fileobj: IO[bytes], run_id) -> tuple[Blob, list[str]]
                     info.size, info.mode = m.size, 0o644
                     tar.addfile(info, CappedReader(m.open(), m.size))
             tmp.seek(0)
-            return save_blob(f"runs/{run_id}/snapshot.tar", read_chunks(tmp)), [m.path for m in members]
+            return save_file(f"runs/{run_id}/snapshot.tar", chunks_of(tmp)), [m.path for m in members]
     finally:
         archive.close()
 
@@ -367,7 +312,7 @@ def run_submit(*, project: Project, script: str, args=None, target: str | None =
         blob = None
     if script_path not in paths or not script_path.endswith(".py"):
         if blob is not None:
-            delete_blobs([blob.storage_name])
+            delete_files([blob.storage_name])
         scripts = sorted(p for p in paths if p.endswith(".py"))
         choices = ", ".join(scripts[:20]) or "none: upload a .py file first"
         message = f"Unknown script {script!r}: project '{project.name}' has no such Python file. Its scripts: {choices}."
@@ -384,7 +329,7 @@ def run_submit(*, project: Project, script: str, args=None, target: str | None =
                             detail={"script": script_path, "target": target, "number": run.number})
             _enqueue(run)
     except BaseException:
-        delete_blobs([blob.storage_name])
+        delete_files([blob.storage_name])
         raise
     return run
 

@@ -18,19 +18,19 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import connections, transaction
-from django.db.models import Max
 from django.utils import timezone
 
 from compute.engine import BuildError, EngineError
 from compute.envimage import ensure_env_image
 from compute.runner import RunSpec, run_in_docker, run_local
+from core.errors import PortalError
+from core.logs import next_seq
+from core.paths import clean_path
+from core.storage import chunks_of, delete_files, open_file, save_file
 from mlportal_runtime import parse_line
-from runs.checks import clean_path
 from runs.models import RunLogChunk, RunOutput
 from runs.metrics import run_record_metrics
 from runs.services import run_log_params, run_set_tags
-from runs.services import delete_blobs, open_blob, read_chunks, save_blob
-from workspaces.errors import PortalError
 from runs.models import Run, Target, requirement_lines
 
 logger = logging.getLogger(__name__)
@@ -236,7 +236,7 @@ def _prepare(run: Run, sink: RunSink) -> dict:
 def _execute_script(run: Run, sink: RunSink, workdir: Path) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     snapshot = workdir / "snapshot.tar"
-    with open_blob(run.snapshot) as src, open(snapshot, "wb") as dst:
+    with open_file(run.snapshot) as src, open(snapshot, "wb") as dst:
         shutil.copyfileobj(src, dst, 1024 * 1024)
     project = run.project
     spec = RunSpec(
@@ -348,7 +348,7 @@ def run_append_log(*, run_id, workspace_id, lines: list[str]) -> None:
             kept.append(f"[log truncated: the log reached its limit of {cap} bytes; later lines were dropped]\n")
         if not kept:
             return
-        seq = (RunLogChunk.objects.filter(run_id=run_id).aggregate(n=Max("seq"))["n"] or 0) + 1
+        seq = next_seq(RunLogChunk.objects.filter(run_id=run_id))
         RunLogChunk.objects.create(run_id=run_id, workspace_id=workspace_id, seq=seq, text="".join(kept))
         Run.objects.filter(id=run_id).update(log_bytes=used, log_truncated=truncated)
 
@@ -369,7 +369,7 @@ def run_store_outputs(*, run: Run, tar_path: Path | None) -> list[RunOutput]:
                     logger.warning("run %s: skipped output with unsafe path %r", run.id, info.name)
                     continue
                 output = RunOutput(run=run, workspace_id=run.workspace_id, path=path)
-                blob = save_blob(f"runs/{run.id}/outputs/{output.id}", read_chunks(tar.extractfile(info)))
+                blob = save_file(f"runs/{run.id}/outputs/{output.id}", chunks_of(tar.extractfile(info)))
                 written.append(blob.storage_name)
                 output.storage_name, output.size, output.sha256 = blob.storage_name, blob.size, blob.sha256
                 rows.append(output)
@@ -377,7 +377,7 @@ def run_store_outputs(*, run: Run, tar_path: Path | None) -> list[RunOutput]:
             RunOutput.objects.filter(run=run).delete()
             RunOutput.objects.bulk_create(rows)
     except BaseException:
-        delete_blobs(written)
+        delete_files(written)
         raise
     return rows
 

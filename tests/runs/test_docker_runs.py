@@ -16,6 +16,7 @@ import uuid
 
 import pytest
 from django.db import connections
+from django.db.models import Max
 
 from runs import reconcile, services, worker
 from runs.models import Run
@@ -62,7 +63,7 @@ def queued_run(project, user, script) -> Run:
     """A queued run that no worker was told about, for tests that execute it in this process."""
     run_id = uuid.uuid4()
     blob = services._snapshot_from_project(project, run_id)
-    return Run.objects.create(id=run_id, workspace=project.workspace, project=project, number=services._next_number(project),
+    return Run.objects.create(id=run_id, workspace=project.workspace, project=project, number=(project.runs.aggregate(n=Max("number"))["n"] or 0) + 1,
                               script=script, target="docker", snapshot=blob.storage_name,
                               snapshot_sha256=blob.sha256, created_by=user)
 

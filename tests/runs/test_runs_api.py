@@ -8,6 +8,7 @@ import zipfile
 
 import pytest
 
+from core.storage import open_file
 from runs import services, worker
 from runs.models import Run
 
@@ -22,7 +23,7 @@ def test_submitting_a_run_snapshots_the_project_and_queues_it(owner_api, churn):
     assert body["status"] == "queued" and body["number"] == 1 and body["name"] == "churn_prediction #1"
     run = Run.objects.get(id=body["id"])
     assert len(run.snapshot_sha256) == 64
-    with services.open_blob(run.snapshot) as handle, tarfile.open(fileobj=io.BytesIO(handle.read())) as tar:
+    with open_file(run.snapshot) as handle, tarfile.open(fileobj=io.BytesIO(handle.read())) as tar:
         assert "data/CATelcoCustomerChurnTrainingSample.csv" in tar.getnames()
     second = owner_api.post("/api/v1/runs/", {"project": str(churn.id), "script": "score.py", "args": ["--x", "1"]}, format="json")
     assert second.json()["number"] == 2 and second.json()["args"] == ["--x", "1"]

@@ -15,9 +15,9 @@ from django.db.models import QuerySet
 from rest_framework import mixins, permissions, viewsets
 from rest_framework.request import Request
 
-from workspaces.errors import Forbidden, NotFound, PortalError
+from core.errors import Forbidden, NotFound, PortalError
+from core.pagination import Pagination  # noqa: F401 (re-exported)
 from workspaces.models import Role, Workspace
-from workspaces.pagination import Pagination  # noqa: F401 (re-exported)
 from workspaces.selectors import current_workspace_and_role, has_role, role_in, workspace_by_ref
 
 
