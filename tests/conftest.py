@@ -17,6 +17,7 @@ import pytest
 from django.conf import settings
 from rest_framework.test import APIClient
 
+from tests.real_parts import missing_part, pytest_runtest_makereport  # noqa: F401 (the strict-skip hook)
 from workspaces import services
 from workspaces.models import Membership, Role
 
@@ -178,16 +179,22 @@ def celery_worker(celery_worker_process, transactional_db):
 @pytest.fixture(scope="session")
 def browser():
     """Headless Chromium (Debian's) driven by Playwright, for the session."""
-    playwright_api = pytest.importorskip("playwright.sync_api")
     import os
     import shutil
+
+    try:
+        import playwright.sync_api as playwright_api
+    except ImportError as exc:
+        missing_part("Chromium", f"Playwright is not installed ({exc})")
+
+    executable = shutil.which("chromium") or "/usr/bin/chromium"
+    if not os.path.exists(executable):
+        missing_part("Chromium", f"{executable} does not exist (scripts/install_system_packages.sh installs it)")
 
     # Playwright's sync API keeps an event loop running in this thread, which Django's ORM takes
     # for an async context; the test code itself stays synchronous.
     previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
     os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-
-    executable = shutil.which("chromium") or "/usr/bin/chromium"
     with playwright_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=executable, args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

@@ -10,6 +10,7 @@ import pytest
 
 from tests.cli.conftest import assert_one_error_line
 from tests.runtime.conftest import trained_churn  # noqa: F401 (shared session fixture)
+from tests.real_parts import missing_part
 
 pytestmark = [pytest.mark.docker, pytest.mark.integration]
 SLOW = 1800
@@ -30,7 +31,7 @@ def docker_worker(celery_worker):
 
     status = engine_status()
     if not status["ok"]:
-        pytest.skip(f"no Docker engine: {status['error']}")
+        missing_part("Docker engine", status["error"])
     yield celery_worker
     from compute.runner import list_containers, remove_container
     from deployments.worker import LABEL_PORTAL, portal_instance

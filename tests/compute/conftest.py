@@ -13,13 +13,14 @@ from tests.compute.fixtures import (
     SMALL_REQUIREMENTS,
     prepare_env,
 )
+from tests.real_parts import missing_part
 
 
 @pytest.fixture(scope="session")
 def docker_engine():
     status = engine_status()
     if not status["ok"]:
-        pytest.skip(f"no Docker engine: {status['error']}")
+        missing_part("Docker engine", status["error"])
     return status
 
 

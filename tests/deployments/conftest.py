@@ -14,6 +14,7 @@ import pytest
 
 from tests.helpers import wait_until
 from tests.runtime.conftest import TEMPLATE, trained_churn  # noqa: F401 (shared session fixture)
+from tests.real_parts import missing_part
 
 SCORE = (TEMPLATE / "score.py").read_bytes()
 REQUIREMENTS = (TEMPLATE / "requirements.txt").read_bytes()
@@ -179,7 +180,7 @@ def deploy_worker(celery_worker, remove_our_containers):
 
     status = engine_status()
     if not status["ok"]:
-        pytest.skip(f"no Docker engine: {status['error']}")
+        missing_part("Docker engine", status["error"])
     return celery_worker
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from workspaces import services
+from tests.real_parts import missing_part
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -80,7 +81,7 @@ def docker_worker(celery_worker):
 
     status = engine_status()
     if not status["ok"]:
-        pytest.skip(f"no Docker engine: {status['error']}")
+        missing_part("Docker engine", status["error"])
     yield celery_worker
     from compute.runner import list_containers, remove_container
     from deployments.worker import LABEL_PORTAL, portal_instance

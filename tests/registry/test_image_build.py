@@ -24,6 +24,7 @@ from registry.models import Image, Manifest, Model
 from tests.conftest import _client_for
 from tests.helpers import wait_until
 from tests.registry.conftest import REQUIREMENTS, SAMPLE_REQUEST, SCORE, upload
+from tests.real_parts import missing_part
 from workspaces import services as ws_services
 from workspaces.models import Workspace
 
@@ -51,7 +52,7 @@ def churn_build(django_db_setup, django_db_blocker, celery_worker_process, train
     """Builds the churn image through the API and the worker; returns what the portal showed."""
     status = engine_status()
     if not status["ok"]:
-        pytest.skip(f"no Docker engine: {status['error']}")
+        missing_part("Docker engine", status["error"])
     model_bytes = (trained_churn["app"] / "model.pkl").read_bytes()
     with django_db_blocker.unblock():
         user = get_user_model().objects.create_user("reg-builder", password="pw-for-tests-1")

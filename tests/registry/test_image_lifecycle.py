@@ -18,6 +18,7 @@ from registry import services, worker
 from registry.models import Image, ImageLogChunk
 from tests.helpers import wait_until
 from tests.registry.conftest import upload
+from tests.real_parts import missing_part
 from workspaces.models import Activity
 
 pytestmark = [pytest.mark.docker]
@@ -30,7 +31,7 @@ SMALL_SCHEMA = json.dumps({"inputs": {"data": {"kind": "json", "type": "object",
 def docker_engine():
     status = engine_status()
     if not status["ok"]:
-        pytest.skip(f"no Docker engine: {status['error']}")
+        missing_part("Docker engine", status["error"])
 
 
 class WritesMarker:
