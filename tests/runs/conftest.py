@@ -9,7 +9,8 @@ import tarfile
 import pytest
 from django.conf import settings
 
-from runs import metrics, services, worker
+from runs import services, worker
+from runs.metrics import run_record_metrics
 from runs.models import Run
 
 
@@ -55,7 +56,7 @@ def finished_run():
                 points += [{"name": name, "value": v, "step": step, "time": None} for step, v in value]
             else:
                 points.append({"name": name, "value": value, "step": None, "time": None})
-        metrics.run_record_metrics(run_id=run.id, workspace_id=run.workspace_id, points=points)
+        run_record_metrics(run_id=run.id, workspace_id=run.workspace_id, points=points)
         if outputs:
             from pathlib import Path
 

@@ -8,7 +8,8 @@ import math
 
 import pytest
 
-from runs import metrics, selectors, services, worker
+from runs import selectors, services, worker
+from runs.metrics import run_record_metrics
 from runs.downsample import downsample
 from runs.models import RunMetricSummary
 
@@ -30,7 +31,7 @@ def _run_with_series(owner, blank, series: dict[str, int]):
     for name, count in series.items():
         points = [{"name": name, "value": float(i % 1000) / 7, "step": i, "time": None} for i in range(count)]
         for start in range(0, count, 20_000):
-            metrics.run_record_metrics(run_id=run.id, workspace_id=run.workspace_id, points=points[start:start + 20_000])
+            run_record_metrics(run_id=run.id, workspace_id=run.workspace_id, points=points[start:start + 20_000])
     return run
 
 
@@ -69,7 +70,7 @@ def test_the_worker_keeps_the_downsampled_series_until_more_points_arrive(owner,
     worker.prepare_charts(run.id)
     summary = RunMetricSummary.objects.get(run=run, name="loss")
     assert summary.chart_count == 5_000 and summary.chart["steps"][-1] == 4_999
-    metrics.run_record_metrics(run_id=run.id, workspace_id=run.workspace_id,
+    run_record_metrics(run_id=run.id, workspace_id=run.workspace_id,
                                 points=[{"name": "loss", "value": 1.0, "step": 5_000, "time": None}])
     assert selectors.chart_series(run)["loss"]["steps"][-1] == 5_000
 
@@ -133,7 +134,7 @@ def test_compare_overlays_the_runs_series_and_draws_params_against_a_metric(live
     runs = []
     for depth in (3, 6, 9):
         run = _run_with_series(owner, project, {"loss": 2_000})
-        metrics.run_record_metrics(run_id=run.id, workspace_id=run.workspace_id,
+        run_record_metrics(run_id=run.id, workspace_id=run.workspace_id,
                                     points=[{"name": "acc", "value": depth / 10, "step": None, "time": None}])
         services.run_add_params(run=run, params={"max_depth": depth, "criterion": "gini"}, user=owner)
         worker.run_finish(run_id=run.id, status="completed", exit_code=0)
