@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import docker
@@ -21,6 +21,7 @@ import urllib3.exceptions
 LABEL_KIND = "mlportal.kind"
 LABEL_ID = "mlportal.id"
 LABEL_REPLICA = "mlportal.replica"
+LABEL_PORTAL = "mlportal.portal"  # which portal installation started a container: sweeps touch only their own
 
 DEFAULT_ENGINE_URL = "unix:///var/run/docker.sock"
 
@@ -40,6 +41,20 @@ class EngineError(Exception):
 
 class EngineUnreachable(EngineError):
     """The engine could not be reached at all (a transient error worth a retry)."""
+
+
+class EngineNotAllowed(EngineError):
+    """The portal may not connect to this address (its allowlist); nothing was sent there."""
+
+
+_guard: Callable[[str | None], str | None] | None = None
+
+
+def set_engine_guard(guard: Callable[[str | None], str | None] | None) -> None:
+    """Installs the check every connection goes through first: ``guard(base_url)`` returns the URL
+    to connect to, or raises EngineNotAllowed (the Django side installs the portal's allowlist)."""
+    global _guard
+    _guard = guard
 
 
 class BuildError(EngineError):
@@ -89,7 +104,8 @@ def _connection_reason(exc: BaseException) -> str | None:
         if needle in text:
             return reason
     if isinstance(exc, (requests.exceptions.ConnectionError, urllib3.exceptions.HTTPError)):
-        return _one_line(str(exc))
+        # Not its text: a port that is not a Docker engine answers with its own bytes.
+        return "the connection failed without an answer a Docker client understands"
     return None
 
 
@@ -108,12 +124,27 @@ def translate_error(exc: BaseException, base_url: str | None) -> EngineError:
             f"at a running one."
         )
     if isinstance(exc, docker.errors.APIError):
+        if not _answered_like_docker(exc):
+            return EngineUnreachable(f"{url} did not answer like a Docker engine: check the engine URL.")
         explanation = exc.explanation or str(exc)
         if isinstance(explanation, bytes):
             explanation = explanation.decode("utf-8", "replace")
         status = exc.status_code
         return EngineError(f"Docker engine error ({status}) at {url}: {_one_line(str(explanation))}")
+    if url.startswith(("tcp://", "ssh://", "http://", "https://")):
+        # What a remote port answered is never repeated: it may be another service's reply.
+        return EngineUnreachable(f"{url} did not answer like a Docker engine: check the engine URL.")
     return EngineError(f"Docker engine error at {url}: {_one_line(str(exc)) or type(exc).__name__}")
+
+
+def _answered_like_docker(exc: docker.errors.APIError) -> bool:
+    """Whether the error response came from a Docker engine (its API-version header), not from
+    some other service listening at that address."""
+    response = getattr(exc, "response", None)
+    if response is None:
+        return True  # raised by the SDK itself
+    headers = getattr(response, "headers", {}) or {}
+    return bool(headers.get("Api-Version") or "docker" in str(headers.get("Server", "")).lower())
 
 
 ENGINE_EXCEPTIONS = (
@@ -138,6 +169,8 @@ def get_client(base_url: str | None = None, *, timeout: int = 60) -> docker.Dock
     """Returns a connected client for ``base_url`` (None: the local engine named by the
     environment, ``DOCKER_HOST`` or the default socket). ``timeout`` is the socket timeout of
     each API call. Raises EngineError when the engine cannot be reached."""
+    if _guard is not None:
+        base_url = _guard(base_url)
     with engine_errors(base_url):
         if base_url is None:
             return docker.from_env(timeout=timeout)

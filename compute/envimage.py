@@ -25,7 +25,7 @@ from pathlib import Path
 from compute import _archive
 from compute._build import build_image
 from compute.engine import LABEL_ID, LABEL_KIND, BuildError, connect, image_id
-from compute.wheels import ensure_wheels, file_lock, normalise_requirements
+from compute.wheels import SourceBuild, ensure_wheels, file_lock, normalise_requirements
 
 ENV_REPOSITORY = "mlportal-env"
 RUNTIME_PACKAGES = ("mlportal_runtime", "azureml")
@@ -144,7 +144,7 @@ def _write_context(out, *, base_image: str, reqs: list[str], wheels: list[Path])
 
 def ensure_env_image(*, base_image: str, requirements: list[str], wheel_cache: Path,
                      log: Callable[[str], None], base_url: str | None = None,
-                     timeout_s: int = 3600) -> str:
+                     timeout_s: int = 3600, source_packages: bool = False) -> str:
     """Returns the tag of the environment image, building it first when the engine lacks it
     (the build log goes to ``log`` line by line; an existing image returns at once). Raises
     RequirementsError (a BuildError) for requirements pip cannot find, BuildError for a failed
@@ -163,7 +163,10 @@ def ensure_env_image(*, base_image: str, requirements: list[str], wheel_cache: P
             return tag
         log(f"preparing environment image {tag} from {base_image} "
             f"with {len(reqs)} requirement(s)")
-        wheels = ensure_wheels(reqs, cache_dir=wheel_cache, log=log)
+        # Wheels only; with source_packages (an administrator's choice) a package without a wheel is
+        # built in a container of the same base image without network.
+        wheels = ensure_wheels(reqs, cache_dir=wheel_cache, log=log,
+                               source_build=SourceBuild(base_image, base_url) if source_packages else None)
         with tempfile.SpooledTemporaryFile(max_size=64 * 1024 * 1024) as context:
             _write_context(context, base_image=base_image, reqs=reqs, wheels=wheels)
             with connect(base_url, timeout=timeout_s + 60) as client:

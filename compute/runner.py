@@ -25,6 +25,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import errno
+import tarfile
+from typing import IO
+
 import docker.errors
 
 from compute import _archive
@@ -32,6 +36,7 @@ from compute.engine import (
     ENGINE_EXCEPTIONS,
     LABEL_ID,
     LABEL_KIND,
+    LABEL_PORTAL,
     BuildError,
     connect,
     engine_errors,
@@ -62,6 +67,26 @@ class RunSpec:
     timeout_s: int = 3600
     network: bool = False
     env: dict[str, str] = field(default_factory=dict)
+    portal: str = ""  # the portal instance's id, put on the container as LABEL_PORTAL
+    # Bounds on what a run may write (None: unbounded): the total size of outputs/ copied back,
+    # /tmp (a tmpfs of this size, charged to the run's memory too) and the container's writable
+    # layer (the project folder and anything else outside /tmp), checked while it runs.
+    outputs_max_bytes: int | None = None
+    tmp_mb: int | None = None
+    scratch_max_bytes: int | None = None
+
+
+# store_output(path relative to outputs/, size, readable stream): keeps one output file.
+StoreOutput = Callable[[str, int, IO[bytes]], None]
+SCRATCH_CHECK_S = 2.0
+
+
+class OutputsOverCap(Exception):
+    """The run's outputs are larger than its cap: nothing of them is kept."""
+
+
+class DiskFull(Exception):
+    """Storing the run's outputs hit a full disk."""
 
 
 @dataclass
@@ -72,6 +97,7 @@ class RunResult:
     oom: bool
     outputs: Path | None  # a .tar of outputs/ (paths relative to outputs/), None if none
     image: str
+    outputs_failed: bool = False  # copying outputs back stopped (cap, disk full): keep none of them
 
 
 def _check_spec(spec: RunSpec) -> None:
@@ -164,13 +190,15 @@ def _start_readers(sources: list[Iterable[tuple[int, bytes]]], lines: queue.Queu
 def _supervise(*, lines: queue.Queue, on_output: Callable[[str], None],
                should_cancel: Callable[[], bool], timeout_s: int, is_running: Callable[[], bool],
                kill: Callable[[], None], close_stream: Callable[[], None] = lambda: None,
-               started: float | None = None) -> str | None:
+               started: float | None = None, over_scratch: Callable[[], bool] = lambda: False) -> str | None:
     """Delivers queued lines to ``on_output`` until the output has ended and the process is
     gone; kills it on ``timeout_s`` (counted from ``started``) or a cancel (polled every
-    ``POLL_S``). A stream still open ``STREAM_GRACE_S`` after the process ended is closed (a
-    grandchild holding the pipe, a stuck attach). Returns "timed_out", "canceled" or None."""
+    ``POLL_S``), or once ``over_scratch()`` (polled every ``SCRATCH_CHECK_S``) is true. A stream
+    still open ``STREAM_GRACE_S`` after the process ended is closed (a grandchild holding the
+    pipe, a stuck attach). Returns "timed_out", "canceled", "over_scratch" or None."""
     deadline = (started if started is not None else time.monotonic()) + timeout_s
     next_check = 0.0
+    next_scratch_check = 0.0
     verdict: str | None = None
     stream_done = False
     gone_at: float | None = None
@@ -193,6 +221,11 @@ def _supervise(*, lines: queue.Queue, on_output: Callable[[str], None],
             if verdict is None and should_cancel():
                 verdict = "canceled"
                 kill()
+            if verdict is None and gone_at is None and now >= next_scratch_check:
+                next_scratch_check = now + SCRATCH_CHECK_S
+                if over_scratch():
+                    verdict = "over_scratch"
+                    kill()
             if gone_at is None and not is_running():
                 gone_at = now
         if gone_at is None:
@@ -208,7 +241,11 @@ def _supervise(*, lines: queue.Queue, on_output: Callable[[str], None],
 
 
 def _result_for(verdict: str | None, *, exit_code: int | None, oom: bool, memory_mb: int,
-                timeout_s: int, outputs: Path | None, image: str) -> RunResult:
+                timeout_s: int, outputs: Path | None, image: str, scratch_max_bytes: int | None = None) -> RunResult:
+    if verdict == "over_scratch":
+        return RunResult("failed", exit_code, f"wrote more than its scratch space of {_mib(scratch_max_bytes)} "
+                         "(files outside /tmp, the project folder included): write less, or raise the bound",
+                         False, outputs, image)
     if verdict == "timed_out":
         return RunResult("timed_out", exit_code, f"over its time limit of {timeout_s} s", False,
                          outputs, image)
@@ -222,6 +259,10 @@ def _result_for(verdict: str | None, *, exit_code: int | None, oom: bool, memory
     return RunResult("failed", exit_code, _exit_reason(exit_code), oom, outputs, image)
 
 
+def _mib(size: int | None) -> str:
+    return f"{(size or 0) / (1024 * 1024):g} MiB"
+
+
 # --- Docker -------------------------------------------------------------------------------------
 
 def _container_name(run_id: str) -> str:
@@ -232,7 +273,7 @@ def _container_name(run_id: str) -> str:
 def run_in_docker(spec: RunSpec, *, wheel_cache: Path, on_output: Callable[[str], None],
                   should_cancel: Callable[[], bool],
                   on_container: Callable[[str], None] = lambda cid: None, workdir: Path,
-                  base_url: str | None = None) -> RunResult:
+                  base_url: str | None = None, store_output: StoreOutput | None = None) -> RunResult:
     """Runs ``spec`` in a fresh container of its environment image and returns the result.
 
     Prepares the environment image first (its log goes to ``on_output`` prefixed with
@@ -240,6 +281,12 @@ def run_in_docker(spec: RunSpec, *, wheel_cache: Path, on_output: Callable[[str]
     result whose reason says why. The container runs as ``mlportal`` with the spec's limits,
     no network unless ``spec.network``, no mounts, and only ``spec.env`` + PYTHONUNBUFFERED
     added to the image's environment; ``on_container`` gets its id right after it is created.
+
+    With ``store_output``, the files under ``outputs/`` stream from the engine straight to it,
+    one by one (no copy on the worker's disk) and ``outputs`` of the result is None; past
+    ``spec.outputs_max_bytes`` the copy stops and the run fails with the cap named; a full disk
+    (OSError ENOSPC from ``store_output``) closes the stream and fails the run with "disk full".
+    Without it, they come back as a tar at ``workdir/outputs.tar``.
     The container is removed in every case. Raises EngineError when the engine fails and
     ValueError for an unusable spec."""
     _check_spec(spec)
@@ -265,12 +312,14 @@ def run_in_docker(spec: RunSpec, *, wheel_cache: Path, on_output: Callable[[str]
                 user=RUN_USER,
                 working_dir=WORKDIR,
                 environment={**spec.env, "PYTHONUNBUFFERED": "1"},
-                labels={LABEL_KIND: "run", LABEL_ID: spec.run_id},
+                labels={LABEL_KIND: "run", LABEL_ID: spec.run_id,
+                        **({LABEL_PORTAL: spec.portal} if spec.portal else {})},
                 mem_limit=f"{spec.memory_mb}m",
                 memswap_limit=f"{spec.memory_mb}m",
                 nano_cpus=int(spec.cpus * 1e9),
                 pids_limit=spec.pids,
                 network_mode="bridge" if spec.network else "none",
+                tmpfs={"/tmp": f"size={spec.tmp_mb}m,mode=1777"} if spec.tmp_mb else None,
                 cap_drop=["ALL"],
                 security_opt=["no-new-privileges"],
                 restart_policy={"Name": "no"},
@@ -285,10 +334,20 @@ def run_in_docker(spec: RunSpec, *, wheel_cache: Path, on_output: Callable[[str]
                                         client=client)
             state = client.api.inspect_container(container.id)["State"]
             exit_code = state.get("ExitCode")
-            outputs = _copy_outputs(client, container.id, workdir / "outputs.tar")
-            return _result_for(verdict, exit_code=exit_code, oom=bool(state.get("OOMKilled")),
-                               memory_mb=spec.memory_mb, timeout_s=spec.timeout_s,
-                               outputs=outputs, image=image)
+            result = _result_for(verdict, exit_code=exit_code, oom=bool(state.get("OOMKilled")),
+                                 memory_mb=spec.memory_mb, timeout_s=spec.timeout_s,
+                                 outputs=None, image=image, scratch_max_bytes=spec.scratch_max_bytes)
+            if store_output is None:
+                result.outputs = _copy_outputs(client, container.id, workdir / "outputs.tar")
+                return result
+            try:
+                stored = _stream_outputs(client, container.id, store=store_output,
+                                         max_bytes=spec.outputs_max_bytes)
+            except (OutputsOverCap, DiskFull) as exc:
+                return RunResult("failed", exit_code, str(exc), result.oom, None, image, outputs_failed=True)
+            if stored:
+                on_output(f"[mlportal] stored {stored[0]} output file{'s' if stored[0] != 1 else ''} ({stored[1]} bytes)")
+            return result
         finally:
             if container is not None:
                 _remove_quietly(client, container.id)
@@ -321,14 +380,67 @@ def _follow_container(container_id: str, *, spec: RunSpec, on_output, should_can
                     if exc.status_code not in (404, 409):
                         raise
 
+            def over_scratch() -> bool:
+                if not spec.scratch_max_bytes:
+                    return False
+                # SizeRw: what the container wrote outside its mounts (/tmp is a tmpfs).
+                with engine_errors(base_url):  # docker-py's inspect_container has no size option
+                    url = client.api._url("/containers/{0}/json", container_id)
+                    size = client.api._result(client.api._get(url, params={"size": 1}), True).get("SizeRw") or 0
+                return size > spec.scratch_max_bytes
+
             with engine_errors(base_url):
                 return _supervise(lines=lines, on_output=on_output, should_cancel=should_cancel,
                                   timeout_s=spec.timeout_s, is_running=is_running, kill=kill,
-                                  close_stream=stream.close, started=started)
+                                  close_stream=stream.close, started=started, over_scratch=over_scratch)
         finally:
             stream.close()
             for reader in readers:
                 reader.join(timeout=5)
+
+
+def _stream_outputs(client, container_id: str, *, store: StoreOutput,
+                    max_bytes: int | None) -> tuple[int, int]:
+    """Streams the regular files of ``/workspace/outputs`` of a stopped container to ``store``,
+    reading the engine's tar as it arrives; returns (files, bytes). Raises OutputsOverCap as soon
+    as the sizes in the tar headers pass ``max_bytes`` (before that file is stored), DiskFull
+    when ``store`` hits a full disk; the stream is closed in every case, so removing the
+    container never waits on it."""
+    # docker-py's get_archive hands back a generator over the response and never closes it;
+    # here the response is ours, read as a file and closed on the way out.
+    url = client.api._url("/containers/{0}/archive", container_id)
+    response = client.api._get(url, params={"path": f"{WORKDIR}/outputs"}, stream=True,
+                               headers={"Accept-Encoding": "identity"})
+    try:
+        if response.status_code == 404:
+            return 0, 0
+        client.api._raise_for_status(response)
+        files = total = 0
+        with tarfile.open(fileobj=response.raw, mode="r|") as src:
+            for member in src:
+                name = member.name.removeprefix("./")
+                if not member.isfile() or not name.startswith("outputs/"):
+                    continue
+                try:
+                    rel = _archive.clean_relative_path(name[len("outputs/"):])
+                except _archive.UnsafePath:
+                    continue
+                total += member.size
+                if max_bytes is not None and total > max_bytes:
+                    raise OutputsOverCap(
+                        f"its outputs are over the cap of {_mib(max_bytes)} (at {rel}, {_mib(total)} so far): "
+                        "write less under outputs/, or raise the project's outputs cap")
+                try:
+                    store(rel, member.size, src.extractfile(member))
+                except OSError as exc:
+                    if exc.errno == errno.ENOSPC:
+                        raise DiskFull(f"disk full: the portal's storage has no room for its outputs "
+                                       f"(at {rel}); free space or ask an operator") from exc
+                    raise
+                files += 1
+        return files, total
+    finally:
+        response.close()
 
 
 def _copy_outputs(client, container_id: str, dest: Path) -> Path | None:
@@ -362,11 +474,13 @@ def remove_container(container_id: str, *, base_url: str | None = None) -> None:
             pass
 
 
-def list_containers(kind: str, *, base_url: str | None = None) -> list[dict]:
-    """Returns the product's containers labelled ``mlportal.kind=<kind>``, stopped ones too:
+def list_containers(kind: str, *, base_url: str | None = None, portal: str | None = None) -> list[dict]:
+    """Returns the product's containers labelled ``mlportal.kind=<kind>`` (and, when ``portal`` is
+    given, ``mlportal.portal=<portal>``: that portal's only), stopped ones too:
     ``{"id", "name", "status", "labels", "running"}`` each."""
+    labels = [f"{LABEL_KIND}={kind}"] + ([f"{LABEL_PORTAL}={portal}"] if portal else [])
     with connect(base_url) as client:
-        found = client.api.containers(all=True, filters={"label": f"{LABEL_KIND}={kind}"})
+        found = client.api.containers(all=True, filters={"label": labels})
     return [
         {
             "id": item["Id"],
@@ -380,13 +494,34 @@ def list_containers(kind: str, *, base_url: str | None = None) -> list[dict]:
 
 
 # --- local process ------------------------------------------------------------------------------
+#
+# A local run is a process on the worker's host, so it gets what a container would not give it by
+# default: another user. The worker (root) prepares a private working copy owned by a dedicated
+# uid that owns nothing else, starts the process in its own network and mount namespaces with a
+# fresh tmpfs over /run (the Docker, PostgreSQL and Redis sockets live there), and the launcher
+# drops to that uid, with no supplementary groups, before the script's interpreter starts. The
+# data folder (0700), the worker's home and configuration are not readable by that uid; the
+# environment is built from scratch.
 
-def _venv_for(requirements: list[str], *, venv_root: Path, wheel_cache: Path,
+
+@dataclass
+class LocalSandbox:
+    """Where and as whom local runs execute. ``root`` holds the virtualenvs (readable by all) and
+    the per-run working copies (0700, owned by ``uid``); it must lie outside the data folder.
+    ``python`` is an interpreter the run user may execute (the worker's may sit in a home folder
+    it cannot enter)."""
+
+    uid: int
+    root: Path
+    python: str
+
+
+def _venv_for(requirements: list[str], *, venv_root: Path, wheel_cache: Path, python: str,
               on_output: Callable[[str], None]) -> Path:
-    """Returns a virtualenv holding ``requirements``, made once per requirement set (and
-    Python version) under ``venv_root`` and reused after."""
+    """Returns a virtualenv of ``python`` holding ``requirements``, made once per requirement set
+    (and interpreter) under ``venv_root`` and reused after."""
     reqs = normalise_requirements(requirements)
-    key = hashlib.sha256("\n".join([sys.version, *reqs]).encode()).hexdigest()[:16]
+    key = hashlib.sha256("\n".join([python, _python_version(python), *reqs]).encode()).hexdigest()[:16]
     venv = venv_root / key
     ready = venv / ".mlportal-ready"
     if ready.exists():
@@ -398,15 +533,26 @@ def _venv_for(requirements: list[str], *, venv_root: Path, wheel_cache: Path,
         on_output(f"[prepare] creating virtualenv {venv}")
         wheels = ensure_wheels(reqs, cache_dir=wheel_cache,
                                log=lambda line: on_output(f"[prepare] {line}"))
-        _check_call([sys.executable, "-m", "venv", "--without-pip", str(venv)], on_output)
+        _check_call([python, "-m", "venv", "--without-pip", str(venv)], on_output)
         if wheels:
             # The portal's own pip installs into the new venv (--python), offline, exactly the
-            # wheels the resolver chose.
+            # wheels the resolver chose (wheels only: no package code runs while installing).
             _check_call([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"),
-                         "install", "--no-index", "--no-deps", "--no-cache-dir",
+                         "install", "--no-index", "--no-deps", "--no-cache-dir", "--only-binary", ":all:",
                          *map(str, wheels)], on_output, env=offline_pip_env())
         ready.write_text("\n".join(reqs) + "\n")
     return venv
+
+
+_versions: dict[str, str] = {}
+
+
+def _python_version(python: str) -> str:
+    if python not in _versions:
+        done = subprocess.run([python, "-c", "import sys; print(sys.version)"], capture_output=True, text=True,
+                              timeout=30)
+        _versions[python] = done.stdout.strip()
+    return _versions[python]
 
 
 def _check_call(cmd: list[str], on_output: Callable[[str], None], env=None) -> None:
@@ -419,44 +565,84 @@ def _check_call(cmd: list[str], on_output: Callable[[str], None], env=None) -> N
                          log_tail=(proc.stdout + proc.stderr)[-4000:])
 
 
-# Sets the address-space limit and the CPUs the script may use (the first ceil(cpus) of those the
-# worker may use), then becomes the script's interpreter (exec keeps both). A launcher instead of
-# preexec_fn, which is unsafe in a threaded worker.
-_LIMIT_AND_EXEC = (
-    "import math, os, resource, sys\n"
-    "limit, cpus = int(sys.argv[1]), float(sys.argv[2])\n"
+def python_for_user(uid: int, candidates: Iterable[str]) -> str | None:
+    """Returns the first interpreter of ``candidates`` (same minor version as the worker's) that a
+    process of ``uid`` with no groups can execute, every folder on its way included; None if none."""
+    want = f"{sys.version_info.major}.{sys.version_info.minor}"
+    for candidate in candidates:
+        if not candidate:
+            continue
+        path = Path(candidate)
+        try:
+            real = path.resolve(strict=True)
+        except OSError:
+            continue
+        if not all(_others_may(p, 0o001) for p in [*real.parents]) or not _others_may(real, 0o005):
+            continue
+        if not all(_others_may(p, 0o001) for p in path.parents):
+            continue
+        done = subprocess.run([str(path), "-c", "import sys; print(f'{sys.version_info[0]}.{sys.version_info[1]}')"],
+                              capture_output=True, text=True, timeout=30)
+        if done.returncode == 0 and done.stdout.strip() == want:
+            return str(path)
+    return None
+
+
+def _others_may(path: Path, bits: int) -> bool:
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return mode & bits == bits
+
+
+# Runs as root inside the run's network and mount namespaces: hides /run (sockets) under a fresh
+# tmpfs, sets the limits, leaves every group and becomes the run's uid, then becomes the script's
+# interpreter (exec keeps the limits). A launcher instead of preexec_fn, which is unsafe in a
+# threaded worker. Any failure before the exec ends the launcher with code 126, saying why.
+_LAUNCHER = (
+    "import ctypes, math, os, resource, sys\n"
+    "limit, cpus, offset, uid, nproc = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])\n"
     "try:\n"
+    "    libc = ctypes.CDLL(None, use_errno=True)\n"
+    "    for folder in ('/run', '/var/run', '/dev/shm'):\n"
+    "        if os.path.isdir(folder) and not os.path.islink(folder):\n"
+    "            if libc.mount(b'tmpfs', folder.encode(), b'tmpfs', 0, b'mode=755,size=1m') != 0:\n"
+    "                raise OSError(ctypes.get_errno(), 'mount tmpfs on ' + folder)\n"
     "    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))\n"
-    "except (ValueError, OSError):\n"
-    "    pass\n"
-    "mine = sorted(os.sched_getaffinity(0))\n"
-    "want = max(1, math.ceil(cpus))\n"
-    "if want < len(mine):  # a window of the worker's CPUs, starting where the run's offset says\n"
-    "    start = int(sys.argv[3]) % len(mine)\n"
-    "    os.sched_setaffinity(0, [mine[(start + i) % len(mine)] for i in range(want)])\n"
-    "os.execv(sys.argv[4], sys.argv[4:])\n"
+    "    resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))\n"
+    "    mine = sorted(os.sched_getaffinity(0))\n"
+    "    want = max(1, math.ceil(cpus))\n"
+    "    if want < len(mine):  # a window of the worker's CPUs, starting where the run's offset says\n"
+    "        start = offset % len(mine)\n"
+    "        os.sched_setaffinity(0, [mine[(start + i) % len(mine)] for i in range(want)])\n"
+    "    os.setgroups([])\n"
+    "    os.setresgid(uid, uid, uid)\n"
+    "    os.setresuid(uid, uid, uid)\n"
+    "    if os.getuid() != uid or os.geteuid() != uid or os.getgroups():\n"
+    "        raise OSError('the privileges did not drop')\n"
+    "except OSError as exc:\n"
+    "    sys.stderr.write(f'[mlportal] cannot isolate the local run: {exc}\\n')\n"
+    "    sys.exit(126)\n"
+    "os.execv(sys.argv[6], sys.argv[6:])\n"
 )
 
 _isolation: tuple[str, ...] | None = None
 
 
-def network_isolation_prefix() -> tuple[str, ...] | None:
-    """The command prefix that starts a process in a network namespace of its own (only a
-    loopback, down): ``unshare --net --map-root-user``, when util-linux's unshare is there and
-    this worker may create namespaces (as root, or with unprivileged user namespaces; a container
-    under Docker's default seccomp profile may not). None otherwise. Only a success is
-    remembered, so a probe that failed on a busy moment is tried again next time.
-
-    A network namespace cuts TCP/IP only: Unix sockets the process can open on the filesystem
-    (a mounted Docker socket, a database socket) stay reachable, as for any local process of the
-    worker's user. Untrusted code belongs on target docker."""
+def isolation_prefix() -> tuple[str, ...] | None:
+    """The command prefix that starts a process in network and mount namespaces of its own
+    (``unshare --net --mount --propagation private``), when util-linux's unshare is there and this
+    worker is root and may create namespaces (a container under Docker's default seccomp profile
+    may not). None otherwise. Only a success is remembered, so a probe that failed on a busy
+    moment is tried again next time."""
     global _isolation
     if _isolation is not None:
         return _isolation
     unshare = shutil.which("unshare")
-    if unshare is None:
+    if unshare is None or os.geteuid() != 0:
         return None
-    prefix = (unshare, "--net", "--map-root-user", "--")
+    prefix = (unshare, "--net", "--mount", "--propagation", "private", "--")
     try:
         done = subprocess.run([*prefix, "true"], capture_output=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
@@ -473,35 +659,51 @@ def _chunks(stream, number: int):
             yield number, chunk
 
 
-def run_local(spec: RunSpec, *, venv_root: Path, wheel_cache: Path,
+def _private_dir(path: Path, mode: int = 0o755) -> Path:
+    """Makes ``path`` (and parents) as root with ``mode``; refuses one that is a symlink or
+    belongs to someone else (a run user must not plant it)."""
+    path.mkdir(parents=True, exist_ok=True)
+    info = path.lstat()
+    if path.is_symlink() or info.st_uid != os.geteuid():
+        raise BuildError(f"{path} is not a folder of the worker's own: remove it", step="prepare local run")
+    path.chmod(mode)
+    return path
+
+
+def _chown_tree(root: Path, uid: int) -> None:
+    os.chown(root, uid, uid, follow_symlinks=False)
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            os.chown(Path(folder) / name, uid, uid, follow_symlinks=False)
+
+
+def run_local(spec: RunSpec, *, sandbox: LocalSandbox, wheel_cache: Path,
               on_output: Callable[[str], None], should_cancel: Callable[[], bool],
               workdir: Path) -> RunResult:
-    """Runs ``spec`` as a local process in a cached virtualenv and returns the result.
+    """Runs ``spec`` as a local process of ``sandbox.uid`` in a cached virtualenv and returns the result.
 
-    The snapshot is extracted into a fresh folder under ``workdir`` (removed afterwards; the
-    outputs tar stays at ``workdir/outputs.tar``). The process gets a minimal environment (PATH,
-    HOME, LANG, PYTHONPATH with the runtime packages, PYTHONUNBUFFERED and ``spec.env``; nothing
-    of the portal's own), its own process group (killed whole on timeout or cancel) and an
-    address-space limit of ``memory_mb``, at most ``ceil(cpus)`` CPUs (affinity) and, unless
-    ``network``, a network namespace of its own (see network_isolation_prefix; a run that needs
-    isolation on a worker that cannot provide it fails before it starts, saying so). ``pids`` is
-    not enforced locally (RLIMIT_NPROC counts every process of the worker's user). Raises
-    ValueError for an unusable spec."""
+    The snapshot is extracted into a private working copy under ``sandbox.root`` (0700, owned by
+    the run's uid; removed afterwards; the outputs tar lands at ``workdir/outputs.tar``). The
+    process gets only PATH, HOME, LANG, PYTHONPATH (the runtime packages), PYTHONUNBUFFERED and
+    ``spec.env``; its own process group (killed whole on timeout or cancel); network and mount
+    namespaces of its own with /run hidden, unless ``network`` (then the host's network, /run
+    still hidden); an address-space limit of ``memory_mb``, at most ``pids`` processes of its uid,
+    and at most ``ceil(cpus)`` CPUs. A worker that cannot provide this (not root, no unshare) fails
+    the run before it starts, saying so. Raises ValueError for an unusable spec."""
     _check_spec(spec)
-    prefix: tuple[str, ...] = ()
-    if not spec.network:  # checked before the environment is prepared, which may take minutes
-        isolation = network_isolation_prefix()
-        if isolation is None:
-            reason = ("the local target cannot cut this run off the network on this worker (no 'unshare', or "
-                      "namespaces are not allowed): use target docker, or allow network in the project's run settings")
-            on_output(f"[mlportal] error: {reason}")
-            return RunResult("failed", None, reason, False, None, "local")
-        prefix = isolation
+    isolation = isolation_prefix()
+    if isolation is None:
+        reason = ("this worker cannot isolate local runs (it must run as root, with util-linux's unshare and "
+                  "namespaces allowed, to start them as an unprivileged user): use target docker")
+        on_output(f"[mlportal] error: {reason}")
+        return RunResult("failed", None, reason, False, None, "local")
+    prefix = isolation if not spec.network else (isolation[0], "--mount", "--propagation", "private", "--")
     workdir.mkdir(parents=True, exist_ok=True)
-    venv_root.mkdir(parents=True, exist_ok=True)
     try:
-        venv = _venv_for(spec.requirements, venv_root=venv_root, wheel_cache=wheel_cache,
-                         on_output=on_output)
+        _private_dir(sandbox.root)
+        venv = _venv_for(spec.requirements, venv_root=_private_dir(sandbox.root / "venvs"), wheel_cache=wheel_cache,
+                         python=sandbox.python, on_output=on_output)
+        work_root = _private_dir(sandbox.root / "work", 0o711)
     except BuildError as exc:
         on_output(f"[prepare] error: {exc}")
         return RunResult("failed", None, f"environment preparation failed: {exc}", False, None,
@@ -510,7 +712,7 @@ def run_local(spec: RunSpec, *, venv_root: Path, wheel_cache: Path,
     if should_cancel():
         return RunResult("canceled", None, "canceled", False, None, image)
 
-    scratch = Path(tempfile.mkdtemp(prefix="run-", dir=workdir))
+    scratch = Path(tempfile.mkdtemp(prefix="run-", dir=work_root))
     try:
         project, home, lib = scratch / "workspace", scratch / "home", scratch / "lib"
         for folder in (project, home, lib):
@@ -520,6 +722,8 @@ def run_local(spec: RunSpec, *, venv_root: Path, wheel_cache: Path,
             shutil.copytree(root, lib / root.name,
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         shutil.copyfile(runtime_site_file(), lib / "sitecustomize.py")  # the mlflow shim, after site-packages
+        _chown_tree(scratch, sandbox.uid)
+        scratch.chmod(0o700)
         env = {
             "PATH": f"{venv / 'bin'}:/usr/local/bin:/usr/bin:/bin",
             "HOME": str(home),
@@ -532,8 +736,9 @@ def run_local(spec: RunSpec, *, venv_root: Path, wheel_cache: Path,
         }
         python = str(venv / "bin" / "python")
         proc = subprocess.Popen(
-            [*prefix, python, "-c", _LIMIT_AND_EXEC, str(spec.memory_mb * 1024 * 1024), str(spec.cpus),
-             str(int(hashlib.sha256(spec.run_id.encode()).hexdigest()[:8], 16)), python, spec.script, *spec.args],
+            [*prefix, python, "-c", _LAUNCHER, str(spec.memory_mb * 1024 * 1024), str(spec.cpus),
+             str(int(hashlib.sha256(spec.run_id.encode()).hexdigest()[:8], 16)), str(sandbox.uid), str(spec.pids),
+             python, spec.script, *spec.args],
             cwd=project, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, start_new_session=True,
         )
@@ -573,4 +778,3 @@ def run_local(spec: RunSpec, *, venv_root: Path, wheel_cache: Path,
                            timeout_s=spec.timeout_s, outputs=outputs, image=image)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-

@@ -21,6 +21,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -131,19 +132,13 @@ def _first_error(output: str) -> str:
     return errors[0] if errors else (lines[-1] if lines else "pip failed without a message")
 
 
-def _fill_cache(req_file: Path, cache_dir: Path, *, log: Callable[[str], None],
-                timeout_s: int) -> None:
-    """Runs ``pip wheel`` into the cache with the host's pip configuration, streaming to ``log``."""
+def _run_pip(cmd: list[str], *, log: Callable[[str], None], timeout_s: int) -> tuple[int, str, bool]:
+    """Runs a pip command, streaming its output to ``log``; returns (exit code, last lines, expired)."""
     output: list[str] = []
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pip", "wheel", "--wheel-dir", str(cache_dir),
-         "--find-links", str(cache_dir), "--prefer-binary", "--no-input",
-         "--progress-bar", "off", "--disable-pip-version-check", "-r", str(req_file)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-    )
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
     expired = threading.Event()
 
-    def on_deadline() -> None:  # pip can sit silent (a slow download, a build)
+    def on_deadline() -> None:  # pip can sit silent (a slow download)
         expired.set()
         proc.kill()
 
@@ -161,23 +156,75 @@ def _fill_cache(req_file: Path, cache_dir: Path, *, log: Callable[[str], None],
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    tail = "\n".join(output[-40:])
-    if expired.is_set():
+    return proc.returncode, "\n".join(output[-40:]), expired.is_set()
+
+
+def _download_binary(req_file: Path, cache_dir: Path, *, log: Callable[[str], None], timeout_s: int) -> tuple[bool, str]:
+    """``pip download --only-binary=:all:`` into the cache with the host's pip configuration: wheels
+    only, so no package code runs on this host (a wheel is unpacked, never executed, and pip builds
+    nothing). Returns (success, pip's last lines); raises RequirementsError when pip overran."""
+    code, tail, expired = _run_pip(
+        [sys.executable, "-m", "pip", "download", "--only-binary", ":all:", "--dest", str(cache_dir),
+         "--find-links", str(cache_dir), "--no-input", "--progress-bar", "off", "--disable-pip-version-check",
+         "-r", str(req_file)], log=log, timeout_s=timeout_s)
+    if expired:
         raise RequirementsError(f"filling the wheel cache took over {timeout_s} s",
                                 step="download requirements", log_tail=tail)
-    if proc.returncode != 0:
+    return code == 0, tail
+
+
+def _fill_cache(req_file: Path, cache_dir: Path, *, log: Callable[[str], None], timeout_s: int,
+                source_build: "SourceBuild | None" = None) -> None:
+    """Downloads the wheels of ``req_file`` into the cache. A requirement with no wheel for this
+    platform is refused, unless ``source_build`` is given (an administrator allowed source
+    packages): then its source archive is fetched as a file and built into a wheel in a throwaway
+    container without network (compute.sourcebuild), never on this host."""
+    ok, tail = _download_binary(req_file, cache_dir, log=log, timeout_s=timeout_s)
+    if ok:
+        return
+    if source_build is None:
         raise RequirementsError(
-            f"could not download the requirements: {_first_error(tail)}",
+            f"could not download the requirements as wheels: {_first_error(tail)} (the portal installs binary "
+            "wheels only; a package published only as source needs an administrator to allow source packages, "
+            "MLPORTAL_SOURCE_PACKAGES=on, which builds them in a container without network)",
             step="download requirements", log_tail=tail)
+    from compute.sourcebuild import build_source_wheels
+
+    reqs = [line for line in req_file.read_text().splitlines() if line.strip()]
+    binary, source = [], []
+    with tempfile.TemporaryDirectory(prefix="mlportal-one-") as tmp:
+        for req in reqs:  # which of them have no wheel
+            one = Path(tmp) / "one.txt"
+            one.write_text(req + "\n")
+            done, _ = _download_binary(one, cache_dir, log=lambda line: None, timeout_s=timeout_s)
+            (binary if done else source).append(req)
+    log(f"no wheel for {', '.join(source)}: building from source in a container without network")
+    build_source_wheels(source, cache_dir=cache_dir, build=source_build, log=log, timeout_s=timeout_s)
+    ok, tail = _download_binary(req_file, cache_dir, log=log, timeout_s=timeout_s)  # their wheel dependencies
+    if not ok:
+        raise RequirementsError(f"could not download the requirements: {_first_error(tail)}",
+                                step="download requirements", log_tail=tail)
+
+
+@dataclass(frozen=True)
+class SourceBuild:
+    """Where source packages are built when an administrator allows them: a throwaway container of
+    ``base_image`` (the images' own Python) on the engine at ``base_url``, without network."""
+
+    base_image: str
+    base_url: str | None = None
 
 
 def ensure_wheels(requirements: list[str], *, cache_dir: Path,
-                  log: Callable[[str], None] = print, timeout_s: int = 1800) -> list[Path]:
+                  log: Callable[[str], None] = print, timeout_s: int = 1800,
+                  source_build: SourceBuild | None = None) -> list[Path]:
     """Returns the wheel files of ``cache_dir`` that install ``requirements`` (dependencies
-    included), downloading or building the missing ones with the host's pip first. Empty
-    requirements give ``[]``. A cache that already satisfies the set is used without touching
-    the network (so an unpinned requirement keeps the version first cached). Raises
-    RequirementsError with pip's message when a requirement cannot be found or built."""
+    included), downloading the missing wheels with the host's pip first (binary wheels only: no
+    package's code runs on this host). Empty requirements give ``[]``. A cache that already
+    satisfies the set is used without touching the network (so an unpinned requirement keeps the
+    version first cached). A package without a wheel is refused unless ``source_build`` is given
+    (see _fill_cache). Raises RequirementsError with pip's message when a requirement cannot be
+    found or built."""
     reqs = normalise_requirements(requirements)
     if not reqs:
         return []
@@ -190,7 +237,7 @@ def ensure_wheels(requirements: list[str], *, cache_dir: Path,
             wheels = _resolve_offline(req_file, cache_dir)
         except _Unresolved:
             log(f"filling the wheel cache {cache_dir} for: {', '.join(reqs)}")
-            _fill_cache(req_file, cache_dir, log=log, timeout_s=timeout_s)
+            _fill_cache(req_file, cache_dir, log=log, timeout_s=timeout_s, source_build=source_build)
         else:
             log(f"wheel cache has the {len(wheels)} wheel(s) for {', '.join(reqs)}")
             return wheels

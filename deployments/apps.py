@@ -4,3 +4,10 @@ from django.apps import AppConfig
 class DeploymentsConfig(AppConfig):
     name = "deployments"
     verbose_name = "Environments and services"
+
+    def ready(self) -> None:
+        # Every Docker connection of this process is checked against the portal's allowlist first.
+        from compute.engine import set_engine_guard
+        from deployments.hosts import guard_engine_url
+
+        set_engine_guard(guard_engine_url)

@@ -10,11 +10,11 @@ from urllib.parse import urlsplit
 from django.conf import settings
 
 from core.errors import PortalError
+from deployments import hosts
 from deployments.models import Environment
 
 CLUSTER_NOT_AVAILABLE = "cluster (Kubernetes) environments are not available yet"
-MAX_CPUS = 64.0
-MIN_MEMORY_MB, MAX_MEMORY_MB = 64, 256 * 1024
+MIN_MEMORY_MB = 64
 
 
 def check_engine_url(value: Any) -> str:
@@ -44,7 +44,12 @@ def check_engine_url(value: Any) -> str:
             raise field_error("engine_url", f"Engine URL {value[:80]!r} needs a port, like tcp://10.0.0.5:2375.")
     elif parts.password:
         raise field_error("engine_url", "Do not put a password in an ssh:// URL: use an SSH key of the worker's user.")
-    return value.rstrip("/")
+    value = value.rstrip("/")
+    try:
+        hosts.check_engine_url(value)
+    except hosts.NotAllowed as exc:
+        raise PortalError(str(exc), code="not_allowed", fields={"engine_url": str(exc)}) from None
+    return value
 
 
 def check_publish_address(value: Any) -> str:
@@ -52,10 +57,15 @@ def check_publish_address(value: Any) -> str:
     if value in (None, ""):
         return "127.0.0.1"
     try:
-        return str(ipaddress.ip_address(str(value)))
+        address = str(ipaddress.ip_address(str(value)))
     except ValueError:
         raise field_error("publish_address", f"Publish address {str(value)[:60]!r} is not an IP address: use "
                                               "127.0.0.1 (this host only) or an address of the engine's host.") from None
+    try:
+        hosts.check_publish_address(address)
+    except hosts.NotAllowed as exc:
+        raise PortalError(str(exc), code="not_allowed", fields={"publish_address": str(exc)}) from None
+    return address
 
 
 def check_labels(value: Any) -> dict[str, str]:
@@ -93,15 +103,23 @@ def check_cpus(value: Any) -> float:
         number = float(value)
     except (TypeError, ValueError):
         raise field_error("cpus", "CPUs must be a number, like 0.5 or 2.") from None
-    if not 0.1 <= number <= MAX_CPUS:
-        raise field_error("cpus", f"CPUs must be from 0.1 to {MAX_CPUS:g}; got {number:g}.")
+    maximum = settings.MLPORTAL_SERVICE_MAX_CPUS
+    if number != number or number > maximum:
+        raise field_error("cpus", f"CPUs {number:g} is over the portal's maximum of {maximum:g} "
+                                  f"(MLPORTAL_SERVICE_MAX_CPUS): ask for {maximum:g} or less.")
+    if number < 0.1:
+        raise field_error("cpus", f"CPUs must be from 0.1 to {maximum:g}; got {number:g}.")
     return round(number, 2)
 
 
 def check_memory(value: Any) -> int:
     number = whole_number(value, "memory_mb", "Memory must be a whole number of MB, like 1024.")
-    if not MIN_MEMORY_MB <= number <= MAX_MEMORY_MB:
-        raise field_error("memory_mb", f"Memory must be from {MIN_MEMORY_MB} to {MAX_MEMORY_MB} MB; got {number}.")
+    maximum = settings.MLPORTAL_SERVICE_MAX_MEMORY_MB
+    if number > maximum:
+        raise field_error("memory_mb", f"Memory {number} MB is over the portal's maximum of {maximum} MB "
+                                       "(MLPORTAL_SERVICE_MAX_MEMORY_MB): ask for less.")
+    if number < MIN_MEMORY_MB:
+        raise field_error("memory_mb", f"Memory must be from {MIN_MEMORY_MB} to {maximum} MB; got {number}.")
     return number
 
 

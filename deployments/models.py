@@ -12,6 +12,8 @@ from django.conf import settings
 from django.db import models
 from django.urls import reverse
 
+from workspaces.crypto import EncryptedCharField
+
 
 class Environment(models.Model):
     """A place services run: a Docker engine the workers can reach (``local``), or later a cluster.
@@ -101,9 +103,10 @@ class Service(models.Model):
     replicas = models.PositiveSmallIntegerField(default=1, help_text="Replicas it runs (changed by a finished scale)")
     cpus = models.FloatField(default=1.0)
     memory_mb = models.PositiveIntegerField(default=1024)
-    primary_key = models.CharField(max_length=64)
-    secondary_key = models.CharField(max_length=64)
-    proxy_key = models.CharField(max_length=64)
+    # Stored encrypted (workspaces/crypto.py): shown again on demand, so not hashed.
+    primary_key = EncryptedCharField(max_length=255)
+    secondary_key = EncryptedCharField(max_length=255)
+    proxy_key = EncryptedCharField(max_length=255)
     error = models.TextField(blank=True, help_text="Why it failed, one line")
     last_update_error = models.TextField(blank=True, help_text="Why the last update, scale or key change failed")
     pending = models.JSONField(default=dict, blank=True, help_text="The change an updating service is going through")

@@ -45,8 +45,11 @@ logger = logging.getLogger(__name__)
 def environment_create(*, workspace: Workspace, name: str, user, kind: str = Environment.Kind.LOCAL,
                        engine_url: str = "", publish_address: str = "", labels: Any = None,
                        description: str = "") -> Environment:
-    """Creates an environment (the lab's ``az ml env setup``). Only ``local`` ones for now."""
+    """Creates an environment (the lab's ``az ml env setup``). Only ``local`` ones for now. Choosing
+    an engine URL or a publish address (a machine the portal will talk to) takes the owner role."""
     require_role(user=user, workspace=workspace, role=Role.CONTRIBUTOR)
+    if str(engine_url or "").strip() or str(publish_address or "").strip() not in ("", "127.0.0.1"):
+        require_role(user=user, workspace=workspace, role=Role.OWNER)
     name = check_name(name, what="environment name")
     kind = (kind or Environment.Kind.LOCAL).strip() if isinstance(kind, str) else kind
     if kind == Environment.Kind.CLUSTER:
@@ -102,6 +105,8 @@ def environment_update(*, environment: Environment, user, changes: dict[str, Any
         values["description"] = description.strip()
     if "labels" in changes:
         values["labels"] = check_labels(changes["labels"])
+    if "engine_url" in changes or "publish_address" in changes:  # which machines the portal talks to
+        require_role(user=user, workspace=environment.workspace, role=Role.OWNER)
     if "engine_url" in changes:
         values["engine_url"] = check_engine_url(changes["engine_url"])
     if "publish_address" in changes:
@@ -187,6 +192,13 @@ def environment_for_new_service(*, workspace: Workspace, user, ref: Any = None) 
         names = ", ".join(e.name for e in environments[:10])
         raise field_error("environment", f"Choose an environment ({names}) or set your active one first "
                                           "(POST /api/v1/environments/<name>/activate/).")
+    # First services racing each other: they queue on the workspace's row and the later ones find
+    # the 'local' environment the first one made (instead of failing on its unique name).
+    list(Workspace.objects.select_for_update(no_key=True).filter(pk=workspace.pk).values_list("pk", flat=True))
+    made = Environment.objects.filter(workspace=workspace, name="local").first()
+    if made is not None:
+        check_deployable(made)
+        return made, None
     environment = environment_create(workspace=workspace, name="local", user=user,
                                      description="Made automatically for the first service: the workers' own Docker engine.")
     environment_activate(environment=environment, user=user)

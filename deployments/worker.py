@@ -16,12 +16,13 @@ from datetime import timedelta
 from urllib.parse import urlsplit
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import Max, Q
 from django.utils import timezone
 
 from deployments.models import Environment, Service, ServiceEvent, ServiceReplica, ServiceRevision
 from deployments.services import event
+from workspaces.instance import portal_instance  # noqa: F401 (one id for runs and services; re-exported)
 from workspaces.services import activity_record
 
 logger = logging.getLogger(__name__)
@@ -32,21 +33,6 @@ WAIT_SECONDS = 3  # how often a deploy checks back on an image that is still bui
 IMAGE_WAIT_GRACE = 600  # a deploy gives up on an image still building this long past the build time limit
 LEASE_SECONDS = 660  # the deploy queue's hard time limit: no task holds a service longer
 WAIT = "wait"  # returned by worker functions whose task should check back later
-
-
-def portal_instance() -> str:
-    """An id of this portal installation (its database), carried by every container it starts as
-    ``mlportal.portal``: two portals (or test sessions) sharing a Docker engine never remove each
-    other's containers. The database host is left out, since workers on several hosts may call it
-    by different names; ``MLPORTAL_INSTANCE_ID`` (a setting) overrides the whole."""
-    import hashlib
-
-    configured = getattr(settings, "MLPORTAL_INSTANCE_ID", "")
-    if configured:
-        return configured
-    db = connection.settings_dict
-    identity = "|".join(str(db.get(k) or "") for k in ("ENGINE", "NAME"))
-    return hashlib.sha256(identity.encode()).hexdigest()[:16]
 
 
 def lock(service_id) -> str | None:

@@ -2,9 +2,10 @@
 from importlib import import_module
 
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView
 from rest_framework.routers import DefaultRouter
 
+from mlportal.csp import ApiDocsView
 from mlportal.health import healthz
 
 router = DefaultRouter(trailing_slash="/?")
@@ -24,7 +25,7 @@ from workspaces.api import MeView  # noqa: E402
 
 urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("docs/", ApiDocsView.as_view(url_name="api-schema"), name="api-docs"),
     path("healthz/", healthz, name="api-healthz"),
     path("me/", MeView.as_view(), name="api-me"),
     *extra_urls,

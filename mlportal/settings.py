@@ -7,9 +7,11 @@ SECRET_KEY, ALLOWED_HOSTS). MLPORTAL_MODE=production refuses to start without a 
 from __future__ import annotations
 
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
 from mlportal.env import env_bool, env_choice, env_float, env_int, env_list, env_path, env_str
@@ -21,6 +23,8 @@ DEBUG = env_bool("DEBUG", False)
 
 DATA_DIR = env_path("MLPORTAL_DATA_DIR", BASE_DIR / "data")
 DATA_DIR.mkdir(parents=True, exist_ok=True)
+if DATA_DIR.stat().st_uid == __import__("os").geteuid():
+    DATA_DIR.chmod(0o700)  # the database, SECRET_KEY and the admin password: the portal's user only
 
 
 def _secret_key() -> str:
@@ -59,6 +63,8 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "axes",
+    "csp",
     "workspaces",
     "runs",
     "registry",
@@ -67,7 +73,9 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "workspaces.middleware.BodySizeLimitMiddleware",
+    "workspaces.middleware.JsonDepthMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -76,6 +84,9 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "workspaces.middleware.CurrentWorkspaceMiddleware",
+    "workspaces.idempotency.IdempotencyMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into its answer.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "mlportal.urls"
@@ -126,6 +137,23 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# --- login lockout (django-axes) -----------------------------------------------------------------
+# A user name tried from one address is locked out after MLPORTAL_LOGIN_FAILURE_LIMIT failures, on
+# /login/ and /admin/login/ alike (both log in through the authentication backends), for
+# MLPORTAL_LOGIN_COOLOFF_MINUTES; the answer is 429 with Retry-After.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_ENABLED = env_bool("MLPORTAL_LOGIN_LOCKOUT", True)
+AXES_FAILURE_LIMIT = env_int("MLPORTAL_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_float("MLPORTAL_LOGIN_COOLOFF_MINUTES", 15.0, minimum=0.1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_HTTP_RESPONSE_CODE = 429
+AXES_LOCKOUT_CALLABLE = "workspaces.lockout.lockout_response"
+AXES_VERBOSE = False
+
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "dashboard"
 LOGOUT_REDIRECT_URL = "login"
@@ -147,7 +175,8 @@ if (_NODE_MODULES / "chart.js" / "dist").is_dir():
 WHITENOISE_USE_FINDERS = True  # serve straight from the apps' static folders; no collectstatic step needed
 MEDIA_ROOT = DATA_DIR / "files"
 STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": MEDIA_ROOT}},
+    # FileSystemStorage that removes a partly written file and answers 507 when the disk is full.
+    "default": {"BACKEND": "workspaces.filestorage.PortalFileSystemStorage", "OPTIONS": {"location": MEDIA_ROOT}},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 if env_str("MLPORTAL_STORAGE") == "s3":  # a team with workers on several hosts (needs django-storages[s3])
@@ -163,6 +192,8 @@ if env_str("MLPORTAL_STORAGE") == "s3":  # a team with workers on several hosts 
 MLPORTAL_MAX_BODY_BYTES = env_int("MLPORTAL_MAX_BODY_BYTES", 2 * 1024 * 1024, minimum=1024)
 MLPORTAL_MAX_UPLOAD_BYTES = env_int("MLPORTAL_MAX_UPLOAD_BYTES", 512 * 1024 * 1024, minimum=1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MLPORTAL_MAX_BODY_BYTES
+# JSON bodies nested deeper than this answer 400 (see workspaces.middleware.JsonDepthMiddleware).
+MLPORTAL_MAX_JSON_DEPTH = env_int("MLPORTAL_MAX_JSON_DEPTH", 64, minimum=8)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 DATA_UPLOAD_MAX_NUMBER_FILES = 2000
 
@@ -171,15 +202,43 @@ MLPORTAL_BASE_IMAGE = env_str("MLPORTAL_BASE_IMAGE", "python:3.11-slim")
 # The debootstrap that builds the base image offline when it cannot be pulled (default: on PATH).
 MLPORTAL_DEBOOTSTRAP = env_str("MLPORTAL_DEBOOTSTRAP") or None
 MLPORTAL_DOCKER_URL = env_str("DOCKER_HOST") or None  # None: the local engine
+# Machines workspace owners may point environments at (deployments/hosts.py): engine hosts (names,
+# addresses, CIDR networks), publish addresses, and whether ssh:// engines are allowed at all.
+# Loopback, link-local, 0.0.0.0 and the portal's own addresses need to be listed themselves.
+MLPORTAL_ENGINE_HOSTS = env_list("MLPORTAL_ENGINE_HOSTS", [])
+MLPORTAL_PUBLISH_ADDRESSES = env_list("MLPORTAL_PUBLISH_ADDRESSES", ["127.0.0.1"])
+MLPORTAL_ENGINE_SSH = env_bool("MLPORTAL_ENGINE_SSH", False)
 MLPORTAL_CACHE_DIR = env_path("MLPORTAL_CACHE_DIR", Path.home() / ".cache" / "mlportal")
 MLPORTAL_WHEEL_CACHE = env_path("MLPORTAL_WHEEL_CACHE", MLPORTAL_CACHE_DIR / "wheels")
-MLPORTAL_VENV_CACHE = env_path("MLPORTAL_VENV_CACHE", MLPORTAL_CACHE_DIR / "venvs")
 MLPORTAL_WORK_DIR = env_path("MLPORTAL_WORK_DIR", DATA_DIR / "work")
 MLPORTAL_RUN_TIMEOUT_MAX = env_int("MLPORTAL_RUN_TIMEOUT_MAX", 6 * 3600, minimum=10)
+# Packages published only as source are refused (their build code would run); on, they are built in a
+# throwaway container of the base image without network (compute/sourcebuild.py), never on the worker.
+MLPORTAL_SOURCE_PACKAGES = env_bool("MLPORTAL_SOURCE_PACKAGES", False)
 MLPORTAL_BUILD_TIMEOUT = env_int("MLPORTAL_BUILD_TIMEOUT", 1800, minimum=30)
 MLPORTAL_MAX_REPLICAS = env_int("MLPORTAL_MAX_REPLICAS", 8, minimum=1)
+# The most a project's runs and a service's replicas may ask for (the portal's maxima).
+MLPORTAL_RUN_MAX_MEMORY_MB = env_int("MLPORTAL_RUN_MAX_MEMORY_MB", 16 * 1024, minimum=64)
+MLPORTAL_RUN_MAX_CPUS = env_float("MLPORTAL_RUN_MAX_CPUS", 8.0, minimum=0.1)
+MLPORTAL_SERVICE_MAX_MEMORY_MB = env_int("MLPORTAL_SERVICE_MAX_MEMORY_MB", 16 * 1024, minimum=64)
+MLPORTAL_SERVICE_MAX_CPUS = env_float("MLPORTAL_SERVICE_MAX_CPUS", 8.0, minimum=0.1)
 MLPORTAL_LOG_MAX_BYTES = env_int("MLPORTAL_LOG_MAX_BYTES", 5 * 1024 * 1024, minimum=1024)
+# What a run may write: outputs/ (a project may set less), /tmp (a tmpfs), and the rest of its
+# container's writable layer beyond its outputs (the project folder, caches).
+MLPORTAL_RUN_OUTPUTS_MAX_MB = env_int("MLPORTAL_RUN_OUTPUTS_MAX_MB", 4096, minimum=1)
+MLPORTAL_RUN_TMP_MB = env_int("MLPORTAL_RUN_TMP_MB", 1024, minimum=16)
+MLPORTAL_RUN_SCRATCH_MB = env_int("MLPORTAL_RUN_SCRATCH_MB", 2048, minimum=16)
 MLPORTAL_LOST_AFTER_SECONDS = env_int("MLPORTAL_LOST_AFTER_SECONDS", 60, minimum=5)
+# Local runs (target `local`) run contributor code on the worker's host: off unless this is on AND a
+# portal administrator allowed them for the workspace (Admin → Workspaces). They run as
+# MLPORTAL_LOCAL_RUN_UID (a uid that owns nothing else) in working copies under MLPORTAL_LOCAL_RUN_ROOT,
+# which needs a worker running as root (to switch to that uid) with util-linux's unshare.
+MLPORTAL_LOCAL_RUNS = env_bool("MLPORTAL_LOCAL_RUNS", False)
+MLPORTAL_LOCAL_RUN_UID = env_int("MLPORTAL_LOCAL_RUN_UID", 61234, minimum=1000)
+MLPORTAL_LOCAL_RUN_ROOT = env_path("MLPORTAL_LOCAL_RUN_ROOT", Path("/var/lib/mlportal/local-runs"))
+MLPORTAL_LOCAL_RUN_PYTHON = env_str("MLPORTAL_LOCAL_RUN_PYTHON", "")  # default: one the run user may execute
+if MLPORTAL_LOCAL_RUN_ROOT.resolve().is_relative_to(DATA_DIR.resolve()):
+    raise ImproperlyConfigured("MLPORTAL_LOCAL_RUN_ROOT must lie outside MLPORTAL_DATA_DIR (local runs must not reach it)")
 # Queued work (runs, builds) unclaimed this long is sent again (the broker may have lost it).
 MLPORTAL_REQUEUE_AFTER_SECONDS = env_int("MLPORTAL_REQUEUE_AFTER_SECONDS", 120, minimum=1)
 # How often the maintenance worker's beat runs the sweeps (lost runs, lost work, reconcile).
@@ -253,7 +312,32 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "core.errors.api_exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    "DEFAULT_THROTTLE_CLASSES": ["workspaces.throttles.TokenRateThrottle", "workspaces.throttles.TokenWriteRateThrottle"],
 }
+# POSTs with an Idempotency-Key header: how long their first answer is replayed, and after how long a
+# first request that never answered (its process died) frees its key.
+MLPORTAL_IDEMPOTENCY_HOURS = env_int("MLPORTAL_IDEMPOTENCY_HOURS", 24, minimum=1)
+MLPORTAL_IDEMPOTENCY_STALE_SECONDS = env_int("MLPORTAL_IDEMPOTENCY_STALE_SECONDS", 900, minimum=10)
+# API tokens: the lifetime a new token gets unless its maker chooses another, and the longest allowed.
+MLPORTAL_TOKEN_DAYS = env_int("MLPORTAL_TOKEN_DAYS", 90, minimum=1)
+MLPORTAL_TOKEN_MAX_DAYS = env_int("MLPORTAL_TOKEN_MAX_DAYS", 365, minimum=1)
+if MLPORTAL_TOKEN_DAYS > MLPORTAL_TOKEN_MAX_DAYS:
+    raise ImproperlyConfigured("MLPORTAL_TOKEN_DAYS is above MLPORTAL_TOKEN_MAX_DAYS")
+# Per token (or signed-in user): "<n>/<s|min|hour|day>"; 429 with Retry-After beyond.
+MLPORTAL_API_RATE = env_str("MLPORTAL_API_RATE", "1200/min")
+MLPORTAL_API_WRITE_RATE = env_str("MLPORTAL_API_WRITE_RATE", "240/min")
+for _name, _rate in (("MLPORTAL_API_RATE", MLPORTAL_API_RATE), ("MLPORTAL_API_WRITE_RATE", MLPORTAL_API_WRITE_RATE)):
+    _n, _, _period = _rate.partition("/")
+    if not _n.isdigit() or int(_n) < 1 or _period[:1] not in {"s", "m", "h", "d"}:
+        raise ImproperlyConfigured(f"{_name}={_rate!r} is not a rate: use e.g. 600/min")
+
+# The throttles' counters (and other short-lived shared state): Redis when MLPORTAL_CACHE_URL names
+# one (team configuration: every web process counts together), else this process's memory.
+MLPORTAL_CACHE_URL = env_str("MLPORTAL_CACHE_URL")
+if MLPORTAL_CACHE_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": MLPORTAL_CACHE_URL}}
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "mlportal"}}
 SPECTACULAR_SETTINGS = {
     "TITLE": "MLPortal API",
     "DESCRIPTION": "Runs, models, manifests, images and realtime services. "
@@ -270,6 +354,26 @@ SPECTACULAR_SETTINGS = {
 SESSION_COOKIE_HTTPONLY = True
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+# Content-Security-Policy (django-csp): scripts, styles, images, fonts and fetches from this origin
+# only; no inline script, inline style or event-handler attribute anywhere (templates hold markup,
+# behaviour lives in static/js/<page>.js). Violations are reported to /csp-report/ and logged by
+# mlportal.csp. report-uri, not report-to: Chromium ignores report-uri when report-to is present and
+# delivers report-to batches up to a minute late, so a violation would reach the log too late to see.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:"],  # data: for the icons in Swagger UI's style sheet
+        "font-src": [SELF],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+        "report-uri": ["/csp-report/"],
+    },
+}
 if PRODUCTION:
     SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
     SESSION_COOKIE_SECURE = True
@@ -291,3 +395,6 @@ LOGGING = {
 
 # Seconds a page waits between live refreshes of status and logs.
 MLPORTAL_POLL_INTERVAL_MS = env_int("MLPORTAL_POLL_INTERVAL_MS", 1000, minimum=200)
+
+# /healthz answers from a report at most this many seconds old (one real check per process per period).
+MLPORTAL_HEALTH_MAX_AGE = env_float("MLPORTAL_HEALTH_MAX_AGE", 1.0, minimum=0.1)

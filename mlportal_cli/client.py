@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import time
+import uuid
 from typing import Any, Callable, Iterator
 
 import requests
@@ -169,7 +170,10 @@ class Client:
             return body
 
     def post(self, path: str, json: Any = None, **kwargs) -> Any:
-        response = self.request("POST", path, json=json, **kwargs)
+        """POSTs with a fresh Idempotency-Key, so a create sent again (a retry after a lost answer)
+        is done once by the portal and answered with the first result."""
+        headers = {"Idempotency-Key": str(uuid.uuid4()), **dict(kwargs.pop("headers", None) or {})}
+        response = self.request("POST", path, json=json, headers=headers, **kwargs)
         return response.json() if response.content else None
 
     def patch(self, path: str, json: Any = None, **kwargs) -> Any:

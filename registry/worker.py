@@ -184,7 +184,7 @@ def _build(image: Image) -> str:
         env_image = ensure_env_image(
             base_image=settings.MLPORTAL_BASE_IMAGE, requirements=requirements,
             wheel_cache=settings.MLPORTAL_WHEEL_CACHE, log=log, base_url=settings.MLPORTAL_DOCKER_URL,
-            timeout_s=settings.MLPORTAL_BUILD_TIMEOUT,
+            timeout_s=settings.MLPORTAL_BUILD_TIMEOUT, source_packages=settings.MLPORTAL_SOURCE_PACKAGES,
         )
         built = build_service_image(
             tag=image.tag, env_image=env_image, app_files=image_app_files(manifest), labels=image.labels, log=log,

@@ -57,13 +57,15 @@ class ProjectSerializer(serializers.ModelSerializer):
     created_by = serializers.CharField(source="created_by.username", read_only=True, default=None)
     url = serializers.CharField(source="get_absolute_url", read_only=True)
     file_count = serializers.IntegerField(read_only=True, default=None)
+    outputs_cap_mb = serializers.IntegerField(read_only=True, help_text="The outputs cap its runs get (MiB)")
     # Plain strings, not enums: the schema's enum names would collide with other apps' "status".
     default_target = serializers.CharField(read_only=True, help_text="docker or local")
 
     class Meta:
         model = Project
         fields = ["id", "name", "workspace", "description", "template", "requirements", "default_target", "time_limit_s",
-                  "memory_mb", "cpus", "allow_network", "file_count", "url", "created_by", "created_at", "updated_at"]
+                  "memory_mb", "cpus", "allow_network", "outputs_max_mb", "outputs_cap_mb", "file_count", "url", "created_by",
+                  "created_at", "updated_at"]
         read_only_fields = fields
 
 
@@ -78,6 +80,7 @@ class ProjectWriteSerializer(serializers.Serializer):
     memory_mb = serializers.IntegerField(required=False)
     cpus = serializers.FloatField(required=False)
     allow_network = serializers.BooleanField(required=False)
+    outputs_max_mb = serializers.IntegerField(required=False, help_text="Cap on a run's outputs (MiB), at most the portal's")
 
 
 class ProjectFileSerializer(serializers.ModelSerializer):
@@ -204,7 +207,8 @@ class ProjectViewSet(WorkspaceScopedViewSet):
     def update(self, request, *args, **kwargs):
         project = self.get_object()
         data = self._data(request)
-        fields = ("description", "requirements", "default_target", "time_limit_s", "memory_mb", "cpus", "allow_network")
+        fields = ("description", "requirements", "default_target", "time_limit_s", "memory_mb", "cpus", "allow_network",
+                  "outputs_max_mb")
         unknown = sorted(set(data) - set(fields) - {"name", "workspace"})
         if unknown:
             raise PortalError(f"Cannot change {', '.join(unknown)}: send only {', '.join(fields)}.",

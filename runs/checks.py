@@ -1,7 +1,8 @@
-"""Checks on what users send for projects and runs: paths, run settings, targets, arguments, the
-archives they upload (every member checked before anything is written), and params, tags and notes
-(shared by runtime lines, the portal's API and pages, the MLflow API). Each returns the cleaned
-value or raises PortalError saying what to change, with the field at fault. No database writes."""
+"""Checks on what users send for projects and runs: run settings, targets, arguments, the archives
+they upload (every member checked before anything is written), and params, tags and notes (shared
+by runtime lines, the portal's API and pages, the MLflow API). Each returns the cleaned value or
+raises PortalError saying what to change, with the field at fault. No database writes. Paths are
+cleaned by core.paths.clean_path."""
 from __future__ import annotations
 
 import io
@@ -13,11 +14,11 @@ from typing import IO, Any
 
 from django.conf import settings
 
+from core.errors import PayloadTooLarge, PortalError
+from core.paths import clean_path
 from mlportal_runtime.logger import check_param as _runtime_check_param
 from mlportal_runtime.logger import check_tag as _runtime_check_tag
 from runs.models import NOTE_MAX, Project, Target
-from core.errors import PayloadTooLarge, PortalError
-from core.paths import clean_path
 
 CHUNK = 1024 * 1024
 
@@ -30,7 +31,7 @@ def max_upload_bytes() -> int:
     return settings.MLPORTAL_MAX_UPLOAD_BYTES
 
 
-def check_settings(*, default_target=None, time_limit_s=None, memory_mb=None, cpus=None) -> dict:
+def check_settings(*, default_target=None, time_limit_s=None, memory_mb=None, cpus=None, outputs_max_mb=None) -> dict:
     """Returns the given run settings checked and typed; raises PortalError naming the bad one."""
     out = {}
     if default_target is not None:
@@ -39,8 +40,10 @@ def check_settings(*, default_target=None, time_limit_s=None, memory_mb=None, cp
         out["default_target"] = default_target
     limits = {
         "time_limit_s": (time_limit_s, int, 1, settings.MLPORTAL_RUN_TIMEOUT_MAX, "seconds"),
-        "memory_mb": (memory_mb, int, 16, 1024 * 1024, "MiB"),
-        "cpus": (cpus, float, 0.01, 256.0, "CPUs"),
+        "memory_mb": (memory_mb, int, 16, settings.MLPORTAL_RUN_MAX_MEMORY_MB,
+                      "MiB (the portal's maximum, MLPORTAL_RUN_MAX_MEMORY_MB)"),
+        "cpus": (cpus, float, 0.01, settings.MLPORTAL_RUN_MAX_CPUS, "CPUs (the portal's maximum, MLPORTAL_RUN_MAX_CPUS)"),
+        "outputs_max_mb": (outputs_max_mb, int, 1, settings.MLPORTAL_RUN_OUTPUTS_MAX_MB, "MiB (the portal's maximum)"),
     }
     for name, (value, kind, low, high, unit) in limits.items():
         if value is None:
@@ -49,6 +52,8 @@ def check_settings(*, default_target=None, time_limit_s=None, memory_mb=None, cp
             number = kind(value)
         except (TypeError, ValueError):
             raise PortalError(f"{name} must be a number, not {str(value)[:40]!r}.", fields={name: "Not a number."}) from None
+        if number != number or number in (float("inf"), float("-inf")):
+            raise PortalError(f"{name} must be a finite number.", fields={name: "Not a finite number."})
         if not low <= number <= high:
             message = f"{name} must be between {low} and {high} {unit}; {number} is not."
             raise PortalError(message, fields={name: message})
@@ -56,11 +61,19 @@ def check_settings(*, default_target=None, time_limit_s=None, memory_mb=None, cp
     return out
 
 
+LOCAL_RUNS_OFF = ("Local runs are off in workspace '{workspace}': they run code on the worker's host, so only a portal "
+                  "administrator can allow them (MLPORTAL_LOCAL_RUNS=on, then Admin → Workspaces → local runs allowed). "
+                  "Use target docker.")
+
+
 def check_target(target: str | None, project: Project) -> str:
     target = target or project.default_target
     if target not in Target.values:
         message = f"Unknown compute target {target!r}: use docker or local."
         raise PortalError(message, code="unknown_target", fields={"target": message})
+    if target == Target.LOCAL and not project.workspace.local_runs_enabled:
+        message = LOCAL_RUNS_OFF.format(workspace=project.workspace.name)
+        raise PortalError(message, code="local_runs_off", fields={"target": message})
     return target
 
 

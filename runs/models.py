@@ -59,6 +59,8 @@ class Project(models.Model):
     memory_mb = models.PositiveIntegerField(default=2048)
     cpus = models.FloatField(default=1.0)
     allow_network = models.BooleanField(default=False)
+    # The most a run may write under outputs/ (None: the portal's MLPORTAL_RUN_OUTPUTS_MAX_MB).
+    outputs_max_mb = models.PositiveIntegerField(null=True, blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -78,6 +80,12 @@ class Project(models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("project-detail", args=[self.pk])
+
+    @property
+    def outputs_cap_mb(self) -> int:
+        """The outputs cap its runs get: its own setting, never above the portal's maximum."""
+        maximum = settings.MLPORTAL_RUN_OUTPUTS_MAX_MB
+        return min(self.outputs_max_mb or maximum, maximum)
 
     @property
     def requirement_lines(self) -> list[str]:

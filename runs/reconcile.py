@@ -1,5 +1,6 @@
-"""The periodic sweep of runs (``sweep_lost_runs`` task): runs whose worker stopped sending
-heartbeats are marked lost, and run containers whose run is over are removed from the engine."""
+"""The periodic sweeps of runs: ``sweep_lost_runs`` marks lost the runs whose worker stopped
+sending heartbeats and removes run containers whose run is over; ``requeue_lost_runs`` sends the
+task of queued runs again when the broker lost it."""
 from __future__ import annotations
 
 import logging
@@ -13,6 +14,7 @@ from compute.engine import LABEL_ID, EngineError
 from compute.runner import list_containers, remove_container
 from runs import worker
 from runs.models import Run
+from workspaces.instance import portal_instance
 
 logger = logging.getLogger(__name__)
 
@@ -21,8 +23,9 @@ def sweep_lost_runs() -> dict:
     """Marks runs lost whose worker stopped sending heartbeats, and removes run containers whose run
     is finished (lost ones included). Returns {"lost": [...run ids], "removed": [...container ids]}.
 
-    Exited containers of runs this database does not know are removed too; running ones are left
-    alone, since another portal (or a test suite) may share the engine and own them.
+    Only this portal's containers (label ``mlportal.portal``) are looked at: another portal sharing
+    the engine keeps its own. Exited containers of this portal's runs that the database no longer
+    knows are removed too; running ones are left alone.
     """
     cutoff = timezone.now() - timedelta(seconds=settings.MLPORTAL_LOST_AFTER_SECONDS)
     stale = Run.objects.filter(status__in=[Run.Status.PREPARING, Run.Status.RUNNING], heartbeat_at__lt=cutoff)
@@ -36,7 +39,7 @@ def sweep_lost_runs() -> dict:
             lost.append(str(run_id))
     removed = []
     try:
-        containers = list_containers("run", base_url=settings.MLPORTAL_DOCKER_URL)
+        containers = list_containers("run", base_url=settings.MLPORTAL_DOCKER_URL, portal=portal_instance())
     except EngineError as exc:
         logger.warning("sweep: cannot list run containers: %s", exc)
         return {"lost": lost, "removed": removed}

@@ -1,9 +1,9 @@
 """The request side of projects, project files and runs: what a view, a viewset or a CLI call does.
 
-User mistakes raise `core.errors` exceptions with a message saying what to change
-(`runs.checks`), and store nothing: files are written to storage first and their rows created in
+User mistakes raise `core.errors` exceptions with a message saying what to change (`runs.checks`),
+and store nothing: files are written to storage first (`core.storage`) and their rows created in
 one transaction; a failure removes what was written. A submitted run is enqueued when the
-transaction commits; what the worker then does is in `runs.worker`, the sweep in `runs.reconcile`.
+transaction commits; what the worker then does is in `runs.worker`, the sweeps in `runs.reconcile`.
 
 About 550 lines on purpose: projects, their files and runs share the storage and snapshot steps
 here; params, tags and notes (and runs logged from outside by an MLflow client) are the last part.
@@ -22,6 +22,10 @@ from typing import IO
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from core.errors import Conflict, NotFound, PortalError
+from core.numbering import create_next
+from core.paths import clean_path
+from core.storage import StoredFile, chunks_of, delete_files, open_file, save_file
 from runs import catalog, checks
 from runs.checks import (
     CappedReader,
@@ -34,10 +38,6 @@ from runs.checks import (
     max_upload_bytes,
 )
 from runs.models import EXTERNAL_TARGET, NOTE_MAX, Project, ProjectFile, Run, RunOutput, RunParam, RunTag, Target
-from core.errors import Conflict, NotFound, PortalError
-from core.numbering import create_next
-from core.paths import clean_path
-from core.storage import StoredFile, chunks_of, delete_files, open_file, save_file
 from workspaces.models import Role, Workspace
 from workspaces.services import activity_record, check_name, require_role
 
@@ -89,10 +89,12 @@ def project_create(
 def project_update_settings(
     *, project: Project, user, description: str | None = None, requirements: str | None = None,
     default_target: str | None = None, time_limit_s=None, memory_mb=None, cpus=None, allow_network: bool | None = None,
+    outputs_max_mb=None,
 ) -> Project:
     """Changes run settings; `requirements` rewrites the project's requirements.txt."""
     require_role(user=user, workspace=project.workspace, role=Role.CONTRIBUTOR)
-    values = check_settings(default_target=default_target, time_limit_s=time_limit_s, memory_mb=memory_mb, cpus=cpus)
+    values = check_settings(default_target=default_target, time_limit_s=time_limit_s, memory_mb=memory_mb, cpus=cpus,
+                             outputs_max_mb=outputs_max_mb)
     if description is not None:
         values["description"] = description[:5000]
     if allow_network is not None:
@@ -125,12 +127,19 @@ def project_delete(*, project: Project, user) -> None:
 
 
 def _sync_requirements(project: Project) -> None:
-    """Copies requirements.txt into project.requirements (empty when the file is gone)."""
+    """Copies requirements.txt into project.requirements (empty when the file is gone), checked at
+    the door with the manifests' rules (package names and versions only: no pip options such as
+    ``--index-url``, no URLs or paths); PortalError naming the line otherwise, which undoes the
+    write it is part of."""
+    from registry.checks import parse_requirements
+
     row = project.files.filter(path="requirements.txt").first()
     text = ""
     if row is not None:
         with open_file(row.storage_name) as handle:
-            text = decode_text(handle.read(256 * 1024))
+            raw = handle.read(256 * 1024 + 1)
+        parse_requirements(raw)
+        text = decode_text(raw)
     if text != project.requirements:
         project.requirements = text
         project.save(update_fields=["requirements", "updated_at"])
@@ -263,7 +272,9 @@ def _add_project_files(tar: tarfile.TarFile, rows: Iterable[ProjectFile]) -> Non
 
 
 def _create_run(**fields) -> Run:
-    """Creates the Run with its project's next number, under the workspace's lock (core.numbering)."""
+    """Creates the Run with its project's next number, under the workspace's lock (core.numbering):
+    submits queue in turn; should two still meet, the unique constraint lets one win and the other
+    retries; after that a 409 asks to try again (never a 500)."""
     project = fields.pop("project")
     return create_next(Run, workspace_pk=project.workspace_id, field="number", scope={"project": project},
                        what=f"runs of project '{project.name}'", **fields)
@@ -383,7 +394,7 @@ def run_annotate(*, run: Run, user, tags: dict | None = None, delete_tags: Itera
     if note is not None:
         note = checks.check_note(note)
     with transaction.atomic():
-        upsert_tags(run.id, run.workspace_id, items)
+        _upsert_tags(run.id, run.workspace_id, items)
         if removed:
             RunTag.objects.filter(run_id=run.id, key__in=removed).delete()
         if note is not None:
@@ -443,7 +454,7 @@ def run_update_external(*, run: Run, user, status: str | None = None, ended_at=N
     return run
 
 
-def upsert_tags(run_id, workspace_id, items: list[tuple[str, str]]) -> None:
+def _upsert_tags(run_id, workspace_id, items: list[tuple[str, str]]) -> None:
     if not items:
         return
     rows = {key: RunTag(run_id=run_id, workspace_id=workspace_id, key=key, value=value) for key, value in items}
@@ -489,6 +500,6 @@ def run_set_tags(*, run_id, workspace_id, tags: Iterable[tuple[str, str]]) -> No
     MLflow's note tag (mlflow.note.content) becomes the run's note."""
     items = list(tags)
     notes = [value for key, value in items if key == NOTE_TAG]
-    upsert_tags(run_id, workspace_id, [(k, v) for k, v in items if k != NOTE_TAG])
+    _upsert_tags(run_id, workspace_id, [(k, v) for k, v in items if k != NOTE_TAG])
     if notes:
         Run.objects.filter(id=run_id).update(note=notes[-1][:NOTE_MAX])

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 import tarfile
 import threading
 import time
@@ -22,16 +23,18 @@ from django.utils import timezone
 
 from compute.engine import BuildError, EngineError
 from compute.envimage import ensure_env_image
-from compute.runner import RunSpec, run_in_docker, run_local
+from compute.runner import LocalSandbox, RunSpec, python_for_user, run_in_docker, run_local
 from core.errors import PortalError
 from core.logs import next_seq
 from core.paths import clean_path
 from core.storage import chunks_of, delete_files, open_file, save_file
 from mlportal_runtime import parse_line
-from runs.models import RunLogChunk, RunOutput
+from runs import checks
 from runs.metrics import run_record_metrics
+from runs.models import Run, RunLogChunk, RunOutput, Target, requirement_lines
+from runs.outputs import OutputsWriter
 from runs.services import run_log_params, run_set_tags
-from runs.models import Run, Target, requirement_lines
+from workspaces.instance import portal_instance
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +45,7 @@ HEARTBEAT_S = 2.0
 CANCEL_CHECK_S = 1.0
 # A chunk holds at most this many lines; a burst is split across several flushes' worth of rows.
 MAX_LINES_PER_CHUNK = 2000
+MIB = 1024 * 1024
 # Metric points are written in batches of this many rows; while this many wait unwritten, the
 # thread reading the script's output waits for the writer (the script then blocks on its stdout),
 # so a script printing a million points keeps the worker's memory flat instead of buffering them.
@@ -226,7 +230,7 @@ def _prepare(run: Run, sink: RunSink) -> dict:
     image = ensure_env_image(
         base_image=settings.MLPORTAL_BASE_IMAGE, requirements=run.project.requirement_lines,
         wheel_cache=settings.MLPORTAL_WHEEL_CACHE, log=sink.log, base_url=settings.MLPORTAL_DOCKER_URL,
-        timeout_s=settings.MLPORTAL_BUILD_TIMEOUT,
+        timeout_s=settings.MLPORTAL_BUILD_TIMEOUT, source_packages=settings.MLPORTAL_SOURCE_PACKAGES,
     )
     run_mark_running(run_id=run.id, image=image)
     sink.log(f"[mlportal] environment image {image} is ready")
@@ -245,6 +249,9 @@ def _execute_script(run: Run, sink: RunSink, workdir: Path) -> dict:
         memory_mb=project.memory_mb, cpus=project.cpus, timeout_s=project.time_limit_s,
         network=project.allow_network, env={"MLPORTAL_RUN_ID": str(run.id), "MLPORTAL_RUN_NUMBER": str(run.number),
              "MLPORTAL_PROJECT_ID": str(run.project_id)},
+        portal=portal_instance(),
+        outputs_max_bytes=project.outputs_cap_mb * MIB, tmp_mb=settings.MLPORTAL_RUN_TMP_MB,
+        scratch_max_bytes=(project.outputs_cap_mb + settings.MLPORTAL_RUN_SCRATCH_MB) * MIB,
     )
     command = " ".join(["python", run.script, *spec.args])
     sink.log(f"[mlportal] run {run}: {command} on target {run.target}")
@@ -252,7 +259,7 @@ def _execute_script(run: Run, sink: RunSink, workdir: Path) -> dict:
         image = ensure_env_image(
             base_image=spec.base_image, requirements=spec.requirements, wheel_cache=settings.MLPORTAL_WHEEL_CACHE,
             log=lambda line: sink.log(f"[prepare] {line}"), base_url=settings.MLPORTAL_DOCKER_URL,
-            timeout_s=settings.MLPORTAL_BUILD_TIMEOUT,
+            timeout_s=settings.MLPORTAL_BUILD_TIMEOUT, source_packages=settings.MLPORTAL_SOURCE_PACKAGES,
         )
         if not run_mark_running(run_id=run.id, image=image):
             return {"status": Run.Status.CANCELED, "reason": "canceled before it started", "image": image}
@@ -263,23 +270,53 @@ def _execute_script(run: Run, sink: RunSink, workdir: Path) -> dict:
             if line != already_said:
                 sink.output(line)
 
-        result = run_in_docker(
-            spec, wheel_cache=settings.MLPORTAL_WHEEL_CACHE, on_output=on_output, should_cancel=sink.should_cancel,
-            on_container=lambda cid: run_set_container(run_id=run.id, container_id=cid),
-            workdir=workdir, base_url=settings.MLPORTAL_DOCKER_URL,
-        )
+        writer = OutputsWriter(run)
+        try:
+            result = run_in_docker(
+                spec, wheel_cache=settings.MLPORTAL_WHEEL_CACHE, on_output=on_output, should_cancel=sink.should_cancel,
+                on_container=lambda cid: run_set_container(run_id=run.id, container_id=cid),
+                workdir=workdir, base_url=settings.MLPORTAL_DOCKER_URL, store_output=writer.add,
+            )
+        except BaseException:
+            writer.abort()
+            raise
+        if result.outputs_failed:
+            writer.abort()  # all or nothing: a part of the outputs is not what the script made
+            outputs = []
+        else:
+            outputs = writer.commit()
     else:
         if not run_mark_running(run_id=run.id, image="local"):
             return {"status": Run.Status.CANCELED, "reason": "canceled before it started"}
+        sandbox = local_sandbox()
+        if not run.workspace.local_runs_enabled or sandbox is None:  # checked at submit too; settings may have changed
+            reason = (checks.LOCAL_RUNS_OFF.format(workspace=run.workspace.name) if sandbox is not None else
+                      f"no Python on this worker that the local-run user (uid {settings.MLPORTAL_LOCAL_RUN_UID}) may "
+                      "execute: set MLPORTAL_LOCAL_RUN_PYTHON, or use target docker")
+            sink.log(f"[mlportal] error: {reason}")
+            return {"status": Run.Status.FAILED, "reason": reason}
         result = run_local(
-            spec, venv_root=settings.MLPORTAL_VENV_CACHE, wheel_cache=settings.MLPORTAL_WHEEL_CACHE,
+            spec, sandbox=sandbox, wheel_cache=settings.MLPORTAL_WHEEL_CACHE,
             on_output=sink.output, should_cancel=sink.should_cancel, workdir=workdir,
         )
-    outputs = run_store_outputs(run=run, tar_path=result.outputs)
+    if run.target != Target.DOCKER:
+        outputs = run_store_outputs(run=run, tar_path=result.outputs)
     sink.log(f"[mlportal] run {result.status}{': ' + result.reason if result.reason else ''}"
              f" ({len(outputs)} output file{'s' if len(outputs) != 1 else ''}, {sink.metric_count} metric points)")
     return {"status": result.status, "reason": result.reason, "exit_code": result.exit_code, "oom": result.oom,
             "image": result.image or None}
+
+
+def local_sandbox() -> LocalSandbox | None:
+    """Where and as whom this worker runs local runs, from the settings; None when no interpreter
+    the run user may execute is found."""
+    uid = settings.MLPORTAL_LOCAL_RUN_UID
+    candidates = [settings.MLPORTAL_LOCAL_RUN_PYTHON] if settings.MLPORTAL_LOCAL_RUN_PYTHON else [
+        getattr(sys, "_base_executable", ""), sys.executable, "/usr/local/bin/python3", "/usr/bin/python3"]
+    python = python_for_user(uid, candidates)
+    if python is None:
+        return None
+    return LocalSandbox(uid=uid, root=settings.MLPORTAL_LOCAL_RUN_ROOT, python=python)
 
 
 # --- the run's rows, written by the worker ----------------------------------------------------

@@ -23,6 +23,32 @@ from workspaces.models import Membership, Role
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"
+# Local runs are an administrator's choice, off by default; the test deployment turns the portal
+# setting on (for this process and the workers it starts) and tests allow them per workspace with
+# the `local_runs` fixture. Their working copies and virtualenvs live outside any home folder, so
+# the unprivileged run user can reach them; shared between sessions, as the venvs take a while.
+LOCAL_RUN_ROOT = Path("/var/tmp/mlportal-test-local-runs")
+
+
+# The test deployment's engine allowlist: tests point environments at closed ports of this host
+# and at 10.0.0.x to see unreachable engines; tests of the allowlist set their own.
+TEST_ENGINE_HOSTS = ["127.0.0.1", "10.0.0.0/8"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def local_runs_setting():
+    settings.MLPORTAL_LOCAL_RUNS = True
+    settings.MLPORTAL_LOCAL_RUN_ROOT = LOCAL_RUN_ROOT
+    settings.MLPORTAL_ENGINE_HOSTS = list(TEST_ENGINE_HOSTS)
+    settings.MLPORTAL_PUBLISH_ADDRESSES = ["127.0.0.1", "10.0.0.0/8"]
+
+
+@pytest.fixture
+def local_runs(workspace):
+    """Allows local runs in the team workspace, as a portal administrator would in the admin."""
+    workspace.local_runs_allowed = True
+    workspace.save(update_fields=["local_runs_allowed"])
+    return workspace
 
 
 @pytest.fixture
@@ -126,6 +152,10 @@ def worker_env(db_settings: dict) -> dict[str, str]:
         )
     env["CELERY_BROKER_URL"] = settings.CELERY_BROKER_URL
     env["PYTHONUNBUFFERED"] = "1"
+    env["MLPORTAL_LOCAL_RUNS"] = "1"
+    env["MLPORTAL_LOCAL_RUN_ROOT"] = str(LOCAL_RUN_ROOT)
+    env["MLPORTAL_ENGINE_HOSTS"] = ",".join(TEST_ENGINE_HOSTS)
+    env["MLPORTAL_PUBLISH_ADDRESSES"] = "127.0.0.1,10.0.0.0/8"
     return env
 
 

@@ -10,7 +10,9 @@ class MembershipInline(admin.TabularInline):
 
 @admin.register(Workspace)
 class WorkspaceAdmin(admin.ModelAdmin):
-    list_display = ["name", "created_by", "created_at"]
+    list_display = ["name", "created_by", "created_at", "local_runs_allowed"]
+    list_editable = ["local_runs_allowed"]
+    list_filter = ["local_runs_allowed"]
     search_fields = ["name"]
     inlines = [MembershipInline]
 

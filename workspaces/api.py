@@ -121,10 +121,15 @@ class WorkspaceViewSet(viewsets.ModelViewSet):
 
 
 class TokenSerializer(serializers.ModelSerializer):
+    state = serializers.CharField(read_only=True, help_text="active, expired or revoked")
+    expires_in_days = serializers.IntegerField(write_only=True, required=False, min_value=1,
+                                               help_text="Lifetime of a new token (default: the portal's, 90 days)")
+
     class Meta:
         model = ApiToken
-        fields = ["id", "name", "prefix", "created_at", "last_used_at", "revoked_at"]
-        read_only_fields = ["id", "prefix", "created_at", "last_used_at", "revoked_at"]
+        fields = ["id", "name", "prefix", "read_only", "state", "created_at", "last_used_at", "expires_at", "revoked_at",
+                  "expires_in_days"]
+        read_only_fields = ["id", "prefix", "state", "created_at", "last_used_at", "expires_at", "revoked_at"]
 
 
 class TokenCreatedSerializer(TokenSerializer):
@@ -152,7 +157,9 @@ class TokenViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.Retrie
     def create(self, request, *args, **kwargs):
         body = TokenSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        token, secret = services.token_create(user=request.user, name=body.validated_data["name"])
+        token, secret = services.token_create(user=request.user, name=body.validated_data["name"],
+                                              expires_in_days=body.validated_data.get("expires_in_days"),
+                                              read_only=body.validated_data.get("read_only", False))
         data = TokenSerializer(token).data | {"token": secret}
         return Response(data, status=status.HTTP_201_CREATED)
 

@@ -7,3 +7,4 @@ class WorkspacesConfig(AppConfig):
 
     def ready(self) -> None:
         from workspaces import schema  # noqa: F401 (registers the OpenAPI auth extension)
+        from workspaces import signals  # noqa: F401 (a password change revokes API tokens)

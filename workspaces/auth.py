@@ -7,6 +7,7 @@ from django.utils import timezone
 from rest_framework import authentication, exceptions
 
 TOKEN_PREFIX = "mlp_"
+READ_METHODS = {"GET", "HEAD", "OPTIONS"}
 
 
 def hash_token(token: str) -> str:
@@ -37,6 +38,13 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
         if not token.user.is_active:
             raise exceptions.AuthenticationFailed("This user account is deactivated.")
         now = timezone.now()
+        if token.expires_at is not None and token.expires_at <= now:
+            raise exceptions.AuthenticationFailed(
+                f"This API token expired on {token.expires_at:%Y-%m-%d %H:%M} UTC: create a new one on the Tokens page "
+                "(or with 'mlportal token create').")
+        if token.read_only and request.method not in READ_METHODS:
+            raise exceptions.PermissionDenied(
+                f"Token '{token.name}' is read-only: use a token with write access for {request.method} requests.")
         # Write at most once a minute per token: the last-used time is for people, not an audit trail.
         if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
             ApiToken.objects.filter(id=token.id).update(last_used_at=now)

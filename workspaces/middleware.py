@@ -1,5 +1,7 @@
-"""Request-wide concerns: body size caps (413) and the user's current workspace."""
+"""Request-wide concerns: body size caps (413), JSON nesting (400) and the user's current workspace."""
 from __future__ import annotations
+
+import re
 
 from django.conf import settings
 from django.http import JsonResponse
@@ -28,6 +30,44 @@ class BodySizeLimitMiddleware:
             what = "upload" if is_upload else "request body"
             message = f"The {what} is {length} bytes, over the limit of {cap} bytes: send less data."
             return JsonResponse(error_body(message, "too_large"), status=413)
+        return self.get_response(request)
+
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_JSON_BRACKETS = re.compile(rb"[\[\]{}]")
+
+
+def json_depth_over(raw: bytes, limit: int) -> bool:
+    """Whether the JSON text ``raw`` nests arrays/objects deeper than ``limit`` (strings skipped).
+    Counts without parsing: Python's json would recurse once per level and fail with a
+    RecursionError (an HTML 500) on a deep enough body."""
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
+    depth = 0
+    for match in _JSON_BRACKETS.finditer(_JSON_STRING.sub(b'""', raw)):
+        if match.group() in (b"[", b"{"):
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
+class JsonDepthMiddleware:
+    """Answers 400 in the error shape to a JSON body nested deeper than MLPORTAL_MAX_JSON_DEPTH,
+    before any view parses it: every JSON API of the portal (DRF or plain Django) is covered.
+    Runs after BodySizeLimitMiddleware, so the body read here is already bounded."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        if "json" in request.META.get("CONTENT_TYPE", "") and request.method not in ("GET", "HEAD", "OPTIONS"):
+            limit = settings.MLPORTAL_MAX_JSON_DEPTH
+            if json_depth_over(request.body, limit):
+                message = f"The JSON body nests deeper than {limit} levels: send flatter data."
+                return JsonResponse(error_body(message, "too_deep", {"body": [message]}), status=400)
         return self.get_response(request)
 
 

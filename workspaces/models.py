@@ -23,12 +23,20 @@ class Workspace(models.Model):
     description = models.TextField(blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
+    # Set only by a portal administrator (the admin site): local runs execute contributor code on the
+    # worker's host, so no workspace owner may turn them on for themselves.
+    local_runs_allowed = models.BooleanField(
+        default=False, help_text="Members may run on target local (also needs MLPORTAL_LOCAL_RUNS=on)")
 
     class Meta:
         ordering = ["name"]
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def local_runs_enabled(self) -> bool:
+        return bool(settings.MLPORTAL_LOCAL_RUNS and self.local_runs_allowed)
 
 
 class Membership(models.Model):
@@ -67,6 +75,9 @@ class ApiToken(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    # Chosen at creation (MLPORTAL_TOKEN_DAYS by default); null only for tokens made before expiry existed.
+    expires_at = models.DateTimeField(null=True, blank=True)
+    read_only = models.BooleanField(default=False, help_text="Only GET, HEAD and OPTIONS requests")
 
     class Meta:
         ordering = ["-created_at"]
@@ -75,8 +86,20 @@ class ApiToken(models.Model):
         return f"{self.name} ({self.prefix}…) of {self.user}"
 
     @property
+    def is_expired(self) -> bool:
+        from django.utils import timezone
+
+        return self.expires_at is not None and self.expires_at <= timezone.now()
+
+    @property
     def is_active(self) -> bool:
-        return self.revoked_at is None
+        return self.revoked_at is None and not self.is_expired
+
+    @property
+    def state(self) -> str:
+        if self.revoked_at is not None:
+            return "revoked"
+        return "expired" if self.is_expired else "active"
 
 
 class Activity(models.Model):
@@ -99,3 +122,23 @@ class Activity(models.Model):
 
     def __str__(self) -> str:
         return f"{self.actor} {self.verb} {self.target_type} {self.target_name or self.target_id}"
+
+
+class IdempotencyKey(models.Model):
+    """The first answer to a POST sent with an ``Idempotency-Key`` header, kept 24 h so a retry with
+    the same key and body gets it again instead of a second resource (see workspaces.idempotency)."""
+
+    # Who sent it: "user:<id>" (a token's user or a session), so one key of one person is one request.
+    scope = models.CharField(max_length=80)
+    key = models.CharField(max_length=255)
+    fingerprint = models.CharField(max_length=64, help_text="SHA-256 of method, path and body")
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True, help_text="Null while the first request runs")
+    content_type = models.CharField(max_length=120, blank=True)
+    body = models.BinaryField(blank=True, default=b"")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)  # the 24 h sweep
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["scope", "key"], name="one_idempotency_key_per_sender")]
+
+    def __str__(self) -> str:
+        return f"{self.key} of {self.scope} ({self.status_code or 'running'})"

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import re
 import secrets
+from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -162,15 +164,46 @@ def profile_set_current_workspace(*, user, workspace: Workspace) -> Profile:
     return profile
 
 
-def token_create(*, user, name: str) -> tuple[ApiToken, str]:
-    """Returns the new token and its secret value, which is never stored and shown only this once."""
+def check_token_days(days: int | None) -> int:
+    """Returns the lifetime in days of a new token (MLPORTAL_TOKEN_DAYS when None), or raises
+    PortalError naming the allowed range (1 to MLPORTAL_TOKEN_MAX_DAYS)."""
+    if days is None or days == "":
+        return settings.MLPORTAL_TOKEN_DAYS
+    maximum = settings.MLPORTAL_TOKEN_MAX_DAYS
+    try:
+        days = int(days)
+    except (TypeError, ValueError):
+        days = 0
+    if not 1 <= days <= maximum:
+        message = f"A token lives 1 to {maximum} days (the portal's maximum): choose a number in that range."
+        raise PortalError(message, fields={"expires_in_days": message})
+    return days
+
+
+def token_create(*, user, name: str, expires_in_days: int | None = None, read_only: bool = False) -> tuple[ApiToken, str]:
+    """Returns the new token and its secret value, which is never stored and shown only this once.
+    It expires after ``expires_in_days`` (the portal's default when None); a ``read_only`` token
+    may only read (GET, HEAD, OPTIONS)."""
     name = (name or "").strip()
     if not name or len(name) > 100 or any(ord(c) < 32 for c in name):
         raise PortalError("A token needs a name of 1–100 printable characters.", fields={"name": "Invalid name."})
+    days = check_token_days(expires_in_days)
     secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    token = ApiToken.objects.create(user=user, name=name, prefix=secret[:10], token_hash=hash_token(secret))
-    activity_record(workspace=None, actor=user, verb="token.created", target=token)
+    token = ApiToken.objects.create(user=user, name=name, prefix=secret[:10], token_hash=hash_token(secret),
+                                    expires_at=timezone.now() + timedelta(days=days), read_only=bool(read_only))
+    activity_record(workspace=None, actor=user, verb="token.created", target=token,
+                    detail={"expires_in_days": days, "read_only": bool(read_only)})
     return token, secret
+
+
+def tokens_revoke_all(*, user, reason: str) -> int:
+    """Revokes every active token of ``user`` (a password change, say); returns how many."""
+    count = ApiToken.objects.filter(user=user, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    if count:
+        Activity.objects.create(workspace=None, actor=user, verb="token.revoked_all", target_type="user",
+                                target_id=str(user.pk), target_name=user.get_username(),
+                                detail={"count": count, "reason": reason})
+    return count
 
 
 def token_revoke(*, token: ApiToken, user) -> ApiToken:

@@ -7,7 +7,7 @@ urlpatterns = [
     path("", views.dashboard, name="dashboard"),
     path("login/", auth_views.LoginView.as_view(template_name="workspaces/login.html"), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("password/", auth_views.PasswordChangeView.as_view(template_name="workspaces/password_change.html"), name="password_change"),
+    path("password/", views.PasswordChangeView.as_view(), name="password_change"),
     path("password/done/", auth_views.PasswordChangeDoneView.as_view(template_name="workspaces/password_change_done.html"), name="password_change_done"),
     path("workspaces/", views.workspace_list, name="workspace-list"),
     path("workspaces/switch/", views.workspace_switch, name="workspace-switch"),

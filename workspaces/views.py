@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from django.apps import apps
 from django.contrib import messages
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.db.models import Q
 from django.shortcuts import get_object_or_404, redirect, render
@@ -12,7 +13,7 @@ from django.views.decorators.http import require_POST
 from core.errors import PortalError
 from core.views_base import paginate, scoped
 from workspaces import selectors, services
-from workspaces.forms import MemberForm, RoleForm, TokenForm, WorkspaceForm
+from workspaces.forms import MemberForm, PortalPasswordChangeForm, RoleForm, TokenForm, WorkspaceForm
 from workspaces.models import ApiToken, Role
 
 # (label, "app.Model", list url name): counted on the dashboard when the app provides the model.
@@ -155,7 +156,9 @@ def token_list(request):
     new_secret = None
     if request.method == "POST" and form.is_valid():
         try:
-            token, new_secret = services.token_create(user=request.user, name=form.cleaned_data["name"])
+            token, new_secret = services.token_create(user=request.user, name=form.cleaned_data["name"],
+                                                      expires_in_days=form.cleaned_data["expires_in_days"],
+                                                      read_only=form.cleaned_data["read_only"])
         except PortalError as exc:
             _form_error(form, exc)
         else:
@@ -172,6 +175,22 @@ def token_revoke(request, token_id):
     services.token_revoke(token=token, user=request.user)
     messages.success(request, f"Token '{token.name}' revoked: it stops working at once.")
     return redirect("token-list")
+
+
+class PasswordChangeView(auth_views.PasswordChangeView):
+    """Django's password change; the user's API tokens are revoked with it (workspaces.signals) unless
+    they tick "Keep my API tokens"."""
+
+    form_class = PortalPasswordChangeForm
+    template_name = "workspaces/password_change.html"
+
+    def form_valid(self, form):
+        form.user.keep_api_tokens = bool(form.cleaned_data.get("keep_tokens"))  # read by workspaces.signals
+        response = super().form_valid(form)
+        count = getattr(form.user, "revoked_token_count", 0)
+        if count:
+            messages.info(self.request, f"{count} API token(s) revoked with the old password: make new ones on the API tokens page.")
+        return response
 
 
 @login_required

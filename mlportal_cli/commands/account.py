@@ -112,6 +112,40 @@ def workspace_set(ctx: Context):
     return Result(data)
 
 
+# --- API tokens -----------------------------------------------------------------------------------
+
+TOKEN_COLUMNS = columns(("Name", "name"), ("Prefix", "prefix"), ("Scope", lambda r: "read-only" if r.get("read_only") else "read-write"),
+                        ("State", "state"), ("Last used", lambda r: r.get("last_used_at") or "never"),
+                        ("Expires", "expires_at"), ("Id", "id"))
+
+
+def token_create(ctx: Context):
+    body = {"name": ctx.name, "read_only": bool(ctx.arg("read_only"))}
+    if ctx.arg("expires_days") is not None:
+        body["expires_in_days"] = ctx.arg("expires_days")
+    data = ctx.client.post("tokens/", body, workspace=False)
+    ctx.progress(f"Created token {data['name']} (expires {data['expires_at']}); it is shown only now.")
+    return Result(data)
+
+
+def token_list(ctx: Context):
+    items, total = ctx.client.list("tokens/", params=_list_params(ctx), limit=ctx.arg("top"))
+    return Result(items, TOKEN_COLUMNS, total)
+
+
+def token_revoke(ctx: Context):
+    ref = ctx.name
+    items, _ = ctx.client.list("tokens/", limit=1000)
+    matches = [t for t in items if ref in (t["id"], t["name"], t["prefix"]) and t["state"] != "revoked"]
+    if not matches:
+        raise CliError(f"no active token named or with the id {ref!r}: see 'mlportal token list'")
+    if len(matches) > 1:
+        raise CliError(f"{len(matches)} active tokens are named {ref!r}: give the id (see 'mlportal token list')")
+    ctx.client.delete(f"tokens/{matches[0]['id']}/", workspace=False)
+    ctx.progress(f"Revoked token {matches[0]['name']}: it stops working at once.")
+    return Result({**matches[0], "state": "revoked"})
+
+
 def _list_options(parser, *, top: int = 100) -> None:
     parser.add_argument("--top", type=int, default=top, metavar="N", help=f"show at most N items (default {top})")
     parser.add_argument("--search", metavar="TEXT", help="only items matching TEXT")
@@ -129,6 +163,20 @@ def register(subparsers) -> None:
     add_command(subparsers, "logout", help="Forget the saved token.", example="mlportal logout", func=logout)
     add_command(subparsers, "whoami", help="Show the portal, user, current workspace and role.",
                 example="mlportal whoami -o json", func=whoami)
+
+    tokens = add_group(subparsers, "token", help="Your API tokens: create (with an expiry and scope), list, revoke.")
+    parser = add_command(tokens, "create", help="Create an API token (its value is shown only once).",
+                         example="mlportal token create ci --expires-days 30 --read-only -o json", func=token_create)
+    add_name(parser, what="token name")
+    parser.add_argument("--expires-days", type=int, metavar="DAYS",
+                        help="lifetime in days (default: the portal's, 90)")
+    parser.add_argument("--read-only", action="store_true", help="the token may only read (GET requests)")
+    parser = add_command(tokens, "list", help="List your tokens with their scope, last use and expiry.",
+                         example="mlportal token list -o table", func=token_list)
+    _list_options(parser)
+    parser = add_command(tokens, "revoke", help="Revoke a token by name, prefix or id.",
+                         example="mlportal token revoke ci", func=token_revoke)
+    add_name(parser, what="token name, prefix or id")
 
     ws = add_group(subparsers, "workspace", help="Workspaces (teams): create, list, show, set the current one.")
     _add_workspace_commands(ws, prefix="mlportal workspace")

@@ -197,15 +197,14 @@
     }
   }
 
-  function start() {
-    document.querySelectorAll("[data-module=metric-chart]").forEach((root) => {
-      if (root.chart) return;
-      root.chart = new MetricChart(root);
-      // A chart on a hidden tab has no width yet: draw again when its panel shows.
-      const panel = root.closest("[data-panel]");
-      if (panel) new MutationObserver(() => { if (!panel.hidden) root.chart.draw(); }).observe(panel, { attributes: true, attributeFilter: ["hidden"] });
-    });
+  function startOne(root) {
+    if (root.chart) return;
+    root.chart = new MetricChart(root);
+    // A chart on a hidden tab has no width yet: draw again when its panel shows.
+    const panel = root.closest("[data-panel]");
+    if (panel) new MutationObserver(() => { if (!panel.hidden) root.chart.draw(); }).observe(panel, { attributes: true, attributeFilter: ["hidden"] });
   }
+  function start() { document.querySelectorAll("[data-module=metric-chart]").forEach(startOne); }
   window.MLPortalCharts = { MetricChart, start };
-  document.addEventListener("DOMContentLoaded", start);
+  MLPortal.register("metric-chart", startOne);
 })();

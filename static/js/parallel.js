@@ -81,5 +81,5 @@
     draw();
   }
 
-  document.addEventListener("DOMContentLoaded", () => document.querySelectorAll("[data-module=parallel-coordinates]").forEach(start));
+  MLPortal.register("parallel-coordinates", start);
 })();

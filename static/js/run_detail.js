@@ -67,5 +67,5 @@
     if (active) MLPortal.poll(runUrl, (data) => { render(data); renderMetrics(data.metrics); return ["queued", "preparing", "running"].indexOf(data.status) < 0; });
   }
 
-  document.addEventListener("DOMContentLoaded", () => document.querySelectorAll("[data-module=run-detail]").forEach(start));
+  MLPortal.register("run-detail", start);
 })();

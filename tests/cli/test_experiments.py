@@ -40,7 +40,7 @@ print("last line", flush=True)
 
 
 @pytest.fixture
-def project_folder(cli, login, owner, workspace, celery_worker):
+def project_folder(cli, login, owner, workspace, local_runs, celery_worker):
     login(owner)
     outcome = cli("project", "create", "tiny")
     assert outcome.code == 0, outcome.err

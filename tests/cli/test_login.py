@@ -71,3 +71,29 @@ def test_the_config_file_can_be_moved_with_MLPORTAL_CONFIG(cli, login, monkeypat
 
 def test_login_without_a_token_and_nothing_piped_says_which_option_to_give(cli, portal):
     assert_one_error_line(cli("login", "--url", portal, stdin=""), contains="nothing was given for --token")
+
+
+def test_token_create_list_and_revoke(cli, login, owner, workspace):
+    login(owner)
+    made = cli("token", "create", "ci", "--expires-days", "30", "--read-only", "-o", "json")
+    assert made.code == 0, made.err
+    import json
+
+    data = json.loads(made.out)
+    assert data["token"].startswith("mlp_") and data["read_only"] is True
+    listed = cli("token", "list", "-o", "table")
+    assert listed.code == 0 and "read-only" in listed.out and "never" in listed.out
+    revoked = cli("token", "revoke", "ci")
+    assert revoked.code == 0, revoked.err
+    again = cli("token", "revoke", "ci")
+    assert again.code == 1 and "no active token" in again.err
+
+
+def test_every_create_sends_an_idempotency_key(cli, login, owner, workspace):
+    from workspaces.models import IdempotencyKey
+
+    login(owner)
+    assert cli("workspace", "create", "second").code == 0
+    assert cli("token", "create", "ci").code == 0
+    keys = IdempotencyKey.objects.filter(scope=f"user:{owner.pk}", status_code=201)
+    assert keys.count() == 2 and len(set(keys.values_list("key", flat=True))) == 2

@@ -1,22 +1,35 @@
-"""Runs as a local process in a cached virtualenv (`az ml experiment submit -c local train.py`)."""
+"""Runs as a local process in a cached virtualenv (`az ml experiment submit -c local train.py`), as
+an unprivileged user that can read none of the portal's files and reach none of its sockets."""
 
+import os
+import sys
 import tarfile
 import time
 
 import pytest
 
-from compute.runner import RunSpec, run_local
+from compute.runner import LocalSandbox, RunSpec, python_for_user, run_local
 from tests.compute.fixtures import BASE_IMAGE, WHEEL_CACHE, make_snapshot
+from tests.conftest import LOCAL_RUN_ROOT
 
 pytestmark = pytest.mark.docker  # shares the wheel cache with the engine suite
+
+RUN_UID = 61234
+
+
+def sandbox() -> LocalSandbox:
+    python = python_for_user(RUN_UID, [getattr(sys, "_base_executable", ""), "/usr/local/bin/python3", "/usr/bin/python3"])
+    assert python, "no interpreter the run user may execute on this machine"
+    return LocalSandbox(uid=RUN_UID, root=LOCAL_RUN_ROOT, python=python)
 
 
 def run(tmp_path, recorder, script: str, **spec_args):
     snapshot = make_snapshot(tmp_path / "snapshot.tar", {"train.py": script, "data/d.csv": "a,b\n"})
+    should_cancel = spec_args.pop("should_cancel", lambda: False)
     spec = RunSpec(run_id="local", snapshot=snapshot, script="train.py", args=spec_args.pop("args", []),
                    requirements=spec_args.pop("requirements", ["six"]), base_image=BASE_IMAGE, **spec_args)
-    return run_local(spec, venv_root=tmp_path.parent / "venvs", wheel_cache=WHEEL_CACHE, on_output=recorder,
-                     should_cancel=spec_args.pop("should_cancel", lambda: False), workdir=tmp_path / "work")
+    return run_local(spec, sandbox=sandbox(), wheel_cache=WHEEL_CACHE, on_output=recorder,
+                     should_cancel=should_cancel, workdir=tmp_path / "work")
 
 
 def test_a_local_run_completes_and_collects_outputs(tmp_path, recorder, monkeypatch):
@@ -78,9 +91,9 @@ print("cpus:", len(os.sched_getaffinity(0)))
 
 
 def test_a_local_run_has_no_network_and_its_cpu_share_unless_the_project_allows_network(tmp_path, recorder, listener):
-    from compute.runner import network_isolation_prefix
+    from compute.runner import isolation_prefix
 
-    assert network_isolation_prefix() is not None, "unshare must work on the test machine"
+    assert isolation_prefix() is not None, "unshare must work on the test machine (as root)"
     for name in ("closed", "open"):
         (tmp_path / name).mkdir()
     result = run(tmp_path / "closed", recorder, NETWORK_PROBE, args=[str(listener)], cpus=1.0)
@@ -95,7 +108,63 @@ def test_a_local_run_has_no_network_and_its_cpu_share_unless_the_project_allows_
 def test_a_local_run_that_needs_isolation_the_worker_cannot_give_fails_before_it_starts(tmp_path, recorder, monkeypatch):
     from compute import runner
 
-    monkeypatch.setattr(runner, "network_isolation_prefix", lambda: None)
+    monkeypatch.setattr(runner, "isolation_prefix", lambda: None)
     result = run(tmp_path, recorder, "open('started', 'w')\n")
     assert result.status == "failed" and result.exit_code is None
-    assert "cannot cut this run off the network" in result.reason and "target docker" in result.reason
+    assert "cannot isolate local runs" in result.reason and "target docker" in result.reason
+
+
+PROBE = """
+import os, socket, sys
+print("uid", os.getuid(), os.geteuid(), os.getgroups())
+for name in sys.argv[1:]:
+    try:
+        if name.endswith(".sock"):
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(name)
+                s.sendall(b"GET /_ping HTTP/1.0\\r\\n\\r\\n")
+                print("REACHED", name, s.recv(100))
+        elif os.path.isdir(name):
+            print("LISTED", name, os.listdir(name)[:3])
+        else:
+            print("READ", name, open(name, "rb").read(20))
+    except OSError as exc:
+        print("refused", name, type(exc).__name__)
+print("env", sorted(k for k in os.environ if k not in {"PATH", "HOME", "TMPDIR", "LANG", "PYTHONPATH", "VIRTUAL_ENV", "PYTHONUNBUFFERED"}))
+"""
+
+
+def test_a_local_run_cannot_read_the_portals_files_or_reach_the_docker_socket(tmp_path, recorder, monkeypatch, settings):
+    from pathlib import Path
+
+    assert os.geteuid() == 0, "this test proves the privilege drop: the worker must run as root (as CI does)"
+    data = Path(settings.DATA_DIR)
+    assert (data / "secret_key").exists() and oct(data.stat().st_mode & 0o777) == "0o700"
+    (data / "admin-password.txt").write_text("the admin password") if not (data / "admin-password.txt").exists() else None
+    config = Path.home() / ".config" / "mlportal"
+    config.mkdir(parents=True, exist_ok=True)
+    (config / "probe-config.json").write_text('{"token": "mlp_secret"}')
+    monkeypatch.setenv("SECRET_KEY", "must-not-reach-the-run")
+    targets = [str(data / "secret_key"), str(data / "admin-password.txt"), str(data), str(data / "db.sqlite3"),
+               str(config / "probe-config.json"), str(Path.home()), "/var/run/docker.sock", "/run/docker.sock",
+               "/run/postgresql/.s.PGSQL.5432", "/etc/shadow"]
+    try:
+        result = run(tmp_path, recorder, PROBE, args=targets)
+    finally:
+        (config / "probe-config.json").unlink()
+    assert result.status == "completed", recorder.text
+    assert recorder.text[0] == f"uid {RUN_UID} {RUN_UID} []"
+    assert not [line for line in recorder.text if line.startswith(("READ", "LISTED", "REACHED"))], recorder.text
+    assert len([line for line in recorder.text if line.startswith("refused")]) == len(targets)
+    assert recorder.text[-1] == "env []"
+
+
+def test_a_local_run_cannot_leave_its_own_working_copy_for_another_runs(tmp_path, recorder):
+    script = ("import os, pathlib\n"
+              "here = pathlib.Path.cwd().parent\n"
+              "others = [p for p in here.parent.iterdir() if p != here] if os.access(here.parent, os.R_OK) else 'unlistable'\n"
+              "print('others', others)\n"
+              "print('mode', oct(here.stat().st_mode & 0o777))\n")
+    result = run(tmp_path, recorder, script)
+    assert result.status == "completed", recorder.text
+    assert recorder.text == ["others unlistable", "mode 0o700"]

@@ -93,6 +93,8 @@ def test_a_mistake_in_any_step_answers_400_and_stores_nothing(owner_api, create_
     ({"environment": "nowhere"}, "environment", "Unknown environment 'nowhere'"),
     ({"cpus": 0}, "cpus", "from 0.1"),
     ({"memory_mb": 10}, "memory_mb", "from 64"),
+    ({"cpus": 256}, "cpus", "over the portal's maximum of 8 (MLPORTAL_SERVICE_MAX_CPUS)"),
+    ({"memory_mb": 1024 * 1024}, "memory_mb", "over the portal's maximum of 16384 MB"),
 ])
 def test_bad_service_settings_answer_400_naming_the_field(owner_api, create_realtime, storage_root, fields, field, says):
     response = create_realtime(owner_api, "churnpred", **fields)

@@ -61,7 +61,8 @@ def test_engine_urls_are_validated(owner_api, url, says):
     assert says in error["message"] and "engine_url" in error["fields"]
 
 
-def test_ssh_engine_urls_are_accepted(owner_api):
+def test_ssh_engine_urls_are_accepted_where_the_administrator_allows_them(owner_api, settings):
+    settings.MLPORTAL_ENGINE_SSH = True
     response = create(owner_api, "remote", engine_url="ssh://deploy@10.0.0.5")
     assert response.status_code == 201 and response.json()["engine_url"] == "ssh://deploy@10.0.0.5"
 
@@ -139,9 +140,11 @@ def test_the_list_pages_searches_and_orders(owner_api):
     assert [e["name"] for e in owner_api.get("/api/v1/environments/?search=bet").json()["results"]] == ["beta"]
 
 
-def test_a_contributor_edits_description_labels_and_engine_and_it_is_recorded(owner_api, contributor_api):
+def test_an_owner_edits_description_labels_and_engine_and_it_is_recorded(owner_api, contributor_api):
     create(owner_api, "staging", labels={"stage": "staging"})
-    response = contributor_api.patch("/api/v1/environments/staging/", {
+    refused = contributor_api.patch("/api/v1/environments/staging/", {"engine_url": "tcp://10.0.0.5:2375"}, format="json")
+    assert refused.status_code == 403  # which machines the portal talks to is the owner's choice
+    response = owner_api.patch("/api/v1/environments/staging/", {
         "description": "the team's staging host", "labels": {"stage": "staging", "owner": "ml"},
         "engine_url": "tcp://10.0.0.5:2375", "publish_address": "10.0.0.5"}, format="json")
     assert response.status_code == 200, response.json()

@@ -4,7 +4,6 @@ from __future__ import annotations
 import io
 
 import pytest
-from django.utils.html import escapejs
 
 from deployments import services
 from deployments.models import Environment, Service
@@ -35,8 +34,8 @@ def test_the_service_page_shows_steps_endpoints_usage_and_the_test_form(page_cli
     for text in ("Register model", "model.pkl:1", "Create manifest", "Build image", "Start service",
                  "http://testserver/api/v1/services/churnpred/score", "mlportal service run realtime -i churnpred -d",
                  "curl -X POST", "Authorization: Bearer &lt;service-key&gt;", 'data-testid="test-body"',
-                 'data-testid="reveal-keys"', "noadditionallines", escapejs(f"/api/v1/services/{service.pk}/keys/"),
-                 escapejs(f"/api/v1/services/{service.pk}/logs/"), escapejs(f"/api/v1/services/{service.pk}/score"),
+                 'data-testid="reveal-keys"', "noadditionallines", f'data-keys-url="/api/v1/services/{service.pk}/keys/"',
+                 f'data-logs-url="/api/v1/services/{service.pk}/logs/"', f'data-score-url="/api/v1/services/{service.pk}/score"',
                  "vendor/chart.js/chart.umd.min.js"):
         assert text in html, text
     assert service.primary_key not in html  # keys only on demand, through the keys endpoint

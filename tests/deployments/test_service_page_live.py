@@ -26,13 +26,13 @@ def test_the_test_tab_scores_the_example_through_the_portal(deploy_worker, owner
     page.click("button[data-tab=test]")
     assert '"input_df"' in page.locator("[data-testid=test-body]").input_value()
     page.click("[data-testid=test-send]")
-    page.wait_for_function("document.querySelector('[data-testid=test-status]').textContent.includes('200')")
+    page.wait_for_function("() => document.querySelector('[data-testid=test-status]').textContent.includes('200')")
     assert page.locator("[data-testid=test-response]").inner_text().strip() == '"0"'
     assert re.fullmatch(r"\d+ ms", page.locator("[data-testid=test-latency]").inner_text())
 
     page.locator("[data-testid=test-body]").fill('{"input_df": [{"age": "twelve"}]}')
     page.click("[data-testid=test-send]")
-    page.wait_for_function("document.querySelector('[data-testid=test-status]').textContent.includes('400')")
+    page.wait_for_function("() => document.querySelector('[data-testid=test-status]').textContent.includes('400')")
     assert "invalid_input" in page.locator("[data-testid=test-response]").inner_text()
 
     page.click("button[data-tab=overview]")
@@ -42,4 +42,4 @@ def test_the_test_tab_scores_the_example_through_the_portal(deploy_worker, owner
     assert page.locator("#key-secondary").inner_text() == keys["secondary"]
 
     page.click("button[data-tab=logs]")
-    page.wait_for_function("document.querySelector('[data-testid=service-logs]').textContent.includes('POST /score')")
+    page.wait_for_function("() => document.querySelector('[data-testid=service-logs]').textContent.includes('POST /score')")

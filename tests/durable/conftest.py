@@ -155,3 +155,35 @@ def workers(broker, transactional_db, tmp_path):
     pool = Workers(folder, broker.url, {"MLPORTAL_REQUEUE_AFTER_SECONDS": "5", "MLPORTAL_SWEEP_INTERVAL_SECONDS": "2"})
     yield pool
     pool.stop_all()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """small_disk(size_mb) -> a folder on a tmpfs of that size (unmounted afterwards); needs root."""
+    mounted = []
+
+    def make(size_mb: int) -> Path:
+        folder = tmp_path / f"disk-{len(mounted)}"
+        folder.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(folder)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+        mounted.append(folder)
+        return folder
+
+    yield make
+    for folder in mounted:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.fixture
+def storage_on(settings):
+    """storage_on(folder): Django's default storage (every stored file) goes to `folder`."""
+
+    def point(folder: Path) -> Path:
+        settings.STORAGES = {**settings.STORAGES, "default": {
+            "BACKEND": "workspaces.filestorage.PortalFileSystemStorage", "OPTIONS": {"location": str(folder)}}}
+        return folder
+
+    return point

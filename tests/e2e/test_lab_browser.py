@@ -18,6 +18,7 @@ import time
 import pytest
 
 from tests.e2e.conftest import REPO
+from tests.frontend.conftest import WATCH_CSP
 from workspaces import services as workspace_services
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.integration]
@@ -69,6 +70,10 @@ def new_browser_context(browser, live_server):
     def make():
         context = browser.new_context(viewport={"width": 1300, "height": 900})
         context.set_default_timeout(30_000)
+        # Every Content-Security-Policy violation in any of its pages (none may happen).
+        context.csp_violations = []
+        context.expose_binding("__mlportalCsp", lambda source, report: context.csp_violations.append(report))
+        context.add_init_script(WATCH_CSP)
         contexts.append(context)
         return context
 
@@ -325,6 +330,7 @@ def test_the_lab_clicked_through_in_a_browser_ends_with_the_service_predicting_0
     assert "churnpred" in page.locator(".blade:has-text('Services')").inner_text()
     shot(page, "01-dashboard")
     assert dialogs == []
+    assert page.context.csp_violations == []  # the whole lab ran under the policy
 
     # A member of another workspace sees none of it: empty lists, and 404 for every page of it.
     other = browser_page(outsider)

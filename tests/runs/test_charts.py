@@ -92,7 +92,7 @@ def test_the_metrics_tab_draws_every_series_to_the_last_step_and_zooms(live_serv
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(f"{live_server.url}/runs/{run.id}/#metrics")
     chart = page.locator("[data-testid=metric-chart]")
-    page.wait_for_function("document.querySelector('[data-testid=metric-chart]').dataset.state === 'drawn' && "
+    page.wait_for_function("() => document.querySelector('[data-testid=metric-chart]').dataset.state === 'drawn' && "
                            "document.querySelector('[data-testid=metric-chart]').dataset.series === '10'")
     assert chart.get_attribute("data-max-step") == "99999"
     assert page.locator("[data-testid=chart-legend] label").count() == 10
@@ -104,11 +104,11 @@ def test_the_metrics_tab_draws_every_series_to_the_last_step_and_zooms(live_serv
     page.mouse.down()
     page.mouse.move(box["x"] + box["width"] * 0.52, box["y"] + 100)
     page.mouse.up()
-    page.wait_for_function("document.querySelector('[data-testid=chart-reset]').hidden === false")
-    page.wait_for_function("document.querySelector('[data-testid=metric-chart]').dataset.state === 'drawn'")
+    page.wait_for_function("() => document.querySelector('[data-testid=chart-reset]').hidden === false")
+    page.wait_for_function("() => document.querySelector('[data-testid=metric-chart]').dataset.state === 'drawn'")
     assert "steps " in chart.inner_text() and int(chart.get_attribute("data-max-step")) < 99_999
     page.click("[data-testid=chart-reset]")
-    page.wait_for_function("document.querySelector('[data-testid=metric-chart]').dataset.maxStep === '99999'")
+    page.wait_for_function("() => document.querySelector('[data-testid=metric-chart]').dataset.maxStep === '99999'")
     assert errors == []
 
 
@@ -143,7 +143,7 @@ def test_compare_overlays_the_runs_series_and_draws_params_against_a_metric(live
     errors = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(f"{live_server.url}/runs/compare/?" + "&".join(f"ids={r.id}" for r in runs))
-    page.wait_for_function("document.querySelector('[data-testid=compare-chart]').dataset.state === 'drawn'")
+    page.wait_for_function("() => document.querySelector('[data-testid=compare-chart]').dataset.state === 'drawn'")
     assert page.locator("[data-testid=compare-chart]").get_attribute("data-series") == "3"
     assert page.locator("[data-testid=compare-chart] [data-testid=chart-legend] label").first.inner_text().startswith(f" {runs[0]}")
     assert page.locator("[data-testid=parallel-chart]").get_attribute("data-lines") == "3"

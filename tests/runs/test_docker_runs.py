@@ -193,7 +193,7 @@ def test_the_sweep_marks_a_run_lost_when_its_worker_is_killed_and_removes_its_co
 
 
 @pytest.mark.integration
-def test_a_local_run_completes_with_its_metrics(celery_worker, owner_api, lab):
+def test_a_local_run_completes_with_its_metrics(celery_worker, local_runs, owner_api, lab):
     run = wait_for_end(submit(owner_api, lab, CHURN_SCRIPT, target="local"), timeout=480)
     assert run.status == "completed", (run.status_reason, log_since(run, 0)[0][-2000:])
     assert run.image.startswith("local:")
