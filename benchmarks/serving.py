@@ -1,8 +1,9 @@
-"""Serving benchmark: MLPortal's service container against ``mlflow models serve``.
+"""Serving benchmark: MLPortal's service container against ``mlflow models serve``, MLServer and BentoML.
 
     .venv/bin/python benchmarks/serving.py [--seconds 3] [--repeats 4] [--workers 2] [--cases light,churn]
+                                           [--peers mlflow,mlserver,bentoml]
 
-Two cases, each served by both servers with the same scoring code, the same worker count and
+Two cases, each served by every server with the same model pickle, the same worker count and
 the same single core (core 0; wrk runs on core 1), single-record requests over keep-alive
 connections, at 1 and 16 connections:
 
@@ -12,23 +13,32 @@ connections, at 1 and 16 connections:
 
 MLPortal: the image ``compute.images.build_service_image`` builds on the environment image,
 started with ``compute.containers.start_service_container`` (port published on 127.0.0.1).
-MLflow 3.17, in its own venv under ``~/.cache/mlportal/bench-venvs/mlflow`` with the same
-numpy/pandas/scikit-learn: a pyfunc whose ``load_context`` calls the same ``init()`` and whose
-``predict`` calls the same ``run()``, with a signature inferred from the same record (MLflow's
-counterpart of the service schema), served with ``--env-manager local -w N``, with the TCP_NODELAY
-its uvicorn loses under ``-w > 1`` restored (see NODELAY_PATCH). Both log each request, as
-they do by default.
+The peers, each in its own venv under ``~/.cache/mlportal/bench-venvs/<peer>`` with the same
+numpy/pandas/scikit-learn, pinned (PEER_PACKAGES), installed from PyPI on first use:
+
+* MLflow 3.17: a pyfunc whose ``load_context`` calls the same ``init()`` and whose ``predict``
+  calls the same ``run()``, with a signature inferred from the same record (MLflow's
+  counterpart of the service schema), served with ``--env-manager local -w N``, with the
+  TCP_NODELAY its uvicorn loses under ``-w > 1`` restored (see NODELAY_PATCH);
+* MLServer 1.7.1 with its scikit-learn runtime (``mlserver_sklearn.SKLearnModel``) on the same
+  model.pkl: its predict is what both ``run()`` do, ``model.predict`` on the DataFrame the
+  pandas codec decodes from an OIP v2 request (one tensor per column); ``parallel_workers`` N;
+* BentoML 1.4.40: a service whose constructor calls the same ``init()`` and whose API calls the
+  same ``run()`` on a DataFrame of the posted records, ``workers`` N.
+
+Every server logs each request, as it does by default.
 
 The floor is the same ``run()`` called in-process (pinned to core 0) on an input prepared once.
 Overhead is what a server adds above it: at 1 connection the median latency minus the floor;
 at 16 (the server core saturated) the core time per request, 1/throughput, minus the floor.
-Both servers run side by side (one idles while wrk loads the other) and wrk alternates between
-them, so both meet the same background load of this shared machine; each figure is its best
-over ``--repeats`` runs (others' work only ever slows a run down): highest throughput, lowest
-latencies.
+All servers run side by side (the others idle while wrk loads one) and wrk goes round them, so
+all meet the same background load of this shared machine; each figure is its best over
+``--repeats`` runs (others' work only ever slows a run down): highest throughput, lowest latencies.
 
-Prints a table, then the goal checks, and ends with one line per case and connection count:
-``light c=16 throughput_ratio=3.4 p99_ratio=0.21 overhead_ratio=0.12`` (ours / MLflow's).
+Prints a table, then the goal checks (issue 5's against MLflow, issue 13's against the best
+peer: figure by figure, the highest throughput and the lowest p99 and overhead of the three),
+and ends with one line per case, peer (and ``best``) and connection count:
+``light best c=16 throughput_ratio=3.4 p99_ratio=0.21 overhead_ratio=0.12`` (ours / theirs).
 """
 
 from __future__ import annotations
@@ -50,15 +60,35 @@ from urllib.parse import urlsplit
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
 
+VENVS = Path(os.environ.get("MLPORTAL_BENCH_VENVS", "~/.cache/mlportal/bench-venvs")).expanduser()
 MLFLOW_VERSION = "3.17.*"
-MLFLOW_VENV = Path(os.environ.get("MLPORTAL_BENCH_VENVS", "~/.cache/mlportal/bench-venvs")).expanduser() / "mlflow"
+MLFLOW_VENV = VENVS / "mlflow"
+# Each peer in its own venv, pinned like MLflow (plus this venv's numpy/pandas/scikit-learn).
+# uvloop 0.22 made asyncio.get_event_loop() raise outside a running loop, which kills every
+# MLServer 1.7.1 inference worker at start: the pin keeps the last uvloop it works with.
+PEER_PACKAGES = {
+    "mlflow": (f"mlflow=={MLFLOW_VERSION}",),
+    "mlserver": ("mlserver==1.7.1", "mlserver-sklearn==1.7.1", "uvloop<0.22"),
+    "bentoml": ("bentoml==1.4.40",),
+}
+PEER_DISTRIBUTION = {"mlflow": "mlflow", "mlserver": "mlserver", "bentoml": "bentoml"}
+PEERS = tuple(PEER_PACKAGES)
+PEER_TITLES = {"mlflow": "MLflow", "mlserver": "MLServer", "bentoml": "BentoML", "best": "best peer"}
 CONNECTIONS = (1, 16)
 CASES = ("light", "churn")
 
-# Goals of issue 5, per case: (throughput ratio at least, p99 ratio at most, overhead ratio at most).
+# Goals per case and peer ("best": the best of the three at each figure, the highest throughput
+# and the lowest p99 and overhead, each maybe from another peer): (op, bound) per ratio.
+# Issue 5's goals against MLflow stay; issue 13's are against the best peer.
 GOALS = {
-    "light": {"throughput_ratio": (">=", 3.0), "p99_ratio": ("<=", 1 / 3), "overhead_ratio": ("<=", 0.2)},
-    "churn": {"throughput_ratio": (">=", 1.5), "overhead_ratio": ("<=", 0.2)},
+    "light": {
+        "mlflow": {"throughput_ratio": (">=", 3.0), "p99_ratio": ("<=", 1 / 3), "overhead_ratio": ("<=", 0.2)},
+        "best": {"throughput_ratio": (">=", 2.0), "p99_ratio": ("<=", 0.5)},
+    },
+    "churn": {
+        "mlflow": {"throughput_ratio": (">=", 1.5), "overhead_ratio": ("<=", 0.2)},
+        "best": {"throughput_ratio": (">=", 1.5)},
+    },
 }
 
 # The MLflow side: "models from code", so the wrapper is imported, not unpickled.
@@ -109,6 +139,41 @@ mlflow.pyfunc.save_model(model_dir, python_model=wrapper, artifacts={"app": app_
 
 
 PREPARE = common.PREPARE
+
+# The BentoML side: a service whose constructor calls the same init() and whose one API calls
+# the same run() on a DataFrame of the posted records (as MLflow's pyfunc gets them).
+BENTO_SERVICE = '''\
+"""A BentoML service around a score.py: __init__ calls init(), predict calls run()."""
+
+import importlib.util
+import inspect
+import os
+import sys
+import typing
+
+import bentoml
+import pandas as pd
+
+APP = os.environ["BENCH_APP_DIR"]
+
+
+@bentoml.service(workers=int(os.environ.get("BENCH_WORKERS", "2")))
+class Score:
+    def __init__(self) -> None:
+        os.chdir(APP)  # score.py loads model.pkl from the working directory, as in our image
+        sys.path.insert(0, APP)
+        spec = importlib.util.spec_from_file_location("score", os.path.join(APP, "score.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["score"] = module
+        spec.loader.exec_module(module)
+        module.init()
+        self._run = module.run
+        self._arg = next(iter(inspect.signature(module.run).parameters))
+
+    @bentoml.api
+    def predict(self, records: list[dict]) -> typing.Any:
+        return self._run(**{self._arg: pd.DataFrame(records)})
+'''
 
 
 # --------------------------------------------------------------------------------------------
@@ -223,39 +288,65 @@ def best_of(runs: list[dict]) -> dict:
     return best
 
 
-def same_answer(ours: str, mlflow: str) -> bool:
-    """True when MLflow's ``{"predictions": ...}`` carries what our /score answered (run() may
-    return JSON text, which MLflow passes on as a string)."""
-    theirs = json.loads(mlflow).get("predictions")
-    if isinstance(theirs, str):
-        with contextlib.suppress(ValueError):
-            theirs = json.loads(theirs)
-    return json.loads(ours) == theirs
+def predictions(value) -> list[str]:
+    """Returns the predictions an answer carries, as strings: ours (what run() returned, maybe
+    as JSON text), MLflow's ``{"predictions": ...}``, an OIP ``{"outputs": [{"data": ...}]}``
+    (MLServer), or BentoML's (run()'s value again)."""
+    while isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            break
+    if isinstance(value, dict) and "predictions" in value:
+        return predictions(value["predictions"])
+    if isinstance(value, dict) and value.get("outputs"):
+        return predictions(value["outputs"][0].get("data"))
+    if not isinstance(value, list):
+        value = [value]
+    return [str(item) for item in value]
+
+
+def same_answer(ours: str, theirs: str) -> bool:
+    """True when a peer's answer carries the predictions our /score answered."""
+    return predictions(ours) == predictions(theirs)
+
+
+def peer_python(peer: str) -> Path:
+    return VENVS / peer / "bin" / "python"
 
 
 def mlflow_python() -> Path:
-    return MLFLOW_VENV / "bin" / "python"
+    return peer_python("mlflow")
 
 
-def ensure_mlflow_venv() -> None:
-    """Creates the MLflow venv (never this project's venv) with the pinned scikit-learn stack."""
+def ensure_peer_venv(peer: str) -> None:
+    """Creates or completes ``peer``'s venv under the user's cache (never this project's venv)
+    with its pinned packages and this venv's numpy/pandas/scikit-learn; returns at once when it
+    already holds those versions."""
     wanted = common.pinned_requirements()
-    check = ("import mlflow, numpy, pandas, sklearn; "
-             "print(numpy.__version__, pandas.__version__, sklearn.__version__, mlflow.__version__)")
-    python = mlflow_python()
+    distribution = PEER_DISTRIBUTION[peer]
+    pinned = PEER_PACKAGES[peer][0].split("==", 1)[1].rstrip("*")
+    check = ("import importlib.metadata as m; "
+             f"print(' '.join(m.version(d) for d in ('numpy', 'pandas', 'scikit-learn', {distribution!r})))")
+    python = peer_python(peer)
     if python.exists():
         done = subprocess.run([str(python), "-c", check], capture_output=True, text=True, timeout=120)
         versions = done.stdout.split()
         if done.returncode == 0 and versions[:3] == [r.split("==")[1] for r in wanted] \
-                and versions[3].startswith(MLFLOW_VERSION.rstrip("*")):
+                and versions[3].startswith(pinned):
             return
-    common.log(f"installing mlflow {MLFLOW_VERSION} with {', '.join(wanted)} into {MLFLOW_VENV} (once)")
-    if not python.exists():  # other benchmarks share this venv: add to it, never wipe it
-        MLFLOW_VENV.parent.mkdir(parents=True, exist_ok=True)
+    venv = VENVS / peer
+    common.log(f"installing {' '.join(PEER_PACKAGES[peer])} with {', '.join(wanted)} into {venv} (once)")
+    if not python.exists():  # other benchmarks share these venvs: add to them, never wipe them
+        venv.parent.mkdir(parents=True, exist_ok=True)
         base_python = Path(sys.base_prefix) / "bin" / "python3"
-        subprocess.run([str(base_python), "-m", "venv", str(MLFLOW_VENV)], check=True, timeout=300)
+        subprocess.run([str(base_python), "-m", "venv", str(venv)], check=True, timeout=300)
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                    f"mlflow=={MLFLOW_VERSION}", *wanted], check=True, timeout=1800)
+                    *PEER_PACKAGES[peer], *wanted], check=True, timeout=1800)
+
+
+def ensure_mlflow_venv() -> None:
+    ensure_peer_venv("mlflow")
 
 
 # uvicorn --workers N (N > 1) binds the listener with proto 0, and asyncio turns TCP_NODELAY on
@@ -357,6 +448,78 @@ def stop_group(process: subprocess.Popen, grace_s: float = 15.0) -> None:
             deadline = time.monotonic() + 5
 
 
+@contextlib.contextmanager
+def peer_process(name: str, command: list[str], *, work: Path, env: dict[str, str], port: int,
+                 ready_path: str) -> Iterator[int]:
+    """Runs a peer server's ``command`` in its own process group until ``ready_path`` answers
+    200 on ``port``; yields the port; always stops the whole group."""
+    log_path = work / f"{name}.log"
+    log_file = log_path.open("wb")
+    process = subprocess.Popen(command, cwd=work, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    try:
+        try:
+            common.wait_http("127.0.0.1", port, ready_path, timeout_s=300, alive=lambda: process.poll() is None)
+        except RuntimeError as exc:
+            log_file.flush()
+            raise RuntimeError(f"{exc}\n{log_path.read_text(errors='replace')[-800:]}") from None
+        yield port
+    finally:
+        stop_group(process)
+        log_file.close()
+
+
+def mlserver_request(record: dict) -> bytes:
+    """An OIP v2 request of one record, one tensor per column, decoded by MLServer's pandas codec."""
+    inputs = []
+    for column, value in record.items():
+        if isinstance(value, str):
+            inputs.append({"name": column, "shape": [1], "datatype": "BYTES", "data": [value],
+                           "parameters": {"content_type": "str"}})
+        else:
+            datatype = "BOOL" if isinstance(value, bool) else "INT64" if isinstance(value, int) else "FP64"
+            inputs.append({"name": column, "shape": [1], "datatype": datatype, "data": [value]})
+    return json.dumps({"parameters": {"content_type": "pd"}, "inputs": inputs}).encode()
+
+
+@contextlib.contextmanager
+def mlserver_server(case: str, app: Path, work: Path, *, workers: int, cpu: int) -> Iterator[str]:
+    """Runs ``mlserver start`` with its scikit-learn runtime (``mlserver_sklearn.SKLearnModel``,
+    whose predict is what both run()s do: ``model.predict`` on the DataFrame) on the same
+    model.pkl, ``parallel_workers`` = our worker count, on core ``cpu``; yields the infer URL."""
+    folder = work / f"mlserver-{case}"
+    folder.mkdir()
+    shutil.copy(app / "model.pkl", folder / "model.pkl")
+    port, grpc_port, metrics_port = common.free_port(), common.free_port(), common.free_port()
+    (folder / "settings.json").write_text(json.dumps({
+        "host": "127.0.0.1", "http_port": port, "grpc_port": grpc_port, "metrics_port": metrics_port,
+        "parallel_workers": workers}))
+    (folder / "model-settings.json").write_text(json.dumps({
+        "name": case, "implementation": "mlserver_sklearn.SKLearnModel", "parameters": {"uri": "./model.pkl"}}))
+    command = ["taskset", "-c", str(cpu), str(VENVS / "mlserver" / "bin" / "mlserver"), "start", str(folder)]
+    env = {**os.environ, "PATH": f"{VENVS / 'mlserver' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
+    with peer_process(f"mlserver-{case}", command, work=work, env=env, port=port,
+                      ready_path=f"/v2/models/{case}/ready") as ready:
+        yield f"http://127.0.0.1:{ready}/v2/models/{case}/infer"
+
+
+@contextlib.contextmanager
+def bentoml_server(case: str, app: Path, work: Path, *, workers: int, cpu: int) -> Iterator[str]:
+    """Runs ``bentoml serve`` of BENTO_SERVICE (the same init() and run()) with ``workers``
+    workers on core ``cpu``; yields the predict URL."""
+    folder = work / f"bentoml-{case}"
+    folder.mkdir()
+    (folder / "service.py").write_text(BENTO_SERVICE)
+    port = common.free_port()
+    command = ["taskset", "-c", str(cpu), str(VENVS / "bentoml" / "bin" / "bentoml"), "serve", "service:Score",
+               "--host", "127.0.0.1", "--port", str(port)]
+    env = {**os.environ, "PATH": f"{VENVS / 'bentoml' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+           "BENCH_APP_DIR": str(app), "BENCH_WORKERS": str(workers), "BENTOML_DO_NOT_TRACK": "True",
+           "BENTOML_HOME": str(folder / "home"), "PYTHONPATH": str(folder)}
+    with peer_process(f"bentoml-{case}", command, work=folder, env=env, port=port, ready_path="/readyz") as ready:
+        yield f"http://127.0.0.1:{ready}/predict"
+
+
 # --------------------------------------------------------------------------------------------
 # Figures and report
 # --------------------------------------------------------------------------------------------
@@ -370,20 +533,33 @@ def overhead_ms(figures: dict, connections: int, floor_ms: float) -> float:
     return 1000.0 / figures["rps"] - floor_ms
 
 
-def ratios(result: dict, connections: int) -> dict[str, float]:
-    ours, theirs = result["ours"]["load"][connections], result["mlflow"]["load"][connections]
+def peers_of(result: dict) -> list[str]:
+    return [peer for peer in PEERS if peer in result]
+
+
+def ratios(result: dict, connections: int, against: str = "mlflow") -> dict[str, float]:
+    """ours / theirs for ``against`` (a peer, or "best": the best peer figure by figure)."""
+    ours = result["ours"]["load"][connections]
     floor = result["floor"]["run_ms"]
+    if against == "best":
+        loads = [result[peer]["load"][connections] for peer in peers_of(result)]
+        rps = max(load["rps"] for load in loads)
+        p99 = min(load["p99"] for load in loads)
+        overhead = min(overhead_ms(load, connections, floor) for load in loads)
+    else:
+        theirs = result[against]["load"][connections]
+        rps, p99, overhead = theirs["rps"], theirs["p99"], overhead_ms(theirs, connections, floor)
     return {
-        "throughput_ratio": common.ratio(ours["rps"], theirs["rps"]),
-        "p99_ratio": common.ratio(ours["p99"], theirs["p99"]),
-        "overhead_ratio": common.ratio(overhead_ms(ours, connections, floor), overhead_ms(theirs, connections, floor)),
+        "throughput_ratio": common.ratio(ours["rps"], rps),
+        "p99_ratio": common.ratio(ours["p99"], p99),
+        "overhead_ratio": common.ratio(overhead_ms(ours, connections, floor), overhead),
     }
 
 
-def goal_verdicts(case: str, values: dict[str, float]) -> list[str]:
-    """Returns 'key=value (goal >= x): met|MISSED' for each goal of ``case``."""
+def goal_verdicts(case: str, values: dict[str, float], against: str = "mlflow") -> list[str]:
+    """Returns 'key=value (goal >= x): met|MISSED' for each goal of ``case`` against ``against``."""
     verdicts = []
-    for key, (op, bound) in GOALS.get(case, {}).items():
+    for key, (op, bound) in GOALS.get(case, {}).get(against, {}).items():
         value = values[key]
         met = value >= bound if op == ">=" else value <= bound
         verdict = "met" if met else "MISSED"
@@ -398,24 +574,30 @@ def report(results: dict, workers: int) -> list[str]:
         f"MLflow {'as shipped' if results['mlflow_as_shipped'] else 'with TCP_NODELAY restored (uvicorn#3149)'}; "
         f"load average at start {results['loadavg']}",
     ]
-    header = (f"{'case':<6} {'server':<8} {'c':>3} {'req/s':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
+    header = (f"{'case':<6} {'server':<9} {'c':>3} {'req/s':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
               f"{'overhead ms':>12}")
     for case, result in results["cases"].items():
         floor = result["floor"]
         lines.append(f"{case}: floor run() {floor['run_ms']:.3f} ms in-process; request path (json + schema) "
                      f"{floor['request_path_ms']:.3f} ms")
         lines.append(header)
-        for server in ("ours", "mlflow"):
+        for server in ("ours", *peers_of(result)):
             for c, fig in result[server]["load"].items():
-                lines.append(f"{case:<6} {server:<8} {c:>3} {fig['rps']:>8.0f} {fig['p50']:>8.2f} {fig['p90']:>8.2f} "
+                lines.append(f"{case:<6} {server:<9} {c:>3} {fig['rps']:>8.0f} {fig['p50']:>8.2f} {fig['p90']:>8.2f} "
                              f"{fig['p99']:>8.2f} {overhead_ms(fig, c, floor['run_ms']):>12.3f}")
     lines.append("goals:")
     for case, result in results["cases"].items():
-        for c in CONNECTIONS:
-            lines.append(f"  {case} c={c}: " + "; ".join(goal_verdicts(case, ratios(result, c))))
+        for against in ("mlflow", "best"):
+            if against != "best" and against not in result:
+                continue
+            for c in CONNECTIONS:
+                verdicts = goal_verdicts(case, ratios(result, c, against), against)
+                if verdicts:
+                    lines.append(f"  {case} c={c} vs {PEER_TITLES[against]}: " + "; ".join(verdicts))
     for case, result in results["cases"].items():
-        for c in CONNECTIONS:
-            lines.append(common.ratio_line(f"{case} c={c}", **ratios(result, c)))
+        for against in (*peers_of(result), "best"):
+            for c in CONNECTIONS:
+                lines.append(common.ratio_line(f"{case} {against} c={c}", **ratios(result, c, against)))
     return lines
 
 
@@ -426,6 +608,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of 16-connection load before measuring")
     parser.add_argument("--workers", type=int, default=2, help="worker processes of each server")
     parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--peers", default=",".join(PEERS), help=f"peers to measure (of {', '.join(PEERS)})")
     parser.add_argument("--mlflow-as-shipped", action="store_true",
                         help="leave out the TCP_NODELAY fix for uvicorn#3149 (MLflow -w > 1 then pays ~40 ms a request)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
@@ -439,8 +622,13 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown case {unknown[0]!r}; choose from {', '.join(CASES)}")
 
+    peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    if not peers or any(p not in PEERS for p in peers):
+        parser.error(f"--peers takes some of {', '.join(PEERS)}")
+
     server_cpu, load_cpu = common.server_and_load_cpus()
-    ensure_mlflow_venv()
+    for peer in peers:
+        ensure_peer_venv(peer)
     common.log("preparing the environment image (built once per requirement set)")
     env_image = common.env_image()
     results: dict = {"server_cpu": server_cpu, "load_cpu": load_cpu, "seconds": args.seconds, "repeats": args.repeats,
@@ -454,22 +642,33 @@ def main(argv: list[str] | None = None) -> int:
             body = json.dumps({input_name: [record]}).encode()
             result: dict = {"floor": measure_floor(app, body, server_cpu)}
             common.log(f"{case}: floor {result['floor']['run_ms']:.3f} ms")
-            model_dir = save_mlflow_model(case, app, record, work)
-            mlflow_body = json.dumps({"dataframe_records": [record]}).encode()
-            with our_server(case, app, env_image=env_image, workers=args.workers, cpu=server_cpu) as ours_url, \
-                    mlflow_server(model_dir, work, workers=args.workers, cpu=server_cpu,
-                                  as_shipped=args.mlflow_as_shipped) as mlflow_port:
-                mlflow_url = f"http://127.0.0.1:{mlflow_port}/invocations"
-                result["ours"] = {"answer": answer(ours_url, body)}
-                result["mlflow"] = {"answer": answer(mlflow_url, mlflow_body)}
-                common.log(f"{case}: ours answers {result['ours']['answer'][:60]}, MLflow "
-                           f"{result['mlflow']['answer'][:60]}; loading both in turn")
-                figures = load_both({"ours": (ours_url, body), "mlflow": (mlflow_url, mlflow_body)},
-                                    seconds=args.seconds, warmup=args.warmup, repeats=args.repeats, load_cpu=load_cpu)
-            result["ours"]["load"], result["mlflow"]["load"] = figures["ours"], figures["mlflow"]
-            if not same_answer(result["ours"]["answer"], result["mlflow"]["answer"]):
-                raise RuntimeError(f"{case}: the servers disagree: ours {result['ours']['answer']!r}, "
-                                   f"MLflow {result['mlflow']['answer']!r}")
+            with contextlib.ExitStack() as stack:
+                targets = {"ours": (stack.enter_context(our_server(case, app, env_image=env_image, workers=args.workers,
+                                                                     cpu=server_cpu)), body)}
+                if "mlflow" in peers:
+                    model_dir = save_mlflow_model(case, app, record, work)
+                    port = stack.enter_context(mlflow_server(model_dir, work, workers=args.workers, cpu=server_cpu,
+                                                             as_shipped=args.mlflow_as_shipped))
+                    targets["mlflow"] = (f"http://127.0.0.1:{port}/invocations",
+                                         json.dumps({"dataframe_records": [record]}).encode())
+                if "mlserver" in peers:
+                    targets["mlserver"] = (stack.enter_context(mlserver_server(case, app, work, workers=args.workers,
+                                                                               cpu=server_cpu)), mlserver_request(record))
+                if "bentoml" in peers:
+                    targets["bentoml"] = (stack.enter_context(bentoml_server(case, app, work, workers=args.workers,
+                                                                             cpu=server_cpu)),
+                                          json.dumps({"records": [record]}).encode())
+                for name, (url, payload) in targets.items():
+                    result[name] = {"answer": answer(url, payload)}
+                    common.log(f"{case}: {name} answers {result[name]['answer'][:70]}")
+                common.log(f"{case}: loading {', '.join(targets)} in turn")
+                figures = load_both(targets, seconds=args.seconds, warmup=args.warmup, repeats=args.repeats,
+                                    load_cpu=load_cpu)
+            for name in targets:
+                result[name]["load"] = figures[name]
+                if name != "ours" and not same_answer(result["ours"]["answer"], result[name]["answer"]):
+                    raise RuntimeError(f"{case}: the servers disagree: ours {result['ours']['answer']!r}, "
+                                       f"{name} {result[name]['answer']!r}")
             results["cases"][case] = result
     finally:
         shutil.rmtree(work, ignore_errors=True)

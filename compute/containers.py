@@ -11,9 +11,11 @@ import time
 
 import docker.errors
 
-from compute.engine import LABEL_ID, LABEL_KIND, LABEL_REPLICA, EngineError, connect
+from compute.engine import LABEL_ID, LABEL_KIND, LABEL_REPLICA, EngineError, connect, container_log_config
 from compute.envimage import check_image_ref
 from compute.images import SERVICE_PORT
+from compute.network import SERVICE_NETWORK, ensure_network
+from mlportal_runtime.logsafe import escape_controls
 
 PORT_KEY = f"{SERVICE_PORT}/tcp"
 
@@ -27,8 +29,11 @@ def start_service_container(*, image: str, service_id: str, replica: int, name: 
     the host port the engine assigned to 5001/tcp. Labels ``mlportal.kind=service`` (a caller
     may pass another kind, e.g. ``bench``, to keep the container out of the reconciler's view),
     ``mlportal.id=<service_id>``, ``mlportal.replica=<n>``; no restart policy (the portal's
-    reconciler restarts). Raises EngineError (a name already in use, a missing image...)."""
+    reconciler restarts). The replica joins the ``mlportal-services`` network, where no container
+    reaches another and none reaches the host's services (see compute.network); its log rotates
+    (engine.container_log_config). Raises EngineError (a name already in use, a missing image...)."""
     check_image_ref(image)
+    network = ensure_network(SERVICE_NETWORK, base_url=base_url)
     all_labels = {LABEL_KIND: "service", **(labels or {}), LABEL_ID: str(service_id),
                   LABEL_REPLICA: str(replica)}
     with connect(base_url) as client:
@@ -46,6 +51,8 @@ def start_service_container(*, image: str, service_id: str, replica: int, name: 
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
             restart_policy={"Name": "no"},
+            network=network,
+            log_config=container_log_config(),
         )
         try:
             container.reload()
@@ -116,13 +123,14 @@ def stop_container(container_id: str, *, base_url: str | None = None, timeout: i
 
 
 def container_logs(container_id: str, *, tail: int = 200, base_url: str | None = None) -> str:
-    """Returns the last ``tail`` lines of a container's stdout and stderr ("" when it is gone)."""
+    """Returns the last ``tail`` lines of a container's stdout and stderr ("" when it is gone),
+    control characters escaped (what the container printed may be hostile: see logsafe)."""
     with connect(base_url) as client:
         try:
             raw = client.api.logs(container_id, stdout=True, stderr=True, tail=tail)
         except docker.errors.NotFound:
             return ""
-    return raw.decode("utf-8", "replace")
+    return escape_controls(raw.decode("utf-8", "replace"))
 
 
 def container_state(container_id: str, *, base_url: str | None = None) -> dict | None:

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 
 import docker
 import docker.errors
+import docker.types
 import requests.exceptions
 import urllib3.exceptions
 
@@ -24,6 +25,16 @@ LABEL_REPLICA = "mlportal.replica"
 LABEL_PORTAL = "mlportal.portal"  # which portal installation started a container: sweeps touch only their own
 
 DEFAULT_ENGINE_URL = "unix:///var/run/docker.sock"
+
+# Every container MLPortal starts keeps at most 3 log files of 10 MB (json-file, the driver the
+# logs API reads): a chatty run() or a flood of access-log lines cannot fill the engine's disk.
+LOG_MAX_SIZE = os.environ.get("MLPORTAL_CONTAINER_LOG_MAX_SIZE", "10m")
+LOG_MAX_FILES = os.environ.get("MLPORTAL_CONTAINER_LOG_MAX_FILES", "3")
+
+
+def container_log_config() -> docker.types.LogConfig:
+    """Returns the rotated json-file log configuration of MLPortal's service and run containers."""
+    return docker.types.LogConfig(type="json-file", config={"max-size": LOG_MAX_SIZE, "max-file": LOG_MAX_FILES})
 
 
 class EngineError(Exception):

@@ -29,6 +29,9 @@ from compute.wheels import SourceBuild, ensure_wheels, file_lock, normalise_requ
 
 ENV_REPOSITORY = "mlportal-env"
 RUNTIME_PACKAGES = ("mlportal_runtime", "azureml")
+# What the runtime packages import beyond the standard library, installed into every
+# environment's venv with the project's own requirements (the scoring server's HTTP framing).
+RUNTIME_REQUIREMENTS = ("httptools>=0.6.4,<1",)
 RUNTIME_DIR = "/opt/mlportal/lib"
 RUN_USER = "mlportal"
 RUN_UID = 1000
@@ -78,6 +81,11 @@ def check_image_ref(ref: str) -> str:
     return ref
 
 
+def with_runtime_requirements(requirements: list[str]) -> list[str]:
+    """Returns ``requirements`` normalised, with the runtime's own (RUNTIME_REQUIREMENTS) added."""
+    return normalise_requirements([*requirements, *RUNTIME_REQUIREMENTS])
+
+
 def runtime_package_dirs() -> list[Path]:
     """Returns the folders of the runtime packages that every image carries; raises BuildError
     when one is missing from this installation."""
@@ -116,7 +124,7 @@ def env_image_tag(*, base_image: str, requirements: list[str], base_url: str | N
     Asks the engine for the base image's id (EngineError when unreachable); RequirementsError
     for a malformed requirement; ValueError for a malformed base image name."""
     check_image_ref(base_image)
-    reqs = normalise_requirements(requirements)
+    reqs = with_runtime_requirements(requirements)
     digest = hashlib.sha256()
     for part in (_base_image_identity(base_image, base_url), "\n".join(reqs),
                  _runtime_digest(runtime_package_dirs()), DOCKERFILE):
@@ -150,7 +158,7 @@ def ensure_env_image(*, base_image: str, requirements: list[str], wheel_cache: P
     RequirementsError (a BuildError) for requirements pip cannot find, BuildError for a failed
     build, EngineError for engine failures."""
     check_image_ref(base_image)
-    reqs = normalise_requirements(requirements)
+    reqs = with_runtime_requirements(requirements)
     tag = env_image_tag(base_image=base_image, requirements=reqs, base_url=base_url)
     if image_id(tag, base_url=base_url):
         log(f"environment image {tag} is ready (reused)")

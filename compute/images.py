@@ -89,6 +89,16 @@ def remove_image(tag_or_id: str, *, base_url: str | None = None) -> bool:
     return True
 
 
+def prune_dangling(*, label: str, value: str, base_url: str | None = None) -> tuple[int, int]:
+    """Removes dangling (untagged) images labelled ``label=value`` (the layers a rebuild of a tag
+    left behind, of one portal), never anyone else's; returns (images removed, bytes reclaimed)."""
+    if not label or not value:
+        raise ValueError("prune_dangling needs a label and a value: it never prunes every dangling image")
+    with connect(base_url, timeout=300) as client:
+        result = client.images.prune(filters={"dangling": True, "label": f"{label}={value}"})
+    return len(result.get("ImagesDeleted") or []), int(result.get("SpaceReclaimed") or 0)
+
+
 def image_exists(tag: str, *, base_url: str | None = None) -> bool:
     """True when the engine has an image with this tag or id."""
     return image_id(tag, base_url=base_url) is not None

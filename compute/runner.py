@@ -39,9 +39,11 @@ from compute.engine import (
     LABEL_PORTAL,
     BuildError,
     connect,
+    container_log_config,
     engine_errors,
 )
 from compute.envimage import RUN_UID, RUN_USER, ensure_env_image, runtime_package_dirs, runtime_site_file
+from compute.network import RUN_NETWORK, ensure_network
 from compute.wheels import ensure_wheels, file_lock, normalise_requirements, offline_pip_env
 
 logger = logging.getLogger(__name__)
@@ -318,7 +320,10 @@ def run_in_docker(spec: RunSpec, *, wheel_cache: Path, on_output: Callable[[str]
                 memswap_limit=f"{spec.memory_mb}m",
                 nano_cpus=int(spec.cpus * 1e9),
                 pids_limit=spec.pids,
-                network_mode="bridge" if spec.network else "none",
+                # A run the project lets use the network gets the isolated runs bridge: it
+                # reaches the internet, never another container or the host's services.
+                network_mode=ensure_network(RUN_NETWORK, base_url=base_url) if spec.network else "none",
+                log_config=container_log_config(),
                 tmpfs={"/tmp": f"size={spec.tmp_mb}m,mode=1777"} if spec.tmp_mb else None,
                 cap_drop=["ALL"],
                 security_opt=["no-new-privileges"],
@@ -441,6 +446,40 @@ def _stream_outputs(client, container_id: str, *, store: StoreOutput,
         return files, total
     finally:
         response.close()
+
+
+def _store_directory(root: Path, *, store: StoreOutput, max_bytes: int | None) -> tuple[int, int]:
+    """Hands the regular files under ``root`` (symlinks left out, never followed) to ``store``;
+    returns (files, bytes). Raises OutputsOverCap before storing anything when their total is
+    over ``max_bytes``, DiskFull when ``store`` hits a full disk."""
+    if not root.is_dir() or root.is_symlink():
+        return 0, 0
+    found: list[tuple[str, Path, int]] = []
+    for folder, dirs, names in os.walk(root):  # does not descend into symlinked folders
+        dirs.sort()
+        for name in sorted(names):
+            path = Path(folder) / name
+            if path.is_symlink() or not path.is_file():
+                continue
+            found.append((path.relative_to(root).as_posix(), path, path.stat().st_size))
+    total = sum(size for _, _, size in found)
+    if max_bytes is not None and total > max_bytes:
+        raise OutputsOverCap(f"its outputs are over the cap of {_mib(max_bytes)} ({_mib(total)}): "
+                             "write less under outputs/, or raise the project's outputs cap")
+    for rel, path, size in found:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:  # replaced by a symlink or removed since: not an output
+            continue
+        with os.fdopen(fd, "rb") as handle:
+            try:
+                store(rel, size, handle)
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    raise DiskFull(f"disk full: the portal's storage has no room for its outputs "
+                                   f"(at {rel}); free space or ask an operator") from exc
+                raise
+    return len(found), total
 
 
 def _copy_outputs(client, container_id: str, dest: Path) -> Path | None:
@@ -679,7 +718,7 @@ def _chown_tree(root: Path, uid: int) -> None:
 
 def run_local(spec: RunSpec, *, sandbox: LocalSandbox, wheel_cache: Path,
               on_output: Callable[[str], None], should_cancel: Callable[[], bool],
-              workdir: Path) -> RunResult:
+              workdir: Path, store_output: StoreOutput | None = None) -> RunResult:
     """Runs ``spec`` as a local process of ``sandbox.uid`` in a cached virtualenv and returns the result.
 
     The snapshot is extracted into a private working copy under ``sandbox.root`` (0700, owned by
@@ -689,7 +728,9 @@ def run_local(spec: RunSpec, *, sandbox: LocalSandbox, wheel_cache: Path,
     namespaces of its own with /run hidden, unless ``network`` (then the host's network, /run
     still hidden); an address-space limit of ``memory_mb``, at most ``pids`` processes of its uid,
     and at most ``ceil(cpus)`` CPUs. A worker that cannot provide this (not root, no unshare) fails
-    the run before it starts, saying so. Raises ValueError for an unusable spec."""
+    the run before it starts, saying so. With ``store_output``, the files under ``outputs/`` go to
+    it one by one instead of into a tar (the same cap and "disk full" ends as ``run_in_docker``;
+    the cap is checked before anything is stored). Raises ValueError for an unusable spec."""
     _check_spec(spec)
     isolation = isolation_prefix()
     if isolation is None:
@@ -773,8 +814,16 @@ def run_local(spec: RunSpec, *, sandbox: LocalSandbox, wheel_cache: Path,
                 thread.join(timeout=5)
         exit_code = proc.returncode
         oom = exit_code != 0 and any("MemoryError" in line for line in tail)
-        outputs = _archive.tar_directory(project / "outputs", workdir / "outputs.tar")
-        return _result_for(verdict, exit_code=exit_code, oom=oom, memory_mb=spec.memory_mb,
-                           timeout_s=spec.timeout_s, outputs=outputs, image=image)
+        if store_output is None:
+            outputs = _archive.tar_directory(project / "outputs", workdir / "outputs.tar")
+            return _result_for(verdict, exit_code=exit_code, oom=oom, memory_mb=spec.memory_mb,
+                               timeout_s=spec.timeout_s, outputs=outputs, image=image)
+        result = _result_for(verdict, exit_code=exit_code, oom=oom, memory_mb=spec.memory_mb,
+                             timeout_s=spec.timeout_s, outputs=None, image=image)
+        try:
+            _store_directory(project / "outputs", store=store_output, max_bytes=spec.outputs_max_bytes)
+        except (OutputsOverCap, DiskFull) as exc:
+            return RunResult("failed", exit_code, str(exc), oom, None, image, outputs_failed=True)
+        return result
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -20,6 +20,7 @@ from core.api_base import CreateListRetrieveDestroyViewSet, workspace_from_reque
 from core.errors import NotFound, PortalError, error_body
 from deployments import proxy, selectors, services
 from deployments.models import Environment, Service, ServiceEvent, ServiceRevision
+from registry.model_scan import parse_flag
 from workspaces.models import Role
 
 # --- environments ---------------------------------------------------------------------------------
@@ -247,7 +248,7 @@ RealtimeSerializer = inline_serializer("ServiceCreateRealtime", {
     "runtime": serializers.CharField(required=False), "model_name": serializers.CharField(required=False),
     "environment": serializers.CharField(required=False), "replicas": serializers.IntegerField(required=False),
     "cpus": serializers.FloatField(required=False), "memory_mb": serializers.IntegerField(required=False),
-    "workspace": serializers.CharField(required=False)})
+    "workspace": serializers.CharField(required=False), "confirm_unknown": serializers.BooleanField(required=False)})
 KeysSerializer = inline_serializer("ServiceKeys", {"primary": serializers.CharField(), "secondary": serializers.CharField()})
 UsageSerializer = inline_serializer("ServiceUsage", {
     "scoring_url": serializers.CharField(), "container_url": serializers.CharField(allow_null=True),
@@ -322,6 +323,7 @@ class ServiceViewSet(CreateListRetrieveDestroyViewSet):
             runtime=_value(request, "runtime", "python"), model_name=_value(request, "model_name"),
             environment=_value(request, "environment"), replicas=_value(request, "replicas", 1),
             cpus=_value(request, "cpus", 1.0), memory_mb=_value(request, "memory_mb", 1024),
+            confirm_unknown=parse_flag(_value(request, "confirm_unknown")),
         )
         return self._answer(service, code=status.HTTP_201_CREATED, notice=notice)
 

@@ -60,6 +60,9 @@ class RealtimeForm(forms.Form):
     model_name = forms.CharField(required=False, max_length=200, help_text="Empty: the model file's name.")
     environment = _environment_field()
     replicas = forms.IntegerField(initial=1)
+    confirm_unknown = forms.BooleanField(
+        required=False, label="I trust this model file even if its scan finds unknown globals or cannot finish",
+        help_text="Every model file is scanned for code first; a dangerous one is refused unless an owner accepted it.")
 
     def __init__(self, *args, environment_choices=(), **kwargs) -> None:
         super().__init__(*args, **kwargs)

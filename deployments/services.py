@@ -268,11 +268,13 @@ def manifest_name_for(service_name: str) -> str:
 def service_create_realtime(*, workspace: Workspace, name: str, model_file: IO[bytes], model_filename: str,
                             score: bytes, schema: bytes, requirements: bytes | None, user,
                             runtime: str = "python", model_name: str | None = None, environment: Any = None,
-                            replicas: Any = 1, cpus: Any = 1.0, memory_mb: Any = 1024) -> tuple[Service, str | None]:
+                            replicas: Any = 1, cpus: Any = 1.0, memory_mb: Any = 1024,
+                            confirm_unknown: bool = False) -> tuple[Service, str | None]:
     """The lab's ``az ml service create realtime``: registers the model (next version when the name
     exists), creates the manifest and the image (its build queued), and records the service in
     ``creating``; its deploy waits for the build. One transaction: any check that fails (of any
-    step) leaves nothing stored, files included. Returns (service, notice or None)."""
+    step) leaves nothing stored, files included; the model's scan gates it as it gates a manifest.
+    Returns (service, notice or None)."""
     from deployments.tasks import deploy_service
     from registry import services as registry
 
@@ -296,10 +298,11 @@ def service_create_realtime(*, workspace: Workspace, name: str, model_file: IO[b
                 model = registry.model_register_upload(workspace=workspace, name=model_name or model_filename,
                                                        fileobj=model_file, filename=model_filename, user=user)
             stored.append(model.file)
-            with _step_fields({"score": "score_file", "schema": "schema_file", "requirements": "requirements_file"}):
+            with _step_fields({"score": "score_file", "schema": "schema_file", "requirements": "requirements_file",
+                               "models": "model_file"}):
                 manifest = registry.manifest_create(workspace=workspace, name=manifest_name_for(name), models=[model],
                                                     score=score, schema=schema, requirements=requirements, user=user,
-                                                    runtime=runtime)
+                                                    runtime=runtime, confirm_unknown=confirm_unknown, one_shot=True)
             stored += [info["storage"] for info in manifest.files.values()]
             image = registry.image_create(manifest=manifest, user=user)
             service = _create_row(workspace=workspace, name=name, environment=env, image=image, user=user,

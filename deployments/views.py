@@ -92,7 +92,7 @@ def service_create(request):
                     score=data["score_file"].read(), schema=data["schema_file"].read(),
                     requirements=requirements.read() if requirements else None, user=request.user,
                     model_name=data["model_name"] or None, environment=data["environment"] or None,
-                    replicas=data["replicas"],
+                    replicas=data["replicas"], confirm_unknown=data["confirm_unknown"],
                 )
             else:
                 image = Image.objects.filter(workspace=workspace, pk=data["image"]).first()

@@ -69,6 +69,8 @@ def _container_env(service: Service) -> dict[str, str]:
         "MLPORTAL_WORKERS": str(max(1, round(service.cpus))),
         # The proxy and the container refuse the same bodies.
         "MLPORTAL_MAX_BODY_BYTES": str(settings.MLPORTAL_MAX_BODY_BYTES),
+        "MLPORTAL_REQUEST_TIMEOUT": f"{settings.MLPORTAL_SCORING_TIMEOUT_SECONDS:g}",
+        "MLPORTAL_MAX_JSON_DEPTH": str(settings.MLPORTAL_MAX_JSON_DEPTH),  # the portal refuses the same nesting
     }
 
 

@@ -11,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from celery.schedules import crontab
 from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
@@ -69,6 +70,7 @@ INSTALLED_APPS = [
     "runs",
     "registry",
     "deployments",
+    "retention",
 ]
 
 MIDDLEWARE = [
@@ -192,6 +194,8 @@ if env_str("MLPORTAL_STORAGE") == "s3":  # a team with workers on several hosts 
 MLPORTAL_MAX_BODY_BYTES = env_int("MLPORTAL_MAX_BODY_BYTES", 2 * 1024 * 1024, minimum=1024)
 MLPORTAL_MAX_UPLOAD_BYTES = env_int("MLPORTAL_MAX_UPLOAD_BYTES", 512 * 1024 * 1024, minimum=1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MLPORTAL_MAX_BODY_BYTES
+# Seconds a scoring request may run inside a service container before it answers 504 (0: no limit).
+MLPORTAL_SCORING_TIMEOUT_SECONDS = env_float("MLPORTAL_SCORING_TIMEOUT_SECONDS", 60.0, minimum=0)
 # JSON bodies nested deeper than this answer 400 (see workspaces.middleware.JsonDepthMiddleware).
 MLPORTAL_MAX_JSON_DEPTH = env_int("MLPORTAL_MAX_JSON_DEPTH", 64, minimum=8)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
@@ -244,6 +248,20 @@ MLPORTAL_REQUEUE_AFTER_SECONDS = env_int("MLPORTAL_REQUEUE_AFTER_SECONDS", 120, 
 # How often the maintenance worker's beat runs the sweeps (lost runs, lost work, reconcile).
 MLPORTAL_SWEEP_INTERVAL_SECONDS = env_int("MLPORTAL_SWEEP_INTERVAL_SECONDS", 30, minimum=1)
 
+# --- model scanning (registry.scanning: every registered model file, by its opcodes) ---------
+# Packages ("mypackage") or single globals ("mymodule:MyClass") added to the built-in allow list of
+# model libraries; the deny list (os, subprocess, eval, …) always wins.
+MLPORTAL_SCAN_ALLOW = env_list("MLPORTAL_SCAN_ALLOW", [])
+try:
+    from registry.scanning import parse_allow as _parse_allow
+
+    _parse_allow(MLPORTAL_SCAN_ALLOW)
+except ValueError as _exc:
+    raise ImproperlyConfigured(f"MLPORTAL_SCAN_ALLOW: {_exc}") from None
+MLPORTAL_SCAN_MAX_BYTES = env_int("MLPORTAL_SCAN_MAX_BYTES", 1024 * 1024 * 1024, minimum=1024)
+MLPORTAL_SCAN_MAX_MEMBERS = env_int("MLPORTAL_SCAN_MAX_MEMBERS", 1000, minimum=1)
+MLPORTAL_SCAN_MAX_OPCODES = env_int("MLPORTAL_SCAN_MAX_OPCODES", 2_000_000, minimum=1000)  # ~5 µs each here
+
 # --- Celery ---------------------------------------------------------------------------------
 _BROKER_DIR = DATA_DIR / "broker"
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
@@ -276,6 +294,7 @@ CELERY_TASK_ROUTES = {
     "runs.tasks.sweep_lost_runs": {"queue": "celery"},
     "runs.tasks.requeue_lost_runs": {"queue": "celery"},
     "registry.tasks.requeue_lost_builds": {"queue": "celery"},
+    "retention.tasks.apply_retention": {"queue": "celery"},
 }
 # Time limits per queue, on purpose: runs enforce their own (per-project) limit inside compute and
 # the task limit is the backstop; builds and deploys are bounded by the engine's work.
@@ -291,6 +310,8 @@ CELERY_BEAT_SCHEDULE = {
     "requeue-lost-runs": {"task": "runs.tasks.requeue_lost_runs", "schedule": float(MLPORTAL_SWEEP_INTERVAL_SECONDS)},
     "requeue-lost-builds": {"task": "registry.tasks.requeue_lost_builds", "schedule": float(MLPORTAL_SWEEP_INTERVAL_SECONDS)},
     "reconcile-services": {"task": "deployments.tasks.reconcile_services", "schedule": float(MLPORTAL_SWEEP_INTERVAL_SECONDS)},
+    # Daily: runs' logs and outputs and unused images past each workspace's retention; dangling layers.
+    "apply-retention": {"task": "retention.tasks.apply_retention", "schedule": crontab(hour=3, minute=17)},
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True

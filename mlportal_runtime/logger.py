@@ -17,6 +17,8 @@ import time
 from typing import Any
 
 METRIC_PREFIX = "##mlportal[metric] "
+METRICS_PREFIX = "##mlportal[metrics] "  # several metrics of one step on one line (log_metrics)
+METRICS_PER_LINE = 100
 PARAM_PREFIX = "##mlportal[param] "
 TAG_PREFIX = "##mlportal[tag] "
 MAX_NAME_LENGTH = 200
@@ -30,6 +32,7 @@ MAX_TAG_VALUE_LENGTH = 8000
 _INT_LIMIT = 2**63
 # A metric line is small; anything far bigger is output that merely starts with the prefix.
 _MAX_LINE_LENGTH = len(METRIC_PREFIX) + 4 * (MAX_NAME_LENGTH + MAX_STRING_VALUE_LENGTH) + 200
+_MAX_METRICS_LINE_LENGTH = len(METRICS_PREFIX) + METRICS_PER_LINE * 4 * (MAX_NAME_LENGTH + MAX_STRING_VALUE_LENGTH) + 200
 # Param and tag lines are ASCII-escaped JSON: at most 6 characters per character of text.
 _MAX_KV_LINE_LENGTH = len(PARAM_PREFIX) + 6 * (MAX_TAG_NAME_LENGTH + MAX_TAG_VALUE_LENGTH) + 200
 
@@ -70,6 +73,18 @@ def _check_name(name: Any) -> str | None:
     if len(name) > MAX_NAME_LENGTH:
         return f"a metric name must be at most {MAX_NAME_LENGTH} characters"
     return None
+
+
+def _check_step(step: Any) -> int | None:
+    if step is None:
+        return None
+    if hasattr(step, "item") and not isinstance(step, int):
+        step = step.item()
+    if isinstance(step, bool) or not isinstance(step, int):
+        raise TypeError(f"step must be an integer, not {type(step).__name__}")
+    if not -_INT_LIMIT <= step < _INT_LIMIT:
+        raise ValueError("step must fit in 64 bits")
+    return step
 
 
 class NonFiniteMetric(ValueError):
@@ -153,9 +168,24 @@ class RunLogger:
             self._write(TAG_PREFIX + json.dumps({"key": key, "value": text}, ensure_ascii=True))
 
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:
-        """``log(name, value, step)`` for each item of ``metrics``."""
+        """Log several metrics at one step, on as few lines as possible (100 a line): what a
+        training loop logging ten series per step should call, a tenth of the lines of ``log``.
+        Checks as ``log`` does, every item before any is written; NaN/inf items are reported and skipped."""
+        step = _check_step(step)
+        values: dict[str, Any] = {}
         for name, value in dict(metrics).items():
-            self.log(name, value, step=step)
+            problem = _check_name(name)
+            if problem:
+                raise ValueError(f"{problem}: {name!r:.80}")
+            try:
+                values[name] = _normalize_value(value)
+            except NonFiniteMetric as exc:
+                print(f"mlportal: metric {name!r} not logged: {exc}", file=sys.stderr, flush=True)
+        items = list(values.items())
+        now = time.time()
+        for start in range(0, len(items), METRICS_PER_LINE):
+            self._write(METRICS_PREFIX + json.dumps({"metrics": dict(items[start:start + METRICS_PER_LINE]), "step": step,
+                                                     "time": now}, ensure_ascii=True, allow_nan=False))
 
     def log(self, name: str, value: Any, step: int | None = None) -> None:
         """Log a scalar metric (no ``step``) or one point of a series (``step=N``).
@@ -167,13 +197,7 @@ class RunLogger:
         problem = _check_name(name)
         if problem:
             raise ValueError(f"{problem}: {name!r:.80}")
-        if step is not None:
-            if hasattr(step, "item") and not isinstance(step, int):
-                step = step.item()
-            if isinstance(step, bool) or not isinstance(step, int):
-                raise TypeError(f"step must be an integer, not {type(step).__name__}")
-            if not -_INT_LIMIT <= step < _INT_LIMIT:
-                raise ValueError("step must fit in 64 bits")
+        step = _check_step(step)
         try:
             normalized = _normalize_value(value)
         except NonFiniteMetric as exc:
@@ -260,8 +284,38 @@ def _parse_kv(line: str, prefix: str, key_field: str, checker) -> dict | None:
     return {key_field: name, "value": value}
 
 
+def _parse_metrics_line(line: str) -> list[dict] | None:
+    """The points of a ``log_metrics`` line, or None when any part of it is not well formed."""
+    if len(line) > _MAX_METRICS_LINE_LENGTH:
+        return None
+    try:
+        data = json.loads(line[len(METRICS_PREFIX):].rstrip(), parse_constant=_reject_constant)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("metrics"), dict) or not data["metrics"]:
+        return None
+    step, stamp = data.get("step"), data.get("time")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int) or not -_INT_LIMIT <= step < _INT_LIMIT):
+        return None
+    if stamp is not None:
+        if isinstance(stamp, bool) or not isinstance(stamp, (int, float)) or not math.isfinite(stamp):
+            return None
+        stamp = float(stamp)
+    points = []
+    for name, value in data["metrics"].items():
+        if _check_name(name) is not None or isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            return None
+        try:
+            value = _normalize_value(value)
+        except (TypeError, ValueError):
+            return None
+        points.append({"name": name, "value": value, "step": step, "time": stamp})
+    return points
+
+
 def parse_line(line: str | bytes) -> tuple[str, dict] | None:
-    """Returns ``("metric", {...})`` (as ``parse_metric_line``), ``("param", {"name", "value"})`` or
+    """Returns ``("metric", {...})`` (as ``parse_metric_line``), ``("metrics", [{...}, …])`` for a
+    ``log_metrics`` line, ``("param", {"name", "value"})`` or
     ``("tag", {"key", "value"})`` for a well-formed structured line, else None (plain output)."""
     if isinstance(line, (bytes, bytearray)):
         try:
@@ -273,6 +327,9 @@ def parse_line(line: str | bytes) -> tuple[str, dict] | None:
     if line.startswith(METRIC_PREFIX):
         metric = parse_metric_line(line)
         return None if metric is None else ("metric", metric)
+    if line.startswith(METRICS_PREFIX):
+        points = _parse_metrics_line(line)
+        return None if points is None else ("metrics", points)
     if line.startswith(PARAM_PREFIX):
         param = _parse_kv(line, PARAM_PREFIX, "name", check_param)
         return None if param is None else ("param", param)

@@ -1,4 +1,4 @@
-"""The scoring server of a service image: pre-fork, keep-alive HTTP/1.1, standard library only.
+"""The scoring server of a service image: pre-fork, keep-alive HTTP/1.1; llhttp (httptools) frames the requests.
 
     python -m mlportal_runtime.server --app-dir /app --port 5001 [--workers N] [--host 0.0.0.0]
 
@@ -8,10 +8,18 @@ connections per worker, requests handled one at a time (``run()`` is CPU-bound; 
 are the parallelism). The master respawns a worker that dies, kills one stuck in a request
 past the timeout, and stops all on SIGTERM/SIGINT.
 
+Hostile input: llhttp does the HTTP framing, strictly (see RequestReader); what it refuses is
+answered 400 and the connection closed. A request's head must arrive within a deadline, its
+body within another, and JSON bodies may nest only so deep. No exception raised while one
+request is handled ends a worker: it answers 400 or 500 and goes on. The access log escapes
+control bytes, so a request cannot forge a log line or reach the terminal of whoever reads it.
+
 Environment: MLPORTAL_SERVICE_NAME, MLPORTAL_SERVICE_KEYS (``primary,secondary``; when set,
 scoring needs ``Authorization: Bearer <key>``), MLPORTAL_WORKERS (default: the CPUs this
 process may use, capped by the container's CPU quota), MLPORTAL_MAX_BODY_BYTES (default 1 MiB),
-MLPORTAL_REQUEST_TIMEOUT (seconds), MLPORTAL_ACCESS_LOG (``0`` turns the per-request line off),
+MLPORTAL_REQUEST_TIMEOUT (seconds a scoring request may run, default 60; ``0`` lifts the limit),
+MLPORTAL_HEAD_TIMEOUT / MLPORTAL_BODY_TIMEOUT (seconds a request's head / body may take to arrive,
+default 10 / 60), MLPORTAL_MAX_JSON_DEPTH (default 64), MLPORTAL_ACCESS_LOG (``0`` turns the per-request line off),
 MLPORTAL_MODEL_VERSION (shown by the OIP metadata), MLPORTAL_PREIMPORT (``0`` stops the master
 importing the modules the model files name before it forks; for libraries not safe to fork).
 
@@ -38,6 +46,7 @@ import json
 import math
 import mmap
 import os
+import re
 import select
 import signal
 import socket
@@ -47,14 +56,28 @@ import time
 import traceback
 from typing import Any, Callable
 
+try:
+    import httptools
+except ImportError:  # pragma: no cover - the environment image installs it with the runtime
+    raise SystemExit("mlportal: the scoring server needs the 'httptools' package (llhttp); "
+                     "rebuild the environment image, or pip install httptools") from None
+
 from mlportal_runtime import oip
 from mlportal_runtime.pickles import SCAN_MAX_OPCODES, scan_pickle
 from mlportal_runtime.schema import SchemaError, build_inputs, example_body, load_schema, openapi_document
 
 EXIT_INIT_FAILED = 3
 DEFAULT_MAX_BODY = 1024 * 1024
-MAX_HEADER_BYTES = 64 * 1024
-KEEPALIVE_TIMEOUT = 30.0  # seconds a connection may sit idle or half-sent
+MAX_HEADER_BYTES = 64 * 1024  # request line and header fields together
+MAX_HEADERS = 100
+MAX_TRAILERS = 32
+MAX_FRAMING_BYTES = 64 * 1024  # chunk-size lines, chunk extensions and trailers of one body
+MAX_CHUNKS = 16384
+MAX_JSON_DEPTH = 64  # nesting of arrays/objects in a request body
+DEFAULT_REQUEST_TIMEOUT = 60.0  # seconds a scoring request may run (MLPORTAL_REQUEST_TIMEOUT, 0 = none)
+DEFAULT_HEAD_TIMEOUT = 10.0  # seconds from a request's first byte to the end of its head
+DEFAULT_BODY_TIMEOUT = 60.0  # seconds from the end of the head to the end of the body
+KEEPALIVE_TIMEOUT = 30.0  # seconds a connection may sit idle
 KILL_GRACE = 2.0  # seconds past the request timeout before the master kills a stuck worker
 SCHEMA_FILE = "service_schema.json"
 SCORE_FILE = "score.py"
@@ -100,7 +123,10 @@ class Config:
         self.model_version = env.get("MLPORTAL_MODEL_VERSION", "").strip() or None
         self.keys = [k.strip().encode() for k in env.get("MLPORTAL_SERVICE_KEYS", "").split(",") if k.strip()]
         self.max_body = _env_int("MLPORTAL_MAX_BODY_BYTES", DEFAULT_MAX_BODY)
-        self.timeout = _env_float("MLPORTAL_REQUEST_TIMEOUT", 0.0) or None
+        self.timeout = _env_float("MLPORTAL_REQUEST_TIMEOUT", DEFAULT_REQUEST_TIMEOUT) or None
+        self.head_timeout = _env_float("MLPORTAL_HEAD_TIMEOUT", DEFAULT_HEAD_TIMEOUT) or DEFAULT_HEAD_TIMEOUT
+        self.body_timeout = _env_float("MLPORTAL_BODY_TIMEOUT", DEFAULT_BODY_TIMEOUT) or DEFAULT_BODY_TIMEOUT
+        self.max_json_depth = _env_int("MLPORTAL_MAX_JSON_DEPTH", MAX_JSON_DEPTH) or MAX_JSON_DEPTH
         self.access_log = _env_flag("MLPORTAL_ACCESS_LOG")
         self.preimport = _env_flag("MLPORTAL_PREIMPORT")
         self.score_file = args.score_file
@@ -347,86 +373,188 @@ class Row:
 class Request:
     __slots__ = ("method", "target", "path", "version", "headers", "body", "keep_alive")
 
-    def __init__(self, method: str, target: str, version: str, headers: dict[str, str], body: bytes) -> None:
+    def __init__(self, method: str, target: str, version: str, headers: dict[str, str], body: bytes,
+                 keep_alive: bool = True) -> None:
         self.method = method
         self.target = target
         self.path = target.split("?", 1)[0]
         self.version = version
         self.headers = headers
         self.body = body
-        connection = headers.get("connection", "").lower()
-        if version == "HTTP/1.1":
-            self.keep_alive = "close" not in connection
+        self.keep_alive = keep_alive
+
+
+HEAD, BODY, IDLE = 1, 2, 0
+
+
+class RequestReader:
+    """Turns the bytes of one connection into Requests, with llhttp (httptools) doing the framing.
+
+    ``feed(data)`` appends every request the bytes complete to ``ready`` and returns the
+    HttpError that ends the connection, if any (the requests completed before it are still
+    answered first). llhttp refuses, among others: Content-Length with Transfer-Encoding, a
+    Content-Length that is not ASCII digits, two Content-Lengths, chunk sizes that are not hex
+    digits (``+1_0``, ``0x2``, `` 2 ``), a bare LF or CR anywhere in the head, control bytes in
+    the target or a header, obs-fold. On top of it this refuses a Transfer-Encoding other than
+    the single token ``chunked``, HTTP versions other than 1.0/1.1, an Upgrade carrying a body,
+    and bounds what it holds: the head (``MAX_HEADER_BYTES``, ``MAX_HEADERS`` fields), the
+    body (``max_body``), the chunked framing (chunk-size lines, extensions and trailers:
+    ``MAX_FRAMING_BYTES``, ``MAX_CHUNKS``, ``MAX_TRAILERS``). llhttp reads each byte once and
+    keeps none, so the work is linear in what arrives.
+
+    ``head_started`` is when the first byte of a request whose head is not complete arrived
+    (0 otherwise): the worker answers 408 when the head takes longer than its deadline.
+    """
+
+    __slots__ = ("parser", "max_body", "ready", "phase", "serial", "url", "raw_headers", "headers",
+                 "body", "body_len", "framing", "chunks", "trailers", "head_started", "body_started",
+                 "continue_wanted", "path_hint", "version")
+
+    def __init__(self, max_body: int) -> None:
+        self.parser = httptools.HttpRequestParser(self)
+        self.max_body = max_body
+        self.ready: list[Request] = []
+        self.phase = IDLE
+        self.serial = 0
+        self.head_started = 0.0
+        self.body_started = 0.0
+        self.continue_wanted = False
+        self.path_hint = ""
+        self.version = "HTTP/1.1"
+        self.url = b""
+        self.raw_headers: list[tuple[bytes, bytes]] = []
+        self.headers: dict[str, str] = {}
+        self.body: list[bytes] = []
+        self.body_len = self.framing = self.chunks = self.trailers = 0
+
+    # -- llhttp callbacks (an HttpError raised here ends the connection). Kept lean: they run
+    # for every request. The head's fields are gathered raw and checked once it is complete
+    # (one feed holds at most one recv(); across feeds, feed() bounds what piles up).
+
+    def on_message_begin(self) -> None:
+        self.phase = HEAD
+        self.serial += 1
+        self.head_started = time.monotonic()
+        self.url = b""
+        self.raw_headers = []
+        self.body = []
+        self.body_len = self.framing = self.chunks = self.trailers = 0
+
+    def on_url(self, url: bytes) -> None:
+        self.url = self.url + url if self.url else url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.phase == BODY:
+            self._trailer(name, value)
         else:
-            self.keep_alive = "keep-alive" in connection
+            self.raw_headers.append((name, value))
 
+    def _trailer(self, name: bytes, value: bytes) -> None:
+        """A trailer field of a chunked body: counted and bounded, then dropped."""
+        self.trailers += 1
+        self.framing += len(name) + len(value) + 4
+        if self.trailers > MAX_TRAILERS:
+            raise HttpError(400, "bad_request", f"more than {MAX_TRAILERS} trailer fields", close=True)
+        if self.framing > MAX_FRAMING_BYTES:
+            raise HttpError(400, "bad_request", f"the chunked framing (size lines, extensions, trailers) is larger than {MAX_FRAMING_BYTES // 1024} KiB", close=True)
 
-def parse_head(buf: bytearray, end: int) -> tuple[str, str, str, dict[str, str]]:
-    """Return (method, target, version, lowercased headers) of the head ``buf[:end]``."""
-    try:
-        text = buf[:end].decode("latin-1")
-    except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes every byte
-        raise HttpError(400, "bad_request", "the request head is not text", close=True) from None
-    lines = text.split("\r\n")
-    parts = lines[0].split(" ")
-    if len(parts) != 3 or not parts[0] or not parts[1].startswith("/"):
-        raise HttpError(400, "bad_request", "malformed request line", close=True)
-    method, target, version = parts
-    if version not in ("HTTP/1.1", "HTTP/1.0"):
-        raise HttpError(505, "http_version", f"{version} is not supported; use HTTP/1.1", close=True)
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip():
-            raise HttpError(400, "bad_request", f"malformed header line {line[:40]!r}", close=True)
-        key = name.lower()
-        value = value.strip()
-        if key in headers:
-            if key == "content-length" and headers[key] != value:
-                raise HttpError(400, "bad_request", "conflicting Content-Length headers", close=True)
-            headers[key] = headers[key] + ", " + value
+    def on_headers_complete(self) -> None:
+        self.phase = BODY
+        self.framing = 0
+        self.head_started = 0.0
+        self.body_started = time.monotonic()
+        url = self.url
+        raw = self.raw_headers
+        self.path_hint = url[:200].decode("latin-1")
+        if len(raw) > MAX_HEADERS:
+            raise HttpError(431, "header_too_large", f"the request has more than {MAX_HEADERS} header fields", close=True)
+        size = len(url)
+        headers: dict[str, str] = {}
+        for name, value in raw:
+            size += len(name) + len(value) + 4
+            key = name.decode("latin-1").lower()
+            if key in headers:
+                headers[key] = headers[key] + ", " + value.decode("latin-1")
+            else:
+                headers[key] = value.decode("latin-1")
+        self.headers = headers
+        if size > MAX_HEADER_BYTES:
+            raise HttpError(431, "header_too_large", f"the request head is larger than {MAX_HEADER_BYTES // 1024} KiB", close=True)
+        version = self.parser.get_http_version()
+        if version == "1.1":
+            self.version = "HTTP/1.1"
+        elif version == "1.0":
+            self.version = "HTTP/1.0"
         else:
-            headers[key] = value
-    return method, target, version, headers
+            raise HttpError(505, "http_version", f"HTTP/{version} is not supported; use HTTP/1.1", close=True)
+        coding = headers.get("transfer-encoding")
+        length = headers.get("content-length")
+        if coding is not None and coding.lower() != "chunked":
+            raise HttpError(501, "not_implemented", "only Transfer-Encoding: chunked is supported (one coding, no list)", close=True)
+        if length is not None and int(length) > self.max_body:  # llhttp let only ASCII digits through
+            raise HttpError(413, "body_too_large", f"the body is {int(length)} bytes; this service accepts at most {self.max_body}", close=True)
+        if "expect" in headers and self.version == "HTTP/1.1" and headers["expect"].lower() == "100-continue" \
+                and (coding is not None or (length is not None and length != "0")):
+            self.continue_wanted = True
 
+    def on_body(self, body: bytes) -> None:
+        self.body_len += len(body)
+        if self.body_len > self.max_body:
+            raise HttpError(413, "body_too_large", f"the body is larger than {self.max_body} bytes", close=True)
+        self.body.append(body)
 
-def parse_chunked(buf: bytearray, start: int, limit: int) -> tuple[bytes, int] | None:
-    """Return (body, end offset) of a complete chunked body at ``buf[start:]``, None when incomplete."""
-    parts = []
-    size_total = 0
-    pos = start
-    while True:
-        line_end = buf.find(b"\r\n", pos)
-        if line_end < 0:
-            if len(buf) - pos > 1024:
-                raise HttpError(400, "bad_request", "malformed chunk size line", close=True)
-            return None
-        size_text = bytes(buf[pos:line_end]).split(b";", 1)[0].strip()
+    def on_chunk_header(self) -> None:
+        self.chunks += 1
+        if self.chunks > MAX_CHUNKS:
+            raise HttpError(400, "bad_request", f"the body comes in more than {MAX_CHUNKS} chunks; send larger chunks", close=True)
+
+    def on_message_complete(self) -> None:
+        parser = self.parser
+        body = self.body
+        self.ready.append(Request(parser.get_method().decode("ascii"), self.url.decode("latin-1"), self.version,
+                                  self.headers, body[0] if len(body) == 1 else b"".join(body), parser.should_keep_alive()))
+        self.phase = IDLE
+        self.body_started = 0.0
+        self.continue_wanted = False
+
+    # -- driving ----------------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> HttpError | None:
+        """Parse ``data``; complete requests go to ``ready``; returns the error that ends the connection."""
+        phase, serial, body_len = self.phase, self.serial, self.body_len
         try:
-            size = int(size_text, 16)
-        except ValueError:
-            raise HttpError(400, "bad_request", "malformed chunk size", close=True) from None
-        if size < 0:
-            raise HttpError(400, "bad_request", "malformed chunk size", close=True)
-        size_total += size
-        if size_total > limit:
-            raise HttpError(413, "body_too_large", f"the body is larger than {limit} bytes", close=True)
-        pos = line_end + 2
-        if size == 0:
-            # Trailers, if any, end with an empty line.
-            trailer_end = buf.find(b"\r\n", pos)
-            while trailer_end >= 0 and trailer_end != pos:
-                pos = trailer_end + 2
-                trailer_end = buf.find(b"\r\n", pos)
-            if trailer_end < 0:
-                return None
-            return b"".join(parts), trailer_end + 2
-        if len(buf) < pos + size + 2:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # llhttp stops at an Upgrade (or CONNECT) request without reading a body: a plain
+            # GET/HEAD is answered and the connection closed; anything else is refused.
+            last = self.ready[-1] if self.ready else None
+            if last is None or last.method not in ("GET", "HEAD") or last.headers.get("content-length", "0") != "0" \
+                    or "transfer-encoding" in last.headers:
+                if last is not None:
+                    self.ready.pop()
+                return HttpError(400, "bad_request", "protocol upgrades (and CONNECT) are not supported; send plain HTTP/1.1 without Upgrade", close=True)
+            last.keep_alive = False
             return None
-        parts.append(bytes(buf[pos:pos + size]))
-        if buf[pos + size:pos + size + 2] != b"\r\n":
-            raise HttpError(400, "bad_request", "chunk data is not followed by CRLF", close=True)
-        pos += size + 2
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, HttpError):
+                return cause
+            return HttpError(400, "bad_request", f"the request could not be read: {cause or exc}", close=True)
+        except httptools.HttpParserError as exc:
+            reason = str(exc) or type(exc).__name__
+            return HttpError(400, "bad_request", f"malformed request: {reason}", close=True)
+        # What llhttp skipped without a callback (whitespace, chunk-size lines and extensions)
+        # is bounded too: a feed that began and ended inside one head (or one body) counts whole.
+        if self.serial == serial and self.phase == phase:
+            if phase == HEAD:
+                self.framing += len(data)
+                if self.framing > MAX_HEADER_BYTES:
+                    return HttpError(431, "header_too_large", f"the request head is larger than {MAX_HEADER_BYTES // 1024} KiB", close=True)
+            elif phase == BODY:
+                self.framing += len(data) - (self.body_len - body_len)
+                if self.framing > MAX_FRAMING_BYTES:
+                    return HttpError(400, "bad_request", f"the chunked framing (size lines, extensions, trailers) is larger than {MAX_FRAMING_BYTES // 1024} KiB", close=True)
+        return None
 
 
 def response_bytes(status: int, body: bytes, content_type: bytes = JSON_TYPE, keep_alive: bool = True,
@@ -446,15 +574,44 @@ def _reject_constant(token: str) -> Any:
     raise ValueError(f"{token} is not a valid JSON number")
 
 
-def parse_json_body(body: bytes) -> Any:
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_JSON_INNERMOST = re.compile(rb"\[\]|\{\}")
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def json_deeper_than(body: bytes, limit: int) -> bool:
+    """Return True when the valid JSON text ``body`` nests arrays/objects more than ``limit`` deep.
+
+    Linear in the body for each level up to ``limit``: strings are dropped, then the innermost
+    ``[]``/``{}`` pairs are removed once per level. A body with no more brackets than ``limit``
+    cannot be deeper, and costs two counts.
+    """
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False
+    brackets = _JSON_STRING.sub(b"", body).translate(None, _NOT_BRACKETS)
+    for _ in range(limit):
+        if not brackets:
+            return False
+        brackets = _JSON_INNERMOST.sub(b"", brackets)
+    return bool(brackets)
+
+
+def parse_json_body(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
     if not body.strip():
         raise HttpError(400, "invalid_json", "the request body is empty; send a JSON object")
+    too_deep = HttpError(400, "invalid_json", f"the request body nests arrays/objects deeper than {max_depth} levels; flatten it")
     try:
-        return json.loads(body, parse_constant=_reject_constant)
+        value = json.loads(body, parse_constant=_reject_constant)
     except UnicodeDecodeError:
         raise HttpError(400, "invalid_json", "the request body is not UTF-8 JSON") from None
     except ValueError as exc:
         raise HttpError(400, "invalid_json", f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise too_deep from None
+    # Valid JSON from here on, so its strings are well formed and the depth scan stays linear.
+    if json_deeper_than(body if isinstance(body, bytes) else bytes(body), max_depth):
+        raise too_deep
+    return value
 
 
 def _json_default(value: Any) -> Any:
@@ -624,11 +781,11 @@ class App:
         if not self.ready:
             raise HttpError(503, "not_ready", "the model is still loading (init() has not finished); retry shortly")
         if self.schema is None:
-            parse_json_body(request.body)
+            parse_json_body(request.body, self.config.max_json_depth)
             raw = request.body.decode("utf-8")
             result = self._call_run(raw)
         else:
-            body = parse_json_body(request.body)
+            body = parse_json_body(request.body, self.config.max_json_depth)
             try:
                 inputs = build_inputs(self.schema, body)
             except SchemaError as exc:
@@ -669,7 +826,7 @@ class App:
             self._check_key(request)
             if not self.ready:
                 raise HttpError(503, "not_ready", "the model is still loading; retry shortly")
-            body = parse_json_body(request.body)
+            body = parse_json_body(request.body, self.config.max_json_depth)
             try:
                 inputs, request_id = oip.parse_infer_request(self.schema, body)
             except SchemaError as exc:
@@ -696,19 +853,36 @@ class App:
 
 
 class Conn:
-    __slots__ = ("sock", "fd", "addr", "buf", "out", "last", "close_after", "continued", "want_write", "lingering")
+    __slots__ = ("sock", "fd", "addr", "reader", "out", "last", "close_after", "want_write", "lingering")
 
-    def __init__(self, sock: socket.socket, addr: str) -> None:
+    def __init__(self, sock: socket.socket, addr: str, max_body: int) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.addr = addr
-        self.buf = bytearray()
+        self.reader = RequestReader(max_body)
         self.out = bytearray()
         self.last = time.monotonic()
         self.close_after = False
-        self.continued = False
         self.want_write = False
         self.lingering = False
+
+    @property
+    def mid_request(self) -> bool:
+        return self.reader.phase != IDLE
+
+
+_LOG_UNSAFE = re.compile(rb"[^\x20-\x5b\x5d-\x7e]")  # all but printable ASCII less the backslash
+
+
+def escape_log_bytes(text: bytes) -> bytes:
+    r"""Return ``text`` with control bytes (LF, CR, ESC...), backslashes and non-ASCII bytes as ``\xNN``.
+
+    One access-log line then stays one line, and no request can send escape sequences (ANSI,
+    OSC) to the terminal of whoever reads the log. Printable ASCII passes unchanged.
+    """
+    if _LOG_UNSAFE.search(text) is None:
+        return text
+    return _LOG_UNSAFE.sub(lambda match: b"\\x%02x" % match.group()[0], text)
 
 
 LINGER_SECONDS = 2.0
@@ -771,48 +945,6 @@ class Worker:
 
     # -- requests --------------------------------------------------------------------------
 
-    def next_request(self, conn: Conn) -> Request | None:
-        """Return the next complete request in the connection's buffer, or None if more bytes are needed."""
-        buf = conn.buf
-        end = buf.find(b"\r\n\r\n")
-        if end < 0:
-            if len(buf) > MAX_HEADER_BYTES:
-                raise HttpError(431, "header_too_large", "the request head is larger than 64 KiB", close=True)
-            return None
-        method, target, version, headers = parse_head(buf, end)
-        start = end + 4
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            parsed = parse_chunked(buf, start, self.max_body)
-            if parsed is None:
-                self._maybe_continue(conn, headers, version)
-                return None
-            body, stop = parsed
-        else:
-            length_text = headers.get("content-length")
-            if length_text is None:
-                if headers.get("transfer-encoding"):
-                    raise HttpError(501, "not_implemented", "only chunked Transfer-Encoding is supported", close=True)
-                length = 0
-            else:
-                if not length_text.isdigit():
-                    raise HttpError(400, "bad_request", "Content-Length is not a number", close=True)
-                length = int(length_text)
-            if length > self.max_body:
-                raise HttpError(413, "body_too_large", f"the body is {length} bytes; this service accepts at most {self.max_body}", close=True)
-            stop = start + length
-            if len(buf) < stop:
-                self._maybe_continue(conn, headers, version)
-                return None
-            body = bytes(buf[start:stop])
-        del buf[:stop]
-        conn.continued = False
-        return Request(method, target, version, headers, body)
-
-    def _maybe_continue(self, conn: Conn, headers: dict[str, str], version: str) -> None:
-        if not conn.continued and version == "HTTP/1.1" and headers.get("expect", "").lower() == "100-continue":
-            conn.continued = True
-            conn.out += b"HTTP/1.1 100 Continue\r\n\r\n"
-
     def serve_request(self, conn: Conn, request: Request) -> None:
         app = self.app
         row = app.row
@@ -824,6 +956,13 @@ class Worker:
                 signal.setitimer(signal.ITIMER_REAL, self.timeout)
         try:
             status, body, content_type, extra, handler = app.handle(request)
+        except Exception as exc:  # noqa: BLE001 - one request never ends the worker
+            traceback.print_exc()
+            sys.stderr.flush()
+            status, content_type, extra = 500, JSON_TYPE, b""
+            handler = "score" if request.path.endswith("/score") else "infer" if request.path.endswith("/infer") else "other"
+            message = f"the server failed on this request ({type(exc).__name__}); the worker goes on"
+            body = json.dumps({"error": message}).encode() if request.path.startswith("/v2") else error_body("internal_error", message)
         except RequestTimeout:
             status, content_type, extra = 504, JSON_TYPE, b""
             handler = "infer" if request.path.endswith("/infer") else "score"
@@ -848,16 +987,22 @@ class Worker:
         row.count(handler, status, elapsed if handler in ("score", "infer") else None)
         if self.config.access_log:
             self.log.add(b'%s %s "%s %s" %d %d %.2fms\n' % (
-                self.label, conn.addr.encode(), request.method.encode("latin-1"),
-                request.target[:200].encode("latin-1", "replace"), status, len(body), elapsed * 1000,
+                self.label, escape_log_bytes(conn.addr.encode()), escape_log_bytes(request.method.encode("latin-1")),
+                escape_log_bytes(request.target[:200].encode("latin-1", "replace")), status, len(body), elapsed * 1000,
             ), started + elapsed)
 
     def serve_error(self, conn: Conn, exc: HttpError) -> None:
         conn.out += response_bytes(exc.status, error_body(exc.code, exc.message), JSON_TYPE, not exc.close)
         if exc.close:
             conn.close_after = True
-        handler = "score" if b"/score" in conn.buf[:200] else "other"
+        path = conn.reader.path_hint
+        handler = "score" if path.endswith("/score") else "infer" if path.endswith("/infer") else "other"
         self.app.row.count(handler, exc.status, None)
+        if self.config.access_log:
+            now = time.monotonic()
+            self.log.add(b'%s %s "-" %d refused: %s\n' % (
+                self.label, escape_log_bytes(conn.addr.encode()), exc.status,
+                escape_log_bytes(exc.message[:200].encode("utf-8", "replace"))), now)
 
     # -- sockets ---------------------------------------------------------------------------
 
@@ -883,7 +1028,7 @@ class Worker:
                 epoll.unregister(listen_fd)
                 listening = False
                 for conn in list(conns.values()):
-                    if not conn.out and not conn.buf:
+                    if not conn.out and not conn.mid_request:
                         self.close(conn)
             if self.stopping and not conns:
                 break
@@ -916,6 +1061,8 @@ class Worker:
                 for conn in [c for c in conns.values()
                              if now - c.last > (LINGER_SECONDS if c.lingering else KEEPALIVE_TIMEOUT)]:
                     self.close(conn)
+                for conn in [c for c in conns.values() if not c.close_after and c.mid_request]:
+                    self.check_deadlines(conn, now)
                 if os.getppid() != self.master_pid:  # the master is gone: do not linger as an orphan
                     self.stopping = True
                 if self.stopping:
@@ -954,7 +1101,7 @@ class Worker:
             except OSError:
                 pass
             peer = addr[0] if isinstance(addr, tuple) else "unix"
-            conn = Conn(sock, peer)
+            conn = Conn(sock, peer, self.max_body)
             self.conns[conn.fd] = conn
             row[F_CONNS] = len(self.conns)
             self.epoll.register(conn.fd, select.EPOLLIN | select.EPOLLRDHUP)
@@ -973,18 +1120,37 @@ class Worker:
         conn.last = time.monotonic()
         if conn.close_after:
             return  # a response that closes the connection is queued; ignore what follows
-        conn.buf += data
-        while not conn.close_after:
-            try:
-                request = self.next_request(conn)
-            except HttpError as exc:
-                self.serve_error(conn, exc)
-                break
-            if request is None:
-                break
-            self.serve_request(conn, request)
+        reader = conn.reader
+        try:
+            error = reader.feed(data)
+            ready = reader.ready
+            while ready and not conn.close_after:
+                self.serve_request(conn, ready.pop(0))
+            if error is not None and not conn.close_after:
+                self.serve_error(conn, error)
+            elif reader.continue_wanted and not conn.close_after:
+                reader.continue_wanted = False
+                conn.out += b"HTTP/1.1 100 Continue\r\n\r\n"
+        except Exception as exc:  # noqa: BLE001 - whatever one connection sends, the worker goes on
+            traceback.print_exc()
+            sys.stderr.flush()
+            reader.ready.clear()
+            if not conn.close_after:
+                self.serve_error(conn, HttpError(500, "internal_error", f"the server failed on this request ({type(exc).__name__})", close=True))
         if conn.out:
             self.flush(conn)
+
+    def check_deadlines(self, conn: Conn, now: float) -> None:
+        """Answer 408 and close when a request's head (or body) is taking longer than allowed."""
+        reader = conn.reader
+        if reader.head_started and now - reader.head_started > self.config.head_timeout:
+            what = f"the request head did not arrive within {self.config.head_timeout:g} s"
+        elif reader.body_started and now - reader.body_started > self.config.body_timeout:
+            what = f"the request body did not arrive within {self.config.body_timeout:g} s"
+        else:
+            return
+        self.serve_error(conn, HttpError(408, "request_timeout", what, close=True))
+        self.flush(conn)
 
     def flush(self, conn: Conn) -> None:
         try:
@@ -1010,12 +1176,11 @@ class Worker:
             # kernel send a reset that can destroy our response before the client reads it:
             # stop writing and read-and-drop until the client closes, for a short while.
             conn.lingering = True
-            conn.buf.clear()
             try:
                 conn.sock.shutdown(socket.SHUT_WR)
             except OSError:
                 self.close(conn)
-        elif self.stopping and not conn.buf and not conn.close_after:
+        elif self.stopping and not conn.mid_request and not conn.close_after:
             self.close(conn)
 
     def close(self, conn: Conn) -> None:
@@ -1030,6 +1195,34 @@ class Worker:
             conn.sock.close()
         except OSError:
             pass
+
+
+def _answer_while_loading(sock: socket.socket, app: App, max_body: int) -> None:
+    """Read one request from ``sock`` (5 s at most) and answer it, closing the connection after."""
+    deadline = time.monotonic() + 5.0
+    reader = RequestReader(max_body)
+    error = None
+    while not reader.ready and error is None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            error = HttpError(408, "request_timeout", "the request did not arrive within 5 s", close=True)
+            break
+        sock.settimeout(remaining)
+        chunk = sock.recv(65536)
+        if not chunk:
+            return
+        error = reader.feed(chunk)
+    if reader.ready:
+        request = reader.ready[0]
+        if request.path in ("/health", "/v2/health/live", "/ready", "/v2/health/ready", "/metrics"):
+            status, body, content_type, extra, handler = app.handle(request)
+        else:
+            status, body, content_type, extra = 503, error_body("not_ready", "the model is still loading (init() has not finished); retry shortly"), JSON_TYPE, b"Retry-After: 1\r\n"
+            handler = "score" if request.path.endswith("/score") else "infer" if request.path.endswith("/infer") else "other"
+    else:
+        status, body, content_type, extra, handler = error.status, error_body(error.code, error.message), JSON_TYPE, b"", "other"
+    sock.sendall(response_bytes(status, body, content_type, False, extra))
+    app.row.count(handler, status, None)
 
 
 def _serve_while_loading(listener: socket.socket, app: App, stats: Stats, done: threading.Event, max_body: int) -> None:
@@ -1052,33 +1245,12 @@ def _serve_while_loading(listener: socket.socket, app: App, stats: Stats, done: 
             except (BlockingIOError, InterruptedError):
                 continue
             with sock:
-                sock.settimeout(2.0)
-                buf = bytearray()
                 try:
-                    while True:
-                        end = buf.find(b"\r\n\r\n")
-                        if end >= 0:
-                            method, target, version, headers = parse_head(buf, end)
-                            length = int(headers.get("content-length", "0") or 0)
-                            if length > max_body or len(buf) >= end + 4 + length:
-                                break
-                        chunk = sock.recv(65536)
-                        if not chunk:
-                            break
-                        buf += chunk
-                        if len(buf) > MAX_HEADER_BYTES + max_body:
-                            break
-                    if buf.find(b"\r\n\r\n") < 0:
-                        continue
-                    request = Request(method, target, version, headers, b"")
-                    if request.path in ("/health", "/v2/health/live", "/ready", "/v2/health/ready", "/metrics"):
-                        status, body, content_type, extra, handler = app.handle(request)
-                    else:
-                        status, body, content_type, extra = 503, error_body("not_ready", "the model is still loading (init() has not finished); retry shortly"), JSON_TYPE, b"Retry-After: 1\r\n"
-                        handler = "score" if request.path.endswith("/score") else "infer" if request.path.endswith("/infer") else "other"
-                    sock.sendall(response_bytes(status, body, content_type, False, extra))
-                    app.row.count(handler, status, None)
-                except (OSError, ValueError, HttpError):
+                    _answer_while_loading(sock, app, max_body)
+                except (OSError, HttpError):
+                    continue
+                except Exception:  # noqa: BLE001 - a hostile probe never stops the cold start
+                    traceback.print_exc()
                     continue
     finally:
         epoll.close()

@@ -5,8 +5,9 @@ from registry.models import Image, Manifest, ManifestModel, Model
 
 @admin.register(Model)
 class ModelAdmin(admin.ModelAdmin):
-    list_display = ["name", "version", "workspace", "file_name", "size", "framework", "created_by", "created_at"]
-    list_filter = ["framework"]
+    list_display = ["name", "version", "workspace", "file_name", "size", "framework", "scan_verdict", "accepted_at",
+                    "created_by", "created_at"]
+    list_filter = ["framework", "scan_verdict"]
     search_fields = ["name", "sha256"]
     readonly_fields = ["file", "size", "sha256"]
 

@@ -10,7 +10,7 @@ import uuid
 
 import django_filters
 from django.http import FileResponse, HttpResponse
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.decorators import action
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
@@ -20,25 +20,43 @@ from core.api_base import CreateListRetrieveDestroyViewSet, WorkspaceScopedViewS
 from core.errors import NotFound, PortalError
 from core.logs import parse_offset
 from core.storage import open_file
-from registry import selectors, services
-from registry.models import Image, Manifest, Model
+from registry import model_scan, selectors, services
+from registry.models import Image, Manifest, Model, ScanVerdict
 from workspaces.models import Role, Workspace
 from workspaces.selectors import current_workspace_and_role
 
 
 # --- serializers (output) -------------------------------------------------------------------------
 
+ScanSerializer = inline_serializer("ModelScan", {
+    "verdict": serializers.CharField(help_text="safe, unknown, dangerous or not_scanned ('' before scans existed)"),
+    "reason": serializers.CharField(), "reason_code": serializers.CharField(), "format": serializers.CharField(),
+    "globals": serializers.ListField(child=serializers.DictField(), help_text="module, name, global, verdict, where, why, count"),
+    "scanned_at": serializers.DateTimeField(allow_null=True), "needs_confirmation": serializers.BooleanField(),
+    "accepted": serializers.BooleanField(), "accepted_by": serializers.CharField(allow_null=True),
+    "accepted_at": serializers.DateTimeField(allow_null=True)})
+
+
 class ModelSerializer(serializers.ModelSerializer):
     workspace = serializers.CharField(source="workspace.name", read_only=True)
     created_by = serializers.CharField(source="created_by.username", read_only=True, default=None)
     run = serializers.SerializerMethodField()
     project = serializers.SerializerMethodField()
+    scan = serializers.SerializerMethodField()
 
     class Meta:
         model = Model
-        fields = ["id", "workspace", "name", "version", "ref", "description", "tags", "framework", "file_name", "size",
-                  "sha256", "run", "project", "source_path", "created_by", "created_at"]
+        fields = ["id", "workspace", "name", "version", "ref", "description", "tags", "framework", "framework_version",
+                  "file_name", "size", "sha256", "scan", "run", "project", "source_path", "created_by", "created_at"]
         read_only_fields = fields
+
+    @extend_schema_field(ScanSerializer)
+    def get_scan(self, obj) -> dict:
+        return {"verdict": obj.scan_verdict, "reason": obj.scan_reason, "reason_code": obj.scan_reason_code,
+                "format": obj.scan_format, "globals": obj.scan_globals, "scanned_at": obj.scanned_at,
+                "needs_confirmation": obj.scan_needs_confirmation and not obj.is_accepted,
+                "accepted": obj.is_accepted, "accepted_by": getattr(obj.accepted_by, "username", None),
+                "accepted_at": obj.accepted_at}
 
     def get_run(self, obj) -> str | None:
         value = getattr(obj, "run_id", None)
@@ -57,7 +75,7 @@ class ModelUpdateSerializer(serializers.Serializer):
 class ManifestModelSerializer(serializers.ModelSerializer):
     class Meta:
         model = Model
-        fields = ["id", "name", "version", "ref", "file_name", "sha256", "size"]
+        fields = ["id", "name", "version", "ref", "file_name", "sha256", "size", "scan_verdict"]
 
 
 class ManifestSerializer(serializers.ModelSerializer):
@@ -173,10 +191,12 @@ def _uploaded(request, name: str, *, required: bool):
 class ModelFilter(django_filters.FilterSet):
     run = django_filters.UUIDFilter(field_name="run_id")
     project = django_filters.CharFilter(method="filter_project", help_text="Project id or name")
+    scan = django_filters.ChoiceFilter(field_name="scan_verdict", choices=ScanVerdict.choices,
+                                       help_text="Only versions with this scan verdict")
 
     class Meta:
         model = Model
-        fields = ["name", "framework", "version", "run", "project"]
+        fields = ["name", "framework", "version", "run", "project", "scan"]
 
     def filter_project(self, qs, name, value):
         try:
@@ -189,7 +209,7 @@ class ModelViewSet(RefLookupMixin, WorkspaceScopedViewSet):
     """Registered model versions. POST multipart (``file``, ``name``, ``description``, ``tags`` as a
     JSON object, ``framework``) uploads; POST JSON ``{"name", "run", "path"}`` registers a run's output."""
 
-    queryset = Model.objects.select_related("workspace", "created_by")
+    queryset = Model.objects.select_related("workspace", "created_by", "accepted_by")
     serializer_class = ModelSerializer
     filterset_class = ModelFilter
     search_fields = ["name", "description", "file_name", "framework"]
@@ -255,6 +275,19 @@ class ModelViewSet(RefLookupMixin, WorkspaceScopedViewSet):
     def perform_destroy(self, instance):
         services.model_delete(model=instance, user=self.request.user)
 
+    @extend_schema(request=None, responses=ModelSerializer)
+    @action(detail=True, methods=["post", "delete"])
+    def accept(self, request, **kwargs):
+        """POST: a workspace owner accepts this version although its scan found it dangerous, unknown or
+        not fully readable; manifests may then bundle it (recorded in the activity log). DELETE
+        withdraws the acceptance. Contributors get 403."""
+        model = self.get_object()
+        if request.method == "DELETE":
+            model = model_scan.model_accept_withdraw(model=model, user=request.user)
+        else:
+            model = model_scan.model_accept(model=model, user=request.user)
+        return Response(ModelSerializer(self.get_queryset().get(pk=model.pk)).data)
+
     @extend_schema(responses={(200, "application/octet-stream"): bytes})
     @action(detail=True, methods=["get"])
     def download(self, request, **kwargs):
@@ -289,11 +322,12 @@ class ManifestViewSet(RefLookupMixin, CreateListRetrieveDestroyViewSet):
     @extend_schema(request={"multipart/form-data": inline_serializer("ManifestUpload", {
         "name": serializers.CharField(), "models": serializers.ListField(child=serializers.CharField()),
         "score_file": serializers.FileField(), "schema_file": serializers.FileField(),
-        "requirements_file": serializers.FileField(required=False), "runtime": serializers.CharField(required=False)}),
+        "requirements_file": serializers.FileField(required=False), "runtime": serializers.CharField(required=False),
+        "confirm_unknown": serializers.BooleanField(required=False)}),
         "application/json": inline_serializer("ManifestFromProject", {
             "name": serializers.CharField(), "models": serializers.ListField(child=serializers.CharField()),
             "project": serializers.CharField(), "score": serializers.CharField(), "schema": serializers.CharField(),
-            "requirements": serializers.CharField(required=False)})},
+            "requirements": serializers.CharField(required=False), "confirm_unknown": serializers.BooleanField(required=False)})},
         responses={201: ManifestSerializer})
     def create(self, request, *args, **kwargs):
         workspace = workspace_from_request(request, role=Role.CONTRIBUTOR)
@@ -304,6 +338,7 @@ class ManifestViewSet(RefLookupMixin, CreateListRetrieveDestroyViewSet):
                               fields={"models": "Choose one or more model versions."})
         models = [resolve_in_workspace(Model.objects.all(), workspace, ref, field="models", what="model") for ref in refs]
         runtime = data.get("runtime") or Manifest.Runtime.PYTHON
+        confirm = model_scan.parse_flag(data.get("confirm_unknown"))
         if request.FILES:
             score = _uploaded(request, "score_file", required=True)
             schema = _uploaded(request, "schema_file", required=True)
@@ -311,13 +346,14 @@ class ManifestViewSet(RefLookupMixin, CreateListRetrieveDestroyViewSet):
             manifest = services.manifest_create(
                 workspace=workspace, name=data.get("name", ""), models=models, score=score.read(), schema=schema.read(),
                 requirements=requirements.read() if requirements is not None else None, user=request.user, runtime=runtime,
+                confirm_unknown=confirm,
             )
         elif data.get("project"):
             requirements = data.get("requirements")
             manifest = services.manifest_create_from_project(
                 workspace=workspace, name=data.get("name", ""), models=models, project_ref=str(data.get("project")),
                 score_path=data.get("score") or Manifest.SCORE, schema_path=data.get("schema") or Manifest.SCHEMA,
-                requirements_path=requirements, user=request.user, runtime=runtime,
+                requirements_path=requirements, user=request.user, runtime=runtime, confirm_unknown=confirm,
             )
         else:
             raise PortalError(

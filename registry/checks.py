@@ -19,11 +19,6 @@ MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 # Manifest and image names end up in a Docker repository name: lowercase, single separators.
 RESOURCE_NAME_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
 FRAMEWORKS = ("scikit-learn", "xgboost", "lightgbm", "pytorch", "tensorflow", "keras", "onnx", "other")
-FRAMEWORK_BY_EXTENSION = {
-    ".pkl": "scikit-learn", ".pickle": "scikit-learn", ".joblib": "scikit-learn", ".sav": "scikit-learn",
-    ".onnx": "onnx", ".pt": "pytorch", ".pth": "pytorch", ".h5": "keras", ".keras": "keras",
-    ".pb": "tensorflow", ".ubj": "xgboost", ".xgb": "xgboost",
-}
 MAX_SCORE_BYTES = 1024 * 1024
 MAX_SCHEMA_BYTES = 5 * 1024 * 1024
 MAX_REQUIREMENTS_BYTES = 64 * 1024
@@ -113,12 +108,13 @@ def check_tags(value: Any) -> dict[str, str]:
 
 
 def check_framework(value: Any, file_name: str) -> str:
-    """Returns the framework given (one of FRAMEWORKS) or, when none is given, the one the file's
-    extension suggests ("" when it suggests none)."""
+    """Returns the framework declared (one of FRAMEWORKS), or "". The label a version gets comes from
+    what its file references (see model_scan.scan_fields); a declaration only names the framework
+    of a file that holds no pickle. The file name is no evidence: a malicious pickle named .pkl is
+    not scikit-learn."""
     value = (value or "").strip().lower() if isinstance(value, str) else value
     if not value:
-        dot = file_name.rfind(".")
-        return FRAMEWORK_BY_EXTENSION.get(file_name[dot:].lower(), "") if dot > 0 else ""
+        return ""
     if value not in FRAMEWORKS:
         message = f"Unknown framework {str(value)[:40]!r}: use one of {', '.join(FRAMEWORKS)}."
         raise PortalError(message, fields={"framework": message})

@@ -5,7 +5,7 @@ from django import forms
 
 from registry.checks import FRAMEWORKS
 
-FRAMEWORK_CHOICES = [("", "Guess from the file extension")] + [(f, f) for f in FRAMEWORKS]
+FRAMEWORK_CHOICES = [("", "Read it from the file")] + [(f, f) for f in FRAMEWORKS]
 TAGS_HELP = 'A JSON object, like {"stage": "test", "auc": "0.91"}.'
 
 
@@ -14,7 +14,9 @@ class ModelRegisterForm(forms.Form):
     file = forms.FileField(required=False, help_text="The model file (stored as is, never loaded by the portal).")
     description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 3}))
     tags = forms.CharField(required=False, help_text=TAGS_HELP, widget=forms.TextInput(attrs={"placeholder": "{}"}))
-    framework = forms.ChoiceField(required=False, choices=FRAMEWORK_CHOICES)
+    framework = forms.ChoiceField(required=False, choices=FRAMEWORK_CHOICES,
+                                  help_text="A pickle's framework is read from what it references; a declared one "
+                                            "only names a file that holds no pickle (ONNX, Keras…).")
 
     def __init__(self, *args, from_run: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -41,6 +43,9 @@ class ManifestForm(forms.Form):
     score_path = forms.CharField(required=False, initial="score.py", label="score.py path in the project")
     schema_path = forms.CharField(required=False, initial="service_schema.json", label="Schema path in the project")
     requirements_path = forms.CharField(required=False, initial="", label="requirements.txt path (optional)")
+    confirm_unknown = forms.BooleanField(
+        required=False, label="I trust the model versions whose scan found unknown globals or could not finish",
+        help_text="Dangerous versions are refused unless a workspace owner accepted them.")
 
     def __init__(self, *args, model_choices=(), project_choices=(), **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -73,9 +73,9 @@ def imported_requirements(*, models: list[tuple[str, Opener]], score: bytes,
         except OSError:
             continue
         if not scan.complete and scan.opcodes:
-            warnings.append(f"{file_name} was read only up to raw data or a size cap (joblib stores arrays that way): "
-                            "packages named after that point, and scikit-learn's version, are unknown; list them in "
-                            "requirements.txt to be sure")
+            warnings.append(f"{file_name} was read only in part (it is cut off, damaged or over the scan's size "
+                            "cap): packages named after that point, and scikit-learn's version, are unknown; list them "
+                            "in requirements.txt to be sure")
         for module in scan.modules:
             named.setdefault(module.split(".", 1)[0], file_name)
         for dist, version in scan.versions.items():

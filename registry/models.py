@@ -14,6 +14,13 @@ from django.db import models
 from core.logs import LogChunk
 
 
+class ScanVerdict(models.TextChoices):
+    SAFE = "safe", "Safe"
+    UNKNOWN = "unknown", "Unknown globals"
+    DANGEROUS = "dangerous", "Dangerous"
+    NOT_SCANNED = "not_scanned", "Not scanned"
+
+
 class Model(models.Model):
     """One version of a registered model file, e.g. ``model.pkl`` v3.
 
@@ -39,6 +46,20 @@ class Model(models.Model):
     source_path = models.CharField(max_length=255, blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
+    # The scan of the file's opcodes at registration (registry.scanning); "" = registered before scans.
+    scan_verdict = models.CharField(max_length=16, choices=ScanVerdict.choices, blank=True)
+    scan_reason = models.TextField(blank=True, help_text="Why, in one or two sentences")
+    scan_reason_code = models.CharField(max_length=32, blank=True)
+    scan_format = models.CharField(max_length=32, blank=True, help_text="pickle, gzip+pickle, zip, tar, npy…")
+    scan_globals = models.JSONField(default=list, blank=True, help_text="Each global the file names, with its verdict")
+    scanned_at = models.DateTimeField(null=True, blank=True)
+    # Unknown globals, or a part left unread that could hold code: a manifest takes it only when confirmed.
+    scan_needs_confirmation = models.BooleanField(default=False)
+    framework_version = models.CharField(max_length=64, blank=True, help_text="As recorded in the file")
+    # A workspace owner's acceptance of a version that is not safe: manifests may then bundle it.
+    accepted_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                    related_name="+")
+    accepted_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["name", "-version"]
@@ -52,6 +73,11 @@ class Model(models.Model):
     @property
     def ref(self) -> str:
         return f"{self.name}:{self.version}"
+
+    @property
+    def is_accepted(self) -> bool:
+        return self.accepted_at is not None
+
 
 
 class Manifest(models.Model):

@@ -19,7 +19,7 @@ from django.db import transaction
 from core.errors import Conflict, PortalError
 from core.numbering import create_next
 from core.storage import delete_files, delete_files_on_commit, open_file, read_file, save_file
-from registry import selectors
+from registry import model_scan, selectors
 from registry.checks import (
     check_description,
     check_framework,
@@ -70,6 +70,9 @@ def _register(*, workspace: Workspace, name: str, user, file_name: str, descript
     framework = check_framework(framework, file_name)
     stored, size, sha256 = store(f"models/{workspace.id}/{uuid.uuid4().hex}/{file_name}")
     try:
+        # Scanned (opcodes only, never loaded) before it becomes a version; the verdict is the version's.
+        scan = model_scan.scan_fields(model_scan.scan_stored(stored, file_name), declared_framework=framework)
+        framework = scan.pop("framework")
         with transaction.atomic():
             lineage = {}
             if run is not None:
@@ -77,12 +80,13 @@ def _register(*, workspace: Workspace, name: str, user, file_name: str, descript
             model = _create_versioned(
                 Model, workspace=workspace, name=name, description=description, tags=tags, framework=framework,
                 file_name=file_name, file=stored, size=size, sha256=sha256, source_path=source_path,
-                created_by=user, **lineage,
+                created_by=user, **lineage, **scan,
             )
-            detail = {"size": size, "sha256": sha256}
+            detail = {"size": size, "sha256": sha256, "scan": model.scan_verdict}
             if run is not None:
                 detail["run"] = str(run.pk)
             activity_record(workspace=workspace, actor=user, verb="model.registered", target=model, detail=detail)
+            model_scan.carry_acceptance(model, user=user)
     except BaseException:
         delete_files([stored])
         raise
@@ -191,15 +195,19 @@ def content_hash(*, runtime: str, files: dict[str, dict], models: list[Model]) -
 
 
 def manifest_create(*, workspace: Workspace, name: str, models: list[Model], score: bytes, schema: bytes,
-                    requirements: bytes | None, user, runtime: str = Manifest.Runtime.PYTHON, project=None) -> Manifest:
+                    requirements: bytes | None, user, runtime: str = Manifest.Runtime.PYTHON, project=None,
+                    confirm_unknown: bool = False, one_shot: bool = False) -> Manifest:
     """Creates the next version of manifest ``name``: the model versions + score.py +
     service_schema.json + requirements.txt (optional). Everything is checked before anything is
-    stored; nothing of the user's code runs. Raises PortalError naming the problem."""
+    stored; nothing of the user's code runs. Raises PortalError naming the problem; ScanRefused
+    for a dangerous model version, or an unknown one without ``confirm_unknown``, that no owner
+    accepted."""
     require_role(user=user, workspace=workspace, role=Role.CONTRIBUTOR)
     name = check_resource_name(name)
     if runtime not in Manifest.Runtime.values:
         raise PortalError(f"Unknown runtime {str(runtime)[:20]!r}: use 'python'.", fields={"runtime": "Use 'python'."})
     models = check_models(workspace, list(models))
+    confirmed = model_scan.check_manifest_models(models, confirm_unknown=confirm_unknown, one_shot=one_shot)
     loaded_schema = check_schema(schema)
     check_score(score, run_function=loaded_schema.run_function)
     _, reqs = parse_requirements(requirements)
@@ -222,8 +230,10 @@ def manifest_create(*, workspace: Workspace, name: str, models: list[Model], sco
             ManifestModel.objects.bulk_create(
                 [ManifestModel(manifest=manifest, model=model, position=i) for i, model in enumerate(models)]
             )
-            activity_record(workspace=workspace, actor=user, verb="manifest.created", target=manifest,
-                            detail={"models": [m.ref for m in models], "hash": manifest.content_hash})
+            detail = {"models": [m.ref for m in models], "hash": manifest.content_hash}
+            if confirmed:
+                detail["confirmed_unknown"] = confirmed
+            activity_record(workspace=workspace, actor=user, verb="manifest.created", target=manifest, detail=detail)
     except BaseException:
         delete_files(stored)
         raise
@@ -244,7 +254,7 @@ def _project_file(project, path: str | None, *, field: str) -> bytes | None:
 
 def manifest_create_from_project(*, workspace: Workspace, name: str, models: list[Model], project_ref, score_path: str,
                                  schema_path: str, requirements_path: str | None, user,
-                                 runtime: str = Manifest.Runtime.PYTHON) -> Manifest:
+                                 runtime: str = Manifest.Runtime.PYTHON, confirm_unknown: bool = False) -> Manifest:
     """Creates a manifest from files of a project (their current content is copied): score.py and
     the schema at the given paths, requirements.txt when a path is given. Raises PortalError for an
     unknown project or path, then everything manifest_create checks."""
@@ -259,7 +269,8 @@ def manifest_create_from_project(*, workspace: Workspace, name: str, models: lis
     schema = _project_file(project, schema_path or Manifest.SCHEMA, field="schema")
     requirements = _project_file(project, requirements_path, field="requirements")
     return manifest_create(workspace=workspace, name=name, models=models, score=score, schema=schema,
-                           requirements=requirements, user=user, runtime=runtime, project=project)
+                           requirements=requirements, user=user, runtime=runtime, project=project,
+                           confirm_unknown=confirm_unknown)
 
 
 def manifest_file(manifest: Manifest, path: str) -> bytes:
@@ -295,10 +306,14 @@ def image_repository(workspace: Workspace, name: str) -> str:
 
 def image_labels(*, image: Image, manifest: Manifest) -> dict[str, str]:
     from compute.engine import LABEL_ID
+    from deployments.worker import LABEL_PORTAL
+    from workspaces.instance import portal_instance
 
     models = manifest.model_versions.order_by("manifest_models__position")
     return {
         LABEL_ID: str(image.pk),
+        # Which portal built it: retention prunes only its own dangling layers on a shared engine.
+        LABEL_PORTAL: portal_instance(),
         "mlportal.workspace": manifest.workspace.name,
         "mlportal.manifest": manifest.ref,
         "mlportal.manifest_hash": manifest.content_hash,

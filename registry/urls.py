@@ -9,6 +9,7 @@ urlpatterns = [
     path("models/<str:ref>/download/", views.model_download, name="model-download"),
     path("models/<str:ref>/edit/", views.model_edit, name="model-edit"),
     path("models/<str:ref>/delete/", views.model_delete, name="model-delete"),
+    path("models/<str:ref>/accept/", views.model_accept, name="model-accept"),
     path("manifests/", views.manifest_list, name="manifest-list"),
     path("manifests/new/", views.manifest_create, name="manifest-create"),
     path("manifests/<str:ref>/", views.manifest_detail, name="manifest-detail"),

@@ -14,7 +14,7 @@ from django.views.decorators.http import require_POST
 
 from core.errors import PortalError
 from core.views_base import paginate, require_page_role, scoped
-from registry import selectors, services
+from registry import model_scan, selectors, services
 from registry.api import model_file_response
 from registry.forms import ImageCreateForm, ManifestForm, ModelEditForm, ModelRegisterForm
 from registry.models import Image, Manifest, Model
@@ -117,6 +117,8 @@ def model_register(request):
             _form_error(form, exc)
         else:
             messages.success(request, f"Registered {model.name} version {model.version}.")
+            if model.scan_verdict in ("dangerous", "unknown") or model.scan_needs_confirmation:
+                messages.warning(request, f"Scan: {model.get_scan_verdict_display().lower()}. {model.scan_reason}")
             return redirect("model-detail", ref=str(model.pk))
     return render(request, "registry/model_register.html", {
         "form": form, "run": run, "output": output, "path": path, "workspace": workspace,
@@ -126,7 +128,7 @@ def model_register(request):
 
 @login_required
 def model_detail(request, ref: str):
-    model = _find(request, Model.objects.select_related("workspace", "created_by", "run__project", "project"), ref)
+    model = _find(request, Model.objects.select_related("workspace", "created_by", "run__project", "project", "accepted_by"), ref)
     edit_form = ModelEditForm(initial={"description": model.description, "tags": json.dumps(model.tags) if model.tags else ""})
     versions = list(selectors.versions_of(model).select_related("created_by"))
     for version in versions:
@@ -134,8 +136,26 @@ def model_detail(request, ref: str):
     return render(request, "registry/model_detail.html", {
         "model": model, "versions": versions, "usage": selectors.model_usage(model),
         "edit_form": edit_form, "can_edit": _can(request, model, Role.CONTRIBUTOR), "can_delete": _can(request, model, Role.OWNER),
-        "lineage": _lineage(model),
+        "lineage": _lineage(model), "can_accept": _can(request, model, Role.OWNER),
     })
+
+
+@login_required
+@require_POST
+def model_accept(request, ref: str):
+    """An owner accepts (or, with ``withdraw``, withdraws the acceptance of) a version that is not safe."""
+    model = _find(request, Model.objects.all(), ref)
+    require_page_role(request, model.workspace, Role.OWNER)
+    try:
+        if request.POST.get("withdraw"):
+            model_scan.model_accept_withdraw(model=model, user=request.user)
+            messages.success(request, f"Withdrew the acceptance of {model.ref}: new manifests refuse it again.")
+        else:
+            model_scan.model_accept(model=model, user=request.user)
+            messages.success(request, f"Accepted {model.ref}: manifests may bundle it (recorded in the activity log).")
+    except PortalError as exc:
+        messages.error(request, exc.message)
+    return redirect("model-detail", ref=str(model.pk))
 
 
 def _url(name: str, pk) -> str | None:
@@ -208,12 +228,22 @@ def _project_choices(request, workspace) -> list[tuple[str, str]]:
     return [(str(p.pk), p.name) for p in Project.objects.filter(workspace=workspace).order_by("name")[:500]]
 
 
+def _model_choice(model: Model) -> str:
+    """The version as the manifest form lists it; a scan other than safe is said."""
+    label = f"{model.name} v{model.version} ({model.file_name})"
+    if model.scan_verdict == "safe":
+        return label
+    scan = model.get_scan_verdict_display() if model.scan_verdict else "not scanned yet"
+    accepted = ", accepted by an owner" if model.is_accepted else ""
+    return f"{label} · scan: {scan}{accepted}"
+
+
 @login_required
 def manifest_create(request):
     workspace = _current_workspace(request)
     models = Model.objects.filter(workspace=workspace).order_by("name", "-version")[:500]
     form = ManifestForm(request.POST or None, request.FILES or None,
-                        model_choices=[(str(m.pk), f"{m.name} v{m.version} ({m.file_name})") for m in models],
+                        model_choices=[(str(m.pk), _model_choice(m)) for m in models],
                         project_choices=_project_choices(request, workspace),
                         initial={"models": request.GET.getlist("model")})
     if request.method == "POST" and form.is_valid():
@@ -226,6 +256,7 @@ def manifest_create(request):
                     workspace=workspace, name=data["name"], models=chosen, project_ref=data["project"],
                     score_path=data["score_path"], schema_path=data["schema_path"],
                     requirements_path=data["requirements_path"] or None, user=request.user,
+                    confirm_unknown=data["confirm_unknown"],
                 )
             else:
                 missing = [f for f in ("score_file", "schema_file") if not data.get(f)]
@@ -235,7 +266,7 @@ def manifest_create(request):
                 manifest = services.manifest_create(
                     workspace=workspace, name=data["name"], models=chosen, score=data["score_file"].read(),
                     schema=data["schema_file"].read(), requirements=requirements.read() if requirements else None,
-                    user=request.user,
+                    user=request.user, confirm_unknown=data["confirm_unknown"],
                 )
         except PortalError as exc:
             _form_error(form, exc)

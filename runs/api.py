@@ -550,7 +550,7 @@ def compact_json(request, data) -> HttpResponse:
     body = json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
     response = HttpResponse(content_type="application/json")
     if len(body) > 1024 and "gzip" in request.META.get("HTTP_ACCEPT_ENCODING", ""):
-        body = gzip.compress(body, compresslevel=5)
+        body = gzip.compress(body, compresslevel=1)  # level 1: a tenth of the time of 5, a few KB more
         response["Content-Encoding"] = "gzip"
     response["Vary"] = "Accept-Encoding"
     response.content = body

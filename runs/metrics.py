@@ -6,7 +6,6 @@ import uuid
 from datetime import datetime, timezone as dt_timezone
 
 from django.db import connections, transaction
-from django.db.models import F
 from django.utils import timezone
 
 from runs.models import Metric, RunMetricSummary
@@ -32,20 +31,35 @@ def run_record_metrics(*, run_id, workspace_id, points: list[dict]) -> None:
         when = p.get("time")
         logged_at = datetime.fromtimestamp(when, tz=dt_timezone.utc) if isinstance(when, (int, float)) else now
         rows.append((str(p["name"])[:200], value, text, p.get("step"), logged_at))
+    last: dict[str, tuple] = {}
+    counts: dict[str, int] = {}
+    for row in rows:
+        last[row[0]] = row
+        counts[row[0]] = counts.get(row[0], 0) + 1
     with transaction.atomic():
         _insert_metrics(run_id, workspace_id, rows)
-        last: dict[str, tuple] = {}
-        counts: dict[str, int] = {}
-        for row in rows:
-            last[row[0]] = row
-            counts[row[0]] = counts.get(row[0], 0) + 1
-        for name, (_, value, text, step, logged_at) in last.items():
-            updated = RunMetricSummary.objects.filter(run_id=run_id, name=name).update(
-                value=value, text=text, step=step, logged_at=logged_at, count=F("count") + counts[name],
-            )
-            if not updated:
-                RunMetricSummary.objects.create(run_id=run_id, workspace_id=workspace_id, name=name, value=value, text=text,
-                                                step=step, logged_at=logged_at, count=counts[name])
+        items = [(*last[name], counts[name]) for name in last]
+        for start in range(0, len(items), 500):  # 9 parameters a row: stay far below SQLite's limit
+            _upsert_summaries(run_id, workspace_id, items[start:start + 500])
+
+
+def _upsert_summaries(run_id, workspace_id, items: list[tuple]) -> None:
+    """One INSERT … ON CONFLICT for the (name, value, text, step, logged_at, count) of each name:
+    the last value replaces the summary's, the count adds up (PostgreSQL and SQLite both speak it)."""
+    connection = connections[RunMetricSummary.objects.db]
+    table = connection.ops.quote_name(RunMetricSummary._meta.db_table)
+    run_value = uuid.UUID(str(run_id)) if connection.vendor == "postgresql" else uuid.UUID(str(run_id)).hex
+    workspace_value = uuid.UUID(str(workspace_id)) if connection.vendor == "postgresql" else uuid.UUID(str(workspace_id)).hex
+    adapt = connection.ops.adapt_datetimefield_value
+    params: list = []
+    for name, value, text, step, logged_at, count in items:
+        params += [workspace_value, run_value, name, value, text, step, count, adapt(logged_at), 0]
+    values = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(items))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (workspace_id, run_id, name, value, text, step, count, logged_at, chart_count) "
+            f"VALUES {values} ON CONFLICT (run_id, name) DO UPDATE SET value = EXCLUDED.value, text = EXCLUDED.text, "
+            f"step = EXCLUDED.step, logged_at = EXCLUDED.logged_at, count = {table}.count + EXCLUDED.count", params)
 
 
 def _insert_metrics(run_id, workspace_id, rows: list[tuple]) -> None:

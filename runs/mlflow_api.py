@@ -21,6 +21,7 @@ import uuid
 from datetime import datetime, timezone as dt_timezone
 
 from django.db import transaction
+from django.db.models import F
 from django.http import HttpResponse, JsonResponse
 from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
@@ -86,6 +87,8 @@ def endpoint(method: str):
                 auth = BearerTokenAuthentication().authenticate(request)
             except drf_exceptions.AuthenticationFailed as exc:
                 return _error("UNAUTHENTICATED", str(exc.detail))
+            except drf_exceptions.PermissionDenied as exc:  # a read-only token sending a write
+                return _error("PERMISSION_DENIED", str(exc.detail))
             if auth is None:
                 return _error("UNAUTHENTICATED", "Send the portal's API token: set MLFLOW_TRACKING_TOKEN to a token "
                                                  "from the Tokens page (it goes as 'Authorization: Bearer <token>').")
@@ -139,7 +142,9 @@ def _run(user, body: dict) -> Run:
     except (ValueError, AttributeError):
         raise MlflowError("RESOURCE_DOES_NOT_EXIST" if ref else "INVALID_PARAMETER_VALUE",
                           f"Run {str(ref)[:64]!r} not found" if ref else "Missing value for required parameter 'run_id'.") from None
-    run = (Run.objects.filter(pk=pk, workspace_id__in=_workspace_ids(user))
+    # One query: the run, joined to the user's membership of its workspace (its role, for writes).
+    run = (Run.objects.filter(pk=pk, workspace__memberships__user=user)
+           .annotate(member_role=F("workspace__memberships__role"))
            .select_related("project", "workspace", "created_by").first())
     if run is None:
         raise MlflowError("RESOURCE_DOES_NOT_EXIST", f"Run '{ref}' not found in your workspaces.")
@@ -147,9 +152,7 @@ def _run(user, body: dict) -> Run:
 
 
 def _writable(user, run: Run) -> Run:
-    from workspaces.selectors import role_in
-
-    if not has_role(role_in(user, run.workspace_id), Role.CONTRIBUTOR):
+    if not has_role(run.member_role, Role.CONTRIBUTOR):
         raise MlflowError("PERMISSION_DENIED", f"Logging to run {run} needs the contributor role in workspace "
                                                f"'{run.workspace.name}'.")
     return run

@@ -90,9 +90,13 @@ class RunSink:
                 self._lines.append(line)
                 return
             kind, data = parsed
-            if kind == "metric":
-                self._metrics.append(data)
-                self.metric_count += 1
+            if kind in ("metric", "metrics"):
+                if kind == "metric":
+                    self._metrics.append(data)
+                    self.metric_count += 1
+                else:
+                    self._metrics.extend(data)
+                    self.metric_count += len(data)
                 if len(self._metrics) >= MAX_PENDING_METRICS:
                     self._wake.set()
                     while len(self._metrics) >= METRIC_BATCH and not self._stop.is_set() and self._thread.is_alive():
@@ -270,21 +274,12 @@ def _execute_script(run: Run, sink: RunSink, workdir: Path) -> dict:
             if line != already_said:
                 sink.output(line)
 
-        writer = OutputsWriter(run)
-        try:
-            result = run_in_docker(
+        def execute(store_output):
+            return run_in_docker(
                 spec, wheel_cache=settings.MLPORTAL_WHEEL_CACHE, on_output=on_output, should_cancel=sink.should_cancel,
                 on_container=lambda cid: run_set_container(run_id=run.id, container_id=cid),
-                workdir=workdir, base_url=settings.MLPORTAL_DOCKER_URL, store_output=writer.add,
+                workdir=workdir, base_url=settings.MLPORTAL_DOCKER_URL, store_output=store_output,
             )
-        except BaseException:
-            writer.abort()
-            raise
-        if result.outputs_failed:
-            writer.abort()  # all or nothing: a part of the outputs is not what the script made
-            outputs = []
-        else:
-            outputs = writer.commit()
     else:
         if not run_mark_running(run_id=run.id, image="local"):
             return {"status": Run.Status.CANCELED, "reason": "canceled before it started"}
@@ -295,12 +290,24 @@ def _execute_script(run: Run, sink: RunSink, workdir: Path) -> dict:
                       "execute: set MLPORTAL_LOCAL_RUN_PYTHON, or use target docker")
             sink.log(f"[mlportal] error: {reason}")
             return {"status": Run.Status.FAILED, "reason": reason}
-        result = run_local(
-            spec, sandbox=sandbox, wheel_cache=settings.MLPORTAL_WHEEL_CACHE,
-            on_output=sink.output, should_cancel=sink.should_cancel, workdir=workdir,
-        )
-    if run.target != Target.DOCKER:
-        outputs = run_store_outputs(run=run, tar_path=result.outputs)
+
+        def execute(store_output):
+            return run_local(
+                spec, sandbox=sandbox, wheel_cache=settings.MLPORTAL_WHEEL_CACHE,
+                on_output=sink.output, should_cancel=sink.should_cancel, workdir=workdir, store_output=store_output,
+            )
+    # Outputs go straight into storage as the runner hands them over; all of them or none.
+    writer = OutputsWriter(run)
+    try:
+        result = execute(writer.add)
+    except BaseException:
+        writer.abort()
+        raise
+    if result.outputs_failed:
+        writer.abort()  # a cap or a full disk stopped the copy: a part is not what the script made
+        outputs = []
+    else:
+        outputs = writer.commit()
     sink.log(f"[mlportal] run {result.status}{': ' + result.reason if result.reason else ''}"
              f" ({len(outputs)} output file{'s' if len(outputs) != 1 else ''}, {sink.metric_count} metric points)")
     return {"status": result.status, "reason": result.reason, "exit_code": result.exit_code, "oom": result.oom,
@@ -323,7 +330,9 @@ def local_sandbox() -> LocalSandbox | None:
 
 ANSI_RE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
 # Control characters other than tab are dropped from log lines (they could rewrite a terminal).
-CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+# C1 controls too (U+009B is a one-character CSI for some terminals), and the bidi and line
+# separator characters that reorder or split what a reader sees.
+CONTROL_RE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 def run_claim(*, run_id, worker: str) -> Run | None:

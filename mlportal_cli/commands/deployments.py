@@ -16,6 +16,7 @@ from mlportal_cli.client import ApiError, CliError
 from mlportal_cli.commands.registry import follow_image_log, image_failed
 from mlportal_cli.context import Context, UsageError, add_command, add_group
 from mlportal_cli.output import Result, columns
+from mlportal_runtime.logsafe import escape_controls
 
 WAIT_POLL_SECONDS = 1.0
 NOTICE_SECONDS = 10  # while waiting on a service, say where it stands this often
@@ -156,6 +157,8 @@ def service_create(ctx: Context):
     for key in ("model_name", "environment", "replicas", "cpus", "memory_mb"):
         if ctx.arg(key) is not None:
             data[key] = str(ctx.arg(key))
+    if ctx.arg("confirm_unknown"):
+        data["confirm_unknown"] = "true"
     names = {"score_file": "score.py", "schema_file": "service_schema.json", "requirements_file": "requirements.txt"}
     ctx.progress(f"Creating service {data['name']}: register the model, create the manifest, build the image, "
                  "start the service.")
@@ -204,7 +207,7 @@ def service_logs(ctx: Context):
     logs = ctx.client.get(f"services/{_path(service_ref(ctx))}/logs/", params={"tail": ctx.arg("tail")})
     if ctx.fmt == "json" or ctx.arg("query"):
         return Result(logs)
-    ctx.out.write(logs.get("text") or "")
+    ctx.out.write(escape_controls(logs.get("text") or ""))  # the portal escapes too; an older one may not
     return 0
 
 
@@ -342,6 +345,8 @@ def register(subparsers) -> None:
     parser.add_argument("-p", "--requirements", "--pip-requirements", dest="requirements", metavar="FILE",
                         help="requirements.txt of score.py")
     parser.add_argument("--model-name", metavar="NAME", help="register the model under NAME (default: the file's name)")
+    parser.add_argument("--confirm-unknown", action="store_true",
+                        help="take the model file even if its scan finds unknown globals or cannot finish")
     parser.add_argument("--environment", metavar="ENV", help="where to run it (default: your active environment)")
     parser.add_argument("-z", "--replicas", type=int, metavar="N", help="number of replicas (default 1)")
     parser.add_argument("--cpus", type=float, help="CPU limit per replica (default 1)")

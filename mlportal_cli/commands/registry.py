@@ -15,8 +15,16 @@ from mlportal_cli.commands.runs import POLL_SECONDS, download_to, resolve_run
 from mlportal_cli.context import Context, add_command, add_group
 from mlportal_cli.folder import human_size
 from mlportal_cli.output import Result, columns
+from mlportal_runtime.logsafe import escape_controls
+
+def _scan_cell(row: dict) -> str:
+    scan = row.get("scan") or {}
+    verdict = (scan.get("verdict") or "not scanned yet").replace("_", " ")
+    return f"{verdict} (accepted)" if scan.get("accepted") else verdict
+
 
 MODEL_COLUMNS = columns(("Name", "name"), ("Version", "version"), ("Ref", "ref"), ("Framework", "framework"),
+                        ("Scan", _scan_cell),
                         ("Size", lambda r: human_size(r["size"]) if r.get("size") is not None else ""),
                         ("Workspace", "workspace"), ("Created by", "created_by"), ("Created", "created_at"), ("ID", "id"))
 MANIFEST_COLUMNS = columns(("Name", "name"), ("Version", "version"), ("Ref", "ref"), ("Runtime", "runtime"),
@@ -87,7 +95,16 @@ def model_register(ctx: Context):
             model = ctx.client.post("models/", data=data, files={"file": (path.name, handle, "application/octet-stream")},
                                     timeout=600)
     ctx.progress(f"Registered model {model['ref']} ({model['id']}).")
+    _say_scan(ctx, model)
     return Result(model)
+
+
+def _say_scan(ctx: Context, model: dict) -> None:
+    scan = model.get("scan") or {}
+    if scan.get("verdict") and scan["verdict"] != "safe":
+        ctx.note(f"scan of {model['ref']}: {scan['verdict'].replace('_', ' ')}: {scan.get('reason')}"
+                 + ("" if scan.get("accepted") else
+                    f" (an owner can accept it: mlportal model accept {model['ref']})"))
 
 
 def model_list(ctx: Context):
@@ -96,6 +113,19 @@ def model_list(ctx: Context):
 
 def model_show(ctx: Context):
     return Result(ctx.client.get(f"models/{_ref(ctx, 'model')}/"))
+
+
+def model_accept(ctx: Context):
+    ref = _ref(ctx, "model")
+    if ctx.arg("withdraw"):
+        model = ctx.client.delete(f"models/{ref}/accept/")
+        ctx.progress(f"Withdrew the acceptance of {model['ref']}.")
+    else:
+        model = ctx.client.post(f"models/{ref}/accept/", {})
+        scan = model.get("scan") or {}
+        ctx.progress(f"Accepted {model['ref']} ({scan.get('verdict', '').replace('_', ' ')}) as "
+                     f"{scan.get('accepted_by')}: manifests may bundle it.")
+    return Result(model)
 
 
 def model_download(ctx: Context):
@@ -123,6 +153,8 @@ def manifest_create(ctx: Context):
         if requirements:
             files["requirements_file"] = ("requirements.txt", stack.enter_context(open(requirements, "rb")))
         data = {"name": ctx.arg("name"), "runtime": "python", "models": json.dumps(models)}
+        if ctx.arg("confirm_unknown"):
+            data["confirm_unknown"] = "true"
         manifest = ctx.client.post("manifests/", data=data, files=files)
     ctx.progress(f"Created manifest {manifest['ref']} ({manifest['id']}).")
     return Result(manifest)
@@ -146,7 +178,7 @@ def follow_image_log(ctx: Context, image: dict, *, to_stderr: bool = True) -> di
         body = ctx.client.get_patiently(f"images/{image['id']}/log/", params={"offset": offset}, say=ctx.progress)
         text = body.get("text") or ""
         if text:
-            stream.write(text)
+            stream.write(escape_controls(text))
             stream.flush()
             last = text[-1]
         offset = body.get("offset", offset)
@@ -206,7 +238,7 @@ def image_logs(ctx: Context):
     offset = 0
     while True:  # the endpoint pages long logs
         body = ctx.client.get_patiently(f"images/{image['id']}/log/", params={"offset": offset}, say=ctx.progress)
-        ctx.out.write(body.get("text") or "")
+        ctx.out.write(escape_controls(body.get("text") or ""))
         if not body.get("text") or body.get("offset", offset) == offset:
             break
         offset = body["offset"]
@@ -248,6 +280,12 @@ def register(subparsers) -> None:
     parser = add_command(model, "show", help="Show a model version.", example="mlportal model show model.pkl:1",
                          func=model_show)
     _ref_args(parser, "model")
+    parser = add_command(model, "accept", help="Accept a version whose scan found it dangerous, unknown or not fully "
+                                               "readable, so manifests may bundle it (workspace owners only).",
+                         example="mlportal model accept barscanary:1\nmlportal model accept barscanary:1 --withdraw",
+                         func=model_accept)
+    _ref_args(parser, "model")
+    parser.add_argument("--withdraw", action="store_true", help="withdraw the acceptance instead")
     parser = add_command(model, "download", help="Download a model version's file.",
                          example="mlportal model download model.pkl:2 -d ./models", func=model_download)
     _ref_args(parser, "model")
@@ -266,6 +304,8 @@ def register(subparsers) -> None:
                         help="a model version to bundle, e.g. model.pkl:1 (repeatable)")
     parser.add_argument("-p", "--requirements", "--pip-requirements", dest="requirements", metavar="FILE",
                         help="requirements.txt of score.py")
+    parser.add_argument("--confirm-unknown", action="store_true",
+                        help="take model versions whose scan found unknown globals or could not finish")
     parser = add_command(manifest, "list", help="List manifests.", example="mlportal manifest list", func=manifest_list)
     _list_args(parser, "manifests")
     parser = add_command(manifest, "show", help="Show a manifest.", example="mlportal manifest show churnpred:1",

@@ -14,6 +14,7 @@ from mlportal_cli.client import CliError
 from mlportal_cli.context import Context, add_command, add_group
 from mlportal_cli.folder import human_size
 from mlportal_cli.output import Result, columns
+from mlportal_runtime.logsafe import escape_controls
 
 POLL_SECONDS = 0.5
 QUIET_NOTICE_SECONDS = 15  # while a run prints nothing (queued behind others, a long step), say so this often
@@ -100,7 +101,7 @@ def follow_run(ctx: Context, run: dict) -> int:
         text = body.get("text") or ""
         now = time.monotonic()
         if text:
-            ctx.out.write(text)
+            ctx.out.write(escape_controls(text))
             ctx.out.flush()
             last = text[-1]
             quiet_since = now
@@ -210,7 +211,7 @@ def run_logs(ctx: Context):
         for chunk in response.iter_content(chunk_size=64 * 1024, decode_unicode=False):
             text = chunk.decode("utf-8", errors="replace")
             if text:
-                ctx.out.write(text)
+                ctx.out.write(escape_controls(text))
                 last = text[-1]
         if last != "\n":
             ctx.out.write("\n")

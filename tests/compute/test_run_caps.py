@@ -102,3 +102,31 @@ def test_a_full_disk_closes_the_stream_and_fails_at_once_with_disk_full(tmp_path
     assert result.status == "failed" and result.outputs_failed
     assert result.reason.startswith("disk full: the portal's storage has no room for its outputs")
     assert time.monotonic() - started < 60  # the container was removed at once (the issue: 300 s)
+
+
+def _run_local(tmp_path, recorder, script: str, store, **spec_args):
+    from compute.runner import run_local
+    from tests.compute.test_runner_local import sandbox
+
+    snapshot = make_snapshot(tmp_path / "snapshot.tar", {"train.py": script})
+    spec = RunSpec(run_id="local-cap", snapshot=snapshot, script="train.py", args=[], requirements=["six"],
+                   base_image=BASE_IMAGE, **spec_args)
+    return run_local(spec, sandbox=sandbox(), wheel_cache=WHEEL_CACHE, on_output=recorder,
+                     should_cancel=lambda: False, workdir=tmp_path / "work", store_output=store)
+
+
+def test_local_run_outputs_go_to_storage_file_by_file_and_obey_the_cap(tmp_path, recorder):
+    script = ("import os\nos.makedirs('outputs', exist_ok=True)\n"
+              "open('outputs/a.bin', 'wb').write(b'a' * (3 * 1024 * 1024))\n"
+              "os.symlink('/etc/passwd', 'outputs/leak')\n")
+    kept: dict[str, int] = {}
+    result = _run_local(tmp_path, recorder, script, lambda path, size, stream: kept.update({path: len(stream.read())}),
+                        outputs_max_bytes=10 * MIB)
+    assert result.status == "completed", result.reason
+    assert kept == {"a.bin": 3 * MIB}  # the symlink is never followed
+    assert not (tmp_path / "work" / "outputs.tar").exists()  # no tar: no extra copy
+    kept.clear()
+    over = _run_local(tmp_path, recorder, script.replace("os.symlink('/etc/passwd', 'outputs/leak')\n", ""),
+                      lambda path, size, stream: kept.update({path: size}), outputs_max_bytes=2 * MIB)
+    assert over.status == "failed" and over.outputs_failed and over.reason.startswith("its outputs are over the cap of 2 MiB")
+    assert kept == {}  # checked before anything is stored

@@ -43,3 +43,11 @@ def test_the_counter_stops_at_the_limit():
     assert not json_depth_over(b"[" * 64 + b"]" * 64, 64)
     assert not json_depth_over(b'[["[[[[", {"a": [1]}]]', 4)
     assert json_depth_over(b'[[[[1]]]]', 3)
+
+
+def test_brackets_in_strings_cannot_hide_a_deep_body():
+    # Strings whose brackets would pair with the real ones if strings were not taken out first.
+    evil = b"[" * 70 + b'"' + b"]" * 70 + b'", "' + b"[" * 70 + b'"' + b"]" * 70
+    assert json_depth_over(evil, 64)
+    escaped = b'{"s": "\\\\", "t": "\\" [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[ \\\\"}'
+    assert not json_depth_over(escaped, 64)

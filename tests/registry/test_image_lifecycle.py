@@ -44,8 +44,12 @@ class WritesMarker:
         return (open, (self.path, "w"))
 
 
-def small_manifest(api, *, requirements: bytes = b"six\n", model: bytes = b"tiny model", name: str = "small"):
-    assert api.post("/api/v1/models/", {"name": "model.bin", "file": upload("model.bin", model)}, format="multipart").status_code == 201
+def small_manifest(api, *, requirements: bytes = b"six\n", model: bytes = b"tiny model", name: str = "small",
+                   accept: bool = False):
+    registered = api.post("/api/v1/models/", {"name": "model.bin", "file": upload("model.bin", model)}, format="multipart")
+    assert registered.status_code == 201
+    if accept:  # an owner vouches for a file the scan found dangerous, so a manifest may bundle it
+        assert api.post(f"/api/v1/models/{registered.json()['id']}/accept/").status_code == 200
     response = api.post("/api/v1/manifests/", {
         "name": name, "models": ["model.bin"], "score_file": upload("score.py", SMALL_SCORE),
         "schema_file": upload("service_schema.json", SMALL_SCHEMA),
@@ -92,7 +96,7 @@ def test_a_requirement_missing_from_pypi_fails_with_the_resolvers_message_on_top
 def test_a_pickle_is_never_loaded_by_the_web_or_the_worker(celery_worker, owner_api, tmp_path):
     marker = tmp_path / "unpickled-marker"
     evil = pickle.dumps(WritesMarker(str(marker)))
-    manifest = small_manifest(owner_api, model=evil)
+    manifest = small_manifest(owner_api, model=evil, accept=True)
     image = owner_api.post("/api/v1/images/", {"manifest": manifest["id"]}, format="json").json()
     final = wait_finished(owner_api, image["id"])
     assert final["status"] == "succeeded", final["error"]
@@ -127,7 +131,7 @@ def test_an_unreachable_engine_fails_the_build_with_the_reason(transactional_db,
 
 def test_a_build_over_its_time_limit_fails_with_the_reason(transactional_db, owner, workspace, settings):
     settings.MLPORTAL_BUILD_TIMEOUT = 1
-    image = _small_image(owner, workspace, model=os.urandom(48 * 1024 * 1024))
+    image = _small_image(owner, workspace, model=b"\x00" + os.urandom(48 * 1024 * 1024))  # no pickle opcode first
     assert worker.image_build(image_id=str(image.pk)) == "failed"
     image.refresh_from_db()
     assert "over its time limit of 1 s" in image.error and image.error_step

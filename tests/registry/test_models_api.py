@@ -12,14 +12,16 @@ from workspaces.models import Activity
 pytestmark = pytest.mark.django_db
 
 
-def test_an_upload_registers_version_1_with_its_checksum_size_and_guessed_framework(owner_api, register_model, storage_root):
+def test_an_upload_registers_version_1_with_its_checksum_size_and_an_honest_framework(owner_api, register_model, storage_root):
     content = b"\x80\x04pickle-bytes" * 100
     response = register_model(owner_api, content=content, description="DTree", tags=json.dumps({"stage": "test", "auc": 0.91}))
     assert response.status_code == 201, response.json()
     body = response.json()
     assert body["name"] == "model.pkl" and body["version"] == 1 and body["ref"] == "model.pkl:1"
     assert body["sha256"] == hashlib.sha256(content).hexdigest() and body["size"] == len(content)
-    assert body["framework"] == "scikit-learn" and body["file_name"] == "model.pkl"
+    # A .pkl name is no evidence: this damaged pickle names no sklearn class, so it is not scikit-learn.
+    assert body["framework"] == "unknown" and body["file_name"] == "model.pkl"
+    assert body["scan"]["verdict"] == "not_scanned" and body["scan"]["reason_code"] in ("damaged", "truncated")
     assert body["tags"] == {"stage": "test", "auc": "0.91"} and body["description"] == "DTree"
     assert body["workspace"] == "team" and body["created_by"] == "olivia"
     [stored] = stored_files(storage_root)
@@ -33,9 +35,12 @@ def test_registering_the_same_name_again_adds_the_next_version(owner_api, regist
     assert register_model(owner_api, name="other.pkl").json()["version"] == 1
 
 
-def test_the_given_framework_wins_and_an_unknown_one_is_refused(owner_api, register_model):
+def test_a_declared_framework_names_a_file_without_pickles_and_an_unknown_one_is_refused(owner_api, register_model):
     assert register_model(owner_api, name="net.bin", framework="pytorch").json()["framework"] == "pytorch"
-    assert register_model(owner_api, name="net2.bin").json()["framework"] == ""
+    assert register_model(owner_api, name="net2.bin").json()["framework"] == "unknown"
+    # A pickle's label comes from what it references, whatever is declared.
+    assert register_model(owner_api, name="p.pkl", content=__import__("pickle").dumps({"a": 1}),
+                          framework="xgboost").json()["framework"] == "unknown"
     bad = register_model(owner_api, framework="sklearn-ish")
     assert bad.status_code == 400 and "Unknown framework" in bad.json()["error"]["message"]
 
@@ -73,7 +78,7 @@ def test_description_and_tags_are_editable_but_nothing_else(owner_api, register_
 
 def test_list_filters_searches_orders_and_paginates(owner_api, register_model):
     for name in ("alpha.pkl", "beta.onnx", "gamma.pkl"):
-        register_model(owner_api, name=name, filename=name)
+        register_model(owner_api, name=name, filename=name, **({"framework": "onnx"} if name.endswith(".onnx") else {}))
     register_model(owner_api, name="alpha.pkl", filename="alpha.pkl")
     listing = owner_api.get("/api/v1/models/?page_size=2&ordering=name").json()
     assert listing["count"] == 4 and len(listing["results"]) == 2 and listing["next"]

@@ -68,7 +68,7 @@ def test_uploading_on_the_register_page_registers_and_redirects(page_client, own
                                                   "description": "first", "tags": '{"stage": "dev"}', "framework": ""})
     model = Model.objects.get()
     assert response.status_code == 302 and response["Location"] == f"/models/{model.pk}/"
-    assert model.tags == {"stage": "dev"} and model.framework == "scikit-learn"
+    assert model.tags == {"stage": "dev"} and model.framework == "unknown" and model.scan_verdict == "not_scanned"
 
 
 def test_the_register_page_shows_the_problem_next_to_the_field_and_stores_nothing(page_client, owner, workspace, storage_root):

@@ -142,3 +142,12 @@ def test_a_reader_can_read_but_not_log(tracking, owner, workspace, reader):
     assert res.status_code == 403 and res.json()["error_code"] == "PERMISSION_DENIED"
     res = _call(tracking, "runs/create", {"experiment_id": str(project.pk)}, token=token)
     assert res.status_code == 403 and res.json()["error_code"] == "PERMISSION_DENIED"
+
+
+def test_a_read_only_token_reads_but_cannot_log(tracking, owner, workspace):
+    project = services.project_create(workspace=workspace, name="churnpred", user=owner)
+    run_id = _call(tracking, "runs/create", {"experiment_id": str(project.pk)}).json()["run"]["info"]["run_id"]
+    _, token = ws.token_create(user=owner, name="dashboards", read_only=True)
+    assert _call(tracking, "runs/get", {"run_id": run_id}, token=token, method="GET").status_code == 200
+    res = _call(tracking, "runs/set-tag", {"run_id": run_id, "key": "a", "value": "b"}, token=token)
+    assert res.status_code == 403 and res.json()["error_code"] == "PERMISSION_DENIED" and "read-only" in res.json()["message"]

@@ -27,7 +27,28 @@ def test_the_runtime_prints_param_and_tag_lines_the_worker_can_read():
     parsed = [parse_line(line) for line in stream.getvalue().splitlines()]
     assert parsed[:3] == [("param", {"name": "max_depth", "value": "4"}), ("param", {"name": "criterion", "value": "gini"}),
                           ("tag", {"key": "team", "value": "churn"})]
-    assert [p[1]["name"] for p in parsed[3:]] == ["acc", "f1"] and parsed[3][1]["step"] == 3
+    assert parsed[3][0] == "metrics" and len(parsed) == 4  # log_metrics: one line for the step
+    assert [(p["name"], p["value"], p["step"]) for p in parsed[3][1]] == [("acc", 0.9, 3), ("f1", 0.8, 3)]
+
+
+def test_a_metrics_line_is_all_or_nothing_and_feeds_the_sink(owner, blank):
+    from mlportal_runtime import METRICS_PREFIX
+    from runs.models import Metric
+
+    assert parse_line(METRICS_PREFIX + '{"metrics": {"a": 1, "b": NaN}, "step": 1, "time": 1.0}') is None
+    assert parse_line(METRICS_PREFIX + '{"metrics": {"a": 1, "": 2}, "step": 1, "time": 1.0}') is None
+    assert parse_line(METRICS_PREFIX + '{"metrics": {}, "step": 1}') is None
+    assert parse_line(METRICS_PREFIX + '{"metrics": {"a": 1}, "step": 1.5}') is None
+    stream = io.StringIO()
+    RunLogger(stream).log_metrics({f"m{i}": i for i in range(150)}, step=2)
+    assert [line.startswith(METRICS_PREFIX) for line in stream.getvalue().splitlines()] == [True, True]  # 100 a line
+    run = services.run_submit(project=blank, script="train.py", user=owner)
+    claimed = services.run_claim(run_id=run.id, worker="tests")
+    sink = worker.RunSink(claimed)
+    for line in stream.getvalue().splitlines():
+        sink.output(line)
+    sink.flush()
+    assert Metric.objects.filter(run=claimed, step=2).count() == 150 and sink.metric_count == 150
 
 
 def test_the_runtime_refuses_a_changed_param_and_an_oversized_value():

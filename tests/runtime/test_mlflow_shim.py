@@ -73,6 +73,7 @@ def test_mlflow_calls_become_the_runs_metrics_params_tags_and_outputs(tmp_path):
     params = {d["name"]: d["value"] for kind, d in parsed if kind == "param"}
     tags = {d["key"]: d["value"] for kind, d in parsed if kind == "tag"}
     metrics = [(d["name"], d["value"], d["step"]) for kind, d in parsed if kind == "metric"]
+    metrics += [(p["name"], p["value"], p["step"]) for kind, d in parsed if kind == "metrics" for p in d]
     assert params == {"max_depth": "4", "criterion": "gini", "lr": "0.1"}
     assert tags == {"mlflow.experimentName": "churn", "mlflow.runName": "baseline", "team": "churn",
                     "mlflow.note.content": "first try", "stage": "dev"}

@@ -124,8 +124,12 @@ def log_metric(key: str, value: Any, step: int | None = None, timestamp: int | N
 
 
 def log_metrics(metrics: dict, step: int | None = None, timestamp: int | None = None, **_: Any) -> None:
-    for key, value in dict(metrics).items():
-        log_metric(key, value, step=step)
+    run = _ensure_run()
+    try:
+        get_logger().log_metrics(metrics, step=step)  # one line for them all
+    except (TypeError, ValueError) as exc:
+        raise MlflowException(str(exc)) from None
+    run.data.metrics.update({k: v for k, v in dict(metrics).items() if isinstance(v, (int, float))})
 
 
 def log_param(key: str, value: Any, synchronous: bool | None = None) -> Any:

@@ -1,0 +1,29 @@
+"""How long a workspace keeps what grows: runs' logs and outputs, and images no service uses.
+
+Each kind is kept N days, or the last N (per project for runs, per image name for images); with
+both set, what either rule keeps stays; with neither, it is kept for good. Captured scoring data
+gets its own pair once the capture feature stores it.
+"""
+from __future__ import annotations
+
+from django.db import models
+
+
+class RetentionPolicy(models.Model):
+    workspace = models.OneToOneField("workspaces.Workspace", on_delete=models.CASCADE, primary_key=True,
+                                     related_name="retention")
+    run_files_keep_days = models.PositiveIntegerField(null=True, blank=True,
+                                                      help_text="Finished runs keep their log and outputs this many days")
+    run_files_keep_last = models.PositiveIntegerField(null=True, blank=True,
+                                                      help_text="The last N finished runs of each project keep them")
+    unused_images_keep_days = models.PositiveIntegerField(null=True, blank=True,
+                                                          help_text="Images no service uses are kept this many days")
+    unused_images_keep_last = models.PositiveIntegerField(null=True, blank=True,
+                                                          help_text="The last N images of each name are kept")
+    last_applied_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    FIELDS = ("run_files_keep_days", "run_files_keep_last", "unused_images_keep_days", "unused_images_keep_last")
+
+    def __str__(self) -> str:
+        return f"retention of {self.workspace_id}"

@@ -1,0 +1,138 @@
+"""Retention: the policy a workspace owner sets (request side), and the daily sweep that applies it
+(worker side): it deletes runs' log and output files and the Docker images no service uses, then
+prunes the portal's own dangling image layers, so the space really comes back.
+"""
+from __future__ import annotations
+
+import logging
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from registry.models import Image
+from registry.selectors import services_using_images
+from retention.models import RetentionPolicy
+from retention.selectors import policy_of, retention_plan
+from runs.models import Run, RunLogChunk, RunOutput
+from core.errors import PortalError
+from workspaces.models import Role, Workspace
+from workspaces.services import activity_record, require_role
+
+logger = logging.getLogger(__name__)
+
+MAX_KEEP = 100_000
+
+
+def retention_policy_update(*, workspace: Workspace, user, **values) -> RetentionPolicy:
+    """Sets some of the policy's numbers (None clears one: kept for good); owners only."""
+    require_role(user=user, workspace=workspace, role=Role.OWNER)
+    unknown = sorted(set(values) - set(RetentionPolicy.FIELDS))
+    if unknown:
+        raise PortalError(f"Unknown retention setting {', '.join(unknown)}: use {', '.join(RetentionPolicy.FIELDS)}.",
+                          fields={k: "Not a setting." for k in unknown})
+    policy = policy_of(workspace)
+    for name, value in values.items():
+        if value in (None, ""):
+            setattr(policy, name, None)
+            continue
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise PortalError(f"{name} must be a whole number, not {str(value)[:40]!r}.", fields={name: "Not a number."}) from None
+        if not 1 <= number <= MAX_KEEP:
+            message = f"{name} must be between 1 and {MAX_KEEP} (or empty: keep for good); {number} is not."
+            raise PortalError(message, fields={name: message})
+        setattr(policy, name, number)
+    policy.save()
+    activity_record(workspace=workspace, actor=user, verb="retention.changed", target=workspace,
+                    detail={k: getattr(policy, k) for k in RetentionPolicy.FIELDS})
+    return policy
+
+
+# --- worker side -----------------------------------------------------------------------------------
+
+def _clear_run_files(run_id, *, note: str) -> int:
+    """Deletes a finished run's output files and its log (one line says why); the run, its
+    metrics, params and snapshot stay. Returns the bytes freed."""
+    from django.core.files.storage import default_storage
+
+    from runs.services import run_append_log
+
+    run = Run.objects.filter(id=run_id).exclude(status__in=Run.ACTIVE).first()
+    if run is None:
+        return 0
+    outputs = list(RunOutput.objects.filter(run_id=run_id).values_list("storage_name", "size"))
+    with transaction.atomic():
+        RunOutput.objects.filter(run_id=run_id).delete()
+        RunLogChunk.objects.filter(run_id=run_id).delete()
+        Run.objects.filter(id=run_id).update(log_bytes=0, log_truncated=False)
+    for name, _size in outputs:
+        try:
+            default_storage.delete(name)
+        except OSError as exc:
+            logger.warning("retention: could not delete %s: %s", name, exc)
+    run_append_log(run_id=run_id, workspace_id=run.workspace_id, lines=[note])
+    # The note is not counted: a cleared run has nothing left for retention to free.
+    Run.objects.filter(id=run_id).update(log_bytes=0)
+    return sum(size for _, size in outputs) + (run.log_bytes or 0)
+
+
+def _remove_image(image_id) -> tuple[int, str | None]:
+    """Deletes an image no service uses from the engine and the registry; (bytes, error or None)."""
+    from compute.engine import EngineError
+    from compute.images import remove_image
+
+    with transaction.atomic():
+        image = Image.objects.select_for_update().filter(pk=image_id).first()
+        if image is None or image.status not in (Image.Status.SUCCEEDED, Image.Status.FAILED):
+            return 0, None
+        if services_using_images([image.pk], include_deleted=True):
+            return 0, None
+        if image.image_id:
+            try:
+                remove_image(image.tag, base_url=settings.MLPORTAL_DOCKER_URL)
+            except EngineError as exc:
+                return 0, f"{image.tag}: {exc}"
+        activity_record(workspace=image.workspace, actor=None, verb="image.deleted", target=image,
+                        detail={"tag": image.tag, "by": "retention"})
+        size = image.size or 0
+        image.delete()
+    return size, None
+
+
+def retention_apply(*, workspace_id=None) -> dict:
+    """Applies retention in one workspace (or all) and prunes the portal's dangling image layers.
+    Returns {"runs": n, "images": n, "bytes": freed, "layers": n, "layer_bytes": freed, "errors": [...]}."""
+    from compute.engine import EngineError
+    from compute.images import prune_dangling
+    from deployments.worker import LABEL_PORTAL
+    from workspaces.instance import portal_instance
+
+    now = timezone.now()
+    summary = {"runs": 0, "images": 0, "bytes": 0, "layers": 0, "layer_bytes": 0, "errors": []}
+    workspaces = Workspace.objects.all() if workspace_id is None else Workspace.objects.filter(pk=workspace_id)
+    note = f"[mlportal] log and outputs removed by the workspace's retention on {now:%Y-%m-%d %H:%M} UTC"
+    for workspace in workspaces:
+        if not RetentionPolicy.objects.filter(workspace=workspace).exists():
+            continue
+        plan = retention_plan(workspace, now=now)
+        for run in plan.runs:
+            summary["bytes"] += _clear_run_files(run["id"], note=note)
+            summary["runs"] += 1
+        for image in plan.images:
+            freed, error = _remove_image(image["id"])
+            if error:
+                summary["errors"].append(error)
+                continue
+            summary["bytes"] += freed
+            summary["images"] += 1
+        RetentionPolicy.objects.filter(workspace=workspace).update(last_applied_at=now)
+    try:
+        summary["layers"], summary["layer_bytes"] = prune_dangling(label=LABEL_PORTAL, value=portal_instance(),
+                                                                   base_url=settings.MLPORTAL_DOCKER_URL)
+    except EngineError as exc:
+        summary["errors"].append(f"pruning dangling layers: {exc}")
+    if summary["runs"] or summary["images"] or summary["layers"]:
+        logger.info("retention freed %s", summary)
+    return summary
