@@ -3,7 +3,7 @@
 from django.test import override_settings
 
 from deployments.models import Service
-from deployments.services import _container_env
+from deployments.worker import _container_env
 
 
 def service() -> Service:

@@ -43,7 +43,7 @@ def test_a_metrics_line_is_all_or_nothing_and_feeds_the_sink(owner, blank):
     RunLogger(stream).log_metrics({f"m{i}": i for i in range(150)}, step=2)
     assert [line.startswith(METRICS_PREFIX) for line in stream.getvalue().splitlines()] == [True, True]  # 100 a line
     run = services.run_submit(project=blank, script="train.py", user=owner)
-    claimed = services.run_claim(run_id=run.id, worker="tests")
+    claimed = worker.run_claim(run_id=run.id, worker="tests")
     sink = worker.RunSink(claimed)
     for line in stream.getvalue().splitlines():
         sink.output(line)
