@@ -16,6 +16,7 @@ COPY workspaces ./workspaces
 COPY runs ./runs
 COPY registry ./registry
 COPY deployments ./deployments
+COPY gateway ./gateway
 COPY compute ./compute
 COPY mlportal_runtime ./mlportal_runtime
 COPY mlportal_cli ./mlportal_cli
@@ -28,4 +29,6 @@ RUN pip install --no-cache-dir . && python -m compileall -q /app
 RUN mkdir -p /data && chown mlportal /data
 USER mlportal
 EXPOSE 8000
-CMD ["gunicorn", "mlportal.wsgi", "--bind", "0.0.0.0:8000", "--workers", "3", "--threads", "4", "--timeout", "120"]
+# The ASGI server: the scoring gateway in front of Django (mlportal/asgi.py); see scripts/run_portal.py.
+ENV WEB_WORKERS=3 PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus
+CMD ["sh", "-c", "rm -rf $PROMETHEUS_MULTIPROC_DIR && mkdir -p $PROMETHEUS_MULTIPROC_DIR && exec uvicorn mlportal.asgi:application --host 0.0.0.0 --port 8000 --workers $WEB_WORKERS --loop uvloop --http httptools --lifespan on --timeout-keep-alive 30 --no-server-header"]

@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/charts.py [--series 10] [--points 100000] [--repeats 5]
 
-Builds a throwaway portal (SQLite under a temporary MLPORTAL_DATA_DIR, migrated from scratch) with
+Builds a throwaway portal (a throwaway PostgreSQL database next to DATABASE_URL's when it names
+one, else SQLite under a temporary MLPORTAL_DATA_DIR; migrated from scratch) with
 one run whose 10 series hold 100,000 points each, written through the worker's own service
 (`run_record_metrics`); the worker's end-of-run step (`runs.worker.prepare_charts`) downsamples
 them, timed. The portal then serves on a local port (Django's threaded WSGI server, WhiteNoise for
@@ -39,9 +40,12 @@ RENDER_GOAL_MS = 1000.0
 BYTES_GOAL = 200 * 1024
 
 
-def setup_django(data_dir: Path) -> None:
+def setup_django(data_dir: Path, database_url: str | None) -> None:
     os.environ["MLPORTAL_DATA_DIR"] = str(data_dir)
-    os.environ.pop("DATABASE_URL", None)
+    if database_url:
+        os.environ["DATABASE_URL"] = database_url
+    else:
+        os.environ.pop("DATABASE_URL", None)
     os.environ["CELERY_BROKER_URL"] = "filesystem://"
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mlportal.settings")
     os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"  # Playwright's sync API runs an event loop in this thread
@@ -103,14 +107,13 @@ def serve():
 
 
 def session_cookie(user) -> str:
-    from django.conf import settings
     from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
     from django.contrib.sessions.backends.db import SessionStore
 
     session = SessionStore()
     session[SESSION_KEY] = str(user.pk)
-    session[BACKEND_SESSION_KEY] = settings.AUTHENTICATION_BACKENDS[0] if getattr(settings, "AUTHENTICATION_BACKENDS", None) \
-        else "django.contrib.auth.backends.ModelBackend"
+    # The backend that loads users (not a guard such as django-axes', which may come first).
+    session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
     session[HASH_SESSION_KEY] = user.get_session_auth_hash()
     session.save()
     return session.session_key
@@ -125,7 +128,8 @@ MEASURE = """() => {
            dataStart: data.startTime, dataEnd: data.responseEnd };
 }"""
 
-WATCH = """() => new Promise((resolve) => {
+WATCH = """() => new Promise((resolve, reject) => {
+  setTimeout(() => reject(new Error('the chart did not draw within 60 s')), 60000);
   const check = () => {
     const el = document.querySelector('[data-testid=metric-chart]');
     if (el && el.dataset.state === 'drawn' && el.dataset.series === String(%d)) { window.__drawnAt = performance.now(); resolve(el.dataset.maxStep); }
@@ -144,9 +148,13 @@ def main() -> int:
     from playwright.sync_api import sync_playwright
 
     data_dir = Path(tempfile.mkdtemp(prefix="mlportal-charts-"))
+    import ingestion
+
+    database_url, drop = ingestion.make_database(data_dir)
     try:
-        common.log(f"building a portal under {data_dir} (load average {common.loadavg()})")
-        setup_django(data_dir)
+        common.log(f"building a portal under {data_dir} on {'PostgreSQL' if database_url else 'SQLite'} "
+                   f"(load average {common.loadavg()})")
+        setup_django(data_dir, database_url)
         user, run, insert_s, prepare_s = fill(args.series, args.points)
         total = args.series * args.points
         common.log(f"inserted {total} points in {insert_s:.1f} s; the worker downsampled them in {prepare_s:.2f} s")
@@ -179,11 +187,13 @@ def main() -> int:
                 browser.close()
         server.shutdown()
     finally:
+        drop()
         shutil.rmtree(data_dir, ignore_errors=True)
 
     render = statistics.median(renders)
     size = statistics.median(sizes)
-    print(f"charts: one run, {args.series} series × {args.points} points = {total} points (SQLite), "
+    print(f"charts: one run, {args.series} series × {args.points} points = {total} points "
+          f"({'PostgreSQL' if database_url else 'SQLite'}), "
           f"median of {args.repeats} visits in Chromium")
     print(f"  worker's downsampling at the end of the run: {prepare_s * 1000:.0f} ms")
     print(f"  metrics tab drawn with every series to step {args.points - 1}: {render:.0f} ms "

@@ -51,6 +51,9 @@ logger = logging.getLogger(__name__)
 WORKDIR = "/workspace"
 POLL_S = 0.5
 STREAM_GRACE_S = 3.0
+# Lines between the readers and the consumer: a full queue stops the readers, so a script printing
+# faster than the worker stores waits on its stdout instead of the worker buffering its output.
+LINE_QUEUE_MAX = 10_000
 MAX_LINE_BYTES = 64 * 1024
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -197,7 +200,9 @@ def _supervise(*, lines: queue.Queue, on_output: Callable[[str], None],
     gone; kills it on ``timeout_s`` (counted from ``started``) or a cancel (polled every
     ``POLL_S``), or once ``over_scratch()`` (polled every ``SCRATCH_CHECK_S``) is true. A stream
     still open ``STREAM_GRACE_S`` after the process ended is closed (a grandchild holding the
-    pipe, a stuck attach). Returns "timed_out", "canceled", "over_scratch" or None."""
+    pipe, a stuck attach); the grace counts from the last line delivered, so a backlog still
+    being delivered after the process ended is never cut. Returns "timed_out", "canceled",
+    "over_scratch" or None."""
     deadline = (started if started is not None else time.monotonic()) + timeout_s
     next_check = 0.0
     next_scratch_check = 0.0
@@ -205,6 +210,7 @@ def _supervise(*, lines: queue.Queue, on_output: Callable[[str], None],
     stream_done = False
     gone_at: float | None = None
     closed = False
+    last_item = 0.0
     while True:
         try:
             item = lines.get(timeout=POLL_S)
@@ -214,6 +220,7 @@ def _supervise(*, lines: queue.Queue, on_output: Callable[[str], None],
             stream_done = True
         elif item is not None:
             on_output(item)
+            last_item = time.monotonic()
         now = time.monotonic()
         if verdict is None and now >= deadline:
             verdict = "timed_out"
@@ -234,10 +241,11 @@ def _supervise(*, lines: queue.Queue, on_output: Callable[[str], None],
             continue
         if stream_done:
             return verdict
-        if not closed and now - gone_at > STREAM_GRACE_S:
+        quiet = now - max(gone_at, last_item)
+        if not closed and quiet > STREAM_GRACE_S:
             close_stream()
             closed = True
-        elif now - gone_at > STREAM_GRACE_S + 5:
+        elif quiet > STREAM_GRACE_S + 5:
             on_output("[mlportal] the output stream did not end; some last lines may be missing")
             return verdict
 
@@ -369,7 +377,7 @@ def _follow_container(container_id: str, *, spec: RunSpec, on_output, should_can
         readers: list[threading.Thread] = []
         try:
             frames = ((1, out) if out else (2, err) for out, err in stream)
-            lines: queue.Queue = queue.Queue()
+            lines: queue.Queue = queue.Queue(maxsize=LINE_QUEUE_MAX)
             readers = _start_readers([frames], lines)
             client.api.start(container_id)
             started = time.monotonic()
@@ -783,7 +791,7 @@ def run_local(spec: RunSpec, *, sandbox: LocalSandbox, wheel_cache: Path,
             cwd=project, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, start_new_session=True,
         )
-        lines: queue.Queue = queue.Queue()
+        lines: queue.Queue = queue.Queue(maxsize=LINE_QUEUE_MAX)
         readers = _start_readers([_chunks(proc.stdout, 1), _chunks(proc.stderr, 2)], lines)
         tail: list[str] = []
 

@@ -138,6 +138,7 @@ class ReplicaSerializer(serializers.Serializer):
     url = serializers.CharField()
     restarts = serializers.IntegerField()
     started_at = serializers.DateTimeField()
+    revision = serializers.IntegerField(source="revision.number", default=None, help_text="Empty: the live revision")
 
 
 class RevisionSerializer(serializers.ModelSerializer):
@@ -147,7 +148,7 @@ class RevisionSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = ServiceRevision
-        fields = ["number", "image", "image_id", "reason", "created_by", "started_at", "ended_at"]
+        fields = ["number", "image", "image_id", "reason", "role", "created_by", "started_at", "ended_at"]
 
 
 class EventSerializer(serializers.ModelSerializer):
@@ -173,7 +174,7 @@ class ServiceSerializer(serializers.ModelSerializer):
     class Meta:
         model = Service
         fields = ["id", "workspace", "name", "status", "environment", "environment_id", "image", "image_id", "image_tag",
-                  "replicas", "cpus", "memory_mb", "error", "last_update_error", "pending", "scoring_url", "containers",
+                  "replicas", "cpus", "memory_mb", "error", "last_update_error", "pending", "rollout", "scoring_url", "containers",
                   "steps", "revisions", "events", "created_by", "created_at", "updated_at"]
         read_only_fields = fields
 
@@ -183,7 +184,7 @@ class ServiceSerializer(serializers.ModelSerializer):
         return request.build_absolute_uri(path) if request else path
 
     def get_containers(self, obj) -> list[dict]:
-        rows = ReplicaSerializer(obj.replica_set.order_by("number"), many=True).data
+        rows = ReplicaSerializer(obj.replica_set.select_related("revision").order_by("number"), many=True).data
         if self.context.get("detail"):
             rows = [dict(row, **_replica_state(obj, row)) for row in rows]
         return rows
@@ -370,15 +371,61 @@ class ServiceViewSet(CreateListRetrieveDestroyViewSet):
         """Scoring requests and latency from each replica's /metrics, and the totals."""
         return Response(selectors.service_metrics(self.get_object()))
 
-    @extend_schema(request=inline_serializer("ServiceUpdate", {"image": serializers.CharField()}),
-                   responses={202: ServiceSerializer})
+    @extend_schema(request=inline_serializer("ServiceUpdate", {
+        "image": serializers.CharField(), "canary": serializers.IntegerField(required=False),
+        "shadow": serializers.IntegerField(required=False), "bake_seconds": serializers.IntegerField(required=False),
+        "thresholds": serializers.DictField(required=False)}), responses={202: ServiceSerializer})
     @action(detail=True, methods=["post"], url_path="update")
     def update_image(self, request, **kwargs):
-        """Moves the service to another built image without downtime."""
+        """Moves the service to another built image without downtime; with ``canary`` (1–99) the
+        new image's replicas start beside the live ones and answer that percent of requests, with
+        ``shadow`` (1–99) that percent is mirrored to them (answers dropped); promote or abort
+        after. ``bake_seconds`` (default 300) and ``thresholds`` set the automatic rollback."""
+        from gateway import services as gateway_services
+
         image = _value(request, "image")
         if image is None:
             raise PortalError("Name the image to update to: {\"image\": \"churnpred:2\"}.", fields={"image": "This field is required."})
+        if _value(request, "canary") is not None or _value(request, "shadow") is not None:
+            thresholds = request.data.get("thresholds") if hasattr(request.data, "get") else None
+            service = gateway_services.service_rollout_start(
+                service=self.get_object(), image=image, user=request.user, canary=_value(request, "canary"),
+                shadow=_value(request, "shadow"), bake_seconds=_value(request, "bake_seconds"), thresholds=thresholds)
+            return self._answer(service, code=status.HTTP_202_ACCEPTED)
         service = services.service_update(service=self.get_object(), image=image, user=request.user)
+        return self._answer(service, code=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=inline_serializer("TrafficWeight", {"weight": serializers.IntegerField()}), responses={200: dict})
+    @action(detail=True, methods=["get", "post"])
+    def traffic(self, request, **kwargs):
+        """The revisions serving and their weights, the last hour's per-revision figures and the
+        history of weight changes (GET); POST ``{"weight": 30}`` changes the running canary's share."""
+        from gateway import selectors as gateway_selectors
+        from gateway import services as gateway_services
+
+        service = self.get_object()
+        if request.method == "POST":
+            if _value(request, "weight") is None:
+                raise PortalError("Say the new weight: {\"weight\": 30}.", fields={"weight": "This field is required."})
+            service = gateway_services.service_rollout_weight(service=service, weight=_value(request, "weight"), user=request.user)
+        return Response(gateway_selectors.service_traffic(service))
+
+    @extend_schema(request=None, responses={202: ServiceSerializer})
+    @action(detail=True, methods=["post"])
+    def promote(self, request, **kwargs):
+        """The canary (or shadow) revision takes all traffic; the old replicas stop."""
+        from gateway import services as gateway_services
+
+        service = gateway_services.service_rollout_finish(service=self.get_object(), user=request.user, action="promote")
+        return self._answer(service, code=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=None, responses={202: ServiceSerializer})
+    @action(detail=True, methods=["post"])
+    def abort(self, request, **kwargs):
+        """Back to the live revision; the canary's (or shadow's) replicas stop."""
+        from gateway import services as gateway_services
+
+        service = gateway_services.service_rollout_finish(service=self.get_object(), user=request.user, action="abort")
         return self._answer(service, code=status.HTTP_202_ACCEPTED)
 
     @extend_schema(request=inline_serializer("ServiceRollback", {"revision": serializers.IntegerField(required=False),
@@ -398,6 +445,22 @@ class ServiceViewSet(CreateListRetrieveDestroyViewSet):
             raise PortalError("Say how many replicas: {\"replicas\": 2}.", fields={"replicas": "This field is required."})
         service = services.service_scale(service=self.get_object(), replicas=_value(request, "replicas"), user=request.user)
         return self._answer(service, code=status.HTTP_202_ACCEPTED)
+
+
+    @extend_schema(request=inline_serializer("ServiceLimits", {"concurrency": serializers.IntegerField(required=False, allow_null=True),
+                                                                "queue": serializers.IntegerField(required=False, allow_null=True)}),
+                   responses={200: dict})
+    @action(detail=True, methods=["get", "post"])
+    def limits(self, request, **kwargs):
+        """The gateway's limits for this service (GET), or set them (POST ``{"concurrency", "queue"}``;
+        null goes back to the default): past both, callers get 503 with Retry-After."""
+        from gateway import services as gateway_services
+
+        service = self.get_object()
+        if request.method == "POST":
+            changes = request.data.dict() if hasattr(request.data, "dict") else dict(request.data or {})
+            service = gateway_services.service_set_limits(service=service, user=request.user, changes=changes)
+        return Response(gateway_services.limits_of(service))
 
 
 # --- the scoring proxy ----------------------------------------------------------------------------

@@ -110,6 +110,11 @@ class Service(models.Model):
     error = models.TextField(blank=True, help_text="Why it failed, one line")
     last_update_error = models.TextField(blank=True, help_text="Why the last update, scale or key change failed")
     pending = models.JSONField(default=dict, blank=True, help_text="The change an updating service is going through")
+    # The gateway's limits (empty: MLPORTAL_GATEWAY_CONCURRENCY / MLPORTAL_GATEWAY_QUEUE).
+    max_concurrency = models.PositiveIntegerField(null=True, blank=True, help_text="Requests it answers at once at the gateway")
+    max_queue = models.PositiveIntegerField(null=True, blank=True, help_text="Requests that may wait for a slot; past it 503")
+    # A canary or shadow in progress: {"mode", "revision", "weight", "bake_seconds", "bake_until", thresholds…}.
+    rollout = models.JSONField(default=dict, blank=True, help_text="The canary or shadow in progress, if any")
     lock_token = models.UUIDField(null=True, blank=True)
     lock_until = models.DateTimeField(null=True, blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
@@ -142,6 +147,8 @@ class ServiceReplica(models.Model):
     container_id = models.CharField(max_length=80)
     host = models.CharField(max_length=255)
     port = models.PositiveIntegerField()
+    # Empty: the service's live revision (replicas started before revisions were recorded on them).
+    revision = models.ForeignKey("ServiceRevision", null=True, blank=True, on_delete=models.CASCADE, related_name="replicas")
     restarts = models.PositiveIntegerField(default=0)
     started_at = models.DateTimeField(auto_now_add=True)
 
@@ -165,6 +172,13 @@ class ServiceRevision(models.Model):
         CREATE = "create", "Created"
         UPDATE = "update", "Updated"
         ROLLBACK = "rollback", "Rolled back"
+        CANARY = "canary", "Canary"
+        SHADOW = "shadow", "Shadow"
+
+    class Role(models.TextChoices):
+        LIVE = "live", "Live"
+        CANARY = "canary", "Canary"
+        SHADOW = "shadow", "Shadow"
 
     service = models.ForeignKey(Service, on_delete=models.CASCADE, related_name="revisions")
     number = models.PositiveIntegerField()
@@ -172,6 +186,9 @@ class ServiceRevision(models.Model):
     image = models.ForeignKey("registry.Image", null=True, on_delete=models.SET_NULL, related_name="+")
     image_ref = models.CharField(max_length=100)
     reason = models.CharField(max_length=16, choices=Reason.choices)
+    # What the gateway does with it while it is current (ended_at empty): take the traffic a
+    # canary leaves (live), a weighted share (canary) or mirrored copies (shadow).
+    role = models.CharField(max_length=8, choices=Role.choices, default=Role.LIVE)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     started_at = models.DateTimeField(auto_now_add=True)
     ended_at = models.DateTimeField(null=True, blank=True)

@@ -133,7 +133,7 @@ def _reconcile_service(service: Service, containers: list[dict]) -> tuple[int, i
         service.refresh_from_db()
         if service.status not in (Service.Status.HEALTHY, Service.Status.UNHEALTHY, Service.Status.FAILED):
             return 0, 0
-        replicas = list(service.replica_set.all())
+        replicas = list(service.replica_set.select_related("revision__image"))
         known = {r.container_id for r in replicas}
         by_id = {c["id"]: c for c in containers}
         for container in containers:
@@ -154,7 +154,9 @@ def _reconcile_service(service: Service, containers: list[dict]) -> tuple[int, i
                 continue
             try:
                 state = container_state(replica.container_id, base_url=base_url) if container else None
-                started = start_replicas(service, image=service.image, numbers=[replica.number])[0]
+                # A canary's or shadow's replica comes back with its own revision's image.
+                image = replica.revision.image if replica.revision_id and replica.revision.image_id else service.image
+                started = start_replicas(service, image=image, numbers=[replica.number])[0]
             except deploy_errors() as exc:
                 log_tail_event(service.pk, exc)
                 problems.append(f"replica {replica.number}: {start_error(exc)}")

@@ -57,7 +57,15 @@ def filter_services(qs: QuerySet[Service], *, q: str = "", status: str = "", env
 
 
 def ready_replicas(service: Service) -> list[ServiceReplica]:
-    return list(service.replica_set.order_by("number"))
+    """The live revision's replicas (a canary's or shadow's take traffic only through the gateway)."""
+    return list(service.replica_set.exclude(revision__role__in=["canary", "shadow"]).order_by("number"))
+
+
+def service_plain_keys(row) -> tuple[str, str, str]:
+    """(primary, secondary, proxy) keys of a service row (a model instance or a ``values()`` dict)
+    as callers and containers use them: the gateway's key cache reads them through here."""
+    get = row.get if isinstance(row, dict) else (lambda name: getattr(row, name))
+    return get("primary_key"), get("secondary_key"), get("proxy_key")
 
 
 def find_for_scoring(ref: str, key: str) -> Service | None:

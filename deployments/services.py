@@ -334,6 +334,10 @@ def _start_change(service: Service, *, user, op: dict, verb: str, detail: dict, 
     worker; Conflict while it is doing something else."""
     from deployments.tasks import update_service
 
+    rollout = Service.objects.filter(pk=service.pk).values_list("rollout", flat=True).first()
+    if rollout:  # its replicas are the canary's or shadow's too: finish that first
+        raise Conflict(f"Service '{service.name}' has a {rollout.get('mode')} of image {rollout.get('image_ref')} in progress: "
+                       "promote or abort it first.", code="rollout_in_progress")
     with transaction.atomic():
         moved = 0
         for status in (Service.Status.HEALTHY, Service.Status.UNHEALTHY):

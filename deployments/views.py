@@ -140,6 +140,8 @@ def service_detail(request, ref: str):
         "metrics_url": reverse("api-service-metrics", kwargs={"pk": service.pk}),
         "keys_url": reverse("api-service-keys", kwargs={"pk": service.pk}),
         "score_url": reverse("api-service-score", kwargs={"ref": service.pk}),
+        "traffic_url": reverse("api-service-traffic", kwargs={"pk": service.pk}),
+        "rollout": service.rollout or {},
     })
 
 
@@ -158,8 +160,32 @@ def _service_action(request, ref: str, role: str, act, done: str):
 @login_required
 @require_POST
 def service_update(request, ref: str):
+    from gateway import services as gateway_services
+
+    how = request.POST.get("how", "all")
+    if how in ("canary", "shadow"):
+        return _service_action(request, ref, Role.CONTRIBUTOR, lambda s: gateway_services.service_rollout_start(
+            service=s, image=request.POST.get("image", ""), user=request.user,
+            canary=request.POST.get("percent") if how == "canary" else None,
+            shadow=request.POST.get("percent") if how == "shadow" else None,
+            bake_seconds=request.POST.get("bake_seconds") or None),
+            f"Starting a {how} of the new image on '{{service.name}}': see the Traffic tab.")
     return _service_action(request, ref, Role.CONTRIBUTOR, lambda s: services.service_update(
         service=s, image=request.POST.get("image", ""), user=request.user), "Updating '{service.name}': the new replicas start before the old ones stop.")
+
+
+@login_required
+@require_POST
+def service_traffic(request, ref: str):
+    """The Traffic tab's forms: a new canary weight, promote, abort."""
+    from gateway import services as gateway_services
+
+    action = request.POST.get("action", "weight")
+    if action in ("promote", "abort"):
+        return _service_action(request, ref, Role.CONTRIBUTOR, lambda s: gateway_services.service_rollout_finish(
+            service=s, user=request.user, action=action), f"{'Promoting' if action == 'promote' else 'Aborting'} the new revision of '{{service.name}}'.")
+    return _service_action(request, ref, Role.CONTRIBUTOR, lambda s: gateway_services.service_rollout_weight(
+        service=s, weight=request.POST.get("weight", ""), user=request.user), "Changed the canary's weight on '{service.name}'.")
 
 
 @login_required

@@ -116,6 +116,8 @@ def csp_report(request: HttpRequest) -> HttpResponse:
     length = request.headers.get("Content-Length") or "0"
     if not length.isdigit() or int(length) > MAX_REPORT_BYTES:
         return _error(413, "too_large", f"A CSP report is at most {MAX_REPORT_BYTES} bytes.")
+    if len(request.body) > MAX_REPORT_BYTES:  # a chunked body names no length up front
+        return _error(413, "too_large", f"A CSP report is at most {MAX_REPORT_BYTES} bytes.")
     try:
         reports = parse_reports(request.body)
     except (ValueError, UnicodeDecodeError, AttributeError) as exc:

@@ -71,6 +71,7 @@ INSTALLED_APPS = [
     "registry",
     "deployments",
     "retention",
+    "gateway",
 ]
 
 MIDDLEWARE = [
@@ -226,6 +227,17 @@ MLPORTAL_RUN_MAX_MEMORY_MB = env_int("MLPORTAL_RUN_MAX_MEMORY_MB", 16 * 1024, mi
 MLPORTAL_RUN_MAX_CPUS = env_float("MLPORTAL_RUN_MAX_CPUS", 8.0, minimum=0.1)
 MLPORTAL_SERVICE_MAX_MEMORY_MB = env_int("MLPORTAL_SERVICE_MAX_MEMORY_MB", 16 * 1024, minimum=64)
 MLPORTAL_SERVICE_MAX_CPUS = env_float("MLPORTAL_SERVICE_MAX_CPUS", 8.0, minimum=0.1)
+# The scoring gateway (gateway/): how often it re-reads services and keys (a regenerated key is
+# refused within this plus one query), how often it asks replicas for /ready, the default
+# per-service concurrency limit and queue bound (a service may set its own), and how long a queued
+# request waits for a slot before it is answered 503.
+MLPORTAL_GATEWAY_REFRESH_SECONDS = env_float("MLPORTAL_GATEWAY_REFRESH_SECONDS", 0.5, minimum=0.05)
+MLPORTAL_GATEWAY_PROBE_SECONDS = env_float("MLPORTAL_GATEWAY_PROBE_SECONDS", 1.0, minimum=0.1)
+MLPORTAL_GATEWAY_CONCURRENCY = env_int("MLPORTAL_GATEWAY_CONCURRENCY", 32, minimum=1)
+MLPORTAL_GATEWAY_QUEUE = env_int("MLPORTAL_GATEWAY_QUEUE", 64, minimum=0)
+MLPORTAL_GATEWAY_QUEUE_TIMEOUT = env_float("MLPORTAL_GATEWAY_QUEUE_TIMEOUT", 30.0, minimum=0.1)
+# /metrics answers this bearer token; without one, only requests from this host (127.0.0.1, ::1).
+MLPORTAL_METRICS_TOKEN = env_str("MLPORTAL_METRICS_TOKEN")
 MLPORTAL_LOG_MAX_BYTES = env_int("MLPORTAL_LOG_MAX_BYTES", 5 * 1024 * 1024, minimum=1024)
 # What a run may write: outputs/ (a project may set less), /tmp (a tmpfs), and the rest of its
 # container's writable layer beyond its outputs (the project folder, caches).
@@ -289,10 +301,12 @@ CELERY_TASK_ROUTES = {
     "runs.tasks.*": {"queue": "runs"},
     "registry.tasks.*": {"queue": "builds"},
     "deployments.tasks.*": {"queue": "deploy"},
+    "gateway.tasks.*": {"queue": "deploy"},
     # Periodic maintenance (exact names win over the patterns above) goes to the default queue,
     # which the maintenance worker serves with builds and deploys: never behind a training run.
     "runs.tasks.sweep_lost_runs": {"queue": "celery"},
     "runs.tasks.requeue_lost_runs": {"queue": "celery"},
+    "runs.tasks.prepare_run_charts": {"queue": "celery"},
     "registry.tasks.requeue_lost_builds": {"queue": "celery"},
     "retention.tasks.apply_retention": {"queue": "celery"},
 }

@@ -342,9 +342,10 @@ def runs_update(request, user, body):
                                        ended_at=_when(_ms(body.get("end_time"), "end_time")),
                                        run_name=str(body.get("run_name") or "") or None)
     if run.status in Run.FINISHED:
-        from runs.worker import prepare_charts
+        from runs.tasks import prepare_run_charts
 
-        prepare_charts(run.id)
+        run_id = str(run.id)
+        transaction.on_commit(lambda: prepare_run_charts.delay(run_id))
     return {"run_info": _run_info(run)}
 
 

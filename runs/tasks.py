@@ -19,3 +19,10 @@ def sweep_lost_runs() -> dict:
 @shared_task(ignore_result=True)
 def requeue_lost_runs() -> dict:
     return reconcile.requeue_lost_runs()
+
+
+@shared_task(ignore_result=True)
+def prepare_run_charts(run_id: str) -> None:
+    """Downsamples the series of a run an MLflow client just ended (off the request: a million
+    points take seconds)."""
+    worker.prepare_charts(run_id)

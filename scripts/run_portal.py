@@ -46,7 +46,7 @@ class Child:
     def start(self) -> None:
         env = {**os.environ, **self.env}
         # A session of its own: Ctrl-C in the terminal reaches the supervisor only, which then
-        # stops each child's whole process group (gunicorn's and Celery's own children too).
+        # stops each child's whole process group (uvicorn's and Celery's own children too).
         self.proc = subprocess.Popen(self.argv, cwd=REPO, env=env, start_new_session=True)
         self.started_at = time.monotonic()
         self.restart_at = None
@@ -64,6 +64,28 @@ class Child:
             pass
 
 
+def web_command(bin_dir: Path, host: str, port: str) -> list[str]:
+    """The ASGI server (uvicorn) with the scoring gateway in front of Django (mlportal.asgi).
+
+    Several worker processes share the Prometheus figures through PROMETHEUS_MULTIPROC_DIR (a
+    fresh folder under the data dir); WEB_WORKERS tells the gateway how to split each service's
+    concurrency limit between them."""
+    workers = os.environ.setdefault("WEB_WORKERS", "2")
+    if int(workers) > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        import shutil
+
+        folder = Path(os.environ.get("MLPORTAL_DATA_DIR", REPO / "data")) / "prometheus"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    command = [str(bin_dir / "uvicorn"), "mlportal.asgi:application", "--host", host, "--port", str(port),
+               "--workers", workers, "--loop", "uvloop", "--http", "httptools", "--lifespan", "on",
+               "--timeout-keep-alive", "30", "--no-server-header"]
+    if os.environ.get("MLPORTAL_ACCESS_LOG", "1") in ("0", "false", "no"):
+        command.append("--no-access-log")
+    return command
+
+
 def children() -> list[Child]:
     """What `make run` starts. Each entry is one program; add one here to supervise it too."""
     port = os.environ.get("PORT", "8000")
@@ -71,9 +93,7 @@ def children() -> list[Child]:
     bin_dir = Path(sys.executable).parent
     celery = [sys.executable, "-m", "celery", "-A", "mlportal", "worker", "--loglevel", "INFO"]
     return [
-        Child("web", [str(bin_dir / "gunicorn"), "mlportal.wsgi", "--bind", f"{host}:{port}", "--workers",
-                      os.environ.get("WEB_WORKERS", "2"), "--threads", "4", "--timeout", "120",
-                      "--access-logfile", "-"]),
+        Child("web", web_command(bin_dir, host, port)),
         Child("runs worker", [*celery, "-Q", "runs", "-n", "runs@%h",
                               "-c", os.environ.get("WORKER_CONCURRENCY", "2")]),
         # Its own slots: builds, deploys and the periodic sweeps never queue behind training runs.

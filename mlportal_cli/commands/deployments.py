@@ -1,4 +1,4 @@
-"""`env setup|list|show|set|delete` and `service create|list|show|logs|keys|usage|update|delete|run realtime`.
+"""`env setup|list|show|set|delete` and `service create|list|show|logs|keys|usage|update|traffic|promote|abort|limits|delete|run realtime`.
 
 `service create realtime` is the lab's one-shot: register the model, create the manifest, build the
 image, start the service; it shows each step as it happens and ends with the lab's `Usage for
@@ -231,9 +231,30 @@ def service_usage(ctx: Context):
 
 def service_update(ctx: Context):
     ref = _path(service_ref(ctx))
+    if (ctx.arg("canary") is not None or ctx.arg("shadow") is not None) and ctx.arg("image") is None:
+        raise UsageError("--canary and --shadow go with --image IMAGE (the new revision's image)")
     changes = [c for c in ("image", "replicas", "rollback") if ctx.arg(c) is not None]
     if len(changes) != 1:
         raise UsageError("say what to change, one at a time: --image-id IMAGE, -z/--replicas N or --rollback REVISION")
+    if ctx.arg("image") is not None and (ctx.arg("canary") is not None or ctx.arg("shadow") is not None):
+        body = {"image": ctx.arg("image"), "canary": ctx.arg("canary"), "shadow": ctx.arg("shadow"),
+                "bake_seconds": ctx.arg("bake")}
+        service = ctx.client.post(f"services/{ref}/update/", {k: v for k, v in body.items() if v is not None})
+        mode = "canary" if ctx.arg("canary") is not None else "shadow"
+        if ctx.arg("no_wait"):
+            return Result(service)
+        ctx.progress(f"Service {service['name']}: starting a {mode} of image {ctx.arg('image')} beside the live revision …")
+        service = _wait(ctx, service, until=lambda s: (s.get("rollout") or {}).get("status") != "starting",
+                        timeout=ctx.arg("timeout"), doing=f"starting the {mode}")
+        if service is None:
+            raise CliError("the service was deleted meanwhile")
+        rollout = service.get("rollout") or {}
+        if rollout.get("status") != "running":
+            raise CliError(service.get("last_update_error") or f"the {mode} did not start")
+        ctx.progress(f"{mode.capitalize()} revision {rollout['revision']} gets {rollout['weight']}% of requests"
+                     f"{' (mirrored)' if mode == 'shadow' else ''}; then: mlportal service promote -n {service['name']} "
+                     f"or mlportal service abort -n {service['name']}.")
+        return Result(service)
     if ctx.arg("image") is not None:
         service = ctx.client.post(f"services/{ref}/update/", {"image": ctx.arg("image")})
         doing = f"moving to image {ctx.arg('image')}"
@@ -255,6 +276,64 @@ def service_update(ctx: Context):
     ctx.progress(f"Service {service['name']} is {service['status']} on image {service['image']} with "
                  f"{service['replicas']} replica{'s' if service['replicas'] != 1 else ''}.")
     return Result(service)
+
+
+TRAFFIC_COLUMNS = columns(
+    ("Revision", "number"), ("Image", "image"), ("Role", "role"), ("Weight %", "weight"), ("Replicas", "replicas"),
+    ("Requests (1 h)", lambda r: r["last_hour"]["requests"]), ("Errors", lambda r: r["last_hour"]["errors"]),
+    ("p50 ms", lambda r: _ms(r["last_hour"]["p50_ms"])), ("p95 ms", lambda r: _ms(r["last_hour"]["p95_ms"])),
+    ("Agreement %", lambda r: "" if r["last_hour"]["agreement"] is None else f"{r['last_hour']['agreement']:.1f}"))
+
+
+def _ms(value) -> str:
+    return "" if value is None else f"{value:g}"
+
+
+def service_traffic(ctx: Context):
+    ref = _path(service_ref(ctx))
+    if ctx.arg("weight") is not None:
+        traffic = ctx.client.post(f"services/{ref}/traffic/", {"weight": ctx.arg("weight")})
+    else:
+        traffic = ctx.client.get(f"services/{ref}/traffic/")
+    if ctx.fmt == "json" or ctx.arg("query"):
+        return Result(traffic)
+    rows = [r for r in traffic["revisions"] if r["serving"] or r["last_hour"]["requests"]]
+    return Result(rows, TRAFFIC_COLUMNS, len(rows))
+
+
+def _finish_rollout(ctx: Context, action: str):
+    ref = _path(service_ref(ctx))
+    service = ctx.client.post(f"services/{ref}/{action}/", {})
+    rollout = service.get("rollout") or {}
+    if ctx.arg("no_wait"):
+        return Result(service)
+    ctx.progress(f"Service {service['name']}: {'promoting' if action == 'promote' else 'aborting'} the {rollout.get('mode')} "
+                 f"of revision {rollout.get('revision')} …")
+    service = _wait(ctx, service, until=lambda s: not s.get("rollout"), timeout=ctx.arg("timeout"), doing=action)
+    if service is None:
+        raise CliError("the service was deleted meanwhile")
+    ctx.progress(f"Service {service['name']} serves image {service['image']}.")
+    return Result(service)
+
+
+def service_promote(ctx: Context):
+    return _finish_rollout(ctx, "promote")
+
+
+def service_abort(ctx: Context):
+    return _finish_rollout(ctx, "abort")
+
+
+def service_limits(ctx: Context):
+    ref = _path(service_ref(ctx))
+    changes = {}
+    for name in ("concurrency", "queue"):
+        value = ctx.arg(name)
+        if value is not None:
+            changes[name] = None if value == "default" else value
+    if changes:
+        return Result(ctx.client.post(f"services/{ref}/limits/", changes))
+    return Result(ctx.client.get(f"services/{ref}/limits/"))
 
 
 def service_delete(ctx: Context):
@@ -390,15 +469,41 @@ def register(subparsers) -> None:
     parser = add_command(service, "update", help="Move to another image, scale, or roll back, without downtime.",
                          example="mlportal service update realtime -i churnpred --image-id churnpred:2\n"
                                  "mlportal service update realtime -i churnpred -z 2\n"
-                                 "mlportal service update realtime -i churnpred --rollback 1",
+                                 "mlportal service update realtime -i churnpred --rollback 1\n"
+                                 "mlportal service update -n churnpred --image churnpred:2 --canary 10\n"
+                                 "mlportal service update -n churnpred --image churnpred:2 --shadow 20",
                          func=service_update)
     _service_args(parser)
     parser.add_argument("--image-id", "--image", dest="image", metavar="IMAGE",
                         help="the image to serve (name:version, id or tag)")
     parser.add_argument("-z", "--replicas", type=int, metavar="N", help="scale to N replicas")
     parser.add_argument("--rollback", type=int, metavar="REVISION", help="serve the image of an earlier revision again")
+    parser.add_argument("--canary", metavar="PERCENT", help="with --image: start it beside the live revision, answering PERCENT (1-99) of requests")
+    parser.add_argument("--shadow", metavar="PERCENT", help="with --image: mirror PERCENT (1-99) of requests to it; its answers are dropped")
+    parser.add_argument("--bake", metavar="SECONDS", help="the canary's bake period (default 300): rolled back automatically if it does worse")
     parser.add_argument("--no-wait", action="store_true", help="return once the change is queued")
     _timeout(parser)
+    parser = add_command(service, "traffic", help="The revisions serving, their weights and last hour (or change the canary's weight).",
+                         example="mlportal service traffic -n churnpred\nmlportal service traffic -n churnpred --weight 30",
+                         func=service_traffic)
+    _service_args(parser)
+    parser.add_argument("--weight", metavar="PERCENT", help="give the running canary PERCENT (1-99) of requests")
+    for verb, text in (("promote", "The canary (or shadow) revision takes all traffic; the old replicas stop."),
+                       ("abort", "Back to the live revision; the canary's (or shadow's) replicas stop.")):
+        parser = add_command(service, verb, help=text, example=f"mlportal service {verb} -n churnpred",
+                             func=service_promote if verb == "promote" else service_abort)
+        _service_args(parser)
+        parser.add_argument("--no-wait", action="store_true", help="return once it is queued")
+        _timeout(parser)
+    parser = add_command(service, "limits", help="Show or set the gateway's limits: requests at once and waiting "
+                                                 "(past both, callers get 503 with Retry-After).",
+                         example="mlportal service limits -n churnpred\n"
+                                 "mlportal service limits -n churnpred --concurrency 8 --queue 16\n"
+                                 "mlportal service limits -n churnpred --concurrency default",
+                         func=service_limits)
+    _service_args(parser)
+    parser.add_argument("--concurrency", metavar="N", help="requests answered at once ('default' for the portal's)")
+    parser.add_argument("--queue", metavar="N", help="requests that may wait for a slot ('default' for the portal's)")
     parser = add_command(service, "delete", help="Delete a service and its containers (owner).",
                          example="mlportal service delete realtime -i churnpred", func=service_delete)
     _service_args(parser)

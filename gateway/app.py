@@ -1,0 +1,486 @@
+"""The scoring gateway: an ASGI application in front of Django's.
+
+It answers the scoring paths of every service itself, on the event loop, over pooled keep-alive
+connections to the replicas:
+
+- ``POST /api/v1/services/<name or id>/score``
+- ``/api/v1/services/<name or id>/v2/…`` (the Open Inference Protocol paths of the container)
+- ``GET /api/v1/services/<name or id>/swagger.json``
+
+and the portal's Prometheus ``/metrics``. Everything else goes to Django's ASGI application.
+
+Keys are checked against the routing table (``gateway.table``), which a background task re-reads
+from the database every ``MLPORTAL_GATEWAY_REFRESH_SECONDS``; no request waits on the database.
+A request goes to the revision its weight picks (or the one the ``X-MLPortal-Revision`` header
+forces), to the ready replica of it with the fewest outstanding requests; a replica that refuses
+the connection is skipped, and a request that was sent to a replica is never sent to another.
+Each service has a concurrency limit and a queue bound; past both the answer is 503 with
+``Retry-After``, so one flooded service holds only its own slots.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+import aiohttp
+
+from gateway import metrics
+from gateway.balancing import Balancer, Full, Limiter, choose_revision, mirrored
+from gateway.table import Revision, Route, Table, load_table
+
+logger = logging.getLogger("mlportal.gateway")
+
+SCORING_PATH = re.compile(r"^/api/v1/services/(?P<ref>[^/]+)/(?P<rest>score/?|swagger\.json|v2(?:/.*)?)$")
+SCORE_TIMEOUT = 120.0  # seconds: run() may be slow; the container has its own request time limit
+CONNECT_TIMEOUT = 2.0
+PROBE_TIMEOUT = 1.0
+KEEPALIVE_SECONDS = 15.0  # under the scoring server's 30 s idle timeout, so a pooled connection is never stale
+FORCE_HEADER = b"x-mlportal-revision"
+MAX_SHADOW_PER_SERVICE = 16  # mirrored requests in flight per service; past it a request is not mirrored
+
+
+def _json(data: Any) -> bytes:
+    return json.dumps(data).encode()
+
+
+def _error(message: str, code: str, fields: dict | None = None) -> bytes:
+    return _json({"error": {"code": code, "message": message, "fields": fields or {}}})
+
+
+class Answer:
+    __slots__ = ("status", "body", "content_type", "replica", "revision")
+
+    def __init__(self, status: int, body: bytes, content_type: bytes, replica: int | None, revision: Revision | None):
+        self.status, self.body, self.content_type, self.replica, self.revision = status, body, content_type, replica, revision
+
+
+class Gateway:
+    def __init__(self, django_app: Callable, *, refresh_seconds: float, probe_seconds: float, max_body: int,
+                 queue_timeout: float, workers: int, metrics_token: str = "",
+                 recorder: Any = None) -> None:
+        self.django = django_app
+        self.refresh_seconds = refresh_seconds
+        self.probe_seconds = probe_seconds
+        self.max_body = max_body
+        self.queue_timeout = queue_timeout
+        self.workers = workers
+        self.metrics_token = metrics_token
+        self.recorder = recorder
+        self.table = Table()
+        self.balancer = Balancer()
+        self.limiters: dict[str, Limiter] = {}
+        self.shadow_in_flight: dict[str, int] = {}
+        self.model_versions: dict = {}
+        self.session: aiohttp.ClientSession | None = None
+        self.db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-table")
+        self._started: asyncio.Future | None = None
+        self._refreshing: asyncio.Future | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._background: set[asyncio.Task] = set()
+
+    # --- start and stop ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Reads the table once and starts the refresher and the readiness probe (once)."""
+        if self._started is None:
+            self._started = asyncio.get_running_loop().create_future()
+            try:
+                connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_SECONDS, use_dns_cache=True)
+                self.session = aiohttp.ClientSession(
+                    connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent", "Accept-Encoding"),
+                    timeout=aiohttp.ClientTimeout(total=SCORE_TIMEOUT, connect=CONNECT_TIMEOUT))
+                await self.refresh()
+                self._tasks = [asyncio.create_task(self._refresh_loop()), asyncio.create_task(self._probe_loop())]
+                if self.recorder is not None:
+                    self._tasks.append(asyncio.create_task(self.recorder.loop(self.db)))
+            except BaseException as exc:
+                self._started.set_exception(exc)
+                raise
+            self._started.set_result(None)
+        await self._started
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self.recorder is not None:
+            try:
+                await asyncio.get_running_loop().run_in_executor(self.db, self.recorder.flush)
+            except Exception:  # noqa: BLE001 - stopping anyway; the rows of the last seconds are lost
+                logger.exception("could not store the last traffic figures")
+        if self.session is not None:
+            await self.session.close()
+        self.db.shutdown(wait=False)
+        metrics.forget_process()
+
+    async def refresh(self) -> Table:
+        """Re-reads the table (concurrent callers share one read)."""
+        if self._refreshing is not None:
+            return await asyncio.shield(self._refreshing)
+        loop = asyncio.get_running_loop()
+        self._refreshing = loop.create_future()
+        try:
+            table = await loop.run_in_executor(
+                self.db, lambda: load_table(workers=self.workers, model_versions=self.model_versions))
+            self.table = table
+            self.balancer.forget_except(table.replicas())
+            self._refreshing.set_result(table)
+            return table
+        except BaseException as exc:
+            self._refreshing.set_exception(exc)
+            self._refreshing.exception()  # retrieved: waiters get it raised
+            raise
+        finally:
+            self._refreshing = None
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_seconds)
+            try:
+                await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the database may be restarting: keep the last table, retry
+                logger.exception("could not read the routing table; keeping the last one")
+                await asyncio.sleep(1.0)
+
+    async def _probe_loop(self) -> None:
+        """Asks every replica for /ready every ``probe_seconds``; a replica that is not ready gets
+        no traffic until it is again."""
+        while True:
+            await asyncio.sleep(self.probe_seconds)
+            replicas = list(self.table.replicas())
+            if replicas:
+                results = await asyncio.gather(*(self._probe(r) for r in replicas), return_exceptions=True)
+                for replica, ready in zip(replicas, results):
+                    if ready is not None:
+                        self.balancer.probed(replica, ready is True)
+
+    async def _probe(self, replica) -> bool | None:
+        """True: it answered /ready with 200; False: it answered otherwise or refused the
+        connection; None: no answer in time (all its workers are busy, which is not unready)."""
+        host, port = replica.address
+        try:
+            async with self.session.get(f"http://{_host(host)}:{port}/ready",
+                                        timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT)) as response:
+                await response.read()
+                return response.status == 200
+        except asyncio.TimeoutError:
+            return None
+        except (aiohttp.ClientError, OSError):
+            return False
+
+    # --- ASGI ---------------------------------------------------------------------------------
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if kind == "http":
+            path = scope["path"]
+            match = SCORING_PATH.match(path)
+            if match is not None:
+                await self._scoring(scope, receive, send, match["ref"], match["rest"])
+                return
+            if path == "/metrics":
+                await self._metrics(scope, send)
+                return
+        await self.django(scope, receive, send)
+
+    async def _lifespan(self, receive: Callable, send: Callable) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.start()
+                except Exception as exc:  # noqa: BLE001 - told to the server, which stops
+                    await send({"type": "lifespan.startup.failed", "message": f"gateway: {exc}"})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _metrics(self, scope: dict, send: Callable) -> None:
+        headers = dict(scope["headers"])
+        client = (scope.get("client") or ("", 0))[0]
+        if self.metrics_token:
+            allowed = _bearer(headers.get(b"authorization", b"")) == self.metrics_token
+        else:
+            allowed = client in ("127.0.0.1", "::1")
+        if not allowed:
+            await _respond(send, 403, _error("The metrics are for Prometheus: scrape them from this host, or send "
+                                             "'Authorization: Bearer <MLPORTAL_METRICS_TOKEN>'.", "forbidden"))
+            return
+        body, content_type = metrics.exposition()
+        await _respond(send, 200, body, content_type.encode())
+
+    async def _scoring(self, scope: dict, receive: Callable, send: Callable, ref: str, rest: str) -> None:
+        started = time.monotonic()
+        await self.start()
+        headers = dict(scope["headers"])
+        unauthorized = [(b"www-authenticate", b'Bearer realm="service"')]
+        header = headers.get(b"authorization", b"")
+        if not header:
+            await _respond(send, 401, _error("This service needs a key: send 'Authorization: Bearer <service key>' "
+                                             "(the keys are on the service's page).", "unauthorized"), extra=unauthorized)
+            return
+        key = _bearer(header)
+        if key is None:
+            await _respond(send, 401, _error("Send the service key as 'Authorization: Bearer <service key>'.",
+                                             "unauthorized"), extra=unauthorized)
+            return
+        body = await _read_body(receive, headers, self.max_body)
+        if body is None:
+            await _respond(send, 413, _error(f"The request body is over the limit of {self.max_body} bytes: send less data.",
+                                             "too_large"))
+            return
+        route = self.table.find(ref, key)
+        if route is None:
+            await _respond(send, 401, _error(f"No service '{ref[:80]}' accepts this key: check the service name and its keys.",
+                                             "unauthorized"), extra=unauthorized)
+            return
+        forced = None
+        if FORCE_HEADER in headers:
+            forced, problem = _forced_revision(route, headers[FORCE_HEADER])
+            if problem:
+                await _respond(send, 400, _error(problem, "unknown_revision", {"X-MLPortal-Revision": problem}),
+                               extra=_route_headers(route, route.live))
+                return
+        method = scope["method"]
+        upstream = "/score" if rest.startswith("score") else "/" + rest
+        if scope.get("query_string"):
+            upstream += "?" + scope["query_string"].decode("latin-1")
+        revision = choose_revision(route, forced)
+        if forced is None and revision is not route.live and not self.balancer.order(revision.replicas):
+            revision = route.live  # no ready replica of the canary right now: the live revision answers
+        if revision is None or not revision.replicas:
+            label = f"revision {forced}" if forced is not None else f"service '{route.name}'"
+            await self._finish(send, route, revision, 503, _error(
+                f"{label[0].upper()}{label[1:]} has no ready replica (it is {route.status}); try again once it is healthy.",
+                "not_ready"), started, extra=[(b"retry-after", b"5")])
+            return
+        limiter = self.limiters.get(route.service_id)
+        if limiter is None:
+            limiter = self.limiters[route.service_id] = Limiter()
+        queued = metrics.QUEUED.labels(route.workspace, route.name)
+        try:
+            if limiter.active >= route.concurrency or limiter.waiting:
+                queued.inc()
+                try:
+                    await limiter.acquire(route.concurrency, route.queue, self.queue_timeout)
+                finally:
+                    queued.dec()
+            else:
+                await limiter.acquire(route.concurrency, route.queue, self.queue_timeout)
+        except (Full, asyncio.TimeoutError):
+            metrics.REJECTED.labels(route.workspace, route.name).inc()
+            await self._finish(send, route, revision, 503, _error(
+                f"Service '{route.name}' is at its limit of {route.concurrency} requests at once with {route.queue} "
+                "waiting: retry after a second, or raise its limits (service limits).", "overloaded"),
+                started, extra=[(b"retry-after", b"1")])
+            return
+        try:
+            answer = await self._send(route, revision, method, upstream, body, headers)
+        finally:
+            limiter.release()
+        await self._finish(send, route, answer.revision, answer.status, answer.body, started,
+                           content_type=answer.content_type, replica=answer.replica)
+        if forced is None and method == "POST" and answer.revision is route.live:
+            shadow = mirrored(route)
+            if shadow is not None:
+                self._mirror(route, shadow, method, upstream, body, headers, answer, time.monotonic() - started)
+
+    async def _send(self, route: Route, revision: Revision, method: str, path: str, body: bytes, headers: dict,
+                    *, again: bool = True) -> Answer:
+        """Sends the request to the least busy usable replica of ``revision``, skipping those that
+        refuse the connection. Once a replica took the request, its answer (or its failure) is the
+        answer: it may have run, so it is never sent elsewhere."""
+        errors = []
+        request_headers = {"Content-Type": headers.get(b"content-type", b"application/json").decode("latin-1"),
+                           "Authorization": f"Bearer {route.proxy_key}"}
+        accept = headers.get(b"accept")
+        if accept:
+            request_headers["Accept"] = accept.decode("latin-1")
+        in_flight = metrics.IN_FLIGHT.labels(route.workspace, route.name, str(revision.number))
+        for replica in self.balancer.order(revision.replicas):
+            state = self.balancer.state(replica)
+            state.outstanding += 1
+            in_flight.inc()
+            try:
+                async with self.session.request(method, f"http://{_host(replica.host)}:{replica.port}{path}",
+                                                data=body if method not in ("GET", "HEAD") else None,
+                                                headers=request_headers, allow_redirects=False) as response:
+                    data = await response.read()
+                    return Answer(response.status, data,
+                                  response.headers.get("Content-Type", "application/json").encode("latin-1"),
+                                  replica.number, revision)
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+                # Never connected: the request did not reach run(); the next replica may take it.
+                self.balancer.refused(replica)
+                errors.append(f"replica {replica.number}: {exc.os_error if hasattr(exc, 'os_error') else exc}")
+            except asyncio.TimeoutError:
+                return Answer(504, _error(f"Replica {replica.number} of service '{route.name}' did not answer within "
+                                          f"{SCORE_TIMEOUT:g} s.", "gateway_timeout"), b"application/json", replica.number, revision)
+            except (aiohttp.ClientError, OSError) as exc:
+                # It went away mid-answer (killed, crashed): no more traffic until it is ready again.
+                self.balancer.refused(replica)
+                return Answer(502, _error(f"Replica {replica.number} of service '{route.name}' failed while answering "
+                                          f"({type(exc).__name__}); the request is not retried elsewhere, since it may have run.",
+                                          "bad_gateway"), b"application/json", replica.number, revision)
+            finally:
+                state.outstanding -= 1
+                in_flight.dec()
+        if again:
+            # Every replica we knew refused: the table may be a moment old (an update just
+            # switched replicas). Read it again and try the same revision's replicas once more.
+            try:
+                table = await self.refresh()
+            except Exception:  # noqa: BLE001 - answered below with what we know
+                table = self.table
+            fresh = table.by_id.get(route.service_id)
+            current = fresh.revision(revision.number) if fresh is not None else None
+            if current is None and fresh is not None and revision.role == "live":
+                current = fresh.live
+            if current is not None and current.replicas:
+                return await self._send(fresh, current, method, path, body, headers, again=False)
+        detail = "; ".join(errors) or "no replica is ready"
+        return Answer(503, _error(f"No replica of service '{route.name}' took the request ({detail}); try again shortly.",
+                                  "not_ready"), b"application/json", None, revision)
+
+    async def _finish(self, send: Callable, route: Route, revision: Revision | None, status: int, body: bytes,
+                      started: float, *, content_type: bytes = b"application/json", replica: int | None = None,
+                      extra: list | None = None) -> None:
+        seconds = time.monotonic() - started
+        headers = _route_headers(route, revision)
+        if replica is not None:
+            headers.append((b"x-mlportal-replica", str(replica).encode()))
+        headers.append((b"x-mlportal-latency-ms", f"{seconds * 1000:.1f}".encode()))
+        await _respond(send, status, body, content_type, extra=headers + (extra or []))
+        number = str(revision.number) if revision is not None else ""
+        metrics.REQUESTS.labels(route.workspace, route.name, number, str(status)).inc()
+        metrics.LATENCY.labels(route.workspace, route.name, number).observe(seconds)
+        if self.recorder is not None and revision is not None:
+            self.recorder.count(route.service_id, revision.number, status, seconds)
+
+    def _mirror(self, route: Route, shadow: Revision, method: str, path: str, body: bytes, headers: dict,
+                live: Answer, live_seconds: float) -> None:
+        """Sends a copy of an answered request to the shadow revision in the background and
+        records whether its answer agreed; the caller already has the live answer."""
+        if self.shadow_in_flight.get(route.service_id, 0) >= MAX_SHADOW_PER_SERVICE:
+            return
+        self.shadow_in_flight[route.service_id] = self.shadow_in_flight.get(route.service_id, 0) + 1
+
+        async def run() -> None:
+            started = time.monotonic()
+            try:
+                answer = await self._send(route, shadow, method, path, body, headers, again=False)
+                seconds = time.monotonic() - started
+                agreed = answer.status == live.status and _same_json(answer.body, live.body)
+                metrics.SHADOW.labels(route.workspace, route.name, str(shadow.number), "yes" if agreed else "no").inc()
+                if self.recorder is not None:
+                    self.recorder.shadow(route.service_id, shadow.number, answer.status, seconds, agreed)
+            finally:
+                self.shadow_in_flight[route.service_id] -= 1
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+def _same_json(a: bytes, b: bytes) -> bool:
+    if a == b:
+        return True
+    try:
+        return json.loads(a) == json.loads(b)
+    except ValueError:
+        return False
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _bearer(header: bytes) -> str | None:
+    scheme, _, key = header.decode("latin-1").partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key:
+        return None
+    return key
+
+
+def _forced_revision(route: Route, value: bytes) -> tuple[int | None, str | None]:
+    text = value.decode("latin-1").strip()
+    serving = ", ".join(str(r.number) for r in route.revisions if r.role != "shadow") or "none"
+    try:
+        number = int(text)
+    except ValueError:
+        return None, f"X-MLPortal-Revision must be a revision number; service '{route.name}' serves revision {serving}."
+    revision = route.revision(number)
+    if revision is None or revision.role == "shadow":
+        return None, (f"Service '{route.name}' does not serve revision {number}: it serves revision {serving}"
+                      + (" (the shadow revision never answers callers)" if revision is not None else "") + ".")
+    return number, None
+
+
+def _route_headers(route: Route, revision: Revision | None) -> list[tuple[bytes, bytes]]:
+    headers = [(b"x-mlportal-service", route.name.encode())]
+    if revision is not None:
+        headers += [(b"x-mlportal-revision", str(revision.number).encode()),
+                    (b"x-mlportal-image", revision.image_ref.encode()),
+                    (b"x-mlportal-model-version", revision.model_version.encode("utf-8", "replace"))]
+    return headers
+
+
+async def _read_body(receive: Callable, headers: dict, limit: int) -> bytes | None:
+    """The request body, or None when it is over ``limit`` bytes (stops reading there)."""
+    declared = headers.get(b"content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                return None
+        except ValueError:
+            pass
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            break
+    return b"".join(chunks)
+
+
+async def _respond(send: Callable, status: int, body: bytes, content_type: bytes = b"application/json",
+                   extra: list | None = None) -> None:
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    if extra:
+        headers += extra
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def build(django_app: Callable) -> Gateway:
+    """The gateway around ``django_app``, configured from the settings."""
+    from django.conf import settings
+
+    from gateway.recorder import Recorder
+
+    return Gateway(
+        django_app, refresh_seconds=settings.MLPORTAL_GATEWAY_REFRESH_SECONDS,
+        probe_seconds=settings.MLPORTAL_GATEWAY_PROBE_SECONDS, max_body=settings.MLPORTAL_MAX_BODY_BYTES,
+        queue_timeout=settings.MLPORTAL_GATEWAY_QUEUE_TIMEOUT, workers=int(os.environ.get("WEB_WORKERS") or 1),
+        metrics_token=settings.MLPORTAL_METRICS_TOKEN, recorder=Recorder(),
+    )

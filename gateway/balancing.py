@@ -1,0 +1,132 @@
+"""Choosing a replica (least outstanding requests over the ready ones) and holding a service to its
+concurrency limit and queue bound.
+
+State here is per web-server process: each worker process of the ASGI server balances and limits
+its own share (a service's limits are divided between the processes when the table is read).
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from gateway.table import Replica, Revision, Route
+
+DOWN_SECONDS = 2.0  # a replica that refused a connection is left out this long (or until a probe says ready)
+
+
+@dataclass
+class ReplicaState:
+    outstanding: int = 0
+    ready: bool = True  # replicas are written to the table only once they answered /ready
+    down_until: float = 0.0
+
+    def usable(self, now: float) -> bool:
+        return self.ready and now >= self.down_until
+
+
+class Balancer:
+    """Outstanding-request counts and readiness per replica (its container at its address: a new
+    container on a port an old one had starts afresh)."""
+
+    def __init__(self) -> None:
+        self.states: dict[Replica, ReplicaState] = {}
+        self._tie = itertools.count()
+
+    def state(self, replica: Replica) -> ReplicaState:
+        state = self.states.get(replica)
+        if state is None:
+            state = self.states[replica] = ReplicaState()
+        return state
+
+    def order(self, replicas: tuple[Replica, ...]) -> list[Replica]:
+        """The usable replicas, fewest outstanding requests first (ties rotate, so equal replicas
+        share the load); empty when none is usable."""
+        now = time.monotonic()
+        usable = [r for r in replicas if self.state(r).usable(now)]
+        if len(usable) <= 1:
+            return usable
+        start = next(self._tie) % len(usable)
+        rotated = usable[start:] + usable[:start]
+        return sorted(rotated, key=lambda r: self.states[r].outstanding)
+
+    def refused(self, replica: Replica) -> None:
+        self.state(replica).down_until = time.monotonic() + DOWN_SECONDS
+
+    def probed(self, replica: Replica, ready: bool) -> None:
+        state = self.state(replica)
+        state.ready = ready
+        if ready:
+            state.down_until = 0.0
+
+    def forget_except(self, replicas: set[Replica]) -> None:
+        for replica in list(self.states):
+            if replica not in replicas and not self.states[replica].outstanding:
+                del self.states[replica]
+
+
+def choose_revision(route: Route, forced: int | None = None, draw: float | None = None) -> Revision | None:
+    """The revision that answers a request: ``forced`` when given, else the canary for its weight
+    in percent of requests, else the live one. The shadow revision never answers."""
+    if forced is not None:
+        revision = route.revision(forced)
+        return revision if revision is not None and revision.role != "shadow" else None
+    canary = route.canary
+    if canary is not None and canary.weight > 0 and canary.replicas:
+        if (random.random() if draw is None else draw) * 100 < canary.weight:
+            return canary
+    return route.live
+
+
+def mirrored(route: Route, draw: float | None = None) -> Revision | None:
+    """The shadow revision when this request is one of its share to mirror, else None."""
+    shadow = route.shadow
+    if shadow is None or shadow.weight <= 0 or not shadow.replicas:
+        return None
+    return shadow if (random.random() if draw is None else draw) * 100 < shadow.weight else None
+
+
+class Full(Exception):
+    """The service is at its concurrency limit and its queue is full."""
+
+
+class Limiter:
+    """At most ``limit`` requests of a service at once; up to ``queue`` more wait, first come first
+    served; past that ``acquire`` raises Full at once."""
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.waiting: deque[asyncio.Future] = deque()
+
+    async def acquire(self, limit: int, queue: int, timeout: float) -> None:
+        if self.active < limit and not self.waiting:
+            self.active += 1
+            return
+        if len(self.waiting) >= queue:
+            raise Full()
+        future = asyncio.get_running_loop().create_future()
+        self.waiting.append(future)
+        try:
+            await asyncio.wait_for(asyncio.shield(future), timeout)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            if future.done() and not future.cancelled():
+                self.release()  # the slot came as we gave up: pass it on
+            else:
+                future.cancel()
+                try:
+                    self.waiting.remove(future)
+                except ValueError:
+                    pass
+            raise
+        # release() handed its slot to us: active already counts this request
+
+    def release(self) -> None:
+        while self.waiting:
+            future = self.waiting.popleft()
+            if not future.done():
+                future.set_result(None)
+                return
+        self.active -= 1
