@@ -81,7 +81,7 @@ from deployments.models import Environment, Service, ServiceReplica, ServiceRevi
 from registry.models import Image, Manifest
 from workspaces.models import Workspace
 
-name, host, port, container_id, tag = sys.argv[1:6]
+name, host, port, container_id, tag = sys.argv[2:7]  # argv[1] is this script (run through python -c)
 user, _ = get_user_model().objects.get_or_create(username="bench")
 workspace, _ = Workspace.objects.get_or_create(name="bench", defaults={"created_by": user})
 environment, _ = Environment.objects.get_or_create(workspace=workspace, name="local")

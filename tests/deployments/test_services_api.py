@@ -149,7 +149,7 @@ def test_an_environment_running_services_keeps_its_engine_and_address_but_takes_
     moved = owner_api.patch("/api/v1/environments/local/", {"engine_url": "tcp://10.0.0.5:2375"}, format="json")
     assert moved.status_code == 409
     assert "runs service churnpred: its engine cannot change" in moved.json()["error"]["message"]
-    readdressed = owner_api.patch("/api/v1/environments/local/", {"publish_address": "0.0.0.0"}, format="json")
+    readdressed = owner_api.patch("/api/v1/environments/local/", {"publish_address": "10.0.0.7"}, format="json")
     assert readdressed.status_code == 409 and "publish address" in readdressed.json()["error"]["message"]
     described = owner_api.patch("/api/v1/environments/local/", {"description": "the workers' engine",
                                                                  "publish_address": "127.0.0.1"}, format="json")
