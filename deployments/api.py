@@ -17,11 +17,11 @@ from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from core.api_base import CreateListRetrieveDestroyViewSet, workspace_from_request
+from core.errors import NotFound, PortalError, error_body
 from deployments import kubernetes, proxy, selectors, services
 from deployments.models import Environment, Service, ServiceEvent, ServiceRevision
 from registry.model_scan import parse_flag
-from workspaces.api_base import CreateListRetrieveDestroyViewSet, workspace_from_request
-from workspaces.errors import NotFound, PortalError, error_body
 from workspaces.models import Role
 
 # --- environments ---------------------------------------------------------------------------------

@@ -10,11 +10,11 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import NoReverseMatch, reverse
 from django.views.decorators.http import require_POST
 
+from core.errors import PortalError
+from core.views_base import paginate, scoped
 from workspaces import selectors, services
-from workspaces.errors import PortalError
 from workspaces.forms import MemberForm, PortalPasswordChangeForm, RoleForm, TokenForm, WorkspaceForm
 from workspaces.models import ApiToken, Role
-from workspaces.views_base import paginate, scoped
 
 # (label, "app.Model", list url name): counted on the dashboard when the app provides the model.
 DASHBOARD_COUNTS = [

@@ -1,0 +1,27 @@
+"""Old import paths kept working for the branches that were started before the rooms split
+(issue 11). Remove with the last caller: ``grep -rn "core.moved" --include=*.py``.
+
+``forward(__name__, [...])`` gives a module a ``__getattr__`` that finds a name it no longer
+defines in the modules it moved to (``_lock`` also finds the now public ``lock``). It is looked up
+lazily, so the request side never imports the worker side at import time.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+
+
+def forward(module: str, targets: list[str]):
+    def __getattr__(name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        for target in targets:
+            found = importlib.import_module(target)
+            for candidate in (name, name.lstrip("_")):
+                if candidate and hasattr(found, candidate):
+                    warnings.warn(f"{module}.{name} moved to {target}.{candidate}", DeprecationWarning, stacklevel=2)
+                    return getattr(found, candidate)
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+    return __getattr__
