@@ -16,9 +16,11 @@ from django.utils import timezone
 
 from deployments.models import Environment, Service, ServiceEvent, ServiceReplica
 from deployments.services import event
+from registry.models import Image
 from deployments.worker import (
     LABEL_PORTAL,
     deploy_errors,
+    image_wait_limit,
     lock,
     log_tail_event,
     portal_instance,
@@ -92,6 +94,10 @@ def _requeue_lost_work() -> int:
              Service.Status.DELETING: delete_service}
     stuck = Service.objects.filter(status__in=list(tasks), updated_at__lt=now - timedelta(seconds=STALE_SECONDS)).filter(
         Q(lock_token__isnull=True) | Q(lock_until__lt=now))
+    # A deploy waiting on a build has no task by design: the build's end enqueues it (and the
+    # builds' own requeue sweep resends a lost build). Past the wait limit it is sent to fail.
+    stuck = stuck.exclude(Q(status=Service.Status.CREATING, image__status__in=[Image.Status.QUEUED, Image.Status.BUILDING],
+                            created_at__gte=now - timedelta(seconds=image_wait_limit())))
     count = 0
     for service_id, status in stuck.values_list("pk", "status"):
         Service.objects.filter(pk=service_id).update(updated_at=now)

@@ -10,8 +10,9 @@ from celery import shared_task
 
 from deployments import reconcile, worker
 
-# A deploy waits for its image build by checking back every few seconds (bounded by the build
-# time limit in worker.service_deploy) instead of hooking into the registry's build task.
+# A deploy whose image still builds ends at once (WAITING_FOR_IMAGE): the build's end, once
+# committed, enqueues it again (registry.signals.image_finished → worker.deploys_waiting_on_image).
+# Only a held lease (WAIT) makes a task check back a few seconds later.
 
 
 @shared_task(acks_late=True, reject_on_worker_lost=True, ignore_result=True)

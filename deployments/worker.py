@@ -29,10 +29,30 @@ logger = logging.getLogger(__name__)
 
 LABEL_PORTAL = "mlportal.portal"  # which portal started a container: the reconciler only touches its own
 READY_TIMEOUT = 120  # seconds a new replica has to answer /ready (init() loads the model)
-WAIT_SECONDS = 3  # how often a deploy checks back on an image that is still building
+WAIT_SECONDS = 3  # how soon a task checks back on a service whose lease another worker holds
 IMAGE_WAIT_GRACE = 600  # a deploy gives up on an image still building this long past the build time limit
 LEASE_SECONDS = 660  # the deploy queue's hard time limit: no task holds a service longer
-WAIT = "wait"  # returned by worker functions whose task should check back later
+WAIT = "wait"  # returned by worker functions whose task should check back later (the lease is taken)
+# Returned by service_deploy while the image builds: the task ends; the build's end enqueues it
+# again (deploys_waiting_on_image), and the reconciler fails it past the build's time limit.
+WAITING_FOR_IMAGE = "waiting-for-image"
+
+
+def image_wait_limit() -> int:
+    """Seconds after its creation a deploy still waits for its image's build."""
+    return settings.MLPORTAL_BUILD_TIMEOUT + IMAGE_WAIT_GRACE
+
+
+def deploys_waiting_on_image(*, image_id: str, **_) -> list[str]:
+    """Enqueues the deploy of every service still ``creating`` on this image (receiver of
+    ``registry.signals.image_finished``, sent once the build's end is committed). Returns their ids."""
+    from deployments.tasks import deploy_service
+
+    waiting = [str(pk) for pk in Service.objects.filter(image_id=image_id, status=Service.Status.CREATING)
+               .values_list("pk", flat=True)]
+    for service_id in waiting:
+        deploy_service.delay(service_id)
+    return waiting
 
 
 def lock(service_id) -> str | None:
@@ -170,8 +190,9 @@ def deploy_errors() -> tuple[type[BaseException], ...]:
 def service_deploy(*, service_id: str) -> str | None:
     """Starts a ``creating`` service's replicas once its image is built: creating → healthy, or
     failed with the reason (the image's build error, the engine's error, the container's last log
-    line). Returns the new status, WAIT while the image builds (or another worker holds the
-    service), None when there is nothing to do."""
+    line). Returns the new status, WAITING_FOR_IMAGE while the image builds (the build's end
+    enqueues the deploy again), WAIT while another worker holds the service, None when there is
+    nothing to do."""
     from registry.models import Image
 
     service = Service.objects.select_related("image", "environment", "workspace").filter(pk=service_id).first()
@@ -179,12 +200,10 @@ def service_deploy(*, service_id: str) -> str | None:
         return None
     image = service.image
     if image.status in (Image.Status.QUEUED, Image.Status.BUILDING):
-        limit = settings.MLPORTAL_BUILD_TIMEOUT + IMAGE_WAIT_GRACE
+        limit = image_wait_limit()
         if (timezone.now() - service.created_at).total_seconds() > limit:
             return _fail(service, f"image {image.ref} did not finish building within {limit} s")
-        # Touching updated_at shows the reconciler this deploy is alive.
-        Service.objects.filter(pk=service.pk, status=Service.Status.CREATING).update(updated_at=timezone.now())
-        return WAIT
+        return WAITING_FOR_IMAGE
     if image.status == Image.Status.FAILED:
         return _fail(service, f"image {image.ref} failed to build: {image.error or 'see its build log'}")
     token = lock(service.pk)

@@ -11,6 +11,7 @@ import time
 from functools import partial
 
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
 from core.logs import next_seq
@@ -148,10 +149,18 @@ def image_is_building(image_id: str) -> bool:
     return Image.objects.filter(pk=image_id, status=Image.Status.BUILDING).exists()
 
 
-def _finish(image: Image, **fields) -> bool:
-    """building → succeeded / failed, guarded; False when someone else finished it."""
+def image_finish(image: Image, **fields) -> bool:
+    """building → succeeded / failed, guarded; False when someone else finished it. Once the row
+    is committed, ``registry.signals.image_finished`` tells the deploys waiting on this image
+    (they do not poll it)."""
+    from registry.signals import image_finished
+
     fields.setdefault("finished_at", timezone.now())
-    return bool(Image.objects.filter(pk=image.pk, status=Image.Status.BUILDING).update(**fields))
+    if not Image.objects.filter(pk=image.pk, status=Image.Status.BUILDING).update(**fields):
+        return False
+    image_id, status = str(image.pk), fields.get("status")
+    transaction.on_commit(lambda: image_finished.send(sender=Image, image_id=image_id, status=status))
+    return True
 
 
 def image_build(*, image_id: str) -> str | None:
@@ -193,29 +202,29 @@ def _build(image: Image) -> str:
     except BuildError as exc:
         log(f"build failed: {exc}")
         log.flush()
-        _finish(image, status=Image.Status.FAILED, error=str(exc)[:2000], error_step=(exc.step or "")[:255],
+        image_finish(image, status=Image.Status.FAILED, error=str(exc)[:2000], error_step=(exc.step or "")[:255],
                 error_log_tail=exc.log_tail[-8000:], build_seconds=time.monotonic() - started)
         return Image.Status.FAILED
     except (EngineError, ValueError) as exc:
         log(f"build failed: {exc}")
         log.flush()
-        _finish(image, status=Image.Status.FAILED, error=str(exc)[:2000], build_seconds=time.monotonic() - started)
+        image_finish(image, status=Image.Status.FAILED, error=str(exc)[:2000], build_seconds=time.monotonic() - started)
         return Image.Status.FAILED
     except SoftTimeLimitExceeded:
         message = f"the build went over its time limit ({settings.MLPORTAL_BUILD_TIMEOUT} s) and was stopped"
         log(message)
         log.flush()
-        _finish(image, status=Image.Status.FAILED, error=message, build_seconds=time.monotonic() - started)
+        image_finish(image, status=Image.Status.FAILED, error=message, build_seconds=time.monotonic() - started)
         return Image.Status.FAILED
     except BaseException as exc:
         # An unexpected error must not leave the image "building" forever.
         log(f"build failed: internal error {type(exc).__name__}: {exc}")
         log.flush()
-        _finish(image, status=Image.Status.FAILED, error=f"internal error: {type(exc).__name__}: {exc}"[:2000],
+        image_finish(image, status=Image.Status.FAILED, error=f"internal error: {type(exc).__name__}: {exc}"[:2000],
                 build_seconds=time.monotonic() - started)
         raise
     seconds = time.monotonic() - started
     log(f"built {image.tag} ({built['id'][:19]}, {built['size']} bytes) in {seconds:.1f} s")
     log.flush()
-    _finish(image, status=Image.Status.SUCCEEDED, image_id=built["id"], size=built["size"], build_seconds=seconds)
+    image_finish(image, status=Image.Status.SUCCEEDED, image_id=built["id"], size=built["size"], build_seconds=seconds)
     return Image.Status.SUCCEEDED
