@@ -122,10 +122,11 @@ def stop_container(container_id: str, *, base_url: str | None = None, timeout: i
             pass
 
 
-def container_logs(container_id: str, *, tail: int = 200, base_url: str | None = None) -> str:
+def container_logs(container_id: str, *, tail: int = 200, base_url: str | None = None, timeout: int = 60) -> str:
     """Returns the last ``tail`` lines of a container's stdout and stderr ("" when it is gone),
-    control characters escaped (what the container printed may be hostile: see logsafe)."""
-    with connect(base_url) as client:
+    control characters escaped (what the container printed may be hostile: see logsafe).
+    ``timeout``: seconds each engine call may take (a page's request asks for a short one)."""
+    with connect(base_url, timeout=timeout) as client:
         try:
             raw = client.api.logs(container_id, stdout=True, stderr=True, tail=tail)
         except docker.errors.NotFound:

@@ -140,6 +140,15 @@ class ReplicaSerializer(serializers.Serializer):
     restarts = serializers.IntegerField()
     started_at = serializers.DateTimeField()
     revision = serializers.IntegerField(source="revision.number", default=None, help_text="Empty: the live revision")
+    # What the worker side last saw (the deploy, then the reconciler), never asked for this read.
+    state = serializers.CharField(help_text="The container's engine state when checked; empty: not checked yet")
+    ready = serializers.BooleanField(help_text="Whether it answered /ready when checked")
+    state_error = serializers.CharField(allow_blank=True)
+    checked_at = serializers.DateTimeField(allow_null=True)
+    checked_seconds_ago = serializers.SerializerMethodField()
+
+    def get_checked_seconds_ago(self, obj) -> int | None:
+        return selectors.seconds_since(obj.checked_at)
 
 
 class RevisionSerializer(serializers.ModelSerializer):
@@ -172,12 +181,13 @@ class ServiceSerializer(serializers.ModelSerializer):
     revisions = serializers.SerializerMethodField()
     events = serializers.SerializerMethodField()
     capture = serializers.SerializerMethodField()
+    engine = serializers.SerializerMethodField(help_text="What the worker side last saw of the environment's engine")
 
     class Meta:
         model = Service
         fields = ["id", "workspace", "name", "status", "environment", "environment_id", "image", "image_id", "image_tag",
                   "replicas", "cpus", "memory_mb", "error", "last_update_error", "pending", "rollout", "scoring_url", "containers",
-                  "steps", "revisions", "events", "capture", "created_by", "created_at", "updated_at"]
+                  "steps", "revisions", "events", "capture", "engine", "created_by", "created_at", "updated_at"]
         read_only_fields = fields
 
     def get_scoring_url(self, obj) -> str:
@@ -186,10 +196,10 @@ class ServiceSerializer(serializers.ModelSerializer):
         return request.build_absolute_uri(path) if request else path
 
     def get_containers(self, obj) -> list[dict]:
-        rows = ReplicaSerializer(obj.replica_set.select_related("revision").order_by("number"), many=True).data
-        if self.context.get("detail"):
-            rows = [dict(row, **_replica_state(obj, row)) for row in rows]
-        return rows
+        return ReplicaSerializer(obj.replica_set.select_related("revision").order_by("number"), many=True).data
+
+    def get_engine(self, obj) -> dict:
+        return selectors.engine_status(obj.environment)
 
     def get_steps(self, obj) -> list[dict]:
         return selectors.service_steps(obj)
@@ -206,27 +216,6 @@ class ServiceSerializer(serializers.ModelSerializer):
         if not self.context.get("detail"):
             return []
         return EventSerializer(obj.events.all()[:50], many=True).data
-
-
-def _replica_state(service: Service, row: dict) -> dict:
-    """The container's state as the engine says, and whether it answers /ready."""
-    from compute.containers import container_state
-    from compute.engine import EngineError
-
-    try:
-        state = container_state(row["container_id"], base_url=service.environment.docker_url)
-    except EngineError as exc:
-        return {"state": "unknown", "ready": False, "state_error": str(exc)}
-    if state is None:
-        return {"state": "gone", "ready": False, "state_error": None}
-    ready = False
-    if state["running"]:
-        try:
-            proxy.fetch_text(row["host"], row["port"], "/ready", timeout=1.0)
-            ready = True
-        except (OSError, proxy.http.client.HTTPException):
-            ready = False
-    return {"state": state["status"], "ready": ready, "state_error": None}
 
 
 class ServiceFilter(django_filters.FilterSet):

@@ -37,6 +37,13 @@ class Environment(models.Model):
     description = models.TextField(blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
+    # What the worker side last saw of the engine (the reconciler, deployments.reconcile): pages
+    # and API reads show these with their age and never ask the engine themselves.
+    engine_ok = models.BooleanField(null=True, help_text="Empty: not checked yet")
+    engine_version = models.CharField(max_length=64, blank=True)
+    engine_error = models.TextField(blank=True)
+    engine_checked_at = models.DateTimeField(null=True, blank=True)
+    engine_answered_at = models.DateTimeField(null=True, blank=True, help_text="The last check the engine answered")
 
     class Meta:
         ordering = ["name"]
@@ -151,6 +158,12 @@ class ServiceReplica(models.Model):
     revision = models.ForeignKey("ServiceRevision", null=True, blank=True, on_delete=models.CASCADE, related_name="replicas")
     restarts = models.PositiveIntegerField(default=0)
     started_at = models.DateTimeField(auto_now_add=True)
+    # What the worker side last saw of the container (the deploy that started it, then the
+    # reconciler): its engine state and whether it answered /ready, at ``checked_at``.
+    state = models.CharField(max_length=32, blank=True)
+    ready = models.BooleanField(default=False)
+    state_error = models.TextField(blank=True)
+    checked_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["service", "number"]

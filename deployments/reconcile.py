@@ -34,6 +34,7 @@ from deployments.worker import (
 logger = logging.getLogger(__name__)
 
 STALE_SECONDS = 120  # a creating/updating/deleting service untouched this long has lost its task
+READY_PROBE_SECONDS = 1.0  # how long the reconciler waits for a replica's /ready
 
 
 def services_reconcile() -> dict:
@@ -54,6 +55,7 @@ def services_reconcile() -> dict:
         status = engine_status(base_url)
         if not status["ok"]:
             summary["unreachable"].append(base_url or "local")
+            record_engine(environments, status)
             _mark_engine_down(environments, status["error"])
             continue
         try:
@@ -61,8 +63,10 @@ def services_reconcile() -> dict:
             containers = [c for c in list_containers("service", base_url=base_url) if c["labels"].get(LABEL_PORTAL) == instance]
         except EngineError as exc:
             summary["unreachable"].append(base_url or "local")
+            record_engine(environments, {"ok": False, "version": status["version"], "error": str(exc)})
             _mark_engine_down(environments, str(exc))
             continue
+        record_engine(environments, status)
         live = {str(s.pk): s for s in Service.objects.filter(environment__in=environments)
                 .exclude(status=Service.Status.DELETED).select_related("image", "environment", "workspace")}
         owned: dict[str, list[dict]] = defaultdict(list)
@@ -106,7 +110,59 @@ def _requeue_lost_work() -> int:
     return count
 
 
+def record_engine(environments: list[Environment], status: dict) -> None:
+    """Writes what the engine answered (``compute.engine.engine_status``) on its environments'
+    rows, with the time: the pages read these instead of asking the engine."""
+    now = timezone.now()
+    fields = {"engine_ok": bool(status["ok"]), "engine_version": (status.get("version") or "")[:64],
+              "engine_error": (status.get("error") or "")[:2000], "engine_checked_at": now}
+    if status["ok"]:
+        fields["engine_answered_at"] = now
+    Environment.objects.filter(pk__in=[e.pk for e in environments]).update(**fields)
+
+
+def environment_check(*, environment_id: str) -> dict | None:
+    """Asks one environment's engine now and records the answer (after a create or an engine
+    URL change, so its page need not wait for the next reconcile). Returns the status."""
+    from compute.engine import engine_status
+
+    environment = Environment.objects.filter(pk=environment_id, kind=Environment.Kind.LOCAL).first()
+    if environment is None:
+        return None
+    status = engine_status(environment.docker_url)
+    record_engine(list(Environment.objects.filter(kind=Environment.Kind.LOCAL, engine_url=environment.engine_url)), status)
+    return status
+
+
+def _record_replicas(service: Service, containers: dict[str, dict], problems: dict[int, str],
+                     fresh: set[str] = frozenset()) -> None:
+    """Writes each replica's container state and whether it answers /ready (a short probe) on
+    its row, with the time. ``fresh``: containers this pass started (their rows say so already)."""
+    from deployments import proxy
+
+    now = timezone.now()
+    for replica in ServiceReplica.objects.filter(service=service):
+        if replica.container_id in fresh:
+            continue
+        container = containers.get(replica.container_id)
+        if container is None:
+            fields = {"state": "gone", "ready": False, "state_error": problems.get(replica.number, "")}
+        else:
+            ready = False
+            if container["running"]:
+                try:
+                    proxy.fetch_text(replica.host, replica.port, "/ready", timeout=READY_PROBE_SECONDS)
+                    ready = True
+                except (OSError, proxy.http.client.HTTPException):
+                    ready = False
+            fields = {"state": container["status"] or "unknown", "ready": ready, "state_error": ""}
+        ServiceReplica.objects.filter(pk=replica.pk).update(checked_at=now, **fields)
+
+
 def _mark_engine_down(environments: list[Environment], error: str | None) -> None:
+    # Their state is unknown now; checked_at keeps the time they were last seen, the error says why.
+    ServiceReplica.objects.filter(service__environment__in=environments).update(
+        state="unknown", state_error=f"the engine did not answer: {error}"[:2000])
     for service in Service.objects.filter(environment__in=environments, status=Service.Status.HEALTHY):
         if Service.objects.filter(pk=service.pk, status=Service.Status.HEALTHY).update(status=Service.Status.UNHEALTHY):
             event(service.pk, f"The Docker engine of environment '{service.environment.name}' does not answer: {error}",
@@ -150,8 +206,11 @@ def _reconcile_service(service: Service, containers: list[dict]) -> tuple[int, i
                 except EngineError as exc:
                     logger.warning("could not remove stray container %s: %s", container["id"], exc)
         if service.status == Service.Status.FAILED:
+            _record_replicas(service, by_id, {})
             return restarted, removed
         problems = []
+        failed: dict[int, str] = {}
+        fresh: set[str] = set()
         wanted = set(range(1, service.replicas + 1))
         missing_numbers = sorted(wanted - {r.number for r in replicas})
         for replica in replicas:
@@ -166,10 +225,13 @@ def _reconcile_service(service: Service, containers: list[dict]) -> tuple[int, i
             except deploy_errors() as exc:
                 log_tail_event(service.pk, exc)
                 problems.append(f"replica {replica.number}: {start_error(exc)}")
+                failed[replica.number] = start_error(exc)
                 continue
+            now = timezone.now()
+            fresh.add(started["id"])
             ServiceReplica.objects.filter(pk=replica.pk).update(
                 container_id=started["id"], host=started["host"], port=started["port"], restarts=replica.restarts + 1,
-                started_at=timezone.now())
+                started_at=now, state="running", ready=True, state_error="", checked_at=now)
             if container is not None:
                 stop_all([replica.container_id], base_url)
             restarted += 1
@@ -183,8 +245,10 @@ def _reconcile_service(service: Service, containers: list[dict]) -> tuple[int, i
                 problems.append(f"replica {number}: {start_error(exc)}")
                 continue
             ServiceReplica.objects.bulk_create(replica_rows(service, started))
+            fresh.add(started[0]["id"])
             restarted += 1
             event(service.pk, f"Replica {number} was missing; started it ({started[0]['id'][:12]}).", ServiceEvent.Level.WARNING)
+        _record_replicas(service, by_id, failed, fresh)
         _settle_health(service, problems)
     finally:
         unlock(service.pk, token)

@@ -7,28 +7,33 @@ import json
 import shlex
 import uuid
 
-from django.core.cache import cache
 from django.db.models import Q, QuerySet
 
 from deployments import proxy
 from deployments.models import ActiveEnvironment, Environment, Service, ServiceReplica
 
-ENGINE_STATUS_TTL = 10  # seconds: lists show many environments, and an unreachable engine takes a while to say so
 SAMPLE_KEY = "<service-key>"
+LOGS_TIMEOUT = 5  # seconds a logs request waits for the engine (the page asks again later)
 
 
 def engine_status(environment: Environment) -> dict:
-    """``{"ok", "version", "error"}`` of the environment's engine, cached for a few seconds."""
-    from compute.engine import engine_status as probe
-
+    """What the worker side last saw of the environment's engine, from its row (never a call to
+    the engine): ``{"ok", "version", "error", "checked_at", "answered_at"}``; ``ok`` is None until
+    the first check (the reconciler's, or the one after a create or engine change)."""
     if environment.kind != Environment.Kind.LOCAL:
-        return {"ok": False, "version": None, "error": "cluster environments are not available yet"}
-    key = f"deployments:engine:{environment.docker_url or 'local'}"
-    status = cache.get(key)
-    if status is None:
-        status = probe(environment.docker_url)
-        cache.set(key, status, ENGINE_STATUS_TTL)
-    return status
+        return {"ok": False, "version": None, "error": "cluster environments are not available yet",
+                "checked_at": None, "answered_at": None, "checked_seconds_ago": None}
+    return {"ok": environment.engine_ok, "version": environment.engine_version or None,
+            "error": environment.engine_error or None, "checked_at": environment.engine_checked_at,
+            "answered_at": environment.engine_answered_at,
+            "checked_seconds_ago": seconds_since(environment.engine_checked_at)}
+
+
+def seconds_since(moment) -> int | None:
+    """Whole seconds since ``moment`` (None stays None): the "checked 4 s ago" of pages and API."""
+    from django.utils import timezone
+
+    return None if moment is None else max(0, int((timezone.now() - moment).total_seconds()))
 
 
 def active_environment(user, workspace) -> Environment | None:
@@ -143,17 +148,22 @@ def service_logs(service: Service, *, tail: int = 200) -> dict:
     """The last ``tail`` lines of each replica's container: ``{"text", "replicas": [...], "done"}``
     (``text`` joins them, each line prefixed with its replica)."""
     from compute.containers import container_logs
-    from compute.engine import EngineError
+    from compute.engine import EngineError, EngineUnreachable
 
     replicas = []
     parts = []
     base_url = service.environment.docker_url
+    engine_error = None  # one engine that does not answer is asked once per request, not per replica
     for replica in service.replica_set.order_by("number"):
-        try:
-            text = container_logs(replica.container_id, tail=tail, base_url=base_url)
-            error = None
-        except EngineError as exc:
-            text, error = "", str(exc)
+        text, error = "", engine_error
+        if engine_error is None:
+            try:
+                text = container_logs(replica.container_id, tail=tail, base_url=base_url, timeout=LOGS_TIMEOUT)
+            except EngineUnreachable as exc:
+                error = engine_error = (f"the Docker engine of environment '{service.environment.name}' did not give "
+                                        f"the logs within {LOGS_TIMEOUT} s: {exc}")
+            except EngineError as exc:
+                error = str(exc)
         replicas.append({"replica": replica.number, "container_id": replica.container_id, "text": text, "error": error})
         lines = text.splitlines()
         parts.extend(f"[replica {replica.number}] {line}" for line in lines)

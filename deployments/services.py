@@ -74,7 +74,17 @@ def environment_create(*, workspace: Workspace, name: str, user, kind: str = Env
         raise field_error("name", f"Workspace '{workspace.name}' has an environment named '{name}' already: choose another name.") from None
     activity_record(workspace=workspace, actor=user, verb="environment.created", target=environment,
                     detail={"kind": kind, "engine": environment.engine_label})
+    check_engine_soon(environment)
     return environment
+
+
+def check_engine_soon(environment: Environment) -> None:
+    """A new or moved environment's engine is asked by a task once the row commits (pages only
+    read what the worker side saw); until then it shows "not checked yet"."""
+    from deployments.tasks import check_environment
+
+    if environment.kind == Environment.Kind.LOCAL:
+        _enqueue(check_environment, environment.pk)
 
 
 def _services_listed(environment: Environment) -> str:
@@ -121,12 +131,17 @@ def environment_update(*, environment: Environment, user, changes: dict[str, Any
                 raise Conflict(f"Environment '{environment.name}' runs service {listed}: its {what} cannot change "
                                "under them; delete those services first, or set up another environment.", code="in_use")
         changed = {k: v for k, v in values.items() if getattr(environment, k) != v}
+        if "engine_url" in changed:  # what was seen of the old engine says nothing about the new one
+            changed.update(engine_ok=None, engine_version="", engine_error="", engine_checked_at=None,
+                           engine_answered_at=None)
         for key, value in changed.items():
             setattr(environment, key, value)
         if changed:
             environment.save(update_fields=list(changed))
             activity_record(workspace=environment.workspace, actor=user, verb="environment.updated", target=environment,
-                            detail={"changed": sorted(changed)})
+                            detail={"changed": sorted(k for k in changed if k in values)})
+            if "engine_url" in changed:
+                check_engine_soon(environment)
     return environment
 
 

@@ -46,3 +46,8 @@ def delete_service(self, service_id: str) -> str | None:
 @shared_task(ignore_result=True)
 def reconcile_services() -> dict:
     return reconcile.services_reconcile()
+
+
+@shared_task(ignore_result=True)
+def check_environment(environment_id: str) -> dict | None:
+    return reconcile.environment_check(environment_id=environment_id)

@@ -153,9 +153,13 @@ def stop_all(container_ids: list[str], base_url: str | None) -> list[str]:
     return problems
 
 
-def replica_rows(service: Service, started: list[dict]) -> list[ServiceReplica]:
+def replica_rows(service: Service, started: list[dict], *, revision=None) -> list[ServiceReplica]:
+    """Rows for replicas ``start_replicas`` just started: each answered /ready a moment ago, which
+    is what the pages show until the reconciler checks again."""
+    now = timezone.now()
     return [ServiceReplica(service=service, number=item["number"], container_id=item["id"], host=item["host"],
-                           port=item["port"]) for item in started]
+                           port=item["port"], revision=revision, state="running", ready=True, checked_at=now)
+            for item in started]
 
 
 def start_error(exc: BaseException) -> str:

@@ -72,9 +72,7 @@ def rollout_start(*, service_id: str) -> str | None:
             role = ServiceRevision.Role.CANARY if rollout["mode"] == "canary" else ServiceRevision.Role.SHADOW
             revision = ServiceRevision.objects.create(service=service, number=number, image=image, image_ref=image.ref,
                                                       reason=role, role=role, created_by_id=rollout.get("by"))
-            ServiceReplica.objects.bulk_create([ServiceReplica(service=service, number=item["number"], container_id=item["id"],
-                                                               host=item["host"], port=item["port"], revision=revision)
-                                                for item in started])
+            ServiceReplica.objects.bulk_create(d.replica_rows(service, started, revision=revision))
             now = timezone.now()
             rollout.update(status="running", revision=number, started_at=now.isoformat(),
                            bake_until=(now + timedelta(seconds=rollout["bake_seconds"])).isoformat())

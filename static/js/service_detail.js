@@ -26,7 +26,7 @@
       if (!rows.length) {
         const tr = document.createElement("tr");
         const td = cell("No replica runs.", "muted");
-        td.colSpan = 7;
+        td.colSpan = 8;
         tr.append(td);
         body.replaceChildren(tr);
         return;
@@ -34,9 +34,12 @@
       body.replaceChildren(...rows.map((r) => {
         const tr = document.createElement("tr");
         const state = document.createElement("td");
-        state.append(badge(r.state === "running" ? (r.ready ? "healthy" : "starting") : r.state));
+        state.append(badge(r.state === "running" ? (r.ready ? "healthy" : "starting") : (r.state || "not checked")));
+        // What the worker side saw at checked_at: this page never asks the engine or the replica.
+        const checked = r.checked_seconds_ago === null ? "not yet" : `${r.checked_seconds_ago} s ago`;
         tr.append(cell(String(r.number)), cell(r.container_id.slice(0, 12), "mono"), cell(`${r.host}:${r.port}`, "mono"), state,
-                  cell(r.ready ? "yes" : "no"), cell(String(r.restarts), "num"), cell(new Date(r.started_at).toLocaleString()));
+                  cell(r.ready ? "yes" : "no"), cell(String(r.restarts), "num"), cell(new Date(r.started_at).toLocaleString()),
+                  cell(r.state_error ? `${checked} (${r.state_error})` : checked, "small muted"));
         return tr;
       }));
     }
