@@ -152,6 +152,8 @@ def check_image_deployable(image, *, field: str = "image") -> None:
         return
     if image.status == Image.Status.FAILED:
         message = f"Image {image.ref} failed to build ({(image.error or 'see its build log')[:200]}): fix the manifest and build a new image."
+    elif image.status == Image.Status.DELETING:
+        message = f"Image {image.ref} is being deleted: choose another image."
     else:
         message = f"Image {image.ref} is not built yet (it is {image.status}): wait until its build succeeded."
     raise field_error(field, message)

@@ -306,13 +306,18 @@ def service_create_realtime(*, workspace: Workspace, name: str, model_file: IO[b
         registry.parse_requirements(requirements)
     stored: list[str] = []
     try:
+        _check_name_free(workspace, name)  # again under the transaction; first before copying the upload
+        # The model file (it may be hundreds of MB) is stored and scanned before the transaction.
+        with _step_fields({"name": "model_name", "file": "model_file"}):
+            staged = registry.model_stage_upload(workspace=workspace, fileobj=model_file, filename=model_filename,
+                                                 user=user)
+        stored.append(staged.storage_name)
         with transaction.atomic():
             _check_name_free(workspace, name)
             env, notice = environment_for_new_service(workspace=workspace, user=user, ref=environment)
             with _step_fields({"name": "model_name", "file": "model_file"}):
-                model = registry.model_register_upload(workspace=workspace, name=model_name or model_filename,
-                                                       fileobj=model_file, filename=model_filename, user=user)
-            stored.append(model.file)
+                model = registry.model_register_staged(workspace=workspace, name=model_name or model_filename,
+                                                       staged=staged, user=user)
             with _step_fields({"score": "score_file", "schema": "schema_file", "requirements": "requirements_file",
                                "models": "model_file"}):
                 manifest = registry.manifest_create(workspace=workspace, name=manifest_name_for(name), models=[model],

@@ -149,6 +149,9 @@ class Image(models.Model):
         BUILDING = "building", "Building"
         SUCCEEDED = "succeeded", "Succeeded"
         FAILED = "failed", "Failed"
+        # Being removed from the engine (registry.services.image_remove): no service may start
+        # from it; the row goes once the engine removed it, or returns to its status if it refused.
+        DELETING = "deleting", "Deleting"
 
     FINISHED = (Status.SUCCEEDED, Status.FAILED)
 

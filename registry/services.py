@@ -11,6 +11,7 @@ import hashlib
 import logging
 import re
 import uuid
+from dataclasses import dataclass
 from typing import IO, Any
 
 from django.conf import settings
@@ -59,38 +60,87 @@ def _store_upload(fileobj: IO[bytes], *, storage_name: str, what: str, field: st
     return stored.storage_name, stored.size, stored.sha256
 
 
+@dataclass(frozen=True)
+class StagedModel:
+    """A model file stored and scanned before any transaction (``model_stage_upload``): what
+    ``model_register_staged`` makes a version of. Until then its file is the caller's to delete."""
+
+    file_name: str
+    storage_name: str
+    size: int
+    sha256: str
+    scan: dict
+    framework: str
+
+
+def _stage(*, workspace: Workspace, file_name: str, framework: Any, store) -> StagedModel:
+    """Stores the file with ``store(storage_name) -> (name, size, sha256)`` and scans it (opcodes
+    only, never loaded). No row is written; on any error the stored file is removed."""
+    framework = check_framework(framework, file_name)
+    stored, size, sha256 = store(f"models/{workspace.id}/{uuid.uuid4().hex}/{file_name}")
+    try:
+        scan = model_scan.scan_fields(model_scan.scan_stored(stored, file_name), declared_framework=framework)
+    except BaseException:
+        delete_files([stored])
+        raise
+    framework = scan.pop("framework")
+    return StagedModel(file_name=file_name, storage_name=stored, size=size, sha256=sha256, scan=scan, framework=framework)
+
+
+def _record(*, workspace: Workspace, name: str, user, staged: StagedModel, description: str, tags: dict,
+            run=None, source_path: str = "") -> Model:
+    """The next version of ``name`` for a staged file: row writes only, in one short transaction."""
+    with transaction.atomic():
+        lineage = {}
+        if run is not None:
+            lineage = {"run": run, "project": run.project}
+        model = _create_versioned(
+            Model, workspace=workspace, name=name, description=description, tags=tags, framework=staged.framework,
+            file_name=staged.file_name, file=staged.storage_name, size=staged.size, sha256=staged.sha256,
+            source_path=source_path, created_by=user, **lineage, **staged.scan,
+        )
+        detail = {"size": staged.size, "sha256": staged.sha256, "scan": model.scan_verdict}
+        if run is not None:
+            detail["run"] = str(run.pk)
+        activity_record(workspace=workspace, actor=user, verb="model.registered", target=model, detail=detail)
+        model_scan.carry_acceptance(model, user=user)
+    return model
+
+
 def _register(*, workspace: Workspace, name: str, user, file_name: str, description: Any, tags: Any,
               framework: Any, store, run=None, source_path: str = "") -> Model:
-    """Checks everything, stores the file with ``store(storage_name) -> (name, size, sha256)``,
-    then creates the next version; the stored file is removed again when the row is not made."""
+    """Checks everything, stores and scans the file (before the transaction: an upload of
+    hundreds of MB holds no lock), then creates the next version; the stored file is removed
+    again when the row is not made."""
     require_role(user=user, workspace=workspace, role=Role.CONTRIBUTOR)
     name = check_model_name(name)
     description = check_description(description)
     tags = check_tags(tags)
-    framework = check_framework(framework, file_name)
-    stored, size, sha256 = store(f"models/{workspace.id}/{uuid.uuid4().hex}/{file_name}")
+    staged = _stage(workspace=workspace, file_name=file_name, framework=framework, store=store)
     try:
-        # Scanned (opcodes only, never loaded) before it becomes a version; the verdict is the version's.
-        scan = model_scan.scan_fields(model_scan.scan_stored(stored, file_name), declared_framework=framework)
-        framework = scan.pop("framework")
-        with transaction.atomic():
-            lineage = {}
-            if run is not None:
-                lineage = {"run": run, "project": run.project}
-            model = _create_versioned(
-                Model, workspace=workspace, name=name, description=description, tags=tags, framework=framework,
-                file_name=file_name, file=stored, size=size, sha256=sha256, source_path=source_path,
-                created_by=user, **lineage, **scan,
-            )
-            detail = {"size": size, "sha256": sha256, "scan": model.scan_verdict}
-            if run is not None:
-                detail["run"] = str(run.pk)
-            activity_record(workspace=workspace, actor=user, verb="model.registered", target=model, detail=detail)
-            model_scan.carry_acceptance(model, user=user)
+        return _record(workspace=workspace, name=name, user=user, staged=staged, description=description, tags=tags,
+                       run=run, source_path=source_path)
     except BaseException:
-        delete_files([stored])
+        delete_files([staged.storage_name])
         raise
-    return model
+
+
+def model_stage_upload(*, workspace: Workspace, fileobj: IO[bytes], filename: str, user, framework: str = "") -> StagedModel:
+    """Stores and scans an uploaded model file without registering it (a caller that makes the
+    version inside its own transaction, like the one-shot service create, stages it first)."""
+    require_role(user=user, workspace=workspace, role=Role.CONTRIBUTOR)
+    file_name = check_model_name(filename or "", field="file", what="file name")
+    return _stage(workspace=workspace, file_name=file_name, framework=framework,
+                  store=lambda storage_name: _store_upload(fileobj, storage_name=storage_name, what="model file", field="file"))
+
+
+def model_register_staged(*, workspace: Workspace, name: str, staged: StagedModel, user, description: str = "",
+                          tags: dict | None = None) -> Model:
+    """Makes the next version of ``name`` from a staged file (row writes only). The staged file
+    stays the caller's to delete when this raises."""
+    require_role(user=user, workspace=workspace, role=Role.CONTRIBUTOR)
+    return _record(workspace=workspace, name=check_model_name(name), user=user, staged=staged,
+                   description=check_description(description), tags=check_tags(tags))
 
 
 def model_register_upload(*, workspace: Workspace, name: str, fileobj: IO[bytes], filename: str, user,
@@ -342,18 +392,44 @@ def image_create(*, manifest: Manifest, user, name: str | None = None) -> Image:
     return image
 
 
-@transaction.atomic
-def image_delete(*, image: Image, user) -> None:
-    """Deletes an image record and removes it from the Docker engine. Raises Conflict while it
-    builds or while a service uses it (naming the service), EngineUnavailable when the engine
-    cannot remove it."""
-    from compute.engine import EngineError, EngineUnreachable
+def image_remove(*, image_id, actor=None, detail: dict | None = None) -> Image | None:
+    """Removes an image from the Docker engine, then its row, holding no lock across the engine
+    call: a short transaction checks it may go and marks it ``deleting`` (so no service starts
+    from it), the engine removes it outside any transaction, a second one deletes the row. Raises
+    Conflict (building, used by a service), the engine's EngineError (the image is back to its
+    status). Returns the deleted image, or None when it was gone already."""
+    from compute.engine import EngineError
     from compute.images import remove_image
 
-    require_role(user=user, workspace=image.workspace, role=Role.OWNER)
-    image = Image.objects.select_for_update().get(pk=image.pk)
-    if image.status == Image.Status.BUILDING:
-        raise Conflict(f"Image {image.ref} is building: wait for the build to finish, then delete it.", code="building")
+    with transaction.atomic():
+        image = Image.objects.select_for_update().select_related("workspace").filter(pk=image_id).first()
+        if image is None:
+            return None
+        _check_removable(image)
+        previous = Image.Status.SUCCEEDED if image.status == Image.Status.DELETING else image.status
+        if image.image_id:
+            Image.objects.filter(pk=image.pk).update(status=Image.Status.DELETING)
+    if image.image_id:
+        try:
+            remove_image(image.tag, base_url=settings.MLPORTAL_DOCKER_URL)
+        except EngineError:
+            Image.objects.filter(pk=image.pk, status=Image.Status.DELETING).update(status=previous)
+            raise
+    with transaction.atomic():
+        if selectors.services_using_images([image.pk], include_deleted=True):  # made in the moment it was checked
+            Image.objects.filter(pk=image.pk).update(status=Image.Status.FAILED,
+                                                     error="removed from the Docker engine while a service was created from it")
+            raise Conflict(f"Image {image.ref} was removed from the engine while a service was created from it: "
+                           "delete that service, then the image.", code="in_use")
+        activity_record(workspace=image.workspace, actor=actor, verb="image.deleted", target=image,
+                        detail={"tag": image.tag, **(detail or {})})
+        image.delete()
+    return image
+
+
+def _check_removable(image: Image) -> None:
+    if image.status in (Image.Status.QUEUED, Image.Status.BUILDING):
+        raise Conflict(f"Image {image.ref} is {image.status}: wait for the build to finish, then delete it.", code="building")
     services = selectors.services_using_images([image.pk])
     if services:
         names = ", ".join(str(getattr(s, "name", s.pk)) for s in services[:5])
@@ -361,15 +437,22 @@ def image_delete(*, image: Image, user) -> None:
     if selectors.services_using_images([image.pk], include_deleted=True):
         # A deleted service's row lingers until its containers are gone, and still points here.
         raise Conflict(f"Image {image.ref} is still held by a service being removed: try again in a minute.", code="in_use")
-    if image.image_id:
-        try:
-            remove_image(image.tag, base_url=settings.MLPORTAL_DOCKER_URL)
-        except EngineUnreachable as exc:
-            raise EngineUnavailable(f"Image {image.ref} was not deleted: {exc}") from None
-        except EngineError as exc:  # e.g. a container the portal does not manage still runs it
-            raise Conflict(f"The Docker engine refused to remove {image.tag}: {exc}", code="engine_refused") from None
-    activity_record(workspace=image.workspace, actor=user, verb="image.deleted", target=image, detail={"tag": image.tag})
-    image.delete()
+
+
+def image_delete(*, image: Image, user) -> None:
+    """Deletes an image record and removes it from the Docker engine (``image_remove``: no lock
+    is held across the engine call). Raises Conflict while it builds or while a service uses it
+    (naming the service) or when the engine refuses, EngineUnavailable when the engine does not
+    answer."""
+    from compute.engine import EngineError, EngineUnreachable
+
+    require_role(user=user, workspace=image.workspace, role=Role.OWNER)
+    try:
+        image_remove(image_id=image.pk, actor=user)
+    except EngineUnreachable as exc:
+        raise EngineUnavailable(f"Image {image.ref} was not deleted: {exc}") from None
+    except EngineError as exc:  # e.g. a container the portal does not manage still runs it
+        raise Conflict(f"The Docker engine refused to remove {image.tag}: {exc}", code="engine_refused") from None
 
 
 # Names that moved out in the rooms split (issue 11) still resolve here for this session.

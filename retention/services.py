@@ -11,7 +11,6 @@ from django.db import transaction
 from django.utils import timezone
 
 from registry.models import Image
-from registry.selectors import services_using_images
 from retention.models import RetentionPolicy
 from retention.selectors import policy_of, retention_plan
 from runs.models import Run, RunLogChunk, RunOutput
@@ -79,26 +78,22 @@ def _clear_run_files(run_id, *, note: str) -> int:
 
 
 def _remove_image(image_id) -> tuple[int, str | None]:
-    """Deletes an image no service uses from the engine and the registry; (bytes, error or None)."""
+    """Deletes an image no service uses from the engine and the registry; (bytes, error or None).
+    The engine call holds no lock (registry.services.image_remove)."""
     from compute.engine import EngineError
-    from compute.images import remove_image
+    from core.errors import Conflict
+    from registry.services import image_remove
 
-    with transaction.atomic():
-        image = Image.objects.select_for_update().filter(pk=image_id).first()
-        if image is None or image.status not in (Image.Status.SUCCEEDED, Image.Status.FAILED):
-            return 0, None
-        if services_using_images([image.pk], include_deleted=True):
-            return 0, None
-        if image.image_id:
-            try:
-                remove_image(image.tag, base_url=settings.MLPORTAL_DOCKER_URL)
-            except EngineError as exc:
-                return 0, f"{image.tag}: {exc}"
-        activity_record(workspace=image.workspace, actor=None, verb="image.deleted", target=image,
-                        detail={"tag": image.tag, "by": "retention"})
-        size = image.size or 0
-        image.delete()
-    return size, None
+    image = Image.objects.filter(pk=image_id, status__in=[Image.Status.SUCCEEDED, Image.Status.FAILED]).first()
+    if image is None:
+        return 0, None
+    try:
+        removed = image_remove(image_id=image.pk, detail={"by": "retention"})
+    except Conflict:
+        return 0, None
+    except EngineError as exc:
+        return 0, f"{image.tag}: {exc}"
+    return (removed.size or 0) if removed else 0, None
 
 
 def retention_apply(*, workspace_id=None) -> dict:

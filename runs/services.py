@@ -11,7 +11,6 @@ here; params, tags and notes (and runs logged from outside by an MLflow client) 
 from __future__ import annotations
 
 import logging
-import secrets
 import tarfile
 import tempfile
 import uuid
@@ -145,8 +144,11 @@ def _sync_requirements(project: Project) -> None:
         project.save(update_fields=["requirements", "updated_at"])
 
 
-def _write_files(project: Project, files: Iterable[tuple[str, bytes | Path | IO[bytes]]], *, user, replace: bool = False) -> list[ProjectFile]:
-    """Stores files (path, content) and creates or updates their rows in one transaction.
+def _write_files(project: Project, files: Iterable[tuple[str, bytes | Path | IO[bytes]]], *, user, replace: bool = False,
+                 record=None) -> list[ProjectFile]:
+    """Stores files (path, content), then creates or updates their rows in one short transaction
+    (with ``record(rows)``, the caller's activity row, in it too). The blobs are written before the
+    transaction, so an upload of hundreds of MB holds no database lock.
 
     Content is bytes, a Path, or a binary file object. With `replace`, files not given are removed.
     Blobs of replaced rows are deleted after commit; on any error the new blobs are deleted.
@@ -155,37 +157,43 @@ def _write_files(project: Project, files: Iterable[tuple[str, bytes | Path | IO[
     old_blobs: list[str] = []
     rows: list[ProjectFile] = []
     try:
+        staged: list[tuple[str, StoredFile]] = []
+        for path, content in files:
+            path = clean_path(path)
+            if isinstance(content, bytes):
+                chunks = [content]
+            elif isinstance(content, Path):
+                chunks = [content.read_bytes()]
+            else:
+                chunks = chunks_of(content)
+            blob = save_file(f"projects/{project.id}/{uuid.uuid4()}", chunks, limit=max_upload_bytes())
+            written.append(blob.storage_name)
+            staged.append((path, blob))
         with transaction.atomic():
             existing = {f.path: f for f in project.files.all()}
+            before = set(existing)
             seen = set()
-            for path, content in files:
-                path = clean_path(path)
+            for path, blob in staged:
                 seen.add(path)
                 row = existing.get(path) or ProjectFile(project=project, workspace_id=project.workspace_id, path=path)
-                suffix = "" if row._state.adding else f"-{secrets.token_hex(4)}"
-                if isinstance(content, bytes):
-                    chunks = [content]
-                elif isinstance(content, Path):
-                    chunks = [content.read_bytes()]
-                else:
-                    chunks = chunks_of(content)
-                blob = save_file(f"projects/{project.id}/{row.id}{suffix}", chunks, limit=max_upload_bytes())
-                written.append(blob.storage_name)
                 if not row._state.adding:
                     old_blobs.append(row.storage_name)
                 row.storage_name, row.size, row.sha256 = blob.storage_name, blob.size, blob.sha256
                 row.save()
+                existing[path] = row
                 rows.append(row)
             if replace:
                 gone = [f for p, f in existing.items() if p not in seen]
                 old_blobs += [f.storage_name for f in gone]
                 ProjectFile.objects.filter(id__in=[f.id for f in gone]).delete()
-            if len(seen | set(existing)) > max_project_files() and not replace:
+            if len(seen | before) > max_project_files() and not replace:
                 raise PortalError(
                     f"A project holds at most {max_project_files()} files: remove some before adding more.",
                     fields={"file": "Too many files."},
                 )
             _sync_requirements(project)
+            if record is not None:
+                record(rows)
     except BaseException:
         delete_files(written)
         raise
@@ -197,10 +205,8 @@ def project_file_put(*, project: Project, path: str, content: bytes | IO[bytes],
     """Writes one file (new or replacing the one at `path`)."""
     require_role(user=user, workspace=project.workspace, role=Role.CONTRIBUTOR)
     path = clean_path(path)
-    with transaction.atomic():
-        (row,) = _write_files(project, [(path, content)], user=user)
-        activity_record(workspace=project.workspace, actor=user, verb="files.uploaded", target=project,
-                        detail={"paths": [path], "count": 1})
+    (row,) = _write_files(project, [(path, content)], user=user, record=lambda rows: activity_record(
+        workspace=project.workspace, actor=user, verb="files.uploaded", target=project, detail={"paths": [path], "count": 1}))
     return row
 
 
@@ -232,10 +238,9 @@ def project_files_upload_archive(*, project: Project, fileobj: IO[bytes], filena
     members, archive = archive_members(fileobj, kind)
     try:
         files = [(m.path, CappedReader(m.open(), m.size)) for m in members]
-        with transaction.atomic():
-            rows = _write_files(project, files, user=user, replace=replace)
-            activity_record(workspace=project.workspace, actor=user, verb="files.uploaded", target=project,
-                            detail={"paths": [r.path for r in rows[:50]], "count": len(rows), "archive": filename[:200], "replace": replace})
+        rows = _write_files(project, files, user=user, replace=replace, record=lambda rows: activity_record(
+            workspace=project.workspace, actor=user, verb="files.uploaded", target=project,
+            detail={"paths": [r.path for r in rows[:50]], "count": len(rows), "archive": filename[:200], "replace": replace}))
     finally:
         archive.close()
     return rows
@@ -248,11 +253,9 @@ def project_files_upload(*, project: Project, fileobj: IO[bytes], filename: str,
         return project_files_upload_archive(project=project, fileobj=fileobj, filename=filename, user=user, replace=replace)
     require_role(user=user, workspace=project.workspace, role=Role.CONTRIBUTOR)
     target = clean_path(path or filename or "", field="path")
-    with transaction.atomic():
-        rows = _write_files(project, [(target, fileobj)], user=user, replace=replace)
-        activity_record(workspace=project.workspace, actor=user, verb="files.uploaded", target=project,
-                        detail={"paths": [target], "count": 1, "replace": replace})
-    return rows
+    return _write_files(project, [(target, fileobj)], user=user, replace=replace, record=lambda rows: activity_record(
+        workspace=project.workspace, actor=user, verb="files.uploaded", target=project,
+        detail={"paths": [target], "count": 1, "replace": replace}))
 
 
 def project_archive(project: Project, out: IO[bytes]) -> None:

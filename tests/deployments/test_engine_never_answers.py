@@ -3,38 +3,11 @@ local socket that accepts connections and never answers: the worker side (the re
 out and records it; the environment list and detail pages, the service list and the service
 page, and their API reads all answer at once, say the engine has not answered since a given
 time, and open no connection to that engine while doing so (the socket counts them)."""
-import socket
-import threading
-
 import pytest
 
+from tests.helpers import SilentEngine
+
 pytestmark = pytest.mark.django_db
-
-
-class SilentEngine:
-    """Accepts every connection and never sends a byte."""
-
-    def __init__(self) -> None:
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        self.accepted = 0
-        self.held: list[socket.socket] = []
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            self.held.append(conn)
-
-    def close(self) -> None:
-        self.server.close()
-        for conn in self.held:
-            conn.close()
 
 
 @pytest.fixture
@@ -51,7 +24,7 @@ def stuck_service(workspace, owner, silent_engine):
     from registry.models import Image, Manifest
 
     environment = services.environment_create(workspace=workspace, name="far", user=owner,
-                                              engine_url=f"tcp://127.0.0.1:{silent_engine.port}")
+                                              engine_url=silent_engine.url)
     manifest = Manifest.objects.create(workspace=workspace, name="m", version=1, content_hash="0" * 64)
     image = Image.objects.create(workspace=workspace, name="m", version=1, manifest=manifest, tag="mlportal/t:1",
                                  status=Image.Status.SUCCEEDED)
