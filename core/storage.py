@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO
@@ -24,7 +23,6 @@ from core.errors import PayloadTooLarge, PortalError
 logger = logging.getLogger(__name__)
 
 CHUNK = 1024 * 1024
-SPOOL_BYTES = 8 * 1024 * 1024  # kept in memory up to this, then spooled to a temporary file
 
 
 @dataclass(frozen=True)
@@ -50,28 +48,53 @@ def chunks_of(content: bytes | IO[bytes] | Iterable[bytes]) -> Iterator[bytes]:
     yield from content
 
 
+class _Metered:
+    """A read-only stream over ``content`` that hashes and counts what passes through and stops
+    past ``limit`` (no seek: storage reads it once, straight to its file, with no spooled copy)."""
+
+    def __init__(self, content, limit: int | None, what: str, field: str) -> None:
+        self.pieces = chunks_of(content)
+        self.buffer = b""
+        self.limit, self.what, self.field = limit, what, field
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        while n < 0 or len(self.buffer) < n:
+            piece = next(self.pieces, None)
+            if piece is None:
+                break
+            self.buffer += piece
+        data, self.buffer = (self.buffer, b"") if n < 0 else (self.buffer[:n], self.buffer[n:])
+        self.size += len(data)
+        if self.limit is not None and self.size > self.limit:
+            message = f"The {self.what} is over the limit of {self.limit} bytes: send a smaller one."
+            raise PayloadTooLarge(message, fields={self.field: message})
+        self.digest.update(data)
+        return data
+
+
 def save_file(name: str, content: bytes | IO[bytes] | Iterable[bytes], *, limit: int | None = None,
               what: str = "file", field: str = "file", allow_empty: bool = True) -> StoredFile:
-    """Streams ``content`` into storage under ``name`` (storage may pick a free variant of it).
-
-    Past ``limit`` bytes: PayloadTooLarge naming ``what`` and ``field``, nothing kept. Empty when
-    ``allow_empty`` is False: PortalError, nothing kept."""
-    digest = hashlib.sha256()
-    size = 0
-    with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as spool:
-        for data in chunks_of(content):
-            size += len(data)
-            if limit is not None and size > limit:
-                message = f"The {what} is over the limit of {limit} bytes: send a smaller one."
-                raise PayloadTooLarge(message, fields={field: message})
-            digest.update(data)
-            spool.write(data)
-        if size == 0 and not allow_empty:
+    """Streams ``content`` into storage under ``name`` (or a free variant of it), hashing it on
+    the way. Past ``limit`` bytes: PayloadTooLarge naming ``what`` and ``field``; empty when
+    ``allow_empty`` is False: PortalError. On any failure (those, a full disk, a broken stream)
+    the partly written file is removed and nothing is kept."""
+    name = default_storage.get_available_name(name)
+    reader = _Metered(content, limit, what, field)
+    try:
+        stored = default_storage.save(name, File(reader, name=name.rsplit("/", 1)[-1]))
+        if reader.size == 0 and not allow_empty:
             message = f"The {what} is empty: upload the file itself."
             raise PortalError(message, fields={field: message})
-        spool.seek(0)
-        stored = default_storage.save(name, File(spool, name=name.rsplit("/", 1)[-1]))
-    return StoredFile(stored, size, digest.hexdigest())
+    except BaseException:
+        try:
+            if default_storage.exists(name):
+                default_storage.delete(name)
+        except OSError as exc:
+            logger.warning("could not remove the partly written %s: %s", name, exc)
+        raise
+    return StoredFile(stored, reader.size, reader.digest.hexdigest())
 
 
 def delete_files(names: Iterable[str]) -> None:

@@ -180,7 +180,7 @@ WHITENOISE_USE_FINDERS = True  # serve straight from the apps' static folders; n
 MEDIA_ROOT = DATA_DIR / "files"
 STORAGES = {
     # FileSystemStorage that removes a partly written file and answers 507 when the disk is full.
-    "default": {"BACKEND": "workspaces.filestorage.PortalFileSystemStorage", "OPTIONS": {"location": MEDIA_ROOT}},
+    "default": {"BACKEND": "core.filestorage.PortalFileSystemStorage", "OPTIONS": {"location": MEDIA_ROOT}},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 if env_str("MLPORTAL_STORAGE") == "s3":  # a team with workers on several hosts (needs django-storages[s3])

@@ -8,7 +8,7 @@ same sha256 (``service create realtime`` registers a new version each time) carr
 from __future__ import annotations
 
 from django.conf import settings
-from django.core.files.storage import default_storage
+from core.storage import open_file
 from django.db import transaction
 from django.utils import timezone
 
@@ -40,7 +40,7 @@ def scan_allow() -> tuple:
 
 def scan_stored(storage_name: str, file_name: str) -> scanning.ScanResult:
     """The verdict on a stored file, read as a stream from the default storage."""
-    with default_storage.open(storage_name, "rb") as handle:
+    with open_file(storage_name) as handle:
         return scanning.scan_file(handle, file_name=file_name, allow=scan_allow(), limits=scan_limits())
 
 

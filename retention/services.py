@@ -54,9 +54,8 @@ def retention_policy_update(*, workspace: Workspace, user, **values) -> Retentio
 def _clear_run_files(run_id, *, note: str) -> int:
     """Deletes a finished run's output files and its log (one line says why); the run, its
     metrics, params and snapshot stay. Returns the bytes freed."""
-    from django.core.files.storage import default_storage
-
-    from runs.services import run_append_log
+    from core.storage import delete_files
+    from runs.worker import run_append_log
 
     run = Run.objects.filter(id=run_id).exclude(status__in=Run.ACTIVE).first()
     if run is None:
@@ -66,11 +65,7 @@ def _clear_run_files(run_id, *, note: str) -> int:
         RunOutput.objects.filter(run_id=run_id).delete()
         RunLogChunk.objects.filter(run_id=run_id).delete()
         Run.objects.filter(id=run_id).update(log_bytes=0, log_truncated=False)
-    for name, _size in outputs:
-        try:
-            default_storage.delete(name)
-        except OSError as exc:
-            logger.warning("retention: could not delete %s: %s", name, exc)
+    delete_files(name for name, _size in outputs)
     run_append_log(run_id=run_id, workspace_id=run.workspace_id, lines=[note])
     # The note is not counted: a cleared run has nothing left for retention to free.
     Run.objects.filter(id=run_id).update(log_bytes=0)

@@ -1,57 +1,23 @@
 """Worker side: a run's outputs, stored as they stream out of its container (compute.runner's
 `store_output`), with no copy of them on the worker's disk; all kept or none.
 
-`OutputsWriter.add` streams one file into storage (its sha256 computed on the way) and removes
-what it wrote when the stream or the disk fails; `commit` writes the rows in one transaction;
+`OutputsWriter.add` streams one file into storage (``core.storage.save_file``: its sha256 computed
+on the way, what it wrote removed when the stream or the disk fails); `commit` writes the rows in one transaction;
 `abort` deletes every file it stored.
 """
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 from typing import IO
 
-from django.core.files.base import File
-from django.core.files.storage import default_storage
 from django.db import transaction
 
+from core.filestorage import StorageFull
+from core.storage import delete_files, save_file
 from runs.models import Run, RunOutput
-from workspaces.filestorage import StorageFull
 
 logger = logging.getLogger(__name__)
-
-
-class _Hashing:
-    """A read-only stream that hashes and counts what passes through (no seek: storage reads it once)."""
-
-    def __init__(self, source: IO[bytes]):
-        self.source = source
-        self.digest = hashlib.sha256()
-        self.size = 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.source.read(n)
-        self.digest.update(data)
-        self.size += len(data)
-        return data
-
-
-def save_stream(name: str, source: IO[bytes]) -> tuple[str, int, str]:
-    """Streams `source` into storage under `name`; returns (storage name, size, sha256). On any
-    failure (a full disk, a broken stream) the partly written file is removed and the error raised."""
-    name = default_storage.get_available_name(name)
-    reader = _Hashing(source)
-    try:
-        stored = default_storage.save(name, File(reader, name=name.rsplit("/", 1)[-1]))
-    except BaseException:
-        try:
-            if default_storage.exists(name):
-                default_storage.delete(name)
-        except OSError as exc:
-            logger.warning("could not remove the partly written %s: %s", name, exc)
-        raise
-    return stored, reader.size, reader.digest.hexdigest()
 
 
 class OutputsWriter:
@@ -64,10 +30,10 @@ class OutputsWriter:
         the run's "disk full" end."""
         output = RunOutput(run=self.run, workspace_id=self.run.workspace_id, path=path)
         try:
-            stored, written, sha256 = save_stream(f"runs/{self.run.id}/outputs/{output.id}", source)
+            stored = save_file(f"runs/{self.run.id}/outputs/{output.id}", source)
         except StorageFull as exc:
             raise OSError(errno.ENOSPC, exc.message) from exc
-        output.storage_name, output.size, output.sha256 = stored, written, sha256
+        output.storage_name, output.size, output.sha256 = stored.storage_name, stored.size, stored.sha256
         self.rows.append(output)
 
     def commit(self) -> list[RunOutput]:
@@ -77,9 +43,5 @@ class OutputsWriter:
         return self.rows
 
     def abort(self) -> None:
-        for row in self.rows:
-            try:
-                default_storage.delete(row.storage_name)
-            except OSError as exc:
-                logger.warning("could not delete stored output %s: %s", row.storage_name, exc)
+        delete_files([row.storage_name for row in self.rows])
         self.rows = []

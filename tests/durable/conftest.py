@@ -189,7 +189,7 @@ def storage_on(settings):
 
     def point(folder: Path) -> Path:
         settings.STORAGES = {**settings.STORAGES, "default": {
-            "BACKEND": "workspaces.filestorage.PortalFileSystemStorage", "OPTIONS": {"location": str(folder)}}}
+            "BACKEND": "core.filestorage.PortalFileSystemStorage", "OPTIONS": {"location": str(folder)}}}
         return folder
 
     return point
