@@ -10,7 +10,9 @@ connections to the replicas:
 and the portal's Prometheus ``/metrics``. Everything else goes to Django's ASGI application.
 
 Keys are checked against the routing table (``gateway.table``), which a background task re-reads
-from the database every ``MLPORTAL_GATEWAY_REFRESH_SECONDS``; no request waits on the database.
+from the database every ``MLPORTAL_GATEWAY_REFRESH_SECONDS``. A request that finds no route, or
+no ready replica, re-reads it once (at most every ``MISS_REFRESH_SECONDS``, shared by concurrent
+callers), so a service answers as soon as it is healthy; every other request is served from memory.
 A request goes to the revision its weight picks (or the one the ``X-MLPortal-Revision`` header
 forces), to the ready replica of it with the fewest outstanding requests; a replica that refuses
 the connection is skipped, and a request that was sent to a replica is never sent to another.
@@ -44,6 +46,7 @@ CONNECT_TIMEOUT = 2.0
 PROBE_TIMEOUT = 1.0
 KEEPALIVE_SECONDS = 15.0  # under the scoring server's 30 s idle timeout, so a pooled connection is never stale
 FORCE_HEADER = b"x-mlportal-revision"
+MISS_REFRESH_SECONDS = 0.2  # a flood of wrong keys reads the table at most five times a second
 MAX_SHADOW_PER_SERVICE = 16  # mirrored requests in flight per service; past it a request is not mirrored
 
 
@@ -76,6 +79,7 @@ class Gateway:
         self.metrics_token = metrics_token
         self.recorder = recorder
         self.table = Table()
+        self.loaded_at = 0.0
         self.balancer = Balancer()
         self.limiters: dict[str, Limiter] = {}
         self.shadow_in_flight: dict[str, int] = {}
@@ -131,6 +135,7 @@ class Gateway:
             table = await loop.run_in_executor(
                 self.db, lambda: load_table(model_versions=self.model_versions))
             self.table = table
+            self.loaded_at = time.monotonic()
             self.balancer.forget_except(table.replicas())
             self._refreshing.set_result(table)
             return table
@@ -246,6 +251,13 @@ class Gateway:
                                              "too_large"))
             return
         route = self.table.find(ref, key)
+        if (route is None or route.live is None or not route.live.replicas) \
+                and time.monotonic() - self.loaded_at >= MISS_REFRESH_SECONDS:
+            # A service created, or made healthy, since the last read of the table.
+            try:
+                route = (await self.refresh()).find(ref, key)
+            except Exception:  # noqa: BLE001 - answered with the table we have
+                route = self.table.find(ref, key)
         if route is None:
             await _respond(send, 401, _error(f"No service '{ref[:80]}' accepts this key: check the service name and its keys.",
                                              "unauthorized"), extra=unauthorized)
