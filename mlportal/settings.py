@@ -73,6 +73,7 @@ INSTALLED_APPS = [
     "retention",
     "gateway",
     "monitoring",
+    "pipelines",
 ]
 
 MIDDLEWARE = [
@@ -265,6 +266,8 @@ MLPORTAL_REQUEUE_AFTER_SECONDS = env_int("MLPORTAL_REQUEUE_AFTER_SECONDS", 120, 
 MLPORTAL_SWEEP_INTERVAL_SECONDS = env_int("MLPORTAL_SWEEP_INTERVAL_SECONDS", 30, minimum=1)
 # How often the maintenance worker pulls captured model data from the replicas (issue 16).
 MLPORTAL_CAPTURE_INTERVAL_SECONDS = env_int("MLPORTAL_CAPTURE_INTERVAL_SECONDS", 60, minimum=1)
+# How often a running retraining pipeline looks again at the step it waits on (a run, a build, an update).
+MLPORTAL_PIPELINE_POLL_SECONDS = env_int("MLPORTAL_PIPELINE_POLL_SECONDS", 2, minimum=1)
 
 # --- model scanning (registry.scanning: every registered model file, by its opcodes) ---------
 # Packages ("mypackage") or single globals ("mymodule:MyClass") added to the built-in allow list of
@@ -334,6 +337,8 @@ CELERY_BEAT_SCHEDULE = {
     # Pull the captured rows (issue 16) from every replica, store them as Parquet.
     "collect-capture": {"task": "monitoring.tasks.collect_capture", "schedule": float(MLPORTAL_CAPTURE_INTERVAL_SECONDS)},
     # Daily: runs' logs and outputs and unused images past each workspace's retention; dangling layers.
+    # Retraining pipelines whose look was lost are advanced again; queued ones of idle pipelines start.
+    "sweep-pipelines": {"task": "pipelines.tasks.sweep_pipelines", "schedule": float(MLPORTAL_SWEEP_INTERVAL_SECONDS)},
     "apply-retention": {"task": "retention.tasks.apply_retention", "schedule": crontab(hour=3, minute=17)},
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
