@@ -11,8 +11,8 @@ from rest_framework.response import Response
 
 from pipelines import services
 from pipelines.models import Pipeline, PipelineRun, PipelineStep
-from workspaces.api_base import WorkspaceScopedMixin, WorkspaceScopedReadOnlyViewSet, workspace_from_request
-from workspaces.errors import PortalError
+from core.api_base import WorkspaceScopedMixin, WorkspaceScopedReadOnlyViewSet, workspace_from_request
+from core.errors import PortalError
 from workspaces.models import Role
 from rest_framework import mixins, viewsets
 
@@ -156,7 +156,7 @@ class PipelineRunViewSet(WorkspaceScopedReadOnlyViewSet):
         queryset = super().filter_queryset(queryset)
         ref = self.request.query_params.get("pipeline")
         if ref:
-            from workspaces.api_base import is_uuid
+            from core.api_base import is_uuid
 
             queryset = queryset.filter(**{"pipeline_id" if is_uuid(ref) else "pipeline__name": ref})
         return queryset
