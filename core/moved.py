@@ -12,10 +12,25 @@ import importlib
 import warnings
 
 
+# Names that changed as well as moved: the old one → "module.new_name".
+RENAMED = {
+    "registry.services": {"read_stored": "core.storage.read_file", "_delete_files": "core.storage.delete_files",
+                          "_delete_files_on_commit": "core.storage.delete_files_on_commit"},
+    "runs.services": {"open_blob": "core.storage.open_file", "_delete_blobs": "core.storage.delete_files",
+                      "_next_number": None},
+    "deployments.services": {"_delete_stored": "core.storage.delete_files"},
+}
+
+
 def forward(module: str, targets: list[str]):
     def __getattr__(name: str):
         if name.startswith("__"):
             raise AttributeError(name)
+        renamed = RENAMED.get(module, {}).get(name)
+        if renamed:
+            where, _, new = renamed.rpartition(".")
+            warnings.warn(f"{module}.{name} moved to {renamed}", DeprecationWarning, stacklevel=2)
+            return getattr(importlib.import_module(where), new)
         for target in targets:
             found = importlib.import_module(target)
             for candidate in (name, name.lstrip("_")):
