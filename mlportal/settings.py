@@ -186,7 +186,7 @@ STORAGES = {
 }
 # Captured model data (monitoring/): Parquet partitions in a storage of their own (a folder beside
 # the files, or a prefix of the same bucket).
-STORAGES["capture"] = {"BACKEND": "workspaces.filestorage.PortalFileSystemStorage",
+STORAGES["capture"] = {"BACKEND": "core.filestorage.PortalFileSystemStorage",
                        "OPTIONS": {"location": DATA_DIR / "capture"}}
 # Where every stored file lives: one folder under the data folder (the default), or an S3-compatible
 # bucket (django-storages), which a team with workers on several hosts needs: each worker then reads

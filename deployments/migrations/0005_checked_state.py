@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('deployments', '0003_gateway_limits_and_rollouts'),
+        ('deployments', '0004_cluster_and_autoscale'),
     ]
 
     operations = [
