@@ -428,8 +428,8 @@ def image_remove(*, image_id, actor=None, detail: dict | None = None) -> Image |
 
 
 def _check_removable(image: Image) -> None:
-    if image.status in (Image.Status.QUEUED, Image.Status.BUILDING):
-        raise Conflict(f"Image {image.ref} is {image.status}: wait for the build to finish, then delete it.", code="building")
+    if image.status == Image.Status.BUILDING:
+        raise Conflict(f"Image {image.ref} is building: wait for the build to finish, then delete it.", code="building")
     services = selectors.services_using_images([image.pk])
     if services:
         names = ", ".join(str(getattr(s, "name", s.pk)) for s in services[:5])
