@@ -5,7 +5,7 @@ and store nothing: files are written to storage first (`core.storage`) and their
 one transaction; a failure removes what was written. A submitted run is enqueued when the
 transaction commits; what the worker then does is in `runs.worker`, the sweeps in `runs.reconcile`.
 
-About 550 lines on purpose: projects, their files and runs share the storage and snapshot steps
+Longer than 500 lines on purpose: projects, their files and runs share the storage and snapshot steps
 here; params, tags and notes (and runs logged from outside by an MLflow client) are the last part.
 """
 from __future__ import annotations
