@@ -287,7 +287,7 @@ def _store(run: Run, *, metrics=(), params=(), tags=()) -> None:
     if metrics and not params and not tags:
         # The usual log-batch: one transaction of its own (no savepoint inside an outer one,
         # two round trips fewer per batch).
-        services.run_record_metrics(run_id=run.id, workspace_id=run.workspace_id, points=list(metrics))
+        run_record_metrics(run_id=run.id, workspace_id=run.workspace_id, points=list(metrics))
         return
     with transaction.atomic():
         problems = services.run_log_params(run_id=run.id, workspace_id=run.workspace_id, params=list(params))
