@@ -327,16 +327,17 @@ def scale_service(name: str, replicas: int, *, base_url: str | None = None) -> N
 
 
 def update_state(name: str, *, base_url: str | None = None) -> dict:
-    """``{"state", "message", "image", "previous_image", "replicas"}`` of a Swarm service: state is
-    Swarm's UpdateStatus state (updating, completed, rollback_started, rollback_completed, paused…)
-    or "" when it was never updated."""
+    """``{"state", "message", "started_at", "image", "previous_image", "replicas"}`` of a Swarm
+    service: state is Swarm's UpdateStatus state (updating, completed, rollback_started,
+    rollback_completed, paused…) or "" when it was never updated; ``started_at`` tells one update
+    from the next."""
     service = find_service(name, base_url=base_url)
     if service is None:
-        return {"state": "gone", "message": "", "image": "", "previous_image": "", "replicas": 0}
+        return {"state": "gone", "message": "", "image": "", "previous_image": "", "replicas": 0, "started_at": ""}
     status = service.get("UpdateStatus") or {}
     spec = service["Spec"]
     previous = service.get("PreviousSpec") or {}
-    return {"state": status.get("State", ""), "message": status.get("Message", ""),
+    return {"state": status.get("State", ""), "message": status.get("Message", ""), "started_at": status.get("StartedAt", ""),
             "image": spec["TaskTemplate"]["ContainerSpec"]["Image"],
             "previous_image": ((previous.get("TaskTemplate") or {}).get("ContainerSpec") or {}).get("Image", ""),
             "replicas": ((spec.get("Mode") or {}).get("Replicated") or {}).get("Replicas", 0)}
