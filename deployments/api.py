@@ -35,11 +35,12 @@ class EnvironmentSerializer(serializers.ModelSerializer):
     engine = serializers.SerializerMethodField()
     services = serializers.SerializerMethodField()
     active = serializers.SerializerMethodField()
+    swarm = serializers.SerializerMethodField()
 
     class Meta:
         model = Environment
         fields = ["id", "workspace", "name", "kind", "engine_url", "publish_address", "labels", "description", "engine",
-                  "services", "active", "created_by", "created_at"]
+                  "swarm", "services", "active", "created_by", "created_at"]
         read_only_fields = fields
 
     def get_engine(self, obj) -> dict:
@@ -47,6 +48,10 @@ class EnvironmentSerializer(serializers.ModelSerializer):
 
     def get_services(self, obj) -> list[dict]:
         return [{"id": str(s.pk), "name": s.name, "status": s.status} for s in selectors.services_in(obj)[:100]]
+
+    def get_swarm(self, obj) -> dict | None:
+        """A cluster environment's swarm as its engine says (state, manager, nodes); None for local ones."""
+        return selectors.swarm_of(obj)
 
     def get_active(self, obj) -> bool:
         request = self.context.get("request")
@@ -62,6 +67,8 @@ class EnvironmentWriteSerializer(serializers.Serializer):
     labels = serializers.JSONField(required=False)
     description = serializers.CharField(required=False, allow_blank=True, default="")
     workspace = serializers.CharField(required=False)
+    init_swarm = serializers.BooleanField(required=False, default=False,
+                                          help_text="cluster: make an engine in no swarm a single-node swarm manager first")
 
 
 class EnvironmentUpdateSerializer(serializers.Serializer):
@@ -93,7 +100,10 @@ class EnvironmentViewSet(CreateListRetrieveDestroyViewSet):
             workspace=workspace, name=data["name"], user=request.user, kind=data["kind"], engine_url=data["engine_url"],
             publish_address=data["publish_address"], labels=data.get("labels"), description=data["description"],
         )
-        return Response(self.get_serializer(environment).data, status=status.HTTP_201_CREATED)
+        body = self.get_serializer(environment).data
+        if getattr(environment, "notice", None):
+            body["notice"] = environment.notice
+        return Response(body, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=EnvironmentUpdateSerializer, responses=EnvironmentSerializer)
     def partial_update(self, request, *args, **kwargs):

@@ -23,7 +23,7 @@ from deployments.models import Service, ServiceEvent, ServiceLoad
 logger = logging.getLogger(__name__)
 
 KEEP = timedelta(hours=24)
-METRICS_TIMEOUT = 1.0
+METRICS_TIMEOUT = 2.0  # a saturated replica answers /metrics after the requests queued before it
 
 
 def autoscale_start(service_id) -> str:
@@ -44,24 +44,41 @@ def settings_of(service: Service) -> autoscale.Settings:
                               stable_seconds=service.autoscale_stable_seconds)
 
 
-def take_sample(service: Service, previous: ServiceLoad | None) -> ServiceLoad:
-    """Reads the replicas' counters and returns the (unsaved) sample since ``previous``."""
-    counters: dict[str, float] = {}
-    workers = 0
+def take_sample(service: Service, previous: ServiceLoad | None) -> ServiceLoad | None:
+    """Reads the replicas' counters and returns the (unsaved) sample since ``previous``, or None
+    when no replica answered ``/metrics`` (a busy replica may be slow to: nothing is recorded, and
+    the next sample spans both periods). ``counters`` maps each container to [busy seconds, when
+    read]: busy workers are each counter's rise over the time since it was last read, so a
+    replica that missed one read still counts right."""
+    now = timezone.now()
+    stamp = now.timestamp()
+    before = {k: v for k, v in (previous.counters if previous is not None else {}).items()
+              if isinstance(v, list) and len(v) == 2}
+    counters: dict[str, list[float]] = {}
+    workers = answered = 0
+    busy = 0.0
     replicas = list(service.replica_set.filter(revision__isnull=True) | service.replica_set.filter(revision__role="live"))
     for replica in replicas:
         try:
             figures = autoscale.parse_metrics(proxy.fetch_text(replica.host, replica.port, "/metrics", timeout=METRICS_TIMEOUT))
         except (OSError, proxy.http.client.HTTPException) as exc:
             logger.info("autoscaler: replica %s of %s did not answer /metrics: %s", replica.number, service.pk, exc)
+            if replica.container_id in before:
+                counters[replica.container_id] = before[replica.container_id]
             continue
-        counters[replica.container_id] = figures.get("busy_seconds", 0.0)
+        answered += 1
+        value = figures.get("busy_seconds", 0.0)
+        counters[replica.container_id] = [value, stamp]
         workers += int(figures.get("workers", 0))
-    now = timezone.now()
-    seconds = (now - previous.at).total_seconds() if previous is not None else 0.0
-    busy = autoscale.busy_from_counters(previous.counters if previous is not None else {}, counters, seconds)
-    answering = len(counters)
-    per_replica = workers / answering if answering else 0
+        if replica.container_id in before:
+            old_value, old_stamp = before[replica.container_id]
+            if stamp > old_stamp and value >= old_value:  # a restarted replica's counter starts again
+                busy += (value - old_value) / (stamp - old_stamp)
+    if not answered:
+        return None
+    per_replica = workers / answered
+    # Replicas that did not answer this time are counted with the workers the others have.
+    workers = round(per_replica * len(replicas))
     desired = autoscale.desired_for(busy, per_replica, service.autoscale_target_utilization)
     return ServiceLoad(service=service, at=now, replicas=len(replicas), workers=workers, busy=round(busy, 4),
                        utilization=round(100.0 * busy / workers, 2) if workers else 0.0, desired=desired, counters=counters)
@@ -85,14 +102,14 @@ def autoscale_tick(*, service_id: str, token: str) -> float | None:
         except EngineError as exc:
             logger.info("autoscaler: could not read the tasks of %s: %s", service.pk, exc)
     previous = ServiceLoad.objects.filter(service=service).order_by("-at").first()
+    if previous is not None and (timezone.now() - previous.at).total_seconds() > 30 * refresh + 30:
+        previous = None  # counters that old say nothing about now
     sample = take_sample(service, previous)
-    if previous is None or (sample.at - previous.at).total_seconds() > 10 * refresh:
-        # The first sample of a chain (or after a long pause) only sets the counters.
-        sample.busy = sample.utilization = 0.0
-        sample.desired = 0
-        sample.save()
+    if sample is None:
         return refresh
     sample.save()
+    if previous is None:
+        return refresh  # the first sample of a chain only sets the counters
     if sample.at.second == 0 or previous.at.minute != sample.at.minute:
         ServiceLoad.objects.filter(service=service, at__lt=sample.at - KEEP).delete()
     settings = settings_of(service)
@@ -103,6 +120,8 @@ def autoscale_tick(*, service_id: str, token: str) -> float | None:
                for r in rows if r.workers]
     now = (sample.at - base).total_seconds()
     decision = autoscale.decide(samples, current=service.replicas, settings=settings, now=now)
+    logger.info("autoscaler %s: busy %.3f of %d workers on %d replica(s); %s -> %d (%s)", service.name, sample.busy,
+                sample.workers, sample.replicas, service.replicas, decision.replicas, decision.reason)
     if decision.scale and service.status == Service.Status.HEALTHY and not service.rollout:
         _scale(service, decision)
     return refresh

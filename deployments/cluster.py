@@ -281,3 +281,141 @@ def reconcile(environments: list[Environment], summary: dict) -> None:
 
 def logs(service: Service, *, tail: int = 200) -> str:
     return swarm.service_logs(service.swarm_name, tail=tail, base_url=service.environment.docker_url)
+
+
+# --- what the deploy worker does for a cluster service (called under the service's lease) --------
+
+def service_deploy(service: Service, *, image) -> str | None:
+    """creating → healthy once Swarm runs every task healthy; failed with the reason when its
+    tasks keep failing (the Swarm service is removed again). Placement that no node satisfies
+    keeps it creating, with Swarm's reason as its error, and returns WAIT (checked again)."""
+    from deployments import services as deployments
+    from deployments.models import ServiceRevision
+
+    try:
+        deploy(service, image=image)
+    except Pending as exc:
+        reason = f"pending: {exc}; it starts once a node matches the environment's placement labels"
+        if service.error != reason:
+            Service.objects.filter(pk=service.pk, status=Service.Status.CREATING).update(error=reason[:2000])
+            _event(service.pk, reason, ServiceEvent.Level.WARNING)
+        Service.objects.filter(pk=service.pk, status=Service.Status.CREATING).update(updated_at=timezone.now())
+        return deployments.WAIT
+    except (ClusterError, swarm.EngineError, ValueError) as exc:
+        tail = getattr(exc, "log_tail", "")
+        if tail:
+            _event(service.pk, f"Last lines of the tasks' logs:\n{tail[-3000:]}", ServiceEvent.Level.ERROR)
+        return deployments._fail(service, f"could not start it in cluster environment '{service.environment.name}': {exc}")
+    with transaction.atomic():
+        moved = Service.objects.filter(pk=service.pk, status=Service.Status.CREATING).update(
+            status=Service.Status.HEALTHY, error="")
+        if not moved:  # deleted meanwhile: the delete task removes the Swarm service
+            return None
+        ServiceRevision.objects.create(service=service, number=1, image=image, image_ref=image.ref,
+                                       reason=ServiceRevision.Reason.CREATE, created_by_id=service.created_by_id)
+        nodes = sorted(set(ServiceReplica.objects.filter(service=service).values_list("node", flat=True)))
+        _event(service.pk, f"Deployed image {image.ref} as Swarm service {service.swarm_name}: "
+                           f"{service.replicas} task(s) running on node {', '.join(nodes)}.")
+    return Service.Status.HEALTHY
+
+
+def service_apply_change(service: Service, op: dict) -> str | None:
+    """A cluster service's pending change: an update, rollback or new keys is a Swarm rolling
+    update (start-first; Swarm rolls a failed one back and the portal says so), a scale sets the
+    replica count. Finishes the change like the single-engine path does."""
+    from django.db.models import Max
+
+    from deployments import services as deployments
+    from deployments.models import ServiceRevision
+    from registry.models import Image
+
+    if op.get("op") == "scale":
+        target = int(op.get("replicas") or service.replicas)
+        before = service.replicas
+        try:
+            scale(service, target)
+        except (ClusterError, swarm.EngineError) as exc:
+            try:
+                swarm.scale_service(service.swarm_name, before, base_url=service.environment.docker_url)
+                sync_replicas(service, quiet=True)
+            except swarm.EngineError:
+                pass
+            message = f"Scaling from {before} to {target} replicas failed: {exc}. It goes on with {before}."
+            if deployments._finish_change(service, error=message):
+                _event(service.pk, message, ServiceEvent.Level.ERROR)
+            return Service.Status.HEALTHY
+        if deployments._finish_change(service, replicas=target):
+            _event(service.pk, f"Scaled from {before} to {target} replicas (Swarm).")
+        return Service.Status.HEALTHY
+    image = service.image
+    if op.get("image"):
+        image = Image.objects.filter(pk=op["image"]).first() or service.image
+    what = deployments._describe_change(service, op, image)
+    try:
+        done, why = update(service, image=image)
+    except (ClusterError, swarm.EngineError, ValueError) as exc:
+        done, why = False, str(exc)
+    if not done:
+        message = f"{what[0].upper()}{what[1:]} failed: {why}. It goes on serving image {service.image.ref}."
+        if deployments._finish_change(service, error=message):
+            _event(service.pk, message, ServiceEvent.Level.ERROR)
+        return Service.Status.HEALTHY
+    with transaction.atomic():
+        if not Service.objects.filter(pk=service.pk, status=Service.Status.UPDATING).update(image=image):
+            return None
+        if image.pk != service.image_id:
+            ServiceRevision.objects.filter(service=service, ended_at__isnull=True).update(ended_at=timezone.now())
+            number = (service.revisions.aggregate(n=Max("number"))["n"] or 0) + 1
+            ServiceRevision.objects.create(service=service, number=number, image=image, image_ref=image.ref,
+                                           reason=ServiceRevision.Reason(op.get("op", "update")), created_by_id=op.get("by"))
+            _event(service.pk, f"{'Rolled back' if op.get('op') == 'rollback' else 'Updated'} from image {service.image.ref} "
+                               f"to {image.ref} (revision {number}): Swarm rolled every task, start-first.")
+        else:
+            _event(service.pk, f"Keys changed: Swarm restarted the tasks with the new {op.get('key', '')} key (a new secret).")
+    deployments._finish_change(service)
+    return Service.Status.HEALTHY
+
+
+# --- the request side: setting up a cluster environment -------------------------------------------
+
+def check_environment(*, engine_url: str, labels: dict, init_swarm: bool) -> tuple[dict, str | None]:
+    """Checks that the engine of a new cluster environment is a swarm manager and that its labels
+    make valid placement constraints; with ``init_swarm`` an engine in no swarm is made the manager
+    of a new single-node swarm first. Returns (swarm status, notice or None); raises PortalError
+    (code ``not_a_swarm_manager``) saying how to make it one."""
+    from workspaces.errors import PortalError
+
+    base_url = engine_url or settings.MLPORTAL_DOCKER_URL
+    try:
+        swarm.placement_constraints(labels)
+    except ValueError as exc:
+        raise PortalError(f"Label {exc}.", fields={"labels": str(exc)}) from None
+    try:
+        status = swarm.swarm_status(base_url)
+    except swarm.EngineError as exc:
+        raise PortalError(f"Cannot set up a cluster environment: {exc}", code="engine_unreachable",
+                          fields={"engine_url": str(exc)}) from None
+    if status["manager"]:
+        notice = "The engine is a swarm manager already: nothing was initialised." if init_swarm else None
+        return status, notice
+    where = engine_url or "this machine's Docker engine"
+    if not init_swarm or status["state"] != "inactive":
+        try:
+            swarm.check_manager(status, where=where)
+        except swarm.NotAManager as exc:
+            offer = (" Or let the portal do it: set up the environment again with init_swarm (the form's "
+                     "'Initialise a single-node swarm' box, the API's \"init_swarm\": true, the CLI's --init-swarm)."
+                     if status["state"] == "inactive" else "")
+            message = f"{exc}{offer}"
+            raise PortalError(message, code="not_a_swarm_manager",
+                              fields={"kind": message, "init_swarm": "Tick to make it a single-node swarm manager."}) from None
+    from urllib.parse import urlsplit
+
+    advertise = (urlsplit(engine_url).hostname if engine_url else None) or "127.0.0.1"
+    try:
+        status = swarm.swarm_init(base_url, advertise_addr=advertise, listen_port=settings.MLPORTAL_SWARM_LISTEN_PORT)
+    except swarm.EngineError as exc:
+        raise PortalError(f"Could not initialise a swarm on {where}: {exc}", code="swarm_init_failed",
+                          fields={"init_swarm": str(exc)}) from None
+    return status, (f"Initialised a single-node swarm on {where} (advertised on {advertise}); other hosts join it with "
+                    "'docker swarm join --token <token> <this host>:2377' (the token: 'docker swarm join-token worker').")
