@@ -66,6 +66,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "axes",
     "csp",
+    "django_celery_beat",
     "workspaces",
     "runs",
     "registry",
@@ -339,6 +340,9 @@ CELERY_BEAT_SCHEDULE = {
     "apply-retention": {"task": "retention.tasks.apply_retention", "schedule": crontab(hour=3, minute=17)},
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
+# The beat reads its schedule from the database (django-celery-beat), so pipelines' schedules set
+# in the portal take effect without a restart; the entries above are written there at its start.
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
 # --- REST API -------------------------------------------------------------------------------
