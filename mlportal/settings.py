@@ -219,6 +219,8 @@ MLPORTAL_MAX_UPLOAD_BYTES = env_int("MLPORTAL_MAX_UPLOAD_BYTES", 512 * 1024 * 10
 DATA_UPLOAD_MAX_MEMORY_SIZE = MLPORTAL_MAX_BODY_BYTES
 # Seconds a scoring request may run inside a service container before it answers 504 (0: no limit).
 MLPORTAL_SCORING_TIMEOUT_SECONDS = env_float("MLPORTAL_SCORING_TIMEOUT_SECONDS", 60.0, minimum=0)
+# The most a service's own request time limit may be (Service.request_timeout_s).
+MLPORTAL_SCORING_TIMEOUT_MAX_SECONDS = env_float("MLPORTAL_SCORING_TIMEOUT_MAX_SECONDS", 600.0, minimum=1)
 # JSON bodies nested deeper than this answer 400 (see workspaces.middleware.JsonDepthMiddleware).
 MLPORTAL_MAX_JSON_DEPTH = env_int("MLPORTAL_MAX_JSON_DEPTH", 64, minimum=8)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
@@ -338,6 +340,7 @@ CELERY_TASK_ROUTES = {
     "runs.tasks.prepare_run_charts": {"queue": "celery"},
     "registry.tasks.requeue_lost_builds": {"queue": "celery"},
     "retention.tasks.apply_retention": {"queue": "celery"},
+    "retention.tasks.remove_images_of_deleted_service": {"queue": "celery"},
     "monitoring.tasks.collect_capture": {"queue": "celery"},
 }
 # Time limits per queue, on purpose: runs enforce their own (per-project) limit inside compute and
