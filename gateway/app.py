@@ -16,8 +16,9 @@ callers), so a service answers as soon as it is healthy; every other request is 
 A request goes to the revision its weight picks (or the one the ``X-MLPortal-Revision`` header
 forces), to the ready replica of it with the fewest outstanding requests; a replica that refuses
 the connection is skipped, and a request that was sent to a replica is never sent to another.
-Each service has a concurrency limit and a queue bound; past both the answer is 503 with
-``Retry-After``, so one flooded service holds only its own slots.
+Each service has a concurrency limit and a queue bound, held across every web process of the host
+(``gateway.slots``); past both the answer is 503 with ``Retry-After``, so one flooded service holds
+only its own slots.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ import aiohttp
 
 from gateway import metrics
 from gateway.balancing import Balancer, Full, Limiter, choose_revision, mirrored
+from gateway.slots import SlotFolder
 from gateway.table import Revision, Route, Table, load_table
 
 logger = logging.getLogger("mlportal.gateway")
@@ -65,14 +67,15 @@ class Answer:
 
 class Gateway:
     def __init__(self, django_app: Callable, *, refresh_seconds: float, probe_seconds: float, max_body: int,
-                 queue_timeout: float, workers: int, metrics_token: str = "",
+                 queue_timeout: float, slots_dir: str | os.PathLike | None = None, metrics_token: str = "",
                  recorder: Any = None) -> None:
         self.django = django_app
         self.refresh_seconds = refresh_seconds
         self.probe_seconds = probe_seconds
         self.max_body = max_body
         self.queue_timeout = queue_timeout
-        self.workers = workers
+        # Shared by every web process of this host, so a service's limits hold across workers.
+        self.slots = SlotFolder(slots_dir) if slots_dir is not None else None
         self.metrics_token = metrics_token
         self.recorder = recorder
         self.table = Table()
@@ -130,7 +133,7 @@ class Gateway:
         self._refreshing = loop.create_future()
         try:
             table = await loop.run_in_executor(
-                self.db, lambda: load_table(workers=self.workers, model_versions=self.model_versions))
+                self.db, lambda: load_table(model_versions=self.model_versions))
             self.table = table
             self.loaded_at = time.monotonic()
             self.balancer.forget_except(table.replicas())
@@ -281,28 +284,27 @@ class Gateway:
             return
         limiter = self.limiters.get(route.service_id)
         if limiter is None:
-            limiter = self.limiters[route.service_id] = Limiter()
-        queued = metrics.QUEUED.labels(route.workspace, route.name)
-        try:
-            if limiter.active >= route.concurrency or limiter.waiting:
-                queued.inc()
-                try:
-                    await limiter.acquire(route.concurrency, route.queue, self.queue_timeout)
-                finally:
-                    queued.dec()
-            else:
-                await limiter.acquire(route.concurrency, route.queue, self.queue_timeout)
-        except (Full, asyncio.TimeoutError):
-            metrics.REJECTED.labels(route.workspace, route.name).inc()
-            await self._finish(send, route, revision, 503, _error(
-                f"Service '{route.name}' is at its limit of {route.concurrency} requests at once with {route.queue} "
-                "waiting: retry after a second, or raise its limits (service limits).", "overloaded"),
-                started, extra=[(b"retry-after", b"1")])
-            return
+            limiter = self.limiters[route.service_id] = Limiter(
+                self.slots.for_service(route.service_id) if self.slots is not None else None)
+        slot = limiter.try_acquire(route.concurrency)
+        if slot is None:
+            queued = metrics.QUEUED.labels(route.workspace, route.name)
+            queued.inc()
+            try:
+                slot = await limiter.acquire(route.concurrency, route.queue, self.queue_timeout)
+            except (Full, asyncio.TimeoutError):
+                metrics.REJECTED.labels(route.workspace, route.name).inc()
+                await self._finish(send, route, revision, 503, _error(
+                    f"Service '{route.name}' is at its limit of {route.concurrency} requests at once with {route.queue} "
+                    "waiting: retry after a second, or raise its limits (service limits).", "overloaded"),
+                    started, extra=[(b"retry-after", b"1")])
+                return
+            finally:
+                queued.dec()
         try:
             answer = await self._send(route, revision, method, upstream, body, headers)
         finally:
-            limiter.release()
+            limiter.release(slot)
         await self._finish(send, route, answer.revision, answer.status, answer.body, started,
                            content_type=answer.content_type, replica=answer.replica)
         if forced is None and method == "POST" and answer.revision is route.live:
@@ -493,6 +495,6 @@ def build(django_app: Callable) -> Gateway:
     return Gateway(
         django_app, refresh_seconds=settings.MLPORTAL_GATEWAY_REFRESH_SECONDS,
         probe_seconds=settings.MLPORTAL_GATEWAY_PROBE_SECONDS, max_body=settings.MLPORTAL_MAX_BODY_BYTES,
-        queue_timeout=settings.MLPORTAL_GATEWAY_QUEUE_TIMEOUT, workers=int(os.environ.get("WEB_WORKERS") or 1),
+        queue_timeout=settings.MLPORTAL_GATEWAY_QUEUE_TIMEOUT, slots_dir=settings.MLPORTAL_GATEWAY_SLOTS_DIR,
         metrics_token=settings.MLPORTAL_METRICS_TOKEN, recorder=Recorder(),
     )
