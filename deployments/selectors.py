@@ -36,6 +36,20 @@ def seconds_since(moment) -> int | None:
     return None if moment is None else max(0, int((timezone.now() - moment).total_seconds()))
 
 
+def swarm_of(environment: Environment) -> dict | None:
+    """A cluster environment's swarm as its engine says now: {"state", "manager", "nodes",
+    "managers", "error"}; None for a local one."""
+    from compute.engine import EngineError
+    from compute.swarm import swarm_status
+
+    if environment.kind != Environment.Kind.CLUSTER:
+        return None
+    try:
+        return swarm_status(environment.docker_url)
+    except EngineError as exc:
+        return {"state": "unknown", "manager": False, "nodes": 0, "managers": 0, "error": str(exc)}
+
+
 def active_environment(user, workspace) -> Environment | None:
     if workspace is None:
         return None
@@ -153,6 +167,16 @@ def service_logs(service: Service, *, tail: int = 200) -> dict:
     replicas = []
     parts = []
     base_url = service.environment.docker_url
+    if service.environment.kind == Environment.Kind.CLUSTER:
+        from deployments import cluster
+
+        try:
+            text, error = cluster.logs(service, tail=tail), None
+        except EngineError as exc:
+            text, error = "", str(exc)
+        return {"text": text + ("" if not error else f"(logs unavailable: {error})\n"),
+                "replicas": [{"replica": None, "container_id": "", "text": text, "error": error}],
+                "done": service.status in (Service.Status.FAILED, Service.Status.DELETED)}
     engine_error = None  # one engine that does not answer is asked once per request, not per replica
     for replica in service.replica_set.order_by("number"):
         text, error = "", engine_error

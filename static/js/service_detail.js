@@ -26,7 +26,7 @@
       if (!rows.length) {
         const tr = document.createElement("tr");
         const td = cell("No replica runs.", "muted");
-        td.colSpan = 8;
+        td.colSpan = 9;
         tr.append(td);
         body.replaceChildren(tr);
         return;
@@ -38,8 +38,8 @@
         // What the worker side saw at checked_at: this page never asks the engine or the replica.
         const checked = r.checked_seconds_ago === null ? "not yet" : `${r.checked_seconds_ago} s ago`;
         tr.append(cell(String(r.number)), cell(r.container_id.slice(0, 12), "mono"), cell(`${r.host}:${r.port}`, "mono"), state,
-                  cell(r.ready ? "yes" : "no"), cell(String(r.restarts), "num"), cell(new Date(r.started_at).toLocaleString()),
-                  cell(r.state_error ? `${checked} (${r.state_error})` : checked, "small muted"));
+                  cell(r.ready ? "yes" : "no"), cell(r.node || "this engine"), cell(String(r.restarts), "num"),
+                  cell(new Date(r.started_at).toLocaleString()), cell(r.state_error ? `${checked} (${r.state_error})` : checked, "small muted"));
         return tr;
       }));
     }

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('registry', '0004_log_chunks_by_seq'),
+        ('registry', '0005_log_chunks_by_seq'),
     ]
 
     operations = [

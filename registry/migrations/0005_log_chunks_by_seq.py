@@ -14,7 +14,7 @@ def renumber(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ("registry", "0003_model_scan"),
+        ("registry", "0004_model_aliases"),
     ]
 
     operations = [
