@@ -25,10 +25,16 @@ SETTLED = ("healthy", "unhealthy", "failed", "deleted")
 
 
 def _engine(env: dict) -> str:
+    """What the portal's workers last saw of the engine, and how long ago."""
     engine = env.get("engine") or {}
+    ago = engine.get("checked_seconds_ago")
+    when = f", checked {ago} s ago" if ago is not None else ""
     if engine.get("ok"):
-        return f"ok (Docker {engine.get('version')})" if engine.get("version") else "ok"
-    return f"unreachable: {engine.get('error')}" if engine.get("error") else "unknown"
+        return (f"ok (Docker {engine.get('version')}{when})" if engine.get("version") else f"ok{when and ' (' + when[2:] + ')'}")
+    if engine.get("error"):
+        since = engine.get("answered_at")
+        return f"unreachable{' since ' + since if since else ''}: {engine.get('error')}{when}"
+    return "not checked yet" if engine.get("ok") is None and "checked_at" in engine else "unknown"
 
 
 ENV_COLUMNS = columns(("Name", "name"), ("Kind", "kind"), ("Active", lambda r: "*" if r.get("active") else ""),

@@ -19,19 +19,30 @@ def test_setup_creates_a_local_environment_on_the_workers_engine(owner_api):
     assert body["name"] == "staging" and body["kind"] == "local" and body["engine_url"] == ""
     assert body["publish_address"] == "127.0.0.1" and body["labels"] == {"stage": "staging"}
     assert body["workspace"] == "team" and body["created_by"] == "olivia" and body["services"] == []
-    assert set(body["engine"]) == {"ok", "version", "error"}
+    # What the worker side saw of the engine, with its time: a new environment is not checked yet
+    # (its check runs as a task once the row commits; the request never asks the engine).
+    assert set(body["engine"]) == {"ok", "version", "error", "checked_at", "answered_at", "checked_seconds_ago"}
+    assert body["engine"]["ok"] is None and body["engine"]["checked_at"] is None
+
+
+def checked(api, body: dict) -> dict:
+    """The environment as the API shows it once the worker's check (the check_environment task) ran."""
+    from deployments.tasks import check_environment
+
+    check_environment(body["id"])
+    return api.get(f"/api/v1/environments/{body['id']}/").json()
 
 
 @pytest.mark.docker
 def test_it_shows_that_the_local_engine_answers_and_its_version(owner_api):
-    body = create(owner_api, "local").json()
+    body = checked(owner_api, create(owner_api, "local").json())
     assert body["engine"]["ok"] is True, body["engine"]
     assert body["engine"]["version"] and body["engine"]["error"] is None
 
 
 def test_an_unreachable_engine_shows_down_with_the_engines_error(owner_api):
-    body = create(owner_api, "remote", engine_url="tcp://127.0.0.1:1").json()
-    assert body["engine_url"] == "tcp://127.0.0.1:1"
+    body = checked(owner_api, create(owner_api, "remote", engine_url="tcp://127.0.0.1:1").json())
+    assert body["engine_url"] == "tcp://127.0.0.1:1" and body["engine"]["checked_at"]
     assert body["engine"]["ok"] is False and "127.0.0.1:1" in body["engine"]["error"]
 
 
