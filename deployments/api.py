@@ -19,6 +19,7 @@ from rest_framework.views import APIView
 
 from deployments import kubernetes, proxy, selectors, services
 from deployments.models import Environment, Service, ServiceEvent, ServiceRevision
+from monitoring.api import ServiceDataActions
 from registry.model_scan import parse_flag
 from workspaces.api_base import CreateListRetrieveDestroyViewSet, workspace_from_request
 from workspaces.errors import NotFound, PortalError, error_body
@@ -279,7 +280,7 @@ def _value(request, name: str, default=None):
     return default if value in (None, "") else value
 
 
-class ServiceViewSet(CreateListRetrieveDestroyViewSet):
+class ServiceViewSet(ServiceDataActions, CreateListRetrieveDestroyViewSet):
     """Realtime services. POST ``{"name", "image", "environment"?, "replicas"?, "cpus"?, "memory_mb"?}``
     deploys a built image; ``POST create-realtime/`` (multipart) is the lab's one-shot
     ``service create realtime``. DELETE answers 202: the service goes ``deleting``, then away."""
@@ -360,15 +361,6 @@ class ServiceViewSet(CreateListRetrieveDestroyViewSet):
                               "POST update/, scale/ or rollback/.", fields={k: "cannot be changed here" for k in (data or {}) if k != "capture"})
         set_capture(service=service, value=data["capture"], user=request.user)
         return self._answer(service)
-
-    @extend_schema(parameters=[OpenApiParameter("since", str), OpenApiParameter("until", str), OpenApiParameter("limit", int),
-                               OpenApiParameter("output", str)])
-    @action(detail=True, methods=["get"])
-    def data(self, request, **kwargs):
-        """The captured rows (oldest first) in [since, until): JSON, or ``?output=csv``."""
-        from monitoring.api import data_response
-
-        return data_response(request, self.get_object())
 
     @action(detail=True, methods=["get"])
     def keys(self, request, **kwargs):

@@ -313,6 +313,7 @@ CELERY_TASK_ROUTES = {
     "registry.tasks.requeue_lost_builds": {"queue": "celery"},
     "retention.tasks.apply_retention": {"queue": "celery"},
     "monitoring.tasks.collect_capture": {"queue": "celery"},
+    "monitoring.tasks.compute_drift": {"queue": "celery"},
 }
 # Time limits per queue, on purpose: runs enforce their own (per-project) limit inside compute and
 # the task limit is the backstop; builds and deploys are bounded by the engine's work.
@@ -330,6 +331,8 @@ CELERY_BEAT_SCHEDULE = {
     "reconcile-services": {"task": "deployments.tasks.reconcile_services", "schedule": float(MLPORTAL_SWEEP_INTERVAL_SECONDS)},
     # Pull the captured rows (issue 16) from every replica, store them as Parquet.
     "collect-capture": {"task": "monitoring.tasks.collect_capture", "schedule": float(MLPORTAL_CAPTURE_INTERVAL_SECONDS)},
+    # Hourly: drift of every service with scheduled drift settings against its reference.
+    "compute-drift": {"task": "monitoring.tasks.compute_drift", "schedule": crontab(minute=7)},
     # Daily: runs' logs and outputs and unused images past each workspace's retention; dangling layers.
     "apply-retention": {"task": "retention.tasks.apply_retention", "schedule": crontab(hour=3, minute=17)},
 }
