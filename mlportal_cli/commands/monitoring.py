@@ -2,12 +2,11 @@
 against a reference, and the ground truth joined with it (the service page's Data tab)."""
 from __future__ import annotations
 
-import argparse
 import os
 import urllib.parse
 
 from mlportal_cli.client import CliError
-from mlportal_cli.context import Context, UsageError, add_command
+from mlportal_cli.context import Context, UsageError, add_command, common_options
 from mlportal_cli.output import FORMATS, Result, columns
 
 DATA_FORMATS = (*FORMATS, "csv", "parquet")
@@ -117,10 +116,7 @@ def register(service) -> None:
                          example="mlportal service data -n churnpred --since 2026-12-01\n"
                                  "mlportal service data -n churnpred --since 2026-12-01T10:00Z -o csv > rows.csv\n"
                                  "mlportal service data -n churnpred -o parquet --file rows.parquet",
-                         func=service_data)
-    parser.conflict_handler = "resolve"  # -o takes csv and parquet here too
-    parser.add_argument("-o", "--output", choices=DATA_FORMATS, default=argparse.SUPPRESS,
-                        help="table (default, the newest rows), json, tsv, csv (every row) or parquet (with --file)")
+                         func=service_data, common=common_options(DATA_FORMATS))  # -o csv / parquet too
     _service_args(parser)
     parser.add_argument("--since", metavar="TIME", help="from this ISO date or time (UTC unless it says)")
     parser.add_argument("--until", metavar="TIME", help="up to (not including) this ISO date or time")
