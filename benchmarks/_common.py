@@ -205,7 +205,9 @@ def lua_string(text: str) -> str:
 
 def wrk_script(body: bytes, headers: dict[str, str] | None = None) -> str:
     """Returns the Lua script that makes wrk POST ``body`` as JSON and report its figures."""
-    lines = "\n".join(f"wrk.headers[{lua_string(k)}] = {lua_string(v)}" for k, v in (headers or {}).items())
+    # A space inside the brackets: ``wrk.headers[[[Name]]]`` would read as a call with the long
+    # string ``[[[Name]]``, a syntax error that makes wrk drop the whole script (plain GETs).
+    lines = "\n".join(f"wrk.headers[ {lua_string(k)} ] = {lua_string(v)}" for k, v in (headers or {}).items())
     return WRK_LUA.format(body=lua_string(body.decode()), headers=lines)
 
 

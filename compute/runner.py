@@ -30,6 +30,7 @@ import tarfile
 from typing import IO
 
 import docker.errors
+import docker.types
 
 from compute import _archive
 from compute.engine import (
@@ -83,7 +84,16 @@ class RunSpec:
 
 # store_output(path relative to outputs/, size, readable stream): keeps one output file.
 StoreOutput = Callable[[str, int, IO[bytes]], None]
-SCRATCH_CHECK_S = 2.0
+# The writable layer's bound, strongest first: the engine's own size limit on the layer
+# (``--storage-opt size``: overlay2 on xfs with pquota, btrfs, zfs; refused by overlay2 on ext4,
+# as on the machines this is tested on), then the kernel's limit on the size of one file
+# (RLIMIT_FSIZE, every engine: a write past it fails with EFBIG, so one runaway file never
+# passes the bound), then this poll of the layer's size (SizeRw) for many files together.
+SCRATCH_CHECK_S = 1.0
+_STORAGE_OPT_REFUSED = "--storage-opt is supported only"
+_storage_opt_support: dict[str | None, bool] = {}  # per engine: does it accept --storage-opt size?
+_FILE_TOO_LARGE = ("File too large", "[Errno 27]")  # EFBIG's text in the run's log
+SIGXFSZ_EXIT = 128 + signal.SIGXFSZ  # a program that does not ignore SIGXFSZ (Python does) dies of it
 
 
 class OutputsOverCap(Exception):
@@ -250,12 +260,18 @@ def _supervise(*, lines: queue.Queue, on_output: Callable[[str], None],
             return verdict
 
 
+def _over_scratch_reason(scratch_max_bytes: int | None) -> str:
+    return (f"wrote more than its scratch space of {_mib(scratch_max_bytes)} "
+            "(files outside /tmp, the project folder included): write less, or raise the bound")
+
+
 def _result_for(verdict: str | None, *, exit_code: int | None, oom: bool, memory_mb: int,
-                timeout_s: int, outputs: Path | None, image: str, scratch_max_bytes: int | None = None) -> RunResult:
+                timeout_s: int, outputs: Path | None, image: str, scratch_max_bytes: int | None = None,
+                file_too_large: bool = False) -> RunResult:
     if verdict == "over_scratch":
-        return RunResult("failed", exit_code, f"wrote more than its scratch space of {_mib(scratch_max_bytes)} "
-                         "(files outside /tmp, the project folder included): write less, or raise the bound",
-                         False, outputs, image)
+        return RunResult("failed", exit_code, _over_scratch_reason(scratch_max_bytes), False, outputs, image)
+    if file_too_large and scratch_max_bytes and exit_code not in (0, None) and verdict is None:
+        return RunResult("failed", exit_code, _over_scratch_reason(scratch_max_bytes), oom, outputs, image)
     if verdict == "timed_out":
         return RunResult("timed_out", exit_code, f"over its time limit of {timeout_s} s", False,
                          outputs, image)
@@ -315,8 +331,9 @@ def run_in_docker(spec: RunSpec, *, wheel_cache: Path, on_output: Callable[[str]
     with connect(base_url, timeout=300) as client:
         container = None
         try:
-            container = client.containers.create(
-                image,
+            container = _create_run_container(
+                client, spec, base_url=base_url,
+                image=image,
                 command=["python", spec.script, *spec.args],
                 name=_container_name(spec.run_id),
                 user=RUN_USER,
@@ -342,14 +359,22 @@ def run_in_docker(spec: RunSpec, *, wheel_cache: Path, on_output: Callable[[str]
             on_container(container.id)
             with _archive.snapshot_for_container(spec.snapshot, uid=RUN_UID, gid=RUN_UID) as tar:
                 container.put_archive(WORKDIR, tar)
-            verdict = _follow_container(container.id, spec=spec, on_output=on_output,
+            saw = {"efbig": False}
+
+            def watch(line: str) -> None:
+                if not saw["efbig"] and any(text in line for text in _FILE_TOO_LARGE):
+                    saw["efbig"] = True
+                on_output(line)
+
+            verdict = _follow_container(container.id, spec=spec, on_output=watch,
                                         should_cancel=should_cancel, base_url=base_url,
                                         client=client)
             state = client.api.inspect_container(container.id)["State"]
             exit_code = state.get("ExitCode")
             result = _result_for(verdict, exit_code=exit_code, oom=bool(state.get("OOMKilled")),
                                  memory_mb=spec.memory_mb, timeout_s=spec.timeout_s,
-                                 outputs=None, image=image, scratch_max_bytes=spec.scratch_max_bytes)
+                                 outputs=None, image=image, scratch_max_bytes=spec.scratch_max_bytes,
+                                 file_too_large=saw["efbig"] or exit_code == SIGXFSZ_EXIT)
             if store_output is None:
                 result.outputs = _copy_outputs(client, container.id, workdir / "outputs.tar")
                 return result
@@ -364,6 +389,27 @@ def run_in_docker(spec: RunSpec, *, wheel_cache: Path, on_output: Callable[[str]
         finally:
             if container is not None:
                 _remove_quietly(client, container.id)
+
+
+def _create_run_container(client, spec: RunSpec, *, base_url: str | None, **kwargs):
+    """Creates the run's container with its writable layer bounded as hard as the engine allows
+    (see SCRATCH_CHECK_S): ``--storage-opt size`` where the engine accepts it (asked once per
+    engine: the refusal is remembered), and RLIMIT_FSIZE on every file in any case."""
+    if spec.scratch_max_bytes:
+        kwargs["ulimits"] = [docker.types.Ulimit(name="fsize", soft=spec.scratch_max_bytes, hard=spec.scratch_max_bytes)]
+        if _storage_opt_support.get(base_url, True):
+            try:
+                container = client.containers.create(storage_opt={"size": str(spec.scratch_max_bytes)}, **kwargs)
+            except docker.errors.APIError as exc:
+                if _STORAGE_OPT_REFUSED not in str(exc):
+                    raise
+                _storage_opt_support[base_url] = False
+                logger.info("engine %s refuses --storage-opt size (%s): run layers are bounded per file and polled",
+                            base_url or "local", exc.explanation or exc)
+            else:
+                _storage_opt_support[base_url] = True
+                return container
+    return client.containers.create(**kwargs)
 
 
 def _follow_container(container_id: str, *, spec: RunSpec, on_output, should_cancel,

@@ -44,6 +44,32 @@ def _b64(value: str) -> str:
     return base64.b64encode(value.encode()).decode()
 
 
+# How fast the HPA may react, from the service's autoscale_refresh_seconds and
+# autoscale_stable_seconds (Kubernetes' own behaviour fields; none when the service has no settings).
+BEHAVIOUR_LIMITS = {"refresh_seconds": (1, 1800), "stable_seconds": (0, 3600)}
+
+
+def _behaviour(given: dict) -> dict | None:
+    values = {}
+    for key, (low, high) in BEHAVIOUR_LIMITS.items():
+        if given.get(key) is None:
+            continue
+        number = int(given[key])
+        if not low <= number <= high:
+            raise ValueError(f"autoscale {key} must be from {low} to {high}, not {number}")
+        values[key] = number
+    if not values:
+        return None
+    behaviour = {}
+    if "refresh_seconds" in values:
+        # Up at once: no stabilisation, at most doubling per refresh period.
+        behaviour["scaleUp"] = {"stabilizationWindowSeconds": 0,
+                                "policies": [{"type": "Percent", "value": 100, "periodSeconds": values["refresh_seconds"]}]}
+    if "stable_seconds" in values:
+        behaviour["scaleDown"] = {"stabilizationWindowSeconds": values["stable_seconds"]}
+    return behaviour
+
+
 def autoscale_settings(service: dict) -> tuple[dict, bool]:
     """The HPA's min/max/target from ``service["autoscale"]`` (any missing one from the defaults);
     the second value says whether the defaults were used for all of it."""
@@ -112,6 +138,9 @@ def manifests(service: dict) -> list[dict]:
                 "name": "cpu", "target": {"type": "Utilization", "averageUtilization": scale["target_utilization"]}}}],
         },
     }
+    behaviour = _behaviour(service.get("autoscale") or {})
+    if behaviour:
+        hpa["spec"]["behavior"] = behaviour
     return [secret, deployment, kube_service, hpa]
 
 
@@ -134,7 +163,11 @@ def to_yaml(service: dict) -> str:
                       f"(min {scale['min_replicas']}, max {scale['max_replicas']}, target CPU utilisation "
                       f"{scale['target_utilization']}%).")
     else:
+        given = service.get("autoscale") or {}
+        window = "".join(f", {label} {given[key]} s" for key, label in (("refresh_seconds", "refresh"), ("stable_seconds", "scale-down window"))
+                         if given.get(key) is not None)
         header.append(f"# The HorizontalPodAutoscaler uses the service's autoscale settings (min {scale['min_replicas']}, "
-                      f"max {scale['max_replicas']}, target {scale['target_utilization']}%).")
+                      f"max {scale['max_replicas']}, target {scale['target_utilization']}%{window}). The portal's own "
+                      "autoscaler counts busy scoring workers; Kubernetes measures CPU, the nearest signal it has.")
     body = yaml.dump_all(objects, Dumper=_Dumper, sort_keys=False, default_flow_style=False)
     return "\n".join(header) + "\n---\n" + body

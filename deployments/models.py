@@ -16,7 +16,8 @@ from workspaces.crypto import EncryptedCharField
 
 
 class Environment(models.Model):
-    """A place services run: a Docker engine the workers can reach (``local``), or later a cluster.
+    """A place services run: a Docker engine the workers can reach (``local``), or the engine of a
+    Docker Swarm manager (``cluster``: services are Swarm services, see compute/swarm.py).
 
     ``engine_url`` empty means the workers' own engine (``settings.MLPORTAL_DOCKER_URL``);
     ``publish_address`` is the address of the engine's host on which replicas publish their port.
@@ -25,7 +26,7 @@ class Environment(models.Model):
 
     class Kind(models.TextChoices):
         LOCAL = "local", "Local (a Docker engine)"
-        CLUSTER = "cluster", "Cluster (Kubernetes)"
+        CLUSTER = "cluster", "Cluster (Docker Swarm)"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     workspace = models.ForeignKey("workspaces.Workspace", on_delete=models.CASCADE, related_name="environments")
@@ -117,6 +118,15 @@ class Service(models.Model):
     rollout = models.JSONField(default=dict, blank=True, help_text="The canary or shadow in progress, if any")
     lock_token = models.UUIDField(null=True, blank=True)
     lock_until = models.DateTimeField(null=True, blank=True)
+    # Autoscaling (Azure ML's flags; deployments/autoscale.py is the rule). While enabled, the
+    # autoscaler owns ``replicas``; ``autoscale_token`` names the one tick chain that may act.
+    autoscale_enabled = models.BooleanField(default=False)
+    autoscale_min_replicas = models.PositiveSmallIntegerField(default=1)
+    autoscale_max_replicas = models.PositiveSmallIntegerField(default=10)
+    autoscale_target_utilization = models.PositiveSmallIntegerField(default=70, help_text="Percent of scoring workers busy")
+    autoscale_refresh_seconds = models.PositiveIntegerField(default=1, help_text="Window the utilisation is averaged over")
+    autoscale_stable_seconds = models.PositiveIntegerField(default=60, help_text="How long load must stay low before scaling down")
+    autoscale_token = models.UUIDField(null=True, blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -138,6 +148,18 @@ class Service(models.Model):
     def keys(self) -> list[str]:
         return [self.primary_key, self.secondary_key]
 
+    @property
+    def autoscale(self) -> dict:
+        """The autoscale settings as deployments.autoscale.check_settings returns them."""
+        return {"enabled": self.autoscale_enabled, "min_replicas": self.autoscale_min_replicas,
+                "max_replicas": self.autoscale_max_replicas, "target_utilization": self.autoscale_target_utilization,
+                "refresh_seconds": self.autoscale_refresh_seconds, "stable_seconds": self.autoscale_stable_seconds}
+
+    @property
+    def swarm_name(self) -> str:
+        """The Swarm service's name in a cluster environment."""
+        return f"mlportal-{self.name[:40]}-{self.pk.hex[:8]}"
+
 
 class ServiceReplica(models.Model):
     """One running container of a service: the proxy spreads requests over these rows."""
@@ -150,6 +172,9 @@ class ServiceReplica(models.Model):
     # Empty: the service's live revision (replicas started before revisions were recorded on them).
     revision = models.ForeignKey("ServiceRevision", null=True, blank=True, on_delete=models.CASCADE, related_name="replicas")
     restarts = models.PositiveIntegerField(default=0)
+    # In a cluster environment: the Swarm task behind the row and the node it runs on.
+    task_id = models.CharField(max_length=80, blank=True)
+    node = models.CharField(max_length=255, blank=True)
     started_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -221,3 +246,26 @@ class ServiceEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.level}: {self.message[:60]}"
+
+
+class ServiceLoad(models.Model):
+    """One autoscaler sample: replicas serving, scoring workers and how many were busy on average
+    over the refresh period that ended ``at``, and what the rule asked for. ``counters`` holds each
+    replica's busy-seconds counter, so the next sample can take the difference. Kept 24 h."""
+
+    service = models.ForeignKey(Service, on_delete=models.CASCADE, related_name="loads")
+    at = models.DateTimeField()
+    replicas = models.PositiveSmallIntegerField()
+    workers = models.PositiveIntegerField()
+    busy = models.FloatField()
+    utilization = models.FloatField(help_text="Percent of the workers busy")
+    desired = models.PositiveSmallIntegerField()
+    counters = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["service", "at"]
+        # The autoscaler reads a service's newest samples; the page charts a time range of them.
+        indexes = [models.Index(fields=["service", "at"], name="service_load_time")]
+
+    def __str__(self) -> str:
+        return f"{self.service_id} at {self.at:%H:%M:%S}: {self.replicas} replicas, {self.utilization:.0f}%"

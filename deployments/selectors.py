@@ -201,11 +201,11 @@ def service_export(service: Service, fmt: str | None) -> tuple[str, str]:
         said = f"Unknown export format {fmt!r}" if fmt else "Say which export format"
         raise PortalError(f"{said}: use one of {', '.join(kubernetes.FORMATS)} (?format=kubernetes).",
                           fields={"format": f"One of: {', '.join(kubernetes.FORMATS)}."})
-    autoscale = {key: getattr(service, f"autoscale_{key}", None) for key in kubernetes.AUTOSCALE_DEFAULTS}
-    enabled = getattr(service, "autoscale_enabled", None)
+    autoscale = {key: getattr(service, f"autoscale_{key}") for key in (*kubernetes.AUTOSCALE_DEFAULTS, *kubernetes.BEHAVIOUR_LIMITS)}
+    enabled = service.autoscale_enabled
     data = {"name": service.name, "workspace": service.workspace.name if service.workspace_id else "",
             "image": service.image.tag, "replicas": service.replicas, "cpus": service.cpus,
             "memory_mb": service.memory_mb, "primary_key": service.primary_key, "secondary_key": service.secondary_key,
-            # the autoscale fields come with the autoscaling slice of issue 19; until then the defaults apply
+            # a service without autoscaling gets Azure ML's defaults (the header says so)
             "autoscale": autoscale if enabled else None}
     return kubernetes.to_yaml(data), f"{service.name}-kubernetes.yaml"

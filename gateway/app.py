@@ -10,12 +10,15 @@ connections to the replicas:
 and the portal's Prometheus ``/metrics``. Everything else goes to Django's ASGI application.
 
 Keys are checked against the routing table (``gateway.table``), which a background task re-reads
-from the database every ``MLPORTAL_GATEWAY_REFRESH_SECONDS``; no request waits on the database.
+from the database every ``MLPORTAL_GATEWAY_REFRESH_SECONDS``. A request that finds no route, or
+no ready replica, re-reads it once (at most every ``MISS_REFRESH_SECONDS``, shared by concurrent
+callers), so a service answers as soon as it is healthy; every other request is served from memory.
 A request goes to the revision its weight picks (or the one the ``X-MLPortal-Revision`` header
 forces), to the ready replica of it with the fewest outstanding requests; a replica that refuses
 the connection is skipped, and a request that was sent to a replica is never sent to another.
-Each service has a concurrency limit and a queue bound; past both the answer is 503 with
-``Retry-After``, so one flooded service holds only its own slots.
+Each service has a concurrency limit and a queue bound, held across every web process of the host
+(``gateway.slots``); past both the answer is 503 with ``Retry-After``, so one flooded service holds
+only its own slots.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ import aiohttp
 
 from gateway import metrics
 from gateway.balancing import Balancer, Full, Limiter, choose_revision, mirrored
+from gateway.slots import SlotFolder
 from gateway.table import Revision, Route, Table, load_table
 
 logger = logging.getLogger("mlportal.gateway")
@@ -42,6 +46,7 @@ CONNECT_TIMEOUT = 2.0
 PROBE_TIMEOUT = 1.0
 KEEPALIVE_SECONDS = 15.0  # under the scoring server's 30 s idle timeout, so a pooled connection is never stale
 FORCE_HEADER = b"x-mlportal-revision"
+MISS_REFRESH_SECONDS = 0.2  # a flood of wrong keys reads the table at most five times a second
 MAX_SHADOW_PER_SERVICE = 16  # mirrored requests in flight per service; past it a request is not mirrored
 
 
@@ -62,17 +67,19 @@ class Answer:
 
 class Gateway:
     def __init__(self, django_app: Callable, *, refresh_seconds: float, probe_seconds: float, max_body: int,
-                 queue_timeout: float, workers: int, metrics_token: str = "",
+                 queue_timeout: float, slots_dir: str | os.PathLike | None = None, metrics_token: str = "",
                  recorder: Any = None) -> None:
         self.django = django_app
         self.refresh_seconds = refresh_seconds
         self.probe_seconds = probe_seconds
         self.max_body = max_body
         self.queue_timeout = queue_timeout
-        self.workers = workers
+        # Shared by every web process of this host, so a service's limits hold across workers.
+        self.slots = SlotFolder(slots_dir) if slots_dir is not None else None
         self.metrics_token = metrics_token
         self.recorder = recorder
         self.table = Table()
+        self.loaded_at = 0.0
         self.balancer = Balancer()
         self.limiters: dict[str, Limiter] = {}
         self.shadow_in_flight: dict[str, int] = {}
@@ -126,8 +133,9 @@ class Gateway:
         self._refreshing = loop.create_future()
         try:
             table = await loop.run_in_executor(
-                self.db, lambda: load_table(workers=self.workers, model_versions=self.model_versions))
+                self.db, lambda: load_table(model_versions=self.model_versions))
             self.table = table
+            self.loaded_at = time.monotonic()
             self.balancer.forget_except(table.replicas())
             self._refreshing.set_result(table)
             return table
@@ -243,6 +251,13 @@ class Gateway:
                                              "too_large"))
             return
         route = self.table.find(ref, key)
+        if (route is None or route.live is None or not route.live.replicas) \
+                and time.monotonic() - self.loaded_at >= MISS_REFRESH_SECONDS:
+            # A service created, or made healthy, since the last read of the table.
+            try:
+                route = (await self.refresh()).find(ref, key)
+            except Exception:  # noqa: BLE001 - answered with the table we have
+                route = self.table.find(ref, key)
         if route is None:
             await _respond(send, 401, _error(f"No service '{ref[:80]}' accepts this key: check the service name and its keys.",
                                              "unauthorized"), extra=unauthorized)
@@ -269,28 +284,27 @@ class Gateway:
             return
         limiter = self.limiters.get(route.service_id)
         if limiter is None:
-            limiter = self.limiters[route.service_id] = Limiter()
-        queued = metrics.QUEUED.labels(route.workspace, route.name)
-        try:
-            if limiter.active >= route.concurrency or limiter.waiting:
-                queued.inc()
-                try:
-                    await limiter.acquire(route.concurrency, route.queue, self.queue_timeout)
-                finally:
-                    queued.dec()
-            else:
-                await limiter.acquire(route.concurrency, route.queue, self.queue_timeout)
-        except (Full, asyncio.TimeoutError):
-            metrics.REJECTED.labels(route.workspace, route.name).inc()
-            await self._finish(send, route, revision, 503, _error(
-                f"Service '{route.name}' is at its limit of {route.concurrency} requests at once with {route.queue} "
-                "waiting: retry after a second, or raise its limits (service limits).", "overloaded"),
-                started, extra=[(b"retry-after", b"1")])
-            return
+            limiter = self.limiters[route.service_id] = Limiter(
+                self.slots.for_service(route.service_id) if self.slots is not None else None)
+        slot = limiter.try_acquire(route.concurrency)
+        if slot is None:
+            queued = metrics.QUEUED.labels(route.workspace, route.name)
+            queued.inc()
+            try:
+                slot = await limiter.acquire(route.concurrency, route.queue, self.queue_timeout)
+            except (Full, asyncio.TimeoutError):
+                metrics.REJECTED.labels(route.workspace, route.name).inc()
+                await self._finish(send, route, revision, 503, _error(
+                    f"Service '{route.name}' is at its limit of {route.concurrency} requests at once with {route.queue} "
+                    "waiting: retry after a second, or raise its limits (service limits).", "overloaded"),
+                    started, extra=[(b"retry-after", b"1")])
+                return
+            finally:
+                queued.dec()
         try:
             answer = await self._send(route, revision, method, upstream, body, headers)
         finally:
-            limiter.release()
+            limiter.release(slot)
         await self._finish(send, route, answer.revision, answer.status, answer.body, started,
                            content_type=answer.content_type, replica=answer.replica)
         if forced is None and method == "POST" and answer.revision is route.live:
@@ -481,6 +495,6 @@ def build(django_app: Callable) -> Gateway:
     return Gateway(
         django_app, refresh_seconds=settings.MLPORTAL_GATEWAY_REFRESH_SECONDS,
         probe_seconds=settings.MLPORTAL_GATEWAY_PROBE_SECONDS, max_body=settings.MLPORTAL_MAX_BODY_BYTES,
-        queue_timeout=settings.MLPORTAL_GATEWAY_QUEUE_TIMEOUT, workers=int(os.environ.get("WEB_WORKERS") or 1),
+        queue_timeout=settings.MLPORTAL_GATEWAY_QUEUE_TIMEOUT, slots_dir=settings.MLPORTAL_GATEWAY_SLOTS_DIR,
         metrics_token=settings.MLPORTAL_METRICS_TOKEN, recorder=Recorder(),
     )

@@ -1,8 +1,8 @@
 """Choosing a replica (least outstanding requests over the ready ones) and holding a service to its
 concurrency limit and queue bound.
 
-State here is per web-server process: each worker process of the ASGI server balances and limits
-its own share (a service's limits are divided between the processes when the table is read).
+Balancing state is per web-server process (each worker process of the ASGI server counts the
+requests it sent); the limits are shared by every process on the host through ``gateway.slots``.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+from gateway.slots import QUEUE_BASE
 from gateway.table import Replica, Revision, Route
 
 DOWN_SECONDS = 2.0  # a replica that refused a connection is left out this long (or until a probe says ready)
@@ -93,27 +94,65 @@ class Full(Exception):
     """The service is at its concurrency limit and its queue is full."""
 
 
+POLL_SECONDS = 0.002  # how often a waiting process looks for a slot another process gave back
+
+
 class Limiter:
-    """At most ``limit`` requests of a service at once; up to ``queue`` more wait, first come first
-    served; past that ``acquire`` raises Full at once."""
+    """At most ``limit`` requests of a service at once; up to ``queue`` more wait; past that
+    ``acquire`` raises Full at once.
 
-    def __init__(self) -> None:
-        self.active = 0
+    With a ``SlotFile`` (``gateway.slots``) the slots and the queue's places are shared by every
+    web process on the host, so the limits hold for the portal as a whole: a slot this process
+    gives back goes to its own first waiter, and while any of its requests wait, one poller looks
+    every ``POLL_SECONDS`` for a slot another process gave back (first come first served within a
+    process, roughly so across processes). Without one, they count this process only.
+    ``acquire`` returns a slot token that ``release`` takes back."""
+
+    def __init__(self, slots=None) -> None:
+        self.slots = slots
+        self.active = 0  # requests of this process holding a slot
+        self.limit = 1
         self.waiting: deque[asyncio.Future] = deque()
+        self._poller: asyncio.Task | None = None
 
-    async def acquire(self, limit: int, queue: int, timeout: float) -> None:
-        if self.active < limit and not self.waiting:
+    def try_acquire(self, limit: int) -> int | None:
+        """A slot token at once, or None when the service is at its limit or requests wait."""
+        self.limit = limit
+        if self.waiting:
+            return None
+        return self._take()
+
+    def _take(self) -> int | None:
+        if self.slots is None:
+            if self.active >= self.limit:
+                return None
             self.active += 1
-            return
-        if len(self.waiting) >= queue:
+            return 0
+        slot = self.slots.take(0, self.limit)
+        if slot is not None:
+            self.active += 1
+        return slot
+
+    async def acquire(self, limit: int, queue: int, timeout: float) -> int:
+        slot = self.try_acquire(limit)
+        if slot is not None:
+            return slot
+        place = None
+        if self.slots is not None:
+            place = self.slots.take(QUEUE_BASE, queue) if queue > 0 else None
+            if place is None:
+                raise Full()
+        elif len(self.waiting) >= queue:
             raise Full()
         future = asyncio.get_running_loop().create_future()
         self.waiting.append(future)
+        if self.slots is not None and (self._poller is None or self._poller.done()):
+            self._poller = asyncio.get_running_loop().create_task(self._poll())
         try:
-            await asyncio.wait_for(asyncio.shield(future), timeout)
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
         except (asyncio.TimeoutError, asyncio.CancelledError):
             if future.done() and not future.cancelled():
-                self.release()  # the slot came as we gave up: pass it on
+                self.release(future.result())  # the slot came as we gave up: pass it on
             else:
                 future.cancel()
                 try:
@@ -121,12 +160,31 @@ class Limiter:
                 except ValueError:
                     pass
             raise
-        # release() handed its slot to us: active already counts this request
+        finally:
+            if place is not None:
+                self.slots.give(place)
 
-    def release(self) -> None:
+    async def _poll(self) -> None:
+        """Hands slots other processes gave back to this process's waiters, while any wait."""
         while self.waiting:
-            future = self.waiting.popleft()
-            if not future.done():
-                future.set_result(None)
-                return
+            await asyncio.sleep(POLL_SECONDS)
+            while self.waiting:
+                if self.waiting[0].done():
+                    self.waiting.popleft()
+                    continue
+                slot = self._take()
+                if slot is None:
+                    break
+                self.waiting.popleft().set_result(slot)
+
+    def release(self, slot: int = 0) -> None:
+        """Takes back a slot: to this process's first waiter, else to everyone."""
+        if self.slots is None or slot < self.limit:
+            while self.waiting:
+                future = self.waiting.popleft()
+                if not future.done():
+                    future.set_result(slot)
+                    return
         self.active -= 1
+        if self.slots is not None:
+            self.slots.give(slot)

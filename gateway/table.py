@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import math
 import uuid
 from dataclasses import dataclass, field
 
@@ -113,12 +112,7 @@ def key_digest(key: str) -> bytes:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
 
 
-def per_worker(limit: int, workers: int) -> int:
-    """A service's limit split over the web server's worker processes (each keeps its own count)."""
-    return max(1, math.ceil(limit / max(1, workers)))
-
-
-def load_table(*, workers: int = 1, model_versions: dict | None = None) -> Table:
+def load_table(*, model_versions: dict | None = None) -> Table:
     """Reads every service that may answer (not deleting or deleted) with its replicas and
     revisions; ``model_versions`` caches image id → "model.pkl:3" (images never change)."""
     from django.conf import settings
@@ -180,9 +174,9 @@ def load_table(*, workers: int = 1, model_versions: dict | None = None) -> Table
         route = Route(
             service_id=str(row["pk"]), name=row["name"], workspace=row["workspace__name"], status=row["status"],
             key_digests=tuple(key_digest(k) for k in (primary, secondary) if k), proxy_key=proxy_key,
-            concurrency=per_worker(row["max_concurrency"] or default_concurrency, workers),
-            queue=per_worker(row["max_queue"] if row["max_queue"] is not None else default_queue, workers)
-            if (row["max_queue"] if row["max_queue"] is not None else default_queue) else 0,
+            # The limits as set: the gateway's slots (gateway.slots) are shared by every web process.
+            concurrency=row["max_concurrency"] or default_concurrency,
+            queue=row["max_queue"] if row["max_queue"] is not None else default_queue,
             live=live, canary=by_role.get("canary"), shadow=by_role.get("shadow"),
         )
         table.by_name.setdefault(route.name, []).append(route)

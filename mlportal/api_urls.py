@@ -10,7 +10,7 @@ from mlportal.health import healthz
 
 router = DefaultRouter(trailing_slash="/?")
 extra_urls = []
-for app in ("workspaces", "runs", "registry", "deployments", "retention"):
+for app in ("workspaces", "runs", "registry", "deployments", "retention", "pipelines"):
     try:
         module = import_module(f"{app}.api")
     except ModuleNotFoundError as exc:

@@ -73,6 +73,7 @@ INSTALLED_APPS = [
     "retention",
     "gateway",
     "monitoring",
+    "pipelines",
 ]
 
 MIDDLEWARE = [
@@ -237,6 +238,9 @@ MLPORTAL_GATEWAY_PROBE_SECONDS = env_float("MLPORTAL_GATEWAY_PROBE_SECONDS", 1.0
 MLPORTAL_GATEWAY_CONCURRENCY = env_int("MLPORTAL_GATEWAY_CONCURRENCY", 32, minimum=1)
 MLPORTAL_GATEWAY_QUEUE = env_int("MLPORTAL_GATEWAY_QUEUE", 64, minimum=0)
 MLPORTAL_GATEWAY_QUEUE_TIMEOUT = env_float("MLPORTAL_GATEWAY_QUEUE_TIMEOUT", 30.0, minimum=0.1)
+# Where the gateway's per-service slots live (a lock file per service, gateway/slots.py): every web
+# process of one host must see the same folder, so a service's limits hold across the processes.
+MLPORTAL_GATEWAY_SLOTS_DIR = env_path("MLPORTAL_GATEWAY_SLOTS_DIR", DATA_DIR / "gateway-slots")
 # /metrics answers this bearer token; without one, only requests from this host (127.0.0.1, ::1).
 MLPORTAL_METRICS_TOKEN = env_str("MLPORTAL_METRICS_TOKEN")
 MLPORTAL_LOG_MAX_BYTES = env_int("MLPORTAL_LOG_MAX_BYTES", 5 * 1024 * 1024, minimum=1024)
@@ -262,6 +266,8 @@ MLPORTAL_REQUEUE_AFTER_SECONDS = env_int("MLPORTAL_REQUEUE_AFTER_SECONDS", 120, 
 MLPORTAL_SWEEP_INTERVAL_SECONDS = env_int("MLPORTAL_SWEEP_INTERVAL_SECONDS", 30, minimum=1)
 # How often the maintenance worker pulls captured model data from the replicas (issue 16).
 MLPORTAL_CAPTURE_INTERVAL_SECONDS = env_int("MLPORTAL_CAPTURE_INTERVAL_SECONDS", 60, minimum=1)
+# How often a running retraining pipeline looks again at the step it waits on (a run, a build, an update).
+MLPORTAL_PIPELINE_POLL_SECONDS = env_int("MLPORTAL_PIPELINE_POLL_SECONDS", 2, minimum=1)
 
 # --- model scanning (registry.scanning: every registered model file, by its opcodes) ---------
 # Packages ("mypackage") or single globals ("mymodule:MyClass") added to the built-in allow list of
@@ -334,6 +340,8 @@ CELERY_BEAT_SCHEDULE = {
     # Hourly: drift of every service with scheduled drift settings against its reference.
     "compute-drift": {"task": "monitoring.tasks.compute_drift", "schedule": crontab(minute=7)},
     # Daily: runs' logs and outputs and unused images past each workspace's retention; dangling layers.
+    # Retraining pipelines whose look was lost are advanced again; queued ones of idle pipelines start.
+    "sweep-pipelines": {"task": "pipelines.tasks.sweep_pipelines", "schedule": float(MLPORTAL_SWEEP_INTERVAL_SECONDS)},
     "apply-retention": {"task": "retention.tasks.apply_retention", "schedule": crontab(hour=3, minute=17)},
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")

@@ -20,7 +20,7 @@ urlpatterns = [
     path("", include("workspaces.urls")),
 ]
 # Each app's pages live under its own prefix; apps without pages yet are skipped.
-for app, prefix in (("runs", ""), ("registry", ""), ("deployments", ""), ("retention", "")):
+for app, prefix in (("runs", ""), ("registry", ""), ("deployments", ""), ("retention", ""), ("pipelines", "")):
     try:
         import_module(f"{app}.urls")
     except ModuleNotFoundError as exc:

@@ -15,7 +15,8 @@ request is handled ends a worker: it answers 400 or 500 and goes on. The access 
 control bytes, so a request cannot forge a log line or reach the terminal of whoever reads it.
 
 Environment: MLPORTAL_SERVICE_NAME, MLPORTAL_SERVICE_KEYS (``primary,secondary``; when set,
-scoring needs ``Authorization: Bearer <key>``), MLPORTAL_WORKERS (default: the CPUs this
+scoring needs ``Authorization: Bearer <key>``; MLPORTAL_SERVICE_KEYS_FILE / MLPORTAL_INTERNAL_KEY_FILE
+name files to read them from instead, as Swarm secrets), MLPORTAL_WORKERS (default: the CPUs this
 process may use, capped by the container's CPU quota), MLPORTAL_MAX_BODY_BYTES (default 1 MiB),
 MLPORTAL_REQUEST_TIMEOUT (seconds a scoring request may run, default 60; ``0`` lifts the limit),
 MLPORTAL_HEAD_TIMEOUT / MLPORTAL_BODY_TIMEOUT (seconds a request's head / body may take to arrive,
@@ -123,7 +124,8 @@ class Config:
         self.workers = args.workers or _env_int("MLPORTAL_WORKERS", 0) or default_workers()
         self.service_name = env.get("MLPORTAL_SERVICE_NAME", "").strip() or "model"
         self.model_version = env.get("MLPORTAL_MODEL_VERSION", "").strip() or None
-        self.keys = [k.strip().encode() for k in env.get("MLPORTAL_SERVICE_KEYS", "").split(",") if k.strip()]
+        keys = _env_or_file(env, "MLPORTAL_SERVICE_KEYS")
+        self.keys = [k.strip().encode() for k in keys.split(",") if k.strip()]
         self.max_body = _env_int("MLPORTAL_MAX_BODY_BYTES", DEFAULT_MAX_BODY)
         self.timeout = _env_float("MLPORTAL_REQUEST_TIMEOUT", DEFAULT_REQUEST_TIMEOUT) or None
         self.head_timeout = _env_float("MLPORTAL_HEAD_TIMEOUT", DEFAULT_HEAD_TIMEOUT) or DEFAULT_HEAD_TIMEOUT
@@ -133,8 +135,18 @@ class Config:
         self.preimport = _env_flag("MLPORTAL_PREIMPORT")
         self.score_file = args.score_file
         self.schema_file = args.schema_file
-        self.internal_key = env.get("MLPORTAL_INTERNAL_KEY", "").strip().encode()
+        self.internal_key = _env_or_file(env, "MLPORTAL_INTERNAL_KEY").strip().encode()
         self.capture = True  # main() turns it off when the spool cannot be made
+
+
+def _env_or_file(env, name: str) -> str:
+    """The value of ``name``, or the contents of the file ``<name>_FILE`` names (a Swarm secret
+    under /run/secrets: keys that never appear in the container's environment)."""
+    path = env.get(f"{name}_FILE", "").strip()
+    if path:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read().strip()
+    return env.get(name, "")
 
 
 def _env_int(name: str, default: int) -> int:

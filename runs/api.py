@@ -16,7 +16,7 @@ from rest_framework.decorators import action
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 
-from runs import catalog, selectors, services
+from runs import catalog, chart_cache, selectors, services
 from runs.models import Project, ProjectFile, Run, RunOutput
 from workspaces.api_base import Pagination, WorkspaceScopedViewSet, is_uuid, workspace_from_request
 from workspaces.errors import NotFound, PayloadTooLarge, PortalError
@@ -493,6 +493,9 @@ class RunViewSet(WorkspaceScopedViewSet):
         if min_step is not None and max_step is not None and min_step > max_step:
             raise PortalError("min_step must not be above max_step.", fields={"min_step": "Above max_step."})
         names = [n for n in params.get("names", "").split(",") if n] or None
+        if names is None and min_step is None and max_step is None and points == selectors.CHART_POINTS \
+                and not run.is_active:
+            return gzipped_json(request, chart_cache.whole_series_gzip(run))
         data = selectors.chart_series(run, names=names, points=points, min_step=min_step, max_step=max_step)
         return compact_json(request, {"series": data, "min_step": min_step, "max_step": max_step, "points": points})
 
@@ -559,6 +562,18 @@ def compact_json(request, data) -> HttpResponse:
     if len(body) > 1024 and "gzip" in request.META.get("HTTP_ACCEPT_ENCODING", ""):
         body = gzip.compress(body, compresslevel=1)  # level 1: a tenth of the time of 5, a few KB more
         response["Content-Encoding"] = "gzip"
+    response["Vary"] = "Accept-Encoding"
+    response.content = body
+    return response
+
+
+def gzipped_json(request, body: bytes) -> HttpResponse:
+    """A JSON answer kept gzipped: sent as it is, or unpacked for a client that does not take gzip."""
+    response = HttpResponse(content_type="application/json")
+    if "gzip" in request.META.get("HTTP_ACCEPT_ENCODING", ""):
+        response["Content-Encoding"] = "gzip"
+    else:
+        body = gzip.decompress(body)
     response["Vary"] = "Accept-Encoding"
     response.content = body
     return response

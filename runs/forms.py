@@ -23,6 +23,10 @@ class SettingsForm(forms.Form):
     memory_mb = forms.IntegerField(label="Memory (MiB)", min_value=16)
     cpus = forms.FloatField(label="CPUs", min_value=0.01)
     allow_network = forms.BooleanField(required=False, label="Allow network access (docker)")
+    outputs_max_mb = forms.IntegerField(
+        required=False, min_value=1, label="Outputs cap (MiB)",
+        help_text="A run whose outputs/ is larger fails with the cap named. Empty: the portal's maximum.",
+    )
 
 
 class RunForm(forms.Form):

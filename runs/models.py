@@ -296,6 +296,22 @@ class RunMetricSummary(models.Model):
         return f"{self.name}={self.value if self.value is not None else self.text} (run {self.run_id})"
 
 
+class RunChartCache(models.Model):
+    """The whole chart answer of a finished run (`GET /api/v1/runs/<id>/series/` without a range),
+    JSON gzipped once, so the metrics tab's one request reads a row instead of decoding, encoding
+    and compressing ten series each time. `key` is "<series>:<points>" of the run's summaries when
+    it was made: more points logged (an MLflow client may log after the end) make it stale."""
+
+    run = models.OneToOneField(Run, on_delete=models.CASCADE, primary_key=True, related_name="chart_cache")
+    workspace = models.ForeignKey("workspaces.Workspace", on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=64)
+    body = models.BinaryField()
+    created_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"charts of run {self.run_id} ({self.key}, {len(self.body)} bytes)"
+
+
 class RunParam(models.Model):
     """A parameter of a run: a name and its value as text, logged once (MLflow's rule: a second
     log with another value is refused, the same value again is a no-op)."""

@@ -96,6 +96,7 @@ def project_detail(request, ref):
     settings_form = SettingsForm(initial={
         "requirements": project.requirements, "default_target": project.default_target, "time_limit_s": project.time_limit_s,
         "memory_mb": project.memory_mb, "cpus": project.cpus, "allow_network": project.allow_network,
+        "outputs_max_mb": project.outputs_max_mb,
     })
     return _render_project(request, project, role, run_form=run_form, settings_form=settings_form)
 
@@ -111,7 +112,7 @@ def _render_project(request, project, role, *, run_form=None, settings_form=None
         settings_form = SettingsForm(initial={
             "requirements": project.requirements, "default_target": project.default_target,
             "time_limit_s": project.time_limit_s, "memory_mb": project.memory_mb, "cpus": project.cpus,
-            "allow_network": project.allow_network,
+            "allow_network": project.allow_network, "outputs_max_mb": project.outputs_max_mb,
         })
     runs = list(project.runs.select_related("created_by", "project").order_by("-created_at")[:10])
     selectors.attach_metric_summaries(runs)

@@ -68,8 +68,8 @@ def web_command(bin_dir: Path, host: str, port: str) -> list[str]:
     """The ASGI server (uvicorn) with the scoring gateway in front of Django (mlportal.asgi).
 
     Several worker processes share the Prometheus figures through PROMETHEUS_MULTIPROC_DIR (a
-    fresh folder under the data dir); WEB_WORKERS tells the gateway how to split each service's
-    concurrency limit between them."""
+    fresh folder under the data dir); each service's concurrency limit holds across them
+    (gateway/slots.py)."""
     workers = os.environ.setdefault("WEB_WORKERS", "2")
     if int(workers) > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         import shutil

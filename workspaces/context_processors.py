@@ -11,6 +11,7 @@ NAV = [
     ("Manifests", "manifest-list", "☰"),
     ("Images", "image-list", "▣"),
     ("Services", "service-list", "⚡"),
+    ("Pipelines", "pipeline-list", "⟳"),
     ("Environments", "environment-list", "☁"),
     ("Storage", "storage", "▤"),
     ("Activity", "activity-list", "≡"),

@@ -8,6 +8,7 @@ from django.contrib.auth.decorators import login_required
 from django.db.models import Q
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import NoReverseMatch, reverse
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from workspaces import selectors, services
@@ -144,8 +145,10 @@ def workspace_switch(request):
         messages.error(request, "No such workspace among yours.")
     else:
         services.profile_set_current_workspace(user=request.user, workspace=workspace)
-    target = request.POST.get("next") or reverse("dashboard")
-    if not target.startswith("/") or target.startswith("//"):
+    target = request.POST.get("next") or ""
+    # Only a path of this site: '/\\evil.com' and '//evil.com' are other hosts to a browser.
+    if not (target.startswith("/") and url_has_allowed_host_and_scheme(
+            target, allowed_hosts={request.get_host()}, require_https=request.is_secure())):
         target = reverse("dashboard")
     return redirect(target)
 

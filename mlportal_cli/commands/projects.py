@@ -1,4 +1,4 @@
-"""`project create|list|show|upload|download` and `experiment prepare|submit`.
+"""`project create|list|show|upload|download|settings` and `experiment prepare|submit`.
 
 As with `az ml`, the current folder is the project: `project create` / `project download` write the
 project's files into it and link it (`.mlportal/project.json`); inside a linked folder,
@@ -87,6 +87,37 @@ def project_show(ctx: Context):
     if link and link[1].get("project_id") == project["id"]:
         project["folder"] = str(link[0])
     return Result(project)
+
+
+SETTINGS = (  # option dest, API field, type
+    ("target", "default_target", str), ("time_limit", "time_limit_s", int), ("memory_mb", "memory_mb", int),
+    ("cpus", "cpus", float), ("network", "allow_network", str), ("outputs_max_mb", "outputs_max_mb", int),
+)
+SETTINGS_COLUMNS = columns(("Name", "name"), ("Target", "default_target"), ("Time limit s", "time_limit_s"),
+                           ("Memory MiB", "memory_mb"), ("CPUs", "cpus"), ("Network", "allow_network"),
+                           ("Outputs cap MiB", "outputs_cap_mb"))
+
+
+def project_settings(ctx: Context):
+    """Shows the project's run settings, or changes those given (the Settings tab of its page)."""
+    ref = ctx.name or ctx.project_ref()
+    values = {}
+    for option, field, kind in SETTINGS:
+        raw = ctx.arg(option)
+        if raw is None:
+            continue
+        if field == "allow_network":
+            values[field] = raw == "on"
+            continue
+        try:
+            values[field] = kind(raw)
+        except ValueError:
+            flag = "--" + option.replace("_", "-")
+            raise CliError(f"{flag} takes a {'number' if kind is float else 'whole number'}, not {raw!r}") from None
+    project = ctx.client.patch(f"projects/{ref}/", json=values) if values else ctx.client.get(f"projects/{ref}/")
+    if values:
+        ctx.progress(f"Saved {', '.join(sorted(values))} of project {project['name']}.")
+    return Result(project, SETTINGS_COLUMNS)
 
 
 def upload_folder(ctx: Context, *, project: str, root: Path, replace: bool = True) -> dict:
@@ -237,6 +268,20 @@ def register(subparsers) -> None:
     parser = add_command(project, "show", help="Show a project, its settings and files (default: the linked one).",
                          example="mlportal project show\nmlportal project show churn_prediction -o json", func=project_show)
     add_name(parser, what="project name or id", required=False)
+
+    parser = add_command(project, "settings", help="Show or change a project's run settings: target, limits, network, "
+                                                   "outputs cap (default: the linked project).",
+                         example="mlportal project settings --outputs-max-mb 512\n"
+                                 "mlportal project settings churn_prediction --time-limit 600 --network off",
+                         func=project_settings)
+    add_name(parser, what="project name or id", required=False)
+    parser.add_argument("--target", choices=("docker", "local"), help="the default compute target of its runs")
+    parser.add_argument("--time-limit", dest="time_limit", metavar="SECONDS", help="a run's time limit")
+    parser.add_argument("--memory-mb", dest="memory_mb", metavar="MIB", help="a run's memory limit")
+    parser.add_argument("--cpus", metavar="N", help="a run's CPU limit")
+    parser.add_argument("--network", choices=("on", "off"), help="whether docker runs may use the network")
+    parser.add_argument("--outputs-max-mb", dest="outputs_max_mb", metavar="MIB",
+                        help="cap on the outputs/ a run keeps, at most the portal's maximum (a run over it fails)")
 
     experiment = add_group(subparsers, "experiment", help="Run scripts of the project: prepare the Docker "
                                                           "environment, submit runs.")

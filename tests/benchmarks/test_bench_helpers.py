@@ -51,10 +51,12 @@ def test_lua_string_keeps_any_text_intact(text):
 class _EchoHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     bodies: list[bytes] = []
+    keys: list[str | None] = []
 
     def do_POST(self):  # noqa: N802 - the handler API's name
         body = self.rfile.read(int(self.headers["Content-Length"]))
         _EchoHandler.bodies.append(body)
+        _EchoHandler.keys.append(self.headers.get("Authorization"))
         answer = b'{"ok": true}'
         self.send_response(200 if self.headers["Content-Type"] == "application/json" else 415)
         self.send_header("Content-Length", str(len(answer)))
@@ -123,3 +125,25 @@ def test_image_tag_follows_the_app_files(tmp_path):
 
     assert first.startswith("mlportal-bench-x:")
     assert common.image_tag("mlportal-bench-x", tmp_path) != first
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+def test_wrk_script_sends_the_headers_it_is_given():
+    """Seen in the gateway benchmark: a script with headers (the portal's service key) did not
+    load in wrk (``wrk.headers[[[Authorization]]]`` is a Lua syntax error), so wrk sent plain
+    GETs without the key and every answer was a non-2xx."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _EchoHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _EchoHandler.keys.clear()
+    body = b'{"data": [1]}'
+    try:
+        figures = common.run_wrk(url=f"http://127.0.0.1:{server.server_port}/score",
+                                 script=common.wrk_script(body, {"Authorization": "Bearer k]]ey"}),
+                                 connections=1, seconds=1, cpu=None)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert figures["requests"] > 0 and figures["non2xx"] == 0
+    assert _EchoHandler.keys and set(_EchoHandler.keys) == {"Bearer k]]ey"}

@@ -77,15 +77,34 @@ def test_tmp_is_a_sized_tmpfs_and_writing_past_it_fails_inside_the_run(tmp_path,
     assert f"errno {errno.ENOSPC}" in recorder.text and "wrote it all" not in recorder.text
 
 
-def test_a_run_that_writes_past_its_scratch_bound_is_stopped_with_the_bound_named(tmp_path, recorder, small_env):
-    script = ("import time\nf = open('scratch.bin', 'wb')\n"
-              "for i in range(600):\n    f.write(b'x' * (1024 * 1024)); f.flush()\n    time.sleep(0.02)\n"
-              "print('wrote 600 MiB')\n")
+def test_one_file_written_as_fast_as_it_can_never_grows_past_the_scratch_bound(tmp_path, recorder, small_env):
+    # Before, the layer was only polled every 2 s: a fast writer put gigabytes on the host's disk
+    # between two polls. The kernel now refuses the write that would pass the bound (RLIMIT_FSIZE;
+    # the engine's own layer limit where it has one), so the host never holds more of it.
+    script = ("import os\nf = open('scratch.bin', 'wb', buffering=0)\nblock = b'x' * (1024 * 1024)\n"
+              "try:\n    for i in range(2048):\n        f.write(block)\n    print('wrote 2 GiB')\n"
+              "except OSError as exc:\n    print('stopped at', f.tell(), 'errno', exc.errno, flush=True)\n    raise\n")
     started = time.monotonic()
     result, _ = run(tmp_path, recorder, script, run_id="scratch", scratch_max_bytes=64 * MIB)
     assert result.status == "failed"
     assert result.reason.startswith("wrote more than its scratch space of 64 MiB")
-    assert "wrote 600 MiB" not in recorder.text
+    assert "wrote 2 GiB" not in recorder.text
+    stopped = [line for line in recorder.text if line.startswith("stopped at")]
+    assert stopped == [f"stopped at {64 * MIB} errno {errno.EFBIG}"]
+    assert time.monotonic() - started < 60
+
+
+def test_many_files_past_the_scratch_bound_are_stopped_by_the_poll(tmp_path, recorder, small_env):
+    # Each file stays under the bound, their sum does not: the layer's size, checked every second.
+    script = ("import time\n"
+              "for i in range(100):\n    open(f'part{i}.bin', 'wb').write(b'x' * (4 * 1024 * 1024))\n"
+              "    time.sleep(0.1)\n"
+              "print('wrote 400 MiB')\n")
+    started = time.monotonic()
+    result, _ = run(tmp_path, recorder, script, run_id="scratchpoll", scratch_max_bytes=64 * MIB)
+    assert result.status == "failed"
+    assert result.reason.startswith("wrote more than its scratch space of 64 MiB")
+    assert "wrote 400 MiB" not in recorder.text
     assert time.monotonic() - started < 60
 
 

@@ -207,3 +207,16 @@ def test_the_service_page_links_the_download(page_client, owner, service):
     download = page_client(owner).get(href)  # the page's session is enough
     assert download.status_code == 200 and download["Content-Disposition"].startswith("attachment;")
     validate_all([doc for doc in yaml.safe_load_all(download.content.decode()) if doc])
+
+
+def test_the_hpa_reacts_as_fast_as_the_services_refresh_and_stable_window_say():
+    autoscale = {"min_replicas": 1, "max_replicas": 4, "target_utilization": 60, "refresh_seconds": 2, "stable_seconds": 30}
+    text = kubernetes.to_yaml(plain(autoscale=autoscale))
+    objects = [doc for doc in yaml.safe_load_all(text) if doc]
+    validate_all(objects)
+    behavior = by_kind(objects)["HorizontalPodAutoscaler"]["spec"]["behavior"]
+    assert behavior["scaleDown"] == {"stabilizationWindowSeconds": 30}
+    assert behavior["scaleUp"]["stabilizationWindowSeconds"] == 0
+    assert behavior["scaleUp"]["policies"] == [{"type": "Percent", "value": 100, "periodSeconds": 2}]
+    assert "refresh 2 s, scale-down window 30 s" in text
+    assert "behavior" not in by_kind(kubernetes.manifests(plain()))["HorizontalPodAutoscaler"]["spec"]

@@ -1,14 +1,18 @@
 """The gateway's choices, in one process: least outstanding over usable replicas, the revision a
-request goes to, and the per-service limiter."""
+request goes to, and the per-service limiter (its slots shared between processes)."""
 from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
 from gateway.balancing import Balancer, Full, Limiter, choose_revision, mirrored
-from gateway.table import Replica, Revision, Route, Table, key_digest, per_worker
+from gateway.slots import QUEUE_BASE, SlotFolder
+from gateway.table import Replica, Revision, Route, Table, key_digest
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _replica(n: int) -> Replica:
@@ -65,28 +69,94 @@ def test_keys_are_matched_by_digest_in_every_candidate():
     assert table.find("svc", "k1") is route and table.find("svc", "k2") is route
     assert table.find("svc", "k3") is None and table.find("other", "k1") is None
     assert table.find("00000000-0000-0000-0000-000000000001", "k1") is route
-    assert per_worker(5, 2) == 3 and per_worker(1, 4) == 1
 
 
-def test_the_limiter_queues_up_to_its_bound_then_refuses_and_hands_slots_on_in_order():
+@pytest.mark.parametrize("shared", [False, True], ids=["this-process", "shared-slots"])
+def test_the_limiter_queues_up_to_its_bound_then_refuses_and_hands_slots_on_in_order(shared, tmp_path):
+    slots = SlotFolder(tmp_path).for_service("s") if shared else None
+
     async def scenario():
-        limiter = Limiter()
-        await limiter.acquire(2, 1, 1.0)
-        await limiter.acquire(2, 1, 1.0)
+        limiter = Limiter(slots)
+        first = await limiter.acquire(2, 1, 1.0)
+        second = await limiter.acquire(2, 1, 1.0)
         waiter = asyncio.create_task(limiter.acquire(2, 1, 5.0))
         await asyncio.sleep(0)
         assert len(limiter.waiting) == 1
         with pytest.raises(Full):
             await limiter.acquire(2, 1, 1.0)
-        limiter.release()
-        await waiter  # got the slot released above
+        limiter.release(first)
+        third = await waiter  # got the slot released above
         assert limiter.active == 2 and not limiter.waiting
         with pytest.raises(asyncio.TimeoutError):
             await limiter.acquire(2, 1, 0.05)
         assert not limiter.waiting and limiter.active == 2
-        limiter.release(), limiter.release()
+        limiter.release(second), limiter.release(third)
         assert limiter.active == 0
+        if shared:
+            assert slots.holders(0, 2) == 0 and slots.holders(QUEUE_BASE, 1) == 0
 
     # A thread of its own: the session's Playwright keeps an event loop running in this one.
     with ThreadPoolExecutor(max_workers=1) as pool:
         pool.submit(asyncio.run, scenario()).result()
+
+
+HOLDER = """
+import sys, time
+from gateway.slots import QUEUE_BASE, SlotFolder
+slots = SlotFolder(sys.argv[1]).for_service("svc")
+taken = [slots.take(0, 3), slots.take(0, 3), slots.take(QUEUE_BASE, 1)]
+print(taken, flush=True)
+time.sleep(60)
+"""
+
+
+def test_the_slots_hold_across_processes_and_a_dead_process_leaves_none_taken(tmp_path):
+    """What two uvicorn workers see: the limit is the service's, not each process's."""
+    import subprocess
+    import sys
+
+    from tests.helpers import wait_until
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert holder.stdout.readline().strip() == f"[0, 1, {QUEUE_BASE}]"
+        slots = SlotFolder(tmp_path).for_service("svc")
+        assert slots.holders(0, 3) == 2 and slots.holders(QUEUE_BASE, 1) == 1
+
+        async def scenario():
+            limiter = Limiter(slots)
+            mine = limiter.try_acquire(3)
+            assert mine == 2 and limiter.try_acquire(3) is None  # three at once over both processes
+            with pytest.raises(Full):  # the queue's one place is the other process's
+                await limiter.acquire(3, 1, 1.0)
+            limiter.release(mine)
+            assert slots.holders(0, 3) == 2
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pool.submit(asyncio.run, scenario()).result()
+    finally:
+        holder.kill()
+        holder.wait()
+    wait_until(lambda: slots.holders(0, 3) == 0 and slots.holders(QUEUE_BASE, 1) == 0, timeout=5)
+
+
+def test_a_waiter_gets_the_slot_another_process_gives_back(tmp_path):
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER.replace("time.sleep(60)", "time.sleep(0.5)"), str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert holder.stdout.readline().strip() == f"[0, 1, {QUEUE_BASE}]"
+        slots = SlotFolder(tmp_path).for_service("svc")
+
+        async def scenario():
+            limiter = Limiter(slots)
+            assert limiter.try_acquire(2) is None  # both slots are the other process's
+            return await limiter.acquire(2, 2, 10.0)  # queued here until it exits and its locks go
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            assert pool.submit(asyncio.run, scenario()).result() in (0, 1)
+    finally:
+        holder.kill()
+        holder.wait()

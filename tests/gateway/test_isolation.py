@@ -112,3 +112,38 @@ def test_a_saturated_sleeping_service_does_not_slow_another_service_or_the_login
     assert max(churn_during) < 1.0, churn_during
     assert statistics.median(login_during) < statistics.median(login_before) + 2 * slack, (login_before, login_during)
     assert max(login_during) < 2.0, login_during
+
+
+def test_a_services_limits_hold_across_the_web_servers_worker_processes(
+        deploy_worker, transactional_db, owner_api, create_realtime, tmp_path):
+    """Two uvicorn workers used to count a service's limits each on their own (each took half,
+    rounded up): concurrency 2 and queue 1 let up to 4 requests in. The slots are shared now, so
+    exactly 2 run and 1 waits, however the workers split the callers."""
+    from django.db import connection
+
+    from tests.gateway.conftest import start_server, stop_server
+
+    assert create_realtime(owner_api, "sleepy", score=SLEEPY_SCORE).status_code == 201
+    assert wait_for(owner_api, "sleepy", ("healthy", "failed"))["status"] == "healthy"
+    key = owner_api.get("/api/v1/services/sleepy/keys/").json()["primary"]
+    assert owner_api.post("/api/v1/services/sleepy/limits/", {"concurrency": 2, "queue": 1}, format="json").status_code == 200
+    server = start_server(dict(connection.settings_dict), tmp_path / "two-workers.log", workers=2)
+    try:
+        for _ in range(2):  # both workers have read the table with the new limits
+            assert server.score("sleepy", SAMPLE_REQUEST, key, timeout=30)[0] == 200
+        answers: list = []
+        gate = threading.Barrier(12)
+
+        def call():
+            gate.wait()
+            status, headers, _ = server.score("sleepy", SAMPLE_REQUEST, key, timeout=60)
+            answers.append((status, headers.get("retry-after")))
+
+        callers = [threading.Thread(target=call) for _ in range(12)]
+        for caller in callers:
+            caller.start()
+        for caller in callers:
+            caller.join()
+    finally:
+        stop_server(server)
+    assert sorted(answers) == [(200, None)] * 3 + [(503, "1")] * 9, answers

@@ -75,6 +75,30 @@ def test_the_worker_keeps_the_downsampled_series_until_more_points_arrive(owner,
 
 
 @pytest.mark.django_db
+def test_a_finished_runs_whole_answer_is_kept_gzipped_until_more_points_arrive(owner_api, owner, blank):
+    import gzip
+    import json
+
+    from runs.models import RunChartCache
+
+    run = _run_with_series(owner, blank, {"loss": 3_000, "acc": 20})
+    live = owner_api.get(f"/api/v1/runs/{run.id}/series/").json()  # active: computed, nothing kept
+    assert not RunChartCache.objects.filter(run=run).exists()
+    services.run_finish(run_id=run.id, status="completed", exit_code=0)
+    res = owner_api.get(f"/api/v1/runs/{run.id}/series/", HTTP_ACCEPT_ENCODING="gzip")
+    kept = RunChartCache.objects.get(run=run)
+    assert kept.key == "2:3020" and json.loads(gzip.decompress(kept.body)) == live
+    assert res["Content-Encoding"] == "gzip" and res.content == bytes(kept.body)
+    assert owner_api.get(f"/api/v1/runs/{run.id}/series/", HTTP_ACCEPT_ENCODING="gzip").content == bytes(kept.body)
+    assert owner_api.get(f"/api/v1/runs/{run.id}/series/").json() == live  # unpacked for a client without gzip
+    # An MLflow client may log after the end: the kept answer is stale then, and made again.
+    services.run_record_metrics(run_id=run.id, workspace_id=run.workspace_id,
+                                points=[{"name": "loss", "value": 2.0, "step": 3_000, "time": None}])
+    again = owner_api.get(f"/api/v1/runs/{run.id}/series/").json()["series"]["loss"]
+    assert again["steps"][-1] == 3_000 and RunChartCache.objects.get(run=run).key == "2:3021"
+
+
+@pytest.mark.django_db
 def test_outsiders_get_404_for_a_runs_series(outsider_api, owner, blank):
     run = _run_with_series(owner, blank, {"loss": 10})
     assert outsider_api.get(f"/api/v1/runs/{run.id}/series/").status_code == 404

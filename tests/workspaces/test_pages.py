@@ -26,6 +26,19 @@ def test_the_workspace_switcher_changes_the_current_workspace(page_client, owner
     assert client.get("/").context["current_workspace"].name == "team"
 
 
+@pytest.mark.parametrize("target", ["/\\evil.example", "//evil.example", "https://evil.example/", "/\\/evil.example",
+                                    "javascript:alert(1)", "\\\\evil.example"])
+def test_the_switcher_never_redirects_to_another_site(page_client, owner, workspace, target):
+    """Seen: next=/\\evil.com passed the old '/' check, and a browser reads it as //evil.com."""
+    response = page_client(owner).post("/workspaces/switch/", {"workspace": "team", "next": target})
+    assert response.status_code == 302 and response["Location"] == "/", response["Location"]
+
+
+def test_the_switcher_returns_to_the_page_it_was_on(page_client, owner, workspace):
+    response = page_client(owner).post("/workspaces/switch/", {"workspace": "team", "next": "/runs/?q=a"})
+    assert response["Location"] == "/runs/?q=a"
+
+
 def test_switching_to_a_foreign_workspace_changes_nothing(page_client, owner, workspace, outsider):
     client = page_client(owner)
     client.post("/workspaces/switch/", {"workspace": "elsewhere"})

@@ -1,0 +1,175 @@
+"""REST API: /api/v1/pipelines/ (create, list, show, change, delete, ``POST {ref}/run/``) and
+/api/v1/pipeline-runs/ (each retraining with its steps; ``POST {id}/cancel/``). Thin: parse, then
+one service call."""
+from __future__ import annotations
+
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.decorators import action
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.response import Response
+
+from pipelines import services
+from pipelines.models import Pipeline, PipelineRun, PipelineStep
+from workspaces.api_base import WorkspaceScopedMixin, WorkspaceScopedReadOnlyViewSet, workspace_from_request
+from workspaces.errors import PortalError
+from workspaces.models import Role
+from rest_framework import mixins, viewsets
+
+
+class StepSerializer(serializers.ModelSerializer):
+    duration_s = serializers.FloatField(read_only=True)
+
+    class Meta:
+        model = PipelineStep
+        fields = ["position", "name", "status", "started_at", "ended_at", "duration_s", "log", "links"]
+
+
+class PipelineRunSerializer(serializers.ModelSerializer):
+    pipeline = serializers.CharField(source="pipeline.name", read_only=True)
+    pipeline_id = serializers.UUIDField(read_only=True)
+    triggered_by = serializers.CharField(source="triggered_by.username", default=None)
+    run = serializers.SerializerMethodField()
+    model = serializers.CharField(source="model.ref", default=None)
+    served_model = serializers.CharField(source="served_model.ref", default=None)
+    manifest = serializers.CharField(source="manifest.ref", default=None)
+    image = serializers.CharField(source="image.ref", default=None)
+    duration_s = serializers.FloatField(read_only=True)
+    steps = serializers.SerializerMethodField()
+
+    class Meta:
+        model = PipelineRun
+        fields = ["id", "pipeline", "pipeline_id", "number", "status", "reason", "trigger", "trigger_detail", "triggered_by",
+                  "run", "run_id", "served_model", "model", "model_id", "manifest", "manifest_id", "image", "image_id",
+                  "revision", "created_at", "started_at", "ended_at", "duration_s", "steps"]
+        read_only_fields = fields
+
+    def get_run(self, obj) -> str | None:
+        return f"{obj.run.project.name} #{obj.run.number}" if obj.run_id and obj.run else None
+
+    def get_steps(self, obj) -> list[dict]:
+        return StepSerializer(obj.steps.order_by("position"), many=True).data
+
+
+class PipelineSerializer(serializers.ModelSerializer):
+    workspace = serializers.CharField(source="workspace.name", read_only=True)
+    project = serializers.CharField(source="project.name", read_only=True)
+    service = serializers.CharField(source="service.name", read_only=True)
+    created_by = serializers.CharField(source="created_by.username", read_only=True, default=None)
+    last_run = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Pipeline
+        fields = ["id", "workspace", "name", "description", "project", "project_id", "script", "args", "target",
+                  "output_path", "model_name", "service", "service_id", "gate", "mode", "when_busy", "rollout",
+                  "canary_weight", "canary_bake_seconds", "requirements_path", "enabled", "last_run", "created_by",
+                  "created_at", "updated_at"]
+        read_only_fields = fields
+
+    def get_last_run(self, obj) -> dict | None:
+        run = obj.runs.order_by("-number").first()
+        return None if run is None else {"id": str(run.pk), "number": run.number, "status": run.status,
+                                         "reason": run.reason, "created_at": run.created_at}
+
+
+PipelineWrite = inline_serializer("PipelineWrite", {
+    "name": serializers.CharField(), "project": serializers.CharField(), "script": serializers.CharField(),
+    "service": serializers.CharField(), "gate": serializers.CharField(required=False),
+    "output_path": serializers.CharField(required=False), "model_name": serializers.CharField(required=False),
+    "target": serializers.CharField(required=False), "args": serializers.ListField(required=False),
+    "mode": serializers.ChoiceField(Pipeline.Mode.values, required=False),
+    "when_busy": serializers.ChoiceField(Pipeline.WhenBusy.values, required=False),
+    "rollout": serializers.ChoiceField(Pipeline.Rollout.values, required=False),
+    "canary_weight": serializers.IntegerField(required=False), "canary_bake_seconds": serializers.IntegerField(required=False),
+    "requirements_path": serializers.CharField(required=False), "enabled": serializers.BooleanField(required=False),
+    "description": serializers.CharField(required=False), "workspace": serializers.CharField(required=False)})
+
+
+def _body(request) -> dict:
+    data = request.data.dict() if hasattr(request.data, "dict") else request.data
+    if not isinstance(data, dict):
+        raise PortalError("Send a JSON object with the pipeline's fields.")
+    return dict(data)
+
+
+class PipelineViewSet(WorkspaceScopedMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Retraining pipelines: POST creates one (project, script, service, gate …); PATCH changes it;
+    DELETE removes it (owner); ``POST {ref}/run/`` triggers a retraining ("Retrain now")."""
+
+    queryset = Pipeline.objects.select_related("workspace", "project", "service", "created_by")
+    serializer_class = PipelineSerializer
+    filterset_fields = ["name", "enabled", "mode"]
+    search_fields = ["name", "description", "script", "service__name", "project__name"]
+    ordering_fields = ["name", "created_at", "updated_at"]
+    ordering = ["name"]
+    parser_classes = [JSONParser, MultiPartParser, FormParser]
+
+    @extend_schema(request=PipelineWrite, responses={201: PipelineSerializer})
+    def create(self, request, *args, **kwargs):
+        workspace = workspace_from_request(request, role=Role.CONTRIBUTOR)
+        values = _body(request)
+        values.pop("workspace", None)
+        pipeline = services.pipeline_create(workspace=workspace, user=request.user, **values)
+        return Response(self.get_serializer(pipeline).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=PipelineWrite, responses=PipelineSerializer)
+    def partial_update(self, request, *args, **kwargs):
+        pipeline = services.pipeline_update(pipeline=self.get_object(), user=request.user, changes=_body(request))
+        return Response(self.get_serializer(pipeline).data)
+
+    def update(self, request, *args, **kwargs):
+        return self.partial_update(request, *args, **kwargs)
+
+    def destroy(self, request, *args, **kwargs):
+        services.pipeline_delete(pipeline=self.get_object(), user=request.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(request=None, responses={202: PipelineRunSerializer})
+    @action(detail=True, methods=["post"])
+    def run(self, request, **kwargs):
+        """Retrain now: a queued pipeline run (or a skipped one, saying why, when busy)."""
+        run = services.pipeline_trigger(pipeline=self.get_object(), user=request.user, detail="API")
+        return Response(PipelineRunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(responses=PipelineRunSerializer(many=True))
+    @action(detail=True, methods=["get"], url_path="runs")
+    def runs(self, request, **kwargs):
+        """The pipeline's runs, newest first (paginated)."""
+        pipeline = self.get_object()
+        page = self.paginate_queryset(pipeline.runs.select_related("pipeline", "run__project", "model", "manifest", "image",
+                                                                   "served_model", "triggered_by").order_by("-number"))
+        return self.get_paginated_response(PipelineRunSerializer(page, many=True).data)
+
+
+class PipelineRunViewSet(WorkspaceScopedReadOnlyViewSet):
+    """Pipeline runs with their steps (status, duration, log, links). ``?pipeline=<id or name>``."""
+
+    queryset = PipelineRun.objects.select_related("pipeline", "run__project", "model", "manifest", "image", "served_model",
+                                                  "triggered_by", "workspace")
+    serializer_class = PipelineRunSerializer
+    name_field = None
+    filterset_fields = ["status", "trigger"]
+    ordering_fields = ["created_at", "number"]
+    ordering = ["-created_at"]
+
+    def filter_queryset(self, queryset):
+        queryset = super().filter_queryset(queryset)
+        ref = self.request.query_params.get("pipeline")
+        if ref:
+            from workspaces.api_base import is_uuid
+
+            queryset = queryset.filter(**{"pipeline_id" if is_uuid(ref) else "pipeline__name": ref})
+        return queryset
+
+    @extend_schema(request=None, responses=PipelineRunSerializer)
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, **kwargs):
+        self.action_roles = {"cancel": Role.CONTRIBUTOR}
+        run = services.pipeline_run_cancel(pipeline_run=self.get_object(), user=request.user)
+        return Response(PipelineRunSerializer(run).data)
+
+
+ROUTES = [
+    ("pipelines", PipelineViewSet, "api-pipeline"),
+    ("pipeline-runs", PipelineRunViewSet, "api-pipeline-run"),
+]
