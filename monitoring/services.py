@@ -100,7 +100,7 @@ def drift_settings_update(*, service, value, user) -> DriftSettings:
         settings.project = _resolve_project(service, changes.pop("project")) if changes["project"] else None
     for name, field_value in changes.items():
         setattr(settings, name, field_value)
-    if settings.reference == DriftSettings.Reference.FILE and settings.project_id is None and "project" not in (value or {}):
+    if settings.reference == DriftSettings.Reference.FILE and settings.project_id is None:
         from runs.models import ProjectFile
 
         # The file may be named alone when exactly one project of the workspace has it.
