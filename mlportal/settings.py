@@ -66,6 +66,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "axes",
     "csp",
+    "django_celery_beat",
     "workspaces",
     "runs",
     "registry",
@@ -184,14 +185,33 @@ STORAGES = {
     "default": {"BACKEND": "workspaces.filestorage.PortalFileSystemStorage", "OPTIONS": {"location": MEDIA_ROOT}},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
-if env_str("MLPORTAL_STORAGE") == "s3":  # a team with workers on several hosts (needs django-storages[s3])
-    STORAGES["default"] = {
-        "BACKEND": "storages.backends.s3.S3Storage",
-        "OPTIONS": {
-            "bucket_name": env_str("MLPORTAL_S3_BUCKET"),
-            "endpoint_url": env_str("MLPORTAL_S3_ENDPOINT_URL") or None,
-        },
+# Captured model data (monitoring/): Parquet partitions in a storage of their own (a folder beside
+# the files, or a prefix of the same bucket).
+STORAGES["capture"] = {"BACKEND": "workspaces.filestorage.PortalFileSystemStorage",
+                       "OPTIONS": {"location": DATA_DIR / "capture"}}
+# Where every stored file lives: one folder under the data folder (the default), or an S3-compatible
+# bucket (django-storages), which a team with workers on several hosts needs: each worker then reads
+# and writes the same files, and no host keeps one the others cannot see (README "Workers on several
+# hosts"). Credentials come from boto3's usual places (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY...).
+MLPORTAL_STORAGE = env_choice("MLPORTAL_STORAGE", "filesystem", {"filesystem", "s3"})
+if MLPORTAL_STORAGE == "s3":
+    _bucket = env_str("MLPORTAL_S3_BUCKET")
+    if not _bucket:
+        raise ImproperlyConfigured("MLPORTAL_STORAGE=s3 needs MLPORTAL_S3_BUCKET (the name of an existing bucket)")
+    _prefix = env_str("MLPORTAL_S3_PREFIX").strip("/")
+    _s3 = {
+        "bucket_name": _bucket,
+        "endpoint_url": env_str("MLPORTAL_S3_ENDPOINT_URL") or None,  # empty: AWS itself
+        "region_name": env_str("MLPORTAL_S3_REGION") or None,
+        # Path style works with every S3-compatible server (MinIO, Ceph, moto) and with AWS.
+        "addressing_style": env_choice("MLPORTAL_S3_ADDRESSING_STYLE", "path", {"path", "virtual", "auto"}),
+        "default_acl": None,  # private objects; the portal streams every download itself
+        "querystring_auth": True,
     }
+    STORAGES["default"] = {"BACKEND": "workspaces.s3storage.PortalS3Storage",
+                           "OPTIONS": {**_s3, "location": _prefix}}
+    STORAGES["capture"] = {"BACKEND": "workspaces.s3storage.PortalS3Storage",
+                           "OPTIONS": {**_s3, "location": f"{_prefix}/capture".lstrip("/")}}
 
 # Request size caps: JSON/form bodies and file uploads (413 beyond them, see workspaces.middleware).
 MLPORTAL_MAX_BODY_BYTES = env_int("MLPORTAL_MAX_BODY_BYTES", 2 * 1024 * 1024, minimum=1024)
@@ -199,6 +219,8 @@ MLPORTAL_MAX_UPLOAD_BYTES = env_int("MLPORTAL_MAX_UPLOAD_BYTES", 512 * 1024 * 10
 DATA_UPLOAD_MAX_MEMORY_SIZE = MLPORTAL_MAX_BODY_BYTES
 # Seconds a scoring request may run inside a service container before it answers 504 (0: no limit).
 MLPORTAL_SCORING_TIMEOUT_SECONDS = env_float("MLPORTAL_SCORING_TIMEOUT_SECONDS", 60.0, minimum=0)
+# The most a service's own request time limit may be (Service.request_timeout_s).
+MLPORTAL_SCORING_TIMEOUT_MAX_SECONDS = env_float("MLPORTAL_SCORING_TIMEOUT_MAX_SECONDS", 600.0, minimum=1)
 # JSON bodies nested deeper than this answer 400 (see workspaces.middleware.JsonDepthMiddleware).
 MLPORTAL_MAX_JSON_DEPTH = env_int("MLPORTAL_MAX_JSON_DEPTH", 64, minimum=8)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
@@ -318,6 +340,7 @@ CELERY_TASK_ROUTES = {
     "runs.tasks.prepare_run_charts": {"queue": "celery"},
     "registry.tasks.requeue_lost_builds": {"queue": "celery"},
     "retention.tasks.apply_retention": {"queue": "celery"},
+    "retention.tasks.remove_images_of_deleted_service": {"queue": "celery"},
     "monitoring.tasks.collect_capture": {"queue": "celery"},
     "monitoring.tasks.compute_drift": {"queue": "celery"},
 }
@@ -345,6 +368,9 @@ CELERY_BEAT_SCHEDULE = {
     "apply-retention": {"task": "retention.tasks.apply_retention", "schedule": crontab(hour=3, minute=17)},
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
+# The beat reads its schedule from the database (django-celery-beat), so pipelines' schedules set
+# in the portal take effect without a restart; the entries above are written there at its start.
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
 # --- REST API -------------------------------------------------------------------------------

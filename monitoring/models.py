@@ -1,6 +1,7 @@
 """Model data collection (issue 16): a service's capture switch, and what the worker stored.
 
-Rows themselves live in Parquet files under ``MLPORTAL_DATA_DIR/capture/<service id>/
+Rows themselves live in Parquet files in the ``capture`` storage (``MLPORTAL_DATA_DIR/capture/``, or the
+``capture/`` prefix of the S3 bucket), under ``<service id>/
 model_version=<v>/day=<YYYY-MM-DD>/``; the database holds the switch, one row per stored file
 (``CaptureFile``) and one per stored request id (``CapturedRow``, the de-duplication index).
 """

@@ -7,7 +7,7 @@ import json
 from django.utils import timezone
 
 from .models import Capture, CaptureFile, DriftReport, DriftSettings, GroundTruth
-from .worker import capture_root
+from .worker import capture_storage
 
 LATEST_ROWS = 20
 
@@ -18,11 +18,14 @@ def _files(service, since: dt.datetime | None, until: dt.datetime | None):
         files = files.filter(day__gte=since.astimezone(dt.timezone.utc).date())
     if until is not None:
         files = files.filter(day__lte=until.astimezone(dt.timezone.utc).date())
-    root = capture_root()
+    storage = capture_storage()
     for record in files.order_by("day", "created_at"):
-        path = root / record.path
-        if path.exists():
-            yield path
+        try:
+            with storage.open(record.path, "rb") as handle:
+                data = handle.read()
+        except FileNotFoundError:
+            continue  # recorded but not renamed yet: the next collection round finishes it
+        yield data
 
 
 def captured_table(service, *, since: dt.datetime | None = None, until: dt.datetime | None = None, columns: list[str] | None = None):
@@ -33,8 +36,8 @@ def captured_table(service, *, since: dt.datetime | None = None, until: dt.datet
     import pyarrow.parquet as pq
 
     tables = []
-    for path in _files(service, since, until):
-        table = pq.read_table(path)
+    for data in _files(service, since, until):
+        table = pq.read_table(pa.BufferReader(data))
         if columns is not None:
             table = table.select([c for c in columns if c in table.column_names])
         if since is not None:

@@ -5,23 +5,30 @@ which happens after they are committed here; the request ids stored are indexed 
 rows answered again (the worker died between store and acknowledgement) are skipped. A file is
 written under a temporary name first, recorded in the same transaction as its request ids, then
 renamed; ``recover()`` finishes a rename the worker died before and deletes files whose
-transaction never committed. One collector at a time (a file lock in the data folder).
+transaction never committed. Files go through the ``capture`` storage (a folder under the data folder,
+or a prefix of the portal's S3 bucket when workers run on several hosts: there a "rename" is a copy
+then a delete). One collector at a time across every host (a PostgreSQL advisory lock; on SQLite,
+which serves one host, a file lock in the data folder).
 """
 from __future__ import annotations
 
 import datetime as dt
 import fcntl
+import io
 import json
 import logging
 import os
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from urllib import error as urlerror
 from urllib import request as urlrequest
 
 from celery import shared_task
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.core.files.base import ContentFile
+from django.core.files.storage import storages
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from .models import Capture, CapturedRow, CaptureFile
@@ -34,8 +41,51 @@ MAX_BATCHES = 50  # per replica per round; the rest waits for the next round
 TIMEOUT = 10.0
 
 
+# pg_advisory_lock key of the collector ("mlpcaptr" as a big-endian integer).
+LOCK_KEY = int.from_bytes(b"mlpcaptr", "big") - 2**63
+
+
+def capture_storage():
+    """Where the Parquet files live (settings.STORAGES["capture"]); names are relative to it."""
+    return storages["capture"]
+
+
 def capture_root() -> Path:
-    return Path(settings.DATA_DIR) / "capture"
+    """The capture folder on this host, when the capture storage is a folder (the default)."""
+    return Path(capture_storage().location)
+
+
+def _is_folder(storage) -> bool:
+    try:
+        storage.path("")
+    except NotImplementedError:
+        return False
+    return True
+
+
+def _finish(storage, temp: str, final: str) -> None:
+    """Moves a committed file from its temporary name to its final one (idempotent)."""
+    if _is_folder(storage):
+        os.replace(storage.path(temp), storage.path(final))
+        return
+    if not storage.exists(final):  # a copy that a dead worker had made is kept, not copied again
+        with storage.open(temp, "rb") as handle:
+            stored = storage.save(final, handle)
+        if stored != final:  # never: names are new uuids
+            raise RuntimeError(f"capture file {final} was stored as {stored}")
+    storage.delete(temp)
+
+
+def _walk(storage, folder: str = ""):
+    """Every file name under ``folder`` of ``storage`` (a folder or a bucket prefix)."""
+    try:
+        folders, files = storage.listdir(folder)
+    except FileNotFoundError:
+        return
+    for name in files:
+        yield f"{folder}/{name}" if folder else name
+    for sub in folders:
+        yield from _walk(storage, f"{folder}/{sub}" if folder else sub)
 
 
 class PullError(Exception):
@@ -155,17 +205,19 @@ def store(service, rows: list[dict], *, after_write=None) -> int:
     groups: dict[tuple[str, dt.date], list[dict]] = {}
     for row in fresh:
         groups.setdefault((row["model_version"], row["time"].date()), []).append(row)
-    root = capture_root()
+    storage = capture_storage()
     written: list[tuple[dict, list[dict]]] = []
     try:
         for (version, day), group in groups.items():
             folder = _partition(service.pk, version, day)
-            (root / folder).mkdir(parents=True, exist_ok=True)
             name = uuid.uuid4().hex
             temp, final = f"{folder}/.part-{name}.parquet.tmp", f"{folder}/part-{name}.parquet"
-            pq.write_table(_table(group), root / temp)
-            with open(root / temp, "rb") as handle:
-                os.fsync(handle.fileno())
+            buffer = io.BytesIO()
+            pq.write_table(_table(group), buffer)
+            temp = storage.save(temp, ContentFile(buffer.getvalue()))
+            if _is_folder(storage):
+                with open(storage.path(temp), "rb") as handle:
+                    os.fsync(handle.fileno())
             written.append(({"model_version": version, "day": day, "path": final, "temp": temp}, group))
         if after_write is not None:
             after_write()  # tests: die between writing and recording
@@ -176,25 +228,52 @@ def store(service, rows: list[dict], *, after_write=None) -> int:
                     [CapturedRow(service=service, request_id=str(r["request_id"]), file=record) for r in group])
     except BaseException:
         for fields, _ in written:
-            (root / fields["temp"]).unlink(missing_ok=True)
+            try:
+                storage.delete(fields["temp"])
+            except OSError as exc:
+                log.warning("capture: could not remove %s: %s", fields["temp"], exc)
         raise
     for fields, _ in written:
-        os.replace(root / fields["temp"], root / fields["path"])
+        _finish(storage, fields["temp"], fields["path"])
     return len(fresh)
 
 
 def recover() -> None:
     """Finish renames of committed files; delete temp files whose transaction never committed."""
-    root = capture_root()
-    if not root.is_dir():
-        return
-    for temp in root.rglob(".part-*.parquet.tmp"):
-        relative = temp.relative_to(root).as_posix()
-        record = CaptureFile.objects.filter(temp=relative).first()
+    storage = capture_storage()
+    for name in list(_walk(storage)):
+        base = name.rsplit("/", 1)[-1]
+        if not (base.startswith(".part-") and base.endswith(".parquet.tmp")):
+            continue
+        record = CaptureFile.objects.filter(temp=name).first()
         if record is not None:
-            os.replace(temp, root / record.path)
+            _finish(storage, name, record.path)
         else:
-            temp.unlink(missing_ok=True)
+            storage.delete(name)
+
+
+@contextmanager
+def _one_collector():
+    """Yields True when this process is the only collector now (on any host), else False."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_lock(%s)", [LOCK_KEY])
+            got = cursor.fetchone()[0]
+        try:
+            yield got
+        finally:
+            if got:
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_unlock(%s)", [LOCK_KEY])
+        return
+    lock_path = Path(settings.DATA_DIR) / "capture.lock"
+    with open(lock_path, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
 
 
 def collect_replica(service, replica, settings_now: dict) -> tuple[int, int | None]:
@@ -219,12 +298,8 @@ def collect_all() -> int:
     """One round over every serving service's replicas; returns the rows stored."""
     from deployments.models import Service
 
-    root = capture_root()
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    with _one_collector() as alone:
+        if not alone:
             return 0  # another collector is at it
         recover()
         total = 0
@@ -361,17 +436,20 @@ def apply_capture_retention(*, workspace_id, keep_days: int | None, today: dt.da
     if not keep_days:
         return 0
     cutoff = (today or timezone.now().date()) - dt.timedelta(days=keep_days)
-    root = capture_root()
+    storage = capture_storage()
     deleted = 0
     old = CaptureFile.objects.filter(service__workspace_id=workspace_id, day__lt=cutoff)
     for record in list(old):
         with transaction.atomic():
             CaptureFile.objects.filter(pk=record.pk).delete()  # its CapturedRows go with it
-        (root / record.path).unlink(missing_ok=True)
-        deleted += record.rows
-        folder = (root / record.path).parent
         try:
-            folder.rmdir()  # the day's folder, once empty
-        except OSError:
-            pass
+            storage.delete(record.path)
+        except OSError as exc:  # the row is gone, so the file is only space: say so and go on
+            log.warning("capture retention: could not delete %s: %s", record.path, exc)
+        deleted += record.rows
+        if _is_folder(storage):
+            try:
+                os.rmdir(os.path.dirname(storage.path(record.path)))  # the day's folder, once empty
+            except OSError:
+                pass
     return deleted

@@ -21,7 +21,8 @@ def test_the_data_tab_shows_rows_drift_and_ground_truth(owner, workspace, live_s
     from runs.models import ProjectFile
     from runs.services import project_create
 
-    settings.DATA_DIR = tmp_path / "data"
+    settings.STORAGES = {**settings.STORAGES, "capture": {
+        "BACKEND": "workspaces.filestorage.PortalFileSystemStorage", "OPTIONS": {"location": tmp_path / "capture"}}}
     environment = Environment.objects.create(workspace=workspace, name="local")
     manifest = Manifest.objects.create(workspace=workspace, name="churn", version=1, content_hash="0" * 64)
     image = Image.objects.create(workspace=workspace, name="churn", version=1, manifest=manifest, tag="t:1", status="succeeded")

@@ -23,8 +23,11 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def capture_dir(settings, tmp_path):
-    settings.DATA_DIR = tmp_path / "data"
-    return settings.DATA_DIR / "capture"
+    """A capture storage of the test's own (so a test sees exactly the files it made)."""
+    folder = tmp_path / "capture"
+    settings.STORAGES = {**settings.STORAGES, "capture": {
+        "BACKEND": "workspaces.filestorage.PortalFileSystemStorage", "OPTIONS": {"location": folder}}}
+    return folder
 
 
 @pytest.fixture
