@@ -70,6 +70,24 @@ class Puller(threading.Thread):
             self.drain()
 
 
+def report(figures: dict[str, dict[int, dict]], connections: list[int], *, captured: int, expected: int, dropped: int) -> list[str]:
+    """The lines the benchmark ends with: rows pulled, figures per connection count, one ratio line
+    each (capture over off), and whether the goal was met."""
+    lines = [f"rows captured and pulled: {captured} of {expected} requests at 100 % (dropped by the spool: {dropped})"]
+    for c in connections:
+        off, on = figures["off"][c], figures["capture"][c]
+        lines.append(f"c={c}: capture off {off['rps']:.0f} req/s (p50 {off['p50']:.2f} ms, p99 {off['p99']:.2f} ms); "
+                     f"capture both 100 % {on['rps']:.0f} req/s (p50 {on['p50']:.2f} ms, p99 {on['p99']:.2f} ms)")
+    ok = True
+    for c in connections:
+        value = common.ratio(figures["capture"][c]["rps"], figures["off"][c]["rps"])
+        ok &= value >= GOAL
+        lines.append(common.ratio_line(f"capture c={c}", throughput_ratio=value,
+                                       p50_ratio=common.ratio(figures["capture"][c]["p50"], figures["off"][c]["p50"])))
+    lines.append(f"goal throughput_ratio >= {GOAL}: {'met' if ok else 'missed'}")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0)
@@ -127,18 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             common.remove_image(tag)
     common.log(f"load average after: {common.loadavg()}")
     expected = sum(figures["capture"][c]["requests"] for c in connections)
-    print(f"rows captured and pulled: {captured} of {expected} requests at 100 % (dropped by the spool: {dropped})")
-    for c in connections:
-        off, on = figures["off"][c], figures["capture"][c]
-        print(f"c={c}: capture off {off['rps']:.0f} req/s (p50 {off['p50']:.2f} ms, p99 {off['p99']:.2f} ms); "
-              f"capture both 100 % {on['rps']:.0f} req/s (p50 {on['p50']:.2f} ms, p99 {on['p99']:.2f} ms)")
-    ok = True
-    for c in connections:
-        value = common.ratio(figures["capture"][c]["rps"], figures["off"][c]["rps"])
-        ok &= value >= GOAL
-        print(common.ratio_line(f"capture c={c}", throughput_ratio=value,
-                                p50_ratio=common.ratio(figures["capture"][c]["p50"], figures["off"][c]["p50"])))
-    print(f"goal throughput_ratio >= {GOAL}: {'met' if ok else 'missed'}")
+    for line in report(figures, connections, captured=captured, expected=expected, dropped=dropped):
+        print(line)
     if args.json:
         common.dump(args.json, {"figures": figures, "captured": captured, "expected": expected, "dropped": dropped})
     return 0
