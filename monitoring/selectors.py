@@ -49,7 +49,8 @@ def captured_table(service, *, since: dt.datetime | None = None, until: dt.datet
     if not tables:
         return None
     table = pa.concat_tables(tables, promote_options="permissive")
-    return table.sort_by([("time", "ascending"), ("request_id", "ascending")])
+    # Arrow's sort is stable: rows of one time (the records of a batch) keep their stored order.
+    return table.sort_by([("time", "ascending")])
 
 
 def captured_rows(service, *, since: dt.datetime | None = None, until: dt.datetime | None = None, limit: int | None = None) -> list[dict]:
