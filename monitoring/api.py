@@ -21,7 +21,7 @@ from rest_framework import status
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from workspaces.errors import PortalError
+from core.errors import PortalError
 
 from . import selectors, services
 from .checks import check_moment, check_range, parse_ground_truth_csv, parse_ground_truth_json
