@@ -4,7 +4,7 @@ import hmac
 
 from django.conf import settings
 
-from workspaces.errors import PortalError
+from core.errors import PortalError
 
 from .checks import check_capture, check_drift_settings, check_range
 from .models import Capture, DriftSettings
@@ -56,7 +56,7 @@ def container_env(service) -> dict[str, str]:
 
 def _resolve_project(service, ref: str):
     from runs.models import Project
-    from workspaces.api_base import is_uuid
+    from core.api_base import is_uuid
 
     projects = Project.objects.filter(workspace_id=service.workspace_id)
     project = (projects.filter(pk=ref).first() if is_uuid(ref) else None) or projects.filter(name=ref).first()

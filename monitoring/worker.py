@@ -340,10 +340,10 @@ def _reference_frame(service, settings):
 
     if settings.reference == "file":
         from runs.models import ProjectFile
-        from runs.services import open_blob
+        from core.storage import open_file
 
         row = ProjectFile.objects.get(project_id=settings.project_id, path=settings.path)
-        with open_blob(row.storage_name) as handle:
+        with open_file(row.storage_name) as handle:
             if settings.path.lower().endswith(".parquet"):
                 frame = pd.read_parquet(handle)
             else:
@@ -359,7 +359,7 @@ def compute_drift(*, service, settings, trigger: str, actor=None, since=None, un
     """Computes, stores and returns a DriftReport of the current capture against the reference.
     Raises PortalError when there is nothing to compare (no current rows, no common feature)."""
     from deployments.models import ServiceEvent
-    from workspaces.errors import PortalError
+    from core.errors import PortalError
     from workspaces.services import activity_record
 
     from . import drift
@@ -409,7 +409,7 @@ def compute_drift(*, service, settings, trigger: str, actor=None, since=None, un
 def compute_scheduled_drift() -> int:
     """The hourly round: every serving service with scheduled drift settings; returns reports made."""
     from deployments.models import Service
-    from workspaces.errors import PortalError
+    from core.errors import PortalError
 
     from .models import DriftSettings
 

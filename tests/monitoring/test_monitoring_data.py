@@ -145,7 +145,7 @@ def test_the_summary_counts_rows_per_hour_and_shows_the_latest(service, owner_ap
 def test_captured_rows_are_added_to_a_project_as_a_data_file(service, owner_api, churn_project):
     from monitoring import worker
     from runs.models import ProjectFile
-    from runs.services import open_blob
+    from core.storage import open_file
 
     records = churn_records(12, seed=4)
     now = dt.datetime.now(dt.timezone.utc).timestamp()
@@ -154,7 +154,7 @@ def test_captured_rows_are_added_to_a_project_as_a_data_file(service, owner_api,
     assert answer.status_code == 201, answer.content
     assert answer.json()["rows"] == 12
     row = ProjectFile.objects.get(project=churn_project, path="data/captured.csv")
-    with open_blob(row.storage_name) as handle:
+    with open_file(row.storage_name) as handle:
         lines = list(csv.DictReader(io.TextIOWrapper(handle, "utf-8")))
     assert [int(r["age"]) for r in lines] == [r["age"] for r in records]  # named as the schema names them
     assert "in_age" not in lines[0] and lines[0]["state"] == records[0]["state"]
