@@ -12,14 +12,14 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
+from core.errors import PortalError
+from core.views_base import get_scoped_or_404, paginate, require_page_role, scoped
 from deployments import selectors, services
 from deployments.forms import EnvironmentEditForm, EnvironmentForm, FromImageForm, RealtimeForm
 from deployments.models import Environment, Service
-from workspaces.errors import PortalError
 from workspaces.models import Role
 from workspaces.selectors import has_role, role_in
 from workspaces.views import _form_error
-from workspaces.views_base import get_scoped_or_404, paginate, require_page_role, scoped
 
 
 def _can(request, obj, role: str) -> bool:
@@ -142,6 +142,8 @@ def service_detail(request, ref: str):
         "export_url": reverse("api-service-export", kwargs={"pk": service.pk}) + "?format=kubernetes",
         "score_url": reverse("api-service-score", kwargs={"ref": service.pk}),
         "traffic_url": reverse("api-service-traffic", kwargs={"pk": service.pk}),
+        "autoscale_url": reverse("api-service-autoscale", kwargs={"pk": service.pk}),
+        "autoscale_max_shown": min(service.autoscale_max_replicas, settings.MLPORTAL_MAX_REPLICAS),
         "rollout": service.rollout or {},
     })
 
@@ -201,6 +203,18 @@ def service_rollback(request, ref: str):
 def service_scale(request, ref: str):
     return _service_action(request, ref, Role.CONTRIBUTOR, lambda s: services.service_scale(
         service=s, replicas=request.POST.get("replicas", ""), user=request.user), "Scaling '{service.name}'.")
+
+
+@login_required
+@require_POST
+def service_autoscale(request, ref: str):
+    """The Autoscale tab's form: an unticked box turns autoscaling off."""
+    from deployments import autoscaling
+
+    given = autoscaling.given_in(request.POST)
+    given["enabled"] = request.POST.get("autoscale_enabled") == "true"
+    return _service_action(request, ref, Role.CONTRIBUTOR, lambda s: autoscaling.service_set_autoscale(
+        service=s, user=request.user, given=given), "Saved the autoscaling of '{service.name}'.")
 
 
 @login_required
