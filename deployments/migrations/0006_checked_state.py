@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('deployments', '0004_cluster_and_autoscale'),
+        ('deployments', '0005_service_request_timeout'),
     ]
 
     operations = [
