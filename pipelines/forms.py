@@ -25,3 +25,13 @@ class PipelineForm(forms.Form):
         super().__init__(*args, **kwargs)
         self.fields["project"].choices = list(projects)
         self.fields["service"].choices = list(services)
+
+
+class WebhookForm(forms.Form):
+    name = forms.CharField(max_length=200, help_text="Like chatops or ci.")
+    url = forms.CharField(max_length=500, label="URL", help_text="Where the portal POSTs, e.g. https://hooks.example.com/mlportal")
+    events = forms.MultipleChoiceField(
+        required=False, widget=forms.CheckboxSelectMultiple, help_text="None ticked: every event.",
+        choices=[("run.finished", "Run finished"), ("model.registered", "Model registered"), ("image.built", "Image built"),
+                 ("service.updated", "Service updated"), ("pipeline.finished", "Pipeline finished"),
+                 ("drift.detected", "Drift detected")])

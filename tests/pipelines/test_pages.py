@@ -52,3 +52,21 @@ def test_outsiders_get_404_on_every_pipeline_page(page_client, outsider, pipelin
     assert client.post(f"/pipelines/{pipeline.pk}/delete/").status_code == 404
     assert f"/pipelines/{pipeline.pk}/" not in client.get("/pipelines/").content.decode()
     assert PipelineRun.objects.count() == 1 and Pipeline.objects.count() == 1
+
+
+def test_the_webhook_pages_show_the_secret_once_and_send_a_test(page_client, owner, workspace, outsider):
+    from pipelines.models import Webhook, WebhookDelivery
+
+    client = page_client(owner)
+    refused = client.post("/webhooks/", {"name": "ci", "url": "ftp://x.example.com/"})
+    assert refused.status_code == 200 and "is not an http(s) URL" in refused.content.decode() and not Webhook.objects.exists()
+    created = client.post("/webhooks/", {"name": "ci", "url": "https://hooks.example.com/x", "events": ["pipeline.finished"]})
+    webhook = Webhook.objects.get()
+    assert created.status_code == 200 and webhook.secret in created.content.decode()
+    detail = client.get(f"/webhooks/{webhook.pk}/").content.decode()
+    assert webhook.secret not in detail and "Send test" in detail
+    assert client.post(f"/webhooks/{webhook.pk}/test/").status_code == 302
+    assert WebhookDelivery.objects.get().event == "ping"
+    stranger = page_client(outsider)
+    assert stranger.get(f"/webhooks/{webhook.pk}/").status_code == 404
+    assert stranger.post(f"/webhooks/{webhook.pk}/test/").status_code == 404
