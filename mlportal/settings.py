@@ -246,6 +246,10 @@ MLPORTAL_RUN_TIMEOUT_MAX = env_int("MLPORTAL_RUN_TIMEOUT_MAX", 6 * 3600, minimum
 MLPORTAL_SOURCE_PACKAGES = env_bool("MLPORTAL_SOURCE_PACKAGES", False)
 MLPORTAL_BUILD_TIMEOUT = env_int("MLPORTAL_BUILD_TIMEOUT", 1800, minimum=30)
 MLPORTAL_MAX_REPLICAS = env_int("MLPORTAL_MAX_REPLICAS", 8, minimum=1)
+# Swarm reserves this share of a replica's CPU and memory limits on its node (cluster environments).
+MLPORTAL_SWARM_RESERVATION = env_float("MLPORTAL_SWARM_RESERVATION", 0.25, minimum=0.0)
+# The port a swarm the portal initialises listens on for other nodes (docker swarm join HOST:PORT).
+MLPORTAL_SWARM_LISTEN_PORT = env_int("MLPORTAL_SWARM_LISTEN_PORT", 2377, minimum=1)
 # The most a project's runs and a service's replicas may ask for (the portal's maxima).
 MLPORTAL_RUN_MAX_MEMORY_MB = env_int("MLPORTAL_RUN_MAX_MEMORY_MB", 16 * 1024, minimum=64)
 MLPORTAL_RUN_MAX_CPUS = env_float("MLPORTAL_RUN_MAX_CPUS", 8.0, minimum=0.1)
@@ -347,6 +351,8 @@ CELERY_TASK_ROUTES = {
     "retention.tasks.apply_retention": {"queue": "celery"},
     "retention.tasks.remove_images_of_deleted_service": {"queue": "celery"},
     "monitoring.tasks.collect_capture": {"queue": "celery"},
+    # The autoscaler's tick (every refresh period per autoscaled service) never waits behind a deploy.
+    "deployments.tasks.autoscale_service": {"queue": "celery"},
 }
 # Time limits per queue, on purpose: runs enforce their own (per-project) limit inside compute and
 # the task limit is the backstop; builds and deploys are bounded by the engine's work.
