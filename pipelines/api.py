@@ -87,7 +87,7 @@ class PipelineSerializer(serializers.ModelSerializer):
         fields = ["id", "workspace", "name", "description", "project", "project_id", "script", "args", "target",
                   "output_path", "model_name", "service", "service_id", "gate", "mode", "when_busy", "rollout",
                   "canary_weight", "canary_bake_seconds", "requirements_path", "enabled", "schedule", "trigger_on_data",
-                  "webhook", "webhook_url", "last_run", "created_by",
+                  "trigger_on_drift", "webhook", "webhook_url", "last_run", "created_by",
                   "created_at", "updated_at"]
         read_only_fields = fields
 
@@ -118,7 +118,8 @@ PipelineWrite = inline_serializer("PipelineWrite", {
     "canary_weight": serializers.IntegerField(required=False), "canary_bake_seconds": serializers.IntegerField(required=False),
     "requirements_path": serializers.CharField(required=False), "enabled": serializers.BooleanField(required=False),
     "schedule": serializers.CharField(required=False, help_text='"0 3 * * *" or "every 6 hours"'),
-    "trigger_on_data": serializers.BooleanField(required=False), "webhook": serializers.BooleanField(required=False),
+    "trigger_on_data": serializers.BooleanField(required=False),
+    "trigger_on_drift": serializers.BooleanField(required=False), "webhook": serializers.BooleanField(required=False),
     "description": serializers.CharField(required=False), "workspace": serializers.CharField(required=False)})
 
 

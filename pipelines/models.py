@@ -64,6 +64,9 @@ class Pipeline(models.Model):
     periodic_task = models.OneToOneField("django_celery_beat.PeriodicTask", null=True, blank=True,
                                          on_delete=models.SET_NULL, related_name="+")
     trigger_on_data = models.BooleanField(default=False)
+    # A drift signal of the target service (``services.drift_signal_record``, which the drift
+    # detector of model monitoring calls) starts it.
+    trigger_on_drift = models.BooleanField(default=False)
     webhook_secret = EncryptedCharField(max_length=255, blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
@@ -283,3 +286,21 @@ class WebhookCursor(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name}: {self.scanned_until}"
+
+
+class DriftSignal(models.Model):
+    """Drift of a service's inputs or predictions, as the monitoring side saw it: it starts the
+    pipelines of that service that retrain on drift and is sent as the ``drift.detected`` event."""
+
+    workspace = models.ForeignKey("workspaces.Workspace", on_delete=models.CASCADE, related_name="+")
+    service = models.ForeignKey("deployments.Service", on_delete=models.CASCADE, related_name="drift_signals")
+    detail = models.JSONField(default=dict, blank=True, help_text="What drifted and by how much, as the detector says")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        # The webhook scan reads the newest signals.
+        indexes = [models.Index(fields=["created_at"], name="drift_signal_recent")]
+
+    def __str__(self) -> str:
+        return f"drift of {self.service_id} at {self.created_at}"

@@ -194,7 +194,16 @@ def _pipeline_events(since):
             "revision": run.revision}
 
 
-SOURCES = (_run_events, _model_events, _image_events, _service_events, _pipeline_events)
+def _drift_events(since):
+    from pipelines.models import DriftSignal
+
+    for signal in DriftSignal.objects.filter(created_at__gte=since).select_related("service")[:1000]:
+        yield signal.workspace_id, Webhook.Event.DRIFT_DETECTED, signal.pk, {
+            "service": signal.service.name, "service_id": str(signal.service_id), "detail": signal.detail,
+            "at": signal.created_at}
+
+
+SOURCES = (_run_events, _model_events, _image_events, _service_events, _pipeline_events, _drift_events)
 
 
 def events_scan() -> int:

@@ -53,6 +53,8 @@ def pipeline_create(ctx: Context):
         body["trigger_on_data"] = True
     if ctx.arg("webhook"):
         body["webhook"] = True
+    if ctx.arg("on_drift"):
+        body["trigger_on_drift"] = True
     pipeline = ctx.client.post("pipelines/", body)
     ctx.progress(f"Created pipeline {pipeline['name']}: {pipeline['project']}/{pipeline['script']} → service "
                  f"{pipeline['service']}. Start it with 'mlportal pipeline run -n {pipeline['name']}'.")
@@ -149,6 +151,7 @@ def register(subparsers) -> None:
                         help="a project file replacing the served manifest's requirements.txt")
     parser.add_argument("--schedule", metavar="CRON", help='retrain on a schedule: "0 3 * * *" (UTC) or "every 6 hours"')
     parser.add_argument("--on-data", action="store_true", help="retrain when a file under the project's data/ changes")
+    parser.add_argument("--on-drift", action="store_true", help="retrain when the service's drift detector signals drift")
     parser.add_argument("--webhook", action="store_true", help="give it an incoming webhook (its secret is printed once)")
     parser.add_argument("-d", "--description", help="a description")
 

@@ -72,3 +72,22 @@ def test_the_signature_is_hmac_sha256_of_the_body():
 
     body = b'{"event":"ping"}'
     assert webhooks.sign("s3cret", body) == "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+
+
+def test_a_drift_signal_starts_the_pipelines_that_retrain_on_drift_and_is_sent_as_drift_detected(
+        owner, workspace, project, recorded_service):
+    from pipelines import services
+
+    service = recorded_service()
+    watching = services.pipeline_create(workspace=workspace, user=owner, name="on-drift", project=project,
+                                        script="train.py", service=service, trigger_on_drift=True)
+    services.pipeline_create(workspace=workspace, user=owner, name="by-hand", project=project, script="train.py",
+                             service=service)
+    hook = webhooks.webhook_create(workspace=workspace, name="drift", url="https://h.example.com/d", user=owner,
+                                   events=["drift.detected"])
+    signal, runs = services.drift_signal_record(service=service, detail={"feature": "age", "psi": 0.31})
+    assert [(r.pipeline_id, r.trigger, r.trigger_detail) for r in runs] == [(watching.pk, "drift", "feature=age, psi=0.31")]
+    assert webhooks.events_scan() == 1
+    delivery = hook.deliveries.get()
+    assert (delivery.event, delivery.payload["data"]["service"], delivery.payload["data"]["detail"]) == (
+        "drift.detected", "churnpred", {"feature": "age", "psi": 0.31})
