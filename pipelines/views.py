@@ -58,11 +58,35 @@ def _pipeline(request, ref: str) -> Pipeline:
 
 @login_required
 def pipeline_detail(request, ref: str):
+    from pipelines.forms import PipelineEditForm
+
     pipeline = _pipeline(request, ref)
+    can_change = _can(request, pipeline)
+    initial = {f: getattr(pipeline, f) for f in ("gate", "schedule", "trigger_on_data", "trigger_on_drift", "mode",
+                                                  "rollout", "when_busy", "enabled")}
+    form = PipelineEditForm(request.POST if request.method == "POST" and can_change else None, initial=initial)
+    new_secret = ""
+    if request.method == "POST":
+        require_page_role(request, pipeline.workspace, Role.CONTRIBUTOR)
+        if request.POST.get("webhook") in ("new", "off"):
+            new_secret = services.pipeline_webhook_secret(pipeline=pipeline, user=request.user,
+                                                          enable=request.POST["webhook"] == "new")
+            if not new_secret:
+                messages.success(request, "The incoming webhook is off.")
+                return redirect("pipeline-detail", ref=str(pipeline.pk))
+        elif form.is_valid():
+            try:
+                services.pipeline_update(pipeline=pipeline, user=request.user, changes=form.cleaned_data)
+            except PortalError as exc:
+                _form_error(form, exc)
+            else:
+                messages.success(request, f"Pipeline '{pipeline.name}' saved.")
+                return redirect("pipeline-detail", ref=str(pipeline.pk))
     runs = pipeline.runs.select_related("model", "image", "run", "triggered_by").order_by("-number")
+    hook_url = request.build_absolute_uri(reverse("api-pipeline-hook", kwargs={"pk": pipeline.pk}))
     return render(request, "pipelines/pipeline_detail.html", {
-        "pipeline": pipeline, "page": paginate(request, runs), "can_change": _can(request, pipeline),
-        "can_delete": _can(request, pipeline, Role.OWNER),
+        "pipeline": pipeline, "page": paginate(request, runs), "can_change": can_change, "form": form,
+        "can_delete": _can(request, pipeline, Role.OWNER), "new_secret": new_secret, "hook_url": hook_url,
     })
 
 

@@ -26,6 +26,10 @@ def test_pipeline_and_webhook_commands(cli, login, owner, workspace, project, re
     assert "schedule '0 3 * * *'" in created.err and "secret (shown this once): " in created.err
     listed = json.loads(cli("pipeline", "list", "-o", "json").out)
     assert [(p["name"], p["schedule"], p["trigger_on_data"], p["webhook"]) for p in listed] == [("retrain", "0 3 * * *", True, True)]
+    assert_one_error_line(cli("pipeline", "update", "-n", "retrain", "--schedule", "every day at noon"), contains="does not parse")
+    updated = cli("pipeline", "update", "-n", "retrain", "--schedule", "every 6 hours", "--on-data", "off", "-o", "json")
+    assert updated.code == 0 and json.loads(updated.out)["schedule"] == "every 6 hours", updated.err
+    assert json.loads(updated.out)["trigger_on_data"] is False
     queued = cli("pipeline", "run", "-n", "retrain")
     assert queued.code == 0 and "Pipeline run #1 of retrain is queued" in queued.err
     assert "run" in cli("pipeline", "show", "-n", "retrain", "--run", "1").out

@@ -70,3 +70,23 @@ def test_the_webhook_pages_show_the_secret_once_and_send_a_test(page_client, own
     stranger = page_client(outsider)
     assert stranger.get(f"/webhooks/{webhook.pk}/").status_code == 404
     assert stranger.post(f"/webhooks/{webhook.pk}/test/").status_code == 404
+
+
+def test_the_pipeline_page_edits_the_schedule_and_makes_a_webhook_secret(page_client, owner, pipeline):
+    from django_celery_beat.models import PeriodicTask
+
+    client = page_client(owner)
+    fields = {"gate": "acc >= 0.8", "mode": "deploy", "rollout": "rolling", "when_busy": "queue", "enabled": "on"}
+    refused = client.post(f"/pipelines/{pipeline.pk}/", {**fields, "schedule": "0 3 * * funday"})
+    from django.utils.html import escape
+
+    assert refused.status_code == 200 and escape("its day of week field 'funday' is not valid") in refused.content.decode()
+    assert not PeriodicTask.objects.filter(task="pipelines.tasks.scheduled_trigger").exists()
+    saved = client.post(f"/pipelines/{pipeline.pk}/", {**fields, "schedule": "every 6 hours", "trigger_on_data": "on"})
+    assert saved.status_code == 302
+    pipeline.refresh_from_db()
+    assert (pipeline.schedule, pipeline.trigger_on_data, pipeline.periodic_task.interval.every) == ("every 6 hours", True, 21600)
+    made = client.post(f"/pipelines/{pipeline.pk}/", {"webhook": "new"}).content.decode()
+    pipeline.refresh_from_db()
+    assert pipeline.webhook_secret and pipeline.webhook_secret in made
+    assert pipeline.webhook_secret not in client.get(f"/pipelines/{pipeline.pk}/").content.decode()
