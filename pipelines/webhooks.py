@@ -27,7 +27,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from pipelines.models import PipelineRun, Webhook, WebhookCursor, WebhookDelivery
-from workspaces.errors import PortalError
+from core.errors import PortalError
 from workspaces.models import Role, Workspace
 from workspaces.services import activity_record, check_name, require_role
 
