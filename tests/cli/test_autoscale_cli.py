@@ -7,6 +7,7 @@ import pytest
 
 from tests.cli.conftest import assert_one_error_line
 from tests.deployments.conftest import churn, create_realtime, storage_root, trained_churn  # noqa: F401
+from tests.real_parts import missing_part
 
 
 def test_autoscale_flags_set_show_and_refuse_bad_values(cli, login, owner, owner_api, create_realtime):  # noqa: F811
@@ -30,3 +31,14 @@ def test_autoscale_flags_set_show_and_refuse_bad_values(cli, login, owner, owner
     assert off.code == 0 and "autoscaling off" in off.err, off.err
     shown = json.loads(cli("service", "show", "-n", "churnpred", "-o", "json").out)
     assert shown["autoscale"]["enabled"] is False and shown["autoscale"]["max_replicas"] == 4
+def test_env_setup_cluster_on_the_swarm_manager(cli, login, owner, workspace):
+    from compute import swarm
+
+    if not swarm.swarm_status()["manager"]:
+        missing_part("Docker engine", "the engine is not a swarm manager (.ci/run runs 'docker swarm init')")
+    login(owner)
+    assert_one_error_line(cli("env", "setup", "-n", "production", "--init-swarm"), contains="--init-swarm goes with --cluster")
+    made = cli("env", "setup", "-n", "production", "--cluster", "-o", "json")
+    assert made.code == 0, made.err
+    body = json.loads(made.out)
+    assert body["kind"] == "cluster" and body["swarm"]["manager"] is True
