@@ -23,6 +23,7 @@ from core.api_base import CreateListRetrieveDestroyViewSet, workspace_from_reque
 from core.errors import Conflict, NotFound, PortalError, error_body
 from deployments import autoscaling, kubernetes, proxy, selectors, services
 from deployments.models import Environment, Service, ServiceEvent, ServiceRevision
+from monitoring.api import ServiceDataActions
 from registry.model_scan import parse_flag
 from workspaces.models import Role
 
@@ -99,6 +100,7 @@ class EnvironmentViewSet(CreateListRetrieveDestroyViewSet):
         environment = services.environment_create(
             workspace=workspace, name=data["name"], user=request.user, kind=data["kind"], engine_url=data["engine_url"],
             publish_address=data["publish_address"], labels=data.get("labels"), description=data["description"],
+            init_swarm=data["init_swarm"],
         )
         body = self.get_serializer(environment).data
         if getattr(environment, "notice", None):
@@ -323,7 +325,7 @@ def _value(request, name: str, default=None):
     return default if value in (None, "") else value
 
 
-class ServiceViewSet(CreateListRetrieveDestroyViewSet):
+class ServiceViewSet(ServiceDataActions, CreateListRetrieveDestroyViewSet):
     """Realtime services. POST ``{"name", "image", "environment"?, "replicas"?, "cpus"?, "memory_mb"?}``
     deploys a built image; ``POST create-realtime/`` (multipart) is the lab's one-shot
     ``service create realtime``. DELETE answers 202: the service goes ``deleting``, then away."""
@@ -423,15 +425,6 @@ class ServiceViewSet(CreateListRetrieveDestroyViewSet):
             return self._answer(service, code=status.HTTP_202_ACCEPTED)
         set_capture(service=service, value=data["capture"], user=request.user)
         return self._answer(service)
-
-    @extend_schema(parameters=[OpenApiParameter("since", str), OpenApiParameter("until", str), OpenApiParameter("limit", int),
-                               OpenApiParameter("output", str)])
-    @action(detail=True, methods=["get"])
-    def data(self, request, **kwargs):
-        """The captured rows (oldest first) in [since, until): JSON, or ``?output=csv``."""
-        from monitoring.api import data_response
-
-        return data_response(request, self.get_object())
 
     @action(detail=True, methods=["get"])
     def keys(self, request, **kwargs):

@@ -624,6 +624,9 @@ def register(subparsers) -> None:
     _service_args(parser)
     parser.add_argument("--concurrency", metavar="N", help="requests answered at once ('default' for the portal's)")
     parser.add_argument("--queue", metavar="N", help="requests that may wait for a slot ('default' for the portal's)")
+    from mlportal_cli.commands import monitoring
+
+    monitoring.register(service)
     parser = add_command(service, "delete", help="Delete a service and its containers (owner).",
                          example="mlportal service delete realtime -i churnpred", func=service_delete)
     _service_args(parser)
