@@ -47,10 +47,23 @@ def services_reconcile() -> dict:
 
     summary: dict[str, Any] = {"requeued": 0, "restarted": 0, "removed": 0, "unreachable": []}
     summary["requeued"] = _requeue_lost_work()
+    from deployments import autoscaling, cluster
+
+    summary["autoscalers_revived"] = autoscaling.revive_chains()
+    clusters: dict[str | None, list[Environment]] = defaultdict(list)
+    for environment in Environment.objects.filter(kind=Environment.Kind.CLUSTER):
+        clusters[environment.docker_url].append(environment)
+    for environments in clusters.values():
+        cluster.reconcile(environments, summary)
     instance = portal_instance()
     by_engine: dict[str | None, list[Environment]] = defaultdict(list)
     for environment in Environment.objects.filter(kind=Environment.Kind.LOCAL):
         by_engine[environment.docker_url].append(environment)
+    clusters: dict[str | None, list[Environment]] = defaultdict(list)
+    for environment in Environment.objects.filter(kind=Environment.Kind.CLUSTER):
+        clusters[environment.docker_url].append(environment)
+    for base_url, environments in clusters.items():  # their pages show what was seen too
+        record_engine(environments, engine_status(base_url))
     for base_url, environments in by_engine.items():
         status = engine_status(base_url)
         if not status["ok"]:
@@ -140,11 +153,11 @@ def environment_check(*, environment_id: str) -> dict | None:
     URL change, so its page need not wait for the next reconcile). Returns the status."""
     from compute.engine import engine_status
 
-    environment = Environment.objects.filter(pk=environment_id, kind=Environment.Kind.LOCAL).first()
+    environment = Environment.objects.filter(pk=environment_id).first()
     if environment is None:
         return None
     status = engine_status(environment.docker_url)
-    record_engine(list(Environment.objects.filter(kind=Environment.Kind.LOCAL, engine_url=environment.engine_url)), status)
+    record_engine(list(Environment.objects.filter(engine_url=environment.engine_url)), status)
     return status
 
 

@@ -20,9 +20,6 @@ def engine_status(environment: Environment) -> dict:
     """What the worker side last saw of the environment's engine, from its row (never a call to
     the engine): ``{"ok", "version", "error", "checked_at", "answered_at"}``; ``ok`` is None until
     the first check (the reconciler's, or the one after a create or engine change)."""
-    if environment.kind != Environment.Kind.LOCAL:
-        return {"ok": False, "version": None, "error": "cluster environments are not available yet",
-                "checked_at": None, "answered_at": None, "checked_seconds_ago": None}
     return {"ok": environment.engine_ok, "version": environment.engine_version or None,
             "error": environment.engine_error or None, "checked_at": environment.engine_checked_at,
             "answered_at": environment.engine_answered_at,

@@ -58,3 +58,24 @@ def data_trigger(project_id: str, paths: list[str]) -> list[str]:
         run = services.pipeline_trigger(pipeline=pipeline, trigger=PipelineRun.Trigger.DATA, detail=detail)
         started.append(str(run.pk))
     return started
+
+
+@shared_task
+def deliver_webhook(delivery_id: str) -> float | None:
+    from pipelines import webhooks
+
+    wait = webhooks.delivery_attempt(delivery_id=delivery_id)
+    if wait is not None:
+        deliver_webhook.apply_async((delivery_id,), countdown=wait)
+    return wait
+
+
+@shared_task
+def scan_webhook_events() -> int:
+    """Beat: makes the deliveries of what happened since the last scan; re-sends lost retries."""
+    from pipelines import webhooks
+
+    made = webhooks.events_scan()
+    for delivery_id in webhooks.deliveries_due():
+        deliver_webhook.delay(delivery_id)
+    return made
