@@ -79,3 +79,17 @@ def scan_webhook_events() -> int:
     for delivery_id in webhooks.deliveries_due():
         deliver_webhook.delay(delivery_id)
     return made
+
+
+@shared_task
+def drift_trigger(service_id: str, detail: dict) -> list[str]:
+    """Model monitoring's drift event: a DriftSignal (the drift.detected webhook) and the pipelines
+    of the service that retrain on drift."""
+    from deployments.models import Service
+    from pipelines import services
+
+    service = Service.objects.filter(pk=service_id).first()
+    if service is None:
+        return []
+    _, runs = services.drift_signal_record(service=service, detail=detail)
+    return [str(r.pk) for r in runs]

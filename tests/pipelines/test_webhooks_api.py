@@ -91,3 +91,26 @@ def test_a_drift_signal_starts_the_pipelines_that_retrain_on_drift_and_is_sent_a
     delivery = hook.deliveries.get()
     assert (delivery.event, delivery.payload["data"]["service"], delivery.payload["data"]["detail"]) == (
         "drift.detected", "churnpred", {"feature": "age", "psi": 0.31})
+
+
+def test_model_monitorings_drift_event_starts_the_pipelines_that_retrain_on_drift(owner, workspace, project,
+                                                                                  recorded_service, monkeypatch):
+    from types import SimpleNamespace
+
+    from monitoring.models import DriftReport
+    from monitoring.signals import drift_detected
+    from pipelines import services, tasks
+    from pipelines.models import DriftSignal, PipelineRun
+
+    service = recorded_service()
+    services.pipeline_create(workspace=workspace, user=owner, name="on-drift", project=project, script="train.py",
+                             service=service, trigger_on_drift=True)
+    # The broker hop is skipped here: the task's body runs at once.
+    monkeypatch.setattr(tasks.drift_trigger, "delay", lambda *args: tasks.drift_trigger.run(*args))
+    report = SimpleNamespace(pk=7, share_drifted=0.5, features=[{"name": "age", "drifted": True},
+                                                                {"name": "state", "drifted": False}])
+    drift_detected.send(sender=DriftReport, service=service, report=report, trigger="schedule")
+    signal = DriftSignal.objects.get()
+    assert signal.detail == {"report": 7, "share_drifted": 0.5, "features": ["age"], "trigger": "schedule"}
+    run = PipelineRun.objects.get()
+    assert (run.trigger, run.status) == ("drift", "queued") and "features=['age']" in run.trigger_detail
