@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import logging
 from typing import IO
 
@@ -22,10 +23,12 @@ from workspaces.filestorage import StorageFull
 logger = logging.getLogger(__name__)
 
 
-class _Hashing:
-    """A read-only stream that hashes and counts what passes through (no seek: storage reads it once)."""
+class _Hashing(io.RawIOBase):
+    """A read-only stream that hashes and counts what passes through (no seek: storage reads it once).
+    A real io object (``closed``, ``readable``, ``seekable``), as the S3 storage's upload asks for them."""
 
     def __init__(self, source: IO[bytes]):
+        super().__init__()
         self.source = source
         self.digest = hashlib.sha256()
         self.size = 0
@@ -35,6 +38,9 @@ class _Hashing:
         self.digest.update(data)
         self.size += len(data)
         return data
+
+    def readable(self) -> bool:
+        return True
 
 
 def save_stream(name: str, source: IO[bytes]) -> tuple[str, int, str]:

@@ -110,3 +110,17 @@ def _closed_port() -> int:
 
 def test_the_capture_storage_is_a_folder_of_the_data_folder_by_default(settings):
     assert Path(storages["capture"].location) == Path(settings.DATA_DIR) / "capture"
+
+
+def test_a_run_output_streams_into_the_bucket_with_its_hash(s3_storages, s3_server):
+    """A run's outputs reach storage as a stream from the container (runs.outputs.save_stream)."""
+    import hashlib
+
+    from runs.outputs import save_stream
+
+    content = b"weights " * 5000
+    stored, size, sha256 = save_stream("runs/r2/outputs/o1", io.BytesIO(content))
+    assert (size, sha256) == (len(content), hashlib.sha256(content).hexdigest())
+    assert s3_server.keys(s3_storages) == [stored]
+    with default_storage.open(stored, "rb") as handle:
+        assert handle.read() == content
