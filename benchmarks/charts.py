@@ -1,13 +1,15 @@
 """A run's metrics tab with 1,000,000 points in 10 series, in Chromium.
 
-    .venv/bin/python benchmarks/charts.py [--series 10] [--points 100000] [--repeats 5]
+    .venv/bin/python benchmarks/charts.py [--series 10] [--points 100000] [--repeats 5] [--server portal|thread]
 
 Builds a throwaway portal (a throwaway PostgreSQL database next to DATABASE_URL's when it names
 one, else SQLite under a temporary MLPORTAL_DATA_DIR; migrated from scratch) with
 one run whose 10 series hold 100,000 points each, written through the worker's own service
 (`run_record_metrics`); the worker's end-of-run step (`runs.worker.prepare_charts`) downsamples
-them, timed. The portal then serves on a local port (Django's threaded WSGI server, WhiteNoise for
-static files) and Playwright's Chromium (Debian's) opens `/runs/<id>/#metrics` as a logged-in
+them, timed. The portal then serves on a local port as ``make run`` serves it (uvicorn, its own
+processes; ``--server thread``: Django's threaded WSGI server in a thread of this process, which
+shares its interpreter lock with Playwright's driver — how the figures before 2026-12-01 18:00
+were taken) and Playwright's Chromium (Debian's) opens `/runs/<id>/#metrics` as a logged-in
 member, `--repeats` times with a fresh cache each time. Per visit:
 
 * **render**: navigation start to the chart having drawn all 10 series (`data-state="drawn"`,
@@ -23,10 +25,13 @@ Ends with ``charts render_ms=… kbytes=…``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -90,6 +95,15 @@ def fill(series: int, points: int):
     return user, run, insert_s, prepare_s
 
 
+@contextlib.contextmanager
+def _thread_server():
+    base, server = serve()
+    try:
+        yield base
+    finally:
+        server.shutdown()
+
+
 def serve():
     """The portal on 127.0.0.1:<free port> in a daemon thread; returns (base url, server)."""
     from django.core.handlers.wsgi import WSGIHandler
@@ -104,6 +118,40 @@ def serve():
     server.set_app(WSGIHandler())
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return f"http://127.0.0.1:{port}", server
+
+
+@contextlib.contextmanager
+def portal_process():
+    """The portal as ``make run`` serves it (``scripts/run_portal.web_command``: uvicorn,
+    ``WEB_WORKERS`` processes, default 2) on a free port, in its own process group on this
+    run's database and data folder; yields its base url. Unlike the in-process server, it does
+    not share an interpreter (and its lock) with Playwright's driver."""
+    sys.path.insert(0, str(common.REPO / "scripts"))
+    import run_portal
+
+    port = common.free_port()
+    env = {**os.environ, "WEB_WORKERS": os.environ.get("WEB_WORKERS", "2"), "MLPORTAL_ACCESS_LOG": "0"}
+    env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+    saved = os.environ.copy()
+    try:
+        os.environ.update(env)  # web_command reads (and may set) PROMETHEUS_MULTIPROC_DIR there
+        command = run_portal.web_command(Path(sys.executable).parent, "127.0.0.1", str(port))
+        env = os.environ.copy()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    process = subprocess.Popen(command, cwd=common.REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    try:
+        common.wait_http("127.0.0.1", port, "/login/", timeout_s=120, alive=lambda: process.poll() is None)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
 
 
 def session_cookie(user) -> str:
@@ -144,6 +192,9 @@ def main() -> int:
     parser.add_argument("--series", type=int, default=10)
     parser.add_argument("--points", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--server", choices=("portal", "thread"), default="portal",
+                        help="portal: uvicorn in its own process, as make run serves it (default); thread: Django's "
+                             "threaded WSGI server inside this process (the figures before 2026-12-01 18:00)")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -151,6 +202,7 @@ def main() -> int:
     import ingestion
 
     database_url, drop = ingestion.make_database(data_dir)
+    servers = contextlib.ExitStack()
     try:
         common.log(f"building a portal under {data_dir} on {'PostgreSQL' if database_url else 'SQLite'} "
                    f"(load average {common.loadavg()})")
@@ -158,7 +210,7 @@ def main() -> int:
         user, run, insert_s, prepare_s = fill(args.series, args.points)
         total = args.series * args.points
         common.log(f"inserted {total} points in {insert_s:.1f} s; the worker downsampled them in {prepare_s:.2f} s")
-        base, server = serve()
+        base = servers.enter_context(portal_process() if args.server == "portal" else _thread_server())
         key = session_cookie(user)
         from django.conf import settings
 
@@ -185,15 +237,17 @@ def main() -> int:
                         files = figures["files"]
             finally:
                 browser.close()
-        server.shutdown()
     finally:
+        servers.close()  # the portal's processes first: the database goes next
         drop()
         shutil.rmtree(data_dir, ignore_errors=True)
 
     render = statistics.median(renders)
     size = statistics.median(sizes)
     print(f"charts: one run, {args.series} series × {args.points} points = {total} points "
-          f"({'PostgreSQL' if database_url else 'SQLite'}), "
+          f"({'PostgreSQL' if database_url else 'SQLite'}; served by "
+          f"{'uvicorn as make run starts it' if args.server == 'portal' else 'a thread of this process'}; "
+          f"load average {common.loadavg()}), "
           f"median of {args.repeats} visits in Chromium")
     print(f"  worker's downsampling at the end of the run: {prepare_s * 1000:.0f} ms")
     print(f"  metrics tab drawn with every series to step {args.points - 1}: {render:.0f} ms "

@@ -173,19 +173,24 @@ def swarm_status(base_url: str | None = None) -> dict:
             "error": info.get("Error") or ""}
 
 
-def require_manager(base_url: str | None = None) -> dict:
-    """Returns swarm_status when the engine is a swarm manager; raises NotAManager saying how to
-    make it one."""
-    status = swarm_status(base_url)
-    if not status["manager"]:
-        where = base_url or "this machine's Docker engine"
-        what = ("is not in a swarm" if status["state"] == "inactive"
-                else f"is a swarm {'worker' if status['state'] == 'active' else status['state']} node, not a manager")
-        raise NotAManager(f"The Docker engine at {where} {what}: {INIT_HELP}.", state=status["state"])
+def check_manager(status: dict, *, where: str) -> dict:
+    """Returns ``status`` (swarm_status) when it is a manager's; raises NotAManager saying how to
+    make the engine at ``where`` one."""
+    if not status.get("manager"):
+        state = status.get("state") or "inactive"
+        what = ("is not in a swarm" if state == "inactive"
+                else f"is a swarm {'worker' if state == 'active' else state} node, not a manager")
+        raise NotAManager(f"The Docker engine at {where} {what}: {INIT_HELP}.", state=state)
     return status
 
 
-def swarm_init(base_url: str | None = None, *, advertise_addr: str = "127.0.0.1") -> dict:
+def require_manager(base_url: str | None = None) -> dict:
+    """Returns swarm_status when the engine is a swarm manager; raises NotAManager saying how to
+    make it one."""
+    return check_manager(swarm_status(base_url), where=base_url or "this machine's Docker engine")
+
+
+def swarm_init(base_url: str | None = None, *, advertise_addr: str = "127.0.0.1", listen_port: int = 2377) -> dict:
     """Makes the engine the manager of a new single-node swarm (idempotent: an engine that is a
     manager already is left as it is). Returns swarm_status."""
     status = swarm_status(base_url)
@@ -195,7 +200,7 @@ def swarm_init(base_url: str | None = None, *, advertise_addr: str = "127.0.0.1"
         raise NotAManager(f"The engine is a swarm {status['state']} node already: it cannot start a swarm of its own; "
                           "make it leave that swarm on its host first, or use a manager of that swarm.", state=status["state"])
     with connect(base_url, timeout=60) as client:
-        client.swarm.init(advertise_addr=advertise_addr, listen_addr="0.0.0.0:2377")
+        client.swarm.init(advertise_addr=advertise_addr, listen_addr=f"0.0.0.0:{listen_port}")
     return swarm_status(base_url)
 
 
@@ -327,16 +332,17 @@ def scale_service(name: str, replicas: int, *, base_url: str | None = None) -> N
 
 
 def update_state(name: str, *, base_url: str | None = None) -> dict:
-    """``{"state", "message", "image", "previous_image", "replicas"}`` of a Swarm service: state is
-    Swarm's UpdateStatus state (updating, completed, rollback_started, rollback_completed, paused…)
-    or "" when it was never updated."""
+    """``{"state", "message", "started_at", "image", "previous_image", "replicas"}`` of a Swarm
+    service: state is Swarm's UpdateStatus state (updating, completed, rollback_started,
+    rollback_completed, paused…) or "" when it was never updated; ``started_at`` tells one update
+    from the next."""
     service = find_service(name, base_url=base_url)
     if service is None:
-        return {"state": "gone", "message": "", "image": "", "previous_image": "", "replicas": 0}
+        return {"state": "gone", "message": "", "image": "", "previous_image": "", "replicas": 0, "started_at": ""}
     status = service.get("UpdateStatus") or {}
     spec = service["Spec"]
     previous = service.get("PreviousSpec") or {}
-    return {"state": status.get("State", ""), "message": status.get("Message", ""),
+    return {"state": status.get("State", ""), "message": status.get("Message", ""), "started_at": status.get("StartedAt", ""),
             "image": spec["TaskTemplate"]["ContainerSpec"]["Image"],
             "previous_image": ((previous.get("TaskTemplate") or {}).get("ContainerSpec") or {}).get("Image", ""),
             "replicas": ((spec.get("Mode") or {}).get("Replicated") or {}).get("Replicas", 0)}

@@ -17,11 +17,13 @@ from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from deployments import kubernetes, proxy, selectors, services
+from django.db import transaction
+
+from deployments import autoscaling, kubernetes, proxy, selectors, services
 from deployments.models import Environment, Service, ServiceEvent, ServiceRevision
 from registry.model_scan import parse_flag
 from workspaces.api_base import CreateListRetrieveDestroyViewSet, workspace_from_request
-from workspaces.errors import NotFound, PortalError, error_body
+from workspaces.errors import Conflict, NotFound, PortalError, error_body
 from workspaces.models import Role
 
 # --- environments ---------------------------------------------------------------------------------
@@ -33,11 +35,12 @@ class EnvironmentSerializer(serializers.ModelSerializer):
     engine = serializers.SerializerMethodField()
     services = serializers.SerializerMethodField()
     active = serializers.SerializerMethodField()
+    swarm = serializers.SerializerMethodField()
 
     class Meta:
         model = Environment
         fields = ["id", "workspace", "name", "kind", "engine_url", "publish_address", "labels", "description", "engine",
-                  "services", "active", "created_by", "created_at"]
+                  "swarm", "services", "active", "created_by", "created_at"]
         read_only_fields = fields
 
     def get_engine(self, obj) -> dict:
@@ -45,6 +48,10 @@ class EnvironmentSerializer(serializers.ModelSerializer):
 
     def get_services(self, obj) -> list[dict]:
         return [{"id": str(s.pk), "name": s.name, "status": s.status} for s in selectors.services_in(obj)[:100]]
+
+    def get_swarm(self, obj) -> dict | None:
+        """A cluster environment's swarm as its engine says (state, manager, nodes); None for local ones."""
+        return selectors.swarm_of(obj)
 
     def get_active(self, obj) -> bool:
         request = self.context.get("request")
@@ -60,6 +67,8 @@ class EnvironmentWriteSerializer(serializers.Serializer):
     labels = serializers.JSONField(required=False)
     description = serializers.CharField(required=False, allow_blank=True, default="")
     workspace = serializers.CharField(required=False)
+    init_swarm = serializers.BooleanField(required=False, default=False,
+                                          help_text="cluster: make an engine in no swarm a single-node swarm manager first")
 
 
 class EnvironmentUpdateSerializer(serializers.Serializer):
@@ -91,7 +100,10 @@ class EnvironmentViewSet(CreateListRetrieveDestroyViewSet):
             workspace=workspace, name=data["name"], user=request.user, kind=data["kind"], engine_url=data["engine_url"],
             publish_address=data["publish_address"], labels=data.get("labels"), description=data["description"],
         )
-        return Response(self.get_serializer(environment).data, status=status.HTTP_201_CREATED)
+        body = self.get_serializer(environment).data
+        if getattr(environment, "notice", None):
+            body["notice"] = environment.notice
+        return Response(body, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=EnvironmentUpdateSerializer, responses=EnvironmentSerializer)
     def partial_update(self, request, *args, **kwargs):
@@ -138,6 +150,8 @@ class ReplicaSerializer(serializers.Serializer):
     port = serializers.IntegerField()
     url = serializers.CharField()
     restarts = serializers.IntegerField()
+    node = serializers.CharField(help_text="The Swarm node of its task (cluster environments)")
+    task_id = serializers.CharField(help_text="Its Swarm task (cluster environments)")
     started_at = serializers.DateTimeField()
     revision = serializers.IntegerField(source="revision.number", default=None, help_text="Empty: the live revision")
 
@@ -172,12 +186,14 @@ class ServiceSerializer(serializers.ModelSerializer):
     revisions = serializers.SerializerMethodField()
     events = serializers.SerializerMethodField()
     capture = serializers.SerializerMethodField()
+    autoscale = serializers.SerializerMethodField()
+    environment_kind = serializers.CharField(source="environment.kind", read_only=True)
 
     class Meta:
         model = Service
-        fields = ["id", "workspace", "name", "status", "environment", "environment_id", "image", "image_id", "image_tag",
-                  "replicas", "cpus", "memory_mb", "error", "last_update_error", "pending", "rollout", "scoring_url", "containers",
-                  "steps", "revisions", "events", "capture", "created_by", "created_at", "updated_at"]
+        fields = ["id", "workspace", "name", "status", "environment", "environment_id", "environment_kind", "image", "image_id",
+                  "image_tag", "replicas", "cpus", "memory_mb", "autoscale", "error", "last_update_error", "pending", "rollout",
+                  "scoring_url", "containers", "steps", "revisions", "events", "capture", "created_by", "created_at", "updated_at"]
         read_only_fields = fields
 
     def get_scoring_url(self, obj) -> str:
@@ -196,6 +212,9 @@ class ServiceSerializer(serializers.ModelSerializer):
 
     def get_revisions(self, obj) -> list[dict]:
         return RevisionSerializer(obj.revisions.select_related("image", "created_by")[:50], many=True).data
+
+    def get_autoscale(self, obj) -> dict:
+        return obj.autoscale
 
     def get_capture(self, obj) -> dict:
         from monitoring.services import capture_of
@@ -248,6 +267,21 @@ class ServiceCreateSerializer(serializers.Serializer):
     cpus = serializers.JSONField(required=False)
     memory_mb = serializers.JSONField(required=False)
     workspace = serializers.CharField(required=False)
+    autoscale_enabled = serializers.JSONField(required=False)
+    autoscale_min_replicas = serializers.JSONField(required=False)
+    autoscale_max_replicas = serializers.JSONField(required=False)
+    autoscale_target_utilization = serializers.JSONField(required=False)
+    autoscale_refresh_seconds = serializers.JSONField(required=False)
+    autoscale_stable_seconds = serializers.JSONField(required=False)
+
+
+AUTOSCALE_FIELDS = {"autoscale_enabled": serializers.BooleanField(required=False),
+                    "autoscale_min_replicas": serializers.IntegerField(required=False),
+                    "autoscale_max_replicas": serializers.IntegerField(required=False),
+                    "autoscale_target_utilization": serializers.IntegerField(required=False),
+                    "autoscale_refresh_seconds": serializers.IntegerField(required=False),
+                    "autoscale_stable_seconds": serializers.IntegerField(required=False)}
+AutoscaleSerializer = inline_serializer("ServiceAutoscale", dict(AUTOSCALE_FIELDS))
 
 
 RealtimeSerializer = inline_serializer("ServiceCreateRealtime", {
@@ -256,7 +290,8 @@ RealtimeSerializer = inline_serializer("ServiceCreateRealtime", {
     "runtime": serializers.CharField(required=False), "model_name": serializers.CharField(required=False),
     "environment": serializers.CharField(required=False), "replicas": serializers.IntegerField(required=False),
     "cpus": serializers.FloatField(required=False), "memory_mb": serializers.IntegerField(required=False),
-    "workspace": serializers.CharField(required=False), "confirm_unknown": serializers.BooleanField(required=False)})
+    "workspace": serializers.CharField(required=False), "confirm_unknown": serializers.BooleanField(required=False),
+    **AUTOSCALE_FIELDS})
 KeysSerializer = inline_serializer("ServiceKeys", {"primary": serializers.CharField(), "secondary": serializers.CharField()})
 UsageSerializer = inline_serializer("ServiceUsage", {
     "scoring_url": serializers.CharField(), "container_url": serializers.CharField(allow_null=True),
@@ -312,10 +347,14 @@ class ServiceViewSet(CreateListRetrieveDestroyViewSet):
         body.is_valid(raise_exception=True)
         data = body.validated_data
         image = resolve_in_workspace(Image.objects.all(), workspace, data["image"], field="image", what="image", tag=True)
-        service, notice = services.service_create(
-            workspace=workspace, name=data["name"], image=image, user=request.user, environment=data.get("environment") or None,
-            replicas=data.get("replicas", 1), cpus=data.get("cpus", 1.0), memory_mb=data.get("memory_mb", 1024),
-        )
+        scaling = autoscaling.check(autoscaling.given_in(data), replicas_given=data.get("replicas") not in (None, ""))
+        with transaction.atomic():  # the settings land with the row, before its deploy is sent
+            service, notice = services.service_create(
+                workspace=workspace, name=data["name"], image=image, user=request.user, environment=data.get("environment") or None,
+                replicas=scaling["min_replicas"] if scaling["enabled"] else data.get("replicas", 1), cpus=data.get("cpus", 1.0),
+                memory_mb=data.get("memory_mb", 1024),
+            )
+            autoscaling.apply_settings(service, scaling, user=request.user, created=True)
         return self._answer(service, code=status.HTTP_201_CREATED, notice=notice)
 
     @extend_schema(request={"multipart/form-data": RealtimeSerializer}, responses={201: ServiceSerializer})
@@ -331,16 +370,23 @@ class ServiceViewSet(CreateListRetrieveDestroyViewSet):
             files[field] = upload
         model = files["model_file"]
         requirements = files["requirements_file"]
-        service, notice = services.service_create_realtime(
+        scaling = autoscaling.check(autoscaling.given_in(request.data), replicas_given=_value(request, "replicas") is not None)
+        with transaction.atomic():
+            service, notice = self._create_realtime(request, workspace, files, model, requirements, scaling)
+            autoscaling.apply_settings(service, scaling, user=request.user, created=True)
+        return self._answer(service, code=status.HTTP_201_CREATED, notice=notice)
+
+    def _create_realtime(self, request, workspace, files, model, requirements, scaling):
+        replicas = scaling["min_replicas"] if scaling["enabled"] else _value(request, "replicas", 1)
+        return services.service_create_realtime(
             workspace=workspace, name=_value(request, "name", ""), model_file=model, model_filename=model.name,
             score=files["score_file"].read(), schema=files["schema_file"].read(),
             requirements=requirements.read() if requirements is not None else None, user=request.user,
             runtime=_value(request, "runtime", "python"), model_name=_value(request, "model_name"),
-            environment=_value(request, "environment"), replicas=_value(request, "replicas", 1),
+            environment=_value(request, "environment"), replicas=replicas,
             cpus=_value(request, "cpus", 1.0), memory_mb=_value(request, "memory_mb", 1024),
             confirm_unknown=parse_flag(_value(request, "confirm_unknown")),
         )
-        return self._answer(service, code=status.HTTP_201_CREATED, notice=notice)
 
     @extend_schema(responses={202: ServiceSerializer})
     def destroy(self, request, *args, **kwargs):
@@ -491,9 +537,34 @@ class ServiceViewSet(CreateListRetrieveDestroyViewSet):
     def scale(self, request, **kwargs):
         if _value(request, "replicas") is None:
             raise PortalError("Say how many replicas: {\"replicas\": 2}.", fields={"replicas": "This field is required."})
+        service = self.get_object()
+        if service.autoscale_enabled:
+            raise Conflict(f"Service '{service.name}' is autoscaled ({service.autoscale_min_replicas} to "
+                           f"{service.autoscale_max_replicas} replicas): change autoscale_min_replicas/autoscale_max_replicas, "
+                           "or turn autoscaling off first.", code="autoscaled")
         service = services.service_scale(service=self.get_object(), replicas=_value(request, "replicas"), user=request.user)
         return self._answer(service, code=status.HTTP_202_ACCEPTED)
 
+
+    @extend_schema(request=AutoscaleSerializer, responses={200: dict},
+                   parameters=[OpenApiParameter("minutes", int, description="how far back the samples go (default 60)")])
+    @action(detail=True, methods=["get", "post"])
+    def autoscale(self, request, **kwargs):
+        """The autoscale settings, the autoscaler's samples (replicas, busy workers, utilisation over
+        time) and its decisions (GET); POST the settings to change (``autoscale_enabled``,
+        ``autoscale_min_replicas`` (1), ``autoscale_max_replicas`` (10), ``autoscale_target_utilization``
+        (70), ``autoscale_refresh_seconds`` (1), ``autoscale_stable_seconds`` (60)); the others stay."""
+        service = self.get_object()
+        if request.method == "POST":
+            service = autoscaling.service_set_autoscale(service=service, user=request.user,
+                                                        given=autoscaling.given_in(request.data))
+        try:
+            minutes = int(request.query_params.get("minutes", 60))
+        except ValueError:
+            raise PortalError("minutes must be a whole number.", fields={"minutes": "Not a number."}) from None
+        if not 1 <= minutes <= 1440:
+            raise PortalError("minutes must be from 1 to 1440.", fields={"minutes": "Out of range."})
+        return Response(autoscaling.service_load(service, minutes=minutes))
 
     @extend_schema(request=inline_serializer("ServiceLimits", {"concurrency": serializers.IntegerField(required=False, allow_null=True),
                                                                 "queue": serializers.IntegerField(required=False, allow_null=True)}),

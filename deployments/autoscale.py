@@ -186,7 +186,9 @@ def decide(samples: list[Sample], *, current: int, settings: Settings, now: floa
     # Down only after a whole stable window asked for fewer.
     since = now - settings.stable_seconds
     stable = [s for s in ordered if s.at > since]
-    covered = bool(ordered) and ordered[0].at <= since + settings.refresh_seconds
+    # The window must be covered, and by enough samples (a replica that could not be read leaves gaps).
+    covered = (bool(ordered) and ordered[0].at <= since + settings.refresh_seconds
+               and len(stable) >= max(1, int(settings.stable_seconds / settings.refresh_seconds / 2)))
     asked = [max(lo, min(hi, desired_for(s.busy, s.workers / s.replicas if s.replicas else 0,
                                          settings.target_utilization))) for s in stable]
     if not covered or not asked or max(asked) >= current:

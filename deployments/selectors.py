@@ -31,6 +31,20 @@ def engine_status(environment: Environment) -> dict:
     return status
 
 
+def swarm_of(environment: Environment) -> dict | None:
+    """A cluster environment's swarm as its engine says now: {"state", "manager", "nodes",
+    "managers", "error"}; None for a local one."""
+    from compute.engine import EngineError
+    from compute.swarm import swarm_status
+
+    if environment.kind != Environment.Kind.CLUSTER:
+        return None
+    try:
+        return swarm_status(environment.docker_url)
+    except EngineError as exc:
+        return {"state": "unknown", "manager": False, "nodes": 0, "managers": 0, "error": str(exc)}
+
+
 def active_environment(user, workspace) -> Environment | None:
     if workspace is None:
         return None
@@ -148,6 +162,16 @@ def service_logs(service: Service, *, tail: int = 200) -> dict:
     replicas = []
     parts = []
     base_url = service.environment.docker_url
+    if service.environment.kind == Environment.Kind.CLUSTER:
+        from deployments import cluster
+
+        try:
+            text, error = cluster.logs(service, tail=tail), None
+        except EngineError as exc:
+            text, error = "", str(exc)
+        return {"text": text + ("" if not error else f"(logs unavailable: {error})\n"),
+                "replicas": [{"replica": None, "container_id": "", "text": text, "error": error}],
+                "done": service.status in (Service.Status.FAILED, Service.Status.DELETED)}
     for replica in service.replica_set.order_by("number"):
         try:
             text = container_logs(replica.container_id, tail=tail, base_url=base_url)

@@ -44,3 +44,15 @@ def delete_service(self, service_id: str) -> str | None:
 @shared_task(ignore_result=True)
 def reconcile_services() -> dict:
     return services.services_reconcile()
+
+
+# One tick per refresh period per autoscaled service (routed to the maintenance queue): it
+# re-sends itself while autoscaling stays on and its token is the service's (deployments/autoscaling.py).
+@shared_task(ignore_result=True)
+def autoscale_service(service_id: str, token: str) -> float | None:
+    from deployments import autoscaling
+
+    countdown = autoscaling.autoscale_tick(service_id=service_id, token=token)
+    if countdown is not None:
+        autoscale_service.apply_async((service_id, token), countdown=countdown)
+    return countdown

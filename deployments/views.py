@@ -142,6 +142,8 @@ def service_detail(request, ref: str):
         "export_url": reverse("api-service-export", kwargs={"pk": service.pk}) + "?format=kubernetes",
         "score_url": reverse("api-service-score", kwargs={"ref": service.pk}),
         "traffic_url": reverse("api-service-traffic", kwargs={"pk": service.pk}),
+        "autoscale_url": reverse("api-service-autoscale", kwargs={"pk": service.pk}),
+        "autoscale_max_shown": min(service.autoscale_max_replicas, settings.MLPORTAL_MAX_REPLICAS),
         "rollout": service.rollout or {},
     })
 
@@ -201,6 +203,18 @@ def service_rollback(request, ref: str):
 def service_scale(request, ref: str):
     return _service_action(request, ref, Role.CONTRIBUTOR, lambda s: services.service_scale(
         service=s, replicas=request.POST.get("replicas", ""), user=request.user), "Scaling '{service.name}'.")
+
+
+@login_required
+@require_POST
+def service_autoscale(request, ref: str):
+    """The Autoscale tab's form: an unticked box turns autoscaling off."""
+    from deployments import autoscaling
+
+    given = autoscaling.given_in(request.POST)
+    given["enabled"] = request.POST.get("autoscale_enabled") == "true"
+    return _service_action(request, ref, Role.CONTRIBUTOR, lambda s: autoscaling.service_set_autoscale(
+        service=s, user=request.user, given=given), "Saved the autoscaling of '{service.name}'.")
 
 
 @login_required

@@ -7,7 +7,8 @@ connections to the replicas:
 - ``/api/v1/services/<name or id>/v2/…`` (the Open Inference Protocol paths of the container)
 - ``GET /api/v1/services/<name or id>/swagger.json``
 
-and the portal's Prometheus ``/metrics``. Everything else goes to Django's ASGI application.
+and the portal's Prometheus ``/metrics`` and static files (``gateway.static``). Everything else goes
+to Django's ASGI application.
 
 Keys are checked against the routing table (``gateway.table``), which a background task re-reads
 from the database every ``MLPORTAL_GATEWAY_REFRESH_SECONDS``. A request that finds no route, or
@@ -68,8 +69,9 @@ class Answer:
 class Gateway:
     def __init__(self, django_app: Callable, *, refresh_seconds: float, probe_seconds: float, max_body: int,
                  queue_timeout: float, slots_dir: str | os.PathLike | None = None, metrics_token: str = "",
-                 recorder: Any = None) -> None:
+                 recorder: Any = None, static: Any = None) -> None:
         self.django = django_app
+        self.static = static  # gateway.static.StaticFiles: /static/ answered here, off Django's one sync thread
         self.refresh_seconds = refresh_seconds
         self.probe_seconds = probe_seconds
         self.max_body = max_body
@@ -199,6 +201,11 @@ class Gateway:
             if path == "/metrics":
                 await self._metrics(scope, send)
                 return
+            if self.static is not None and path.startswith(self.static.prefix):
+                static_file = self.static.find(path)
+                if static_file is not None:
+                    await self.static.answer(scope, send, static_file)
+                    return
         await self.django(scope, receive, send)
 
     async def _lifespan(self, receive: Callable, send: Callable) -> None:
@@ -491,10 +498,11 @@ def build(django_app: Callable) -> Gateway:
     from django.conf import settings
 
     from gateway.recorder import Recorder
+    from gateway.static import StaticFiles
 
     return Gateway(
         django_app, refresh_seconds=settings.MLPORTAL_GATEWAY_REFRESH_SECONDS,
         probe_seconds=settings.MLPORTAL_GATEWAY_PROBE_SECONDS, max_body=settings.MLPORTAL_MAX_BODY_BYTES,
         queue_timeout=settings.MLPORTAL_GATEWAY_QUEUE_TIMEOUT, slots_dir=settings.MLPORTAL_GATEWAY_SLOTS_DIR,
-        metrics_token=settings.MLPORTAL_METRICS_TOKEN, recorder=Recorder(),
+        metrics_token=settings.MLPORTAL_METRICS_TOKEN, recorder=Recorder(), static=StaticFiles(),
     )

@@ -66,6 +66,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "axes",
     "csp",
+    "django_celery_beat",
     "workspaces",
     "runs",
     "registry",
@@ -218,6 +219,8 @@ MLPORTAL_MAX_UPLOAD_BYTES = env_int("MLPORTAL_MAX_UPLOAD_BYTES", 512 * 1024 * 10
 DATA_UPLOAD_MAX_MEMORY_SIZE = MLPORTAL_MAX_BODY_BYTES
 # Seconds a scoring request may run inside a service container before it answers 504 (0: no limit).
 MLPORTAL_SCORING_TIMEOUT_SECONDS = env_float("MLPORTAL_SCORING_TIMEOUT_SECONDS", 60.0, minimum=0)
+# The most a service's own request time limit may be (Service.request_timeout_s).
+MLPORTAL_SCORING_TIMEOUT_MAX_SECONDS = env_float("MLPORTAL_SCORING_TIMEOUT_MAX_SECONDS", 600.0, minimum=1)
 # JSON bodies nested deeper than this answer 400 (see workspaces.middleware.JsonDepthMiddleware).
 MLPORTAL_MAX_JSON_DEPTH = env_int("MLPORTAL_MAX_JSON_DEPTH", 64, minimum=8)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
@@ -243,6 +246,10 @@ MLPORTAL_RUN_TIMEOUT_MAX = env_int("MLPORTAL_RUN_TIMEOUT_MAX", 6 * 3600, minimum
 MLPORTAL_SOURCE_PACKAGES = env_bool("MLPORTAL_SOURCE_PACKAGES", False)
 MLPORTAL_BUILD_TIMEOUT = env_int("MLPORTAL_BUILD_TIMEOUT", 1800, minimum=30)
 MLPORTAL_MAX_REPLICAS = env_int("MLPORTAL_MAX_REPLICAS", 8, minimum=1)
+# Swarm reserves this share of a replica's CPU and memory limits on its node (cluster environments).
+MLPORTAL_SWARM_RESERVATION = env_float("MLPORTAL_SWARM_RESERVATION", 0.25, minimum=0.0)
+# The port a swarm the portal initialises listens on for other nodes (docker swarm join HOST:PORT).
+MLPORTAL_SWARM_LISTEN_PORT = env_int("MLPORTAL_SWARM_LISTEN_PORT", 2377, minimum=1)
 # The most a project's runs and a service's replicas may ask for (the portal's maxima).
 MLPORTAL_RUN_MAX_MEMORY_MB = env_int("MLPORTAL_RUN_MAX_MEMORY_MB", 16 * 1024, minimum=64)
 MLPORTAL_RUN_MAX_CPUS = env_float("MLPORTAL_RUN_MAX_CPUS", 8.0, minimum=0.1)
@@ -337,7 +344,10 @@ CELERY_TASK_ROUTES = {
     "runs.tasks.prepare_run_charts": {"queue": "celery"},
     "registry.tasks.requeue_lost_builds": {"queue": "celery"},
     "retention.tasks.apply_retention": {"queue": "celery"},
+    "retention.tasks.remove_images_of_deleted_service": {"queue": "celery"},
     "monitoring.tasks.collect_capture": {"queue": "celery"},
+    # The autoscaler's tick (every refresh period per autoscaled service) never waits behind a deploy.
+    "deployments.tasks.autoscale_service": {"queue": "celery"},
 }
 # Time limits per queue, on purpose: runs enforce their own (per-project) limit inside compute and
 # the task limit is the backstop; builds and deploys are bounded by the engine's work.
@@ -361,6 +371,9 @@ CELERY_BEAT_SCHEDULE = {
     "apply-retention": {"task": "retention.tasks.apply_retention", "schedule": crontab(hour=3, minute=17)},
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
+# The beat reads its schedule from the database (django-celery-beat), so pipelines' schedules set
+# in the portal take effect without a restart; the entries above are written there at its start.
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
 # --- REST API -------------------------------------------------------------------------------

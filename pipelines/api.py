@@ -14,7 +14,29 @@ from pipelines.models import Pipeline, PipelineRun, PipelineStep
 from workspaces.api_base import WorkspaceScopedMixin, WorkspaceScopedReadOnlyViewSet, workspace_from_request
 from workspaces.errors import PortalError
 from workspaces.models import Role
-from rest_framework import mixins, viewsets
+import hashlib
+import hmac
+
+from django.urls import path, reverse
+from rest_framework import mixins, permissions, viewsets
+from rest_framework.parsers import BaseParser
+from rest_framework.views import APIView
+
+from workspaces.errors import Forbidden, NotFound
+
+
+class NotAuthenticated(PortalError):
+    status_code = 401
+    default_code = "signature_missing"
+
+
+class _RawParser(BaseParser):
+    """Any body, kept as bytes: the signature covers the exact bytes sent."""
+
+    media_type = "*/*"
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        return {}
 
 
 class StepSerializer(serializers.ModelSerializer):
@@ -57,14 +79,27 @@ class PipelineSerializer(serializers.ModelSerializer):
     service = serializers.CharField(source="service.name", read_only=True)
     created_by = serializers.CharField(source="created_by.username", read_only=True, default=None)
     last_run = serializers.SerializerMethodField()
+    webhook = serializers.SerializerMethodField(help_text="Whether it has an incoming webhook (its secret is never shown again)")
+    webhook_url = serializers.SerializerMethodField()
 
     class Meta:
         model = Pipeline
         fields = ["id", "workspace", "name", "description", "project", "project_id", "script", "args", "target",
                   "output_path", "model_name", "service", "service_id", "gate", "mode", "when_busy", "rollout",
-                  "canary_weight", "canary_bake_seconds", "requirements_path", "enabled", "last_run", "created_by",
+                  "canary_weight", "canary_bake_seconds", "requirements_path", "enabled", "schedule", "trigger_on_data",
+                  "webhook", "webhook_url", "last_run", "created_by",
                   "created_at", "updated_at"]
         read_only_fields = fields
+
+    def get_webhook(self, obj) -> bool:
+        return bool(obj.webhook_secret)
+
+    def get_webhook_url(self, obj) -> str | None:
+        if not obj.webhook_secret:
+            return None
+        request = self.context.get("request")
+        path = reverse("api-pipeline-hook", kwargs={"pk": obj.pk})
+        return request.build_absolute_uri(path) if request else path
 
     def get_last_run(self, obj) -> dict | None:
         run = obj.runs.order_by("-number").first()
@@ -82,6 +117,8 @@ PipelineWrite = inline_serializer("PipelineWrite", {
     "rollout": serializers.ChoiceField(Pipeline.Rollout.values, required=False),
     "canary_weight": serializers.IntegerField(required=False), "canary_bake_seconds": serializers.IntegerField(required=False),
     "requirements_path": serializers.CharField(required=False), "enabled": serializers.BooleanField(required=False),
+    "schedule": serializers.CharField(required=False, help_text='"0 3 * * *" or "every 6 hours"'),
+    "trigger_on_data": serializers.BooleanField(required=False), "webhook": serializers.BooleanField(required=False),
     "description": serializers.CharField(required=False), "workspace": serializers.CharField(required=False)})
 
 
@@ -110,7 +147,10 @@ class PipelineViewSet(WorkspaceScopedMixin, mixins.ListModelMixin, mixins.Retrie
         values = _body(request)
         values.pop("workspace", None)
         pipeline = services.pipeline_create(workspace=workspace, user=request.user, **values)
-        return Response(self.get_serializer(pipeline).data, status=status.HTTP_201_CREATED)
+        data = self.get_serializer(pipeline).data
+        if pipeline.webhook_secret:
+            data["webhook_secret"] = pipeline.webhook_secret  # shown this once
+        return Response(data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=PipelineWrite, responses=PipelineSerializer)
     def partial_update(self, request, *args, **kwargs):
@@ -130,6 +170,21 @@ class PipelineViewSet(WorkspaceScopedMixin, mixins.ListModelMixin, mixins.Retrie
         """Retrain now: a queued pipeline run (or a skipped one, saying why, when busy)."""
         run = services.pipeline_trigger(pipeline=self.get_object(), user=request.user, detail="API")
         return Response(PipelineRunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=inline_serializer("WebhookSecret", {"enabled": serializers.BooleanField(required=False)}),
+                   responses={200: inline_serializer("WebhookSecretAnswer", {
+                       "webhook_secret": serializers.CharField(allow_null=True), "webhook_url": serializers.CharField(allow_null=True)})})
+    @action(detail=True, methods=["post"], url_path="webhook-secret")
+    def webhook_secret(self, request, **kwargs):
+        """A new secret for the incoming webhook (shown this once; the old one stops working), or
+        ``{"enabled": false}`` to turn the webhook off."""
+        from pipelines.services import _flag
+
+        enabled = request.data.get("enabled", True) if hasattr(request.data, "get") else True
+        pipeline = self.get_object()
+        secret = services.pipeline_webhook_secret(pipeline=pipeline, user=request.user, enable=_flag(enabled))
+        data = self.get_serializer(pipeline).data
+        return Response({"webhook_secret": secret or None, "webhook_url": data["webhook_url"]})
 
     @extend_schema(responses=PipelineRunSerializer(many=True))
     @action(detail=True, methods=["get"], url_path="runs")
@@ -168,6 +223,38 @@ class PipelineRunViewSet(WorkspaceScopedReadOnlyViewSet):
         run = services.pipeline_run_cancel(pipeline_run=self.get_object(), user=request.user)
         return Response(PipelineRunSerializer(run).data)
 
+
+class PipelineHookView(APIView):
+    """The incoming webhook: ``POST /api/v1/pipelines/<id>/hook/`` with the body signed by the
+    pipeline's secret, ``X-MLPortal-Signature-256: sha256=<hex HMAC-SHA256(secret, body)>``
+    (GitHub's ``X-Hub-Signature-256`` is read too). No user token: the signature is the proof.
+    Answers 202 with the pipeline run; 401 unsigned, 403 a signature that does not match, 404 a
+    pipeline that does not exist or has no webhook."""
+
+    authentication_classes: list = []
+    permission_classes = [permissions.AllowAny]
+    parser_classes = [_RawParser]
+
+    @extend_schema(request=None, responses={202: PipelineRunSerializer})
+    def post(self, request, pk):
+        body = request.body
+        pipeline = Pipeline.objects.filter(pk=pk).exclude(webhook_secret="").first()
+        if pipeline is None:
+            raise NotFound("No pipeline with an incoming webhook here.")
+        given = request.headers.get("X-MLPortal-Signature-256") or request.headers.get("X-Hub-Signature-256") or ""
+        if not given:
+            raise NotAuthenticated("Sign the body with the pipeline's webhook secret: X-MLPortal-Signature-256: "
+                                   "sha256=<hex HMAC-SHA256(secret, body)>.", code="signature_missing")
+        expected = "sha256=" + hmac.new(pipeline.webhook_secret.encode(), body, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(given.strip().lower(), expected):
+            raise Forbidden("The signature does not match the body: sign exactly the bytes you send, with the "
+                            "pipeline's current webhook secret.", code="bad_signature")
+        sender = (request.headers.get("User-Agent") or "webhook")[:100]
+        run = services.pipeline_trigger(pipeline=pipeline, trigger=PipelineRun.Trigger.WEBHOOK, detail=sender)
+        return Response(PipelineRunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
+
+
+EXTRA_URLS = [path("pipelines/<uuid:pk>/hook/", PipelineHookView.as_view(), name="api-pipeline-hook")]
 
 ROUTES = [
     ("pipelines", PipelineViewSet, "api-pipeline"),

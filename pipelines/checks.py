@@ -110,3 +110,51 @@ def check_int(value: Any, *, field: str, minimum: int, maximum: int, default: in
         message = f"{what} must be a whole number from {minimum} to {maximum}; got {str(value)[:20]!r}."
         raise PortalError(message, fields={field: message})
     return number
+
+
+CRON_FIELDS = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
+INTERVAL_RE = re.compile(r"^every\s+(?P<n>[0-9]+)\s*(?P<unit>s|sec|secs|seconds?|m|min|mins|minutes?|h|hours?|d|days?)$")
+UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+SCHEDULE_EXAMPLE = 'a cron line such as "0 3 * * *" (minute hour day month weekday) or "every 6 hours"'
+MIN_INTERVAL_SECONDS = 5
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A parsed schedule: ``interval`` seconds, or the five ``cron`` fields."""
+
+    text: str
+    interval: int | None = None
+    cron: tuple[str, ...] | None = None
+
+
+def _schedule_error(message: str) -> PortalError:
+    return PortalError(message, code="invalid_schedule", fields={"schedule": message})
+
+
+def parse_schedule(value: Any) -> Schedule | None:
+    """A cron line (five fields, as celery's crontab reads them) or ``every N seconds|minutes|hours|days``;
+    empty: no schedule. A line that does not parse is a 400 naming it and the field at fault."""
+    from celery.schedules import crontab
+
+    if value in (None, ""):
+        return None
+    text = " ".join(str(value).split())
+    if len(text) > 100:
+        raise _schedule_error("The schedule is too long (at most 100 characters).")
+    interval = INTERVAL_RE.match(text.lower())
+    if interval:
+        seconds = int(interval.group("n")) * UNIT_SECONDS[interval.group("unit")[0]]
+        if not MIN_INTERVAL_SECONDS <= seconds <= 366 * 86400:
+            raise _schedule_error(f"Schedule {text!r}: the interval must be from {MIN_INTERVAL_SECONDS} seconds to a year.")
+        return Schedule(text=text, interval=seconds)
+    parts = text.split(" ")
+    if len(parts) != 5:
+        raise _schedule_error(f"Schedule {text[:80]!r} does not parse: write {SCHEDULE_EXAMPLE}.")
+    for name, part in zip(CRON_FIELDS, parts):
+        try:
+            crontab(**{name: part})
+        except (ValueError, TypeError, IndexError) as exc:
+            raise _schedule_error(f"Schedule {text[:80]!r} does not parse: its {name.replace('_', ' ')} field "
+                                  f"{part[:20]!r} is not valid ({exc}); write {SCHEDULE_EXAMPLE}.") from None
+    return Schedule(text=text, cron=tuple(parts))

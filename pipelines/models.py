@@ -16,6 +16,8 @@ from django.db import models
 from django.db.models import Q
 from django.urls import reverse
 
+from workspaces.crypto import EncryptedCharField
+
 
 class Pipeline(models.Model):
     """What a retraining does, and when it does it."""
@@ -55,6 +57,14 @@ class Pipeline(models.Model):
     # A project file whose content replaces the service manifest's requirements.txt (empty: keep it).
     requirements_path = models.CharField(max_length=255, blank=True)
     enabled = models.BooleanField(default=True)
+    # Triggers besides "by hand": a schedule (cron line or "every N minutes", run by
+    # django-celery-beat's PeriodicTask below), new data (a file under the project's data/ folder
+    # uploaded or changed), and an incoming webhook signed with this pipeline's secret.
+    schedule = models.CharField(max_length=100, blank=True)
+    periodic_task = models.OneToOneField("django_celery_beat.PeriodicTask", null=True, blank=True,
+                                         on_delete=models.SET_NULL, related_name="+")
+    trigger_on_data = models.BooleanField(default=False)
+    webhook_secret = EncryptedCharField(max_length=255, blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

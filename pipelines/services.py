@@ -23,7 +23,7 @@ from workspaces.models import Role, Workspace
 from workspaces.services import activity_record, check_name, require_role
 
 FIELDS = ("name", "description", "project", "script", "args", "target", "output_path", "model_name", "service", "gate",
-          "mode", "when_busy", "rollout", "canary_weight", "canary_bake_seconds", "requirements_path", "enabled")
+          "mode", "when_busy", "rollout", "canary_weight", "canary_bake_seconds", "requirements_path", "enabled", "schedule", "trigger_on_data")
 UPDATABLE = set(FIELDS) - {"project", "service"}
 
 
@@ -118,15 +118,73 @@ def _clean(workspace: Workspace, values: dict) -> dict:
     if requirements and not ProjectFile.objects.filter(project=project, path=requirements).exists():
         raise _field_error("requirements_path", f"Project '{project.name}' has no file {requirements[:80]!r}.")
     out["requirements_path"] = requirements
-    enabled = values.get("enabled", True)
-    out["enabled"] = enabled if isinstance(enabled, bool) else str(enabled).lower() in ("1", "true", "yes", "on")
+    out["enabled"] = _flag(values.get("enabled", True))
+    schedule = checks.parse_schedule(values.get("schedule"))
+    out["schedule"] = schedule.text if schedule else ""
+    out["trigger_on_data"] = _flag(values.get("trigger_on_data", False))
     return out
 
 
-def pipeline_create(*, workspace: Workspace, user, **values) -> Pipeline:
+def _flag(value: Any) -> bool:
+    return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def _sync_schedule(pipeline: Pipeline) -> None:
+    """Keeps the pipeline's PeriodicTask (django-celery-beat) in step with its schedule: the beat
+    reads these rows, so a schedule set or changed in the portal fires without a restart."""
+    import json
+
+    from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
+
+    parsed = checks.parse_schedule(pipeline.schedule)
+    task = pipeline.periodic_task
+    if parsed is None:
+        if task is not None:
+            Pipeline.objects.filter(pk=pipeline.pk).update(periodic_task=None)
+            pipeline.periodic_task = None
+            task.delete()
+        return
+    fields = {"interval": None, "crontab": None}
+    if parsed.interval is not None:
+        fields["interval"], _ = IntervalSchedule.objects.get_or_create(every=parsed.interval, period=IntervalSchedule.SECONDS)
+    else:
+        minute, hour, day_of_month, month_of_year, day_of_week = parsed.cron
+        fields["crontab"], _ = CrontabSchedule.objects.get_or_create(
+            minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month_of_year, day_of_week=day_of_week,
+            timezone="UTC")
+    values = {**fields, "task": "pipelines.tasks.scheduled_trigger", "args": json.dumps([str(pipeline.pk)]),
+              "enabled": pipeline.enabled, "description": f"Pipeline {pipeline.name} of workspace {pipeline.workspace.name}"}
+    if task is None:
+        task = PeriodicTask.objects.create(name=f"pipeline {pipeline.pk}", **values)
+        Pipeline.objects.filter(pk=pipeline.pk).update(periodic_task=task)
+        pipeline.periodic_task = task
+    else:
+        for key, value in values.items():
+            setattr(task, key, value)
+        task.save()
+
+
+def pipeline_webhook_secret(*, pipeline: Pipeline, user, enable: bool = True) -> str:
+    """Makes a new secret for the pipeline's incoming webhook (the old one stops working) and
+    returns it: it is shown this once. ``enable=False`` turns the webhook off."""
+    import secrets
+
+    require_role(user=user, workspace=pipeline.workspace, role=Role.CONTRIBUTOR)
+    secret = secrets.token_urlsafe(32) if enable else ""
+    with transaction.atomic():
+        Pipeline.objects.filter(pk=pipeline.pk).update(webhook_secret=secret)
+        activity_record(workspace=pipeline.workspace, actor=user, verb="pipeline.webhook_secret", target=pipeline,
+                        detail={"enabled": enable})
+    pipeline.webhook_secret = secret
+    return secret
+
+
+def pipeline_create(*, workspace: Workspace, user, webhook: Any = False, **values) -> Pipeline:
     """Creates a pipeline of ``project`` targeting ``service``. Everything is checked before the row
     is written: a bad field raises PortalError naming it, a service or project of another workspace
-    NotFound (404), and nothing is created."""
+    NotFound (404), and nothing is created. ``webhook``: give it an incoming webhook; its secret is
+    on the returned pipeline (``webhook_secret``) and shown this once."""
+    import secrets
     require_role(user=user, workspace=workspace, role=Role.CONTRIBUTOR)
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
@@ -134,7 +192,9 @@ def pipeline_create(*, workspace: Workspace, user, **values) -> Pipeline:
     clean = _clean(workspace, values)
     try:
         with transaction.atomic():
-            pipeline = Pipeline.objects.create(workspace=workspace, created_by=user, **clean)
+            pipeline = Pipeline.objects.create(workspace=workspace, created_by=user,
+                                               webhook_secret=secrets.token_urlsafe(32) if _flag(webhook) else "", **clean)
+            _sync_schedule(pipeline)
             activity_record(workspace=workspace, actor=user, verb="pipeline.created", target=pipeline,
                             detail={"project": clean["project"].name, "service": clean["service"].name,
                                     "gate": clean["gate"]})
@@ -163,6 +223,8 @@ def pipeline_update(*, pipeline: Pipeline, user, changes: dict) -> Pipeline:
                 for field in changed:
                     setattr(pipeline, field, clean[field])
                 pipeline.save(update_fields=[*changed, "updated_at"])
+                if {"schedule", "enabled", "name"} & set(changed):
+                    _sync_schedule(pipeline)
                 activity_record(workspace=pipeline.workspace, actor=user, verb="pipeline.updated", target=pipeline,
                                 detail={"fields": changed})
         except IntegrityError:
@@ -181,7 +243,10 @@ def pipeline_delete(*, pipeline: Pipeline, user) -> None:
             raise Conflict(f"Pipeline run {going} is going: cancel it or wait for it to end, then delete the pipeline.",
                            code="busy")
         activity_record(workspace=pipeline.workspace, actor=user, verb="pipeline.deleted", target=pipeline)
+        task = pipeline.periodic_task
         pipeline.delete()
+        if task is not None:
+            task.delete()
 
 
 def _new_run(pipeline: Pipeline, *, status: str, trigger: str, detail: str, user, reason: str = "") -> PipelineRun:
@@ -210,6 +275,12 @@ def pipeline_trigger(*, pipeline: Pipeline, user=None, trigger: str = PipelineRu
         active = list(locked.runs.filter(status__in=PipelineRun.ACTIVE).order_by("number"))
         waiting = next((r for r in active if r.status == PipelineRun.Status.QUEUED), None)
         going = next((r for r in active if r.status == PipelineRun.Status.RUNNING), None)
+        if waiting is not None and user is None:
+            # New data, a schedule or a webhook while a run waits: that run trains on it anyway.
+            note = f"{waiting.trigger_detail}; also {trigger}: {detail}" if waiting.trigger_detail else f"{trigger}: {detail}"
+            PipelineRun.objects.filter(pk=waiting.pk).update(trigger_detail=note[:500])
+            waiting.trigger_detail = note[:500]
+            return waiting
         if waiting is not None:
             run = _new_run(locked, status=PipelineRun.Status.SKIPPED, trigger=trigger, detail=detail, user=user,
                            reason=f"Pipeline run #{waiting.number} is queued already and trains on the newest data.")

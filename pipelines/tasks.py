@@ -31,3 +31,30 @@ def sweep_pipelines() -> dict:
     from pipelines import worker
 
     return worker.pipelines_sweep()
+
+
+@shared_task
+def scheduled_trigger(pipeline_id: str) -> str | None:
+    """What the beat sends at each tick of a pipeline's schedule (a PeriodicTask row)."""
+    from pipelines import services
+    from pipelines.models import Pipeline, PipelineRun
+
+    pipeline = Pipeline.objects.filter(pk=pipeline_id).first()
+    if pipeline is None:
+        return None
+    run = services.pipeline_trigger(pipeline=pipeline, trigger=PipelineRun.Trigger.SCHEDULE, detail=pipeline.schedule)
+    return str(run.pk)
+
+
+@shared_task
+def data_trigger(project_id: str, paths: list[str]) -> list[str]:
+    """Starts the pipelines of a project that retrain on new data (a file under data/ changed)."""
+    from pipelines import services
+    from pipelines.models import Pipeline, PipelineRun
+
+    started = []
+    for pipeline in Pipeline.objects.filter(project_id=project_id, trigger_on_data=True, enabled=True):
+        detail = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+        run = services.pipeline_trigger(pipeline=pipeline, trigger=PipelineRun.Trigger.DATA, detail=detail)
+        started.append(str(run.pk))
+    return started

@@ -296,13 +296,14 @@ def _step_deploy(run: PipelineRun, step: PipelineStep) -> Outcome:
     from deployments import services as deployments_services
     from deployments.models import Service
     from gateway import services as gateway_services
+    from registry import aliases
     from registry.models import Image
 
     pipeline = run.pipeline
     image = Image.objects.get(pk=step.state.get("image") or run.image_id) if run.image_id else None
     if image is None:
         return _failed("There is no image to deploy.")
-    service = Service.objects.select_related("image", "workspace").get(pk=pipeline.service_id)
+    service = Service.objects.select_related("image", "workspace", "environment").get(pk=pipeline.service_id)
     if not step.state.get("asked"):
         first = step.state.get("first_try") or timezone.now().isoformat()
         try:
@@ -340,8 +341,14 @@ def _step_deploy(run: PipelineRun, step: PipelineStep) -> Outcome:
         number = revision.number if revision else None
         PipelineRun.objects.filter(pk=run.pk).update(revision=number)
         step.links = {**step.links, "revision": {"id": str(number), "label": f"revision {number}"}}
-        return Outcome("done", f"Service '{service.name}' serves image {image.ref} (revision {number}) at the same URL "
-                               "and with the same keys.")
+        message = (f"Service '{service.name}' serves image {image.ref} (revision {number}) at the same URL and with the "
+                   "same keys.")
+        if run.model_id and aliases.is_production(service.environment):
+            aliases.model_alias_set(model=run.model, alias=aliases.PRODUCTION, user=_actor(run), check_role=False,
+                                    reason=f"pipeline {pipeline.name} run #{run.number} deployed it to service "
+                                           f"'{service.name}' (revision {number}) in environment '{service.environment.name}'")
+            message += f" {run.model.ref} is now '{aliases.PRODUCTION}'."
+        return Outcome("done", message)
     why = service.last_update_error or "it went back to its previous image"
     return _failed(f"The update of service '{service.name}' to {image.ref} did not happen: {why}")
 

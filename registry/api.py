@@ -286,6 +286,44 @@ class ModelViewSet(RefLookupMixin, WorkspaceScopedViewSet):
             model = model_scan.model_accept(model=model, user=request.user)
         return Response(ModelSerializer(self.get_queryset().get(pk=model.pk)).data)
 
+    @extend_schema(request=inline_serializer("ModelAliasSet", {
+        "alias": serializers.CharField(), "version": serializers.IntegerField(required=False),
+        "remove": serializers.BooleanField(required=False), "reason": serializers.CharField(required=False)}),
+        parameters=[OpenApiParameter("alias", str, description="Only this alias's history, e.g. production")],
+        responses={200: inline_serializer("ModelAliases", {
+            "name": serializers.CharField(), "aliases": serializers.ListField(child=serializers.DictField()),
+            "history": serializers.ListField(child=serializers.DictField())})})
+    @action(detail=True, methods=["get", "post"])
+    def aliases(self, request, **kwargs):
+        """GET: the model's aliases now and every period each pointed at a version, newest first
+        ("which version was in production when": ``?alias=production``). POST ``{"alias",
+        "version"?}`` points the alias at that version (default: this one); ``"remove": true`` drops it."""
+        from registry import aliases
+
+        model = self.get_object()
+        if request.method == "POST":
+            self.check_object_permissions(request, model)
+            data = request.data if hasattr(request.data, "get") else {}
+            if str(data.get("remove", "")).lower() in ("1", "true", "yes"):
+                aliases.model_alias_remove(workspace=model.workspace, model_name=model.name, alias=data.get("alias"),
+                                           user=request.user)
+            else:
+                version = data.get("version")
+                if version not in (None, ""):
+                    target = Model.objects.filter(workspace=model.workspace, name=model.name,
+                                                  version=str(version).strip() if str(version).strip().isdigit() else -1).first()
+                    if target is None:
+                        versions = ", ".join(str(v) for v in Model.objects.filter(workspace=model.workspace, name=model.name)
+                                             .values_list("version", flat=True)[:20])
+                        raise PortalError(f"Model {model.name} has no version {str(version)[:20]!r}; its versions are {versions}.",
+                                          fields={"version": "Unknown version."})
+                    model = target
+                aliases.model_alias_set(model=model, alias=data.get("alias"), user=request.user,
+                                        reason=str(data.get("reason") or "set by hand"))
+        alias = request.query_params.get("alias") or None
+        return Response({"name": model.name, "aliases": aliases.aliases_of(model.workspace_id, model.name),
+                         "history": aliases.alias_history(model.workspace_id, model.name, alias)})
+
     @extend_schema(responses={(200, "application/octet-stream"): bytes})
     @action(detail=True, methods=["get"])
     def download(self, request, **kwargs):

@@ -203,3 +203,46 @@ class ImageLogChunk(models.Model):
 
     def __str__(self) -> str:
         return f"log of {self.image_id} at {self.offset}"
+
+
+class ModelAlias(models.Model):
+    """A name (``production``, ``staging``, any) pointing at one version of a model; it moves.
+
+    Every move is kept in ``ModelAliasEvent``, so "which version was in production when" is one
+    query. Changed only through ``registry.aliases``."""
+
+    workspace = models.ForeignKey("workspaces.Workspace", on_delete=models.CASCADE, related_name="+")
+    model_name = models.CharField(max_length=100)
+    alias = models.CharField(max_length=63)
+    model = models.ForeignKey(Model, on_delete=models.CASCADE, related_name="aliases")
+    set_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    set_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["model_name", "alias"]
+        constraints = [models.UniqueConstraint(fields=["workspace", "model_name", "alias"], name="model_alias_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.model_name}@{self.alias}"
+
+
+class ModelAliasEvent(models.Model):
+    """One move of an alias: from ``previous_version`` to ``version`` (None: removed), by whom, why."""
+
+    workspace = models.ForeignKey("workspaces.Workspace", on_delete=models.CASCADE, related_name="+")
+    model_name = models.CharField(max_length=100)
+    alias = models.CharField(max_length=63)
+    # The versions as numbers: the history outlives a deleted version.
+    version = models.PositiveIntegerField(null=True, blank=True)
+    previous_version = models.PositiveIntegerField(null=True, blank=True)
+    reason = models.CharField(max_length=500, blank=True)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        # The model page's history of one model's aliases, newest first.
+        indexes = [models.Index(fields=["workspace", "model_name", "alias", "-at"], name="model_alias_history")]
+
+    def __str__(self) -> str:
+        return f"{self.model_name}@{self.alias}: {self.previous_version} → {self.version}"

@@ -10,6 +10,7 @@ urlpatterns = [
     path("models/<str:ref>/edit/", views.model_edit, name="model-edit"),
     path("models/<str:ref>/delete/", views.model_delete, name="model-delete"),
     path("models/<str:ref>/accept/", views.model_accept, name="model-accept"),
+    path("models/<str:ref>/alias/", views.model_alias_set, name="model-alias-set"),
     path("manifests/", views.manifest_list, name="manifest-list"),
     path("manifests/new/", views.manifest_create, name="manifest-create"),
     path("manifests/<str:ref>/", views.manifest_detail, name="manifest-detail"),

@@ -12,7 +12,7 @@ from django.shortcuts import redirect, render
 from django.urls import NoReverseMatch, reverse
 from django.views.decorators.http import require_POST
 
-from registry import model_scan, selectors, services
+from registry import aliases, model_scan, selectors, services
 from registry.api import model_file_response
 from registry.forms import ImageCreateForm, ManifestForm, ModelEditForm, ModelRegisterForm
 from registry.models import Image, Manifest, Model
@@ -137,7 +137,28 @@ def model_detail(request, ref: str):
         "model": model, "versions": versions, "usage": selectors.model_usage(model),
         "edit_form": edit_form, "can_edit": _can(request, model, Role.CONTRIBUTOR), "can_delete": _can(request, model, Role.OWNER),
         "lineage": _lineage(model), "can_accept": _can(request, model, Role.OWNER),
+        "aliases": aliases.aliases_of(model.workspace_id, model.name),
+        "alias_history": aliases.alias_history(model.workspace_id, model.name),
     })
+
+
+@login_required
+@require_POST
+def model_alias_set(request, ref: str):
+    """Points an alias (production, staging, any name) at the chosen version of this model."""
+    model = _find(request, Model.objects.all(), ref)
+    require_page_role(request, model.workspace, Role.CONTRIBUTOR)
+    target = Model.objects.filter(workspace=model.workspace, name=model.name,
+                                  version=request.POST.get("version") if str(request.POST.get("version", "")).isdigit() else -1).first()
+    try:
+        if target is None:
+            raise PortalError("Choose one of the model's versions.")
+        aliases.model_alias_set(model=target, alias=request.POST.get("alias"), user=request.user, reason="set by hand")
+    except PortalError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"{target.name}@{request.POST.get('alias')} is v{target.version} now.")
+    return redirect(f"{reverse('model-detail', args=[model.pk])}#aliases")
 
 
 @login_required

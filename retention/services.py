@@ -78,7 +78,7 @@ def _clear_run_files(run_id, *, note: str) -> int:
     return sum(size for _, size in outputs) + (run.log_bytes or 0)
 
 
-def _remove_image(image_id) -> tuple[int, str | None]:
+def _remove_image(image_id, *, by: str = "retention") -> tuple[int, str | None]:
     """Deletes an image no service uses from the engine and the registry; (bytes, error or None)."""
     from compute.engine import EngineError
     from compute.images import remove_image
@@ -95,10 +95,40 @@ def _remove_image(image_id) -> tuple[int, str | None]:
             except EngineError as exc:
                 return 0, f"{image.tag}: {exc}"
         activity_record(workspace=image.workspace, actor=None, verb="image.deleted", target=image,
-                        detail={"tag": image.tag, "by": "retention"})
+                        detail={"tag": image.tag, "by": by})
         size = image.size or 0
         image.delete()
     return size, None
+
+
+def images_of_deleted_service_remove(*, workspace_id, image_ids: list[str], service_name: str = "") -> dict:
+    """Deletes the images a deleted service served (its record and the engine's image) that
+    nothing else uses: no other service runs one, live or being removed, and no other service's
+    history names one (a rollback target). When the workspace's retention has a rule for unused
+    images (keep N days or the last N), that rule decides instead, at its next sweep.
+    Returns {"images": n, "bytes": freed, "errors": [...], "left_to_retention": bool}."""
+    from deployments.models import ServiceRevision
+
+    summary = {"images": 0, "bytes": 0, "errors": [], "left_to_retention": False}
+    workspace = Workspace.objects.filter(pk=workspace_id).first()
+    if workspace is None:
+        return summary
+    policy = policy_of(workspace)
+    if policy.unused_images_keep_days is not None or policy.unused_images_keep_last is not None:
+        summary["left_to_retention"] = True
+        return summary
+    named = set(ServiceRevision.objects.filter(image_id__in=image_ids).values_list("image_id", flat=True))
+    for image_id in image_ids:
+        if any(str(i) == str(image_id) for i in named):  # another service's history still names it
+            continue
+        freed, error = _remove_image(image_id, by=f"service {service_name} deleted" if service_name else "service deleted")
+        if error:
+            summary["errors"].append(error)
+            logger.warning("could not remove the image of a deleted service: %s", error)
+        elif freed or not Image.objects.filter(pk=image_id).exists():
+            summary["images"] += 1
+            summary["bytes"] += freed
+    return summary
 
 
 def retention_apply(*, workspace_id=None) -> dict:

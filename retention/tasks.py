@@ -7,3 +7,9 @@ from retention import services
 @shared_task(ignore_result=True)
 def apply_retention(workspace_id: str | None = None) -> dict:
     return services.retention_apply(workspace_id=workspace_id)
+
+
+@shared_task(ignore_result=True)
+def remove_images_of_deleted_service(workspace_id: str, image_ids: list[str], service_name: str = "") -> dict:
+    return services.images_of_deleted_service_remove(workspace_id=workspace_id, image_ids=image_ids,
+                                                     service_name=service_name)

@@ -388,7 +388,8 @@ class RunViewSet(WorkspaceScopedViewSet):
         "metric_lte", "metric_eq", "ordering", "workspace")] + [OpenApiParameter(
             "filter", str, description='e.g. metrics."DTree Accuracy" > 0.9 and params.max_depth = "4" and tags.team = "churn"')])
     def list(self, request, *args, **kwargs):
-        page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
+        ids = self.paginate_queryset(self.filter_queryset(self.get_queryset()).values_list("pk", flat=True))
+        page = selectors.runs_in_order(ids)
         selectors.attach_metric_summaries(page)
         selectors.attach_params_and_tags(page)
         return self.get_paginated_response(RunSerializer(page, many=True).data)

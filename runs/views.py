@@ -278,7 +278,8 @@ def run_list(request):
         qs = selectors.order_runs(selectors.filter_runs(base, request.GET, workspace_ids), ordering)
     except PortalError as exc:
         error, qs = exc.message, base.order_by("-created_at")
-    page = paginate(request, qs)
+    page = paginate(request, qs.values_list("pk", flat=True))
+    page.object_list = selectors.runs_in_order(page.object_list)
     runs = selectors.attach_metric_summaries(list(page.object_list))
     selectors.attach_params_and_tags(runs)
     names = selectors.metric_names(workspace_ids)

@@ -52,6 +52,10 @@ def _list(ctx: Context, path: str, cols, extra: dict | None = None) -> Result:
 def env_setup(ctx: Context):
     body = {"name": ctx.arg("name"), "kind": "cluster" if ctx.arg("cluster") else "local",
             "engine_url": ctx.arg("engine_url") or "", "description": ctx.arg("description") or ""}
+    if ctx.arg("init_swarm"):
+        if not ctx.arg("cluster"):
+            raise UsageError("--init-swarm goes with --cluster")
+        body["init_swarm"] = True
     if ctx.arg("publish_address"):
         body["publish_address"] = ctx.arg("publish_address")
     env = ctx.client.post("environments/", body)
@@ -160,6 +164,7 @@ def service_create(ctx: Context):
             data[key] = str(ctx.arg(key))
     if ctx.arg("confirm_unknown"):
         data["confirm_unknown"] = "true"
+    data.update({k: str(v) for k, v in _autoscale_given(ctx).items()})
     names = {"score_file": "score.py", "schema_file": "service_schema.json", "requirements_file": "requirements.txt"}
     ctx.progress(f"Creating service {data['name']}: register the model, create the manifest, build the image, "
                  "start the service.")
@@ -253,8 +258,30 @@ def service_export(ctx: Context):
     return 0
 
 
+AUTOSCALE_ARGS = ("autoscale_enabled", "autoscale_min_replicas", "autoscale_max_replicas", "autoscale_target_utilization",
+                  "autoscale_refresh_seconds", "autoscale_stable_seconds")
+
+
+def _autoscale_given(ctx: Context) -> dict:
+    return {name: ctx.arg(name) for name in AUTOSCALE_ARGS if ctx.arg(name) is not None}
+
+
+def _describe_autoscale(settings: dict, replicas: int) -> str:
+    if not settings.get("enabled"):
+        return f"autoscaling off ({replicas} replica{'s' if replicas != 1 else ''})"
+    return (f"autoscaling {settings['min_replicas']}-{settings['max_replicas']} replicas at {settings['target_utilization']}% "
+            f"of scoring workers busy (refresh {settings['refresh_seconds']} s, scale down after "
+            f"{settings['stable_seconds']} s); {replicas} now")
+
+
 def service_update(ctx: Context):
     ref = _path(service_ref(ctx))
+    if _autoscale_given(ctx):
+        if any(ctx.arg(c) is not None for c in ("image", "replicas", "rollback", "capture", "capture_percent")):
+            raise UsageError("change autoscaling on its own: --autoscale-* without --image-id, -z, --rollback or --capture")
+        answer = ctx.client.post(f"services/{ref}/autoscale/", _autoscale_given(ctx))
+        ctx.progress(f"Service {service_ref(ctx)}: {_describe_autoscale(answer['settings'], answer['replicas'])}.")
+        return Result(answer["settings"])
     if ctx.arg("capture") is not None or ctx.arg("capture_percent") is not None:
         if any(ctx.arg(c) is not None for c in ("image", "replicas", "rollback")):
             raise UsageError("change the data capture on its own: --capture / --capture-percent without --image-id, -z or --rollback")
@@ -420,6 +447,20 @@ def _timeout(parser) -> None:
     parser.add_argument("--timeout", type=float, metavar="SECONDS", help="stop waiting after SECONDS (default: wait)")
 
 
+def _autoscale_options(parser) -> None:
+    """Azure ML's autoscale flags (and the scale-down window)."""
+    parser.add_argument("--autoscale-enabled", nargs="?", const="true", metavar="true|false",
+                        help="scale replicas between min and max from how busy the scoring workers are")
+    parser.add_argument("--autoscale-min-replicas", type=int, metavar="N", help="fewest replicas (default 1)")
+    parser.add_argument("--autoscale-max-replicas", type=int, metavar="N", help="most replicas (default 10, at most MLPORTAL_MAX_REPLICAS)")
+    parser.add_argument("--autoscale-target-utilization", type=int, metavar="PERCENT",
+                        help="share of scoring workers busy to aim for, 1-100 (default 70)")
+    parser.add_argument("--autoscale-refresh-seconds", type=int, metavar="SECONDS",
+                        help="how often it decides, averaging over that window (default 1)")
+    parser.add_argument("--autoscale-stable-seconds", type=int, metavar="SECONDS",
+                        help="how long load must stay lower before it scales down (default 60)")
+
+
 def register(subparsers) -> None:
     env = add_group(subparsers, "env", help="Environments where services run: setup, list, show, set, delete.")
     parser = add_command(env, "setup", help="Create an environment (a Docker engine the workers can reach).",
@@ -429,7 +470,10 @@ def register(subparsers) -> None:
     parser.add_argument("-n", "--name", required=True, help="the environment's name, e.g. staging")
     parser.add_argument("--engine-url", metavar="URL", help="a tcp:// or ssh:// Docker engine (default: the workers' own)")
     parser.add_argument("--publish-address", metavar="ADDRESS", help="where service ports are published (default 127.0.0.1)")
-    parser.add_argument("--cluster", action="store_true", help="a Kubernetes cluster (not available yet)")
+    parser.add_argument("--cluster", action="store_true",
+                        help="a Docker Swarm: the engine (default the workers' own, or --engine-url) of a swarm manager")
+    parser.add_argument("--init-swarm", action="store_true",
+                        help="with --cluster: make the engine a single-node swarm manager first when it is in no swarm")
     parser.add_argument("-d", "--description", help="a description")
     parser = add_command(env, "list", help="List environments (* marks your active one).",
                          example="mlportal env list -o table", func=env_list)
@@ -468,6 +512,7 @@ def register(subparsers) -> None:
     parser.add_argument("-z", "--replicas", type=int, metavar="N", help="number of replicas (default 1)")
     parser.add_argument("--cpus", type=float, help="CPU limit per replica (default 1)")
     parser.add_argument("--memory-mb", type=int, metavar="MB", help="memory limit per replica (default 1024)")
+    _autoscale_options(parser)
     parser.add_argument("--no-wait", action="store_true", help="return once the service is recorded")
     _timeout(parser)
 
@@ -522,6 +567,7 @@ def register(subparsers) -> None:
     parser.add_argument("--canary", metavar="PERCENT", help="with --image: start it beside the live revision, answering PERCENT (1-99) of requests")
     parser.add_argument("--shadow", metavar="PERCENT", help="with --image: mirror PERCENT (1-99) of requests to it; its answers are dropped")
     parser.add_argument("--bake", metavar="SECONDS", help="the canary's bake period (default 300): rolled back automatically if it does worse")
+    _autoscale_options(parser)
     parser.add_argument("--no-wait", action="store_true", help="return once the change is queued")
     _timeout(parser)
     parser = add_command(service, "export", help="Write the service as Kubernetes objects (Deployment, Service, Secret, HPA).",

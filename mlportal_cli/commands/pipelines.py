@@ -47,9 +47,20 @@ def pipeline_create(ctx: Context):
             body[key] = ctx.arg(key)
     if ctx.arg("register_only"):
         body["mode"] = "register_only"
+    if ctx.arg("schedule"):
+        body["schedule"] = ctx.arg("schedule")
+    if ctx.arg("on_data"):
+        body["trigger_on_data"] = True
+    if ctx.arg("webhook"):
+        body["webhook"] = True
     pipeline = ctx.client.post("pipelines/", body)
     ctx.progress(f"Created pipeline {pipeline['name']}: {pipeline['project']}/{pipeline['script']} → service "
                  f"{pipeline['service']}. Start it with 'mlportal pipeline run -n {pipeline['name']}'.")
+    if pipeline.get("schedule"):
+        ctx.progress(f"It also runs on the schedule '{pipeline['schedule']}' (UTC).")
+    if pipeline.get("webhook_secret"):
+        ctx.progress(f"Incoming webhook: POST {pipeline['webhook_url']} with X-MLPortal-Signature-256: "
+                     f"sha256=<HMAC-SHA256(secret, body)>; secret (shown this once): {pipeline['webhook_secret']}")
     return Result(pipeline)
 
 
@@ -136,6 +147,9 @@ def register(subparsers) -> None:
     parser.add_argument("--canary-bake-seconds", type=int, metavar="S", help="the canary's bake period (default 300)")
     parser.add_argument("--requirements", dest="requirements_path", metavar="PATH",
                         help="a project file replacing the served manifest's requirements.txt")
+    parser.add_argument("--schedule", metavar="CRON", help='retrain on a schedule: "0 3 * * *" (UTC) or "every 6 hours"')
+    parser.add_argument("--on-data", action="store_true", help="retrain when a file under the project's data/ changes")
+    parser.add_argument("--webhook", action="store_true", help="give it an incoming webhook (its secret is printed once)")
     parser.add_argument("-d", "--description", help="a description")
 
     parser = add_command(group, "run", help="Retrain now: start a pipeline run (--wait follows its steps).",

@@ -11,6 +11,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from mlportal_cli.client import CliError
+from mlportal_cli.commands import aliases
 from mlportal_cli.commands.runs import POLL_SECONDS, download_to, resolve_run
 from mlportal_cli.context import Context, add_command, add_group
 from mlportal_cli.folder import human_size
@@ -286,6 +287,7 @@ def register(subparsers) -> None:
                          func=model_accept)
     _ref_args(parser, "model")
     parser.add_argument("--withdraw", action="store_true", help="withdraw the acceptance instead")
+    aliases.register(model)
     parser = add_command(model, "download", help="Download a model version's file.",
                          example="mlportal model download model.pkl:2 -d ./models", func=model_download)
     _ref_args(parser, "model")

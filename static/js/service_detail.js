@@ -26,7 +26,7 @@
       if (!rows.length) {
         const tr = document.createElement("tr");
         const td = cell("No replica runs.", "muted");
-        td.colSpan = 7;
+        td.colSpan = 8;
         tr.append(td);
         body.replaceChildren(tr);
         return;
@@ -36,7 +36,8 @@
         const state = document.createElement("td");
         state.append(badge(r.state === "running" ? (r.ready ? "healthy" : "starting") : r.state));
         tr.append(cell(String(r.number)), cell(r.container_id.slice(0, 12), "mono"), cell(`${r.host}:${r.port}`, "mono"), state,
-                  cell(r.ready ? "yes" : "no"), cell(String(r.restarts), "num"), cell(new Date(r.started_at).toLocaleString()));
+                  cell(r.ready ? "yes" : "no"), cell(r.node || "this engine"), cell(String(r.restarts), "num"),
+                  cell(new Date(r.started_at).toLocaleString()));
         return tr;
       }));
     }

@@ -111,3 +111,10 @@ def test_fixed_replicas_and_autoscale_together_are_refused():
 def test_an_update_keeps_the_settings_it_does_not_name():
     current = check_settings({"enabled": True, "min_replicas": 2, "max_replicas": 5}, cap=8)
     assert check_settings({"target_utilization": 50}, current=current, cap=8) == {**current, "target_utilization": 50}
+
+
+def test_a_stable_window_with_gaps_does_not_scale_down():
+    # Only two readable samples in a 10 s window (the others missing): not enough to judge.
+    sparse = [Sample(at=1, replicas=3, workers=3, busy=1.9), Sample(at=11, replicas=3, workers=3, busy=0.0),
+              Sample(at=12, replicas=3, workers=3, busy=0.0)]
+    assert not decide(sparse, current=3, settings=SETTINGS, now=12).scale

@@ -80,7 +80,11 @@ def test_a_retraining_pipeline_moves_the_service_to_v2_at_the_same_url_and_keys(
     assert "keeps serving model.pkl:1" in prun["reason"]
     assert served_version(gateway, key) == "model.pkl:1"
 
-    # 3. Two triggers at once give one retraining, which moves the service to v2: same URL, same key.
+    # 3. Two triggers at once give one retraining, which moves the service to v2: same URL, same key;
+    # its environment is labelled production, so the model's production alias moves to v2.
+    environment = owner_api.get("/api/v1/services/churnpred/").json()["environment"]
+    assert owner_api.patch(f"/api/v1/environments/{environment}/", {"labels": {"stage": "production"}},
+                           format="json").status_code == 200
     assert owner_api.patch("/api/v1/pipelines/churn-retrain/", {"script": CHURN_SCRIPT, "gate": "DTree Accuracy >= 0.5",
                                                                "when_busy": "skip"}, format="json").status_code == 200
     answers = []
@@ -106,6 +110,9 @@ def test_a_retraining_pipeline_moves_the_service_to_v2_at_the_same_url_and_keys(
     service = owner_api.get("/api/v1/services/churnpred/").json()
     assert owner_api.get("/api/v1/services/churnpred/keys/").json()["primary"] == key
     assert [r["number"] for r in service["revisions"]] == [2, 1]  # one update, not two
+    production = json.loads(cli("model", "alias", "list", "-n", "model.pkl", "--alias", "production", "-o", "json").out)
+    assert [(p["version"], p["until"]) for p in production] == [(2, None)]
+    assert "pipeline churn-retrain run #3 deployed it to service 'churnpred' (revision 2)" in production[0]["reason"]
 
     # 4. A build that fails (a requirement no index has): v2 keeps serving.
     assert owner_api.patch("/api/v1/pipelines/churn-retrain/", {"requirements_path": "broken-requirements.txt", "gate": ""},

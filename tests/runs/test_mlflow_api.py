@@ -151,3 +151,27 @@ def test_a_read_only_token_reads_but_cannot_log(tracking, owner, workspace):
     assert _call(tracking, "runs/get", {"run_id": run_id}, token=token, method="GET").status_code == 200
     res = _call(tracking, "runs/set-tag", {"run_id": run_id, "key": "a", "value": "b"}, token=token)
     assert res.status_code == 403 and res.json()["error_code"] == "PERMISSION_DENIED" and "read-only" in res.json()["message"]
+
+
+def test_log_batch_refuses_one_param_twice_and_stores_nan_and_infinities_as_mlflow_does(tracking, owner, workspace):
+    project = services.project_create(workspace=workspace, name="churnpred", user=owner)
+    run_id = _call(tracking, "runs/create", {"experiment_id": str(project.pk)}).json()["run"]["info"]["run_id"]
+    res = _call(tracking, "runs/log-batch", {"run_id": run_id, "params": [{"key": "lr", "value": "0.1"},
+                                                                          {"key": "lr", "value": "0.2"}],
+                                            "metrics": [{"key": "m", "value": 1.5, "timestamp": 1, "step": 0}]})
+    assert res.status_code == 400 and res.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert "'lr'" in res.json()["message"] and "MLflow refuses it too" in res.json()["message"]
+    assert not Metric.objects.filter(run_id=run_id).exists()  # nothing of the refused batch
+    # JSON's NaN / Infinity literals and MLflow's spelled values; finite floats, whole numbers.
+    raw = ('{"run_id": "%s", "metrics": [{"key": "a", "value": NaN, "timestamp": 1000, "step": 1},'
+           ' {"key": "b", "value": Infinity, "timestamp": 1000, "step": 1},'
+           ' {"key": "c", "value": "-Infinity", "timestamp": 1000, "step": 1},'
+           ' {"key": "d", "value": 0.25, "timestamp": 2000, "step": 2}, {"key": "e", "value": 3, "timestamp": 2000}]}' % run_id)
+    res = requests.post(f"{tracking['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/runs/log-batch", data=raw, timeout=30,
+                        headers={"Authorization": f"Bearer {tracking['MLFLOW_TRACKING_TOKEN']}",
+                                 "Content-Type": "application/json"})
+    assert res.status_code == 200, res.text
+    stored = {m.name: (m.value, m.text, m.step) for m in Metric.objects.filter(run_id=run_id)}
+    assert stored == {"a": (None, "NaN", 1), "b": (1.7976931348623157e308, "", 1), "c": (-1.7976931348623157e308, "", 1),
+                      "d": (0.25, "", 2), "e": (3.0, "", 0)}
+    assert Metric.objects.get(run_id=run_id, name="d").logged_at.timestamp() == 2.0

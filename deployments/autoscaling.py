@@ -1,0 +1,252 @@
+"""The autoscaler's worker side: one tick per refresh period per autoscaled service.
+
+A tick reads every serving replica's ``/metrics`` (its busy-seconds counter and worker count),
+writes a ``ServiceLoad`` sample (busy workers averaged since the last tick), asks the rule in
+``deployments/autoscale.py`` what to run, and when that differs from what runs (and the service
+is healthy, with no other change or rollout under way) records the decision as an event with
+its figures and starts the scale as any other change. The tick re-sends itself while autoscaling
+stays on; ``Service.autoscale_token`` names the one chain allowed to act (turning autoscaling on
+again, or the reconciler reviving a chain that stopped, starts a new one and the old one ends).
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import timedelta
+
+from django.db import transaction
+from django.utils import timezone
+
+from deployments import autoscale, proxy
+from deployments.models import Service, ServiceEvent, ServiceLoad
+
+logger = logging.getLogger(__name__)
+
+KEEP = timedelta(hours=24)
+METRICS_TIMEOUT = 2.0  # a saturated replica answers /metrics after the requests queued before it
+
+
+def autoscale_start(service_id) -> str:
+    """Starts a new tick chain for the service (the old one, if any, ends at its next tick)."""
+    from deployments.tasks import autoscale_service
+
+    token = str(uuid.uuid4())
+    Service.objects.filter(pk=service_id).update(autoscale_token=token)
+    sid = str(service_id)
+    transaction.on_commit(lambda: autoscale_service.delay(sid, token))
+    return token
+
+
+def settings_of(service: Service) -> autoscale.Settings:
+    return autoscale.Settings(min_replicas=service.autoscale_min_replicas, max_replicas=service.autoscale_max_replicas,
+                              target_utilization=service.autoscale_target_utilization,
+                              refresh_seconds=service.autoscale_refresh_seconds,
+                              stable_seconds=service.autoscale_stable_seconds)
+
+
+def take_sample(service: Service, previous: ServiceLoad | None) -> ServiceLoad | None:
+    """Reads the replicas' counters and returns the (unsaved) sample since ``previous``, or None
+    when no replica answered ``/metrics`` (a busy replica may be slow to: nothing is recorded, and
+    the next sample spans both periods). ``counters`` maps each container to [busy seconds, when
+    read]: busy workers are each counter's rise over the time since it was last read, so a
+    replica that missed one read still counts right."""
+    now = timezone.now()
+    stamp = now.timestamp()
+    before = {k: v for k, v in (previous.counters if previous is not None else {}).items()
+              if isinstance(v, list) and len(v) == 2}
+    counters: dict[str, list[float]] = {}
+    workers = answered = 0
+    busy = 0.0
+    replicas = list(service.replica_set.filter(revision__isnull=True) | service.replica_set.filter(revision__role="live"))
+    for replica in replicas:
+        try:
+            figures = autoscale.parse_metrics(proxy.fetch_text(replica.host, replica.port, "/metrics", timeout=METRICS_TIMEOUT))
+        except (OSError, proxy.http.client.HTTPException) as exc:
+            logger.info("autoscaler: replica %s of %s did not answer /metrics: %s", replica.number, service.pk, exc)
+            if replica.container_id in before:
+                counters[replica.container_id] = before[replica.container_id]
+            continue
+        answered += 1
+        value = figures.get("busy_seconds", 0.0)
+        counters[replica.container_id] = [value, stamp]
+        workers += int(figures.get("workers", 0))
+        if replica.container_id in before:
+            old_value, old_stamp = before[replica.container_id]
+            if stamp > old_stamp and value >= old_value:  # a restarted replica's counter starts again
+                busy += (value - old_value) / (stamp - old_stamp)
+    if not answered:
+        return None
+    per_replica = workers / answered
+    # Replicas that did not answer this time are counted with the workers the others have.
+    workers = round(per_replica * len(replicas))
+    desired = autoscale.desired_for(busy, per_replica, service.autoscale_target_utilization)
+    return ServiceLoad(service=service, at=now, replicas=len(replicas), workers=workers, busy=round(busy, 4),
+                       utilization=round(100.0 * busy / workers, 2) if workers else 0.0, desired=desired, counters=counters)
+
+
+def autoscale_tick(*, service_id: str, token: str) -> float | None:
+    """One tick; returns the seconds until the next one, or None when the chain ends."""
+    service = Service.objects.select_related("environment", "workspace", "image").filter(pk=service_id).first()
+    if (service is None or not service.autoscale_enabled or str(service.autoscale_token) != token
+            or service.status in (Service.Status.DELETING, Service.Status.DELETED, Service.Status.FAILED)):
+        return None
+    refresh = float(service.autoscale_refresh_seconds)
+    if service.status == Service.Status.CREATING:
+        return refresh
+    if service.environment.kind == service.environment.Kind.CLUSTER:
+        from compute.engine import EngineError
+        from deployments import cluster
+
+        try:
+            cluster.sync_replicas(service)  # Swarm may have replaced tasks since the last look
+        except EngineError as exc:
+            logger.info("autoscaler: could not read the tasks of %s: %s", service.pk, exc)
+    previous = ServiceLoad.objects.filter(service=service).order_by("-at").first()
+    if previous is not None and (timezone.now() - previous.at).total_seconds() > 30 * refresh + 30:
+        previous = None  # counters that old say nothing about now
+    sample = take_sample(service, previous)
+    if sample is None:
+        return refresh
+    sample.save()
+    if previous is None:
+        return refresh  # the first sample of a chain only sets the counters
+    if sample.at.second == 0 or previous.at.minute != sample.at.minute:
+        ServiceLoad.objects.filter(service=service, at__lt=sample.at - KEEP).delete()
+    settings = settings_of(service)
+    horizon = sample.at - timedelta(seconds=settings.stable_seconds + 2 * refresh)
+    rows = list(ServiceLoad.objects.filter(service=service, at__gte=horizon).order_by("at"))
+    base = rows[0].at if rows else sample.at
+    samples = [autoscale.Sample(at=(r.at - base).total_seconds(), replicas=r.replicas, workers=r.workers, busy=r.busy)
+               for r in rows if r.workers]
+    now = (sample.at - base).total_seconds()
+    decision = autoscale.decide(samples, current=service.replicas, settings=settings, now=now)
+    logger.info("autoscaler %s: busy %.3f of %d workers on %d replica(s); %s -> %d (%s)", service.name, sample.busy,
+                sample.workers, sample.replicas, service.replicas, decision.replicas, decision.reason)
+    if decision.scale and service.status == Service.Status.HEALTHY and not service.rollout:
+        _scale(service, decision)
+    return refresh
+
+
+def _scale(service: Service, decision: autoscale.Decision) -> None:
+    from deployments import services as deployments
+    from workspaces.errors import Conflict
+
+    figures = decision.figures
+    message = (f"Autoscaler: {decision.current} → {decision.replicas} replica(s): {decision.reason} "
+               f"(busy workers {figures['busy_workers']:g} of {figures['workers']}, utilisation {figures['utilization']:g}%, "
+               f"target {figures['target']}%, min {service.autoscale_min_replicas}, max {service.autoscale_max_replicas}).")
+    try:
+        deployments._start_change(service, user=None, op={"op": "scale", "replicas": decision.replicas, "auto": True},
+                                  verb="service.autoscaled", detail={"from": decision.current, "to": decision.replicas,
+                                                                     "figures": figures})
+    except Conflict:
+        return  # someone else's change started meanwhile: the next tick decides again
+    ServiceEvent.objects.create(service=service, level=ServiceEvent.Level.INFO, message=message[:4000])
+
+
+def revive_chains() -> int:
+    """Starts a tick chain for every autoscaled, serving service whose last sample is old (its
+    chain was lost: a worker restart). Returns how many were started."""
+    count = 0
+    now = timezone.now()
+    for service in Service.objects.filter(autoscale_enabled=True, status__in=Service.SERVING):
+        last = ServiceLoad.objects.filter(service=service).order_by("-at").values_list("at", flat=True).first()
+        if last is None or (now - last).total_seconds() > max(30, 10 * service.autoscale_refresh_seconds):
+            autoscale_start(service.pk)
+            count += 1
+    return count
+
+
+# --- the request side: settings from a form, the API or the CLI ------------------------------------
+
+REQUEST_FIELDS = {f"autoscale_{name}": name for name in autoscale.FIELDS}
+
+
+def given_in(data) -> dict:
+    """The autoscale settings a request names (``autoscale_enabled``, ``autoscale_min_replicas``…),
+    keyed without the prefix; blank values are left out."""
+    if not hasattr(data, "get"):
+        return {}
+    found = {}
+    for field, name in REQUEST_FIELDS.items():
+        value = data.get(field)
+        if value is not None and value != "":
+            found[name] = value
+    return found
+
+
+def check(given: dict, *, current: dict | None = None, replicas_given: bool = False) -> dict:
+    """The complete settings (autoscale.check_settings) or PortalError naming the field."""
+    from django.conf import settings as django_settings
+
+    from workspaces.errors import PortalError
+
+    try:
+        return autoscale.check_settings(given, current=current, cap=django_settings.MLPORTAL_MAX_REPLICAS,
+                                        replicas_given=replicas_given)
+    except autoscale.AutoscaleInvalid as exc:
+        raise PortalError(str(exc), code="invalid_autoscale", fields=exc.fields) from None
+
+
+def apply_settings(service: Service, values: dict, *, user, created: bool = False) -> Service:
+    """Stores checked settings on the service; turning autoscaling on (or changing it while on)
+    starts a tick chain; an event and an activity line say what it is now."""
+    from workspaces.services import activity_record
+
+    before = service.autoscale
+    fields = {f"autoscale_{name}": values[name] for name in autoscale.FIELDS}
+    Service.objects.filter(pk=service.pk).update(**fields)
+    for key, value in fields.items():
+        setattr(service, key, value)
+    if values == before and not created:
+        return service
+    if values["enabled"]:
+        description = (f"Autoscaling on: {values['min_replicas']} to {values['max_replicas']} replicas, target "
+                       f"{values['target_utilization']}% of scoring workers busy over {values['refresh_seconds']} s, "
+                       f"scaling down after {values['stable_seconds']} s of less.")
+        autoscale_start(service.pk)
+    elif before["enabled"]:
+        description = f"Autoscaling off: the service keeps {service.replicas} replica(s) until scaled."
+    else:
+        return service
+    ServiceEvent.objects.create(service=service, message=description)
+    activity_record(workspace=service.workspace, actor=user, verb="service.autoscale_set", target=service,
+                    detail={k: v for k, v in values.items()})
+    return service
+
+
+def service_set_autoscale(*, service: Service, user, given: dict) -> Service:
+    """``service update --autoscale-*``: checks the settings (the ones not named stay), stores them.
+    Refused while the service is being deleted."""
+    from workspaces.errors import Conflict
+    from workspaces.models import Role
+    from workspaces.services import require_role
+
+    require_role(user=user, workspace=service.workspace, role=Role.CONTRIBUTOR)
+    if not given:
+        from workspaces.errors import PortalError
+
+        raise PortalError(f"Say what to change: {', '.join(REQUEST_FIELDS)}.",
+                          fields={"autoscale_enabled": "Send at least one autoscale setting."})
+    values = check(given, current=service.autoscale)
+    with transaction.atomic():
+        service = Service.objects.select_for_update().get(pk=service.pk)
+        if service.status in (Service.Status.DELETING, Service.Status.DELETED):
+            raise Conflict(f"Service '{service.name}' is {service.status}.", code="busy")
+        return apply_settings(service, values, user=user)
+
+
+def service_load(service: Service, *, minutes: int = 60) -> dict:
+    """The autoscaler's samples of the last ``minutes`` (oldest first, at most 3,600: evenly
+    thinned) and its decisions, for the page's chart and the API."""
+    since = timezone.now() - timedelta(minutes=minutes)
+    rows = list(ServiceLoad.objects.filter(service=service, at__gte=since).order_by("at")
+                .values("at", "replicas", "workers", "busy", "utilization", "desired"))
+    if len(rows) > 3600:
+        step = len(rows) / 3600
+        rows = [rows[int(i * step)] for i in range(3600)] + [rows[-1]]
+    decisions = list(service.events.filter(message__startswith="Autoscaler:", created_at__gte=since)
+                     .order_by("created_at").values("created_at", "message"))
+    return {"settings": service.autoscale, "replicas": service.replicas,
+            "samples": [{**row, "at": row["at"].isoformat()} for row in rows],
+            "decisions": [{"at": d["created_at"].isoformat(), "message": d["message"]} for d in decisions]}

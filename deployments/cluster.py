@@ -1,0 +1,421 @@
+"""The worker's side of services in ``cluster`` environments (a Docker Swarm; compute/swarm.py).
+
+Swarm keeps the replicas: it starts them, replaces a task that dies, rolls an update start-first
+and rolls a failed one back. The portal asks (``apply_service``), then reads the tasks back and
+writes what it saw: one ``ServiceReplica`` row per running, healthy task (its node's address and
+the port the task published), which is what the gateway routes to, and an event for each task
+Swarm replaced, naming the node. Called by deployments' worker functions under the service's lease.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from compute import swarm
+from deployments.models import Environment, Service, ServiceEvent, ServiceReplica
+
+logger = logging.getLogger(__name__)
+
+READY_TIMEOUT = 120  # seconds every task has to run healthy (init() loads the model)
+UPDATE_TIMEOUT = 300  # a rolling update (start-first, one task at a time) settles within this
+FAILED_TASKS_LIMIT = 3  # a new service whose tasks failed this often will not start: give up
+POLL = 0.5
+
+
+class ClusterError(Exception):
+    """Swarm could not do what was asked; ``str()`` says why, ``log_tail`` the tasks' last lines."""
+
+    def __init__(self, message: str, *, log_tail: str = "") -> None:
+        super().__init__(message)
+        self.log_tail = log_tail
+
+
+class Pending(ClusterError):
+    """The tasks cannot be placed (Swarm's reason, e.g. no node with the environment's label)."""
+
+
+def _event(service_id, message: str, level: str = ServiceEvent.Level.INFO) -> None:
+    ServiceEvent.objects.create(service_id=service_id, level=level, message=message[:4000])
+
+
+def _internal_key(service: Service) -> str:
+    from monitoring.services import internal_key
+
+    return internal_key(service)
+
+
+def spec_for(service: Service, *, image, replicas: int | None = None) -> swarm.SwarmSpec:
+    """The Swarm spec of ``service`` running ``image``: the same environment a local replica gets,
+    minus the keys (they travel as secrets)."""
+    from deployments import services as deployments
+    from workspaces.instance import portal_instance
+
+    env = {k: v for k, v in deployments._container_env(service).items()
+           if k not in ("MLPORTAL_SERVICE_KEYS", "MLPORTAL_INTERNAL_KEY")}
+    environment = service.environment
+    return swarm.SwarmSpec(
+        name=service.swarm_name, image=image.tag, replicas=service.replicas if replicas is None else replicas,
+        keys=[service.primary_key, service.secondary_key, service.proxy_key], internal_key=_internal_key(service),
+        env=env, cpus=service.cpus, memory_mb=service.memory_mb,
+        labels={"mlportal.id": str(service.pk), "mlportal.portal": portal_instance(),
+                "mlportal.workspace": service.workspace.name, "mlportal.service": service.name,
+                "mlportal.image": image.ref},
+        constraints=swarm.placement_constraints(environment.labels),
+        reservation=settings.MLPORTAL_SWARM_RESERVATION,
+    )
+
+
+def _host(environment: Environment, task: dict) -> str:
+    """Where the gateway reaches a task's published port: its node's address (the engine's
+    publish address when the node advertises loopback or nothing)."""
+    addr = task.get("addr") or ""
+    if not addr or addr in ("0.0.0.0", "::") or addr.startswith("127."):
+        return environment.publish_address if environment.publish_address not in ("0.0.0.0", "::") else "127.0.0.1"
+    return addr
+
+
+def _failure(task: dict) -> str:
+    what = task["error"] or task["message"] or task["state"]
+    if task.get("exit_code") not in (None, 0):
+        what = f"{what} (exit code {task['exit_code']})"
+    return what
+
+
+def _logs(service: Service) -> str:
+    try:
+        return swarm.service_logs(service.swarm_name, tail=40, base_url=service.environment.docker_url)
+    except swarm.EngineError:
+        return ""
+
+
+def wait_running(service: Service, count: int, *, since: set[str] | None = None, timeout: float = READY_TIMEOUT) -> dict[int, dict]:
+    """Waits until ``count`` tasks run healthy; returns slot → task. Raises Pending when Swarm
+    cannot place them, ClusterError when tasks keep failing or ``timeout`` passes. ``since``:
+    task ids that existed before (their failures do not count)."""
+    base_url = service.environment.docker_url
+    deadline = time.monotonic() + timeout
+    since = since or set()
+    while True:
+        tasks = swarm.service_tasks(service.swarm_name, base_url=base_url)
+        running = swarm.running_tasks(tasks)
+        if len(running) >= count:
+            return running
+        failed = [t for t in tasks if t["id"] not in since and t["state"] in ("failed", "rejected")]
+        if len(failed) >= FAILED_TASKS_LIMIT:
+            raise ClusterError(f"its tasks keep failing: {_failure(failed[0])}", log_tail=_logs(service))
+        pending = [t for t in tasks if t["state"] == "pending" and t["error"]]
+        if pending and time.monotonic() > deadline - timeout + 5:
+            raise Pending(f"Swarm cannot place it: {pending[0]['error']}")
+        if time.monotonic() > deadline:
+            raise ClusterError(f"{len(running)} of {count} task(s) ran healthy within {timeout:g} s", log_tail=_logs(service))
+        time.sleep(POLL)
+
+
+def deploy(service: Service, *, image) -> None:
+    """Creates the Swarm service and waits until its tasks run; writes their rows. On failure the
+    Swarm service and its secrets are removed again (nothing half-deployed) and ClusterError raised."""
+    base_url = service.environment.docker_url
+    swarm.require_manager(base_url)
+    swarm.apply_service(spec_for(service, image=image), base_url=base_url)
+    try:
+        wait_running(service, service.replicas)
+    except ClusterError:
+        remove(service)
+        raise
+    sync_replicas(service, quiet=True)
+
+
+def update(service: Service, *, image) -> tuple[bool, str]:
+    """Rolls the Swarm service to ``image`` and the service's current keys (start-first, one task
+    at a time). Returns (True, "") when Swarm completed it, (False, why) when Swarm rolled it back
+    (its own RollbackConfig) or it did not settle; the rows follow what runs either way."""
+    base_url = service.environment.docker_url
+    before = swarm.update_state(service.swarm_name, base_url=base_url)
+    known = {t["id"] for t in swarm.service_tasks(service.swarm_name, base_url=base_url)}
+    swarm.apply_service(spec_for(service, image=image), base_url=base_url)
+    deadline = time.monotonic() + UPDATE_TIMEOUT
+    state = before
+    while time.monotonic() < deadline:
+        state = swarm.update_state(service.swarm_name, base_url=base_url)
+        if state["started_at"] != before["started_at"] and state["state"] in swarm.SETTLED_UPDATE:
+            break
+        if state["started_at"] == before["started_at"] and time.monotonic() > deadline - UPDATE_TIMEOUT + 10:
+            break  # Swarm saw nothing to roll (the same spec): nothing to wait for
+        time.sleep(POLL)
+    else:
+        sync_replicas(service)
+        return False, f"Swarm's update did not settle within {UPDATE_TIMEOUT} s (it is {state['state'] or 'unknown'})"
+    sync_replicas(service, quiet=True)
+    if state["state"] == "completed" or state["started_at"] == before["started_at"]:
+        remove_old_secrets(service, image=image)
+        return True, ""
+    failed = [t for t in swarm.service_tasks(service.swarm_name, base_url=base_url)
+              if t["id"] not in known and t["state"] in ("failed", "rejected")]
+    why = f"{_failure(failed[0])}" if failed else state["message"]
+    rolled = "rolled it back" if state["state"].startswith("rollback") else f"paused it ({state['state']})"
+    return False, f"Swarm {rolled}: {why}" + (f" ({state['message']})" if failed and state["message"] else "")
+
+
+def scale(service: Service, replicas: int) -> None:
+    """Sets the Swarm service's replica count and waits until that many run (up) or the extra
+    ones stopped (down); the rows follow."""
+    base_url = service.environment.docker_url
+    known = {t["id"] for t in swarm.service_tasks(service.swarm_name, base_url=base_url)}
+    swarm.scale_service(service.swarm_name, replicas, base_url=base_url)
+    if replicas > service.replica_set.count():
+        wait_running(service, replicas, since=known)
+    else:
+        deadline = time.monotonic() + 60
+        while len(swarm.running_tasks(swarm.service_tasks(service.swarm_name, base_url=base_url))) > replicas:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(POLL)
+    sync_replicas(service, quiet=True)
+
+
+def remove(service: Service) -> None:
+    """Removes the Swarm service and its secrets (a missing one is fine)."""
+    swarm.remove_service(service.swarm_name, base_url=service.environment.docker_url)
+
+
+def remove_old_secrets(service: Service, *, image) -> None:
+    try:
+        keep = swarm.secret_names(spec_for(service, image=image))
+        swarm.remove_secrets(str(service.pk), keep=keep, base_url=service.environment.docker_url)
+    except swarm.EngineError as exc:
+        logger.warning("could not remove old secrets of %s: %s", service.pk, exc)
+
+
+def sync_replicas(service: Service, *, quiet: bool = False, tasks: list[dict] | None = None) -> dict:
+    """Makes the service's replica rows the tasks that run healthy now (slot = replica number):
+    a replaced task's row moves to the new task (restarts + 1) with an event naming both tasks'
+    nodes and why the old one ended; a slot with no running task loses its row (no traffic to
+    it). ``quiet``: no events (the deploy or update reports). Returns {"running", "replaced", "lost"}."""
+    environment = service.environment
+    if tasks is None:
+        tasks = swarm.service_tasks(service.swarm_name, base_url=environment.docker_url)
+    running = swarm.running_tasks(tasks)
+    by_id = {t["id"]: t for t in tasks}
+    replaced = lost = 0
+    now = timezone.now()
+    with transaction.atomic():
+        rows = {r.number: r for r in ServiceReplica.objects.select_for_update().filter(service=service, revision__isnull=True)}
+        for number, row in rows.items():
+            task = running.get(number)
+            if task is not None and task["id"] == row.task_id:
+                continue
+            old = by_id.get(row.task_id)
+            ended = f"{old['state']}: {_failure(old)}" if old is not None else "gone"
+            if task is None:
+                row.delete()
+                lost += 1
+                if not quiet and old is not None and old["state"] in swarm.ENDED:
+                    _event(service.pk, f"Replica {number}'s task {row.task_id[:12]} on node {row.node or '?'} ended "
+                                       f"({ended}); Swarm is starting another.", ServiceEvent.Level.WARNING)
+                continue
+            ServiceReplica.objects.filter(pk=row.pk).update(
+                container_id=task["container_id"], host=_host(environment, task), port=task["port"], task_id=task["id"],
+                node=task["node"], restarts=row.restarts + (0 if quiet else 1), started_at=now)
+            if not quiet and row.task_id:
+                replaced += 1
+                _event(service.pk, f"Replica {number}'s task {row.task_id[:12]} on node {row.node or '?'} ended ({ended}); "
+                                   f"Swarm replaced it with task {task['id'][:12]} on node {task['node']}.",
+                       ServiceEvent.Level.WARNING)
+        for number, task in running.items():
+            if number in rows:
+                continue
+            ServiceReplica.objects.create(service=service, number=number, container_id=task["container_id"],
+                                          host=_host(environment, task), port=task["port"], task_id=task["id"],
+                                          node=task["node"])
+            if not quiet:
+                _event(service.pk, f"Replica {number} runs as task {task['id'][:12]} on node {task['node']}.")
+    return {"running": len(running), "replaced": replaced, "lost": lost}
+
+
+def reconcile(environments: list[Environment], summary: dict) -> None:
+    """For the cluster environments of one engine: removes this portal's Swarm services that no
+    live service owns, and brings each serving service's rows in line with its tasks (marking it
+    unhealthy while fewer run than it should, healthy again once all do)."""
+    from workspaces.instance import portal_instance
+
+    base_url = environments[0].docker_url
+    try:
+        swarm.require_manager(base_url)
+        owned = swarm.list_services(portal=portal_instance(), base_url=base_url)
+    except swarm.EngineError as exc:
+        summary["unreachable"].append(base_url or "local")
+        for service in Service.objects.filter(environment__in=environments, status=Service.Status.HEALTHY):
+            if Service.objects.filter(pk=service.pk, status=Service.Status.HEALTHY).update(status=Service.Status.UNHEALTHY):
+                _event(service.pk, f"The swarm of environment '{service.environment.name}' does not answer: {exc}",
+                       ServiceEvent.Level.ERROR)
+        return
+    live = {str(s.pk): s for s in Service.objects.filter(environment__in=environments)
+            .exclude(status=Service.Status.DELETED).select_related("environment", "workspace", "image")}
+    for item in owned:
+        if item["labels"].get("mlportal.id") not in live:
+            try:
+                swarm.remove_service(item["name"], base_url=base_url)
+                summary["removed"] += 1
+            except swarm.EngineError as exc:
+                logger.warning("could not remove orphan swarm service %s: %s", item["name"], exc)
+    for service in live.values():
+        if service.status not in (Service.Status.HEALTHY, Service.Status.UNHEALTHY):
+            continue
+        try:
+            seen = sync_replicas(service)
+        except swarm.EngineError as exc:
+            logger.warning("could not read the tasks of %s: %s", service.pk, exc)
+            continue
+        summary["restarted"] += seen["replaced"]
+        if seen["running"] < service.replicas:
+            if Service.objects.filter(pk=service.pk, status=Service.Status.HEALTHY).update(status=Service.Status.UNHEALTHY):
+                _event(service.pk, f"Unhealthy: {seen['running']} of {service.replicas} task(s) run; Swarm is replacing "
+                                   "the others.", ServiceEvent.Level.ERROR)
+        elif Service.objects.filter(pk=service.pk, status=Service.Status.UNHEALTHY).update(status=Service.Status.HEALTHY):
+            _event(service.pk, "Healthy again: every task runs.")
+
+
+def logs(service: Service, *, tail: int = 200) -> str:
+    return swarm.service_logs(service.swarm_name, tail=tail, base_url=service.environment.docker_url)
+
+
+# --- what the deploy worker does for a cluster service (called under the service's lease) --------
+
+def service_deploy(service: Service, *, image) -> str | None:
+    """creating → healthy once Swarm runs every task healthy; failed with the reason when its
+    tasks keep failing (the Swarm service is removed again). Placement that no node satisfies
+    keeps it creating, with Swarm's reason as its error, and returns WAIT (checked again)."""
+    from deployments import services as deployments
+    from deployments.models import ServiceRevision
+
+    try:
+        deploy(service, image=image)
+    except Pending as exc:
+        reason = f"pending: {exc}; it starts once a node matches the environment's placement labels"
+        if service.error != reason:
+            Service.objects.filter(pk=service.pk, status=Service.Status.CREATING).update(error=reason[:2000])
+            _event(service.pk, reason, ServiceEvent.Level.WARNING)
+        Service.objects.filter(pk=service.pk, status=Service.Status.CREATING).update(updated_at=timezone.now())
+        return deployments.WAIT
+    except (ClusterError, swarm.EngineError, ValueError) as exc:
+        tail = getattr(exc, "log_tail", "")
+        if tail:
+            _event(service.pk, f"Last lines of the tasks' logs:\n{tail[-3000:]}", ServiceEvent.Level.ERROR)
+        return deployments._fail(service, f"could not start it in cluster environment '{service.environment.name}': {exc}")
+    with transaction.atomic():
+        moved = Service.objects.filter(pk=service.pk, status=Service.Status.CREATING).update(
+            status=Service.Status.HEALTHY, error="")
+        if not moved:  # deleted meanwhile: the delete task removes the Swarm service
+            return None
+        ServiceRevision.objects.create(service=service, number=1, image=image, image_ref=image.ref,
+                                       reason=ServiceRevision.Reason.CREATE, created_by_id=service.created_by_id)
+        nodes = sorted(set(ServiceReplica.objects.filter(service=service).values_list("node", flat=True)))
+        _event(service.pk, f"Deployed image {image.ref} as Swarm service {service.swarm_name}: "
+                           f"{service.replicas} task(s) running on node {', '.join(nodes)}.")
+    return Service.Status.HEALTHY
+
+
+def service_apply_change(service: Service, op: dict) -> str | None:
+    """A cluster service's pending change: an update, rollback or new keys is a Swarm rolling
+    update (start-first; Swarm rolls a failed one back and the portal says so), a scale sets the
+    replica count. Finishes the change like the single-engine path does."""
+    from django.db.models import Max
+
+    from deployments import services as deployments
+    from deployments.models import ServiceRevision
+    from registry.models import Image
+
+    if op.get("op") == "scale":
+        target = int(op.get("replicas") or service.replicas)
+        before = service.replicas
+        try:
+            scale(service, target)
+        except (ClusterError, swarm.EngineError) as exc:
+            try:
+                swarm.scale_service(service.swarm_name, before, base_url=service.environment.docker_url)
+                sync_replicas(service, quiet=True)
+            except swarm.EngineError:
+                pass
+            message = f"Scaling from {before} to {target} replicas failed: {exc}. It goes on with {before}."
+            if deployments._finish_change(service, error=message):
+                _event(service.pk, message, ServiceEvent.Level.ERROR)
+            return Service.Status.HEALTHY
+        if deployments._finish_change(service, replicas=target):
+            _event(service.pk, f"Scaled from {before} to {target} replicas (Swarm).")
+        return Service.Status.HEALTHY
+    image = service.image
+    if op.get("image"):
+        image = Image.objects.filter(pk=op["image"]).first() or service.image
+    what = deployments._describe_change(service, op, image)
+    try:
+        done, why = update(service, image=image)
+    except (ClusterError, swarm.EngineError, ValueError) as exc:
+        done, why = False, str(exc)
+    if not done:
+        message = f"{what[0].upper()}{what[1:]} failed: {why}. It goes on serving image {service.image.ref}."
+        if deployments._finish_change(service, error=message):
+            _event(service.pk, message, ServiceEvent.Level.ERROR)
+        return Service.Status.HEALTHY
+    with transaction.atomic():
+        if not Service.objects.filter(pk=service.pk, status=Service.Status.UPDATING).update(image=image):
+            return None
+        if image.pk != service.image_id:
+            ServiceRevision.objects.filter(service=service, ended_at__isnull=True).update(ended_at=timezone.now())
+            number = (service.revisions.aggregate(n=Max("number"))["n"] or 0) + 1
+            ServiceRevision.objects.create(service=service, number=number, image=image, image_ref=image.ref,
+                                           reason=ServiceRevision.Reason(op.get("op", "update")), created_by_id=op.get("by"))
+            _event(service.pk, f"{'Rolled back' if op.get('op') == 'rollback' else 'Updated'} from image {service.image.ref} "
+                               f"to {image.ref} (revision {number}): Swarm rolled every task, start-first.")
+        else:
+            _event(service.pk, f"Keys changed: Swarm restarted the tasks with the new {op.get('key', '')} key (a new secret).")
+    deployments._finish_change(service)
+    return Service.Status.HEALTHY
+
+
+# --- the request side: setting up a cluster environment -------------------------------------------
+
+def check_environment(*, engine_url: str, labels: dict, init_swarm: bool) -> tuple[dict, str | None]:
+    """Checks that the engine of a new cluster environment is a swarm manager and that its labels
+    make valid placement constraints; with ``init_swarm`` an engine in no swarm is made the manager
+    of a new single-node swarm first. Returns (swarm status, notice or None); raises PortalError
+    (code ``not_a_swarm_manager``) saying how to make it one."""
+    from workspaces.errors import PortalError
+
+    base_url = engine_url or settings.MLPORTAL_DOCKER_URL
+    try:
+        swarm.placement_constraints(labels)
+    except ValueError as exc:
+        raise PortalError(f"Label {exc}.", fields={"labels": str(exc)}) from None
+    try:
+        status = swarm.swarm_status(base_url)
+    except swarm.EngineError as exc:
+        raise PortalError(f"Cannot set up a cluster environment: {exc}", code="engine_unreachable",
+                          fields={"engine_url": str(exc)}) from None
+    if status["manager"]:
+        notice = "The engine is a swarm manager already: nothing was initialised." if init_swarm else None
+        return status, notice
+    where = engine_url or "this machine's Docker engine"
+    if not init_swarm or status["state"] != "inactive":
+        try:
+            swarm.check_manager(status, where=where)
+        except swarm.NotAManager as exc:
+            offer = (" Or let the portal do it: set up the environment again with init_swarm (the form's "
+                     "'Initialise a single-node swarm' box, the API's \"init_swarm\": true, the CLI's --init-swarm)."
+                     if status["state"] == "inactive" else "")
+            message = f"{exc}{offer}"
+            raise PortalError(message, code="not_a_swarm_manager",
+                              fields={"kind": message, "init_swarm": "Tick to make it a single-node swarm manager."}) from None
+    from urllib.parse import urlsplit
+
+    advertise = (urlsplit(engine_url).hostname if engine_url else None) or "127.0.0.1"
+    try:
+        status = swarm.swarm_init(base_url, advertise_addr=advertise, listen_port=settings.MLPORTAL_SWARM_LISTEN_PORT)
+    except swarm.EngineError as exc:
+        raise PortalError(f"Could not initialise a swarm on {where}: {exc}", code="swarm_init_failed",
+                          fields={"init_swarm": str(exc)}) from None
+    return status, (f"Initialised a single-node swarm on {where} (advertised on {advertise}); other hosts join it with "
+                    "'docker swarm join --token <token> <this host>:2377' (the token: 'docker swarm join-token worker').")
