@@ -104,9 +104,10 @@ def _wheels_for(context: Path) -> None:
         if Path("/etc/ssl/certs/ca-certificates.crt").exists():
             mounts += ["-v", "/etc/ssl/certs/ca-certificates.crt:/host-ca.crt:ro"]
             cert = ["--cert", "/host-ca.crt"]
-        script = ("python3 -m venv /tmp/v && /tmp/v/bin/pip download --quiet --disable-pip-version-check "
-                  f"--only-binary :all: {' '.join(cert)} --find-links /wheels --dest /out "
-                  "-c /work/constraints.txt -r /work/requirements.txt")
+        # Offline from the cache first (it usually has all); the index only for what it lacks.
+        download = ("/tmp/v/bin/pip download --quiet --disable-pip-version-check --only-binary :all: "
+                    "--find-links /wheels --dest /out -c /work/constraints.txt -r /work/requirements.txt")
+        script = (f"python3 -m venv /tmp/v && {{ {download} --no-index 2>/dev/null || {download} {' '.join(cert)}; }}")
         fill = docker("run", "--rm", *mounts, BASE_IMAGE, "sh", "-c", script, check=False, timeout=900)
         if fill.returncode != 0:
             raise ImageError(f"fetching the image's wheels for its Python failed:\n{(fill.stdout + fill.stderr)[-3000:]}")

@@ -87,7 +87,7 @@ def two_hosts(second_host_network, portal_image, s3_server, s3_bucket, transacti
     worker = start_second_worker(image=portal_image, host=host, db=db, broker_db=int(urlparse(broker).path.strip("/")),
                                  bucket=s3_bucket, secret_key=settings.SECRET_KEY)
     try:
-        yield host, server, worker
+        yield host, server, worker, broker
     finally:
         logs = worker.logs()
         stop_second_worker(worker)
@@ -114,7 +114,7 @@ def test_a_worker_on_another_host_runs_builds_and_deploys_with_shared_storage(tw
     from runs.models import Run
     from workspaces import services as workspace_services
 
-    host, server, worker = two_hosts
+    host, server, worker, broker = two_hosts
     _, token = workspace_services.token_create(user=owner, name="multihost")
     api = Api(server.url, token)
     # The second host reaches this host's engine over TCP; what it starts publishes on the address
@@ -131,6 +131,10 @@ def test_a_worker_on_another_host_runs_builds_and_deploys_with_shared_storage(tw
         "model_file": ("model.json", b'{"threshold": 42}'), "score_file": ("score.py", SCORE),
         "schema_file": ("service_schema.json", SCHEMA)})
     assert created.status_code == 201, created.text
+    # Captured data too: its replicas start with capture on; the second worker's collector stores it.
+    capture = api.session.patch(server.url + "/api/v1/services/hostsvc/", json={"capture": {"mode": "both", "percent": 100}},
+                                timeout=60)
+    assert capture.status_code == 200, capture.text
     project = api.post("/api/v1/projects/", json={"name": "hosts", "requirements": ""})
     assert project.status_code == 201, project.text
     assert api.put(f"/api/v1/projects/{project.json()['id']}/files/train.py", data=TRAIN).status_code in (200, 201)
@@ -172,14 +176,27 @@ def test_a_worker_on_another_host_runs_builds_and_deploys_with_shared_storage(tw
     replicas = list(Service.objects.get(name="hostsvc").replica_set.values_list("host", flat=True))
     assert replicas == [host.gateway]
     key = api.get("/api/v1/services/hostsvc/keys/").json()["primary"]
-    status, _, body = server.score("hostsvc", {"data": {"values": [1, 50]}}, key)
-    assert (status, body) == (200, {"above": [False, True]})
+    for values in ([1, 50], [43], [7]):
+        status, _, body = server.score("hostsvc", {"data": {"values": values}}, key)
+        assert (status, body) == (200, {"above": [v > 42 for v in values]})
+
+    # The second worker pulls the replica's spool (over the address it published on) into the bucket;
+    # the portal here reads the Parquet from there.
+    from mlportal.celery import app
+    from monitoring.worker import collect_capture
+
+    with app.connection_for_write(broker) as connection:  # the test's broker: only the second worker listens
+        collect_capture.apply_async(connection=connection)
+    wait_until(lambda: api.get("/api/v1/services/hostsvc/data/").json()["count"] == 3, timeout=60, interval=0.5,
+               message="the second worker to store the captured rows")
 
     # Every file is in the bucket, none in this host's data folder; the second worker took every task.
     keys = s3_server.keys(s3_bucket)
     stored = Run.objects.get(id=run_id)
     assert stored.snapshot in keys and stored.outputs.get().storage_name in keys, keys
     assert Model.objects.get(workspace=workspace).file in keys and any(k.endswith("/score.py") for k in keys), keys
+    service_id = str(Service.objects.get(name="hostsvc").pk)
+    assert any(k.startswith(f"capture/{service_id}/model_version=") and k.endswith(".parquet") for k in keys), keys
     assert not (Path(settings.MEDIA_ROOT) / stored.snapshot).exists()
     logs = worker.logs()
     for task in ("runs.tasks.", "registry.tasks.", "deployments.tasks."):
