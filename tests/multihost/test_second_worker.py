@@ -10,6 +10,7 @@ host listens on: every task of the test can only be taken by the second worker.
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -202,3 +203,15 @@ def test_a_worker_on_another_host_runs_builds_and_deploys_with_shared_storage(tw
     for task in ("runs.tasks.", "registry.tasks.", "deployments.tasks."):
         assert f"Task {task}" in logs, logs
     assert host.forwarder.refused == 0
+
+    # A container on another bridge (the default one: builds, anything) reaches the gateway address by
+    # routing, but the forwarder shuts the door on it: PostgreSQL answers the second host alone.
+    # PostgreSQL answers an SSLRequest with one byte ('S' or 'N'); a refused connection reads none.
+    probe = ("import socket, struct\ns = socket.create_connection(('%s', %d), timeout=10)\ns.settimeout(10)\n"
+             "try:\n    s.sendall(struct.pack('!ii', 8, 80877103))\n    n = len(s.recv(100))\n"
+             "except (ConnectionResetError, BrokenPipeError):\n    n = 0\nprint('answer', n)\n"
+             % (host.gateway, host.ports["postgres"]))
+    outsider = subprocess.run(["docker", "run", "--rm", "--label", "mlportal.test=multihost", "python:3.11-slim",
+                               "python3", "-c", probe], capture_output=True, text=True, timeout=60)
+    assert outsider.stdout.strip() == "answer 0", outsider.stdout + outsider.stderr
+    assert host.forwarder.refused == 1
