@@ -1,4 +1,4 @@
-"""Image builds as the portal does them (registry.services.image_build, the work of the Celery task):
+"""Image builds as the portal does them (registry.worker.image_build, the work of the Celery task):
 
 1. a first build with a warm wheel cache: the environment image (base + the manifest's requirements
    installed offline from the wheel cache) and the service image on top of it;
@@ -91,7 +91,7 @@ def main() -> int:
         setup_django(work / "data")
         from django.conf import settings
 
-        from registry import services
+        from registry import services, worker
         from workspaces.services import user_bootstrap
 
         user, _, _ = user_bootstrap(username="bench", workspace_name="bench")
@@ -108,7 +108,7 @@ def main() -> int:
                                                 schema=schema, requirements=requirements, user=user)
             image = services.image_create(manifest=manifest, user=user)
             started = time.monotonic()
-            result = services.image_build(image_id=str(image.pk))
+            result = worker.image_build(image_id=str(image.pk))
             elapsed = time.monotonic() - started
             image.refresh_from_db()
             if result != "succeeded":
@@ -121,7 +121,7 @@ def main() -> int:
         log(f"first build (warm wheel cache, fresh environment image: requirements + {EXTRA_REQUIREMENT})")
         first_s, first = build(score)
         env_tag = env_image_tag(base_image=settings.MLPORTAL_BASE_IMAGE,
-                                requirements=services.image_build_requirements(first.manifest))
+                                requirements=worker.image_build_requirements(first.manifest))
         log("rebuild with only score.py changed")
         rebuild_s, second = build(score + b"\n# tuned threshold comment\n")
 

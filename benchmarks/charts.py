@@ -66,7 +66,7 @@ def fill(series: int, points: int):
     """A user, a workspace, a project and one completed run with `series` × `points` points."""
     from django.contrib.auth import get_user_model
 
-    from runs import services, worker
+    from runs import metrics, services, worker
     from workspaces import services as ws
 
     user = get_user_model().objects.create_user(username="olivia", password="bench-password-1")
@@ -74,8 +74,8 @@ def fill(series: int, points: int):
     project = services.project_create(workspace=workspace, name="deep", user=user)
     services.project_file_put(project=project, path="train.py", content=b"print(1)\n", user=user)
     run = services.run_submit(project=project, script="train.py", user=user)
-    services.run_claim(run_id=run.id, worker="bench")
-    services.run_mark_running(run_id=run.id, image="bench")
+    worker.run_claim(run_id=run.id, worker="bench")
+    worker.run_mark_running(run_id=run.id, image="bench")
     t0 = time.perf_counter()
     for s in range(series):
         batch = []
@@ -83,15 +83,15 @@ def fill(series: int, points: int):
             batch.append({"name": f"series_{s:02d}", "value": math.exp(-step / points * (s + 1)) + 0.01 * math.sin(step),
                           "step": step, "time": None})
             if len(batch) == 20_000:
-                services.run_record_metrics(run_id=run.id, workspace_id=workspace.id, points=batch)
+                metrics.run_record_metrics(run_id=run.id, workspace_id=workspace.id, points=batch)
                 batch = []
         if batch:
-            services.run_record_metrics(run_id=run.id, workspace_id=workspace.id, points=batch)
+            metrics.run_record_metrics(run_id=run.id, workspace_id=workspace.id, points=batch)
     insert_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     worker.prepare_charts(run.id)
     prepare_s = time.perf_counter() - t0
-    services.run_finish(run_id=run.id, status="completed", exit_code=0)
+    worker.run_finish(run_id=run.id, status="completed", exit_code=0)
     return user, run, insert_s, prepare_s
 
 

@@ -19,11 +19,11 @@ from rest_framework.views import APIView
 
 from django.db import transaction
 
+from core.api_base import CreateListRetrieveDestroyViewSet, workspace_from_request
+from core.errors import Conflict, NotFound, PortalError, error_body
 from deployments import autoscaling, kubernetes, proxy, selectors, services
 from deployments.models import Environment, Service, ServiceEvent, ServiceRevision
 from registry.model_scan import parse_flag
-from workspaces.api_base import CreateListRetrieveDestroyViewSet, workspace_from_request
-from workspaces.errors import Conflict, NotFound, PortalError, error_body
 from workspaces.models import Role
 
 # --- environments ---------------------------------------------------------------------------------

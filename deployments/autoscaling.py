@@ -129,7 +129,7 @@ def autoscale_tick(*, service_id: str, token: str) -> float | None:
 
 def _scale(service: Service, decision: autoscale.Decision) -> None:
     from deployments import services as deployments
-    from workspaces.errors import Conflict
+    from core.errors import Conflict
 
     figures = decision.figures
     message = (f"Autoscaler: {decision.current} → {decision.replicas} replica(s): {decision.reason} "
@@ -179,7 +179,7 @@ def check(given: dict, *, current: dict | None = None, replicas_given: bool = Fa
     """The complete settings (autoscale.check_settings) or PortalError naming the field."""
     from django.conf import settings as django_settings
 
-    from workspaces.errors import PortalError
+    from core.errors import PortalError
 
     try:
         return autoscale.check_settings(given, current=current, cap=django_settings.MLPORTAL_MAX_REPLICAS,
@@ -218,13 +218,13 @@ def apply_settings(service: Service, values: dict, *, user, created: bool = Fals
 def service_set_autoscale(*, service: Service, user, given: dict) -> Service:
     """``service update --autoscale-*``: checks the settings (the ones not named stay), stores them.
     Refused while the service is being deleted."""
-    from workspaces.errors import Conflict
+    from core.errors import Conflict
     from workspaces.models import Role
     from workspaces.services import require_role
 
     require_role(user=user, workspace=service.workspace, role=Role.CONTRIBUTOR)
     if not given:
-        from workspaces.errors import PortalError
+        from core.errors import PortalError
 
         raise PortalError(f"Say what to change: {', '.join(REQUEST_FIELDS)}.",
                           fields={"autoscale_enabled": "Send at least one autoscale setting."})

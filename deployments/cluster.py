@@ -51,7 +51,7 @@ def _internal_key(service: Service) -> str:
 def spec_for(service: Service, *, image, replicas: int | None = None) -> swarm.SwarmSpec:
     """The Swarm spec of ``service`` running ``image``: the same environment a local replica gets,
     minus the keys (they travel as secrets)."""
-    from deployments import services as deployments
+    from deployments import worker as deployments
     from workspaces.instance import portal_instance
 
     env = {k: v for k, v in deployments._container_env(service).items()
@@ -289,7 +289,7 @@ def service_deploy(service: Service, *, image) -> str | None:
     """creating → healthy once Swarm runs every task healthy; failed with the reason when its
     tasks keep failing (the Swarm service is removed again). Placement that no node satisfies
     keeps it creating, with Swarm's reason as its error, and returns WAIT (checked again)."""
-    from deployments import services as deployments
+    from deployments import worker as deployments
     from deployments.models import ServiceRevision
 
     try:
@@ -325,7 +325,7 @@ def service_apply_change(service: Service, op: dict) -> str | None:
     replica count. Finishes the change like the single-engine path does."""
     from django.db.models import Max
 
-    from deployments import services as deployments
+    from deployments import worker as deployments
     from deployments.models import ServiceRevision
     from registry.models import Image
 
@@ -383,7 +383,7 @@ def check_environment(*, engine_url: str, labels: dict, init_swarm: bool) -> tup
     make valid placement constraints; with ``init_swarm`` an engine in no swarm is made the manager
     of a new single-node swarm first. Returns (swarm status, notice or None); raises PortalError
     (code ``not_a_swarm_manager``) saying how to make it one."""
-    from workspaces.errors import PortalError
+    from core.errors import PortalError
 
     base_url = engine_url or settings.MLPORTAL_DOCKER_URL
     try:

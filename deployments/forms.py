@@ -1,4 +1,4 @@
-"""Page forms. They only collect input: every rule is checked by deployments.services."""
+"""Page forms. They only collect input: every rule is checked by deployments.checks and deployments.services."""
 from __future__ import annotations
 
 import json

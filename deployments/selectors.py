@@ -219,7 +219,7 @@ def service_export(service: Service, fmt: str | None) -> tuple[str, str]:
     """(text, file name) of the service written for another platform; ``fmt`` is one of
     ``kubernetes.FORMATS``. The text carries the keys (in the Secret): members only."""
     from deployments import kubernetes
-    from workspaces.errors import PortalError
+    from core.errors import PortalError
 
     if fmt not in kubernetes.FORMATS:
         said = f"Unknown export format {fmt!r}" if fmt else "Say which export format"

@@ -1,4 +1,5 @@
-"""Deploy-queue tasks (routed to ``deploy`` by settings): thin, ids only; the work is in services.
+"""Deploy-queue tasks (routed to ``deploy`` by settings): thin, ids only; the work is in
+``deployments.worker`` and ``deployments.reconcile``.
 
 acks_late + reject_on_worker_lost are safe on each: the services act only on a service in the
 expected status and under its lease, so a message delivered twice does its work once.
@@ -7,25 +8,25 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from deployments import services
+from deployments import reconcile, worker
 
 # A deploy waits for its image build by checking back every few seconds (bounded by the build
-# time limit in services.service_deploy) instead of hooking into the registry's build task.
+# time limit in worker.service_deploy) instead of hooking into the registry's build task.
 
 
 @shared_task(acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def deploy_service(service_id: str) -> str | None:
-    status = services.service_deploy(service_id=service_id)
-    if status == services.WAIT:
-        deploy_service.apply_async((service_id,), countdown=services.WAIT_SECONDS)
+    status = worker.service_deploy(service_id=service_id)
+    if status == worker.WAIT:
+        deploy_service.apply_async((service_id,), countdown=worker.WAIT_SECONDS)
     return status
 
 
 @shared_task(acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def update_service(service_id: str) -> str | None:
-    status = services.service_apply_change(service_id=service_id)
-    if status == services.WAIT:
-        update_service.apply_async((service_id,), countdown=services.WAIT_SECONDS)
+    status = worker.service_apply_change(service_id=service_id)
+    if status == worker.WAIT:
+        update_service.apply_async((service_id,), countdown=worker.WAIT_SECONDS)
     return status
 
 
@@ -33,9 +34,9 @@ def update_service(service_id: str) -> str | None:
 # the reconciler picks the service up again (it re-enqueues services stuck in deleting).
 @shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True, max_retries=5)
 def delete_service(self, service_id: str) -> str | None:
-    status = services.service_remove(service_id=service_id)
-    if status == services.WAIT:
-        delete_service.apply_async((service_id,), countdown=services.WAIT_SECONDS)
+    status = worker.service_remove(service_id=service_id)
+    if status == worker.WAIT:
+        delete_service.apply_async((service_id,), countdown=worker.WAIT_SECONDS)
     elif status == "retry" and self.request.retries < self.max_retries:
         raise self.retry(countdown=min(60, 5 * 2 ** self.request.retries))
     return status
@@ -43,7 +44,7 @@ def delete_service(self, service_id: str) -> str | None:
 
 @shared_task(ignore_result=True)
 def reconcile_services() -> dict:
-    return services.services_reconcile()
+    return reconcile.services_reconcile()
 
 
 # One tick per refresh period per autoscaled service (routed to the maintenance queue): it

@@ -12,14 +12,14 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
+from core.errors import PortalError
+from core.views_base import get_scoped_or_404, paginate, require_page_role, scoped
 from deployments import selectors, services
 from deployments.forms import EnvironmentEditForm, EnvironmentForm, FromImageForm, RealtimeForm
 from deployments.models import Environment, Service
-from workspaces.errors import PortalError
 from workspaces.models import Role
 from workspaces.selectors import has_role, role_in
 from workspaces.views import _form_error
-from workspaces.views_base import get_scoped_or_404, paginate, require_page_role, scoped
 
 
 def _can(request, obj, role: str) -> bool:

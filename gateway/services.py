@@ -8,7 +8,7 @@ from django.conf import settings
 from django.db import transaction
 
 from deployments.models import Service
-from workspaces.errors import PortalError
+from core.errors import PortalError
 from workspaces.models import Role
 from workspaces.services import activity_record, require_role
 
@@ -129,7 +129,7 @@ def service_rollout_start(*, service: Service, image: Any, user, canary: Any = N
     naming it). The worker starts the replicas; the gateway sends traffic once they are ready."""
     from deployments import services as deployments
     from gateway.tasks import start_rollout
-    from workspaces.errors import Conflict
+    from core.errors import Conflict
 
     require_role(user=user, workspace=service.workspace, role=Role.CONTRIBUTOR)
     if canary not in (None, "") and shadow not in (None, ""):
@@ -172,7 +172,7 @@ def service_rollout_weight(*, service: Service, weight: Any, user) -> Service:
     """Changes the running canary's (or shadow's) share, 1–99 %; the change is kept in the history."""
     from deployments import services as deployments
     from gateway.models import TrafficChange
-    from workspaces.errors import Conflict
+    from core.errors import Conflict
 
     require_role(user=user, workspace=service.workspace, role=Role.CONTRIBUTOR)
     weight = check_weight(weight, "weight")
@@ -198,7 +198,7 @@ def service_rollout_finish(*, service: Service, user, action: str) -> Service:
     """``promote`` (the new revision takes all traffic, the old replicas stop) or ``abort`` (back
     to the live revision, the new replicas stop); the worker does the containers."""
     from gateway.tasks import finish_rollout
-    from workspaces.errors import Conflict
+    from core.errors import Conflict
 
     require_role(user=user, workspace=service.workspace, role=Role.CONTRIBUTOR)
     if action not in ("promote", "abort"):

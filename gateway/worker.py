@@ -24,9 +24,9 @@ WAIT = "wait"
 
 
 def _deployments():
-    from deployments import services
+    from deployments import worker
 
-    return services
+    return worker
 
 
 def _drain() -> None:
@@ -45,7 +45,7 @@ def rollout_start(*, service_id: str) -> str | None:
     service = Service.objects.select_related("image", "environment", "workspace").filter(pk=service_id).first()
     if service is None or (service.rollout or {}).get("status") != "starting":
         return None
-    token = d._lock(service.pk)
+    token = d.lock(service.pk)
     if token is None:
         return WAIT
     try:
@@ -59,14 +59,14 @@ def rollout_start(*, service_id: str) -> str | None:
         live = service.replica_set.filter(Q(revision__isnull=True) | Q(revision__role=ServiceRevision.Role.LIVE)).count()
         numbers = [REPLICA_OFFSET + n for n in range(1, max(1, live) + 1)]
         try:
-            started = d._start_replicas(service, image=image, numbers=numbers)
-        except d._deploy_errors() as exc:
-            d._log_tail_event(service.pk, exc)
-            return _give_up(service, d._start_error(exc))
+            started = d.start_replicas(service, image=image, numbers=numbers)
+        except d.deploy_errors() as exc:
+            d.log_tail_event(service.pk, exc)
+            return _give_up(service, d.start_error(exc))
         with transaction.atomic():
             current = Service.objects.select_for_update().filter(pk=service.pk).first()
             if current is None or (current.rollout or {}).get("status") != "starting" or current.status == Service.Status.DELETING:
-                d._stop_all([item["id"] for item in started], service.environment.docker_url)
+                d.stop_all([item["id"] for item in started], service.environment.docker_url)
                 return None
             number = (service.revisions.aggregate(n=Max("number"))["n"] or 0) + 1
             role = ServiceRevision.Role.CANARY if rollout["mode"] == "canary" else ServiceRevision.Role.SHADOW
@@ -86,7 +86,7 @@ def rollout_start(*, service_id: str) -> str | None:
                                 f"{' mirrored' if rollout['mode'] == 'shadow' else ''}; bake period {rollout['bake_seconds']} s.")
         return "running"
     finally:
-        d._unlock(service.pk, token)
+        d.unlock(service.pk, token)
 
 
 def _give_up(service: Service, reason: str) -> str:
@@ -108,7 +108,7 @@ def rollout_finish(*, service_id: str) -> str | None:
     service = Service.objects.select_related("image", "environment", "workspace").filter(pk=service_id).first()
     if service is None or (service.rollout or {}).get("status") not in ("promoting", "aborting"):
         return None
-    token = d._lock(service.pk)
+    token = d.lock(service.pk)
     if token is None:
         return WAIT
     try:
@@ -145,7 +145,7 @@ def rollout_finish(*, service_id: str) -> str | None:
             level = ServiceEvent.Level.WARNING if rollout.get("tripped") else ServiceEvent.Level.INFO
             d.event(service.pk, message, level)
         _drain()
-        problems = d._stop_all([r.container_id for r in going], service.environment.docker_url)
+        problems = d.stop_all([r.container_id for r in going], service.environment.docker_url)
         if problems:
             d.event(service.pk, f"Could not remove containers ({'; '.join(problems)}); the reconciler retries.",
                     ServiceEvent.Level.WARNING)
@@ -153,7 +153,7 @@ def rollout_finish(*, service_id: str) -> str | None:
         Service.objects.filter(pk=service.pk).update(rollout={})
         return "promoted" if promote else "aborted"
     finally:
-        d._unlock(service.pk, token)
+        d.unlock(service.pk, token)
 
 
 def _live_number(service: Service) -> int | str:

@@ -16,7 +16,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.views import SpectacularSwaggerSplitView
 
-from workspaces.errors import error_body
+from core.errors import error_body
 
 logger = logging.getLogger("mlportal.csp")
 

@@ -8,7 +8,7 @@ import io
 from django.http import HttpResponse
 from rest_framework.response import Response
 
-from workspaces.errors import PortalError
+from core.errors import PortalError
 
 from .selectors import captured_rows
 

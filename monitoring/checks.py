@@ -1,7 +1,7 @@
 """Validation of the capture switch (pure: no database)."""
 from typing import Any
 
-from workspaces.errors import PortalError
+from core.errors import PortalError
 
 MODES = ("off", "inputs", "predictions", "both")
 

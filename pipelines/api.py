@@ -11,8 +11,8 @@ from rest_framework.response import Response
 
 from pipelines import services
 from pipelines.models import Pipeline, PipelineRun, PipelineStep
-from workspaces.api_base import WorkspaceScopedMixin, WorkspaceScopedReadOnlyViewSet, workspace_from_request
-from workspaces.errors import PortalError
+from core.api_base import WorkspaceScopedMixin, WorkspaceScopedReadOnlyViewSet, workspace_from_request
+from core.errors import PortalError
 from workspaces.models import Role
 import hashlib
 import hmac
@@ -22,7 +22,7 @@ from rest_framework import mixins, permissions, viewsets
 from rest_framework.parsers import BaseParser
 from rest_framework.views import APIView
 
-from workspaces.errors import Forbidden, NotFound
+from core.errors import Forbidden, NotFound
 
 
 class NotAuthenticated(PortalError):
@@ -211,7 +211,7 @@ class PipelineRunViewSet(WorkspaceScopedReadOnlyViewSet):
         queryset = super().filter_queryset(queryset)
         ref = self.request.query_params.get("pipeline")
         if ref:
-            from workspaces.api_base import is_uuid
+            from core.api_base import is_uuid
 
             queryset = queryset.filter(**{"pipeline_id" if is_uuid(ref) else "pipeline__name": ref})
         return queryset

@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from workspaces.errors import PortalError
+from core.errors import PortalError
 
 GATE_RE = re.compile(r"^\s*(?P<metric>.+?)\s*(?P<op>>=|<=|==|>|<)\s*(?P<rhs>.+?)\s*$")
 SERVED_RE = re.compile(r"^served(?:\s*(?P<sign>[+-])\s*(?P<delta>[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?))?$")

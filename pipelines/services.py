@@ -18,7 +18,7 @@ from deployments.models import Service
 from pipelines import checks
 from pipelines.models import Pipeline, PipelineRun, PipelineStep
 from runs.models import Project, ProjectFile, Target
-from workspaces.errors import Conflict, NotFound, PortalError
+from core.errors import Conflict, NotFound, PortalError
 from workspaces.models import Role, Workspace
 from workspaces.services import activity_record, check_name, require_role
 
@@ -70,21 +70,22 @@ def served_models(service: Service) -> list:
 
 def _clean(workspace: Workspace, values: dict) -> dict:
     """Every field checked; returns the values to store. Raises at the first field at fault."""
-    from runs import services as runs_services
+    from core.paths import clean_path
+    from runs import checks as runs_checks
 
     out: dict[str, Any] = {}
     out["name"] = check_name(values.get("name") or "", what="pipeline name")
     out["description"] = str(values.get("description") or "")[:5000]
     project = _find_project(workspace, values.get("project"))
     out["project"] = project
-    script = runs_services.clean_path(values.get("script") or "", field="script")
+    script = clean_path(values.get("script") or "", field="script")
     scripts = sorted(ProjectFile.objects.filter(project=project, path__endswith=".py").values_list("path", flat=True)[:200])
     if script not in scripts:
         raise _field_error("script", f"Project '{project.name}' has no Python file {script!r}; its scripts: "
                                      f"{', '.join(scripts[:20]) or 'none, upload one first'}.", code="unknown_script")
     out["script"] = script
     args = values.get("args")
-    out["args"] = runs_services._check_args(args) if args not in (None, "") else []
+    out["args"] = runs_checks.check_args(args) if args not in (None, "") else []
     target = values.get("target") or project.default_target
     if target not in Target.values or target == "external":
         raise _field_error("target", f"Unknown compute target {str(target)[:20]!r}: use docker or local.")

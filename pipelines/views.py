@@ -14,11 +14,11 @@ from pipelines import services
 from pipelines.forms import PipelineForm
 from pipelines.models import Pipeline, PipelineRun
 from runs.models import Project
-from workspaces.errors import PortalError
+from core.errors import PortalError
 from workspaces.models import Role
 from workspaces.selectors import has_role, role_in
 from workspaces.views import _form_error
-from workspaces.views_base import get_scoped_or_404, paginate, require_page_role, scoped
+from core.views_base import get_scoped_or_404, paginate, require_page_role, scoped
 
 
 def _can(request, obj, role: str = Role.CONTRIBUTOR) -> bool:

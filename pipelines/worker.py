@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from pipelines import checks
 from pipelines.models import Pipeline, PipelineRun, PipelineStep
-from workspaces.errors import Conflict, PortalError
+from core.errors import Conflict, PortalError
 
 logger = logging.getLogger(__name__)
 
@@ -244,6 +244,7 @@ def _step_register(run: PipelineRun, step: PipelineStep) -> Outcome:
 
 
 def _step_manifest(run: PipelineRun, step: PipelineStep) -> Outcome:
+    from core.storage import read_file
     from registry import services as registry_services
     from registry.models import Manifest
     from runs.models import ProjectFile
@@ -258,7 +259,7 @@ def _step_manifest(run: PipelineRun, step: PipelineStep) -> Outcome:
         found = ProjectFile.objects.filter(project=pipeline.project, path=pipeline.requirements_path).first()
         if found is None:
             return _failed(f"Project '{pipeline.project.name}' has no file {pipeline.requirements_path!r} any more.")
-        requirements = registry_services.read_stored(found.storage_name)
+        requirements = read_file(found.storage_name)
     manifest = registry_services.manifest_create(
         workspace=pipeline.workspace, name=current.name, models=models,
         score=registry_services.manifest_file(current, Manifest.SCORE),

@@ -13,7 +13,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from registry.models import Model, ModelAlias, ModelAliasEvent
-from workspaces.errors import NotFound, PortalError
+from core.errors import NotFound, PortalError
 from workspaces.models import Role, Workspace
 from workspaces.services import activity_record, require_role
 

@@ -16,10 +16,12 @@ from rest_framework.decorators import action
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 
+from core.api_base import CreateListRetrieveDestroyViewSet, WorkspaceScopedViewSet, workspace_from_request
+from core.errors import NotFound, PortalError
+from core.logs import parse_offset
+from core.storage import open_file
 from registry import model_scan, selectors, services
 from registry.models import Image, Manifest, Model, ScanVerdict
-from workspaces.api_base import CreateListRetrieveDestroyViewSet, WorkspaceScopedViewSet, workspace_from_request
-from workspaces.errors import NotFound, PortalError
 from workspaces.models import Role, Workspace
 from workspaces.selectors import current_workspace_and_role
 
@@ -333,9 +335,7 @@ class ModelViewSet(RefLookupMixin, WorkspaceScopedViewSet):
 
 
 def model_file_response(model: Model) -> FileResponse:
-    from django.core.files.storage import default_storage
-
-    response = FileResponse(default_storage.open(model.file, "rb"), as_attachment=True, filename=model.file_name,
+    response = FileResponse(open_file(model.file), as_attachment=True, filename=model.file_name,
                             content_type="application/octet-stream")
     response["Content-Length"] = str(model.size)
     response["X-Checksum-SHA256"] = model.sha256
@@ -460,13 +460,9 @@ class ImageViewSet(RefLookupMixin, CreateListRetrieveDestroyViewSet):
     @extend_schema(parameters=[OpenApiParameter("offset", int)], responses=LogSerializer)
     @action(detail=True, methods=["get"])
     def log(self, request, **kwargs):
-        """The build log from ?offset=N on (for MLPortal.tailLog)."""
+        """The build log after chunk ?offset=N (for MLPortal.tailLog; core.logs)."""
         image = self.get_object()
-        try:
-            offset = int(request.query_params.get("offset", 0))
-        except ValueError:
-            raise PortalError("offset must be a whole number.", fields={"offset": "Not a number."}) from None
-        return Response(selectors.image_log(image, offset))
+        return Response(selectors.image_log(image, parse_offset(request.query_params.get("offset"))))
 
     @extend_schema(responses=UsageSerializer)
     @action(detail=True, methods=["get"])

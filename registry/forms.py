@@ -1,9 +1,9 @@
-"""Page forms. They only collect input: every rule is checked by registry.services."""
+"""Page forms. They only collect input: every rule is checked by registry.checks and registry.services."""
 from __future__ import annotations
 
 from django import forms
 
-from registry.services import FRAMEWORKS
+from registry.checks import FRAMEWORKS
 
 FRAMEWORK_CHOICES = [("", "Read it from the file")] + [(f, f) for f in FRAMEWORKS]
 TAGS_HELP = 'A JSON object, like {"stage": "test", "auc": "0.91"}.'

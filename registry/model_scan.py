@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from registry import scanning
 from registry.models import Model, ScanVerdict
-from workspaces.errors import PortalError
+from core.errors import PortalError
 from workspaces.models import Role
 from workspaces.services import activity_record, require_role
 

@@ -11,6 +11,8 @@ import uuid
 from django.conf import settings
 from django.db import models
 
+from core.logs import LogChunk
+
 
 class ScanVerdict(models.TextChoices):
     SAFE = "safe", "Safe"
@@ -189,20 +191,18 @@ class Image(models.Model):
         return self.status in self.FINISHED
 
 
-class ImageLogChunk(models.Model):
-    """A piece of an image's build log; ``offset`` is where its text starts in the whole log."""
+class ImageLogChunk(LogChunk):
+    """A piece of an image's build log, in order of ``seq`` (the live-log offset, core.logs)."""
 
     image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="log_chunks")
-    offset = models.PositiveIntegerField()
-    text = models.TextField()
 
     class Meta:
-        ordering = ["image", "offset"]
-        # The log endpoint reads an image's chunks from an offset on; unique gives the index.
-        constraints = [models.UniqueConstraint(fields=["image", "offset"], name="image_log_chunk_offset")]
+        ordering = ["image", "seq"]
+        # The log endpoint reads an image's chunks after a seq; unique gives the index.
+        constraints = [models.UniqueConstraint(fields=["image", "seq"], name="image_log_chunk_seq")]
 
     def __str__(self) -> str:
-        return f"log of {self.image_id} at {self.offset}"
+        return f"log chunk {self.seq} of image {self.image_id}"
 
 
 class ModelAlias(models.Model):

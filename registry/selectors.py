@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from django.apps import apps
 from django.db.models import Count, Max, Q, QuerySet
 
+from core.logs import read_log
 from registry.models import Image, Manifest, Model
 
 REF_RE = re.compile(r"^(?P<name>[^:]+):(?P<version>\d{1,9})$")
@@ -127,31 +128,15 @@ def model_usage(model: Model) -> dict:
     return {"manifests": manifests, "images": images, "services": services_using_images([i.pk for i in images])}
 
 
-LOG_PAGE_CHARS = 256 * 1024
-
-
-def image_log(image: Image, offset: int = 0, *, max_chars: int = LOG_PAGE_CHARS) -> dict:
-    """Returns the build log from ``offset`` on: {"text", "offset", "done", "status"} as
-    MLPortal.tailLog reads it. ``done`` once the build finished and the whole log was sent."""
+def image_log(image: Image, offset: int = 0) -> dict:
+    """Returns the build log after chunk ``offset`` (core.logs): {"text", "offset", "done", "status"}
+    as MLPortal.tailLog reads it. ``done`` once the build finished and the whole log was sent."""
     from registry.models import ImageLogChunk
 
     # Status first: a finished status read before the chunks guarantees the chunks are complete.
-    status, total = Image.objects.filter(pk=image.pk).values_list("status", "log_size").first() or (image.status, 0)
-    offset = max(0, min(int(offset), total))
-    chunks = ImageLogChunk.objects.filter(image_id=image.pk)
-    first = chunks.filter(offset__lte=offset).order_by("-offset").only("offset", "text").first()
-    parts, start = [], offset
-    if first is not None:
-        parts.append(first.text[offset - first.offset:])
-    size = sum(len(p) for p in parts)
-    for chunk in chunks.filter(offset__gt=offset).order_by("offset").only("offset", "text").iterator():
-        if size >= max_chars:
-            break
-        parts.append(chunk.text)
-        size += len(chunk.text)
-    text = "".join(parts)[:max_chars]
-    new_offset = start + len(text)
-    return {"text": text, "offset": new_offset, "done": status in Image.FINISHED and new_offset >= total, "status": status}
+    status = Image.objects.filter(pk=image.pk).values_list("status", flat=True).first() or image.status
+    page = read_log(ImageLogChunk.objects.filter(image_id=image.pk), offset, finished=status in Image.FINISHED)
+    return {**page, "status": status}
 
 
 SAMPLE_KEY = "<your-service-key>"

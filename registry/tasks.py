@@ -1,9 +1,9 @@
-"""The image-build task (queue `builds`, routed by settings). Thin: the work is in services."""
+"""The image-build task (queue `builds`, routed by settings). Thin: the work is in registry.worker."""
 from __future__ import annotations
 
 from celery import shared_task
 
-from registry import services
+from registry import worker
 
 
 # acks_late is safe: image_build claims the image with a guarded queued → building update, so a
@@ -12,14 +12,14 @@ from registry import services
 # Time limits: the builds queue's, applied by mlportal.celery.QueueTimeLimits.
 @shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=50)
 def build_image(self, image_id: str) -> str | None:
-    status = services.image_build(image_id=image_id)
-    if status is None and services.image_is_building(image_id):
-        raise self.retry(countdown=services.STALE_BUILD_SECONDS)
+    status = worker.image_build(image_id=image_id)
+    if status is None and worker.image_is_building(image_id):
+        raise self.retry(countdown=worker.STALE_BUILD_SECONDS)
     return status
 
 
 @shared_task(ignore_result=True)
 def requeue_lost_builds() -> dict:
-    from registry.requeue import requeue_lost_builds as requeue
+    from registry.reconcile import requeue_lost_builds as requeue
 
     return requeue()

@@ -12,14 +12,14 @@ from django.shortcuts import redirect, render
 from django.urls import NoReverseMatch, reverse
 from django.views.decorators.http import require_POST
 
+from core.errors import PortalError
+from core.views_base import paginate, require_page_role, scoped
 from registry import aliases, model_scan, selectors, services
 from registry.api import model_file_response
 from registry.forms import ImageCreateForm, ManifestForm, ModelEditForm, ModelRegisterForm
 from registry.models import Image, Manifest, Model
-from workspaces.errors import PortalError
 from workspaces.models import Role
 from workspaces.selectors import has_role, role_in
-from workspaces.views_base import paginate, require_page_role, scoped
 
 
 def _find(request, qs, ref: str, *, tag: bool = False):

@@ -11,7 +11,7 @@ from rest_framework.views import APIView
 
 from retention import selectors, services
 from retention.models import RetentionPolicy
-from workspaces.api_base import workspace_from_request
+from core.api_base import workspace_from_request
 from workspaces.models import Role
 
 

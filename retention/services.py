@@ -15,7 +15,7 @@ from registry.selectors import services_using_images
 from retention.models import RetentionPolicy
 from retention.selectors import policy_of, retention_plan
 from runs.models import Run, RunLogChunk, RunOutput
-from workspaces.errors import PortalError
+from core.errors import PortalError
 from workspaces.models import Role, Workspace
 from workspaces.services import activity_record, require_role
 
@@ -136,7 +136,7 @@ def retention_apply(*, workspace_id=None) -> dict:
     Returns {"runs": n, "images": n, "bytes": freed, "layers": n, "layer_bytes": freed, "errors": [...]}."""
     from compute.engine import EngineError
     from compute.images import prune_dangling
-    from deployments.services import LABEL_PORTAL
+    from deployments.worker import LABEL_PORTAL
     from workspaces.instance import portal_instance
 
     now = timezone.now()

@@ -9,10 +9,10 @@ from django.shortcuts import redirect, render
 
 from retention import selectors, services
 from retention.models import RetentionPolicy
-from workspaces.errors import PortalError
+from core.errors import PortalError
 from workspaces.models import Role
 from workspaces.selectors import has_role, role_in
-from workspaces.views_base import require_page_role
+from core.views_base import require_page_role
 
 LABELS = {
     "run_files_keep_days": "Runs' logs and outputs: keep days",

@@ -16,10 +16,12 @@ from rest_framework.decorators import action
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 
-from runs import catalog, chart_cache, selectors, services
+from core.api_base import Pagination, WorkspaceScopedViewSet, is_uuid, workspace_from_request
+from core.errors import NotFound, PayloadTooLarge, PortalError
+from core.logs import parse_offset
+from core.storage import open_file
+from runs import catalog, chart_cache, checks, selectors, services
 from runs.models import Project, ProjectFile, Run, RunOutput
-from workspaces.api_base import Pagination, WorkspaceScopedViewSet, is_uuid, workspace_from_request
-from workspaces.errors import NotFound, PayloadTooLarge, PortalError
 from workspaces.models import Role
 from workspaces.selectors import current_workspace_and_role
 
@@ -259,7 +261,7 @@ class ProjectViewSet(WorkspaceScopedViewSet):
         row = project.files.filter(path=path).first()
         if row is None:
             raise NotFound(f"Project '{project.name}' has no file '{path[:200]}'.")
-        return attachment(services.open_blob(row.storage_name), row.path.rsplit("/", 1)[-1])
+        return attachment(open_file(row.storage_name), row.path.rsplit("/", 1)[-1])
 
     @extend_schema(request={"multipart/form-data": {"type": "object", "properties": {
         "file": {"type": "string", "format": "binary"}, "path": {"type": "string"},
@@ -272,8 +274,8 @@ class ProjectViewSet(WorkspaceScopedViewSet):
         upload = request.FILES.get("file")
         if upload is None:
             raise PortalError("Send the file as multipart field 'file'.", fields={"file": "This field is required."})
-        if upload.size > services.max_upload_bytes():
-            raise PayloadTooLarge(f"The upload is {upload.size} bytes, over the limit of {services.max_upload_bytes()} bytes.")
+        if upload.size > checks.max_upload_bytes():
+            raise PayloadTooLarge(f"The upload is {upload.size} bytes, over the limit of {checks.max_upload_bytes()} bytes.")
         rows = services.project_files_upload(
             project=project, fileobj=upload, filename=upload.name or "", user=request.user,
             path=request.data.get("path") or None, extract=_flag(request.data.get("extract")),
@@ -436,17 +438,8 @@ class RunViewSet(WorkspaceScopedViewSet):
     def log(self, request, pk=None):
         """The live log from `offset` (0 at first, then the `offset` answered): `{text, offset, done, status}`."""
         run = self.get_object()
-        try:
-            offset = max(0, int(request.query_params.get("offset") or 0))
-        except ValueError:
-            raise PortalError("offset must be a whole number (the offset of the previous answer).", fields={"offset": "Not a number."}) from None
-        text, next_offset = selectors.log_since(run, offset)
-        # `done` only once the run has ended and nothing is left to read, so the last lines arrive.
-        done = not run.is_active and not text
-        if not run.is_active and text:
-            more, _ = selectors.log_since(run, next_offset)
-            done = not more
-        return Response({"text": text, "offset": next_offset, "done": done, "status": run.status,
+        page = selectors.run_log(run, parse_offset(request.query_params.get("offset")))
+        return Response({**page, "status": run.status,
                          "duration_s": run.duration_s, "exit_code": run.exit_code, "status_reason": run.status_reason})
 
     @extend_schema(responses={200: bytes})
@@ -521,7 +514,7 @@ class RunViewSet(WorkspaceScopedViewSet):
         if row is None:
             raise NotFound(f"Run {run} has no output '{path[:200]}'.")
         content_type = mimetypes.guess_type(row.path)[0] or "application/octet-stream"
-        return attachment(services.open_blob(row.storage_name), row.path.rsplit("/", 1)[-1], content_type=content_type)
+        return attachment(open_file(row.storage_name), row.path.rsplit("/", 1)[-1], content_type=content_type)
 
     @extend_schema(responses={200: bytes})
     def outputs_zip(self, request, pk=None):
@@ -529,7 +522,7 @@ class RunViewSet(WorkspaceScopedViewSet):
         tmp = tempfile.TemporaryFile()
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
             for row in run.outputs.order_by("path"):
-                with services.open_blob(row.storage_name) as src, archive.open(f"outputs/{row.path}", "w") as dst:
+                with open_file(row.storage_name) as src, archive.open(f"outputs/{row.path}", "w") as dst:
                     while chunk := src.read(1024 * 1024):
                         dst.write(chunk)
         tmp.seek(0)

@@ -47,7 +47,7 @@ def rows_of(points: list[dict]) -> list[tuple]:
 
 def record_points(*, run_id, workspace_id, points: list[dict]) -> None:
     """Stores the points and updates each name's last value and count, in one transaction."""
-    from runs.services import _upsert_summaries  # the one upsert of the summaries
+    from runs.metrics import _upsert_summaries  # the one upsert of the summaries
 
     if not points:
         return

@@ -28,9 +28,10 @@ from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions as drf_exceptions
 
 from runs import checks, ingest, selectors, services
+from runs.metrics import run_record_metrics
 from runs.models import Metric, Project, Run, RunMetricSummary
 from workspaces.auth import BearerTokenAuthentication
-from workspaces.errors import Conflict, Forbidden, NotFound, PortalError
+from core.errors import Conflict, Forbidden, NotFound, PortalError
 from workspaces.models import Membership, Role
 from workspaces.selectors import current_workspace_and_role, has_role
 
@@ -296,7 +297,7 @@ def _store(run: Run, *, metrics=(), params=(), tags=()) -> None:
         if tags:
             services.run_set_tags(run_id=run.id, workspace_id=run.workspace_id, tags=list(tags))
         if metrics:
-            services.run_record_metrics(run_id=run.id, workspace_id=run.workspace_id, points=list(metrics))
+            run_record_metrics(run_id=run.id, workspace_id=run.workspace_id, points=list(metrics))
 
 
 # --- endpoints ------------------------------------------------------------------------------------

@@ -15,6 +15,8 @@ from django.db import models
 from django.db.models import Q
 from django.urls import reverse
 
+from core.logs import LogChunk
+
 # Foreign keys marked db_index=False lead a composite unique constraint or index already, which
 # serves their lookups and cascades; a second single-column index would only slow inserts.
 
@@ -219,14 +221,12 @@ class Run(models.Model):
         return self.script if self.kind == self.Kind.SCRIPT else f"prepare ({self.target})"
 
 
-class RunLogChunk(models.Model):
-    """A batch of log lines of a run, in order of `seq` (the live-log offset)."""
+class RunLogChunk(LogChunk):
+    """A batch of log lines of a run, in order of `seq` (the live-log offset, core.logs)."""
 
     id = models.BigAutoField(primary_key=True)
     workspace = models.ForeignKey("workspaces.Workspace", on_delete=models.CASCADE, related_name="+")
     run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="log_chunks", db_index=False)
-    seq = models.PositiveIntegerField()
-    text = models.TextField()
 
     class Meta:
         ordering = ["run", "seq"]

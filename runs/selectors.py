@@ -9,7 +9,8 @@ from django.db.models import DurationField, ExpressionWrapper, F, FilteredRelati
 
 from runs import filtering
 from runs.models import Metric, Project, Run, RunLogChunk, RunMetricSummary, RunParam, RunTag
-from workspaces.errors import PortalError
+from core.errors import PortalError
+from core.logs import log_text, read_log
 
 # Columns the runs list can be ordered by (API `?ordering=` and the page's column headers).
 RUN_ORDERING = {
@@ -28,7 +29,6 @@ RUN_ORDERING = {
 }
 NULLABLE_COLUMNS = {"started_at", "ended_at", "duration", "user", "exit_code"}
 METRIC_OPS = {"metric_gt": "gt", "metric_gte": "gte", "metric_lt": "lt", "metric_lte": "lte", "metric_eq": "exact"}
-LOG_PAGE_CHUNKS = 200
 
 
 def _is_uuid(value: str) -> bool:
@@ -277,22 +277,19 @@ def summaries_of(run: Run) -> QuerySet:
 
 
 def log_since(run: Run, offset: int) -> tuple[str, int]:
-    """Returns the log text from chunk `offset` on (at most LOG_PAGE_CHUNKS chunks) and the next offset."""
-    chunks = list(RunLogChunk.objects.filter(run=run, seq__gt=offset).order_by("seq").values_list("seq", "text")[:LOG_PAGE_CHUNKS])
-    if not chunks:
-        return "", offset
-    return "".join(text for _, text in chunks), chunks[-1][0]
+    """Returns the log text after chunk `offset` (core.logs) and the next offset."""
+    page = read_log(RunLogChunk.objects.filter(run=run), offset, finished=False)
+    return page["text"], page["offset"]
+
+
+def run_log(run: Run, offset: int) -> dict:
+    """`{text, offset, done}` of the run's live log (core.logs); `done` once it ended and all was read."""
+    return read_log(RunLogChunk.objects.filter(run=run), offset, finished=not run.is_active)
 
 
 def log_chunks(run: Run) -> Iterable[str]:
     """The whole log, chunk by chunk (for the download), without loading it all at once."""
-    last = 0
-    while True:
-        text, last_next = log_since(run, last)
-        if not text:
-            return
-        yield text
-        last = last_next
+    return log_text(RunLogChunk.objects.filter(run=run))
 
 
 def project_scripts(project: Project) -> list[str]:

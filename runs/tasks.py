@@ -1,7 +1,7 @@
-"""Celery tasks of the runs app: thin wrappers over runs.worker."""
+"""Celery tasks of the runs app: thin wrappers over runs.worker and runs.reconcile."""
 from celery import shared_task
 
-from runs import worker
+from runs import reconcile, worker
 
 
 # acks_late + reject_on_worker_lost: a run whose worker dies is redelivered, and the guarded
@@ -13,12 +13,12 @@ def execute_run(run_id: str) -> str:
 
 @shared_task(ignore_result=True)
 def sweep_lost_runs() -> dict:
-    return worker.sweep_lost_runs()
+    return reconcile.sweep_lost_runs()
 
 
 @shared_task(ignore_result=True)
 def requeue_lost_runs() -> dict:
-    return worker.requeue_lost_runs()
+    return reconcile.requeue_lost_runs()
 
 
 @shared_task(ignore_result=True)

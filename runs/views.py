@@ -14,14 +14,16 @@ from django.urls import reverse
 from django.utils.http import urlencode
 from django.views.decorators.http import require_POST
 
+from core.errors import PortalError
+from core.paths import clean_path
+from core.storage import open_file
+from core.views_base import get_scoped_or_404, paginate, require_page_role, scoped
 from runs import catalog, selectors, services
 from runs.api import attachment, runs_to_compare
 from runs.forms import EditFileForm, NewFileForm, ProjectForm, RunForm, SettingsForm, UploadForm
 from runs.models import Project, Run
-from workspaces.errors import PortalError
 from workspaces.models import Role
 from workspaces.selectors import has_role, role_in
-from workspaces.views_base import get_scoped_or_404, paginate, require_page_role, scoped
 
 PREVIEW_TEXT_BYTES = 256 * 1024
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif"}
@@ -211,7 +213,7 @@ def project_file_new(request, ref):
     form = NewFileForm(request.POST)
     if form.is_valid():
         try:
-            path = services.clean_path(form.cleaned_data["path"])
+            path = clean_path(form.cleaned_data["path"])
             if project.files.filter(path=path).exists():
                 raise PortalError(f"'{path}' exists already: open it to edit it.", fields={"path": "Exists already."})
             services.project_file_put(project=project, path=path, content=b"", user=request.user)
@@ -231,8 +233,8 @@ def project_file(request, ref, path):
     if row is None:
         raise Http404("No such file in this project.")
     if request.GET.get("download"):
-        return attachment(services.open_blob(row.storage_name), row.path.rsplit("/", 1)[-1])
-    with services.open_blob(row.storage_name) as handle:
+        return attachment(open_file(row.storage_name), row.path.rsplit("/", 1)[-1])
+    with open_file(row.storage_name) as handle:
         head = handle.read(PREVIEW_TEXT_BYTES + 1)
     is_text = _is_text(head)
     editable = is_text and row.size <= services.EDITABLE_MAX_BYTES
@@ -384,18 +386,18 @@ def run_output(request, run_id, path):
     if request.GET.get("inline") and ext in IMAGE_TYPES:
         from django.http import FileResponse
 
-        response = FileResponse(services.open_blob(row.storage_name), content_type=IMAGE_TYPES[ext])
+        response = FileResponse(open_file(row.storage_name), content_type=IMAGE_TYPES[ext])
         response["X-Content-Type-Options"] = "nosniff"
         response["Content-Security-Policy"] = "default-src 'none'; sandbox"
         return response
     if request.GET.get("preview"):
-        with services.open_blob(row.storage_name) as handle:
+        with open_file(row.storage_name) as handle:
             head = handle.read(PREVIEW_TEXT_BYTES + 1)
         return render(request, "runs/run_output_preview.html", {
             "run": run, "output": row, "text": services.decode_text(head[:PREVIEW_TEXT_BYTES]) if _is_text(head) else None,
             "truncated": len(head) > PREVIEW_TEXT_BYTES, "is_image": ext in IMAGE_TYPES,
         })
-    return attachment(services.open_blob(row.storage_name), row.path.rsplit("/", 1)[-1],
+    return attachment(open_file(row.storage_name), row.path.rsplit("/", 1)[-1],
                       content_type=mimetypes.guess_type(row.path)[0])
 
 

@@ -1,35 +1,39 @@
 """What a worker does with a run: claim it, prepare its environment, execute it through `compute`,
-stream its log and metrics into the database, store its outputs and record how it ended; and the
-sweep that marks runs lost when their worker died.
-
-`runs.tasks` calls `execute` and `sweep_lost_runs`; every database write goes through `runs.services`.
+stream its log and metrics into the database, store its outputs and record how it ended. The
+`run_*` row writes it makes are at the end (each takes a run id; state changes are guarded
+updates). `runs.tasks.execute_run` calls `execute`; the periodic sweeps (lost runs, lost tasks)
+are in `runs.reconcile`.
 """
 from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import socket
 import sys
 import tarfile
 import threading
 import time
-import uuid
-from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
-from django.db import connections
+from django.db import connections, transaction
 from django.utils import timezone
 
-from compute.engine import LABEL_ID, BuildError, EngineError
+from compute.engine import BuildError, EngineError
 from compute.envimage import ensure_env_image
-from compute.runner import (LocalSandbox, RunSpec, list_containers, python_for_user, remove_container, run_in_docker,
-                            run_local)
+from compute.runner import LocalSandbox, RunSpec, python_for_user, run_in_docker, run_local
+from core.errors import PortalError
+from core.logs import next_seq
+from core.paths import clean_path
+from core.storage import chunks_of, delete_files, open_file, save_file
 from mlportal_runtime import parse_line
-from runs import services
-from runs.models import Run, Target, requirement_lines
+from runs import checks
+from runs.metrics import run_record_metrics
+from runs.models import Run, RunLogChunk, RunOutput, Target, requirement_lines
 from runs.outputs import OutputsWriter
+from runs.services import run_log_params, run_set_tags
 from workspaces.instance import portal_instance
 
 logger = logging.getLogger(__name__)
@@ -122,22 +126,22 @@ class RunSink:
                 params, self._params = self._params, []
                 tags, self._tags = self._tags, []
             if params:
-                for problem in services.run_log_params(run_id=self.run_id, workspace_id=self.workspace_id, params=params):
+                for problem in run_log_params(run_id=self.run_id, workspace_id=self.workspace_id, params=params):
                     self.log(f"[mlportal] param not recorded: {problem}")
             if tags:
-                services.run_set_tags(run_id=self.run_id, workspace_id=self.workspace_id, tags=tags)
+                run_set_tags(run_id=self.run_id, workspace_id=self.workspace_id, tags=tags)
             while True:
                 with self._lock:
                     batch, self._metrics = self._metrics[:METRIC_BATCH], self._metrics[METRIC_BATCH:]
                 if not batch:
                     break
-                services.run_record_metrics(run_id=self.run_id, workspace_id=self.workspace_id, points=batch)
+                run_record_metrics(run_id=self.run_id, workspace_id=self.workspace_id, points=batch)
                 with self._lock:
                     self._drained.notify_all()
             with self._lock:
                 lines, self._lines = self._lines, []
             for start in range(0, len(lines), MAX_LINES_PER_CHUNK):
-                services.run_append_log(run_id=self.run_id, workspace_id=self.workspace_id,
+                run_append_log(run_id=self.run_id, workspace_id=self.workspace_id,
                                         lines=lines[start:start + MAX_LINES_PER_CHUNK])
 
     def _loop(self) -> None:
@@ -150,7 +154,7 @@ class RunSink:
                     self.flush()
                     if time.monotonic() - last_beat >= HEARTBEAT_S:
                         last_beat = time.monotonic()
-                        services.run_heartbeat(run_id=self.run_id)
+                        run_heartbeat(run_id=self.run_id)
                 except Exception:  # noqa: BLE001 - a database hiccup must not end the run; retried next tick
                     logger.exception("run %s: writing log/heartbeat failed", self.run_id)
         finally:
@@ -183,7 +187,7 @@ def _worker_name() -> str:
 def execute(run_id) -> str:
     """Executes a queued run to its end and returns its final status ("skipped" when the run was
     not queued: a duplicate delivery or a cancel got there first, so nothing is started twice)."""
-    run = services.run_claim(run_id=run_id, worker=_worker_name())
+    run = run_claim(run_id=run_id, worker=_worker_name())
     if run is None:
         return "skipped"
     sink = RunSink(run).start()
@@ -211,7 +215,7 @@ def execute(run_id) -> str:
         sink.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     prepare_charts(run.id)
-    return services.run_finish(run_id=run.id, **outcome)
+    return run_finish(run_id=run.id, **outcome)
 
 
 def prepare_charts(run_id) -> None:
@@ -232,7 +236,7 @@ def _prepare(run: Run, sink: RunSink) -> dict:
         wheel_cache=settings.MLPORTAL_WHEEL_CACHE, log=sink.log, base_url=settings.MLPORTAL_DOCKER_URL,
         timeout_s=settings.MLPORTAL_BUILD_TIMEOUT, source_packages=settings.MLPORTAL_SOURCE_PACKAGES,
     )
-    services.run_mark_running(run_id=run.id, image=image)
+    run_mark_running(run_id=run.id, image=image)
     sink.log(f"[mlportal] environment image {image} is ready")
     return {"status": Run.Status.COMPLETED, "image": image, "exit_code": 0}
 
@@ -240,7 +244,7 @@ def _prepare(run: Run, sink: RunSink) -> dict:
 def _execute_script(run: Run, sink: RunSink, workdir: Path) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     snapshot = workdir / "snapshot.tar"
-    with services.open_blob(run.snapshot) as src, open(snapshot, "wb") as dst:
+    with open_file(run.snapshot) as src, open(snapshot, "wb") as dst:
         shutil.copyfileobj(src, dst, 1024 * 1024)
     project = run.project
     spec = RunSpec(
@@ -261,7 +265,7 @@ def _execute_script(run: Run, sink: RunSink, workdir: Path) -> dict:
             log=lambda line: sink.log(f"[prepare] {line}"), base_url=settings.MLPORTAL_DOCKER_URL,
             timeout_s=settings.MLPORTAL_BUILD_TIMEOUT, source_packages=settings.MLPORTAL_SOURCE_PACKAGES,
         )
-        if not services.run_mark_running(run_id=run.id, image=image):
+        if not run_mark_running(run_id=run.id, image=image):
             return {"status": Run.Status.CANCELED, "reason": "canceled before it started", "image": image}
         already_said = f"[prepare] environment image {image} is ready (reused)"
 
@@ -273,15 +277,15 @@ def _execute_script(run: Run, sink: RunSink, workdir: Path) -> dict:
         def execute(store_output):
             return run_in_docker(
                 spec, wheel_cache=settings.MLPORTAL_WHEEL_CACHE, on_output=on_output, should_cancel=sink.should_cancel,
-                on_container=lambda cid: services.run_set_container(run_id=run.id, container_id=cid),
+                on_container=lambda cid: run_set_container(run_id=run.id, container_id=cid),
                 workdir=workdir, base_url=settings.MLPORTAL_DOCKER_URL, store_output=store_output,
             )
     else:
-        if not services.run_mark_running(run_id=run.id, image="local"):
+        if not run_mark_running(run_id=run.id, image="local"):
             return {"status": Run.Status.CANCELED, "reason": "canceled before it started"}
         sandbox = local_sandbox()
         if not run.workspace.local_runs_enabled or sandbox is None:  # checked at submit too; settings may have changed
-            reason = (services.LOCAL_RUNS_OFF.format(workspace=run.workspace.name) if sandbox is not None else
+            reason = (checks.LOCAL_RUNS_OFF.format(workspace=run.workspace.name) if sandbox is not None else
                       f"no Python on this worker that the local-run user (uid {settings.MLPORTAL_LOCAL_RUN_UID}) may "
                       "execute: set MLPORTAL_LOCAL_RUN_PYTHON, or use target docker")
             sink.log(f"[mlportal] error: {reason}")
@@ -322,80 +326,133 @@ def local_sandbox() -> LocalSandbox | None:
     return LocalSandbox(uid=uid, root=settings.MLPORTAL_LOCAL_RUN_ROOT, python=python)
 
 
-def sweep_lost_runs() -> dict:
-    """Marks runs lost whose worker stopped sending heartbeats, and removes run containers whose run
-    is finished (lost ones included). Returns {"lost": [...run ids], "removed": [...container ids]}.
+# --- the run's rows, written by the worker ----------------------------------------------------
 
-    Only this portal's containers (label ``mlportal.portal``) are looked at: another portal sharing
-    the engine keeps its own. Exited containers of this portal's runs that the database no longer
-    knows are removed too; running ones are left alone.
-    """
-    cutoff = timezone.now() - timedelta(seconds=settings.MLPORTAL_LOST_AFTER_SECONDS)
-    stale = Run.objects.filter(status__in=[Run.Status.PREPARING, Run.Status.RUNNING], heartbeat_at__lt=cutoff)
-    lost = []
-    for run_id, beat in stale.values_list("id", "heartbeat_at"):
-        reason = (f"lost: its worker stopped reporting (last heartbeat {beat:%Y-%m-%d %H:%M:%S} UTC, "
-                  f"over {settings.MLPORTAL_LOST_AFTER_SECONDS} s ago)")
-        if services.run_mark_lost(run_id=run_id, reason=reason):
-            services.run_append_log(run_id=run_id, workspace_id=Run.objects.get(id=run_id).workspace_id,
-                                    lines=[f"[mlportal] {reason}"])
-            lost.append(str(run_id))
-    removed = []
-    try:
-        containers = list_containers("run", base_url=settings.MLPORTAL_DOCKER_URL, portal=portal_instance())
-    except EngineError as exc:
-        logger.warning("sweep: cannot list run containers: %s", exc)
-        return {"lost": lost, "removed": removed}
-    ids = {c["labels"].get(LABEL_ID, "") for c in containers}
-    known = {}
-    valid = [i for i in ids if _is_uuid(i)]
-    for run_id, status in Run.objects.filter(id__in=valid).values_list("id", "status"):
-        known[str(run_id)] = status
-    for container in containers:
-        run_id = container["labels"].get(LABEL_ID, "")
-        status = known.get(run_id)
-        finished = status is not None and status not in Run.ACTIVE
-        gone_and_stopped = status is None and container["status"] in ("exited", "dead")
-        if finished or gone_and_stopped:
-            try:
-                remove_container(container["id"], base_url=settings.MLPORTAL_DOCKER_URL)
-                removed.append(container["id"])
-            except EngineError as exc:
-                logger.warning("sweep: cannot remove container %s: %s", container["id"][:12], exc)
-    return {"lost": lost, "removed": removed}
+ANSI_RE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
+# Control characters other than tab are dropped from log lines (they could rewrite a terminal).
+# C1 controls too (U+009B is a one-character CSI for some terminals), and the bidi and line
+# separator characters that reorder or split what a reader sees.
+CONTROL_RE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
-
-
-def requeue_lost_runs() -> dict:
-    """Sends the task of queued runs again when the broker lost it: at once after the broker
-    forgot its messages (a restart without persistence), else once a run has waited unclaimed
-    longer than MLPORTAL_REQUEUE_AFTER_SECONDS, with a growing gap after that (see
-    workspaces.broker). The claim in `execute` makes a duplicate start nothing. Returns
-    {"resent": [...run ids], "broker_forgot": bool}."""
-    from runs.tasks import execute_run
-    from workspaces.broker import broker_forgot, resend_due
-
-    forgot = broker_forgot("runs")
+def run_claim(*, run_id, worker: str) -> Run | None:
+    """Moves a queued run to preparing; None when it is not queued (a duplicate delivery, a cancel)."""
     now = timezone.now()
-    after_s = settings.MLPORTAL_REQUEUE_AFTER_SECONDS
-    queued = Run.objects.filter(status=Run.Status.QUEUED)
-    if not forgot:
-        queued = queued.filter(created_at__lt=now - timedelta(seconds=after_s))
-    resent = []
-    for run_id, created_at, sent_at in queued.values_list("id", "created_at", "heartbeat_at").order_by("created_at"):
-        if not forgot and not resend_due(created_at=created_at, sent_at=sent_at, now=now, after_s=after_s):
-            continue
-        # For a queued run, heartbeat_at is when its task was last sent; the claim overwrites it.
-        if Run.objects.filter(id=run_id, status=Run.Status.QUEUED).update(heartbeat_at=now):
-            execute_run.delay(str(run_id))
-            resent.append(str(run_id))
-    if resent:
-        logger.warning("re-sent the task of %d queued run(s) the broker had lost: %s", len(resent), ", ".join(resent))
-    return {"resent": resent, "broker_forgot": forgot}
+    claimed = Run.objects.filter(id=run_id, status=Run.Status.QUEUED).update(
+        status=Run.Status.PREPARING, started_at=now, heartbeat_at=now, worker=worker[:255],
+    )
+    if not claimed:
+        return None
+    return Run.objects.select_related("project", "workspace").get(id=run_id)
+
+
+def run_mark_running(*, run_id, image: str) -> bool:
+    return bool(Run.objects.filter(id=run_id, status=Run.Status.PREPARING).update(
+        status=Run.Status.RUNNING, image=image[:255], heartbeat_at=timezone.now(),
+    ))
+
+
+def run_heartbeat(*, run_id) -> str | None:
+    """Stamps the heartbeat of an active run and returns its status (None when it is gone)."""
+    Run.objects.filter(id=run_id, status__in=[Run.Status.PREPARING, Run.Status.RUNNING]).update(heartbeat_at=timezone.now())
+    return Run.objects.filter(id=run_id).values_list("status", flat=True).first()
+
+
+def run_set_container(*, run_id, container_id: str) -> None:
+    Run.objects.filter(id=run_id).update(container_id=container_id[:80])
+
+
+def clean_log_line(line: str | bytes) -> str:
+    """A log line safe to show: UTF-8 (bad bytes replaced), no ANSI escapes or control characters."""
+    if isinstance(line, bytes):
+        line = line.decode("utf-8", "replace")
+    return CONTROL_RE.sub("", ANSI_RE.sub("", line))
+
+
+def run_append_log(*, run_id, workspace_id, lines: list[str]) -> None:
+    """Appends lines to the run's log as one chunk, up to MLPORTAL_LOG_MAX_BYTES; past it, one
+    visible "[log truncated…]" note is written and later lines are dropped."""
+    if not lines:
+        return
+    cap = settings.MLPORTAL_LOG_MAX_BYTES
+    with transaction.atomic():
+        row = Run.objects.filter(id=run_id).values("log_bytes", "log_truncated").first()
+        if row is None or row["log_truncated"]:
+            return
+        used = row["log_bytes"]
+        kept: list[str] = []
+        truncated = False
+        for line in lines:
+            text = clean_log_line(line) + "\n"
+            size = len(text.encode())
+            if used + size > cap:
+                truncated = True
+                break
+            kept.append(text)
+            used += size
+        if truncated:
+            kept.append(f"[log truncated: the log reached its limit of {cap} bytes; later lines were dropped]\n")
+        if not kept:
+            return
+        seq = next_seq(RunLogChunk.objects.filter(run_id=run_id))
+        RunLogChunk.objects.create(run_id=run_id, workspace_id=workspace_id, seq=seq, text="".join(kept))
+        Run.objects.filter(id=run_id).update(log_bytes=used, log_truncated=truncated)
+
+
+def run_store_outputs(*, run: Run, tar_path: Path | None) -> list[RunOutput]:
+    """Stores each regular file of the outputs tar (paths relative to outputs/) as a RunOutput."""
+    if tar_path is None or not Path(tar_path).exists():
+        return []
+    written, rows = [], []
+    try:
+        with tarfile.open(tar_path, mode="r:*") as tar:
+            for info in tar:
+                if not info.isfile():
+                    continue
+                try:
+                    path = clean_path(info.name)
+                except PortalError:
+                    logger.warning("run %s: skipped output with unsafe path %r", run.id, info.name)
+                    continue
+                output = RunOutput(run=run, workspace_id=run.workspace_id, path=path)
+                blob = save_file(f"runs/{run.id}/outputs/{output.id}", chunks_of(tar.extractfile(info)))
+                written.append(blob.storage_name)
+                output.storage_name, output.size, output.sha256 = blob.storage_name, blob.size, blob.sha256
+                rows.append(output)
+        with transaction.atomic():
+            RunOutput.objects.filter(run=run).delete()
+            RunOutput.objects.bulk_create(rows)
+    except BaseException:
+        delete_files(written)
+        raise
+    return rows
+
+
+def run_finish(*, run_id, status: str, reason: str = "", exit_code: int | None = None, oom: bool = False, image: str | None = None) -> str:
+    """Records the end of a run and returns its final status.
+
+    The update is guarded on the active states; a run canceled meanwhile keeps `canceled` (its exit
+    code and end time are still filled in), a run swept to `lost` stays lost."""
+    now = timezone.now()
+    fields = {"exit_code": exit_code, "oom": oom, "heartbeat_at": now}
+    if image:
+        fields["image"] = image[:255]
+    done = Run.objects.filter(id=run_id, status__in=[Run.Status.PREPARING, Run.Status.RUNNING]).update(
+        status=status, status_reason=reason[:2000], ended_at=now, **fields
+    )
+    if not done:
+        Run.objects.filter(id=run_id, status=Run.Status.CANCELED).update(**fields)
+    current = Run.objects.filter(id=run_id).values_list("status", flat=True).first()
+    return current or status
+
+
+def run_mark_lost(*, run_id, reason: str) -> bool:
+    return bool(Run.objects.filter(id=run_id, status__in=[Run.Status.PREPARING, Run.Status.RUNNING]).update(
+        status=Run.Status.LOST, status_reason=reason[:2000], ended_at=timezone.now(),
+    ))
+
+
+# Names that moved out in the rooms split (issue 11) still resolve here for this session.
+from core.moved import forward  # noqa: E402
+
+__getattr__ = forward(__name__, ["runs.reconcile"])

@@ -9,9 +9,9 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from core.api_base import WorkspaceScopedReadOnlyViewSet, is_uuid
+from core.errors import NotFound
 from workspaces import selectors, services
-from workspaces.api_base import WorkspaceScopedReadOnlyViewSet, is_uuid
-from workspaces.errors import NotFound
 from workspaces.models import Activity, ApiToken, Membership, Role, Workspace
 
 User = get_user_model()
@@ -73,15 +73,12 @@ class WorkspaceViewSet(viewsets.ModelViewSet):
         )
 
     def perform_update(self, serializer):
-        workspace = serializer.instance
-        services.require_role(user=self.request.user, workspace=workspace, role=Role.OWNER)
-        workspace.description = serializer.validated_data.get("description", workspace.description)
-        workspace.save(update_fields=["description"])
-        services.activity_record(workspace=workspace, actor=self.request.user, verb="workspace.updated", target=workspace)
+        serializer.instance = services.workspace_update(
+            workspace=serializer.instance, user=self.request.user, description=serializer.validated_data.get("description"))
 
     def update(self, request, *args, **kwargs):
         if "name" in request.data:
-            from workspaces.errors import PortalError
+            from core.errors import PortalError
 
             raise PortalError("A workspace's name cannot change.", fields={"name": "Read-only."})
         return super().update(request, *args, **kwargs)

@@ -16,7 +16,7 @@ import shutil
 
 from django.core.files.storage import FileSystemStorage
 
-from workspaces.errors import PortalError
+from core.errors import PortalError
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from django.db import IntegrityError, transaction
 from django.http import JsonResponse
 from django.utils import timezone
 
-from workspaces.errors import error_body
+from core.errors import error_body
 
 HEADER = "HTTP_IDEMPOTENCY_KEY"
 KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")

@@ -8,7 +8,7 @@ from axes.helpers import get_cool_off
 from django.http import JsonResponse
 from django.shortcuts import render
 
-from workspaces.errors import error_body
+from core.errors import error_body
 
 
 def lockout_response(request, original_response=None, credentials=None):

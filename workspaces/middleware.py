@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.http import JsonResponse
 
-from workspaces.errors import error_body
+from core.errors import error_body
 
 
 class BodySizeLimitMiddleware:

@@ -1,9 +1,7 @@
-from rest_framework.pagination import PageNumberPagination
+"""Moved to ``core.pagination`` (issue 11); this name stays for the branches started before the move."""
 
+import sys
 
-class Pagination(PageNumberPagination):
-    """?page=N&page_size=M (at most 200) on every list of the API."""
+from core import pagination as _moved
 
-    page_size = 25
-    page_size_query_param = "page_size"
-    max_page_size = 200
+sys.modules[__name__] = _moved

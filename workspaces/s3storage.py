@@ -21,7 +21,7 @@ import logging
 from botocore.exceptions import BotoCoreError, ClientError
 from storages.backends.s3 import S3Storage
 
-from workspaces.errors import PortalError
+from core.errors import PortalError
 
 logger = logging.getLogger(__name__)
 

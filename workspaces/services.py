@@ -11,8 +11,8 @@ from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from core.errors import Conflict, Forbidden, NotFound, PortalError
 from workspaces.auth import TOKEN_PREFIX, hash_token
-from workspaces.errors import Conflict, Forbidden, NotFound, PortalError
 from workspaces.models import Activity, ApiToken, Membership, Profile, Role, Workspace
 from workspaces.selectors import has_role, role_in
 
@@ -78,6 +78,22 @@ def workspace_create(*, name: str, user, description: str = "") -> Workspace:
     Membership.objects.create(workspace=workspace, user=user, role=Role.OWNER)
     profile_set_current_workspace(user=user, workspace=workspace)
     activity_record(workspace=workspace, actor=user, verb="workspace.created", target=workspace)
+    return workspace
+
+
+@transaction.atomic
+def workspace_update(*, workspace: Workspace, user, description: Any = None) -> Workspace:
+    """Changes a workspace's description (owners only; names never change: scripts refer to them)."""
+    require_role(user=user, workspace=workspace, role=Role.OWNER)
+    if description is None:
+        return workspace
+    if not isinstance(description, str) or len(description) > 5000:
+        raise PortalError("The description must be text of at most 5000 characters.",
+                          fields={"description": "At most 5000 characters."})
+    if description != workspace.description:
+        workspace.description = description
+        workspace.save(update_fields=["description"])
+        activity_record(workspace=workspace, actor=user, verb="workspace.updated", target=workspace)
     return workspace
 
 

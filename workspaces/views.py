@@ -11,11 +11,11 @@ from django.urls import NoReverseMatch, reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
+from core.errors import PortalError
+from core.views_base import paginate, scoped
 from workspaces import selectors, services
-from workspaces.errors import PortalError
 from workspaces.forms import MemberForm, PortalPasswordChangeForm, RoleForm, TokenForm, WorkspaceForm
 from workspaces.models import ApiToken, Role
-from workspaces.views_base import paginate, scoped
 
 # (label, "app.Model", list url name): counted on the dashboard when the app provides the model.
 DASHBOARD_COUNTS = [

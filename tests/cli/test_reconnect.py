@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 from django.db import connection, transaction
 
-from runs import services
+from runs import services, worker
 from runs.models import Run
 from tests.conftest import REPO, worker_env
 from tests.helpers import wait_until
@@ -64,9 +64,9 @@ def followed(transactional_db, owner, workspace, tmp_path):
     services.project_file_put(project=project, path="train.py", content=b"print('x')\n", user=owner)
     with transaction.atomic():  # claimed before commit, so no worker that may be listening starts it
         run = services.run_submit(project=project, script="train.py", args=[], target="docker", user=owner)
-        services.run_claim(run_id=run.id, worker="tests")
-    services.run_mark_running(run_id=run.id, image="mlportal-env:test")
-    services.run_append_log(run_id=run.id, workspace_id=run.workspace_id, lines=["epoch 1"])
+        worker.run_claim(run_id=run.id, worker="tests")
+    worker.run_mark_running(run_id=run.id, image="mlportal-env:test")
+    worker.run_append_log(run_id=run.id, workspace_id=run.workspace_id, lines=["epoch 1"])
     _, token = token_create(user=owner, name="cli")
     portal = Portal(_free_port(), open(tmp_path / "gunicorn.log", "w"))
     portal.start()
@@ -96,14 +96,14 @@ def test_following_a_run_rides_out_a_portal_restart(followed):
     text = start_cli.text
     cli = start_cli()
     portal.stop()
-    services.run_append_log(run_id=run.id, workspace_id=run.workspace_id, lines=["epoch 2 (while the portal was away)"])
+    worker.run_append_log(run_id=run.id, workspace_id=run.workspace_id, lines=["epoch 2 (while the portal was away)"])
     wait_until(lambda: text("err.txt").count("reconnecting") >= 2, timeout=30, message="the CLI to say it reconnects")
     assert cli.poll() is None, text("err.txt")
     time.sleep(2)
     portal.start()
-    services.run_append_log(run_id=run.id, workspace_id=run.workspace_id, lines=["epoch 3"])
+    worker.run_append_log(run_id=run.id, workspace_id=run.workspace_id, lines=["epoch 3"])
     wait_until(lambda: "epoch 3" in text("out.txt"), timeout=30, message="the log after the restart")
-    services.run_finish(run_id=run.id, status=Run.Status.COMPLETED, exit_code=0)
+    worker.run_finish(run_id=run.id, status=Run.Status.COMPLETED, exit_code=0)
     assert cli.wait(timeout=30) == 0, text("err.txt")
     assert text("out.txt").splitlines() == ["epoch 1", "epoch 2 (while the portal was away)", "epoch 3"]
     err_text = text("err.txt")

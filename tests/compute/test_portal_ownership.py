@@ -10,7 +10,7 @@ import pytest
 
 from compute.engine import LABEL_ID, LABEL_KIND, LABEL_PORTAL, connect
 from compute.runner import RunSpec, list_containers, run_in_docker
-from runs import worker
+from runs import reconcile
 from tests.compute.fixtures import BASE_IMAGE, SMALL_REQUIREMENTS, WHEEL_CACHE, make_snapshot
 from workspaces.instance import portal_instance
 
@@ -34,7 +34,7 @@ def test_the_sweep_removes_only_this_portals_stopped_run_containers():
         ours = _stopped_run_container(client, portal_instance())
         theirs = _stopped_run_container(client, "another-portal-instance")
         try:
-            result = worker.sweep_lost_runs()
+            result = reconcile.sweep_lost_runs()
             assert ours in result["removed"]
             assert theirs not in result["removed"]
             assert not _exists(client, ours)

@@ -165,7 +165,7 @@ def remove_our_containers():
     failing test leaves nothing running."""
     yield
     from compute.runner import list_containers, remove_container
-    from deployments.services import LABEL_PORTAL, portal_instance
+    from deployments.worker import LABEL_PORTAL, portal_instance
 
     instance = portal_instance()
     for container in list_containers("service"):

@@ -138,7 +138,7 @@ def test_no_connection_is_ever_opened_to_an_address_that_is_not_allowed(strict, 
 
 
 def test_the_reconciler_and_the_pages_never_probe_a_disallowed_engine(owner, workspace, page_client, strict, listener):
-    from deployments.services import services_reconcile
+    from deployments.reconcile import services_reconcile
 
     port = listener()
     # Set before the allowlist narrowed (or written behind the portal's back): the row exists.

@@ -13,7 +13,7 @@ from rest_framework.test import APIClient
 from compute.containers import container_state, start_service_container, stop_container
 from compute.engine import connect
 from deployments.models import Environment, Service
-from deployments.services import LABEL_PORTAL, portal_instance
+from deployments.worker import LABEL_PORTAL, portal_instance
 from deployments.tasks import reconcile_services
 from tests.deployments.conftest import SAMPLE_REQUEST, score, service_containers, wait_for
 from tests.helpers import wait_until

@@ -2,7 +2,7 @@
 
 from django.test import override_settings
 
-from deployments.services import _scoring_limits_env
+from deployments.worker import _scoring_limits_env
 
 
 def test_a_service_container_has_a_60_s_request_timeout_by_default():

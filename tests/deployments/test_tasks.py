@@ -29,6 +29,6 @@ def test_beat_runs_reconcile_every_30_seconds():
 
 
 def test_a_lease_outlasts_no_deploy_task():
-    from deployments.services import LEASE_SECONDS
+    from deployments.worker import LEASE_SECONDS
 
     assert LEASE_SECONDS >= settings.CELERY_QUEUE_TIME_LIMITS["deploy"][1]

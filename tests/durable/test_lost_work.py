@@ -82,7 +82,7 @@ def test_the_sweep_sends_only_what_is_due_unless_the_broker_forgot(broker, owner
 
     from django.utils import timezone
 
-    from runs.worker import requeue_lost_runs
+    from runs.reconcile import requeue_lost_runs
 
     settings.MLPORTAL_REQUEUE_AFTER_SECONDS = 60
     old = services.run_submit(project=project, script="quick.py", args=[], target="docker", user=owner)

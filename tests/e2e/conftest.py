@@ -84,7 +84,7 @@ def docker_worker(celery_worker):
         missing_part("Docker engine", status["error"])
     yield celery_worker
     from compute.runner import list_containers, remove_container
-    from deployments.services import LABEL_PORTAL, portal_instance
+    from deployments.worker import LABEL_PORTAL, portal_instance
 
     instance = portal_instance()
     for container in list_containers("service"):

@@ -6,7 +6,7 @@ import pytest
 from gateway.metrics import LATENCY_BUCKETS
 from gateway.services import DEFAULT_THRESHOLDS, check_thresholds, check_weight
 from gateway.worker import quantile_ms, tripped
-from workspaces.errors import PortalError
+from core.errors import PortalError
 
 
 def _figures(requests, errors, p99):

@@ -2,7 +2,7 @@
 import pytest
 
 from pipelines.checks import check_output_path, parse_gate
-from workspaces.errors import PortalError
+from core.errors import PortalError
 
 
 def test_a_relative_gate_compares_with_the_served_value():

@@ -9,7 +9,8 @@ import pytest
 
 from pipelines import services, worker
 from pipelines.models import PipelineRun
-from runs import services as runs_services
+from runs import metrics as runs_metrics
+from runs import worker as runs_worker
 from runs.models import Run
 from tests.pipelines.conftest import make_tar
 
@@ -19,13 +20,13 @@ pytestmark = pytest.mark.django_db
 def complete(run_id, *, metrics=None, outputs=None, status=Run.Status.COMPLETED, reason=""):
     """Records the end of the pipeline's run as the runs worker would."""
     run = Run.objects.get(pk=run_id)
-    assert runs_services.run_claim(run_id=run.id, worker="tests") is not None
-    runs_services.run_mark_running(run_id=run.id, image="mlportal-env:test")
-    runs_services.run_record_metrics(run_id=run.id, workspace_id=run.workspace_id, points=[
+    assert runs_worker.run_claim(run_id=run.id, worker="tests") is not None
+    runs_worker.run_mark_running(run_id=run.id, image="mlportal-env:test")
+    runs_metrics.run_record_metrics(run_id=run.id, workspace_id=run.workspace_id, points=[
         {"name": k, "value": v, "step": None, "time": None} for k, v in (metrics or {}).items()])
     if outputs:
-        runs_services.run_store_outputs(run=run, tar_path=Path(make_tar(outputs)))
-    runs_services.run_finish(run_id=run.id, status=status, reason=reason, exit_code=0 if status == "completed" else 3)
+        runs_worker.run_store_outputs(run=run, tar_path=Path(make_tar(outputs)))
+    runs_worker.run_finish(run_id=run.id, status=status, reason=reason, exit_code=0 if status == "completed" else 3)
 
 
 def start(pipeline, user) -> PipelineRun:

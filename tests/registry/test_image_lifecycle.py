@@ -14,7 +14,7 @@ from django.utils import timezone
 from compute.containers import start_service_container, stop_container
 from compute.engine import engine_status
 from compute.images import image_exists
-from registry import services
+from registry import services, worker
 from registry.models import Image, ImageLogChunk
 from tests.helpers import wait_until
 from tests.registry.conftest import upload
@@ -124,7 +124,7 @@ def _small_image(owner, workspace, **kwargs) -> Image:
 def test_an_unreachable_engine_fails_the_build_with_the_reason(transactional_db, owner, workspace, settings):
     settings.MLPORTAL_DOCKER_URL = "unix:///tmp/no-docker-engine-here.sock"
     image = _small_image(owner, workspace)
-    assert services.image_build(image_id=str(image.pk)) == "failed"
+    assert worker.image_build(image_id=str(image.pk)) == "failed"
     image.refresh_from_db()
     assert image.status == "failed" and "Docker engine unreachable" in image.error and image.finished_at
 
@@ -132,7 +132,7 @@ def test_an_unreachable_engine_fails_the_build_with_the_reason(transactional_db,
 def test_a_build_over_its_time_limit_fails_with_the_reason(transactional_db, owner, workspace, settings):
     settings.MLPORTAL_BUILD_TIMEOUT = 1
     image = _small_image(owner, workspace, model=b"\x00" + os.urandom(48 * 1024 * 1024))  # no pickle opcode first
-    assert services.image_build(image_id=str(image.pk)) == "failed"
+    assert worker.image_build(image_id=str(image.pk)) == "failed"
     image.refresh_from_db()
     assert "over its time limit of 1 s" in image.error and image.error_step
     assert not image_exists(image.tag)
@@ -140,18 +140,18 @@ def test_a_build_over_its_time_limit_fails_with_the_reason(transactional_db, own
 
 def test_a_second_delivery_builds_nothing_and_a_stale_build_is_taken_over(transactional_db, owner, owner_api, workspace):
     image = _small_image(owner, workspace)
-    assert services.image_build(image_id=str(image.pk)) == "succeeded"
+    assert worker.image_build(image_id=str(image.pk)) == "succeeded"
     chunks = ImageLogChunk.objects.filter(image=image).count()
-    assert services.image_build(image_id=str(image.pk)) is None
+    assert worker.image_build(image_id=str(image.pk)) is None
     assert ImageLogChunk.objects.filter(image=image).count() == chunks
 
     # A worker died mid-build: the image says building but its heartbeat is old.
-    stale = timezone.now() - timezone.timedelta(seconds=services.STALE_BUILD_SECONDS + 5)
+    stale = timezone.now() - timezone.timedelta(seconds=worker.STALE_BUILD_SECONDS + 5)
     Image.objects.filter(pk=image.pk).update(status="building", heartbeat_at=stale)
-    assert services.image_build(image_id=str(image.pk)) == "succeeded"
+    assert worker.image_build(image_id=str(image.pk)) == "succeeded"
     # A live one is left alone.
     Image.objects.filter(pk=image.pk).update(status="building", heartbeat_at=timezone.now())
-    assert services.image_build(image_id=str(image.pk)) is None
+    assert worker.image_build(image_id=str(image.pk)) is None
 
     Image.objects.filter(pk=image.pk).update(status="building")
     refused = owner_api.delete(f"/api/v1/images/{image.pk}/")

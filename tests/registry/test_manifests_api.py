@@ -139,8 +139,8 @@ def test_the_list_searches_filters_and_paginates(owner_api, model_pkl, create_ma
 
 
 def test_requirements_given_as_a_list_refuse_a_value_with_a_newline():
-    from registry.services import requirements_from_list
-    from workspaces.errors import PortalError
+    from registry.checks import requirements_from_list
+    from core.errors import PortalError
 
     assert requirements_from_list(["pandas==2.2.3", "numpy"]) == b"pandas==2.2.3\nnumpy\n"
     with pytest.raises(PortalError, match="control characters"):

@@ -9,7 +9,8 @@ import tarfile
 import pytest
 from django.conf import settings
 
-from runs import services
+from runs import services, worker
+from runs.metrics import run_record_metrics
 from runs.models import Run
 
 
@@ -46,21 +47,21 @@ def finished_run():
 
     def make(project, user, *, metrics=None, outputs=None, status=Run.Status.COMPLETED, log=("hello",), script="train.py", args=None):
         run = services.run_submit(project=project, script=script, args=args or [], target="docker", user=user)
-        assert services.run_claim(run_id=run.id, worker="tests") is not None
-        services.run_mark_running(run_id=run.id, image="mlportal-env:test")
-        services.run_append_log(run_id=run.id, workspace_id=run.workspace_id, lines=list(log))
+        assert worker.run_claim(run_id=run.id, worker="tests") is not None
+        worker.run_mark_running(run_id=run.id, image="mlportal-env:test")
+        worker.run_append_log(run_id=run.id, workspace_id=run.workspace_id, lines=list(log))
         points = []
         for name, value in (metrics or {}).items():
             if isinstance(value, list):
                 points += [{"name": name, "value": v, "step": step, "time": None} for step, v in value]
             else:
                 points.append({"name": name, "value": value, "step": None, "time": None})
-        services.run_record_metrics(run_id=run.id, workspace_id=run.workspace_id, points=points)
+        run_record_metrics(run_id=run.id, workspace_id=run.workspace_id, points=points)
         if outputs:
             from pathlib import Path
 
-            services.run_store_outputs(run=run, tar_path=Path(make_tar(outputs)))
-        services.run_finish(run_id=run.id, status=status, exit_code=0 if status == Run.Status.COMPLETED else 1)
+            worker.run_store_outputs(run=run, tar_path=Path(make_tar(outputs)))
+        worker.run_finish(run_id=run.id, status=status, exit_code=0 if status == Run.Status.COMPLETED else 1)
         run.refresh_from_db()
         return run
 

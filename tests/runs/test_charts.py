@@ -9,6 +9,7 @@ import math
 import pytest
 
 from runs import selectors, services, worker
+from runs.metrics import run_record_metrics
 from runs.downsample import downsample
 from runs.models import RunMetricSummary
 
@@ -26,11 +27,11 @@ def test_downsampling_keeps_first_last_min_and_max_within_the_budget():
 
 def _run_with_series(owner, blank, series: dict[str, int]):
     run = services.run_submit(project=blank, script="train.py", user=owner)
-    services.run_claim(run_id=run.id, worker="tests")
+    worker.run_claim(run_id=run.id, worker="tests")
     for name, count in series.items():
         points = [{"name": name, "value": float(i % 1000) / 7, "step": i, "time": None} for i in range(count)]
         for start in range(0, count, 20_000):
-            services.run_record_metrics(run_id=run.id, workspace_id=run.workspace_id, points=points[start:start + 20_000])
+            run_record_metrics(run_id=run.id, workspace_id=run.workspace_id, points=points[start:start + 20_000])
     return run
 
 
@@ -69,7 +70,7 @@ def test_the_worker_keeps_the_downsampled_series_until_more_points_arrive(owner,
     worker.prepare_charts(run.id)
     summary = RunMetricSummary.objects.get(run=run, name="loss")
     assert summary.chart_count == 5_000 and summary.chart["steps"][-1] == 4_999
-    services.run_record_metrics(run_id=run.id, workspace_id=run.workspace_id,
+    run_record_metrics(run_id=run.id, workspace_id=run.workspace_id,
                                 points=[{"name": "loss", "value": 1.0, "step": 5_000, "time": None}])
     assert selectors.chart_series(run)["loss"]["steps"][-1] == 5_000
 
@@ -84,7 +85,7 @@ def test_a_finished_runs_whole_answer_is_kept_gzipped_until_more_points_arrive(o
     run = _run_with_series(owner, blank, {"loss": 3_000, "acc": 20})
     live = owner_api.get(f"/api/v1/runs/{run.id}/series/").json()  # active: computed, nothing kept
     assert not RunChartCache.objects.filter(run=run).exists()
-    services.run_finish(run_id=run.id, status="completed", exit_code=0)
+    worker.run_finish(run_id=run.id, status="completed", exit_code=0)
     res = owner_api.get(f"/api/v1/runs/{run.id}/series/", HTTP_ACCEPT_ENCODING="gzip")
     kept = RunChartCache.objects.get(run=run)
     assert kept.key == "2:3020" and json.loads(gzip.decompress(kept.body)) == live
@@ -92,8 +93,8 @@ def test_a_finished_runs_whole_answer_is_kept_gzipped_until_more_points_arrive(o
     assert owner_api.get(f"/api/v1/runs/{run.id}/series/", HTTP_ACCEPT_ENCODING="gzip").content == bytes(kept.body)
     assert owner_api.get(f"/api/v1/runs/{run.id}/series/").json() == live  # unpacked for a client without gzip
     # An MLflow client may log after the end: the kept answer is stale then, and made again.
-    services.run_record_metrics(run_id=run.id, workspace_id=run.workspace_id,
-                                points=[{"name": "loss", "value": 2.0, "step": 3_000, "time": None}])
+    run_record_metrics(run_id=run.id, workspace_id=run.workspace_id,
+                       points=[{"name": "loss", "value": 2.0, "step": 3_000, "time": None}])
     again = owner_api.get(f"/api/v1/runs/{run.id}/series/").json()["series"]["loss"]
     assert again["steps"][-1] == 3_000 and RunChartCache.objects.get(run=run).key == "2:3021"
 
@@ -109,7 +110,7 @@ def test_the_metrics_tab_draws_every_series_to_the_last_step_and_zooms(live_serv
     project = services.project_create(workspace=workspace, name="charts", user=owner)
     services.project_file_put(project=project, path="train.py", content=b"print(1)\n", user=owner)
     run = _run_with_series(owner, project, {"loss": 100_000, **{f"s{i:02d}": 6_000 for i in range(9)}})
-    services.run_finish(run_id=run.id, status="completed", exit_code=0)
+    worker.run_finish(run_id=run.id, status="completed", exit_code=0)
     page = browser_page(owner)
     errors = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -157,10 +158,10 @@ def test_compare_overlays_the_runs_series_and_draws_params_against_a_metric(live
     runs = []
     for depth in (3, 6, 9):
         run = _run_with_series(owner, project, {"loss": 2_000})
-        services.run_record_metrics(run_id=run.id, workspace_id=run.workspace_id,
+        run_record_metrics(run_id=run.id, workspace_id=run.workspace_id,
                                     points=[{"name": "acc", "value": depth / 10, "step": None, "time": None}])
         services.run_add_params(run=run, params={"max_depth": depth, "criterion": "gini"}, user=owner)
-        services.run_finish(run_id=run.id, status="completed", exit_code=0)
+        worker.run_finish(run_id=run.id, status="completed", exit_code=0)
         runs.append(run)
     page = browser_page(owner)
     errors = []

@@ -16,8 +16,9 @@ import uuid
 
 import pytest
 from django.db import connections
+from django.db.models import Max
 
-from runs import services, worker
+from runs import reconcile, services, worker
 from runs.models import Run
 from runs.selectors import log_since
 from tests.helpers import wait_until
@@ -62,7 +63,7 @@ def queued_run(project, user, script) -> Run:
     """A queued run that no worker was told about, for tests that execute it in this process."""
     run_id = uuid.uuid4()
     blob = services._snapshot_from_project(project, run_id)
-    return Run.objects.create(id=run_id, workspace=project.workspace, project=project, number=services._next_number(project),
+    return Run.objects.create(id=run_id, workspace=project.workspace, project=project, number=(project.runs.aggregate(n=Max("number"))["n"] or 0) + 1,
                               script=script, target="docker", snapshot=blob.storage_name,
                               snapshot_sha256=blob.sha256, created_by=user)
 
@@ -182,7 +183,7 @@ def test_the_sweep_marks_a_run_lost_when_its_worker_is_killed_and_removes_its_co
     os.kill(int(pid), signal.SIGKILL)
     assert containers_of(run_id)  # the container outlives the killed worker process
     settings.MLPORTAL_LOST_AFTER_SECONDS = 4
-    wait_until(lambda: run_id in worker.sweep_lost_runs()["lost"], timeout=30, interval=1, message="the sweep to mark it lost")
+    wait_until(lambda: run_id in reconcile.sweep_lost_runs()["lost"], timeout=30, interval=1, message="the sweep to mark it lost")
     run = Run.objects.get(id=run_id)
     assert run.status == "lost" and "stopped reporting" in run.status_reason
     assert containers_of(run_id) == []

@@ -1,4 +1,4 @@
-"""The fast metric store (runs.ingest) keeps exactly what runs.services.run_record_metrics keeps:
+"""The fast metric store (runs.ingest) keeps exactly what runs.metrics.run_record_metrics keeps:
 names with tabs, backslashes and newlines, text values, NaN, infinities, missing steps and times
 — COPY text on PostgreSQL must not bend any of them."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from runs import ingest, services
+from runs import ingest, metrics, services
 from runs.metric_copy import copy_text
 from runs.models import Metric, RunMetricSummary
 
@@ -34,7 +34,7 @@ def test_record_points_stores_what_run_record_metrics_stores(owner, blank):
     fast = services.run_submit(project=blank, script="train.py", user=owner)
     plain = services.run_submit(project=blank, script="train.py", user=owner)
     ingest.record_points(run_id=fast.id, workspace_id=fast.workspace_id, points=AWKWARD)
-    services.run_record_metrics(run_id=plain.id, workspace_id=plain.workspace_id, points=AWKWARD)
+    metrics.run_record_metrics(run_id=plain.id, workspace_id=plain.workspace_id, points=AWKWARD)
 
     assert _stored(fast) == _stored(plain) and len(_stored(fast)) == len(AWKWARD)
     got = {m.name: m for m in Metric.objects.filter(run=fast, step__in=[0, 3, 4, -(2**31)])}

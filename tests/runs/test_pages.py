@@ -9,6 +9,7 @@ import re
 import pytest
 from django.urls import reverse
 
+from core.storage import open_file
 from runs import services
 from runs.models import Project, ProjectFile, Run
 
@@ -72,7 +73,7 @@ def test_files_are_viewed_escaped_edited_and_uploaded(page_client, owner, blank)
     assert "&lt;b&gt;bold&lt;/b&gt;" in page and "<b>bold</b>" not in page
     res = client.post(reverse("project-file", args=[blank.pk, "train.py"]), {"action": "save", "content": "print('edited')\n"})
     assert res.status_code == 302
-    with services.open_blob(ProjectFile.objects.get(project=blank, path="train.py").storage_name) as handle:
+    with open_file(ProjectFile.objects.get(project=blank, path="train.py").storage_name) as handle:
         assert handle.read() == b"print('edited')\n"
     upload = io.BytesIO(b"x,y\n")
     upload.name = "d.csv"

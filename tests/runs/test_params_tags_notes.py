@@ -43,7 +43,7 @@ def test_a_metrics_line_is_all_or_nothing_and_feeds_the_sink(owner, blank):
     RunLogger(stream).log_metrics({f"m{i}": i for i in range(150)}, step=2)
     assert [line.startswith(METRICS_PREFIX) for line in stream.getvalue().splitlines()] == [True, True]  # 100 a line
     run = services.run_submit(project=blank, script="train.py", user=owner)
-    claimed = services.run_claim(run_id=run.id, worker="tests")
+    claimed = worker.run_claim(run_id=run.id, worker="tests")
     sink = worker.RunSink(claimed)
     for line in stream.getvalue().splitlines():
         sink.output(line)
@@ -72,7 +72,7 @@ def test_oversized_or_malformed_lines_stay_plain_output():
 @pytest.fixture
 def claimed(owner, blank):
     run = services.run_submit(project=blank, script="train.py", user=owner)
-    return services.run_claim(run_id=run.id, worker="tests:1")
+    return worker.run_claim(run_id=run.id, worker="tests:1")
 
 
 def test_the_sink_stores_params_and_tags_and_logs_a_refused_param(claimed):

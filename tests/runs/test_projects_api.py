@@ -93,7 +93,7 @@ def test_requirements_follow_the_requirements_file(owner_api, blank):
 @pytest.mark.parametrize("path", ["../evil.py", "/etc/passwd", "a/../../b", "bad\x01name.py"])
 def test_a_file_path_that_leaves_the_project_is_a_400(owner_api, blank, path):
     from runs import services
-    from workspaces.errors import PortalError
+    from core.errors import PortalError
 
     with pytest.raises(PortalError):
         services.project_file_put(project=blank, path=path, content=b"x", user=blank.created_by)

@@ -8,7 +8,8 @@ import zipfile
 
 import pytest
 
-from runs import services
+from core.storage import open_file
+from runs import services, worker
 from runs.models import Run
 
 pytestmark = pytest.mark.django_db
@@ -22,7 +23,7 @@ def test_submitting_a_run_snapshots_the_project_and_queues_it(owner_api, churn):
     assert body["status"] == "queued" and body["number"] == 1 and body["name"] == "churn_prediction #1"
     run = Run.objects.get(id=body["id"])
     assert len(run.snapshot_sha256) == 64
-    with services.open_blob(run.snapshot) as handle, tarfile.open(fileobj=io.BytesIO(handle.read())) as tar:
+    with open_file(run.snapshot) as handle, tarfile.open(fileobj=io.BytesIO(handle.read())) as tar:
         assert "data/CATelcoCustomerChurnTrainingSample.csv" in tar.getnames()
     second = owner_api.post("/api/v1/runs/", {"project": str(churn.id), "script": "score.py", "args": ["--x", "1"]}, format="json")
     assert second.json()["number"] == 2 and second.json()["args"] == ["--x", "1"]
@@ -104,7 +105,7 @@ def test_the_detail_has_metrics_duration_and_outputs_count(owner_api, owner, bla
 
 def test_the_log_endpoint_pages_through_the_log_by_offset(owner_api, owner, blank, finished_run):
     run = finished_run(blank, owner, log=["first line", "second <b>line</b>"])
-    services.run_append_log(run_id=run.id, workspace_id=run.workspace_id, lines=["third"])
+    worker.run_append_log(run_id=run.id, workspace_id=run.workspace_id, lines=["third"])
     body = owner_api.get(f"/api/v1/runs/{run.id}/log/?offset=0").json()
     assert body["text"] == "first line\nsecond <b>line</b>\nthird\n" and body["done"] is True and body["status"] == "completed"
     again = owner_api.get(f"/api/v1/runs/{run.id}/log/?offset={body['offset']}").json()

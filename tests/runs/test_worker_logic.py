@@ -9,7 +9,7 @@ from django.test import override_settings
 from django.utils import timezone
 
 from mlportal_runtime import METRIC_PREFIX
-from runs import services, worker
+from runs import reconcile, services, worker
 from runs.models import Metric, Run, RunMetricSummary
 from runs.selectors import log_since
 
@@ -19,13 +19,13 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def claimed(owner, blank):
     run = services.run_submit(project=blank, script="train.py", user=owner)
-    return services.run_claim(run_id=run.id, worker="tests:1")
+    return worker.run_claim(run_id=run.id, worker="tests:1")
 
 
 def test_a_run_is_claimed_once(owner, blank):
     run = services.run_submit(project=blank, script="train.py", user=owner)
-    assert services.run_claim(run_id=run.id, worker="a:1") is not None
-    assert services.run_claim(run_id=run.id, worker="b:2") is None
+    assert worker.run_claim(run_id=run.id, worker="a:1") is not None
+    assert worker.run_claim(run_id=run.id, worker="b:2") is None
     run.refresh_from_db()
     assert run.status == "preparing" and run.worker == "a:1" and run.started_at and run.heartbeat_at
 
@@ -54,17 +54,17 @@ def test_metric_lines_become_metrics_and_stay_out_of_the_log(claimed):
 
 
 def test_log_lines_lose_ansi_codes_and_bad_bytes_are_replaced(claimed):
-    services.run_append_log(run_id=claimed.id, workspace_id=claimed.workspace_id,
+    worker.run_append_log(run_id=claimed.id, workspace_id=claimed.workspace_id,
                             lines=["\x1b[31mred\x1b[0m text", b"caf\xe9 \xff".decode("utf-8", "replace"), "bell\x07 <b>"])
     text, _ = log_since(claimed, 0)
     assert text == "red text\ncaf\ufffd \ufffd\nbell <b>\n"
-    assert services.clean_log_line(b"\x1b]0;title\x07ok\xff") == "ok\ufffd"
+    assert worker.clean_log_line(b"\x1b]0;title\x07ok\xff") == "ok\ufffd"
 
 
 @override_settings(MLPORTAL_LOG_MAX_BYTES=1024)
 def test_a_log_over_its_cap_is_truncated_with_a_visible_note(claimed):
     for i in range(30):
-        services.run_append_log(run_id=claimed.id, workspace_id=claimed.workspace_id, lines=[f"line {i:03d} " + "x" * 90])
+        worker.run_append_log(run_id=claimed.id, workspace_id=claimed.workspace_id, lines=[f"line {i:03d} " + "x" * 90])
     text, _ = log_since(claimed, 0)
     assert "line 000" in text and "line 029" not in text
     assert text.rstrip().endswith("later lines were dropped]") and "[log truncated" in text
@@ -92,7 +92,7 @@ def test_the_sink_flushes_from_its_thread_within_a_second(transactional_db, owne
 
 def test_finishing_keeps_a_cancel_that_came_first(claimed, owner):
     services.run_cancel(run=claimed, user=owner)
-    assert services.run_finish(run_id=claimed.id, status="completed", exit_code=137) == "canceled"
+    assert worker.run_finish(run_id=claimed.id, status="completed", exit_code=137) == "canceled"
     claimed.refresh_from_db()
     assert claimed.status == "canceled" and claimed.exit_code == 137
 
@@ -100,9 +100,9 @@ def test_finishing_keeps_a_cancel_that_came_first(claimed, owner):
 @override_settings(MLPORTAL_LOST_AFTER_SECONDS=30)
 def test_the_sweep_marks_a_silent_run_lost_and_leaves_a_live_one(owner, blank, claimed):
     fresh = services.run_submit(project=blank, script="train.py", user=owner)
-    services.run_claim(run_id=fresh.id, worker="tests:2")
+    worker.run_claim(run_id=fresh.id, worker="tests:2")
     Run.objects.filter(id=claimed.id).update(heartbeat_at=timezone.now() - timedelta(seconds=31))
-    result = worker.sweep_lost_runs()
+    result = reconcile.sweep_lost_runs()
     assert result["lost"] == [str(claimed.id)]
     claimed.refresh_from_db()
     assert claimed.status == "lost" and "stopped reporting" in claimed.status_reason and claimed.ended_at

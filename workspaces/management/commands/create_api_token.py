@@ -3,7 +3,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
 from workspaces import services
-from workspaces.errors import PortalError
+from core.errors import PortalError
 
 
 class Command(BaseCommand):

@@ -1,0 +1,157 @@
+"""Checks on what users send for environments and services: each returns the cleaned value or
+raises PortalError naming the field and saying what to change. No database writes here."""
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.conf import settings
+
+from core.errors import PortalError
+from deployments import hosts
+from deployments.models import Environment
+
+CLUSTER_NOT_AVAILABLE = "cluster (Kubernetes) environments are not available yet"
+MIN_MEMORY_MB = 64
+
+
+def check_engine_url(value: Any) -> str:
+    """Returns a normalised engine URL: empty (the workers' own engine), ``tcp://host:port`` or
+    ``ssh://[user@]host[:port]``; raises PortalError saying what to change."""
+    value = (value or "").strip() if isinstance(value, str) else value
+    if value in (None, ""):
+        return ""
+    if not isinstance(value, str) or len(value) > 255 or any(ord(c) < 33 for c in value):
+        raise field_error("engine_url", "The engine URL must be one line of at most 255 characters without spaces.")
+    parts = urlsplit(value)
+    if parts.scheme not in ("tcp", "ssh"):
+        raise field_error("engine_url", f"Engine URL {value[:80]!r} is not supported: use tcp://host:port or "
+                                         "ssh://user@host, or leave it empty for the workers' own Docker engine.")
+    try:
+        port = parts.port
+    except ValueError:
+        raise field_error("engine_url", f"Engine URL {value[:80]!r} has an invalid port: use a number from 1 to 65535.") from None
+    if not parts.hostname:
+        raise field_error("engine_url", f"Engine URL {value[:80]!r} names no host: write it like tcp://10.0.0.5:2375.")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise field_error("engine_url", f"Engine URL {value[:80]!r} must not hold a path, query or fragment.")
+    if parts.scheme == "tcp":
+        if parts.username or parts.password:
+            raise field_error("engine_url", "A tcp:// engine URL takes no user name or password.")
+        if port is None:
+            raise field_error("engine_url", f"Engine URL {value[:80]!r} needs a port, like tcp://10.0.0.5:2375.")
+    elif parts.password:
+        raise field_error("engine_url", "Do not put a password in an ssh:// URL: use an SSH key of the worker's user.")
+    value = value.rstrip("/")
+    try:
+        hosts.check_engine_url(value)
+    except hosts.NotAllowed as exc:
+        raise PortalError(str(exc), code="not_allowed", fields={"engine_url": str(exc)}) from None
+    return value
+
+
+def check_publish_address(value: Any) -> str:
+    value = (value or "").strip() if isinstance(value, str) else value
+    if value in (None, ""):
+        return "127.0.0.1"
+    try:
+        address = str(ipaddress.ip_address(str(value)))
+    except ValueError:
+        raise field_error("publish_address", f"Publish address {str(value)[:60]!r} is not an IP address: use "
+                                              "127.0.0.1 (this host only) or an address of the engine's host.") from None
+    try:
+        hosts.check_publish_address(address)
+    except hosts.NotAllowed as exc:
+        raise PortalError(str(exc), code="not_allowed", fields={"publish_address": str(exc)}) from None
+    return address
+
+
+def check_labels(value: Any) -> dict[str, str]:
+    if value in (None, ""):
+        return {}
+    if not isinstance(value, dict):
+        raise field_error("labels", 'Labels must be a JSON object of text values, like {"stage": "production"}.')
+    if len(value) > 50:
+        raise field_error("labels", "At most 50 labels.")
+    out = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,62}", key):
+            raise field_error("labels", f"Label name {str(key)[:40]!r} is not allowed: use up to 63 letters, digits, '.', '_', '-' or '/'.")
+        if isinstance(item, bool) or not isinstance(item, (str, int, float)):
+            raise field_error("labels", f"Label {key!r} must have a text or number value.")
+        text = str(item)
+        if len(text) > 255 or any(ord(c) < 32 for c in text):
+            raise field_error("labels", f"Label {key!r} must be one line of at most 255 characters.")
+        out[key] = text
+    return out
+
+
+def check_replicas(value: Any) -> int:
+    cap = settings.MLPORTAL_MAX_REPLICAS
+    number = whole_number(value, "replicas", f"Replicas must be a whole number from 1 to {cap}.")
+    if number < 1:
+        raise field_error("replicas", f"Replicas must be at least 1 (got {number}); delete the service to stop it.")
+    if number > cap:
+        raise field_error("replicas", f"Replicas must be at most {cap} (MLPORTAL_MAX_REPLICAS); got {number}.")
+    return number
+
+
+def check_cpus(value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise field_error("cpus", "CPUs must be a number, like 0.5 or 2.") from None
+    maximum = settings.MLPORTAL_SERVICE_MAX_CPUS
+    if number != number or number > maximum:
+        raise field_error("cpus", f"CPUs {number:g} is over the portal's maximum of {maximum:g} "
+                                  f"(MLPORTAL_SERVICE_MAX_CPUS): ask for {maximum:g} or less.")
+    if number < 0.1:
+        raise field_error("cpus", f"CPUs must be from 0.1 to {maximum:g}; got {number:g}.")
+    return round(number, 2)
+
+
+def check_memory(value: Any) -> int:
+    number = whole_number(value, "memory_mb", "Memory must be a whole number of MB, like 1024.")
+    maximum = settings.MLPORTAL_SERVICE_MAX_MEMORY_MB
+    if number > maximum:
+        raise field_error("memory_mb", f"Memory {number} MB is over the portal's maximum of {maximum} MB "
+                                       "(MLPORTAL_SERVICE_MAX_MEMORY_MB): ask for less.")
+    if number < MIN_MEMORY_MB:
+        raise field_error("memory_mb", f"Memory must be from {MIN_MEMORY_MB} to {maximum} MB; got {number}.")
+    return number
+
+
+def whole_number(value: Any, field: str, message: str) -> int:
+    if isinstance(value, bool):
+        raise field_error(field, message)
+    if isinstance(value, int):
+        return value
+    try:
+        text = str(value).strip()
+        return int(text)
+    except (TypeError, ValueError):
+        raise field_error(field, message) from None
+
+
+def field_error(field: str, message: str) -> PortalError:
+    return PortalError(message, fields={field: message})
+
+
+def check_deployable(environment: Environment) -> None:
+    if environment.kind != Environment.Kind.LOCAL:
+        raise field_error("environment", f"Environment '{environment.name}': {CLUSTER_NOT_AVAILABLE}.")
+
+
+def check_image_deployable(image, *, field: str = "image") -> None:
+    """Raises PortalError unless ``image`` built successfully."""
+    from registry.models import Image
+
+    if image.status == Image.Status.SUCCEEDED:
+        return
+    if image.status == Image.Status.FAILED:
+        message = f"Image {image.ref} failed to build ({(image.error or 'see its build log')[:200]}): fix the manifest and build a new image."
+    else:
+        message = f"Image {image.ref} is not built yet (it is {image.status}): wait until its build succeeded."
+    raise field_error(field, message)

@@ -1,0 +1,193 @@
+"""The periodic comparison of services with their Docker engines (``reconcile_services`` task).
+
+Restarts replicas whose container died, removes this portal's containers that no live replica
+owns, marks services unhealthy while their engine does not answer, and re-enqueues work whose task
+was lost. It acts on a service only under its lease (``deployments.worker.lock``).
+"""
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from datetime import timedelta
+from typing import Any
+
+from django.db.models import Q
+from django.utils import timezone
+
+from deployments.models import Environment, Service, ServiceEvent, ServiceReplica
+from deployments.services import event
+from deployments.worker import (
+    LABEL_PORTAL,
+    deploy_errors,
+    lock,
+    log_tail_event,
+    portal_instance,
+    replica_rows,
+    start_error,
+    start_replicas,
+    stop_all,
+    unlock,
+)
+
+logger = logging.getLogger(__name__)
+
+STALE_SECONDS = 120  # a creating/updating/deleting service untouched this long has lost its task
+
+
+def services_reconcile() -> dict:
+    """Compares services with their engines: restarts replicas whose container died (same image and
+    keys; an event says so), removes this portal's service containers that no live replica owns,
+    marks services unhealthy while their engine does not answer, and re-enqueues work whose task
+    was lost. Returns a summary."""
+    from compute.engine import LABEL_ID, EngineError, engine_status
+    from compute.runner import list_containers, remove_container
+
+    summary: dict[str, Any] = {"requeued": 0, "restarted": 0, "removed": 0, "unreachable": []}
+    summary["requeued"] = _requeue_lost_work()
+    instance = portal_instance()
+    by_engine: dict[str | None, list[Environment]] = defaultdict(list)
+    for environment in Environment.objects.filter(kind=Environment.Kind.LOCAL):
+        by_engine[environment.docker_url].append(environment)
+    for base_url, environments in by_engine.items():
+        status = engine_status(base_url)
+        if not status["ok"]:
+            summary["unreachable"].append(base_url or "local")
+            _mark_engine_down(environments, status["error"])
+            continue
+        try:
+            # Containers first, services second: a container only exists once its service's row does.
+            containers = [c for c in list_containers("service", base_url=base_url) if c["labels"].get(LABEL_PORTAL) == instance]
+        except EngineError as exc:
+            summary["unreachable"].append(base_url or "local")
+            _mark_engine_down(environments, str(exc))
+            continue
+        live = {str(s.pk): s for s in Service.objects.filter(environment__in=environments)
+                .exclude(status=Service.Status.DELETED).select_related("image", "environment", "workspace")}
+        owned: dict[str, list[dict]] = defaultdict(list)
+        for container in containers:
+            service_id = container["labels"].get(LABEL_ID, "")
+            if service_id in live:
+                owned[service_id].append(container)
+                continue
+            try:
+                remove_container(container["id"], base_url=base_url)
+                summary["removed"] += 1
+            except EngineError as exc:
+                logger.warning("could not remove orphan container %s: %s", container["id"], exc)
+        for service_id, service in live.items():
+            if service.status in (Service.Status.HEALTHY, Service.Status.UNHEALTHY, Service.Status.FAILED):
+                restarted, removed = _reconcile_service(service, owned.get(service_id, []))
+                summary["restarted"] += restarted
+                summary["removed"] += removed
+    return summary
+
+
+def _requeue_lost_work() -> int:
+    """Re-enqueues the task of services stuck in a transition whose task was lost (a worker
+    restart): nothing holds their lease and nothing touched them for STALE_SECONDS."""
+    from deployments.tasks import delete_service, deploy_service, update_service
+
+    now = timezone.now()
+    tasks = {Service.Status.CREATING: deploy_service, Service.Status.UPDATING: update_service,
+             Service.Status.DELETING: delete_service}
+    stuck = Service.objects.filter(status__in=list(tasks), updated_at__lt=now - timedelta(seconds=STALE_SECONDS)).filter(
+        Q(lock_token__isnull=True) | Q(lock_until__lt=now))
+    count = 0
+    for service_id, status in stuck.values_list("pk", "status"):
+        Service.objects.filter(pk=service_id).update(updated_at=now)
+        tasks[status].delay(str(service_id))
+        count += 1
+    return count
+
+
+def _mark_engine_down(environments: list[Environment], error: str | None) -> None:
+    for service in Service.objects.filter(environment__in=environments, status=Service.Status.HEALTHY):
+        if Service.objects.filter(pk=service.pk, status=Service.Status.HEALTHY).update(status=Service.Status.UNHEALTHY):
+            event(service.pk, f"The Docker engine of environment '{service.environment.name}' does not answer: {error}",
+                  ServiceEvent.Level.ERROR)
+
+
+def _describe_gone(container: dict | None, state: dict | None) -> str:
+    if container is None or state is None:
+        return "was removed"
+    if state.get("oom"):
+        return "ran out of memory"
+    if state.get("exit_code") is not None:
+        return f"exited with code {state['exit_code']}"
+    return f"is {state.get('status') or container.get('status') or 'not running'}"
+
+
+def _reconcile_service(service: Service, containers: list[dict]) -> tuple[int, int]:
+    """Repairs one service under its lease: stray containers removed, dead replicas replaced.
+    Returns (replicas restarted, containers removed)."""
+    from compute.containers import container_state
+    from compute.engine import EngineError
+    from compute.runner import remove_container
+
+    token = lock(service.pk)
+    if token is None:
+        return 0, 0
+    restarted = removed = 0
+    base_url = service.environment.docker_url
+    try:
+        service.refresh_from_db()
+        if service.status not in (Service.Status.HEALTHY, Service.Status.UNHEALTHY, Service.Status.FAILED):
+            return 0, 0
+        replicas = list(service.replica_set.select_related("revision__image"))
+        known = {r.container_id for r in replicas}
+        by_id = {c["id"]: c for c in containers}
+        for container in containers:
+            if container["id"] not in known:  # left by an interrupted update or scale
+                try:
+                    remove_container(container["id"], base_url=base_url)
+                    removed += 1
+                except EngineError as exc:
+                    logger.warning("could not remove stray container %s: %s", container["id"], exc)
+        if service.status == Service.Status.FAILED:
+            return restarted, removed
+        problems = []
+        wanted = set(range(1, service.replicas + 1))
+        missing_numbers = sorted(wanted - {r.number for r in replicas})
+        for replica in replicas:
+            container = by_id.get(replica.container_id)
+            if container is not None and container["running"]:
+                continue
+            try:
+                state = container_state(replica.container_id, base_url=base_url) if container else None
+                # A canary's or shadow's replica comes back with its own revision's image.
+                image = replica.revision.image if replica.revision_id and replica.revision.image_id else service.image
+                started = start_replicas(service, image=image, numbers=[replica.number])[0]
+            except deploy_errors() as exc:
+                log_tail_event(service.pk, exc)
+                problems.append(f"replica {replica.number}: {start_error(exc)}")
+                continue
+            ServiceReplica.objects.filter(pk=replica.pk).update(
+                container_id=started["id"], host=started["host"], port=started["port"], restarts=replica.restarts + 1,
+                started_at=timezone.now())
+            if container is not None:
+                stop_all([replica.container_id], base_url)
+            restarted += 1
+            event(service.pk, f"Replica {replica.number}'s container {replica.container_id[:12]} {_describe_gone(container, state)}; "
+                              f"started a new one ({started['id'][:12]}) with the same image and keys.",
+                  ServiceEvent.Level.WARNING)
+        for number in missing_numbers:
+            try:
+                started = start_replicas(service, image=service.image, numbers=[number])
+            except deploy_errors() as exc:
+                problems.append(f"replica {number}: {start_error(exc)}")
+                continue
+            ServiceReplica.objects.bulk_create(replica_rows(service, started))
+            restarted += 1
+            event(service.pk, f"Replica {number} was missing; started it ({started[0]['id'][:12]}).", ServiceEvent.Level.WARNING)
+        _settle_health(service, problems)
+    finally:
+        unlock(service.pk, token)
+    return restarted, removed
+
+
+def _settle_health(service: Service, problems: list[str]) -> None:
+    if problems:
+        if Service.objects.filter(pk=service.pk, status=Service.Status.HEALTHY).update(status=Service.Status.UNHEALTHY):
+            event(service.pk, f"Unhealthy: could not restart {'; '.join(problems)}", ServiceEvent.Level.ERROR)
+    elif Service.objects.filter(pk=service.pk, status=Service.Status.UNHEALTHY).update(status=Service.Status.HEALTHY):
+        event(service.pk, "Healthy again: every replica answers.")

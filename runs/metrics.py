@@ -1,0 +1,78 @@
+"""Metric rows of a run: written by the worker (the script's metric lines) and by the MLflow API
+(runs logged from outside); read back by ``runs.selectors`` and ``runs.downsample``."""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone as dt_timezone
+
+from django.db import connections, transaction
+from django.utils import timezone
+
+from runs.models import Metric, RunMetricSummary
+
+
+def run_record_metrics(*, run_id, workspace_id, points: list[dict]) -> None:
+    """Stores parsed metric points ({"name", "value", "step", "time"}) and updates each name's last value.
+
+    A float NaN is kept as MLflow keeps it (no number, the text "NaN"); on PostgreSQL the points go
+    in with COPY, which writes a batch of 20,000 rows several times faster than INSERT."""
+    if not points:
+        return
+    now = timezone.now()
+    rows = []
+    for p in points:
+        value, text = p.get("value"), ""
+        if isinstance(value, str):
+            value, text = None, value[:1000]
+        elif value is not None:
+            value = float(value)
+            if value != value:  # NaN
+                value, text = None, "NaN"
+        when = p.get("time")
+        logged_at = datetime.fromtimestamp(when, tz=dt_timezone.utc) if isinstance(when, (int, float)) else now
+        rows.append((str(p["name"])[:200], value, text, p.get("step"), logged_at))
+    last: dict[str, tuple] = {}
+    counts: dict[str, int] = {}
+    for row in rows:
+        last[row[0]] = row
+        counts[row[0]] = counts.get(row[0], 0) + 1
+    with transaction.atomic():
+        _insert_metrics(run_id, workspace_id, rows)
+        items = [(*last[name], counts[name]) for name in last]
+        for start in range(0, len(items), 500):  # 9 parameters a row: stay far below SQLite's limit
+            _upsert_summaries(run_id, workspace_id, items[start:start + 500])
+
+
+def _upsert_summaries(run_id, workspace_id, items: list[tuple]) -> None:
+    """One INSERT … ON CONFLICT for the (name, value, text, step, logged_at, count) of each name:
+    the last value replaces the summary's, the count adds up (PostgreSQL and SQLite both speak it)."""
+    connection = connections[RunMetricSummary.objects.db]
+    table = connection.ops.quote_name(RunMetricSummary._meta.db_table)
+    run_value = uuid.UUID(str(run_id)) if connection.vendor == "postgresql" else uuid.UUID(str(run_id)).hex
+    workspace_value = uuid.UUID(str(workspace_id)) if connection.vendor == "postgresql" else uuid.UUID(str(workspace_id)).hex
+    adapt = connection.ops.adapt_datetimefield_value
+    params: list = []
+    for name, value, text, step, logged_at, count in items:
+        params += [workspace_value, run_value, name, value, text, step, count, adapt(logged_at), 0]
+    values = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(items))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (workspace_id, run_id, name, value, text, step, count, logged_at, chart_count) "
+            f"VALUES {values} ON CONFLICT (run_id, name) DO UPDATE SET value = EXCLUDED.value, text = EXCLUDED.text, "
+            f"step = EXCLUDED.step, logged_at = EXCLUDED.logged_at, count = {table}.count + EXCLUDED.count", params)
+
+
+def _insert_metrics(run_id, workspace_id, rows: list[tuple]) -> None:
+    """Inserts (name, value, text, step, logged_at) rows of one run: COPY on PostgreSQL, else bulk_create."""
+    connection = connections[Metric.objects.db]
+    if connection.vendor != "postgresql":
+        Metric.objects.bulk_create([Metric(run_id=run_id, workspace_id=workspace_id, name=n, value=v, text=t, step=s,
+                                           logged_at=at) for n, v, t, s, at in rows], batch_size=2000)
+        return
+    run_id, workspace_id = uuid.UUID(str(run_id)), uuid.UUID(str(workspace_id))
+    connection.ensure_connection()
+    table = connection.ops.quote_name(Metric._meta.db_table)
+    with connection.connection.cursor() as cursor:
+        with cursor.copy(f"COPY {table} (run_id, workspace_id, name, value, text, step, logged_at) FROM STDIN") as copy:
+            for n, v, t, s, at in rows:
+                copy.write_row((run_id, workspace_id, n, v, t, s, at))
