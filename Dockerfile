@@ -26,6 +26,7 @@ RUN python3 -m venv /opt/mlportal \
     && pip install --no-cache-dir --disable-pip-version-check --find-links /tmp/wheels -r /tmp/requirements.txt \
     && rm -rf /tmp/wheels /tmp/requirements.txt
 COPY mlportal ./mlportal
+COPY core ./core
 COPY workspaces ./workspaces
 COPY runs ./runs
 COPY registry ./registry

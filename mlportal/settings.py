@@ -208,9 +208,9 @@ if MLPORTAL_STORAGE == "s3":
         "default_acl": None,  # private objects; the portal streams every download itself
         "querystring_auth": True,
     }
-    STORAGES["default"] = {"BACKEND": "workspaces.s3storage.PortalS3Storage",
+    STORAGES["default"] = {"BACKEND": "core.s3storage.PortalS3Storage",
                            "OPTIONS": {**_s3, "location": _prefix}}
-    STORAGES["capture"] = {"BACKEND": "workspaces.s3storage.PortalS3Storage",
+    STORAGES["capture"] = {"BACKEND": "core.s3storage.PortalS3Storage",
                            "OPTIONS": {**_s3, "location": f"{_prefix}/capture".lstrip("/")}}
 
 # Request size caps: JSON/form bodies and file uploads (413 beyond them, see workspaces.middleware).

@@ -112,8 +112,8 @@ def s3_storages(settings, s3_server, s3_bucket):
     """This process's default and capture storages on the test bucket (as MLPORTAL_STORAGE=s3 sets)."""
     settings.STORAGES = {
         **settings.STORAGES,
-        "default": {"BACKEND": "workspaces.s3storage.PortalS3Storage", "OPTIONS": s3_server.storage_options(s3_bucket)},
-        "capture": {"BACKEND": "workspaces.s3storage.PortalS3Storage",
+        "default": {"BACKEND": "core.s3storage.PortalS3Storage", "OPTIONS": s3_server.storage_options(s3_bucket)},
+        "capture": {"BACKEND": "core.s3storage.PortalS3Storage",
                     "OPTIONS": s3_server.storage_options(s3_bucket, "capture")},
     }
     return s3_bucket
