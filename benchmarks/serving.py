@@ -247,6 +247,21 @@ def our_server(case: str, app: Path, *, env_image: str, workers: int, cpu: int) 
         common.remove_image(tag)
 
 
+@contextlib.contextmanager
+def our_host_server(case: str, app: Path, work: Path, *, workers: int, cpu: int) -> Iterator[str]:
+    """Runs the same scoring server as a host process (this venv, ``taskset`` on core ``cpu``),
+    as the peers run: beside the container it shows what the container's own cgroup costs on a
+    busy machine, where the engine's containers and the host's processes get their CPU shares
+    as different groups. Yields the /score URL."""
+    port = common.free_port()
+    command = ["taskset", "-c", str(cpu), sys.executable, "-m", "mlportal_runtime.server", "--app-dir", str(app),
+               "--host", "127.0.0.1", "--port", str(port)]
+    env = {**os.environ, "MLPORTAL_WORKERS": str(workers), "MLPORTAL_SERVICE_NAME": case,
+           "PYTHONPATH": str(common.REPO)}
+    with peer_process(f"ours-host-{case}", command, work=work, env=env, port=port, ready_path="/ready") as ready:
+        yield f"http://127.0.0.1:{ready}/score"
+
+
 def answer(url: str, body: bytes) -> str:
     """POSTs one request; returns the answer text, RuntimeError unless it is a 200."""
     parts = urlsplit(url)
@@ -581,7 +596,7 @@ def report(results: dict, workers: int) -> list[str]:
         lines.append(f"{case}: floor run() {floor['run_ms']:.3f} ms in-process; request path (json + schema) "
                      f"{floor['request_path_ms']:.3f} ms")
         lines.append(header)
-        for server in ("ours", *peers_of(result)):
+        for server in ("ours", *(["ours_host"] if "ours_host" in result else []), *peers_of(result)):
             for c, fig in result[server]["load"].items():
                 lines.append(f"{case:<6} {server:<9} {c:>3} {fig['rps']:>8.0f} {fig['p50']:>8.2f} {fig['p90']:>8.2f} "
                              f"{fig['p99']:>8.2f} {overhead_ms(fig, c, floor['run_ms']):>12.3f}")
@@ -598,6 +613,10 @@ def report(results: dict, workers: int) -> list[str]:
         for against in (*peers_of(result), "best"):
             for c in CONNECTIONS:
                 lines.append(common.ratio_line(f"{case} {against} c={c}", **ratios(result, c, against)))
+        if "ours_host" in result:  # the same server outside a container, against the best peer
+            host = {**result, "ours": result["ours_host"]}
+            for c in CONNECTIONS:
+                lines.append(common.ratio_line(f"{case} ours_host best c={c}", **ratios(host, c, "best")))
     return lines
 
 
@@ -611,6 +630,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peers", default=",".join(PEERS), help=f"peers to measure (of {', '.join(PEERS)})")
     parser.add_argument("--mlflow-as-shipped", action="store_true",
                         help="leave out the TCP_NODELAY fix for uvicorn#3149 (MLflow -w > 1 then pays ~40 ms a request)")
+    parser.add_argument("--ours-host", action="store_true",
+                        help="also run our server as a host process (as the peers run), reported as ours_host")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--floor-child", nargs=2, metavar=("APP_DIR", "BODY_FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -645,6 +666,9 @@ def main(argv: list[str] | None = None) -> int:
             with contextlib.ExitStack() as stack:
                 targets = {"ours": (stack.enter_context(our_server(case, app, env_image=env_image, workers=args.workers,
                                                                      cpu=server_cpu)), body)}
+                if args.ours_host:
+                    targets["ours_host"] = (stack.enter_context(our_host_server(case, app, work, workers=args.workers,
+                                                                                cpu=server_cpu)), body)
                 if "mlflow" in peers:
                     model_dir = save_mlflow_model(case, app, record, work)
                     port = stack.enter_context(mlflow_server(model_dir, work, workers=args.workers, cpu=server_cpu,
@@ -666,7 +690,7 @@ def main(argv: list[str] | None = None) -> int:
                                     load_cpu=load_cpu)
             for name in targets:
                 result[name]["load"] = figures[name]
-                if name != "ours" and not same_answer(result["ours"]["answer"], result[name]["answer"]):
+                if name not in ("ours", "ours_host") and not same_answer(result["ours"]["answer"], result[name]["answer"]):
                     raise RuntimeError(f"{case}: the servers disagree: ours {result['ours']['answer']!r}, "
                                        f"{name} {result[name]['answer']!r}")
             results["cases"][case] = result

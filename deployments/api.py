@@ -23,6 +23,7 @@ from core.api_base import CreateListRetrieveDestroyViewSet, workspace_from_reque
 from core.errors import Conflict, NotFound, PortalError, error_body
 from deployments import autoscaling, kubernetes, proxy, selectors, services
 from deployments.models import Environment, Service, ServiceEvent, ServiceRevision
+from monitoring.api import ServiceDataActions
 from registry.model_scan import parse_flag
 from workspaces.models import Role
 
@@ -188,13 +189,20 @@ class ServiceSerializer(serializers.ModelSerializer):
     capture = serializers.SerializerMethodField()
     autoscale = serializers.SerializerMethodField()
     environment_kind = serializers.CharField(source="environment.kind", read_only=True)
+    request_timeout = serializers.SerializerMethodField(
+        help_text="Seconds a scoring request may run in a replica (its own request_timeout_s, else the portal's; 0: none)")
 
     class Meta:
         model = Service
         fields = ["id", "workspace", "name", "status", "environment", "environment_id", "environment_kind", "image", "image_id",
-                  "image_tag", "replicas", "cpus", "memory_mb", "autoscale", "error", "last_update_error", "pending", "rollout",
+                  "image_tag", "replicas", "cpus", "memory_mb", "request_timeout_s", "request_timeout", "autoscale", "error", "last_update_error", "pending", "rollout",
                   "scoring_url", "containers", "steps", "revisions", "events", "capture", "created_by", "created_at", "updated_at"]
         read_only_fields = fields
+
+    def get_request_timeout(self, obj) -> float:
+        from deployments.checks import effective_request_timeout
+
+        return effective_request_timeout(obj)
 
     def get_scoring_url(self, obj) -> str:
         request = self.context.get("request")
@@ -266,6 +274,7 @@ class ServiceCreateSerializer(serializers.Serializer):
     replicas = serializers.JSONField(required=False)
     cpus = serializers.JSONField(required=False)
     memory_mb = serializers.JSONField(required=False)
+    request_timeout_s = serializers.JSONField(required=False, help_text="Seconds a scoring request may run (default: the portal's)")
     workspace = serializers.CharField(required=False)
     autoscale_enabled = serializers.JSONField(required=False)
     autoscale_min_replicas = serializers.JSONField(required=False)
@@ -290,6 +299,7 @@ RealtimeSerializer = inline_serializer("ServiceCreateRealtime", {
     "runtime": serializers.CharField(required=False), "model_name": serializers.CharField(required=False),
     "environment": serializers.CharField(required=False), "replicas": serializers.IntegerField(required=False),
     "cpus": serializers.FloatField(required=False), "memory_mb": serializers.IntegerField(required=False),
+    "request_timeout_s": serializers.FloatField(required=False),
     "workspace": serializers.CharField(required=False), "confirm_unknown": serializers.BooleanField(required=False),
     **AUTOSCALE_FIELDS})
 KeysSerializer = inline_serializer("ServiceKeys", {"primary": serializers.CharField(), "secondary": serializers.CharField()})
@@ -314,7 +324,7 @@ def _value(request, name: str, default=None):
     return default if value in (None, "") else value
 
 
-class ServiceViewSet(CreateListRetrieveDestroyViewSet):
+class ServiceViewSet(ServiceDataActions, CreateListRetrieveDestroyViewSet):
     """Realtime services. POST ``{"name", "image", "environment"?, "replicas"?, "cpus"?, "memory_mb"?}``
     deploys a built image; ``POST create-realtime/`` (multipart) is the lab's one-shot
     ``service create realtime``. DELETE answers 202: the service goes ``deleting``, then away."""
@@ -352,7 +362,7 @@ class ServiceViewSet(CreateListRetrieveDestroyViewSet):
             service, notice = services.service_create(
                 workspace=workspace, name=data["name"], image=image, user=request.user, environment=data.get("environment") or None,
                 replicas=scaling["min_replicas"] if scaling["enabled"] else data.get("replicas", 1), cpus=data.get("cpus", 1.0),
-                memory_mb=data.get("memory_mb", 1024),
+                memory_mb=data.get("memory_mb", 1024), request_timeout_s=data.get("request_timeout_s"),
             )
             autoscaling.apply_settings(service, scaling, user=request.user, created=True)
         return self._answer(service, code=status.HTTP_201_CREATED, notice=notice)
@@ -385,6 +395,7 @@ class ServiceViewSet(CreateListRetrieveDestroyViewSet):
             runtime=_value(request, "runtime", "python"), model_name=_value(request, "model_name"),
             environment=_value(request, "environment"), replicas=replicas,
             cpus=_value(request, "cpus", 1.0), memory_mb=_value(request, "memory_mb", 1024),
+            request_timeout_s=_value(request, "request_timeout_s"),
             confirm_unknown=parse_flag(_value(request, "confirm_unknown")),
         )
 
@@ -396,25 +407,23 @@ class ServiceViewSet(CreateListRetrieveDestroyViewSet):
     @extend_schema(responses=KeysSerializer)
     def partial_update(self, request, *args, **kwargs):
         """PATCH ``{"capture": {"mode": "off|inputs|predictions|both", "percent": 0-100}}``: the data
-        capture switch; running replicas get it with the worker's next pull (no redeploy)."""
+        capture switch; running replicas get it with the worker's next pull (no redeploy).
+        PATCH ``{"request_timeout_s": 5}`` (``null``: the portal's default) sets how long one
+        scoring request may run: the replicas restart with it, one set at a time (202)."""
         from monitoring.services import set_capture
 
         service = self.get_object()
         data = request.data if isinstance(request.data, dict) else None
-        if not data or set(data) - {"capture"}:
-            raise PortalError("PATCH a service with {\"capture\": {\"mode\", \"percent\"}}; other changes are "
-                              "POST update/, scale/ or rollback/.", fields={k: "cannot be changed here" for k in (data or {}) if k != "capture"})
+        allowed = {"capture", "request_timeout_s"}
+        if not data or set(data) - allowed or len(data) != 1:
+            raise PortalError("PATCH a service with {\"capture\": {\"mode\", \"percent\"}} or {\"request_timeout_s\": "
+                              "seconds}, one at a time; other changes are POST update/, scale/ or rollback/.",
+                              fields={k: "cannot be changed here" for k in (data or {}) if k not in allowed})
+        if "request_timeout_s" in data:
+            service = services.service_set_request_timeout(service=service, value=data["request_timeout_s"], user=request.user)
+            return self._answer(service, code=status.HTTP_202_ACCEPTED)
         set_capture(service=service, value=data["capture"], user=request.user)
         return self._answer(service)
-
-    @extend_schema(parameters=[OpenApiParameter("since", str), OpenApiParameter("until", str), OpenApiParameter("limit", int),
-                               OpenApiParameter("output", str)])
-    @action(detail=True, methods=["get"])
-    def data(self, request, **kwargs):
-        """The captured rows (oldest first) in [since, until): JSON, or ``?output=csv``."""
-        from monitoring.api import data_response
-
-        return data_response(request, self.get_object())
 
     @action(detail=True, methods=["get"])
     def keys(self, request, **kwargs):

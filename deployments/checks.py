@@ -155,3 +155,34 @@ def check_image_deployable(image, *, field: str = "image") -> None:
     else:
         message = f"Image {image.ref} is not built yet (it is {image.status}): wait until its build succeeded."
     raise field_error(field, message)
+
+
+MIN_REQUEST_TIMEOUT = 0.1
+
+
+def check_request_timeout(value: Any) -> float | None:
+    """Returns a service's request time limit in seconds, or None for the portal's default
+    (``None``, "" or "default"); raises PortalError naming the bound
+    (MLPORTAL_SCORING_TIMEOUT_MAX_SECONDS)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "default")):
+        return None
+    high = settings.MLPORTAL_SCORING_TIMEOUT_MAX_SECONDS
+    try:
+        seconds = float(value) if not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        seconds = None
+    if seconds is None:
+        raise field_error("request_timeout_s", f"request_timeout_s must be a number of seconds (or null for the "
+                                               f"portal's default), not {str(value)[:40]!r}.")
+    if not MIN_REQUEST_TIMEOUT <= seconds <= high:  # NaN fails too
+        raise field_error("request_timeout_s", f"request_timeout_s must be between {MIN_REQUEST_TIMEOUT:g} and {high:g} "
+                                               f"seconds (MLPORTAL_SCORING_TIMEOUT_MAX_SECONDS); {seconds:g} is not.")
+    return seconds
+
+
+def effective_request_timeout(service) -> float:
+    """Seconds one scoring request may run in the service's replicas (0: no limit): its own
+    limit, else the portal's MLPORTAL_SCORING_TIMEOUT_SECONDS."""
+    if service.request_timeout_s is not None:
+        return service.request_timeout_s
+    return settings.MLPORTAL_SCORING_TIMEOUT_SECONDS

@@ -49,6 +49,12 @@ def _environment_field() -> forms.ChoiceField:
     return forms.ChoiceField(required=False, choices=[], help_text="Empty: your active environment (or a new 'local' one).")
 
 
+def _request_timeout_field() -> forms.FloatField:
+    return forms.FloatField(required=False, label="Request time limit (seconds)",
+                            help_text="How long one scoring request may run before it answers 504. "
+                                      "Empty: the portal's default.")
+
+
 class RealtimeForm(forms.Form):
     """The lab's one-shot ``service create realtime``."""
 
@@ -60,6 +66,7 @@ class RealtimeForm(forms.Form):
     model_name = forms.CharField(required=False, max_length=200, help_text="Empty: the model file's name.")
     environment = _environment_field()
     replicas = forms.IntegerField(initial=1)
+    request_timeout_s = _request_timeout_field()
     confirm_unknown = forms.BooleanField(
         required=False, label="I trust this model file even if its scan finds unknown globals or cannot finish",
         help_text="Every model file is scanned for code first; a dangerous one is refused unless an owner accepted it.")
@@ -77,6 +84,7 @@ class FromImageForm(forms.Form):
     replicas = forms.IntegerField(initial=1)
     cpus = forms.FloatField(initial=1.0, label="CPUs per replica")
     memory_mb = forms.IntegerField(initial=1024, label="Memory per replica (MB)")
+    request_timeout_s = _request_timeout_field()
 
     def __init__(self, *args, image_choices=(), environment_choices=(), **kwargs) -> None:
         super().__init__(*args, **kwargs)

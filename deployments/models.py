@@ -104,6 +104,9 @@ class Service(models.Model):
     replicas = models.PositiveSmallIntegerField(default=1, help_text="Replicas it runs (changed by a finished scale)")
     cpus = models.FloatField(default=1.0)
     memory_mb = models.PositiveIntegerField(default=1024)
+    # Seconds one scoring request may run in a replica before it answers 504 (empty: the portal's
+    # MLPORTAL_SCORING_TIMEOUT_SECONDS); set in each container as MLPORTAL_REQUEST_TIMEOUT.
+    request_timeout_s = models.FloatField(null=True, blank=True, help_text="Seconds a scoring request may run")
     # Stored encrypted (workspaces/crypto.py): shown again on demand, so not hashed.
     primary_key = EncryptedCharField(max_length=255)
     secondary_key = EncryptedCharField(max_length=255)

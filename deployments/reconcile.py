@@ -83,21 +83,35 @@ def services_reconcile() -> dict:
 
 
 def _requeue_lost_work() -> int:
-    """Re-enqueues the task of services stuck in a transition whose task was lost (a worker
-    restart): nothing holds their lease and nothing touched them for STALE_SECONDS."""
-    from deployments.tasks import delete_service, deploy_service, update_service
+    return len(requeue_lost_deploys()["resent"])
 
+
+def requeue_lost_deploys(*, stale_seconds: int = STALE_SECONDS) -> dict:
+    """Re-enqueues the task of services stuck in a transition (creating, updating, deleting)
+    whose task was lost and whose lease nobody holds: at once when the broker forgot its messages
+    (restarted empty or flushed: the sentinel of workspaces.broker, as runs and builds do), else
+    once nothing touched them for ``stale_seconds`` (a worker killed with the message it had).
+    A duplicate is harmless: each task takes the lease and re-reads the status first.
+    Returns {"resent": [...service ids], "broker_forgot": bool}."""
+    from deployments.tasks import delete_service, deploy_service, update_service
+    from workspaces.broker import broker_forgot
+
+    forgot = broker_forgot("deploy")
     now = timezone.now()
     tasks = {Service.Status.CREATING: deploy_service, Service.Status.UPDATING: update_service,
              Service.Status.DELETING: delete_service}
-    stuck = Service.objects.filter(status__in=list(tasks), updated_at__lt=now - timedelta(seconds=STALE_SECONDS)).filter(
-        Q(lock_token__isnull=True) | Q(lock_until__lt=now))
-    count = 0
-    for service_id, status in stuck.values_list("pk", "status"):
+    stuck = Service.objects.filter(status__in=list(tasks)).filter(Q(lock_token__isnull=True) | Q(lock_until__lt=now))
+    if not forgot:
+        stuck = stuck.filter(updated_at__lt=now - timedelta(seconds=stale_seconds))
+    resent = []
+    for service_id, status in stuck.values_list("pk", "status").order_by("created_at"):
         Service.objects.filter(pk=service_id).update(updated_at=now)
         tasks[status].delay(str(service_id))
-        count += 1
-    return count
+        resent.append(str(service_id))
+    if resent:
+        logger.warning("re-sent the task of %d service(s) in a transition%s: %s", len(resent),
+                       " (the broker had lost its messages)" if forgot else "", ", ".join(resent))
+    return {"resent": resent, "broker_forgot": forgot}
 
 
 def _mark_engine_down(environments: list[Environment], error: str | None) -> None:

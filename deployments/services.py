@@ -31,6 +31,7 @@ from deployments.checks import (
     check_memory,
     check_publish_address,
     check_replicas,
+    check_request_timeout,
     field_error,
     whole_number,
 )
@@ -217,13 +218,13 @@ def _check_name_free(workspace: Workspace, name: str) -> None:
 
 
 def _create_row(*, workspace: Workspace, name: str, environment: Environment, image, user, replicas: int,
-                cpus: float, memory_mb: int) -> Service:
+                cpus: float, memory_mb: int, request_timeout_s: float | None = None) -> Service:
     try:
         with transaction.atomic():
             service = Service.objects.create(
                 workspace=workspace, name=name, environment=environment, image=image, replicas=replicas, cpus=cpus,
-                memory_mb=memory_mb, primary_key=new_key(), secondary_key=new_key(), proxy_key=new_key(),
-                created_by=user,
+                memory_mb=memory_mb, request_timeout_s=request_timeout_s, primary_key=new_key(), secondary_key=new_key(),
+                proxy_key=new_key(), created_by=user,
             )
     except IntegrityError:
         raise field_error("name", f"Workspace '{workspace.name}' has a service named '{name}' already: choose another name.") from None
@@ -236,7 +237,7 @@ def _enqueue(task, service_id) -> None:
 
 
 def service_create(*, workspace: Workspace, name: str, image, user, environment: Any = None, replicas: Any = 1,
-                   cpus: Any = 1.0, memory_mb: Any = 1024) -> tuple[Service, str | None]:
+                   cpus: Any = 1.0, memory_mb: Any = 1024, request_timeout_s: Any = None) -> tuple[Service, str | None]:
     """Creates a service from a built image, status ``creating``; the deploy task starts its
     replicas once the transaction commits. Returns (service, notice or None). Nothing is started
     when any check fails."""
@@ -245,6 +246,7 @@ def service_create(*, workspace: Workspace, name: str, image, user, environment:
     require_role(user=user, workspace=workspace, role=Role.CONTRIBUTOR)
     name = check_name(name, what="service name")
     replicas, cpus, memory_mb = check_replicas(replicas), check_cpus(cpus), check_memory(memory_mb)
+    request_timeout_s = check_request_timeout(request_timeout_s)
     if image.workspace_id != workspace.pk:
         raise field_error("image", f"Image {image.ref} is not in workspace '{workspace.name}'.")
     check_image_deployable(image)
@@ -252,7 +254,7 @@ def service_create(*, workspace: Workspace, name: str, image, user, environment:
         _check_name_free(workspace, name)
         env, notice = environment_for_new_service(workspace=workspace, user=user, ref=environment)
         service = _create_row(workspace=workspace, name=name, environment=env, image=image, user=user,
-                              replicas=replicas, cpus=cpus, memory_mb=memory_mb)
+                              replicas=replicas, cpus=cpus, memory_mb=memory_mb, request_timeout_s=request_timeout_s)
         activity_record(workspace=workspace, actor=user, verb="service.created", target=service,
                         detail={"image": image.ref, "environment": env.name, "replicas": replicas})
         event(service.pk, f"Created from image {image.ref} in environment '{env.name}' with {replicas} replica(s).")
@@ -269,7 +271,7 @@ def service_create_realtime(*, workspace: Workspace, name: str, model_file: IO[b
                             score: bytes, schema: bytes, requirements: bytes | None, user,
                             runtime: str = "python", model_name: str | None = None, environment: Any = None,
                             replicas: Any = 1, cpus: Any = 1.0, memory_mb: Any = 1024,
-                            confirm_unknown: bool = False) -> tuple[Service, str | None]:
+                            confirm_unknown: bool = False, request_timeout_s: Any = None) -> tuple[Service, str | None]:
     """The lab's ``az ml service create realtime``: registers the model (next version when the name
     exists), creates the manifest and the image (its build queued), and records the service in
     ``creating``; its deploy waits for the build. One transaction: any check that fails (of any
@@ -281,6 +283,7 @@ def service_create_realtime(*, workspace: Workspace, name: str, model_file: IO[b
     require_role(user=user, workspace=workspace, role=Role.CONTRIBUTOR)
     name = check_name(name, what="service name")
     replicas, cpus, memory_mb = check_replicas(replicas), check_cpus(cpus), check_memory(memory_mb)
+    request_timeout_s = check_request_timeout(request_timeout_s)
     # The registry checks these again in its steps; checking first refuses a bad upload before the
     # transaction (and its write lock) starts and before the model file is copied into storage.
     with _step_fields({"name": "model_name", "file": "model_file"}):
@@ -306,7 +309,7 @@ def service_create_realtime(*, workspace: Workspace, name: str, model_file: IO[b
             stored += [info["storage"] for info in manifest.files.values()]
             image = registry.image_create(manifest=manifest, user=user)
             service = _create_row(workspace=workspace, name=name, environment=env, image=image, user=user,
-                                  replicas=replicas, cpus=cpus, memory_mb=memory_mb)
+                                  replicas=replicas, cpus=cpus, memory_mb=memory_mb, request_timeout_s=request_timeout_s)
             activity_record(workspace=workspace, actor=user, verb="service.created", target=service,
                             detail={"image": image.ref, "environment": env.name, "replicas": replicas,
                                     "model": model.ref, "manifest": manifest.ref})
@@ -420,6 +423,18 @@ def service_scale(*, service: Service, replicas: Any, user) -> Service:
         return service
     return _start_change(service, user=user, op={"op": "scale", "replicas": replicas}, verb="service.scaling",
                          detail={"from": service.replicas, "to": replicas})
+
+
+def service_set_request_timeout(*, service: Service, value: Any, user) -> Service:
+    """Sets how long one scoring request may run in the service's replicas (``None``: the portal's
+    MLPORTAL_SCORING_TIMEOUT_SECONDS); the replicas restart with it one set at a time, and the
+    service keeps its old limit if the new replicas never get ready. The same value is a no-op."""
+    require_role(user=user, workspace=service.workspace, role=Role.CONTRIBUTOR)
+    seconds = check_request_timeout(value)
+    if seconds == service.request_timeout_s and service.status in (Service.Status.HEALTHY, Service.Status.UNHEALTHY):
+        return service
+    return _start_change(service, user=user, op={"op": "request_timeout", "request_timeout_s": seconds},
+                         verb="service.request_timeout", detail={"from": service.request_timeout_s, "to": seconds})
 
 
 def service_regenerate_key(*, service: Service, which: Any, user) -> Service:

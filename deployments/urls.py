@@ -11,6 +11,7 @@ urlpatterns = [
     path("services/<str:ref>/traffic/", views.service_traffic, name="service-traffic"),
     path("services/<str:ref>/scale/", views.service_scale, name="service-scale"),
     path("services/<str:ref>/autoscale/", views.service_autoscale, name="service-autoscale"),
+    path("services/<str:ref>/request-timeout/", views.service_request_timeout, name="service-request-timeout"),
     path("services/<str:ref>/regenerate-key/", views.service_regenerate_key, name="service-regenerate-key"),
     path("services/<str:ref>/delete/", views.service_delete, name="service-delete"),
     path("environments/", views.environment_list, name="environment-list"),

@@ -15,6 +15,7 @@ from django.views.decorators.http import require_POST
 from core.errors import PortalError
 from core.views_base import get_scoped_or_404, paginate, require_page_role, scoped
 from deployments import selectors, services
+from deployments.checks import effective_request_timeout
 from deployments.forms import EnvironmentEditForm, EnvironmentForm, FromImageForm, RealtimeForm
 from deployments.models import Environment, Service
 from workspaces.models import Role
@@ -93,6 +94,7 @@ def service_create(request):
                     requirements=requirements.read() if requirements else None, user=request.user,
                     model_name=data["model_name"] or None, environment=data["environment"] or None,
                     replicas=data["replicas"], confirm_unknown=data["confirm_unknown"],
+                    request_timeout_s=data["request_timeout_s"],
                 )
             else:
                 image = Image.objects.filter(workspace=workspace, pk=data["image"]).first()
@@ -101,7 +103,7 @@ def service_create(request):
                 service, notice = services.service_create(
                     workspace=workspace, name=data["name"], image=image, user=request.user,
                     environment=data["environment"] or None, replicas=data["replicas"], cpus=data["cpus"],
-                    memory_mb=data["memory_mb"],
+                    memory_mb=data["memory_mb"], request_timeout_s=data["request_timeout_s"],
                 )
         except PortalError as exc:
             _form_error(form, exc)
@@ -135,6 +137,8 @@ def service_detail(request, ref: str):
         "events": service.events.all()[:50], "steps": selectors.service_steps(service),
         "can_change": _can(request, service, Role.CONTRIBUTOR), "can_delete": _can(request, service, Role.OWNER),
         "max_replicas": settings.MLPORTAL_MAX_REPLICAS,
+        "request_timeout": effective_request_timeout(service),
+        "max_request_timeout": settings.MLPORTAL_SCORING_TIMEOUT_MAX_SECONDS,
         "status_url": reverse("api-service-detail", kwargs={"pk": service.pk}),
         "logs_url": reverse("api-service-logs", kwargs={"pk": service.pk}),
         "metrics_url": reverse("api-service-metrics", kwargs={"pk": service.pk}),
@@ -215,6 +219,15 @@ def service_autoscale(request, ref: str):
     given["enabled"] = request.POST.get("autoscale_enabled") == "true"
     return _service_action(request, ref, Role.CONTRIBUTOR, lambda s: autoscaling.service_set_autoscale(
         service=s, user=request.user, given=given), "Saved the autoscaling of '{service.name}'.")
+
+
+@login_required
+@require_POST
+def service_request_timeout(request, ref: str):
+    value = request.POST.get("request_timeout_s", "").strip() or None  # empty: back to the portal's default
+    return _service_action(request, ref, Role.CONTRIBUTOR, lambda s: services.service_set_request_timeout(
+        service=s, value=value, user=request.user),
+        "New request time limit for '{service.name}': the replicas restart with it.")
 
 
 @login_required

@@ -67,17 +67,21 @@ def _container_env(service: Service) -> dict[str, str]:
         "MLPORTAL_SERVICE_NAME": service.name,
         "MLPORTAL_SERVICE_KEYS": ",".join([service.primary_key, service.secondary_key, service.proxy_key]),
         "MLPORTAL_WORKERS": str(max(1, round(service.cpus))),
-        **_scoring_limits_env(),
+        **_scoring_limits_env(service),
         **_capture_env(service),
     }
 
 
-def _scoring_limits_env() -> dict[str, str]:
-    """The limits every scoring container enforces, from the portal's settings."""
+def _scoring_limits_env(service: Service | None = None) -> dict[str, str]:
+    """The limits every scoring container enforces: the portal's settings, and the service's own
+    request time limit where it has one."""
+    from deployments.checks import effective_request_timeout
+
+    timeout = effective_request_timeout(service) if service is not None else settings.MLPORTAL_SCORING_TIMEOUT_SECONDS
     return {
         # The proxy and the container refuse the same bodies.
         "MLPORTAL_MAX_BODY_BYTES": str(settings.MLPORTAL_MAX_BODY_BYTES),
-        "MLPORTAL_REQUEST_TIMEOUT": f"{settings.MLPORTAL_SCORING_TIMEOUT_SECONDS:g}",
+        "MLPORTAL_REQUEST_TIMEOUT": f"{timeout:g}",
         "MLPORTAL_MAX_JSON_DEPTH": str(settings.MLPORTAL_MAX_JSON_DEPTH),  # the portal refuses the same nesting
     }
 
@@ -260,6 +264,8 @@ def _describe_change(service: Service, op: dict, image) -> str:
         return f"restarting the replicas with the new {op.get('key', '')} key"
     if op.get("op") == "scale":
         return f"scaling from {service.replicas} to {op.get('replicas')} replicas"
+    if op.get("op") == "request_timeout":
+        return "restarting the replicas with the new request time limit"
     verb = "rollback" if op.get("op") == "rollback" else "update"
     return f"the {verb} to image {image.ref}"
 
@@ -275,6 +281,10 @@ def _roll(service: Service, op: dict) -> str | None:
     old = list(service.replica_set.all())
     numbers = [r.number for r in old] or list(range(1, service.replicas + 1))
     what = _describe_change(service, op, image)
+    fields = {}
+    if op.get("op") == "request_timeout":
+        # The new replicas get the new limit; the row takes it only once they serve.
+        fields["request_timeout_s"] = service.request_timeout_s = op.get("request_timeout_s")
     try:
         started = start_replicas(service, image=image, numbers=numbers)
     except deploy_errors() as exc:
@@ -289,7 +299,7 @@ def _roll(service: Service, op: dict) -> str | None:
     with transaction.atomic():
         # Traffic switches here: the proxy reads these rows. The status stays updating until the
         # old replicas are gone, so "healthy" means the change is over.
-        switched = Service.objects.filter(pk=service.pk, status=Service.Status.UPDATING).update(image=image)
+        switched = Service.objects.filter(pk=service.pk, status=Service.Status.UPDATING).update(image=image, **fields)
         if switched:
             ServiceReplica.objects.filter(service=service).delete()
             ServiceReplica.objects.bulk_create(replica_rows(service, started))
@@ -302,6 +312,10 @@ def _roll(service: Service, op: dict) -> str | None:
                                                created_by_id=op.get("by"))
                 event(service.pk, f"{'Rolled back' if op.get('op') == 'rollback' else 'Updated'} from image "
                                   f"{service.image.ref} to {image.ref} (revision {number}); {len(started)} replica(s) ready.")
+            elif op.get("op") == "request_timeout":
+                limit = op.get("request_timeout_s")
+                event(service.pk, f"Request time limit {'of ' + format(limit, 'g') + ' s' if limit is not None else 'back to the portal default'}: "
+                                  f"{len(started)} replica(s) restarted with it.")
             else:
                 event(service.pk, f"Keys changed: {len(started)} replica(s) restarted with the new {op.get('key', '')} key.")
     if not switched:  # deleted while the new replicas started: they are nobody's, remove them
@@ -390,7 +404,20 @@ def service_remove(*, service_id: str) -> str | None:
                 return None
             activity_record(workspace=service.workspace, actor=None, verb="service.deleted", target=service,
                             detail={"containers": len(ids)})
+            served = {str(i) for i in [service.image_id, *service.revisions.values_list("image_id", flat=True)] if i}
             Service.objects.filter(pk=service.pk).delete()
+            _remove_freed_images(service, sorted(served))
         return Service.Status.DELETED
     finally:
         unlock(service.pk, token)
+
+
+def _remove_freed_images(service: Service, image_ids: list[str]) -> None:
+    """Once the deleted service's row is gone (on commit), a task removes the images it served
+    that nothing else uses, from the engine and the registry (retention decides when the
+    workspace has a rule for unused images)."""
+    from retention.tasks import remove_images_of_deleted_service
+
+    if image_ids:
+        workspace_id, name = str(service.workspace_id), service.name
+        transaction.on_commit(lambda: remove_images_of_deleted_service.delay(workspace_id, image_ids, name))

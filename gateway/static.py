@@ -41,8 +41,11 @@ class StaticFiles:
         """WhiteNoise's StaticFile for ``path``, or None (then Django answers, as before)."""
         if not path.startswith(self.prefix):
             return None
-        if self.whitenoise.autorefresh:
-            return self.whitenoise.find_file(path)
+        if self.whitenoise.autorefresh:  # DEBUG: looked up on each request
+            try:
+                return self.whitenoise.find_file(path)
+            except Exception:  # noqa: BLE001 - e.g. a path outside the static folders: Django answers it
+                return None
         return self.whitenoise.files.get(path)
 
     async def answer(self, scope: dict, send: Callable, static_file) -> None:

@@ -346,6 +346,7 @@ CELERY_TASK_ROUTES = {
     "retention.tasks.apply_retention": {"queue": "celery"},
     "retention.tasks.remove_images_of_deleted_service": {"queue": "celery"},
     "monitoring.tasks.collect_capture": {"queue": "celery"},
+    "monitoring.tasks.compute_drift": {"queue": "celery"},
     # The autoscaler's tick (every refresh period per autoscaled service) never waits behind a deploy.
     "deployments.tasks.autoscale_service": {"queue": "celery"},
 }
@@ -365,6 +366,8 @@ CELERY_BEAT_SCHEDULE = {
     "reconcile-services": {"task": "deployments.tasks.reconcile_services", "schedule": float(MLPORTAL_SWEEP_INTERVAL_SECONDS)},
     # Pull the captured rows (issue 16) from every replica, store them as Parquet.
     "collect-capture": {"task": "monitoring.tasks.collect_capture", "schedule": float(MLPORTAL_CAPTURE_INTERVAL_SECONDS)},
+    # Hourly: drift of every service with scheduled drift settings against its reference.
+    "compute-drift": {"task": "monitoring.tasks.compute_drift", "schedule": crontab(minute=7)},
     # Daily: runs' logs and outputs and unused images past each workspace's retention; dangling layers.
     # Retraining pipelines whose look was lost are advanced again; queued ones of idle pipelines start.
     "sweep-pipelines": {"task": "pipelines.tasks.sweep_pipelines", "schedule": float(MLPORTAL_SWEEP_INTERVAL_SECONDS)},

@@ -30,13 +30,15 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
-def common_options() -> Parser:
+def common_options(formats: tuple[str, ...] = FORMATS) -> Parser:
     """The options every command takes, also accepted after the command as `az` does. Defaults
-    are SUPPRESS so a subcommand never overwrites a value given before it."""
+    are SUPPRESS so a subcommand never overwrites a value given before it. ``formats``: what -o
+    takes (a command that writes files too, such as `service data`, takes more)."""
     parser = Parser(add_help=False)
     group = parser.add_argument_group("global options")
-    group.add_argument("-o", "--output", choices=FORMATS, default=argparse.SUPPRESS,
-                       help="output format: table (default), json or tsv")
+    group.add_argument("-o", "--output", choices=formats, default=argparse.SUPPRESS,
+                       help="output format: table (default), json or tsv" if formats == FORMATS
+                       else f"output format: table (default), {', '.join(f for f in formats if f != 'table')}")
     group.add_argument("--query", default=argparse.SUPPRESS, metavar="JMESPATH",
                        help="JMESPath query applied to the JSON result, e.g. \"[].name\"")
     group.add_argument("--workspace", default=argparse.SUPPRESS, metavar="NAME",
@@ -60,11 +62,12 @@ def add_group(subparsers, name: str, *, help: str, aliases: tuple[str, ...] = ()
 
 
 def add_command(subparsers, name: str, *, help: str, example: str, func: Callable[["Context"], Any],
-                aliases: tuple[str, ...] = ()) -> Parser:
-    """A leaf command with the global options and `example` shown at the end of its --help."""
+                aliases: tuple[str, ...] = (), common: Parser | None = None) -> Parser:
+    """A leaf command with the global options and `example` shown at the end of its --help
+    (``common``: its own copy of the global options, from ``common_options(formats=…)``)."""
     examples = "\n".join(f"  {line}" for line in example.strip().splitlines())
     parser = subparsers.add_parser(
-        name, help=help, description=help, aliases=list(aliases), parents=[COMMON],
+        name, help=help, description=help, aliases=list(aliases), parents=[common or COMMON],
         epilog=f"example:\n{examples}", formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.set_defaults(func=func)

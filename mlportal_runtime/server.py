@@ -64,7 +64,7 @@ except ImportError:  # pragma: no cover - the environment image installs it with
     raise SystemExit("mlportal: the scoring server needs the 'httptools' package (llhttp); "
                      "rebuild the environment image, or pip install httptools") from None
 
-from mlportal_runtime import capture, oip
+from mlportal_runtime import capture, collector, oip
 from mlportal_runtime.pickles import SCAN_MAX_OPCODES, scan_pickle
 from mlportal_runtime.schema import SchemaError, build_inputs, example_body, load_schema, openapi_document
 
@@ -805,12 +805,22 @@ class App:
                 raise HttpError(400, "invalid_input", "; ".join(errors.values()))
         return 200, json.dumps(self.spool.pull(ack, settings, limit), default=str).encode(), JSON_TYPE, b"", "other"
 
-    def _record(self, request: Request, body: Any, payload: bytes, started: float) -> None:
-        """Put a sampled request into the spool; a capture failure never fails the request."""
+    def _sample(self) -> str | None:
+        """Whether this request is captured (its mode) or not (None); starts score.py's collectors."""
         try:
             mode = self.spool.sampled() if self.spool is not None else None
-            if mode is None:
-                return
+        except Exception as exc:  # noqa: BLE001 - capture is best effort next to scoring
+            _log(f"worker {self.worker}: capture failed ({type(exc).__name__}: {exc})")
+            mode = None
+        collector.begin(mode is not None)
+        return mode
+
+    def _record(self, mode: str | None, request: Request, body: Any, payload: bytes, started: float) -> None:
+        """Put a sampled request into the spool; a capture failure never fails the request."""
+        collected = collector.end()
+        if mode is None:
+            return
+        try:
             row: dict[str, Any] = {
                 "request_id": request.request_id, "time": time.time(), "service": self.name,
                 "model_version": self.config.model_version, "latency_ms": (time.monotonic() - started) * 1000,
@@ -819,6 +829,8 @@ class App:
                 row["inputs"] = body
             if mode in ("predictions", "both"):
                 row["prediction"] = json.loads(payload)
+            if collected:
+                row["collected"] = collected
             self.spool.add(row)
         except Exception as exc:  # noqa: BLE001 - capture is best effort next to scoring
             _log(f"worker {self.worker}: capture failed ({type(exc).__name__}: {exc})")
@@ -845,6 +857,7 @@ class App:
         if self.schema is None:
             body = parse_json_body(request.body, self.config.max_json_depth)
             raw = request.body.decode("utf-8")
+            mode = self._sample()
             result = self._call_run(raw)
         else:
             body = parse_json_body(request.body, self.config.max_json_depth)
@@ -852,13 +865,15 @@ class App:
                 inputs = build_inputs(self.schema, body)
             except SchemaError as exc:
                 raise HttpError(400, "invalid_input", exc.message) from None
+            mode = self._sample()
             result = self._call_run(inputs)
         try:
             payload = encode_result(result)
         except (TypeError, ValueError) as exc:
             self.row[F_ERR_RUN] += 1
+            collector.end()
             raise HttpError(500, "bad_result", str(exc)) from None
-        self._record(request, body, payload, started)
+        self._record(mode, request, body, payload, started)
         return 200, payload, JSON_TYPE, b"", "score"
 
     def _oip(self, request: Request) -> tuple[int, bytes, bytes, bytes, str]:

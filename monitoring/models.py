@@ -54,8 +54,82 @@ class CapturedRow(models.Model):
     """A request id stored for a service: a row pulled again is never stored twice."""
 
     service = models.ForeignKey("deployments.Service", on_delete=models.CASCADE, related_name="+")
-    request_id = models.CharField(max_length=128)
+    # A caller's id is at most 128 characters; a record of a batch adds "#<index>".
+    request_id = models.CharField(max_length=140)
     file = models.ForeignKey(CaptureFile, on_delete=models.CASCADE, related_name="+")
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["service", "request_id"], name="captured_row_unique_request")]
+
+    def __str__(self) -> str:
+        return f"{self.service_id}: {self.request_id}"
+
+
+class DriftSettings(models.Model):
+    """What a service's inputs are compared with, and when that is news.
+
+    The reference is a data file of a project of the service's workspace (CSV, e.g. the churn
+    template's training sample) or a time window of the service's own capture. A feature drifts
+    when its score passes ``feature_threshold`` (numeric: Wasserstein distance over the reference's
+    standard deviation; categorical: Jensen-Shannon distance, base 2) and its test says it is no
+    noise (``monitoring.drift``); the service drifts when the
+    share of drifted features reaches ``share_threshold``, which raises a drift event.
+    """
+
+    class Reference(models.TextChoices):
+        FILE = "file", "A project data file"
+        WINDOW = "window", "A time window of capture"
+
+    service = models.OneToOneField("deployments.Service", on_delete=models.CASCADE, related_name="drift_settings", primary_key=True)
+    reference = models.CharField(max_length=8, choices=Reference.choices, default=Reference.FILE)
+    project = models.ForeignKey("runs.Project", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    path = models.CharField(max_length=255, blank=True)
+    window_start = models.DateTimeField(null=True, blank=True)
+    window_end = models.DateTimeField(null=True, blank=True)
+    current_hours = models.PositiveIntegerField(default=24, help_text="The current data: the last N hours of capture")
+    feature_threshold = models.FloatField(default=0.2)
+    share_threshold = models.FloatField(default=0.3, help_text="Share of drifted features that raises a drift event")
+    scheduled = models.BooleanField(default=True, help_text="Computed by the hourly schedule")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"drift of {self.service_id} against {self.reference}"
+
+
+class DriftReport(models.Model):
+    """One drift computation: per feature a score, a test statistic, a verdict and histograms."""
+
+    service = models.ForeignKey("deployments.Service", on_delete=models.CASCADE, related_name="drift_reports")
+    computed_at = models.DateTimeField(auto_now_add=True)
+    trigger = models.CharField(max_length=16, default="demand", help_text="demand or schedule")
+    reference = models.CharField(max_length=300, help_text="What the current data was compared with")
+    current_from = models.DateTimeField()
+    current_to = models.DateTimeField()
+    reference_rows = models.PositiveIntegerField()
+    current_rows = models.PositiveIntegerField()
+    features = models.JSONField(default=list)
+    share_drifted = models.FloatField()
+    drifted = models.BooleanField()
+
+    class Meta:
+        ordering = ["-computed_at", "-id"]
+        # The Data tab and the CLI read a service's latest report.
+        indexes = [models.Index(fields=["service", "-computed_at"], name="drift_report_latest")]
+
+    def __str__(self) -> str:
+        return f"drift of {self.service_id} at {self.computed_at:%Y-%m-%d %H:%M}: {self.share_drifted:.0%}"
+
+
+class GroundTruth(models.Model):
+    """The true label of one captured request, sent later by the caller (joined by request id)."""
+
+    service = models.ForeignKey("deployments.Service", on_delete=models.CASCADE, related_name="+")
+    request_id = models.CharField(max_length=140)
+    label = models.CharField(max_length=500)
+    received_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["service", "request_id"], name="ground_truth_unique_request")]
+
+    def __str__(self) -> str:
+        return f"{self.service_id}: {self.request_id} = {self.label[:40]}"

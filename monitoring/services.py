@@ -1,11 +1,13 @@
-"""Request side of data capture: the switch on a service."""
+"""Request side of model data collection: the capture switch, drift settings, ground truth, data to a project."""
 import hashlib
 import hmac
 
 from django.conf import settings
 
-from .checks import check_capture
-from .models import Capture
+from core.errors import PortalError
+
+from .checks import check_capture, check_drift_settings, check_range
+from .models import Capture, DriftSettings
 
 
 def internal_key(service) -> str:
@@ -48,3 +50,141 @@ def container_env(service) -> dict[str, str]:
         env["MLPORTAL_CAPTURE_MODE"] = capture.mode
         env["MLPORTAL_CAPTURE_PERCENT"] = f"{capture.percent:g}"
     return env
+
+
+# --- drift -------------------------------------------------------------------------------------
+
+def _resolve_project(service, ref: str):
+    from runs.models import Project
+    from core.api_base import is_uuid
+
+    projects = Project.objects.filter(workspace_id=service.workspace_id)
+    project = (projects.filter(pk=ref).first() if is_uuid(ref) else None) or projects.filter(name=ref).first()
+    if project is None:
+        raise PortalError(f"No project {ref!r} in workspace {service.workspace.name}; name one of its projects.",
+                          fields={"project": "no such project in this workspace"})
+    return project
+
+
+def _check_reference(settings: DriftSettings) -> None:
+    """The reference the settings name exists; raises naming the field to change."""
+    if settings.reference == DriftSettings.Reference.FILE:
+        if settings.project_id is None:
+            raise PortalError("Name the project whose data file is the reference (project).", fields={"project": "required"})
+        if not settings.path:
+            raise PortalError("Name the reference data file (path), e.g. data/CATelcoCustomerChurnTrainingSample.csv.",
+                              fields={"path": "required"})
+        from runs.models import ProjectFile
+
+        if not ProjectFile.objects.filter(project_id=settings.project_id, path=settings.path).exists():
+            raise PortalError(f"Project {settings.project.name} has no file {settings.path!r}; pick one of its data files.",
+                              fields={"path": "no such file in the project"})
+        if not settings.path.lower().endswith((".csv", ".parquet")):
+            raise PortalError("The reference file must be a .csv or .parquet file.", fields={"path": "not CSV or Parquet"})
+    else:
+        if settings.window_start is None or settings.window_end is None:
+            raise PortalError("A capture window reference needs window_start and window_end.",
+                              fields={"window_start" if settings.window_start is None else "window_end": "required"})
+        check_range(settings.window_start, settings.window_end, since_name="window_start", until_name="window_end")
+
+
+def drift_settings_update(*, service, value, user) -> DriftSettings:
+    """Validates and saves a service's drift settings (all or nothing); contributors only."""
+    from workspaces.models import Role
+    from workspaces.services import activity_record, require_role
+
+    require_role(user=user, workspace=service.workspace, role=Role.CONTRIBUTOR)
+    changes = check_drift_settings(value)
+    settings = DriftSettings.objects.filter(service=service).first() or DriftSettings(service=service)
+    if "project" in changes:
+        settings.project = _resolve_project(service, changes.pop("project")) if changes["project"] else None
+    for name, field_value in changes.items():
+        setattr(settings, name, field_value)
+    if settings.reference == DriftSettings.Reference.FILE and settings.project_id is None:
+        from runs.models import ProjectFile
+
+        # The file may be named alone when exactly one project of the workspace has it.
+        owners = list(ProjectFile.objects.filter(workspace_id=service.workspace_id, path=settings.path)
+                      .values_list("project_id", flat=True)[:2]) if settings.path else []
+        if len(owners) == 1:
+            settings.project_id = owners[0]
+    _check_reference(settings)
+    settings.save()
+    activity_record(workspace=service.workspace, actor=user, verb="service.drift_settings_changed", target=service,
+                    detail={"reference": settings.reference, "path": settings.path,
+                            "share_threshold": settings.share_threshold, "feature_threshold": settings.feature_threshold})
+    return settings
+
+
+def drift_compute(*, service, user, since=None, until=None):
+    """Computes drift now against the saved reference (the Data tab's and the CLI's "check now")."""
+    from workspaces.models import Role
+    from workspaces.services import require_role
+
+    from .worker import compute_drift
+
+    require_role(user=user, workspace=service.workspace, role=Role.CONTRIBUTOR)
+    settings = DriftSettings.objects.filter(service=service).select_related("project").first()
+    if settings is None:
+        raise PortalError("Pick a reference first: a project data file or a time window of capture (drift settings).",
+                          fields={"reference": "not set"})
+    check_range(since, until)
+    _check_reference(settings)
+    return compute_drift(service=service, settings=settings, trigger="demand", actor=user, since=since, until=until)
+
+
+# --- ground truth ------------------------------------------------------------------------------
+
+def ground_truth_add(*, service, pairs: list[tuple[str, str]], user) -> dict:
+    """Stores (request id, label) pairs (a later label for the same id replaces the earlier one).
+    Ids that match no captured row yet are stored too (their row may not be pulled yet), counted
+    and reported."""
+    from django.db import transaction
+
+    from workspaces.models import Role
+    from workspaces.services import activity_record, require_role
+
+    from .models import CapturedRow, GroundTruth
+
+    require_role(user=user, workspace=service.workspace, role=Role.CONTRIBUTOR)
+    latest = dict(pairs)
+    ids = list(latest)
+    known: set[str] = set()
+    for start in range(0, len(ids), 5000):
+        known |= set(CapturedRow.objects.filter(service=service, request_id__in=ids[start:start + 5000])
+                     .values_list("request_id", flat=True))
+    with transaction.atomic():
+        GroundTruth.objects.bulk_create(
+            [GroundTruth(service=service, request_id=rid, label=label) for rid, label in latest.items()],
+            update_conflicts=True, unique_fields=["service", "request_id"], update_fields=["label", "received_at"])
+    unknown = [rid for rid in ids if rid not in known]
+    activity_record(workspace=service.workspace, actor=user, verb="service.ground_truth_added", target=service,
+                    detail={"labels": len(ids), "unknown": len(unknown)})
+    return {"received": len(pairs), "stored": len(ids), "matched": len(ids) - len(unknown), "unknown": len(unknown),
+            "unknown_request_ids": unknown[:20]}
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+def data_to_project(*, service, project_ref: str, path: str, since=None, until=None, user):
+    """Writes the captured rows of [since, until) into a project as a CSV data file (the start of
+    a retraining run): one column per input field, named as the schema names it."""
+    from runs.services import project_file_put
+    from workspaces.models import Role
+    from workspaces.services import require_role
+
+    from .selectors import captured_frame, input_features
+
+    require_role(user=user, workspace=service.workspace, role=Role.CONTRIBUTOR)
+    check_range(since, until)
+    project = _resolve_project(service, project_ref)
+    path = (path or "").strip()
+    if not path.lower().endswith(".csv"):
+        raise PortalError("path must name a .csv file in the project, e.g. data/captured.csv.", fields={"path": "a .csv path"})
+    frame = captured_frame(service, since=since, until=until)
+    if frame.empty:
+        raise PortalError("Nothing was captured in that time range; widen it or turn capture on.", fields={"since": "no rows"})
+    features = input_features(frame.columns)
+    keep = ["request_id", "time", "model_version", *features.values()] + (["prediction"] if "prediction" in frame else [])
+    out = frame[keep].rename(columns={column: name for name, column in features.items()})
+    return project_file_put(project=project, path=path, content=out.to_csv(index=False).encode(), user=user), len(out)

@@ -1,2 +1,2 @@
-"""Celery discovers the capture collection here; it lives in worker.py."""
-from monitoring.worker import collect_capture  # noqa: F401
+"""Celery discovers the monitoring tasks here; they live in worker.py."""
+from monitoring.worker import collect_capture, compute_drift_task  # noqa: F401

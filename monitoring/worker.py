@@ -107,41 +107,78 @@ def pull(replica, key: str, body: dict) -> dict | None:
         raise PullError(f"replica {replica.number}: {exc}") from None
 
 
-def _flatten(row: dict) -> dict:
-    """One column per input field: a one-record batch ({"input_df": [{...}]}) spreads its record."""
-    out = {
-        "request_id": row["request_id"],
+BASE_COLUMNS = ("request_id", "time", "model_version", "latency_ms")
+
+
+def _cell(value):
+    """A value as one Parquet cell: scalars stay, anything nested becomes its JSON text."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return json.dumps(value, default=str)
+
+
+def flatten(row: dict) -> list[dict]:
+    """One stored row per input record, one column per schema input field (``in_<field>``).
+
+    A request whose input is a batch of n records (``{"input_df": [{...}, ...]}``) becomes n rows,
+    ``<request id>#<i>`` when n > 1 (``#`` never occurs in a request id, so these never collide);
+    a list prediction of the same length is split the same way. What ``score.py`` collected with
+    ``ModelDataCollector`` becomes ``<identifier>.<feature>`` columns, split likewise.
+    """
+    base = {
+        "request_id": str(row["request_id"]),
         "time": dt.datetime.fromtimestamp(row["time"], tz=dt.timezone.utc),
         "model_version": row.get("model_version") or "",
         "latency_ms": float(row.get("latency_ms") or 0.0),
     }
     inputs = row.get("inputs")
+    records: list[dict] | None = None
+    shared: dict = {}
     if isinstance(inputs, dict):
         for name, value in inputs.items():
-            if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict):
-                for field, cell in value[0].items():
-                    out[f"in_{field}"] = cell
-            elif value is None or isinstance(value, (str, int, float, bool)):
-                out[f"in_{name}"] = value
+            if records is None and isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+                records = [{f"in_{field}": _cell(cell) for field, cell in record.items()} for record in value]
             else:
-                out[f"in_{name}"] = json.dumps(value)
+                shared[f"in_{name}"] = _cell(value)
     elif inputs is not None:
-        out["inputs"] = json.dumps(inputs)
-    if "prediction" in row:
-        out["prediction"] = json.dumps(row["prediction"])
+        shared["inputs"] = json.dumps(inputs)
+    n = len(records) if records else 1
+    prediction = row.get("prediction", ...)
+    collected = row.get("collected") or {}
+    out = []
+    for i in range(n):
+        flat = dict(base, **shared)
+        if n > 1:
+            flat["request_id"] = f"{base['request_id']}#{i}"
+        if records:
+            flat.update(records[i])
+        if prediction is not ...:
+            split = isinstance(prediction, list) and n > 1 and len(prediction) == n
+            flat["prediction"] = json.dumps(prediction[i] if split else prediction)
+        for identifier, items in collected.items():
+            if not isinstance(items, list) or not items:
+                continue
+            item = items[i] if len(items) == n else items[0] if len(items) == 1 else {"all": items}
+            for feature, cell in (item.items() if isinstance(item, dict) else [("value", item)]):
+                flat[f"{identifier}.{feature}"] = _cell(cell)
+        out.append(flat)
     return out
 
 
-def _table(rows: list[dict]):
+def _table(flat: list[dict]):
     import pyarrow as pa
 
-    flat = [_flatten(r) for r in rows]
-    try:
-        return pa.Table.from_pylist(flat)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):  # a field whose type changes between rows: text
-        fixed = [{k: (v if k in ("request_id", "time", "model_version", "latency_ms") or v is None else str(v))
-                  for k, v in r.items()} for r in flat]
-        return pa.Table.from_pylist(fixed)
+    columns: dict[str, None] = {}
+    for row in flat:  # from_pylist takes its columns from the first row only: give it them all
+        columns.update(dict.fromkeys(row))
+    data = {name: [row.get(name) for row in flat] for name in columns}
+    arrays = {}
+    for name, values in data.items():
+        try:
+            arrays[name] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # a field whose type changes between rows: text
+            arrays[name] = pa.array([None if v is None else str(v) for v in values], type=pa.string())
+    return pa.table(arrays)
 
 
 def _partition(service_id, version: str, day: dt.date) -> str:
@@ -155,15 +192,19 @@ def store(service, rows: list[dict], *, after_write=None) -> int:
 
     seen: dict[str, dict] = {}
     for row in rows:
-        seen.setdefault(str(row["request_id"]), row)
-    known = set(CapturedRow.objects.filter(service=service, request_id__in=list(seen)).values_list("request_id", flat=True))
+        for flat in flatten(row):
+            seen.setdefault(flat["request_id"], flat)
+    known = set()
+    ids = list(seen)
+    for start in range(0, len(ids), 5000):
+        known |= set(CapturedRow.objects.filter(service=service, request_id__in=ids[start:start + 5000])
+                     .values_list("request_id", flat=True))
     fresh = [row for rid, row in seen.items() if rid not in known]
     if not fresh:
         return 0
     groups: dict[tuple[str, dt.date], list[dict]] = {}
     for row in fresh:
-        day = dt.datetime.fromtimestamp(row["time"], tz=dt.timezone.utc).date()
-        groups.setdefault((row.get("model_version") or "", day), []).append(row)
+        groups.setdefault((row["model_version"], row["time"].date()), []).append(row)
     storage = capture_storage()
     written: list[tuple[dict, list[dict]]] = []
     try:
@@ -284,3 +325,131 @@ def collect_all() -> int:
 @shared_task(name="monitoring.tasks.collect_capture")
 def collect_capture() -> int:
     return collect_all()
+
+
+# --- drift --------------------------------------------------------------------------------------
+
+MAX_DRIFT_ROWS = 50_000
+
+
+def _reference_frame(service, settings):
+    """(frame with feature-named columns, description) of a drift reference."""
+    import pandas as pd
+
+    from .selectors import captured_frame, input_features
+
+    if settings.reference == "file":
+        from runs.models import ProjectFile
+        from core.storage import open_file
+
+        row = ProjectFile.objects.get(project_id=settings.project_id, path=settings.path)
+        with open_file(row.storage_name) as handle:
+            if settings.path.lower().endswith(".parquet"):
+                frame = pd.read_parquet(handle)
+            else:
+                frame = pd.read_csv(handle, nrows=1_000_000, low_memory=False)
+        return frame, f"file {settings.project.name}/{settings.path}"
+    frame = captured_frame(service, since=settings.window_start, until=settings.window_end)
+    features = input_features(frame.columns)
+    frame = frame[list(features.values())].rename(columns={c: n for n, c in features.items()})
+    return frame, f"capture {settings.window_start.isoformat()} to {settings.window_end.isoformat()}"
+
+
+def compute_drift(*, service, settings, trigger: str, actor=None, since=None, until=None):
+    """Computes, stores and returns a DriftReport of the current capture against the reference.
+    Raises PortalError when there is nothing to compare (no current rows, no common feature)."""
+    from deployments.models import ServiceEvent
+    from core.errors import PortalError
+    from workspaces.services import activity_record
+
+    from . import drift
+    from .models import DriftReport
+    from .selectors import captured_frame, input_features
+    from .signals import drift_detected
+
+    until = until or timezone.now()
+    since = since or until - dt.timedelta(hours=settings.current_hours)
+    current = captured_frame(service, since=since, until=until)
+    features = input_features(current.columns)
+    if current.empty or not features:
+        raise PortalError(f"No captured inputs between {since:%Y-%m-%d %H:%M} and {until:%Y-%m-%d %H:%M} UTC to compare; "
+                          "turn capture on (inputs or both) or widen the window.", fields={"since": "no captured inputs"})
+    current = current[list(features.values())].rename(columns={c: n for n, c in features.items()})
+    reference, described = _reference_frame(service, settings)
+    common = [name for name in features if name in reference.columns]
+    if not common:
+        raise PortalError(f"The reference ({described}) has none of the service's input fields ({', '.join(sorted(features)[:8])}…); "
+                          "pick a file with the same columns.", fields={"path": "no common column"})
+    if reference.empty:
+        raise PortalError(f"The reference ({described}) has no rows.", fields={"reference": "empty"})
+    if len(current) > MAX_DRIFT_ROWS:
+        current = current.tail(MAX_DRIFT_ROWS)
+    if len(reference) > MAX_DRIFT_ROWS:
+        reference = reference.sample(MAX_DRIFT_ROWS, random_state=0)
+    results = drift.compare(reference, current, features=common, threshold=settings.feature_threshold)
+    share = drift.share_drifted(results)
+    drifted = share >= settings.share_threshold
+    previous = DriftReport.objects.filter(service=service).first()
+    with transaction.atomic():
+        report = DriftReport.objects.create(
+            service=service, trigger=trigger, reference=described[:300], current_from=since, current_to=until,
+            reference_rows=len(reference), current_rows=len(current), features=[r.as_dict() for r in results],
+            share_drifted=share, drifted=drifted)
+        if drifted and (previous is None or not previous.drifted):
+            names = [r.name for r in results if r.drifted]
+            message = (f"Drift: {len(names)} of {len([r for r in results if r.score is not None])} input features drifted "
+                       f"({', '.join(names[:10])}) against {described}; share {share:.0%} ≥ threshold {settings.share_threshold:.0%}.")
+            ServiceEvent.objects.create(service=service, level=ServiceEvent.Level.WARNING, message=message)
+            activity_record(workspace=service.workspace, actor=actor, verb="service.drift_detected", target=service,
+                            detail={"report": report.pk, "features": names, "share": share})
+            transaction.on_commit(lambda: drift_detected.send(sender=DriftReport, service=service, report=report, trigger=trigger))
+    return report
+
+
+def compute_scheduled_drift() -> int:
+    """The hourly round: every serving service with scheduled drift settings; returns reports made."""
+    from deployments.models import Service
+    from core.errors import PortalError
+
+    from .models import DriftSettings
+
+    made = 0
+    for settings in DriftSettings.objects.filter(scheduled=True, service__status__in=Service.SERVING).select_related("service", "project"):
+        try:
+            compute_drift(service=settings.service, settings=settings, trigger="schedule")
+            made += 1
+        except PortalError as exc:  # nothing captured this hour, a reference file gone: next hour
+            log.info("drift of %s skipped: %s", settings.service.name, exc)
+    return made
+
+
+@shared_task(name="monitoring.tasks.compute_drift")
+def compute_drift_task() -> int:
+    return compute_scheduled_drift()
+
+
+# --- retention ----------------------------------------------------------------------------------
+
+def apply_capture_retention(*, workspace_id, keep_days: int | None, today: dt.date | None = None) -> int:
+    """Deletes the workspace's capture partitions (files, their rows' dedupe index) older than
+    ``keep_days`` days; returns the rows deleted. None keeps everything."""
+    if not keep_days:
+        return 0
+    cutoff = (today or timezone.now().date()) - dt.timedelta(days=keep_days)
+    storage = capture_storage()
+    deleted = 0
+    old = CaptureFile.objects.filter(service__workspace_id=workspace_id, day__lt=cutoff)
+    for record in list(old):
+        with transaction.atomic():
+            CaptureFile.objects.filter(pk=record.pk).delete()  # its CapturedRows go with it
+        try:
+            storage.delete(record.path)
+        except OSError as exc:  # the row is gone, so the file is only space: say so and go on
+            log.warning("capture retention: could not delete %s: %s", record.path, exc)
+        deleted += record.rows
+        if _is_folder(storage):
+            try:
+                os.rmdir(os.path.dirname(storage.path(record.path)))  # the day's folder, once empty
+            except OSError:
+                pass
+    return deleted

@@ -39,7 +39,7 @@ class RetentionView(APIView):
     @extend_schema(request=dict, responses={200: dict})
     def patch(self, request):
         """Sets run_files_keep_days / run_files_keep_last / unused_images_keep_days /
-        unused_images_keep_last (null: keep for good)."""
+        unused_images_keep_last / capture_keep_days (null: keep for good)."""
         workspace = workspace_from_request(request, role=Role.OWNER)
         values = {k: v for k, v in request.data.items() if k != "workspace"}
         policy = services.retention_policy_update(workspace=workspace, user=request.user, **values)

@@ -2,7 +2,7 @@
 
 Each kind is kept N days, or the last N (per project for runs, per image name for images); with
 both set, what either rule keeps stays; with neither, it is kept for good. Captured scoring data
-gets its own pair once the capture feature stores it.
+(issue 16) is kept ``capture_keep_days`` days: older day partitions are deleted.
 """
 from __future__ import annotations
 
@@ -20,10 +20,13 @@ class RetentionPolicy(models.Model):
                                                           help_text="Images no service uses are kept this many days")
     unused_images_keep_last = models.PositiveIntegerField(null=True, blank=True,
                                                           help_text="The last N images of each name are kept")
+    capture_keep_days = models.PositiveIntegerField(null=True, blank=True,
+                                                    help_text="Captured scoring data (Parquet partitions by day) is kept this many days")
     last_applied_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
-    FIELDS = ("run_files_keep_days", "run_files_keep_last", "unused_images_keep_days", "unused_images_keep_last")
+    FIELDS = ("run_files_keep_days", "run_files_keep_last", "unused_images_keep_days", "unused_images_keep_last",
+              "capture_keep_days")
 
     def __str__(self) -> str:
         return f"retention of {self.workspace_id}"

@@ -133,14 +133,15 @@ def images_of_deleted_service_remove(*, workspace_id, image_ids: list[str], serv
 
 def retention_apply(*, workspace_id=None) -> dict:
     """Applies retention in one workspace (or all) and prunes the portal's dangling image layers.
-    Returns {"runs": n, "images": n, "bytes": freed, "layers": n, "layer_bytes": freed, "errors": [...]}."""
+    Returns {"runs": n, "images": n, "bytes": freed, "layers": n, "layer_bytes": freed, "capture_rows": n,
+    "errors": [...]}; captured scoring data older than the policy's capture_keep_days goes too."""
     from compute.engine import EngineError
     from compute.images import prune_dangling
     from deployments.worker import LABEL_PORTAL
     from workspaces.instance import portal_instance
 
     now = timezone.now()
-    summary = {"runs": 0, "images": 0, "bytes": 0, "layers": 0, "layer_bytes": 0, "errors": []}
+    summary = {"runs": 0, "images": 0, "bytes": 0, "layers": 0, "layer_bytes": 0, "capture_rows": 0, "errors": []}
     workspaces = Workspace.objects.all() if workspace_id is None else Workspace.objects.filter(pk=workspace_id)
     note = f"[mlportal] log and outputs removed by the workspace's retention on {now:%Y-%m-%d %H:%M} UTC"
     for workspace in workspaces:
@@ -157,6 +158,11 @@ def retention_apply(*, workspace_id=None) -> dict:
                 continue
             summary["bytes"] += freed
             summary["images"] += 1
+        keep_capture = RetentionPolicy.objects.filter(workspace=workspace).values_list("capture_keep_days", flat=True).first()
+        if keep_capture:
+            from monitoring.worker import apply_capture_retention
+
+            summary["capture_rows"] += apply_capture_retention(workspace_id=workspace.pk, keep_days=keep_capture, today=now.date())
         RetentionPolicy.objects.filter(workspace=workspace).update(last_applied_at=now)
     try:
         summary["layers"], summary["layer_bytes"] = prune_dangling(label=LABEL_PORTAL, value=portal_instance(),

@@ -19,6 +19,7 @@ LABELS = {
     "run_files_keep_last": "Runs' logs and outputs: keep the last N per project",
     "unused_images_keep_days": "Images no service uses: keep days",
     "unused_images_keep_last": "Images no service uses: keep the last N per name",
+    "capture_keep_days": "Captured scoring data: keep days",
 }
 
 

@@ -8,6 +8,7 @@ from datetime import datetime, timezone as dt_timezone
 from django.db import connections, transaction
 from django.utils import timezone
 
+from runs.metric_copy import copy_text
 from runs.models import Metric, RunMetricSummary
 
 
@@ -15,22 +16,11 @@ def run_record_metrics(*, run_id, workspace_id, points: list[dict]) -> None:
     """Stores parsed metric points ({"name", "value", "step", "time"}) and updates each name's last value.
 
     A float NaN is kept as MLflow keeps it (no number, the text "NaN"); on PostgreSQL the points go
-    in with COPY, which writes a batch of 20,000 rows several times faster than INSERT."""
+    in with one COPY of their text, built in one pass (``runs.metric_copy``: psycopg's
+    ``write_row`` adapted every value in Python, most of what a 1,000-metric MLflow log-batch cost)."""
     if not points:
         return
-    now = timezone.now()
-    rows = []
-    for p in points:
-        value, text = p.get("value"), ""
-        if isinstance(value, str):
-            value, text = None, value[:1000]
-        elif value is not None:
-            value = float(value)
-            if value != value:  # NaN
-                value, text = None, "NaN"
-        when = p.get("time")
-        logged_at = datetime.fromtimestamp(when, tz=dt_timezone.utc) if isinstance(when, (int, float)) else now
-        rows.append((str(p["name"])[:200], value, text, p.get("step"), logged_at))
+    rows = rows_of(points)
     last: dict[str, tuple] = {}
     counts: dict[str, int] = {}
     for row in rows:
@@ -41,6 +31,31 @@ def run_record_metrics(*, run_id, workspace_id, points: list[dict]) -> None:
         items = [(*last[name], counts[name]) for name in last]
         for start in range(0, len(items), 500):  # 9 parameters a row: stay far below SQLite's limit
             _upsert_summaries(run_id, workspace_id, items[start:start + 500])
+
+
+def rows_of(points: list[dict]) -> list[tuple]:
+    """(name, value, text, step, logged_at) for each point; a text value is kept as text, a point
+    without a time gets now."""
+    now = timezone.now()
+    stamps: dict = {}
+    rows = []
+    for p in points:
+        value, text = p.get("value"), ""
+        if isinstance(value, str):
+            value, text = None, value[:1000]
+        elif value is not None:
+            value = float(value)
+            if value != value:  # NaN
+                value, text = None, "NaN"
+        when = p.get("time")
+        if isinstance(when, (int, float)):
+            logged_at = stamps.get(when)
+            if logged_at is None:  # a batch's points mostly share a time: convert each once
+                logged_at = stamps[when] = datetime.fromtimestamp(when, tz=dt_timezone.utc)
+        else:
+            logged_at = now
+        rows.append((str(p["name"])[:200], value, text, p.get("step"), logged_at))
+    return rows
 
 
 def _upsert_summaries(run_id, workspace_id, items: list[tuple]) -> None:
@@ -69,10 +84,8 @@ def _insert_metrics(run_id, workspace_id, rows: list[tuple]) -> None:
         Metric.objects.bulk_create([Metric(run_id=run_id, workspace_id=workspace_id, name=n, value=v, text=t, step=s,
                                            logged_at=at) for n, v, t, s, at in rows], batch_size=2000)
         return
-    run_id, workspace_id = uuid.UUID(str(run_id)), uuid.UUID(str(workspace_id))
     connection.ensure_connection()
     table = connection.ops.quote_name(Metric._meta.db_table)
     with connection.connection.cursor() as cursor:
         with cursor.copy(f"COPY {table} (run_id, workspace_id, name, value, text, step, logged_at) FROM STDIN") as copy:
-            for n, v, t, s, at in rows:
-                copy.write_row((run_id, workspace_id, n, v, t, s, at))
+            copy.write(copy_text(str(uuid.UUID(str(run_id))), str(uuid.UUID(str(workspace_id))), rows))

@@ -27,7 +27,7 @@ from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions as drf_exceptions
 
-from runs import checks, ingest, selectors, services
+from runs import checks, selectors, services
 from runs.metrics import run_record_metrics
 from runs.models import Metric, Project, Run, RunMetricSummary
 from workspaces.auth import BearerTokenAuthentication
@@ -287,7 +287,7 @@ def _store(run: Run, *, metrics=(), params=(), tags=()) -> None:
     if metrics and not params and not tags:
         # The usual log-batch: one transaction of its own (no savepoint inside an outer one,
         # two round trips fewer per batch).
-        ingest.record_points(run_id=run.id, workspace_id=run.workspace_id, points=list(metrics))
+        run_record_metrics(run_id=run.id, workspace_id=run.workspace_id, points=list(metrics))
         return
     with transaction.atomic():
         problems = services.run_log_params(run_id=run.id, workspace_id=run.workspace_id, params=list(params))

@@ -219,12 +219,13 @@ def execute(run_id) -> str:
 
 
 def prepare_charts(run_id) -> None:
-    """Downsamples every series of a run that just ended and keeps the result, so its page never
+    """Downsamples every series of a run that just ended and keeps the result — each series on its
+    summary row and the page's whole answer gzipped (``runs.chart_cache``) — so its page never
     reads the raw points; a failure here only means the first page view computes them."""
-    from runs import selectors
+    from runs import chart_cache
 
     try:
-        selectors.chart_series(Run.objects.get(id=run_id))
+        chart_cache.whole_series_gzip(Run.objects.get(id=run_id))
     except Exception:  # noqa: BLE001 - a cache; the run's end must still be recorded
         logger.exception("run %s: preparing its charts failed", run_id)
 

@@ -162,6 +162,8 @@ def service_create(ctx: Context):
     for key in ("model_name", "environment", "replicas", "cpus", "memory_mb"):
         if ctx.arg(key) is not None:
             data[key] = str(ctx.arg(key))
+    if ctx.arg("request_timeout") is not None:
+        data["request_timeout_s"] = str(_request_timeout(ctx))
     if ctx.arg("confirm_unknown"):
         data["confirm_unknown"] = "true"
     data.update({k: str(v) for k, v in _autoscale_given(ctx).items()})
@@ -274,6 +276,17 @@ def _describe_autoscale(settings: dict, replicas: int) -> str:
             f"{settings['stable_seconds']} s); {replicas} now")
 
 
+def _request_timeout(ctx: Context) -> float | None:
+    """--request-timeout as the API takes it: seconds, or None for "default"."""
+    raw = str(ctx.arg("request_timeout")).strip()
+    if raw.lower() == "default":
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise UsageError(f"--request-timeout takes seconds (e.g. 30 or 2.5) or 'default', not {raw!r}") from None
+
+
 def service_update(ctx: Context):
     ref = _path(service_ref(ctx))
     if _autoscale_given(ctx):
@@ -298,9 +311,10 @@ def service_update(ctx: Context):
         return Result(service)
     if (ctx.arg("canary") is not None or ctx.arg("shadow") is not None) and ctx.arg("image") is None:
         raise UsageError("--canary and --shadow go with --image IMAGE (the new revision's image)")
-    changes = [c for c in ("image", "replicas", "rollback") if ctx.arg(c) is not None]
+    changes = [c for c in ("image", "replicas", "rollback", "request_timeout") if ctx.arg(c) is not None]
     if len(changes) != 1:
-        raise UsageError("say what to change, one at a time: --image-id IMAGE, -z/--replicas N or --rollback REVISION")
+        raise UsageError("say what to change, one at a time: --image-id IMAGE, -z/--replicas N, --rollback REVISION "
+                         "or --request-timeout SECONDS")
     if ctx.arg("image") is not None and (ctx.arg("canary") is not None or ctx.arg("shadow") is not None):
         body = {"image": ctx.arg("image"), "canary": ctx.arg("canary"), "shadow": ctx.arg("shadow"),
                 "bake_seconds": ctx.arg("bake")}
@@ -326,6 +340,11 @@ def service_update(ctx: Context):
     elif ctx.arg("replicas") is not None:
         service = ctx.client.post(f"services/{ref}/scale/", {"replicas": ctx.arg("replicas")})
         doing = f"scaling to {ctx.arg('replicas')} replicas"
+    elif ctx.arg("request_timeout") is not None:
+        seconds = _request_timeout(ctx)
+        service = ctx.client.patch(f"services/{ref}/", {"request_timeout_s": seconds})
+        limit = "the portal's default" if seconds is None else f"{seconds:g} s"
+        doing = f"restarting the replicas with a request time limit of {limit}"
     else:
         service = ctx.client.post(f"services/{ref}/rollback/", {"revision": ctx.arg("rollback")})
         doing = f"rolling back to revision {ctx.arg('rollback')}"
@@ -513,6 +532,8 @@ def register(subparsers) -> None:
     parser.add_argument("--cpus", type=float, help="CPU limit per replica (default 1)")
     parser.add_argument("--memory-mb", type=int, metavar="MB", help="memory limit per replica (default 1024)")
     _autoscale_options(parser)
+    parser.add_argument("--request-timeout", metavar="SECONDS",
+                        help="how long one scoring request may run before it answers 504 (default: the portal's, 60 s)")
     parser.add_argument("--no-wait", action="store_true", help="return once the service is recorded")
     _timeout(parser)
 
@@ -553,6 +574,7 @@ def register(subparsers) -> None:
                          example="mlportal service update realtime -i churnpred --image-id churnpred:2\n"
                                  "mlportal service update realtime -i churnpred -z 2\n"
                                  "mlportal service update realtime -i churnpred --rollback 1\n"
+                                 "mlportal service update -n churnpred --request-timeout 5\n"
                                  "mlportal service update -n churnpred --image churnpred:2 --canary 10\n"
                                  "mlportal service update -n churnpred --image churnpred:2 --shadow 20",
                          func=service_update)
@@ -561,6 +583,9 @@ def register(subparsers) -> None:
                         help="the image to serve (name:version, id or tag)")
     parser.add_argument("-z", "--replicas", type=int, metavar="N", help="scale to N replicas")
     parser.add_argument("--rollback", type=int, metavar="REVISION", help="serve the image of an earlier revision again")
+    parser.add_argument("--request-timeout", metavar="SECONDS",
+                        help="how long one scoring request may run before it answers 504 ('default': the portal's); "
+                             "the replicas restart with it")
     parser.add_argument("--capture", choices=("off", "inputs", "predictions", "both"),
                         help="capture what the service receives and/or answers (model data collection)")
     parser.add_argument("--capture-percent", type=float, metavar="PERCENT", help="share of requests to capture, 0-100")
@@ -599,6 +624,9 @@ def register(subparsers) -> None:
     _service_args(parser)
     parser.add_argument("--concurrency", metavar="N", help="requests answered at once ('default' for the portal's)")
     parser.add_argument("--queue", metavar="N", help="requests that may wait for a slot ('default' for the portal's)")
+    from mlportal_cli.commands import monitoring
+
+    monitoring.register(service)
     parser = add_command(service, "delete", help="Delete a service and its containers (owner).",
                          example="mlportal service delete realtime -i churnpred", func=service_delete)
     _service_args(parser)

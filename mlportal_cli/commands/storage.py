@@ -8,7 +8,8 @@ from mlportal_cli.output import Result, columns
 
 USAGE_COLUMNS = columns(("Kind", "kind"), ("Name", "name"), ("Size", "size"), ("Bytes", "bytes"), ("Detail", "detail"))
 OPTIONS = {"runs_keep_days": "run_files_keep_days", "runs_keep_last": "run_files_keep_last",
-           "images_keep_days": "unused_images_keep_days", "images_keep_last": "unused_images_keep_last"}
+           "images_keep_days": "unused_images_keep_days", "images_keep_last": "unused_images_keep_last",
+           "capture_keep_days": "capture_keep_days"}
 
 
 def human(size: int) -> str:

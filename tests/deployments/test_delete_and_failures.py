@@ -2,9 +2,13 @@
 reason (an unreachable engine, an init() that raises, an image that does not build)."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
+from compute.images import image_exists
 from deployments.models import Service
+from registry.models import Image
 from tests.deployments.conftest import BROKEN_SCORE, service_containers, wait_for
 from tests.helpers import wait_until
 from workspaces.models import Activity
@@ -13,17 +17,26 @@ pytestmark = [pytest.mark.docker, pytest.mark.integration]
 
 
 def test_deleting_removes_every_container_then_the_service_and_frees_its_image(deploy_worker, owner_api, create_realtime):
-    create_realtime(owner_api, "churnpred", replicas=2)
-    service = wait_for(owner_api, "churnpred", ("healthy", "failed"))
+    # A name of its own: on an engine shared with other portals, an image tag another portal's
+    # container runs is (rightly) not removed.
+    name = f"churn-gone-{os.getpid()}"
+    create_realtime(owner_api, name, replicas=2)
+    service = wait_for(owner_api, name, ("healthy", "failed"))
     assert service["status"] == "healthy" and len(service_containers(service["id"])) == 2
-    response = owner_api.delete("/api/v1/services/churnpred/")
+    assert image_exists(service["image_tag"])
+    response = owner_api.delete(f"/api/v1/services/{name}/")
     assert response.status_code == 202 and response.json()["status"] == "deleting"
     wait_until(lambda: owner_api.get(f"/api/v1/services/{service['id']}/").status_code == 404, timeout=60,
                message="the service to be gone")
     assert service_containers(service["id"]) == []
     assert Activity.objects.filter(verb="service.deleted", target_id=service["id"]).exists()
-    # A deleted service uses no image and no environment any more.
-    assert owner_api.delete(f"/api/v1/images/{service['image_id']}/").status_code == 204
+    # Nothing else used its image: the engine's image and its record go too, once the row is gone
+    # (issue 14: deleted services left their images on the engine for good).
+    wait_until(lambda: not image_exists(service["image_tag"]) and not Image.objects.filter(pk=service["image_id"]).exists(),
+               timeout=60, message="the deleted service's image to be removed from the engine")
+    assert owner_api.get(f"/api/v1/images/{service['image_id']}/").status_code == 404
+    assert Activity.objects.get(verb="image.deleted", target_id=service["image_id"]).detail["by"] == f"service {name} deleted"
+    # A deleted service uses no environment any more.
     assert owner_api.delete("/api/v1/environments/local/").status_code == 204
 
 

@@ -1,5 +1,6 @@
 """Deploys (and updates, deletes) whose messages the broker lost are re-sent at once when it comes
-back, as runs and builds are; before, a service waited STALE_SECONDS (120 s) untouched first."""
+back, as runs and builds are; before, a service waited STALE_SECONDS (120 s) untouched first. The
+reconciler (services_reconcile, every sweep) calls this."""
 from __future__ import annotations
 
 from datetime import timedelta
@@ -8,7 +9,7 @@ import pytest
 from django.utils import timezone
 
 from deployments.models import Environment, Service
-from deployments.requeue import requeue_lost_deploys
+from deployments.reconcile import requeue_lost_deploys
 from registry.models import Image, Manifest
 
 pytestmark = pytest.mark.django_db

@@ -122,3 +122,45 @@ def test_rows_stay_until_acknowledged_so_a_failed_store_loses_nothing(start_serv
     rest = pull(server, ack=again["rows"][-1]["seq"], limit=100)
     assert [r["request_id"] for r in rest["rows"]] == [f"r{i}" for i in range(4, 10)]
     assert pull(server, ack=rest["rows"][-1]["seq"])["rows"] == []
+
+
+def test_model_data_collector_in_the_templates_score_py_adds_to_the_captured_row(start_server, trained_churn, tmp_path, sample_request):
+    """The template's score.py collects inputs and predictions the Azure ML way; the rows carry them."""
+    assert "from azureml.datacollector import ModelDataCollector" in (trained_churn["app"] / "score.py").read_text()
+    server = start(start_server, trained_churn, tmp_path, MLPORTAL_CAPTURE_MODE="predictions")
+    record = sample_request["input_df"][0]
+    batch = {"input_df": [record, dict(record, age=70), dict(record, age=33)]}
+    status, _, raw = server.request("POST", "/score", json.dumps(batch), dict(KEY, **{"X-Request-Id": "batch-1"}))
+    assert status == 200
+    (row,) = pull(server)["rows"]
+    assert row["request_id"] == "batch-1" and "inputs" not in row and row["prediction"] == json.loads(raw)
+    assert [r["age"] for r in row["collected"]["inputs"]] == [record["age"], 70, 33]
+    assert row["collected"]["inputs"][0]["state"] == record["state"]
+    assert [r["prediction"] for r in row["collected"]["prediction"]] == [int(p) for p in json.loads(raw)]
+    # Off: the collectors collect nothing (and the request still answers).
+    pull(server, ack=row["seq"], settings={"mode": "off", "percent": 100})
+    import time
+    time.sleep(1.5)
+    status, _, _ = server.request("POST", "/score", json.dumps(batch), KEY)
+    assert status == 200 and pull(server)["rows"] == []
+
+
+def test_the_collector_outside_a_request_does_nothing_and_names_unnamed_columns():
+    import numpy as np
+    import pandas as pd
+
+    from azureml.datacollector import ModelDataCollector
+    from mlportal_runtime import collector
+
+    dc = ModelDataCollector("model.pkl", identifier="inputs", feature_names=["a", "b"], webservice_name="ignored")
+    dc.collect(pd.DataFrame({"a": [1]}))  # no request: nothing, no error
+    collector.begin(True)
+    dc.collect(np.array([[1, 2.5], [3, 4.5]]))
+    ModelDataCollector(identifier="prediction").collect(np.array([0, 1]))
+    dc.collect(pd.DataFrame({"a": [np.int64(5)], "b": ["x"]}))
+    collected = collector.end()
+    assert collected == {"inputs": [{"a": 1, "b": 2.5}, {"a": 3, "b": 4.5}, {"a": 5, "b": "x"}],
+                         "prediction": [{"prediction": 0}, {"prediction": 1}]}
+    collector.begin(False)
+    dc.collect([1, 2])
+    assert collector.end() is None
