@@ -143,6 +143,7 @@ def run_load(port: int, key: str, body: bytes, base: str, token: str, service_id
     statuses: dict[int, int] = {}
     lock = threading.Lock()
     started = time.monotonic()
+    started_wall = time.time()
 
     def client() -> None:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -181,7 +182,9 @@ def run_load(port: int, key: str, body: bytes, base: str, token: str, service_id
     for thread in threads:
         thread.join(timeout=40)
     load = api(base, token, "GET", f"services/{service_id}/autoscale/?minutes=10")
-    decisions = [d["message"] for d in load["decisions"]]
+    from datetime import datetime
+
+    decisions = [(round(datetime.fromisoformat(d["at"]).timestamp() - started_wall, 2), d["message"]) for d in load["decisions"]]
     figure = first_answer.get("2")
     return {"replica_counts": counts, "first_answer_by_replica": {k: round(v, 2) for k, v in first_answer.items()},
             "statuses": {str(k): v for k, v in statuses.items()}, "decisions": decisions,
@@ -205,8 +208,8 @@ def report(results: dict) -> list[str]:
         lines.append(f"  t={at:6.2f} s  replicas={replicas}")
     for replica, at in sorted(results.get("first_answer_by_replica", {}).items()):
         lines.append(f"  t={at:6.2f} s  replica {replica} answered first")
-    for message in results.get("decisions", []):
-        lines.append(f"  decision: {message}")
+    for at, message in results.get("decisions", []):
+        lines.append(f"  t={at:6.2f} s  decision: {message}")
     lines.append(f"  answers by status: {results.get('statuses')}; peak utilisation {results.get('peak_utilization')}%")
     figure = results.get("seconds_to_second_replica")
     if figure is None:

@@ -38,6 +38,7 @@ class Puller(threading.Thread):
         self.host, self.port = host, port
         self.rows = 0
         self.dropped = 0
+        self.errors = 0
         self.stopping = threading.Event()
 
     def pull(self, ack):
@@ -67,13 +68,18 @@ class Puller(threading.Thread):
 
     def run(self) -> None:
         while not self.stopping.wait(1.0):
-            self.drain()
+            try:
+                self.drain()
+            except (OSError, RuntimeError, ValueError) as exc:  # a busy server: the next second tries again
+                self.errors += 1
+                common.log(f"pull failed ({exc}); trying again")
 
 
 def report(figures: dict[str, dict[int, dict]], connections: list[int], *, captured: int, expected: int, dropped: int) -> list[str]:
     """The lines the benchmark ends with: rows pulled, figures per connection count, one ratio line
     each (capture over off), and whether the goal was met."""
-    lines = [f"rows captured and pulled: {captured} of {expected} requests at 100 % (dropped by the spool: {dropped})"]
+    lines = [f"rows captured and pulled: {captured} for {expected} requests wrk counted at 100 % (wrk does not count the "
+             f"requests still in flight when a run ends; they are captured too; dropped by the spool: {dropped})"]
     for c in connections:
         off, on = figures["off"][c], figures["capture"][c]
         lines.append(f"c={c}: capture off {off['rps']:.0f} req/s (p50 {off['p50']:.2f} ms, p99 {off['p99']:.2f} ms); "

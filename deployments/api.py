@@ -100,6 +100,7 @@ class EnvironmentViewSet(CreateListRetrieveDestroyViewSet):
         environment = services.environment_create(
             workspace=workspace, name=data["name"], user=request.user, kind=data["kind"], engine_url=data["engine_url"],
             publish_address=data["publish_address"], labels=data.get("labels"), description=data["description"],
+            init_swarm=data["init_swarm"],
         )
         body = self.get_serializer(environment).data
         if getattr(environment, "notice", None):

@@ -13,7 +13,6 @@ from core.errors import PortalError
 from deployments import hosts
 from deployments.models import Environment
 
-CLUSTER_NOT_AVAILABLE = "cluster (Kubernetes) environments are not available yet"
 MIN_MEMORY_MB = 64
 
 
@@ -140,8 +139,9 @@ def field_error(field: str, message: str) -> PortalError:
 
 
 def check_deployable(environment: Environment) -> None:
-    if environment.kind != Environment.Kind.LOCAL:
-        raise field_error("environment", f"Environment '{environment.name}': {CLUSTER_NOT_AVAILABLE}.")
+    """Local and cluster (Docker Swarm) environments both take services."""
+    if environment.kind not in Environment.Kind.values:
+        raise field_error("environment", f"Environment '{environment.name}' has an unknown kind {environment.kind!r}.")
 
 
 def check_image_deployable(image, *, field: str = "image") -> None:

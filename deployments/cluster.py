@@ -228,10 +228,21 @@ def sync_replicas(service: Service, *, quiet: bool = False, tasks: list[dict] | 
         for number, task in running.items():
             if number in rows:
                 continue
+            # Swarm keeps a few ended tasks per slot: the ones of this image that died are its restarts.
+            ended = [t for t in tasks if t["slot"] == number and t["id"] != task["id"] and t["state"] in swarm.ENDED]
+            died = [t for t in ended if t["state"] in ("failed", "rejected", "complete") and t["image"] == task["image"]]
             ServiceReplica.objects.create(service=service, number=number, container_id=task["container_id"],
                                           host=_host(environment, task), port=task["port"], task_id=task["id"],
-                                          node=task["node"])
-            if not quiet:
+                                          node=task["node"], restarts=len(died))
+            if quiet:
+                continue
+            if died:
+                old = died[0]
+                replaced += 1
+                _event(service.pk, f"Replica {number}'s task {old['id'][:12]} on node {old['node'] or '?'} ended "
+                                   f"({old['state']}: {_failure(old)}); Swarm replaced it with task {task['id'][:12]} "
+                                   f"on node {task['node']}.", ServiceEvent.Level.WARNING)
+            else:
                 _event(service.pk, f"Replica {number} runs as task {task['id'][:12]} on node {task['node']}.")
     return {"running": len(running), "replaced": replaced, "lost": lost}
 

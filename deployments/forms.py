@@ -27,6 +27,10 @@ class JSONObjectField(forms.CharField):
 
 class EnvironmentForm(forms.Form):
     name = forms.CharField(max_length=200, help_text="Like local, staging or production.")
+    kind = forms.ChoiceField(choices=[("local", "Local (a Docker engine)"), ("cluster", "Cluster (a Docker Swarm manager)")],
+                             initial="local", help_text="Cluster: every service is a Swarm service on the engine's swarm.")
+    init_swarm = forms.BooleanField(required=False, label="Initialise a single-node swarm",
+                                    help_text="Cluster only: when the engine is in no swarm, make it the manager of a new one.")
     engine_url = forms.CharField(required=False, label="Docker engine URL",
                                  help_text="Empty: the workers' own engine. Or tcp://host:2375, ssh://user@host.")
     publish_address = forms.CharField(required=False, initial="127.0.0.1",

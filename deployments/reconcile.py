@@ -44,6 +44,14 @@ def services_reconcile() -> dict:
 
     summary: dict[str, Any] = {"requeued": 0, "restarted": 0, "removed": 0, "unreachable": []}
     summary["requeued"] = _requeue_lost_work()
+    from deployments import autoscaling, cluster
+
+    summary["autoscalers_revived"] = autoscaling.revive_chains()
+    clusters: dict[str | None, list[Environment]] = defaultdict(list)
+    for environment in Environment.objects.filter(kind=Environment.Kind.CLUSTER):
+        clusters[environment.docker_url].append(environment)
+    for environments in clusters.values():
+        cluster.reconcile(environments, summary)
     instance = portal_instance()
     by_engine: dict[str | None, list[Environment]] = defaultdict(list)
     for environment in Environment.objects.filter(kind=Environment.Kind.LOCAL):

@@ -21,8 +21,6 @@ def engine_status(environment: Environment) -> dict:
     """``{"ok", "version", "error"}`` of the environment's engine, cached for a few seconds."""
     from compute.engine import engine_status as probe
 
-    if environment.kind != Environment.Kind.LOCAL:
-        return {"ok": False, "version": None, "error": "cluster environments are not available yet"}
     key = f"deployments:engine:{environment.docker_url or 'local'}"
     status = cache.get(key)
     if status is None:

@@ -22,7 +22,6 @@ from django.db import IntegrityError, transaction
 from core.errors import Conflict, PortalError
 from core.storage import delete_files
 from deployments.checks import (
-    CLUSTER_NOT_AVAILABLE,
     check_cpus,
     check_deployable,
     check_engine_url,
@@ -43,7 +42,7 @@ logger = logging.getLogger(__name__)
 
 
 @transaction.atomic
-def environment_create(*, workspace: Workspace, name: str, user, kind: str = Environment.Kind.LOCAL,
+def environment_create(*, workspace: Workspace, name: str, user, kind: str = Environment.Kind.LOCAL, init_swarm: bool = False,
                        engine_url: str = "", publish_address: str = "", labels: Any = None,
                        description: str = "") -> Environment:
     """Creates an environment (the lab's ``az ml env setup``). Only ``local`` ones for now. Choosing
@@ -53,13 +52,18 @@ def environment_create(*, workspace: Workspace, name: str, user, kind: str = Env
         require_role(user=user, workspace=workspace, role=Role.OWNER)
     name = check_name(name, what="environment name")
     kind = (kind or Environment.Kind.LOCAL).strip() if isinstance(kind, str) else kind
-    if kind == Environment.Kind.CLUSTER:
-        raise field_error("kind", f"Environment {name!r}: {CLUSTER_NOT_AVAILABLE}; create a local one (a Docker engine) for now.")
     if kind not in Environment.Kind.values:
-        raise field_error("kind", f"Unknown kind {str(kind)[:20]!r}: use 'local'.")
+        raise field_error("kind", f"Unknown kind {str(kind)[:20]!r}: use 'local' or 'cluster' (a Docker Swarm).")
+    if init_swarm and kind != Environment.Kind.CLUSTER:
+        raise field_error("init_swarm", "init_swarm goes with kind 'cluster' (a Docker Swarm).")
     engine_url = check_engine_url(engine_url)
     publish_address = check_publish_address(publish_address)
     labels = check_labels(labels)
+    notice = None
+    if kind == Environment.Kind.CLUSTER:
+        from deployments import cluster
+
+        _, notice = cluster.check_environment(engine_url=engine_url, labels=labels, init_swarm=bool(init_swarm))
     description = (description or "").strip() if isinstance(description, str) else ""
     if len(description) > 2000:
         raise field_error("description", "The description is over 2000 characters: shorten it.")
@@ -75,6 +79,7 @@ def environment_create(*, workspace: Workspace, name: str, user, kind: str = Env
         raise field_error("name", f"Workspace '{workspace.name}' has an environment named '{name}' already: choose another name.") from None
     activity_record(workspace=workspace, actor=user, verb="environment.created", target=environment,
                     detail={"kind": kind, "engine": environment.engine_label})
+    environment.notice = notice  # said to the user (the API's "notice", a page message)
     return environment
 
 
@@ -419,6 +424,10 @@ def service_scale(*, service: Service, replicas: Any, user) -> Service:
     """Scales to ``replicas`` (1 … MLPORTAL_MAX_REPLICAS); the current count is a no-op."""
     require_role(user=user, workspace=service.workspace, role=Role.CONTRIBUTOR)
     replicas = check_replicas(replicas)
+    if service.autoscale_enabled:
+        raise Conflict(f"Service '{service.name}' is autoscaled ({service.autoscale_min_replicas} to "
+                       f"{service.autoscale_max_replicas} replicas): change autoscale_min_replicas/autoscale_max_replicas, "
+                       "or turn autoscaling off first.", code="autoscaled")
     if replicas == service.replicas and service.status in (Service.Status.HEALTHY, Service.Status.UNHEALTHY):
         return service
     return _start_change(service, user=user, op={"op": "scale", "replicas": replicas}, verb="service.scaling",

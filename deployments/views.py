@@ -266,6 +266,8 @@ def environment_list(request):
             except PortalError as exc:
                 _form_error(form, exc)
             else:
+                if getattr(environment, "notice", None):
+                    messages.info(request, environment.notice)
                 messages.success(request, f"Environment '{environment.name}' created.")
                 return redirect("environment-detail", ref=str(environment.pk))
     q = request.GET.get("q", "").strip()

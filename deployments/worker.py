@@ -198,6 +198,10 @@ def service_deploy(*, service_id: str) -> str | None:
         service.refresh_from_db()
         if service.status != Service.Status.CREATING:
             return None
+        if service.environment.kind == Environment.Kind.CLUSTER:
+            from deployments import cluster
+
+            return cluster.service_deploy(service, image=image)
         try:
             started = start_replicas(service, image=image, numbers=list(range(1, service.replicas + 1)))
         except deploy_errors() as exc:
@@ -216,6 +220,14 @@ def service_deploy(*, service_id: str) -> str | None:
         return Service.Status.HEALTHY
     finally:
         unlock(service.pk, token)
+
+
+def drain() -> None:
+    """Gives every gateway process time to read the new table (and finish what it sent) before
+    containers it no longer routes to stop, so a scale-down fails no request."""
+    import time
+
+    time.sleep(settings.MLPORTAL_GATEWAY_REFRESH_SECONDS * 2 + 0.2)
 
 
 def _fail(service: Service, reason: str) -> str | None:
@@ -243,6 +255,10 @@ def service_apply_change(*, service_id: str) -> str | None:
         if service.status != Service.Status.UPDATING:
             return None
         op = service.pending or {}
+        if service.environment.kind == Environment.Kind.CLUSTER:
+            from deployments import cluster
+
+            return cluster.service_apply_change(service, op)
         if op.get("op") == "scale":
             return _scale(service, op)
         return _roll(service, op)
@@ -359,6 +375,7 @@ def _scale(service: Service, op: dict) -> str | None:
         # The rows go first, so the proxy stops sending to these replicas before they stop.
         ServiceReplica.objects.filter(pk__in=[r.pk for r in going]).delete()
         event(service.pk, f"Scaled from {len(current)} to {target} replicas.")
+    drain()
     problems = stop_all([r.container_id for r in going], base_url)
     if problems:
         event(service.pk, f"Could not remove containers ({'; '.join(problems)}); the reconciler retries.",
@@ -384,16 +401,22 @@ def service_remove(*, service_id: str) -> str | None:
         base_url = service.environment.docker_url
         ids = set(service.replica_set.values_list("container_id", flat=True))
         try:
-            try:
-                ids |= {c["id"] for c in list_containers("service", base_url=base_url)
-                        if c["labels"].get(LABEL_ID) == str(service.pk)}
-            except EngineUnreachable:
-                if ids:
-                    raise
-                # It never ran a replica (say, its engine was never reachable): nothing to remove.
-            problems = stop_all(sorted(ids), base_url)
-            if problems:
-                raise EngineError("; ".join(problems))
+            if service.environment.kind == Environment.Kind.CLUSTER:
+                from deployments import cluster
+
+                cluster.remove(service)  # Swarm stops its tasks; its secrets go with it
+                ids = set()
+            else:
+                try:
+                    ids |= {c["id"] for c in list_containers("service", base_url=base_url)
+                            if c["labels"].get(LABEL_ID) == str(service.pk)}
+                except EngineUnreachable:
+                    if ids:
+                        raise
+                    # It never ran a replica (say, its engine was never reachable): nothing to remove.
+                problems = stop_all(sorted(ids), base_url)
+                if problems:
+                    raise EngineError("; ".join(problems))
         except EngineError as exc:
             message = f"could not remove its containers yet: {exc}"
             Service.objects.filter(pk=service.pk).update(error=message[:2000])

@@ -294,6 +294,11 @@ MLPORTAL_SWEEP_INTERVAL_SECONDS = env_int("MLPORTAL_SWEEP_INTERVAL_SECONDS", 30,
 MLPORTAL_CAPTURE_INTERVAL_SECONDS = env_int("MLPORTAL_CAPTURE_INTERVAL_SECONDS", 60, minimum=1)
 # How often a running retraining pipeline looks again at the step it waits on (a run, a build, an update).
 MLPORTAL_PIPELINE_POLL_SECONDS = env_int("MLPORTAL_PIPELINE_POLL_SECONDS", 2, minimum=1)
+# Outgoing webhooks: how often the beat turns what happened into deliveries, the first retry's
+# wait (it doubles each time) and how many attempts a delivery gets in all.
+MLPORTAL_WEBHOOK_SCAN_SECONDS = env_int("MLPORTAL_WEBHOOK_SCAN_SECONDS", 5, minimum=1)
+MLPORTAL_WEBHOOK_RETRY_SECONDS = env_int("MLPORTAL_WEBHOOK_RETRY_SECONDS", 2, minimum=1)
+MLPORTAL_WEBHOOK_ATTEMPTS = env_int("MLPORTAL_WEBHOOK_ATTEMPTS", 6, minimum=1)
 
 # --- model scanning (registry.scanning: every registered model file, by its opcodes) ---------
 # Packages ("mypackage") or single globals ("mymodule:MyClass") added to the built-in allow list of
@@ -371,6 +376,8 @@ CELERY_BEAT_SCHEDULE = {
     # Daily: runs' logs and outputs and unused images past each workspace's retention; dangling layers.
     # Retraining pipelines whose look was lost are advanced again; queued ones of idle pipelines start.
     "sweep-pipelines": {"task": "pipelines.tasks.sweep_pipelines", "schedule": float(MLPORTAL_SWEEP_INTERVAL_SECONDS)},
+    # Outgoing webhooks (issue 17): what happened becomes signed deliveries.
+    "scan-webhook-events": {"task": "pipelines.tasks.scan_webhook_events", "schedule": float(MLPORTAL_WEBHOOK_SCAN_SECONDS)},
     "apply-retention": {"task": "retention.tasks.apply_retention", "schedule": crontab(hour=3, minute=17)},
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")

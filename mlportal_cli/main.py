@@ -19,7 +19,7 @@ from typing import Sequence, TextIO
 
 from mlportal_cli import __version__
 from mlportal_cli.client import CliError
-from mlportal_cli.commands import account, deployments, pipelines, projects, provider, registry, runs, storage
+from mlportal_cli.commands import account, deployments, pipelines, projects, provider, registry, runs, storage, webhooks
 from mlportal_cli.context import AZURE_FLAGS, COMMON, Context, Parser, flush_streams
 
 DESCRIPTION = """The MLPortal command line: projects, experiment runs, models, manifests, images,
@@ -49,6 +49,7 @@ def build_parser() -> Parser:
     provider.register(subparsers)
     storage.register(subparsers)
     pipelines.register(subparsers)
+    webhooks.register(subparsers)
     parser.set_defaults(func=lambda ctx: ctx.print_help(parser))
     return parser
 

@@ -365,7 +365,6 @@ def compute_drift(*, service, settings, trigger: str, actor=None, since=None, un
     from . import drift
     from .models import DriftReport
     from .selectors import captured_frame, input_features
-    from .signals import drift_detected
 
     until = until or timezone.now()
     since = since or until - dt.timedelta(hours=settings.current_hours)
@@ -402,8 +401,18 @@ def compute_drift(*, service, settings, trigger: str, actor=None, since=None, un
             ServiceEvent.objects.create(service=service, level=ServiceEvent.Level.WARNING, message=message)
             activity_record(workspace=service.workspace, actor=actor, verb="service.drift_detected", target=service,
                             detail={"report": report.pk, "features": names, "share": share})
-            transaction.on_commit(lambda: drift_detected.send(sender=DriftReport, service=service, report=report, trigger=trigger))
+            transaction.on_commit(lambda: _send_drift(service, report, trigger))
     return report
+
+
+def _send_drift(service, report, trigger: str) -> None:
+    """Sends drift_detected; a receiver that fails is logged, never undoes the report or the event."""
+    from .models import DriftReport
+    from .signals import drift_detected
+
+    for receiver, result in drift_detected.send_robust(sender=DriftReport, service=service, report=report, trigger=trigger):
+        if isinstance(result, Exception):
+            log.error("drift of %s: receiver %s failed: %s", service.name, getattr(receiver, "__name__", receiver), result)
 
 
 def compute_scheduled_drift() -> int:

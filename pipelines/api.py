@@ -10,9 +10,9 @@ from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 
 from pipelines import services
-from pipelines.models import Pipeline, PipelineRun, PipelineStep
 from core.api_base import WorkspaceScopedMixin, WorkspaceScopedReadOnlyViewSet, workspace_from_request
 from core.errors import PortalError
+from pipelines.models import Pipeline, PipelineRun, PipelineStep, Webhook, WebhookDelivery
 from workspaces.models import Role
 import hashlib
 import hmac
@@ -87,7 +87,7 @@ class PipelineSerializer(serializers.ModelSerializer):
         fields = ["id", "workspace", "name", "description", "project", "project_id", "script", "args", "target",
                   "output_path", "model_name", "service", "service_id", "gate", "mode", "when_busy", "rollout",
                   "canary_weight", "canary_bake_seconds", "requirements_path", "enabled", "schedule", "trigger_on_data",
-                  "webhook", "webhook_url", "last_run", "created_by",
+                  "trigger_on_drift", "webhook", "webhook_url", "last_run", "created_by",
                   "created_at", "updated_at"]
         read_only_fields = fields
 
@@ -118,7 +118,8 @@ PipelineWrite = inline_serializer("PipelineWrite", {
     "canary_weight": serializers.IntegerField(required=False), "canary_bake_seconds": serializers.IntegerField(required=False),
     "requirements_path": serializers.CharField(required=False), "enabled": serializers.BooleanField(required=False),
     "schedule": serializers.CharField(required=False, help_text='"0 3 * * *" or "every 6 hours"'),
-    "trigger_on_data": serializers.BooleanField(required=False), "webhook": serializers.BooleanField(required=False),
+    "trigger_on_data": serializers.BooleanField(required=False),
+    "trigger_on_drift": serializers.BooleanField(required=False), "webhook": serializers.BooleanField(required=False),
     "description": serializers.CharField(required=False), "workspace": serializers.CharField(required=False)})
 
 
@@ -254,9 +255,92 @@ class PipelineHookView(APIView):
         return Response(PipelineRunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
 
 
+class DeliverySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = WebhookDelivery
+        fields = ["id", "event", "object_id", "status", "attempts", "response_code", "latency_ms", "error", "log",
+                  "next_attempt_at", "created_at", "delivered_at", "payload"]
+
+
+class WebhookSerializer(serializers.ModelSerializer):
+    workspace = serializers.CharField(source="workspace.name", read_only=True)
+    created_by = serializers.CharField(source="created_by.username", read_only=True, default=None)
+    last_delivery = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Webhook
+        fields = ["id", "workspace", "name", "url", "events", "enabled", "last_delivery", "created_by", "created_at"]
+        read_only_fields = fields
+
+    def get_last_delivery(self, obj) -> dict | None:
+        last = obj.deliveries.order_by("-created_at").first()
+        return None if last is None else {"event": last.event, "status": last.status, "response_code": last.response_code,
+                                          "created_at": last.created_at}
+
+
+WebhookWrite = inline_serializer("WebhookWrite", {
+    "name": serializers.CharField(), "url": serializers.CharField(),
+    "events": serializers.ListField(child=serializers.ChoiceField([e for e in Webhook.Event.values if e != "ping"]),
+                                    required=False, help_text="Empty: every event"),
+    "enabled": serializers.BooleanField(required=False), "workspace": serializers.CharField(required=False)})
+
+
+class WebhookViewSet(WorkspaceScopedMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Outgoing webhooks of a workspace (owners manage them): HMAC-signed POSTs on run finished,
+    model registered, image built, service updated, pipeline finished, drift detected. The secret
+    is in the create answer only. ``POST {ref}/test/`` sends a test; ``GET {ref}/deliveries/`` is the log."""
+
+    queryset = Webhook.objects.select_related("workspace", "created_by")
+    serializer_class = WebhookSerializer
+    search_fields = ["name", "url"]
+    ordering = ["name"]
+    write_role = Role.OWNER
+    action_roles = {"test": Role.CONTRIBUTOR}
+
+    @extend_schema(request=WebhookWrite, responses={201: WebhookSerializer})
+    def create(self, request, *args, **kwargs):
+        from pipelines import webhooks
+
+        workspace = workspace_from_request(request, role=Role.OWNER)
+        data = _body(request)
+        webhook = webhooks.webhook_create(workspace=workspace, name=data.get("name"), url=data.get("url"),
+                                          events=data.get("events"), user=request.user)
+        return Response({**self.get_serializer(webhook).data, "secret": webhook.secret}, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=WebhookWrite, responses=WebhookSerializer)
+    def partial_update(self, request, *args, **kwargs):
+        from pipelines import webhooks
+
+        webhook = webhooks.webhook_update(webhook=self.get_object(), user=request.user, changes=_body(request))
+        return Response(self.get_serializer(webhook).data)
+
+    def destroy(self, request, *args, **kwargs):
+        from pipelines import webhooks
+
+        webhooks.webhook_delete(webhook=self.get_object(), user=request.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(request=None, responses={202: DeliverySerializer})
+    @action(detail=True, methods=["post"])
+    def test(self, request, **kwargs):
+        from pipelines import webhooks
+
+        delivery = webhooks.webhook_send_test(webhook=self.get_object(), user=request.user)
+        return Response(DeliverySerializer(delivery).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(responses=DeliverySerializer(many=True))
+    @action(detail=True, methods=["get"])
+    def deliveries(self, request, **kwargs):
+        """The delivery log, newest first: status, attempts, response code, latency (paginated)."""
+        webhook = self.get_object()
+        page = self.paginate_queryset(webhook.deliveries.order_by("-created_at"))
+        return self.get_paginated_response(DeliverySerializer(page, many=True).data)
+
+
 EXTRA_URLS = [path("pipelines/<uuid:pk>/hook/", PipelineHookView.as_view(), name="api-pipeline-hook")]
 
 ROUTES = [
     ("pipelines", PipelineViewSet, "api-pipeline"),
     ("pipeline-runs", PipelineRunViewSet, "api-pipeline-run"),
+    ("webhooks", WebhookViewSet, "api-webhook"),
 ]

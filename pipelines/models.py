@@ -64,6 +64,9 @@ class Pipeline(models.Model):
     periodic_task = models.OneToOneField("django_celery_beat.PeriodicTask", null=True, blank=True,
                                          on_delete=models.SET_NULL, related_name="+")
     trigger_on_data = models.BooleanField(default=False)
+    # A drift signal of the target service (``services.drift_signal_record``, which the drift
+    # detector of model monitoring calls) starts it.
+    trigger_on_drift = models.BooleanField(default=False)
     webhook_secret = EncryptedCharField(max_length=255, blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
@@ -198,3 +201,106 @@ class PipelineStep(models.Model):
         from django.utils import timezone
 
         return round(((self.ended_at or timezone.now()) - self.started_at).total_seconds(), 3)
+
+
+class Webhook(models.Model):
+    """An outgoing webhook of a workspace: HMAC-signed POSTs to ``url`` on the events it names."""
+
+    class Event(models.TextChoices):
+        RUN_FINISHED = "run.finished", "Run finished"
+        MODEL_REGISTERED = "model.registered", "Model registered"
+        IMAGE_BUILT = "image.built", "Image built"
+        SERVICE_UPDATED = "service.updated", "Service updated"
+        PIPELINE_FINISHED = "pipeline.finished", "Pipeline finished"
+        DRIFT_DETECTED = "drift.detected", "Drift detected"
+        PING = "ping", "Test (send test)"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    workspace = models.ForeignKey("workspaces.Workspace", on_delete=models.CASCADE, related_name="webhooks")
+    name = models.CharField(max_length=63)
+    url = models.URLField(max_length=500)
+    # The events it receives; empty: all of them.
+    events = models.JSONField(default=list, blank=True)
+    secret = EncryptedCharField(max_length=255)
+    enabled = models.BooleanField(default=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["workspace", "name"], name="webhook_unique_name")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def get_absolute_url(self) -> str:
+        return reverse("webhook-detail", args=[self.pk])
+
+    def wants(self, event: str) -> bool:
+        return event == self.Event.PING or not self.events or event in self.events
+
+
+class WebhookDelivery(models.Model):
+    """One event sent (or being sent) to one webhook, with each attempt's outcome."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RETRYING = "retrying", "Retrying"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    webhook = models.ForeignKey(Webhook, on_delete=models.CASCADE, related_name="deliveries")
+    event = models.CharField(max_length=32)
+    # What it is about (a run, a model version …): one delivery per webhook, event and object.
+    object_id = models.CharField(max_length=64)
+    payload = models.JSONField(default=dict)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    response_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    latency_ms = models.FloatField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    # Every attempt: [{"at", "response_code", "latency_ms", "error"}].
+    log = models.JSONField(default=list, blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["webhook", "event", "object_id"], name="webhook_delivery_once")]
+        # The webhook page lists its deliveries, newest first; the sweep finds retries that are due.
+        indexes = [models.Index(fields=["webhook", "-created_at"], name="webhook_delivery_recent"),
+                   models.Index(fields=["status", "next_attempt_at"], name="webhook_delivery_due")]
+
+    def __str__(self) -> str:
+        return f"{self.event} → {self.webhook_id}: {self.status}"
+
+
+class WebhookCursor(models.Model):
+    """How far the event scan has read (one row): events are read from the rows runs, models,
+    images, services and pipelines already write, so none of those apps has to know about webhooks."""
+
+    name = models.CharField(max_length=32, unique=True)
+    scanned_until = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.scanned_until}"
+
+
+class DriftSignal(models.Model):
+    """Drift of a service's inputs or predictions, as the monitoring side saw it: it starts the
+    pipelines of that service that retrain on drift and is sent as the ``drift.detected`` event."""
+
+    workspace = models.ForeignKey("workspaces.Workspace", on_delete=models.CASCADE, related_name="+")
+    service = models.ForeignKey("deployments.Service", on_delete=models.CASCADE, related_name="drift_signals")
+    detail = models.JSONField(default=dict, blank=True, help_text="What drifted and by how much, as the detector says")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        # The webhook scan reads the newest signals.
+        indexes = [models.Index(fields=["created_at"], name="drift_signal_recent")]
+
+    def __str__(self) -> str:
+        return f"drift of {self.service_id} at {self.created_at}"

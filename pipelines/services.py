@@ -23,7 +23,8 @@ from workspaces.models import Role, Workspace
 from workspaces.services import activity_record, check_name, require_role
 
 FIELDS = ("name", "description", "project", "script", "args", "target", "output_path", "model_name", "service", "gate",
-          "mode", "when_busy", "rollout", "canary_weight", "canary_bake_seconds", "requirements_path", "enabled", "schedule", "trigger_on_data")
+          "mode", "when_busy", "rollout", "canary_weight", "canary_bake_seconds", "requirements_path", "enabled", "schedule", "trigger_on_data",
+          "trigger_on_drift")
 UPDATABLE = set(FIELDS) - {"project", "service"}
 
 
@@ -123,6 +124,7 @@ def _clean(workspace: Workspace, values: dict) -> dict:
     schedule = checks.parse_schedule(values.get("schedule"))
     out["schedule"] = schedule.text if schedule else ""
     out["trigger_on_data"] = _flag(values.get("trigger_on_data", False))
+    out["trigger_on_drift"] = _flag(values.get("trigger_on_drift", False))
     return out
 
 
@@ -321,3 +323,18 @@ def pipeline_run_cancel(*, pipeline_run: PipelineRun, user) -> PipelineRun:
     transaction.on_commit(lambda: start_pipeline.delay(pid))
     pipeline_run.refresh_from_db()
     return pipeline_run
+
+
+def drift_signal_record(*, service: Service, detail: dict | None = None):
+    """What the drift detector calls when a service's inputs or predictions drifted: records the
+    signal (sent to webhooks as ``drift.detected``) and starts the service's pipelines that
+    retrain on drift. Returns (signal, pipeline runs)."""
+    from pipelines.models import DriftSignal
+
+    detail = dict(detail or {})
+    with transaction.atomic():
+        signal = DriftSignal.objects.create(workspace_id=service.workspace_id, service=service, detail=detail)
+    summary = ", ".join(f"{k}={v}" for k, v in list(detail.items())[:5]) or "drift detected"
+    runs = [pipeline_trigger(pipeline=p, trigger=PipelineRun.Trigger.DRIFT, detail=summary[:500])
+            for p in Pipeline.objects.filter(service=service, trigger_on_drift=True, enabled=True)]
+    return signal, runs

@@ -47,3 +47,22 @@ def _trigger_on_new_data(sender, instance: ProjectFile, **kwargs) -> None:
             data_trigger.delay(key, paths)
 
     transaction.on_commit(send)
+
+
+def _drift_receiver(sender, service=None, report=None, trigger="", **kwargs) -> None:
+    """Model monitoring found the service drifted (once per episode): record it and start the
+    service's pipelines that retrain on drift, in a task (receivers must stay quick)."""
+    from pipelines.tasks import drift_trigger
+
+    features = [f.get("name") for f in (getattr(report, "features", None) or []) if isinstance(f, dict) and f.get("drifted")]
+    detail = {"report": getattr(report, "pk", None), "share_drifted": getattr(report, "share_drifted", None),
+              "features": features[:20], "trigger": trigger}
+    drift_trigger.delay(str(service.pk), detail)
+
+
+try:
+    from monitoring.signals import drift_detected
+except ImportError:  # a portal without model monitoring
+    drift_detected = None
+if drift_detected is not None:
+    drift_detected.connect(_drift_receiver, dispatch_uid="pipelines.drift")

@@ -58,3 +58,38 @@ def data_trigger(project_id: str, paths: list[str]) -> list[str]:
         run = services.pipeline_trigger(pipeline=pipeline, trigger=PipelineRun.Trigger.DATA, detail=detail)
         started.append(str(run.pk))
     return started
+
+
+@shared_task
+def deliver_webhook(delivery_id: str) -> float | None:
+    from pipelines import webhooks
+
+    wait = webhooks.delivery_attempt(delivery_id=delivery_id)
+    if wait is not None:
+        deliver_webhook.apply_async((delivery_id,), countdown=wait)
+    return wait
+
+
+@shared_task
+def scan_webhook_events() -> int:
+    """Beat: makes the deliveries of what happened since the last scan; re-sends lost retries."""
+    from pipelines import webhooks
+
+    made = webhooks.events_scan()
+    for delivery_id in webhooks.deliveries_due():
+        deliver_webhook.delay(delivery_id)
+    return made
+
+
+@shared_task
+def drift_trigger(service_id: str, detail: dict) -> list[str]:
+    """Model monitoring's drift event: a DriftSignal (the drift.detected webhook) and the pipelines
+    of the service that retrain on drift."""
+    from deployments.models import Service
+    from pipelines import services
+
+    service = Service.objects.filter(pk=service_id).first()
+    if service is None:
+        return []
+    _, runs = services.drift_signal_record(service=service, detail=detail)
+    return [str(r.pk) for r in runs]

@@ -9,4 +9,8 @@ urlpatterns = [
     path("pipelines/<str:ref>/delete/", views.pipeline_delete, name="pipeline-delete"),
     path("pipeline-runs/<str:ref>/", views.pipeline_run_detail, name="pipeline-run-detail"),
     path("pipeline-runs/<str:ref>/cancel/", views.pipeline_run_cancel, name="pipeline-run-cancel"),
+    path("webhooks/", views.webhook_list, name="webhook-list"),
+    path("webhooks/<str:ref>/", views.webhook_detail, name="webhook-detail"),
+    path("webhooks/<str:ref>/test/", views.webhook_test, name="webhook-test"),
+    path("webhooks/<str:ref>/delete/", views.webhook_delete, name="webhook-delete"),
 ]

@@ -58,11 +58,35 @@ def _pipeline(request, ref: str) -> Pipeline:
 
 @login_required
 def pipeline_detail(request, ref: str):
+    from pipelines.forms import PipelineEditForm
+
     pipeline = _pipeline(request, ref)
+    can_change = _can(request, pipeline)
+    initial = {f: getattr(pipeline, f) for f in ("gate", "schedule", "trigger_on_data", "trigger_on_drift", "mode",
+                                                  "rollout", "when_busy", "enabled")}
+    form = PipelineEditForm(request.POST if request.method == "POST" and can_change else None, initial=initial)
+    new_secret = ""
+    if request.method == "POST":
+        require_page_role(request, pipeline.workspace, Role.CONTRIBUTOR)
+        if request.POST.get("webhook") in ("new", "off"):
+            new_secret = services.pipeline_webhook_secret(pipeline=pipeline, user=request.user,
+                                                          enable=request.POST["webhook"] == "new")
+            if not new_secret:
+                messages.success(request, "The incoming webhook is off.")
+                return redirect("pipeline-detail", ref=str(pipeline.pk))
+        elif form.is_valid():
+            try:
+                services.pipeline_update(pipeline=pipeline, user=request.user, changes=form.cleaned_data)
+            except PortalError as exc:
+                _form_error(form, exc)
+            else:
+                messages.success(request, f"Pipeline '{pipeline.name}' saved.")
+                return redirect("pipeline-detail", ref=str(pipeline.pk))
     runs = pipeline.runs.select_related("model", "image", "run", "triggered_by").order_by("-number")
+    hook_url = request.build_absolute_uri(reverse("api-pipeline-hook", kwargs={"pk": pipeline.pk}))
     return render(request, "pipelines/pipeline_detail.html", {
-        "pipeline": pipeline, "page": paginate(request, runs), "can_change": _can(request, pipeline),
-        "can_delete": _can(request, pipeline, Role.OWNER),
+        "pipeline": pipeline, "page": paginate(request, runs), "can_change": can_change, "form": form,
+        "can_delete": _can(request, pipeline, Role.OWNER), "new_secret": new_secret, "hook_url": hook_url,
     })
 
 
@@ -119,3 +143,72 @@ def pipeline_run_cancel(request, ref: str):
     except PortalError as exc:
         messages.error(request, exc.message)
     return redirect("pipeline-run-detail", ref=str(run.pk))
+
+
+# --- outgoing webhooks ----------------------------------------------------------------------------
+
+def _webhook(request, ref: str):
+    from pipelines.models import Webhook
+
+    return get_scoped_or_404(request, Webhook.objects.select_related("workspace", "created_by"), ref)
+
+
+def _webhook_page(request, webhook, *, new_secret: str = ""):
+    return render(request, "pipelines/webhook_detail.html", {
+        "webhook": webhook, "page": paginate(request, webhook.deliveries.order_by("-created_at")),
+        "new_secret": new_secret, "can_test": _can(request, webhook), "can_delete": _can(request, webhook, Role.OWNER),
+    })
+
+
+@login_required
+def webhook_list(request):
+    from pipelines import webhooks
+    from pipelines.forms import WebhookForm
+    from pipelines.models import Webhook
+
+    qs = scoped(request, Webhook.objects.all()).order_by("name")
+    workspace = request.workspace
+    can_create = workspace is not None and has_role(role_in(request.user, workspace.pk), Role.OWNER)
+    form = WebhookForm(request.POST if request.method == "POST" and can_create else None)
+    if request.method == "POST":
+        if not can_create:
+            raise Http404("Only the workspace's owners create webhooks.")
+        if form.is_valid():
+            try:
+                webhook = webhooks.webhook_create(workspace=workspace, user=request.user, **form.cleaned_data)
+            except PortalError as exc:
+                _form_error(form, exc)
+            else:
+                # The secret is shown on this answer only (never stored in a message or a cookie).
+                return _webhook_page(request, webhook, new_secret=webhook.secret)
+    return render(request, "pipelines/webhook_list.html", {"page": paginate(request, qs), "form": form,
+                                                           "can_create": can_create})
+
+
+@login_required
+def webhook_detail(request, ref: str):
+    return _webhook_page(request, _webhook(request, ref))
+
+
+@login_required
+@require_POST
+def webhook_test(request, ref: str):
+    from pipelines import webhooks
+
+    webhook = _webhook(request, ref)
+    require_page_role(request, webhook.workspace, Role.CONTRIBUTOR)
+    webhooks.webhook_send_test(webhook=webhook, user=request.user)
+    messages.success(request, "A test delivery is on its way: it appears below with the receiver's answer.")
+    return redirect("webhook-detail", ref=str(webhook.pk))
+
+
+@login_required
+@require_POST
+def webhook_delete(request, ref: str):
+    from pipelines import webhooks
+
+    webhook = _webhook(request, ref)
+    require_page_role(request, webhook.workspace, Role.OWNER)
+    webhooks.webhook_delete(webhook=webhook, user=request.user)
+    messages.success(request, f"Webhook '{webhook.name}' deleted.")
+    return redirect("webhook-list")

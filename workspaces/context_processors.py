@@ -12,6 +12,7 @@ NAV = [
     ("Images", "image-list", "▣"),
     ("Services", "service-list", "⚡"),
     ("Pipelines", "pipeline-list", "⟳"),
+    ("Webhooks", "webhook-list", "↗"),
     ("Environments", "environment-list", "☁"),
     ("Storage", "storage", "▤"),
     ("Activity", "activity-list", "≡"),

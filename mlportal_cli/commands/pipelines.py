@@ -53,6 +53,8 @@ def pipeline_create(ctx: Context):
         body["trigger_on_data"] = True
     if ctx.arg("webhook"):
         body["webhook"] = True
+    if ctx.arg("on_drift"):
+        body["trigger_on_drift"] = True
     pipeline = ctx.client.post("pipelines/", body)
     ctx.progress(f"Created pipeline {pipeline['name']}: {pipeline['project']}/{pipeline['script']} → service "
                  f"{pipeline['service']}. Start it with 'mlportal pipeline run -n {pipeline['name']}'.")
@@ -61,6 +63,21 @@ def pipeline_create(ctx: Context):
     if pipeline.get("webhook_secret"):
         ctx.progress(f"Incoming webhook: POST {pipeline['webhook_url']} with X-MLPortal-Signature-256: "
                      f"sha256=<HMAC-SHA256(secret, body)>; secret (shown this once): {pipeline['webhook_secret']}")
+    return Result(pipeline)
+
+
+def pipeline_update(ctx: Context):
+    body = {}
+    for key in ("gate", "schedule", "output_path", "mode", "when_busy", "rollout", "script", "requirements_path"):
+        if ctx.arg(key) is not None:
+            body[key] = ctx.arg(key)
+    for key, flag in (("trigger_on_data", "on_data"), ("trigger_on_drift", "on_drift"), ("enabled", "enabled")):
+        if ctx.arg(flag) is not None:
+            body[key] = ctx.arg(flag) == "on"
+    if not body:
+        raise CliError("say what to change, e.g. --gate \"DTree Accuracy >= served\" or --schedule \"0 3 * * *\"")
+    pipeline = ctx.client.patch(f"pipelines/{_q(_name(ctx))}/", body)
+    ctx.progress(f"Pipeline {pipeline['name']} saved.")
     return Result(pipeline)
 
 
@@ -149,8 +166,25 @@ def register(subparsers) -> None:
                         help="a project file replacing the served manifest's requirements.txt")
     parser.add_argument("--schedule", metavar="CRON", help='retrain on a schedule: "0 3 * * *" (UTC) or "every 6 hours"')
     parser.add_argument("--on-data", action="store_true", help="retrain when a file under the project's data/ changes")
+    parser.add_argument("--on-drift", action="store_true", help="retrain when the service's drift detector signals drift")
     parser.add_argument("--webhook", action="store_true", help="give it an incoming webhook (its secret is printed once)")
     parser.add_argument("-d", "--description", help="a description")
+
+    parser = add_command(group, "update", help="Change a pipeline's gate, schedule, triggers or mode (an empty value clears it).",
+                         example='mlportal pipeline update -n churn-retrain --schedule "every 6 hours" --on-data on\n'
+                                 'mlportal pipeline update -n churn-retrain --gate ""', func=pipeline_update)
+    parser.add_argument("-n", "--name", dest="pipeline", required=True, metavar="NAME", help="the pipeline")
+    parser.add_argument("--gate", help='the gate ("" for none)')
+    parser.add_argument("--schedule", help='a cron line (UTC), "every N minutes", or "" for none')
+    parser.add_argument("--script", help="the training script")
+    parser.add_argument("--output-path", dest="output_path", metavar="PATH", help="the run output to register")
+    parser.add_argument("--requirements", dest="requirements_path", metavar="PATH", help='a project file, or "" for the manifest\'s')
+    parser.add_argument("--mode", choices=["deploy", "register_only"])
+    parser.add_argument("--when-busy", choices=["queue", "skip"])
+    parser.add_argument("--rollout", choices=["rolling", "canary"])
+    parser.add_argument("--on-data", choices=["on", "off"], help="retrain when a file under data/ changes")
+    parser.add_argument("--on-drift", choices=["on", "off"], help="retrain when the service's inputs drift")
+    parser.add_argument("--enabled", choices=["on", "off"], help="automatic triggers on or off")
 
     parser = add_command(group, "run", help="Retrain now: start a pipeline run (--wait follows its steps).",
                          example="mlportal pipeline run -n churn-retrain --wait", func=pipeline_run)

@@ -21,6 +21,6 @@ def test_the_report_says_the_ratio_per_connection_count_and_the_goal():
     lines = bench.report(figures, [1, 16], captured=12300, expected=12300, dropped=0)
     ratios = dict(filter(None, (common.parse_ratio_line(line) for line in lines)))
     assert ratios["capture c=1"]["throughput_ratio"] == 0.95 and ratios["capture c=16"]["throughput_ratio"] == 0.85
-    assert lines[0].startswith("rows captured and pulled: 12300 of 12300") and lines[-1].endswith("missed")
+    assert lines[0].startswith("rows captured and pulled: 12300 for 12300 requests") and lines[-1].endswith("missed")
     figures["capture"][16] = load(950, 16.0, 9500)
     assert bench.report(figures, [1, 16], captured=1, expected=1, dropped=0)[-1].endswith("met")

@@ -93,12 +93,6 @@ def test_env_setup_set_and_show_follow_the_lab(cli, login, owner, workspace):
     assert table[0].split()[:3] == ["Name", "Kind", "Active"] and table[2].split()[:3] == ["staging", "local", "*"]
 
 
-def test_env_setup_with_cluster_is_refused_by_the_portal(cli, login, owner, workspace):
-    login(owner)
-    assert_one_error_line(cli("env", "setup", "-n", "aks", "--cluster"),
-                          contains="cluster (Kubernetes) environments are not available yet")
-
-
 def test_env_delete_removes_it(cli, login, owner, workspace):
     login(owner)
     cli("env", "setup", "-n", "staging")

@@ -35,10 +35,10 @@ def test_an_unreachable_engine_shows_down_with_the_engines_error(owner_api):
     assert body["engine"]["ok"] is False and "127.0.0.1:1" in body["engine"]["error"]
 
 
-def test_cluster_environments_are_refused_with_a_message(owner_api):
-    response = create(owner_api, "aks", kind="cluster")
+def test_an_unknown_kind_is_refused_with_the_kinds_there_are(owner_api):
+    response = create(owner_api, "aks", kind="kubernetes")
     assert response.status_code == 400
-    assert "cluster (Kubernetes) environments are not available yet" in response.json()["error"]["message"]
+    assert "use 'local' or 'cluster' (a Docker Swarm)" in response.json()["error"]["message"]
     assert "kind" in response.json()["error"]["fields"]
     assert not Environment.objects.exists()
 

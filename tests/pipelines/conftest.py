@@ -46,3 +46,16 @@ def recorded_service(owner, workspace):
                                       proxy_key="k3", created_by=user)
 
     return make
+
+
+@pytest.fixture
+def register_model_api():
+    """register_model_api(api) -> the response of uploading a small model file as model.pkl."""
+    import io
+
+    def register(api):
+        handle = io.BytesIO(b"not really a pickle")
+        handle.name = "model.pkl"
+        return api.post("/api/v1/models/", {"name": "model.pkl", "file": handle}, format="multipart")
+
+    return register

@@ -2,10 +2,11 @@
 template's training script, the scoring gateway (ASGI server) and the CLI.
 
 One service is shared by every assertion (the suite runs on 2 cores): a gate that fails, a run
-that fails, a retraining that moves it to model.pkl v2 (a call before and after through the same
-URL with the same key; the answer's header names the version), two triggers at once giving one
-update, and a build that fails; each failure leaves the version before it serving, with the reason
-on the pipeline run.
+that fails, a changed data file (uploaded at the same moment as a trigger by hand: one update)
+that retrains it onto model.pkl v2 (a call before and after through the same URL with the same
+key; the answer's header names the version), and a build that fails (its run a quick script that
+writes a small model, so the test trains the churn model twice only); each failure leaves the
+version before it serving, with the reason on the pipeline run.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import threading
 import urllib.parse
 
 import pytest
+import requests
 
 from pipelines.models import PipelineRun
 from tests.cli.conftest import assert_one_error_line, cli  # noqa: F401
@@ -21,12 +23,17 @@ from tests.deployments.conftest import SAMPLE_REQUEST, wait_for
 from tests.gateway.conftest import gateway, gateway_server_process  # noqa: F401
 from tests.helpers import wait_until
 from tests.pipelines.conftest import CHURN_SCRIPT
+from tests.runtime.conftest import TEMPLATE
+
+DATA_FILE = "CATelcoCustomerChurnTrainingSample.csv"
 
 pytestmark = [pytest.mark.docker, pytest.mark.integration, pytest.mark.e2e]
 
 EXTRA_FILES = {
     "fail.py": b"import sys\nprint('the training data is unreadable', flush=True)\nsys.exit(3)\n",
     "broken-requirements.txt": b"no-such-package-mlportal-xyz==1.0\n",
+    "tiny_model.py": (b"import os, pickle\nos.makedirs('outputs', exist_ok=True)\n"
+                      b"pickle.dump({'weights': [1, 2, 3]}, open('outputs/model.pkl', 'wb'))\n"),
 }
 
 
@@ -80,27 +87,44 @@ def test_a_retraining_pipeline_moves_the_service_to_v2_at_the_same_url_and_keys(
     assert "keeps serving model.pkl:1" in prun["reason"]
     assert served_version(gateway, key) == "model.pkl:1"
 
-    # 3. Two triggers at once give one retraining, which moves the service to v2: same URL, same key;
-    # its environment is labelled production, so the model's production alias moves to v2.
+    # 3. New data: a changed data file, uploaded at the same moment as a trigger by hand, gives one
+    # retraining, which moves the service to v2: same URL, same key. Its environment is labelled
+    # production, so the model's production alias moves to v2.
     environment = owner_api.get("/api/v1/services/churnpred/").json()["environment"]
     assert owner_api.patch(f"/api/v1/environments/{environment}/", {"labels": {"stage": "production"}},
                            format="json").status_code == 200
     assert owner_api.patch("/api/v1/pipelines/churn-retrain/", {"script": CHURN_SCRIPT, "gate": "DTree Accuracy >= 0.5",
-                                                               "when_busy": "skip"}, format="json").status_code == 200
-    answers = []
+                                                               "when_busy": "skip", "trigger_on_data": True},
+                           format="json").status_code == 200
+    auth = {"Authorization": f"Bearer {secret}"}
+    data = (TEMPLATE / "data" / DATA_FILE).read_bytes() + b"\n"  # changed bytes, the same customers
+    answers = {}
 
-    def trigger():
-        answers.append(gateway.request("POST", "/api/v1/pipelines/churn-retrain/run/", b"",
-                                       headers={"Authorization": f"Bearer {secret}"})[2])
+    def upload():
+        answers["upload"] = requests.post(f"{gateway.url}/api/v1/projects/{project.pk}/upload/", headers=auth, timeout=60,
+                                          files={"file": (DATA_FILE, data)}, data={"path": f"data/{DATA_FILE}"})
 
-    threads = [threading.Thread(target=trigger) for _ in range(2)]
+    def by_hand():
+        answers["manual"] = requests.post(f"{gateway.url}/api/v1/pipelines/churn-retrain/run/", headers=auth, timeout=60)
+
+    threads = [threading.Thread(target=upload), threading.Thread(target=by_hand)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert sorted(a["status"] for a in answers) == ["queued", "skipped"], answers
-    going = next(a for a in answers if a["status"] == "queued")
-    prun = finished(owner_api, going["id"])
+    assert answers["upload"].status_code == 201 and answers["manual"].status_code == 202, answers
+    def retrained():
+        phase = PipelineRun.objects.filter(number__gte=3)
+        seen_data = phase.filter(trigger="data").exists() or phase.filter(trigger_detail__contains="also data").exists()
+        return seen_data and phase.exists() and not phase.filter(status__in=["queued", "running"]).exists()
+
+    wait_until(retrained, timeout=300, interval=0.5, message="the retraining on new data to end")
+    phase = list(PipelineRun.objects.filter(number__gte=3).order_by("number"))
+    done = [r for r in phase if r.status != "skipped"]
+    assert len(done) == 1, [(r.number, r.status, r.trigger, r.reason) for r in phase]
+    mentioned = {r.trigger for r in phase} | ({"data"} if "also data: data/" in done[0].trigger_detail else set())
+    assert mentioned == {"data", "manual"}, [(r.trigger, r.trigger_detail) for r in phase]
+    prun = owner_api.get(f"/api/v1/pipeline-runs/{done[0].pk}/").json()
     assert prun["status"] == "succeeded", prun
     assert [s["status"] for s in prun["steps"]] == ["succeeded"] * 6
     assert (prun["model"], prun["served_model"], prun["revision"]) == ("model.pkl:2", "model.pkl:1", 2)
@@ -112,10 +136,14 @@ def test_a_retraining_pipeline_moves_the_service_to_v2_at_the_same_url_and_keys(
     assert [r["number"] for r in service["revisions"]] == [2, 1]  # one update, not two
     production = json.loads(cli("model", "alias", "list", "-n", "model.pkl", "--alias", "production", "-o", "json").out)
     assert [(p["version"], p["until"]) for p in production] == [(2, None)]
-    assert "pipeline churn-retrain run #3 deployed it to service 'churnpred' (revision 2)" in production[0]["reason"]
+    assert (f"pipeline churn-retrain run #{prun['number']} deployed it to service 'churnpred' (revision 2)"
+            in production[0]["reason"])
+
+    prun_number = prun["number"]
 
     # 4. A build that fails (a requirement no index has): v2 keeps serving.
-    assert owner_api.patch("/api/v1/pipelines/churn-retrain/", {"requirements_path": "broken-requirements.txt", "gate": ""},
+    assert owner_api.patch("/api/v1/pipelines/churn-retrain/", {"requirements_path": "broken-requirements.txt", "gate": "",
+                                                               "script": "tiny_model.py"},
                            format="json").status_code == 200
     prun = finished(owner_api, owner_api.post("/api/v1/pipelines/churn-retrain/run/").json()["id"])
     assert prun["status"] == "failed" and "Step image failed: Image churnpred:3 failed to build" in prun["reason"], prun
@@ -124,9 +152,9 @@ def test_a_retraining_pipeline_moves_the_service_to_v2_at_the_same_url_and_keys(
 
     # The history in the CLI; an outsider sees none of it.
     listing = cli("pipeline", "show", "-n", "churn-retrain", "--runs", "-o", "json")
-    assert [r["status"] for r in json.loads(listing.out)] == ["failed", "skipped", "succeeded", "failed", "failed"]
-    steps_table = cli("pipeline", "show", "-n", "churn-retrain", "--run", "3")
+    assert [r["status"] for r in json.loads(listing.out) if r["status"] != "skipped"] == ["failed", "succeeded", "failed", "failed"]
+    steps_table = cli("pipeline", "show", "-n", "churn-retrain", "--run", str(prun_number))
     assert steps_table.code == 0 and "deploy" in steps_table.out and "revision 2" in steps_table.out
     assert outsider_api.get("/api/v1/pipelines/churn-retrain/").status_code == 404
-    assert outsider_api.get(f"/api/v1/pipeline-runs/{going['id']}/").status_code == 404
+    assert outsider_api.get(f"/api/v1/pipeline-runs/{done[0].pk}/").status_code == 404
     assert PipelineRun.objects.filter(status__in=["queued", "running"]).count() == 0

@@ -116,3 +116,64 @@ def test_register_only_registers_the_next_version_and_leaves_the_service(owner, 
     # Queued behind nothing: the next trigger starts at once.
     again = services.pipeline_trigger(pipeline=pipeline, user=owner)
     assert worker.pipeline_start_next(pipeline_id=pipeline.pk) == str(again.pk)
+
+
+def _at_deploy(owner, workspace, project, service, **fields):
+    """A running pipeline run whose last step is next, with a second built image of the service."""
+    from registry.models import Image
+
+    pipeline = services.pipeline_create(workspace=workspace, user=owner, name="p", project=project, script="train.py",
+                                        service=service, **fields)
+    new = Image.objects.create(workspace=workspace, name=service.image.name, version=2, manifest=service.image.manifest,
+                               tag="mlportal/x-churnpred:2", status=Image.Status.SUCCEEDED, created_by=owner)
+    prun = services.pipeline_trigger(pipeline=pipeline, user=owner)
+    PipelineRun.objects.filter(pk=prun.pk).update(status="running", image=new)
+    prun.refresh_from_db()
+    return prun, prun.steps.get(name="deploy"), new
+
+
+def test_a_canary_deploy_is_promoted_once_baked(owner, workspace, project, recorded_service):
+    from deployments.models import Service, ServiceRevision
+
+    service = recorded_service()
+    prun, step, new = _at_deploy(owner, workspace, project, service, rollout="canary", canary_weight=20,
+                                 canary_bake_seconds=30)
+    assert worker._step_deploy(prun, step) == worker.WAITING
+    service.refresh_from_db()
+    assert (service.rollout["mode"], service.rollout["weight"], service.rollout["image"]) == ("canary", 20, str(new.pk))
+    # The gateway's worker starts it and, after the bake period, marks it baked: the pipeline promotes.
+    Service.objects.filter(pk=service.pk).update(rollout={**service.rollout, "status": "running", "revision": 2, "baked": True})
+    assert worker._step_deploy(prun, step) == worker.WAITING
+    service.refresh_from_db()
+    assert service.rollout["status"] == "promoting"
+    # Promoted: the new image is live.
+    ServiceRevision.objects.create(service=service, number=2, image=new, image_ref=new.ref, reason="canary")
+    Service.objects.filter(pk=service.pk).update(rollout={}, image=new)
+    outcome = worker._step_deploy(prun, step)
+    assert outcome.status == "done" and "revision 2" in outcome.message
+
+
+def test_a_canary_rolled_back_fails_the_deploy_with_the_reason(owner, workspace, project, recorded_service):
+    from deployments.models import Service
+
+    service = recorded_service()
+    prun, step, _ = _at_deploy(owner, workspace, project, service, rollout="canary")
+    assert worker._step_deploy(prun, step) == worker.WAITING
+    Service.objects.filter(pk=service.pk).update(
+        rollout={}, last_update_error="Canary revision 2 rolled back automatically: error rate 40% against 0%.")
+    outcome = worker._step_deploy(prun, step)
+    assert outcome.status == "failed" and "rolled back automatically: error rate 40%" in outcome.message
+
+
+def test_a_busy_service_makes_the_deploy_wait_not_fail(owner, workspace, project, recorded_service):
+    from deployments.models import Service
+
+    service = recorded_service()
+    prun, step, new = _at_deploy(owner, workspace, project, service)
+    Service.objects.filter(pk=service.pk).update(status="updating")
+    assert worker._step_deploy(prun, step) == worker.WAITING
+    assert "Waiting: Service 'churnpred' is updating" in step.log and not step.state.get("asked")
+    Service.objects.filter(pk=service.pk).update(status="healthy")
+    assert worker._step_deploy(prun, step) == worker.WAITING and step.state["asked"]
+    service.refresh_from_db()
+    assert service.status == "updating" and service.pending["image"] == str(new.pk)
