@@ -9,6 +9,7 @@ delete them when it fails; files that a committed change no longer needs go with
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -48,11 +49,13 @@ def chunks_of(content: bytes | IO[bytes] | Iterable[bytes]) -> Iterator[bytes]:
     yield from content
 
 
-class _Metered:
+class _Metered(io.RawIOBase):
     """A read-only stream over ``content`` that hashes and counts what passes through and stops
-    past ``limit`` (no seek: storage reads it once, straight to its file, with no spooled copy)."""
+    past ``limit`` (no seek: storage reads it once, straight to its file, with no spooled copy).
+    A real io object (``closed``, ``readable``, ``seekable``), as the S3 storage's upload asks for them."""
 
     def __init__(self, content, limit: int | None, what: str, field: str) -> None:
+        super().__init__()
         self.pieces = chunks_of(content)
         self.buffer = b""
         self.limit, self.what, self.field = limit, what, field
@@ -72,6 +75,9 @@ class _Metered:
             raise PayloadTooLarge(message, fields={self.field: message})
         self.digest.update(data)
         return data
+
+    def readable(self) -> bool:
+        return True
 
 
 def save_file(name: str, content: bytes | IO[bytes] | Iterable[bytes], *, limit: int | None = None,

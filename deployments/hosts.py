@@ -12,6 +12,10 @@ exact address, or a network made only of such addresses): a broad network such a
 connection any part of the portal opens (worker, reconciler, a page) is checked at the moment it
 is made, with the name resolved then and the connection pinned to the address that was checked.
 The portal's own engine (``DOCKER_HOST``, empty engine URL) is the administrator's and always allowed.
+
+``check_public_host`` is the rule for addresses the portal POSTs to on a user's behalf (outgoing
+webhooks): any public address, but no private, loopback, link-local, reserved or own address unless
+the administrator lists it (``MLPORTAL_WEBHOOK_HOSTS``), so a webhook cannot probe the portal's network.
 """
 from __future__ import annotations
 
@@ -156,3 +160,25 @@ def guard_engine_url(url: str | None) -> str | None:
     except NotAllowed as exc:
         raise EngineNotAllowed(f"Not connecting to {url}: {exc}") from None
     return url
+
+
+def check_public_host(host: str, allowed: list[str], *, setting: str, resolve: bool = True) -> list[Address]:
+    """Returns the addresses of ``host`` when each is public or listed in ``allowed``; raises
+    NotAllowed naming ``setting``. With ``resolve=False`` a name that does not resolve passes
+    (checked again when the portal connects)."""
+    host = host.strip().lower().rstrip(".").strip("[]")
+    names, networks = _entries(allowed)
+    try:
+        addresses = _resolve(host)
+    except NotAllowed:
+        if resolve:
+            raise
+        return []
+    for address in addresses:
+        if host in names or str(address) in names or any(address in n for n in networks):
+            continue
+        if _special(address) or address.is_private or address.is_reserved or not address.is_global:
+            raise NotAllowed(f"{host} is a private, loopback, link-local or the portal's own address ({address}), which "
+                             f"the portal does not send to unless its administrator lists it in {setting}: use a public "
+                             "address of the receiver.")
+    return addresses

@@ -208,9 +208,9 @@ if MLPORTAL_STORAGE == "s3":
         "default_acl": None,  # private objects; the portal streams every download itself
         "querystring_auth": True,
     }
-    STORAGES["default"] = {"BACKEND": "workspaces.s3storage.PortalS3Storage",
+    STORAGES["default"] = {"BACKEND": "core.s3storage.PortalS3Storage",
                            "OPTIONS": {**_s3, "location": _prefix}}
-    STORAGES["capture"] = {"BACKEND": "workspaces.s3storage.PortalS3Storage",
+    STORAGES["capture"] = {"BACKEND": "core.s3storage.PortalS3Storage",
                            "OPTIONS": {**_s3, "location": f"{_prefix}/capture".lstrip("/")}}
 
 # Request size caps: JSON/form bodies and file uploads (413 beyond them, see workspaces.middleware).
@@ -236,6 +236,8 @@ MLPORTAL_DOCKER_URL = env_str("DOCKER_HOST") or None  # None: the local engine
 # Loopback, link-local, 0.0.0.0 and the portal's own addresses need to be listed themselves.
 MLPORTAL_ENGINE_HOSTS = env_list("MLPORTAL_ENGINE_HOSTS", [])
 MLPORTAL_PUBLISH_ADDRESSES = env_list("MLPORTAL_PUBLISH_ADDRESSES", ["127.0.0.1"])
+# Private, loopback and own addresses an outgoing webhook may be sent to (public ones always may).
+MLPORTAL_WEBHOOK_HOSTS = env_list("MLPORTAL_WEBHOOK_HOSTS", [])
 MLPORTAL_ENGINE_SSH = env_bool("MLPORTAL_ENGINE_SSH", False)
 MLPORTAL_CACHE_DIR = env_path("MLPORTAL_CACHE_DIR", Path.home() / ".cache" / "mlportal")
 MLPORTAL_WHEEL_CACHE = env_path("MLPORTAL_WHEEL_CACHE", MLPORTAL_CACHE_DIR / "wheels")

@@ -28,6 +28,7 @@ from django.utils import timezone
 
 from pipelines.models import PipelineRun, Webhook, WebhookCursor, WebhookDelivery
 from core.errors import PortalError
+from deployments.hosts import NotAllowed, check_public_host
 from workspaces.models import Role, Workspace
 from workspaces.services import activity_record, check_name, require_role
 
@@ -50,6 +51,10 @@ def check_url(value: Any) -> str:
         raise PortalError(message, code="invalid_url", fields={"url": message})
     if len(text) > 500:
         raise PortalError("The webhook URL is too long (at most 500 characters).", fields={"url": "Too long."})
+    try:  # a name that does not resolve yet passes; every delivery checks again
+        check_public_host(parts.hostname, settings.MLPORTAL_WEBHOOK_HOSTS, setting="MLPORTAL_WEBHOOK_HOSTS", resolve=False)
+    except NotAllowed as exc:
+        raise PortalError(str(exc), code="invalid_url", fields={"url": str(exc)}) from None
     return text
 
 
@@ -254,10 +259,15 @@ def delivery_attempt(*, delivery_id) -> float | None:
         started = time.monotonic()
         code, error = None, ""
         try:
+            # Checked at each attempt: a name may since resolve to an address of the portal's network.
+            check_public_host(urlsplit(webhook.url).hostname or "", settings.MLPORTAL_WEBHOOK_HOSTS,
+                              setting="MLPORTAL_WEBHOOK_HOSTS")
             response = requests.post(webhook.url, data=body, headers=headers, timeout=TIMEOUT_SECONDS, allow_redirects=False)
             code = response.status_code
             if not 200 <= code < 300:
                 error = f"the receiver answered {code}" + (" (a redirect: the portal does not follow them)" if 300 <= code < 400 else "")
+        except NotAllowed as exc:
+            error = f"not sent: {exc}"
         except requests.RequestException as exc:
             error = f"{type(exc).__name__}: {str(exc)[:300]}"
         latency = round((time.monotonic() - started) * 1000, 1)

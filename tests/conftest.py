@@ -41,6 +41,7 @@ def local_runs_setting():
     settings.MLPORTAL_LOCAL_RUN_ROOT = LOCAL_RUN_ROOT
     settings.MLPORTAL_ENGINE_HOSTS = list(TEST_ENGINE_HOSTS)
     settings.MLPORTAL_PUBLISH_ADDRESSES = ["127.0.0.1", "10.0.0.0/8"]
+    settings.MLPORTAL_WEBHOOK_HOSTS = ["127.0.0.1"]  # the tests' receivers listen here
 
 
 @pytest.fixture
@@ -156,6 +157,7 @@ def worker_env(db_settings: dict) -> dict[str, str]:
     env["MLPORTAL_LOCAL_RUN_ROOT"] = str(LOCAL_RUN_ROOT)
     env["MLPORTAL_ENGINE_HOSTS"] = ",".join(TEST_ENGINE_HOSTS)
     env["MLPORTAL_PUBLISH_ADDRESSES"] = "127.0.0.1,10.0.0.0/8"
+    env["MLPORTAL_WEBHOOK_HOSTS"] = "127.0.0.1"
     return env
 
 

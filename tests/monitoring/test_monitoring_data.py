@@ -227,11 +227,10 @@ def test_age_shifted_by_30_is_flagged_as_drifted_on_age_alone(service, owner_api
     assert Activity.objects.filter(verb="service.drift_detected").count() == 1
     assert len(heard) == 1 and heard[0]["service"].pk == service.pk and heard[0]["trigger"] == "demand"
     assert heard[0]["report"].pk == answer.json()["id"]
-    # The retraining pipelines hear of it too (a DriftSignal, sent to webhooks as drift.detected).
-    from pipelines.models import DriftSignal
+    # The retraining pipelines subscribe to the same signal (pipelines/signals.py), exactly once.
+    from pipelines.signals import _drift_receiver
 
-    (signal,) = DriftSignal.objects.filter(service=service)
-    assert signal.detail["features"] == "age" and signal.detail["trigger"] == "demand"
+    assert [r for r in drift_detected._live_receivers(DriftReport)[0] if r is _drift_receiver] == [_drift_receiver]
     # The same episode again (still drifted) raises no second event; the schedule computes too.
     assert worker.compute_scheduled_drift() == 1
     assert ServiceEvent.objects.filter(service=service, message__startswith="Drift").count() == 1

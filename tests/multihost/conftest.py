@@ -15,7 +15,6 @@ How the second "host" reaches things, as a real one would over its network:
 """
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import json
 import os
@@ -25,7 +24,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -36,15 +34,6 @@ from tests.real_parts import missing_part
 REPO = Path(__file__).resolve().parents[2]
 BUCKET = "mlportal-test"
 S3_KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-IMAGE_REPOSITORY = "mlportal-portal-test"
-BASE_IMAGE = "python:3.11-slim"  # the Dockerfile's default base (never rebuilt here)
-IMAGE_LABEL = "mlportal.test.portal-image"
-# What the Dockerfile copies (besides itself); the image is keyed by a hash of all of it.
-COPIED = ("pyproject.toml", "README.md", "manage.py", "mlportal", "workspaces", "runs", "registry", "deployments",
-          "gateway", "monitoring", "retention", "compute", "mlportal_runtime", "mlportal_cli", "azureml", "templates",
-          "static", "docker/wheels/README.md")
-ASSETS = "node_modules/chart.js/dist"
-WHEEL_CACHE = Path(os.environ.get("MLPORTAL_CACHE_DIR", Path.home() / ".cache" / "mlportal")) / "portal-image-wheels"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -123,8 +112,8 @@ def s3_storages(settings, s3_server, s3_bucket):
     """This process's default and capture storages on the test bucket (as MLPORTAL_STORAGE=s3 sets)."""
     settings.STORAGES = {
         **settings.STORAGES,
-        "default": {"BACKEND": "workspaces.s3storage.PortalS3Storage", "OPTIONS": s3_server.storage_options(s3_bucket)},
-        "capture": {"BACKEND": "workspaces.s3storage.PortalS3Storage",
+        "default": {"BACKEND": "core.s3storage.PortalS3Storage", "OPTIONS": s3_server.storage_options(s3_bucket)},
+        "capture": {"BACKEND": "core.s3storage.PortalS3Storage",
                     "OPTIONS": s3_server.storage_options(s3_bucket, "capture")},
     }
     return s3_bucket
@@ -132,92 +121,17 @@ def s3_storages(settings, s3_server, s3_bucket):
 
 # --- the portal's own image ------------------------------------------------------------------------
 
-def _copied_files() -> list[Path]:
-    files: list[Path] = [REPO / "Dockerfile"]
-    for name in COPIED:
-        path = REPO / name
-        if path.is_file():
-            files.append(path)
-        else:
-            files.extend(p for p in sorted(path.rglob("*")) if p.is_file() and "__pycache__" not in p.parts)
-    return files
-
-
-def _content_hash(files: list[Path], assets: Path) -> str:
-    digest = hashlib.sha256()
-    for path in files + sorted(p for p in assets.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(REPO).as_posix().encode() + b"\0")
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-def _wheels_for(context: Path) -> None:
-    """The image's Python packages as wheels, so its build installs them without an index (a build
-    container here reaches PyPI only through a proxy whose certificate is this host's). This host's
-    pip fetches them first (its cache, its configuration); then pip in a throwaway container of the
-    base image adds what that Python's markers need on top (redis wants async-timeout below 3.11.3),
-    held to the versions this host chose."""
-    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"] + ["setuptools>=68", "wheel"]
-    WHEEL_CACHE.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="mlportal-wheels-") as tmp:
-        work = Path(tmp)
-        (work / "requirements.txt").write_text("\n".join(deps) + "\n")
-        pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
-        subprocess.run([*pip, "download", "--quiet", "--only-binary", ":all:", "--dest", str(WHEEL_CACHE),
-                        "--find-links", str(WHEEL_CACHE), "-r", str(work / "requirements.txt")], check=True, timeout=900)
-        subprocess.run([*pip, "install", "--quiet", "--dry-run", "--ignore-installed", "--no-index", "--only-binary",
-                        ":all:", "--find-links", str(WHEEL_CACHE), "--report", str(work / "report.json"),
-                        "-r", str(work / "requirements.txt")], check=True, timeout=900)
-        chosen = json.loads((work / "report.json").read_text())["install"]
-        (work / "constraints.txt").write_text("".join(f"{i['metadata']['name']}=={i['metadata']['version']}\n"
-                                                      for i in chosen))
-        mounts = ["-v", f"{WHEEL_CACHE}:/wheels", "-v", f"{work}:/work:ro"]
-        cert = []
-        if Path("/etc/ssl/certs/ca-certificates.crt").exists():
-            mounts += ["-v", "/etc/ssl/certs/ca-certificates.crt:/host-ca.crt:ro"]
-            cert = ["--cert", "/host-ca.crt"]
-        script = ("python3 -m venv /tmp/v && /tmp/v/bin/pip download --quiet --disable-pip-version-check "
-                  f"--only-binary :all: {' '.join(cert)} --find-links /wheels --dest /wheels "
-                  "-c /work/constraints.txt -r /work/requirements.txt")
-        fill = docker("run", "--rm", *mounts, BASE_IMAGE, "sh", "-c", script, check=False, timeout=900)
-        if fill.returncode != 0:
-            pytest.fail(f"fetching the image's wheels for its Python failed:\n{(fill.stdout + fill.stderr)[-3000:]}")
-    target = context / "docker" / "wheels"
-    for wheel in WHEEL_CACHE.glob("*.whl"):
-        shutil.copy(wheel, target / wheel.name)
-
-
 @pytest.fixture(scope="session")
 def portal_image() -> str:
-    """The tag of an image built from the portal's Dockerfile with this checkout's code; built once
-    per content hash (of the Dockerfile and every file it copies) and kept in the engine, so a second
-    test session reuses it. Older images of this fixture are removed when a new one is built."""
+    """The tag of the image of the portal's Dockerfile with this checkout's code (tests/multihost/image.py)."""
+    from tests.multihost.image import ImageError, ensure_portal_image
+
     if shutil.which("docker") is None or docker("info", check=False).returncode != 0:
         missing_part("Docker engine", "docker info failed (scripts/start_services.sh starts it)")
-    assets = REPO / ASSETS
-    if not assets.is_dir():
-        pytest.fail(f"{ASSETS} is missing: run `make install` (npm install) first; the Dockerfile copies it")
-    files = _copied_files()
-    content = _content_hash(files, assets)
-    tag = f"{IMAGE_REPOSITORY}:{content[:16]}"
-    if docker("image", "inspect", tag, check=False).returncode == 0:
-        return tag
-    with tempfile.TemporaryDirectory(prefix="mlportal-image-") as tmp:
-        context = Path(tmp)
-        for path in files:
-            (context / path.relative_to(REPO)).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(path, context / path.relative_to(REPO))
-        shutil.copytree(assets, context / ASSETS)
-        _wheels_for(context)
-        build = subprocess.run(["docker", "build", "--build-arg", "PIP_NO_INDEX=1", "--label", f"{IMAGE_LABEL}={content}",
-                                "-t", tag, str(context)], capture_output=True, text=True, timeout=900,
-                               env={**os.environ, "DOCKER_BUILDKIT": "0"})
-        if build.returncode != 0:
-            pytest.fail(f"building the portal's Dockerfile failed:\n{(build.stdout + build.stderr)[-4000:]}")
-    old = docker("images", "-q", "--filter", f"label={IMAGE_LABEL}", "--filter", f"before={tag}", check=False).stdout.split()
-    for image in set(old):
-        docker("rmi", image, check=False)  # ours, older; one in use stays (no force)
-    return tag
+    try:
+        return ensure_portal_image()
+    except ImageError as exc:
+        pytest.fail(str(exc))
 
 
 # --- the second host: its network, the forwarder, the worker container -----------------------------

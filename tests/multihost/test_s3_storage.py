@@ -13,7 +13,7 @@ import pytest
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage, storages
 
-from workspaces.s3storage import PortalS3Storage, StorageUnavailable
+from core.s3storage import PortalS3Storage, StorageUnavailable
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -95,7 +95,7 @@ def test_s3_storage_needs_a_bucket_and_then_is_the_default(tmp_path):
     assert missing.returncode != 0 and "needs MLPORTAL_S3_BUCKET" in missing.stderr
     configured = settings_of({"MLPORTAL_STORAGE": "s3", "MLPORTAL_S3_BUCKET": "team", "MLPORTAL_S3_PREFIX": "/portal/"})
     assert configured.returncode == 0, configured.stderr
-    assert configured.stdout.split() == ["workspaces.s3storage.PortalS3Storage", "portal/capture"]
+    assert configured.stdout.split() == ["core.s3storage.PortalS3Storage", "portal/capture"]
     wrong = settings_of({"MLPORTAL_STORAGE": "nfs"})
     assert wrong.returncode != 0 and "must be one of: filesystem, s3" in wrong.stderr
 
@@ -110,3 +110,17 @@ def _closed_port() -> int:
 
 def test_the_capture_storage_is_a_folder_of_the_data_folder_by_default(settings):
     assert Path(storages["capture"].location) == Path(settings.DATA_DIR) / "capture"
+
+
+def test_a_run_output_streams_into_the_bucket_with_its_hash(s3_storages, s3_server):
+    """A run's outputs reach storage as a stream from the container (runs.outputs.save_stream)."""
+    import hashlib
+
+    from runs.outputs import save_stream
+
+    content = b"weights " * 5000
+    stored, size, sha256 = save_stream("runs/r2/outputs/o1", io.BytesIO(content))
+    assert (size, sha256) == (len(content), hashlib.sha256(content).hexdigest())
+    assert s3_server.keys(s3_storages) == [stored]
+    with default_storage.open(stored, "rb") as handle:
+        assert handle.read() == content

@@ -34,6 +34,31 @@ def test_bad_input_is_a_400_naming_the_field_and_creates_nothing(owner_api, payl
     assert not Webhook.objects.exists()
 
 
+@pytest.mark.parametrize("url", ["http://127.0.0.1:6379/", "http://10.1.2.3/hook", "http://169.254.169.254/latest/",
+                                 "http://[::1]:5432/", "http://0.0.0.0:8000/", "http://192.168.0.1/"])
+def test_a_webhook_may_not_point_at_the_portals_own_network(owner_api, settings, url):
+    """Tried as a contributor would: a webhook to Redis, PostgreSQL or the metadata address made the
+    portal POST inside its own network. Only addresses the administrator lists are allowed."""
+    settings.MLPORTAL_WEBHOOK_HOSTS = []
+    answer = owner_api.post("/api/v1/webhooks/", {"name": "probe", "url": url}, format="json")
+    assert answer.status_code == 400 and "url" in answer.json()["error"]["fields"], answer.json()
+    assert "MLPORTAL_WEBHOOK_HOSTS" in answer.json()["error"]["message"]
+    assert not Webhook.objects.exists()
+    settings.MLPORTAL_WEBHOOK_HOSTS = ["10.0.0.0/8", "127.0.0.1"]
+    if url in ("http://10.1.2.3/hook", "http://127.0.0.1:6379/"):
+        assert owner_api.post("/api/v1/webhooks/", {"name": "probe", "url": url}, format="json").status_code == 201
+
+
+def test_a_delivery_to_an_address_no_longer_allowed_is_not_sent(owner, workspace, settings):
+    """A name may resolve to a private address after the webhook was made: each attempt checks."""
+    hook = webhooks.webhook_create(workspace=workspace, name="later", url="http://127.0.0.1:9/hook", user=owner)
+    delivery = webhooks.webhook_send_test(webhook=hook, user=owner)
+    settings.MLPORTAL_WEBHOOK_HOSTS = []
+    webhooks.delivery_attempt(delivery_id=delivery.pk)
+    delivery.refresh_from_db()
+    assert delivery.response_code is None and delivery.error.startswith("not sent:") and "MLPORTAL_WEBHOOK_HOSTS" in delivery.error
+
+
 def test_only_owners_manage_webhooks_and_outsiders_see_none(owner_api, contributor_api, outsider_api):
     assert contributor_api.post("/api/v1/webhooks/", {"name": "x", "url": "https://h.example.com/"},
                                 format="json").status_code == 403
