@@ -28,7 +28,8 @@ class JSONObjectField(forms.CharField):
 class EnvironmentForm(forms.Form):
     name = forms.CharField(max_length=200, help_text="Like local, staging or production.")
     kind = forms.ChoiceField(choices=[("local", "Local (a Docker engine)"), ("cluster", "Cluster (a Docker Swarm manager)")],
-                             initial="local", help_text="Cluster: every service is a Swarm service on the engine's swarm.")
+                             initial="local", required=False,
+                             help_text="Cluster: every service is a Swarm service on the engine's swarm.")
     init_swarm = forms.BooleanField(required=False, label="Initialise a single-node swarm",
                                     help_text="Cluster only: when the engine is in no swarm, make it the manager of a new one.")
     engine_url = forms.CharField(required=False, label="Docker engine URL",
@@ -37,6 +38,9 @@ class EnvironmentForm(forms.Form):
                                       help_text="Where replicas publish their port on the engine's host; the workers must reach it.")
     labels = JSONObjectField(required=False, help_text=LABELS_HELP)
     description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
+
+    def clean_kind(self) -> str:
+        return self.cleaned_data.get("kind") or "local"  # left out (a script's POST): a local environment
 
 
 class EnvironmentEditForm(forms.Form):
