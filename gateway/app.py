@@ -258,9 +258,10 @@ class Gateway:
                                              "too_large"))
             return
         route = self.table.find(ref, key)
-        if (route is None or route.live is None or not route.live.replicas) \
-                and time.monotonic() - self.loaded_at >= MISS_REFRESH_SECONDS:
-            # A service created, or made healthy, since the last read of the table.
+        if (route is not None and (route.live is None or not route.live.replicas)) \
+                or (route is None and time.monotonic() - self.loaded_at >= MISS_REFRESH_SECONDS):
+            # No ready replica: always read again (one read in flight, shared), since the table
+            # may be from just before the service turned healthy. An unknown key: at most every 0.2 s.
             try:
                 route = (await self.refresh()).find(ref, key)
             except Exception:  # noqa: BLE001 - answered with the table we have
