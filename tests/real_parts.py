@@ -14,7 +14,7 @@ import re
 import pytest
 
 FLAG = "MLPORTAL_REQUIRE_REAL_PARTS"
-PARTS = ("Docker engine", "Chromium", "Redis", "nginx", "tmpfs")
+PARTS = ("Docker engine", "Chromium", "Redis", "nginx", "tmpfs", "wrk")
 _MISSING = re.compile(r"\bno (%s)\b|could not import 'playwright" % "|".join(re.escape(p) for p in PARTS))
 
 
