@@ -454,11 +454,14 @@ class ServiceViewSet(ServiceDataActions, CreateListRetrieveDestroyViewSet):
         response["Cache-Control"] = "no-store"
         return response
 
-    @extend_schema(responses={200: dict})
+    @extend_schema(responses={200: dict}, parameters=[OpenApiParameter(
+        "live", bool, description="1: ask the replicas now (at most 1 s each; not while the engine is down)")])
     @action(detail=True, methods=["get"])
     def metrics(self, request, **kwargs):
-        """Scoring requests and latency from each replica's /metrics, and the totals."""
-        return Response(selectors.service_metrics(self.get_object()))
+        """Scoring requests and latency of each replica and the totals, from the snapshot the worker
+        side took of their /metrics (``checked_at``, ``note``: how old it is)."""
+        live = request.query_params.get("live", "") in ("1", "true", "yes")
+        return Response(selectors.service_metrics(self.get_object(), live=live))
 
     @extend_schema(request=inline_serializer("ServiceUpdate", {
         "image": serializers.CharField(), "canary": serializers.IntegerField(required=False),

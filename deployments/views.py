@@ -139,6 +139,7 @@ def service_detail(request, ref: str):
     return render(request, "deployments/service_detail.html", {
         "service": service, "usage": usage, "usage_error": usage_error, "images": images,
         "engine": selectors.engine_status(service.environment),
+        "metrics": selectors.service_metrics(service),  # the worker side's snapshot, never asked now
         "sample_json": json.dumps(usage["sample_body"], indent=2) if usage else "{}",
         "revisions": service.revisions.select_related("image", "created_by")[:50],
         "events": service.events.all()[:50], "steps": selectors.service_steps(service),
