@@ -192,6 +192,13 @@ class ServiceReplica(models.Model):
     ready = models.BooleanField(default=False)
     state_error = models.TextField(blank=True)
     checked_at = models.DateTimeField(null=True, blank=True)
+    # The last snapshot of its /metrics (``deployments.replica_metrics``: the reconciler and the
+    # deploy tasks take it), which the Metrics tab and API read: what it answered at
+    # ``metrics_at``; ``metrics_checked_at`` the last time it was asked, ``metrics_error`` why that failed.
+    metrics = models.JSONField(default=dict, blank=True)
+    metrics_at = models.DateTimeField(null=True, blank=True)
+    metrics_checked_at = models.DateTimeField(null=True, blank=True)
+    metrics_error = models.TextField(blank=True)
 
     class Meta:
         ordering = ["service", "number"]

@@ -1,8 +1,8 @@
 """The periodic comparison of services with their Docker engines (``reconcile_services`` task).
 
 Restarts replicas whose container died, removes this portal's containers that no live replica
-owns, marks services unhealthy while their engine does not answer, and re-enqueues work whose task
-was lost. It acts on a service only under its lease (``deployments.worker.lock``).
+owns, marks services unhealthy while their engine does not answer, re-enqueues work whose task
+was lost, and takes the replicas' metrics snapshot (``deployments.replica_metrics``). It acts on a service only under its lease (``deployments.worker.lock``).
 """
 from __future__ import annotations
 
@@ -98,7 +98,18 @@ def services_reconcile() -> dict:
                 restarted, removed = _reconcile_service(service, owned.get(service_id, []))
                 summary["restarted"] += restarted
                 summary["removed"] += removed
+    summary["metrics"] = _record_metrics()
     return summary
+
+
+def _record_metrics() -> int:
+    """The metrics snapshot of every replica that serves, on engines that answered this pass (on
+    a silent one the last snapshot stays, and its page says since when)."""
+    from deployments import replica_metrics
+
+    return replica_metrics.record(ServiceReplica.objects.filter(
+        service__status__in=[Service.Status.HEALTHY, Service.Status.UNHEALTHY, Service.Status.UPDATING],
+        service__environment__engine_ok=True))
 
 
 def _requeue_lost_work() -> int:
