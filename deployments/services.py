@@ -1,12 +1,14 @@
 """The request side of environments and services: what a view, a viewset or a CLI call does.
 
 Each function checks (``deployments.checks``), records rows and enqueues the worker's task when the
-transaction commits, then returns; none of them calls a Docker engine. What the ``deploy`` worker
+transaction commits, then returns; none of them calls a Docker engine but the set-up of a cluster
+environment (``environment_create``, which says why). What the ``deploy`` worker
 does with the containers is in ``deployments.worker``; the periodic comparison with the engines in
 ``deployments.reconcile``.
 
 A service's status moves by guarded updates (``UPDATE … WHERE status = <expected>``), so a request
-and a worker never both move it.
+and a worker never both move it. About 500 lines on purpose: environments and every change of a
+service (create, one-shot, update, rollback, scale, keys, delete) share the one change path here.
 """
 from __future__ import annotations
 
