@@ -7,8 +7,8 @@ does with the containers is in ``deployments.worker``; the periodic comparison w
 ``deployments.reconcile``.
 
 A service's status moves by guarded updates (``UPDATE … WHERE status = <expected>``), so a request
-and a worker never both move it. About 500 lines on purpose: environments and every change of a
-service (create, one-shot, update, rollback, scale, keys, delete) share the one change path here.
+and a worker never both move it. Longer than 500 lines on purpose: environments and every change
+of a service (create, one-shot, update, rollback, scale, keys, delete) share the one change path.
 """
 from __future__ import annotations
 
@@ -501,9 +501,3 @@ def service_delete(*, service: Service, user) -> Service:
 
 def event(service_id, message: str, level: str = ServiceEvent.Level.INFO) -> None:
     ServiceEvent.objects.create(service_id=service_id, level=level, message=message[:4000])
-
-
-# Names that moved out in the rooms split (issue 11) still resolve here for this session.
-from core.moved import forward  # noqa: E402
-
-__getattr__ = forward(__name__, ["deployments.worker", "deployments.reconcile", "deployments.checks"])
