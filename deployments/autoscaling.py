@@ -188,6 +188,20 @@ def check(given: dict, *, current: dict | None = None, replicas_given: bool = Fa
         raise PortalError(str(exc), code="invalid_autoscale", fields=exc.fields) from None
 
 
+def create_autoscaled(create, *, given: dict, replicas, user) -> tuple[Service, str | None]:
+    """A service create (the API's, the page's, the one-shot's) with the autoscale settings it
+    names: checks them before anything is stored (PortalError naming the field and its limits),
+    then, in one transaction, ``create(replicas)`` (autoscaled: from the minimum; else
+    ``replicas``, 1 when not given) and the settings with it, so its deploy is sent with them.
+    Returns what ``create`` returns: (service, notice)."""
+    given_replicas = replicas not in (None, "")
+    values = check(given, replicas_given=given_replicas)
+    with transaction.atomic():
+        service, notice = create(values["min_replicas"] if values["enabled"] else (replicas if given_replicas else 1))
+        apply_settings(service, values, user=user, created=True)
+    return service, notice
+
+
 def apply_settings(service: Service, values: dict, *, user, created: bool = False) -> Service:
     """Stores checked settings on the service; turning autoscaling on (or changing it while on)
     starts a tick chain; an event and an activity line say what it is now."""

@@ -350,6 +350,7 @@ CELERY_TASK_ROUTES = {
     "runs.tasks.requeue_lost_runs": {"queue": "celery"},
     "runs.tasks.prepare_run_charts": {"queue": "celery"},
     "registry.tasks.requeue_lost_builds": {"queue": "celery"},
+    "registry.tasks.remove_engine_image": {"queue": "celery"},
     "retention.tasks.apply_retention": {"queue": "celery"},
     "retention.tasks.remove_images_of_deleted_service": {"queue": "celery"},
     "monitoring.tasks.collect_capture": {"queue": "celery"},
