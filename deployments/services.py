@@ -37,6 +37,7 @@ from deployments.checks import (
     whole_number,
 )
 from deployments.models import ActiveEnvironment, Environment, Service, ServiceEvent
+from gateway.table import mark_changed
 from workspaces.models import Role, Workspace
 from workspaces.services import activity_record, check_name, require_role
 
@@ -388,6 +389,8 @@ def _start_change(service: Service, *, user, op: dict, verb: str, detail: dict, 
                            code="busy")
         activity_record(workspace=service.workspace, actor=user, verb=verb, target=service, detail=detail)
         _enqueue(update_service, service.pk)
+        if fields:  # new keys: the gateway takes them (and drops the old ones) at once
+            transaction.on_commit(mark_changed)
     service.refresh_from_db()
     return service
 
@@ -495,6 +498,7 @@ def service_delete(*, service: Service, user) -> Service:
             activity_record(workspace=service.workspace, actor=user, verb="service.deleting", target=service)
             event(service.pk, "Deletion requested: removing its containers.")
             _enqueue(delete_service, service.pk)
+            transaction.on_commit(mark_changed)  # its keys stop working at the gateway at once
     service.refresh_from_db()
     return service
 

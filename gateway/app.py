@@ -33,6 +33,7 @@ import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Callable
 
 import aiohttp
@@ -40,7 +41,7 @@ import aiohttp
 from gateway import metrics
 from gateway.balancing import Balancer, Full, Limiter, choose_revision, mirrored
 from gateway.slots import SlotFolder
-from gateway.table import Revision, Route, Table, load_table
+from gateway.table import CHANGE_POLL_SECONDS, CHANGED_FILE, Revision, Route, Table, changed_stamp, load_table
 
 logger = logging.getLogger("mlportal.gateway")
 
@@ -81,6 +82,8 @@ class Gateway:
         self.queue_timeout = queue_timeout
         # Shared by every web process of this host, so a service's limits hold across workers.
         self.slots = SlotFolder(slots_dir) if slots_dir is not None else None
+        # Touched by table.mark_changed() after a key is regenerated or a service deleted.
+        self.changed_file = Path(slots_dir) / CHANGED_FILE if slots_dir is not None else None
         self.metrics_token = metrics_token
         self.recorder = recorder
         self.table = Table()
@@ -152,8 +155,19 @@ class Gateway:
             self._refreshing = None
 
     async def _refresh_loop(self) -> None:
+        """Reads the table every ``refresh_seconds``, and at once when ``table.mark_changed`` was
+        called in any process on this host (its file's time is looked at every 50 ms)."""
+        path = self.changed_file
+        stamp = changed_stamp(path) if path else None
         while True:
-            await asyncio.sleep(self.refresh_seconds)
+            due = time.monotonic() + self.refresh_seconds
+            while time.monotonic() < due:
+                await asyncio.sleep(min(CHANGE_POLL_SECONDS, self.refresh_seconds))
+                if path is not None:
+                    now = changed_stamp(path)
+                    if now != stamp:
+                        stamp = now
+                        break
             try:
                 await self.refresh()
             except asyncio.CancelledError:

@@ -3,15 +3,24 @@ replicas, read from the database in one go and swapped in whole, so a request ne
 database and never sees half of a change.
 
 ``load_table`` is synchronous (the Django ORM); the gateway runs it off the event loop every
-``MLPORTAL_GATEWAY_REFRESH_SECONDS`` (0.25 s by default), so a regenerated or deleted key stops
-working within that time plus one query.
+``MLPORTAL_GATEWAY_REFRESH_SECONDS``. A change that must take effect at once — a key regenerated,
+a service deleted — also calls ``mark_changed()`` once it is committed: that touches a file beside
+the gateway's slots, whose modification time every web process on the host looks at every
+``CHANGE_POLL_SECONDS`` (one ``stat``, no query), reading the table as soon as it moves. So an old
+key stops working within about a twentieth of a second plus one query, whatever the refresh
+period; web processes on other hosts still see it at their next periodic read.
 """
 from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
+
+CHANGE_POLL_SECONDS = 0.05
+CHANGED_FILE = "table.changed"  # in the slots folder; never a service id (those are UUIDs)
 
 
 @dataclass(frozen=True)
@@ -106,6 +115,33 @@ class Table:
     def replicas(self) -> set[Replica]:
         return {replica for routes in self.by_name.values() for route in routes
                 for revision in route.revisions for replica in revision.replicas}
+
+
+def changed_path() -> Path:
+    from django.conf import settings
+
+    return Path(settings.MLPORTAL_GATEWAY_SLOTS_DIR) / CHANGED_FILE
+
+
+def mark_changed() -> None:
+    """Tells every web process on this host to read the routing table now (call after commit).
+    Best effort: without the file they read it at their next periodic refresh."""
+    path = changed_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a"):
+            pass
+        os.utime(path)
+    except OSError:
+        pass
+
+
+def changed_stamp(path: Path) -> int | None:
+    """The change file's modification time in ns (None while there is none)."""
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
 
 
 def key_digest(key: str) -> bytes:
