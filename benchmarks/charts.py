@@ -266,7 +266,7 @@ def main() -> int:
     print(f"  page + data over the wire: {size / 1024:.1f} KB  goal < {BYTES_GOAL // 1024} KB: "
           f"{'met' if size < BYTES_GOAL else 'MISSED'}")
     med = lambda key: statistics.median(p[key] or 0 for p in phases)  # noqa: E731
-    sources = sorted({p["from"] for p in phases})
+    sources = sorted({p["from"] or "fetch" for p in phases})
     print(f"  where the time goes (medians, ms from navigation start): page's server time {med('server'):.0f} "
           f"(first byte at {med('htmlStart'):.0f}), HTML in {med('html'):.0f}, stylesheet and scripts in "
           f"{med('statics'):.0f}, DOM ready {med('ready'):.0f}, chart started {med('loadAt'):.0f}, drawn {render:.0f}")
