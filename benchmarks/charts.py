@@ -179,8 +179,7 @@ MEASURE = """() => {
            statics: Math.max(0, ...statics.map((e) => e.responseEnd)),
            seriesRequests: data.length, dataStart: data.length ? data[0].startTime : null,
            dataEnd: data.length ? data[0].responseEnd : null,
-           from: chart.from, loadAt: parseFloat(chart.loadAt), parse: parseFloat(chart.parseMs || '0'),
-           draw: parseFloat(chart.drawMs) };
+           from: chart.from, loadAt: parseFloat(chart.loadAt), draw: parseFloat(chart.drawMs) };
 }"""
 
 # Installed before the page's own scripts (an init script), so the first animation frame after the
@@ -272,7 +271,7 @@ def main() -> int:
           f"{med('statics'):.0f}, DOM ready {med('ready'):.0f}, chart started {med('loadAt'):.0f}, drawn {render:.0f}")
     print(f"  series from {'/'.join(sources)}: {max(p['seriesRequests'] for p in phases)} series request(s)"
           + (f", requested {med('dataStart'):.0f} and in {med('dataEnd'):.0f}" if any(p['seriesRequests'] for p in phases) else "")
-          + f"; reading the page's series {med('parse'):.1f} ms, the chart's draw {med('draw'):.1f} ms")
+          + f"; the chart's draw itself {med('draw'):.1f} ms")
     for name, n in files:
         print(f"    {n / 1024:7.1f} KB  {name[:90]}")
     print(f"charts render_ms={render:.0f} kbytes={size / 1024:.1f}")

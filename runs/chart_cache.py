@@ -4,16 +4,11 @@ The metrics tab asks for every series of a run at the default size. For a finish
 answer only changes when more points arrive, so it is encoded and compressed once — by the worker
 when the run ends (`runs.worker.prepare_charts`), else by the first request — and then each visit
 reads one row and sends its bytes: no JSON decoding of ten series, no encoding, no gzip.
-
-The run's page carries the same answer in itself while it is kept (`kept_json`), so the metrics
-tab draws from the page alone: no second request through Django's one synchronous thread per
-process, whose wait was most of the tab's time (see benchmarks/README.md, charts.py).
 """
 from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Iterable
 
 from django.db.models import Count, Sum
 
@@ -25,26 +20,6 @@ def _key(run: Run) -> str:
     """'<series>:<points>' of the run's stepped series: points only ever add up, so any new one changes it."""
     totals = RunMetricSummary.objects.filter(run=run, step__isnull=False).aggregate(series=Count("id"), points=Sum("count"))
     return f"{totals['series']}:{totals['points'] or 0}"
-
-
-def key_of(summaries: Iterable[RunMetricSummary]) -> str:
-    """`_key` from the run's summaries already read (the run page reads them for its tables)."""
-    stepped = [s.count for s in summaries if s.step is not None]
-    return f"{len(stepped)}:{sum(stepped)}"
-
-
-def kept_json(run: Run, summaries: Iterable[RunMetricSummary]) -> str | None:
-    """The kept whole-series answer as JSON text safe inside a ``<script type="application/json">``
-    block (``<``, ``>`` and ``&`` escaped as json_script escapes them: a series name may hold
-    ``</script>``), or None when the run is active or nothing current is kept (the page then
-    fetches its series, which makes and keeps them): a page never waits for a downsampling."""
-    if run.is_active:
-        return None
-    body = RunChartCache.objects.filter(run=run, key=key_of(summaries)).values_list("body", flat=True).first()
-    if body is None:
-        return None
-    text = gzip.decompress(bytes(body)).decode()
-    return text.replace("<", "\\u003C").replace(">", "\\u003E").replace("&", "\\u0026")
 
 
 def encode(data: dict, *, level: int = 6) -> bytes:

@@ -12,14 +12,13 @@ from django.http import Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import urlencode
-from django.views.decorators.gzip import gzip_page
 from django.views.decorators.http import require_POST
 
 from core.errors import PortalError
 from core.paths import clean_path
 from core.storage import open_file
 from core.views_base import get_scoped_or_404, paginate, require_page_role, scoped
-from runs import catalog, chart_cache, selectors, services
+from runs import catalog, selectors, services
 from runs.api import attachment, runs_to_compare
 from runs.forms import EditFileForm, NewFileForm, ProjectForm, RunForm, SettingsForm, UploadForm
 from runs.models import Project, Run
@@ -320,10 +319,7 @@ def _run(request, run_id) -> Run:
 
 
 @login_required
-@gzip_page  # a finished run's page carries its chart series (about 150 KB of numbers, a third gzipped)
 def run_detail(request, run_id):
-    """A run's page; a finished run's kept chart series come inside it (`chart_cache.kept_json`),
-    so its metrics tab draws without another request."""
     run = _run(request, run_id)
     role = role_in(request.user, run.workspace_id)
     summaries = list(selectors.summaries_of(run))
@@ -333,10 +329,9 @@ def run_detail(request, run_id):
         ext = "." + output.path.rsplit(".", 1)[-1].lower() if "." in output.path else ""
         output.is_image = ext in IMAGE_TYPES
         output.is_text = (mimetypes.guess_type(output.path)[0] or "").startswith("text/") or ext in (".json", ".log", ".txt", ".csv", ".md", ".yaml", ".yml", ".py")
-    has_series = any(m.step is not None for m in summaries)
     return render(request, "runs/run_detail.html", {
         "run": run, "can_write": has_role(role, Role.CONTRIBUTOR), "summaries": summaries, "outputs": outputs,
-        "has_series": has_series, "chart_json": chart_cache.kept_json(run, summaries) if has_series else None,
+        "has_series": any(m.step is not None for m in summaries),
     })
 
 

@@ -2,17 +2,12 @@
    by the server; drag across the plot to zoom into a step range (fetched again at full
    resolution), log scale, smoothing, a legend that hides and shows series.
 
-   <div data-module="metric-chart" data-sources='[{"url": "/api/v1/runs/<id>/series/", "label": "", "inline": "<id>"}]'>
+   <div data-module="metric-chart" data-sources='[{"url": "/api/v1/runs/<id>/series/", "label": ""}]'>
    After each draw the element carries data-state="drawn", data-series="<count>",
-   data-max-step="<largest step drawn>", data-draw-ms (the last draw's time) and data-from
-   ("page" or "fetch": where the whole-run series came from), data-load-at (performance.now() when
-   the last load began) and data-parse-ms (reading the page's series), for people reading the DOM
-   and for tests and benchmarks/charts.py.
-   A source with "inline" names a <script type="application/json"> block of the page holding the
-   answer its URL would give without a step range (a finished run's page carries its kept series):
-   the chart draws from it at once and fetches only zoomed ranges. Without one, the data is fetched
-   exactly as the page's <link rel=preload as=fetch> asked for it, so the request starts as soon
-   as the HTML arrives. */
+   data-max-step="<largest step drawn>", data-load-at (performance.now() when the last load began)
+   and data-draw-ms (the last draw's time), for people reading the DOM, tests and benchmarks/charts.py.
+   The data is fetched exactly as the page's <link rel=preload as=fetch> asked for it, so the
+   request starts as soon as the HTML arrives. */
 (function () {
   "use strict";
   const COLORS = ["#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00", "#f0e442", "#000000",
@@ -95,31 +90,11 @@
 
     offsetX(e) { return e.clientX - this.canvas.getBoundingClientRect().left; }
 
-    /* The whole-range answer the page carries for `src`, parsed once; null when it has none. */
-    inlineData(src) {
-      if (!src.inline) return null;
-      if (src.kept === undefined) {
-        const began = performance.now();
-        src.kept = MLPortal.jsonData(src.inline);
-        this.root.dataset.parseMs = (performance.now() - began).toFixed(1);
-      }
-      return src.kept;
-    }
-
     async load() {
       this.root.dataset.loadAt = performance.now().toFixed(1);
       this.status.textContent = "loading…";
       const hidden = new Set(this.series.filter((s) => s.hidden).map((s) => s.label));
-      const fromPage = !this.range && this.sources.every((src) => this.inlineData(src));
-      // From the page: no await before the draw, so the tab shows its chart in the task that starts it.
-      const results = fromPage ? this.sources.map((src) => ({ src, data: this.inlineData(src) })) : await this.fetchAll();
-      this.root.dataset.from = fromPage ? "page" : "fetch";
-      this.show(results, hidden);
-    }
-
-    fetchAll() {
-      return Promise.all(this.sources.map(async (src) => {
-        if (!this.range && this.inlineData(src)) return { src, data: this.inlineData(src) };
+      const results = await Promise.all(this.sources.map(async (src) => {
         const url = new URL(src.url, location.href);
         if (this.range) { url.searchParams.set("min_step", this.range[0]); url.searchParams.set("max_step", this.range[1]); }
         if (src.names) url.searchParams.set("names", src.names.join(","));
@@ -130,9 +105,6 @@
           return { src, data: await res.json() };
         } catch (err) { return { src, error: err }; }
       }));
-    }
-
-    show(results, hidden) {
       const series = [];
       let failed = 0;
       results.forEach(({ src, data, error }) => {
