@@ -70,7 +70,9 @@ class SwarmSpec:
     constraints: list[str] = field(default_factory=list)  # placement, e.g. node.labels.stage==production
     reservation: float = 0.25  # reservations as a share of the limits
     ready_path: str = "/ready"
-    health_interval_s: float = 2.0
+    # Swarm reports a task running only once its check passed: a replica ready 0.1 s after a check
+    # waits a whole interval more, so short (the check is a few milliseconds of bash).
+    health_interval_s: float = 1.0
     start_period_s: float = 120.0  # init() loads the model: failing checks meanwhile do not count
     monitor_s: float = 5.0  # how long an updated task must stay up before the update moves on
 
