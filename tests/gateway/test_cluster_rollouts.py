@@ -21,7 +21,7 @@ def swarm_services(service_id: str) -> dict[str, str]:
     """name → image of the Swarm services of this portal service."""
     out = subprocess.run(["docker", "service", "ls", "--filter", f"label=mlportal.id={service_id}", "--format", "{{json .}}"],
                          capture_output=True, text=True, check=True).stdout
-    return {row["Name"]: row["Image"] for row in map(json.loads, out.split())}
+    return {row["Name"]: row["Image"] for row in map(json.loads, out.splitlines())}
 
 
 def test_a_canary_and_a_shadow_run_as_second_swarm_services(deploy_worker, gateway, owner_api, swarm_env,

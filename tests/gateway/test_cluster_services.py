@@ -3,7 +3,7 @@ makes it one), with the real worker and the real gateway: the churn service depl
 environment scores "0" through the portal; its keys are not in `docker service inspect`; an
 update to a broken image is rolled back by Swarm and the portal says so; a killed task is
 replaced by Swarm and shown with its node; scaling; deletion removes the Swarm service and its
-secrets. Setting one up on an engine in no swarm says so and offers a single-node swarm (a
+secrets; a placement label no node has keeps the service creating with Swarm's reason. Setting one up on an engine in no swarm says so and offers a single-node swarm (a
 check on the states the engine reports, since the shared engine must stay a manager)."""
 from __future__ import annotations
 
@@ -115,3 +115,24 @@ def test_cluster_setup_on_the_manager_engine_and_its_bad_input(owner_api, contri
     local_init = owner_api.post("/api/v1/environments/", {"name": "prod3", "init_swarm": True}, format="json")
     assert local_init.status_code == 400 and "init_swarm" in local_init.json()["error"]["fields"]
     assert list(Environment.objects.values_list("name", flat=True)) == ["production"]
+
+
+def test_a_placement_label_no_node_has_keeps_the_service_creating_with_swarms_reason(deploy_worker, owner_api, swarm_env,
+                                                                                    create_realtime):
+    made = owner_api.post("/api/v1/environments/", {"name": "pinned", "kind": "cluster",
+                                                    "labels": {"node.stage": "nowhere"}}, format="json")
+    assert made.status_code == 201, made.json()
+    assert create_realtime(owner_api, "pinned", environment="pinned").status_code == 201
+
+    def pending():
+        body = owner_api.get("/api/v1/services/pinned/").json()
+        assert body["status"] == "creating", body["error"]
+        return body if body["error"].startswith("pending: Swarm cannot place it") else None
+
+    body = wait_until(pending, timeout=600, interval=1, message="the service to wait for a node with its label")
+    assert "it starts once a node matches the environment's placement labels" in body["error"]
+    assert any(e["message"] == body["error"] for e in body["events"]) and not body["containers"]
+    assert owner_api.delete("/api/v1/services/pinned/").status_code == 202
+    wait_until(lambda: owner_api.get("/api/v1/services/pinned/").status_code == 404, timeout=120,
+               message="the service to be deleted")
+    assert f"mlportal-pinned-{body['id'].replace('-', '')[:8]}" not in docker("service", "ls", "--format", "{{.Name}}").split()
