@@ -65,6 +65,9 @@ def spec_for(service: Service, *, image, replicas: int | None = None, revision: 
 
     env = {k: v for k, v in deployments._container_env(service).items()
            if k not in ("MLPORTAL_SERVICE_KEYS", "MLPORTAL_INTERNAL_KEY")}
+    # Swarm stops a task the moment it scales down or rolls: it serves on until every gateway has
+    # read the rows without it (the worker syncs them within a poll).
+    env["MLPORTAL_STOP_DRAIN_SECONDS"] = f"{2 * settings.MLPORTAL_GATEWAY_REFRESH_SECONDS + POLL + 1:g}"
     environment = service.environment
     extra = {LABEL_REVISION: str(revision)} if revision is not None else {}
     return swarm.SwarmSpec(
@@ -153,6 +156,7 @@ def update(service: Service, *, image) -> tuple[bool, str]:
     deadline = time.monotonic() + UPDATE_TIMEOUT
     state = before
     while time.monotonic() < deadline:
+        sync_replicas(service, quiet=True)  # each slot's row follows its newest healthy task as Swarm rolls
         state = swarm.update_state(service.swarm_name, base_url=base_url)
         if state["started_at"] != before["started_at"] and state["state"] in swarm.SETTLED_UPDATE:
             break
