@@ -308,6 +308,8 @@ def reconcile(environments: list[Environment], summary: dict) -> None:
     for service in live.values():
         if service.status not in (Service.Status.HEALTHY, Service.Status.UNHEALTHY):
             continue
+        if (service.rollout or {}).get("status") in ("promoting", "aborting"):
+            continue  # the worker is rolling it (promote): its rows follow the roll, which replaced nothing
         try:
             seen = sync_replicas(service)
             rollout = service.rollout or {}
