@@ -236,11 +236,16 @@ def nodes_matching(constraints: list[str], nodes: dict[str, dict]) -> list[str]:
     return found
 
 
+_network_ready: set[str] = set()  # engines whose network (and host rules) this process made sure of
+
+
 def ensure_network(base_url: str | None = None) -> str:
     """Makes sure the swarm has the ``mlportal-swarm`` bridge (swarm scope, inter-container traffic
     off) and, on the local engine, the host rules that drop what its containers send to the host."""
     from compute.network import _is_local, ensure_host_firewall
 
+    if (base_url or "") in _network_ready:  # once per engine and process, as compute.network does
+        return SWARM_NETWORK
     with connect(base_url) as client:
         try:
             client.networks.get(SWARM_NETWORK)
@@ -255,6 +260,7 @@ def ensure_network(base_url: str | None = None) -> str:
                     raise
     if _is_local(base_url):
         ensure_host_firewall([SWARM_BRIDGE])
+    _network_ready.add(base_url or "")
     return SWARM_NETWORK
 
 
