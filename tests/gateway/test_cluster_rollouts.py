@@ -54,7 +54,7 @@ def test_a_canary_and_a_shadow_run_as_second_swarm_services(deploy_worker, gatew
     revision = running["rollout"]["revision"]
     assert f"{live_name}-r{revision}" in swarm_services(service["id"])
     answers = {(h["x-mlportal-revision"], b) for _, h, b in _hammer(gateway, key, 60)}
-    assert answers == {("1", "0"), (str(revision), "1")}, answers
+    assert answers == {("1", "0"), (str(revision), 1)}, answers  # "1" is the JSON number 1
     assert owner_api.post("/api/v1/services/churnpred/promote/").status_code == 202
     promoted = _settled(owner_api)
     assert promoted["image"] == other["ref"] and [c["number"] for c in promoted["containers"]] == [1]
@@ -62,4 +62,4 @@ def test_a_canary_and_a_shadow_run_as_second_swarm_services(deploy_worker, gatew
     wait_until(lambda: list(swarm_services(service["id"])) == [live_name] or None, timeout=60,
                message="only the live Swarm service")
     assert swarm_services(service["id"])[live_name].startswith(other["tag"].split(":")[0])
-    assert {(h["x-mlportal-revision"], b) for _, h, b in _hammer(gateway, key, 12)} == {(str(revision), "1")}
+    assert {(h["x-mlportal-revision"], b) for _, h, b in _hammer(gateway, key, 12)} == {(str(revision), 1)}
