@@ -290,8 +290,8 @@ def reconcile(environments: list[Environment], summary: dict) -> None:
             _event(service.pk, "Healthy again: every task runs.")
 
 
-def logs(service: Service, *, tail: int = 200) -> str:
-    return swarm.service_logs(service.swarm_name, tail=tail, base_url=service.environment.docker_url)
+def logs(service: Service, *, tail: int = 200, timeout: int = 60) -> str:
+    return swarm.service_logs(service.swarm_name, tail=tail, base_url=service.environment.docker_url, timeout=timeout)
 
 
 # --- what the deploy worker does for a cluster service (called under the service's lease) --------

@@ -453,9 +453,3 @@ def run_mark_lost(*, run_id, reason: str) -> bool:
     return bool(Run.objects.filter(id=run_id, status__in=[Run.Status.PREPARING, Run.Status.RUNNING]).update(
         status=Run.Status.LOST, status_reason=reason[:2000], ended_at=timezone.now(),
     ))
-
-
-# Names that moved out in the rooms split (issue 11) still resolve here for this session.
-from core.moved import forward  # noqa: E402
-
-__getattr__ = forward(__name__, ["runs.reconcile"])
