@@ -399,11 +399,12 @@ def running_tasks(tasks: list[dict]) -> dict[int, dict]:
     return found
 
 
-def service_logs(name: str, *, tail: int = 200, base_url: str | None = None) -> str:
-    """The last ``tail`` lines of every task of the service (control characters escaped)."""
+def service_logs(name: str, *, tail: int = 200, base_url: str | None = None, timeout: int = 60) -> str:
+    """The last ``tail`` lines of every task of the service (control characters escaped), within
+    ``timeout`` seconds of socket silence."""
     from mlportal_runtime.logsafe import escape_controls
 
-    with connect(base_url) as client:
+    with connect(base_url, timeout=timeout) as client:
         try:
             raw = client.api.service_logs(name, stdout=True, stderr=True, tail=tail, timestamps=False, details=False)
         except docker.errors.NotFound:

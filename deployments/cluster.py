@@ -352,8 +352,8 @@ def _rollout_owns(service: Service, number: str) -> bool:
     return rollout.get("status") == "starting" or str(rollout.get("revision")) == str(number)
 
 
-def logs(service: Service, *, tail: int = 200) -> str:
-    return swarm.service_logs(service.swarm_name, tail=tail, base_url=service.environment.docker_url)
+def logs(service: Service, *, tail: int = 200, timeout: int = 60) -> str:
+    return swarm.service_logs(service.swarm_name, tail=tail, base_url=service.environment.docker_url, timeout=timeout)
 
 
 # --- what the deploy worker does for a cluster service (called under the service's lease) --------

@@ -458,9 +458,3 @@ def image_delete(*, image: Image, user) -> None:
                            code="in_use") from None
         if engine_id:
             transaction.on_commit(lambda: remove_engine_image.delay(tag, engine_id))
-
-
-# Names that moved out in the rooms split (issue 11) still resolve here for this session.
-from core.moved import forward  # noqa: E402
-
-__getattr__ = forward(__name__, ["registry.worker", "registry.checks", "registry.inference", "registry.reconcile"])

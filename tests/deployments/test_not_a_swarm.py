@@ -136,5 +136,9 @@ def test_a_deploy_on_an_engine_that_left_its_swarm_fails_with_how_to_fix_it(owne
     assert f"The Docker engine at {engine.url} is not in a swarm" in body["error"] and "docker swarm init" in body["error"]
     page = page_client(owner).get(f"/services/{service.pk}/").content.decode().replace("&#x27;", "'")
     assert "is not in a swarm" in page and "docker swarm init" in page
+    # The environment shows what the worker side saw (reads never ask the engine): the next check says it.
+    from deployments.reconcile import environment_check
+
+    environment_check(environment_id=str(service.environment_id))
     environment = owner_api.get("/api/v1/environments/production/").json()
     assert environment["swarm"]["state"] == "inactive" and environment["swarm"]["manager"] is False
