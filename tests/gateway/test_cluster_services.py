@@ -72,8 +72,13 @@ def test_a_cluster_service_scores_keeps_its_keys_secret_and_survives_a_broken_up
     assert owner_api.post("/api/v1/services/churnpred/scale/", {"replicas": 2}, format="json").status_code == 202
     scaled = wait_settled(owner_api, "churnpred", timeout=180)
     assert scaled["replicas"] == 2 and sorted(r["number"] for r in scaled["containers"]) == [1, 2]
-    served = {gateway.score("churnpred", SAMPLE_REQUEST, keys["primary"])[1]["x-mlportal-replica"] for _ in range(6)}
-    assert served == {"1", "2"}
+    served: set[str] = set()
+
+    def both_serve():  # the gateway reads the new row within its refresh period
+        served.update(gateway.score("churnpred", SAMPLE_REQUEST, keys["primary"])[1]["x-mlportal-replica"] for _ in range(6))
+        return served == {"1", "2"} or None
+
+    wait_until(both_serve, timeout=10, interval=0.3, message="both tasks to answer")
 
     # Deleting removes the Swarm service and its secrets.
     assert owner_api.delete("/api/v1/services/churnpred/").status_code == 202
