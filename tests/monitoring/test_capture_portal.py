@@ -150,5 +150,8 @@ def test_rows_a_full_spool_dropped_are_counted_on_the_data_tab_and_the_api(deplo
     page.click("button[data-tab=data]")
     page.wait_for_function("() => document.querySelector('[data-module=service-data]').dataset.loaded === 'true'")
     assert page.inner_text("[data-testid=data-dropped]") == "40" and page.inner_text("[data-testid=data-total]") == "140"
+    # Chromium aborts its requests in flight with ERR_NETWORK_CHANGED whenever the engine adds or
+    # removes a container's interface on this shared host: that is the host, not the page.
+    problems.console_errors[:] = [e for e in problems.console_errors if "net::ERR_NETWORK_CHANGED" not in e]
     problems.assert_none()
     assert csp_reports() == []
