@@ -20,8 +20,6 @@ from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from django.db import transaction
-
 from core.api_base import CreateListRetrieveDestroyViewSet, workspace_from_request
 from core.errors import Conflict, NotFound, PortalError, error_body
 from deployments import autoscaling, kubernetes, proxy, selectors, services
@@ -350,14 +348,11 @@ class ServiceViewSet(ServiceDataActions, CreateListRetrieveDestroyViewSet):
         body.is_valid(raise_exception=True)
         data = body.validated_data
         image = resolve_in_workspace(Image.objects.all(), workspace, data["image"], field="image", what="image", tag=True)
-        scaling = autoscaling.check(autoscaling.given_in(data), replicas_given=data.get("replicas") not in (None, ""))
-        with transaction.atomic():  # the settings land with the row, before its deploy is sent
-            service, notice = services.service_create(
-                workspace=workspace, name=data["name"], image=image, user=request.user, environment=data.get("environment") or None,
-                replicas=scaling["min_replicas"] if scaling["enabled"] else data.get("replicas", 1), cpus=data.get("cpus", 1.0),
-                memory_mb=data.get("memory_mb", 1024), request_timeout_s=data.get("request_timeout_s"),
-            )
-            autoscaling.apply_settings(service, scaling, user=request.user, created=True)
+        service, notice = autoscaling.create_autoscaled(lambda replicas: services.service_create(
+            workspace=workspace, name=data["name"], image=image, user=request.user, environment=data.get("environment") or None,
+            replicas=replicas, cpus=data.get("cpus", 1.0), memory_mb=data.get("memory_mb", 1024),
+            request_timeout_s=data.get("request_timeout_s"),
+        ), given=autoscaling.given_in(data), replicas=data.get("replicas"), user=request.user)
         return self._answer(service, code=status.HTTP_201_CREATED, notice=notice)
 
     @extend_schema(request={"multipart/form-data": RealtimeSerializer}, responses={201: ServiceSerializer})
@@ -373,14 +368,12 @@ class ServiceViewSet(ServiceDataActions, CreateListRetrieveDestroyViewSet):
             files[field] = upload
         model = files["model_file"]
         requirements = files["requirements_file"]
-        scaling = autoscaling.check(autoscaling.given_in(request.data), replicas_given=_value(request, "replicas") is not None)
-        with transaction.atomic():
-            service, notice = self._create_realtime(request, workspace, files, model, requirements, scaling)
-            autoscaling.apply_settings(service, scaling, user=request.user, created=True)
+        service, notice = autoscaling.create_autoscaled(
+            lambda replicas: self._create_realtime(request, workspace, files, model, requirements, replicas),
+            given=autoscaling.given_in(request.data), replicas=_value(request, "replicas"), user=request.user)
         return self._answer(service, code=status.HTTP_201_CREATED, notice=notice)
 
-    def _create_realtime(self, request, workspace, files, model, requirements, scaling):
-        replicas = scaling["min_replicas"] if scaling["enabled"] else _value(request, "replicas", 1)
+    def _create_realtime(self, request, workspace, files, model, requirements, replicas):
         return services.service_create_realtime(
             workspace=workspace, name=_value(request, "name", ""), model_file=model, model_filename=model.name,
             score=files["score_file"].read(), schema=files["schema_file"].read(),
@@ -461,11 +454,14 @@ class ServiceViewSet(ServiceDataActions, CreateListRetrieveDestroyViewSet):
         response["Cache-Control"] = "no-store"
         return response
 
-    @extend_schema(responses={200: dict})
+    @extend_schema(responses={200: dict}, parameters=[OpenApiParameter(
+        "live", bool, description="1: ask the replicas now (at most 1 s each; not while the engine is down)")])
     @action(detail=True, methods=["get"])
     def metrics(self, request, **kwargs):
-        """Scoring requests and latency from each replica's /metrics, and the totals."""
-        return Response(selectors.service_metrics(self.get_object()))
+        """Scoring requests and latency of each replica and the totals, from the snapshot the worker
+        side took of their /metrics (``checked_at``, ``note``: how old it is)."""
+        live = request.query_params.get("live", "") in ("1", "true", "yes")
+        return Response(selectors.service_metrics(self.get_object(), live=live))
 
     @extend_schema(request=inline_serializer("ServiceUpdate", {
         "image": serializers.CharField(), "canary": serializers.IntegerField(required=False),

@@ -93,7 +93,9 @@ def autoscale_tick(*, service_id: str, token: str) -> float | None:
     refresh = float(service.autoscale_refresh_seconds)
     if service.status == Service.Status.CREATING:
         return refresh
-    if service.environment.kind == service.environment.Kind.CLUSTER:
+    if service.environment.kind == service.environment.Kind.CLUSTER and service.status in (Service.Status.HEALTHY,
+                                                                                     Service.Status.UNHEALTHY):
+        # (Not while a change runs: its worker keeps the rows, and a roll is no task "replaced".)
         from compute.engine import EngineError
         from deployments import cluster
 
@@ -186,6 +188,20 @@ def check(given: dict, *, current: dict | None = None, replicas_given: bool = Fa
                                         replicas_given=replicas_given)
     except autoscale.AutoscaleInvalid as exc:
         raise PortalError(str(exc), code="invalid_autoscale", fields=exc.fields) from None
+
+
+def create_autoscaled(create, *, given: dict, replicas, user) -> tuple[Service, str | None]:
+    """A service create (the API's, the page's, the one-shot's) with the autoscale settings it
+    names: checks them before anything is stored (PortalError naming the field and its limits),
+    then, in one transaction, ``create(replicas)`` (autoscaled: from the minimum; else
+    ``replicas``, 1 when not given) and the settings with it, so its deploy is sent with them.
+    Returns what ``create`` returns: (service, notice)."""
+    given_replicas = replicas not in (None, "")
+    values = check(given, replicas_given=given_replicas)
+    with transaction.atomic():
+        service, notice = create(values["min_replicas"] if values["enabled"] else (replicas if given_replicas else 1))
+        apply_settings(service, values, user=user, created=True)
+    return service, notice
 
 
 def apply_settings(service: Service, values: dict, *, user, created: bool = False) -> Service:

@@ -45,6 +45,10 @@ class Environment(models.Model):
     engine_error = models.TextField(blank=True)
     engine_checked_at = models.DateTimeField(null=True, blank=True)
     engine_answered_at = models.DateTimeField(null=True, blank=True, help_text="The last check the engine answered")
+    # A cluster environment's swarm as its engine last described it (compute.swarm.swarm_status:
+    # state, manager, nodes, managers, error), at ``swarm_checked_at``; empty: not seen yet.
+    swarm = models.JSONField(default=dict, blank=True)
+    swarm_checked_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["name"]
@@ -192,6 +196,13 @@ class ServiceReplica(models.Model):
     ready = models.BooleanField(default=False)
     state_error = models.TextField(blank=True)
     checked_at = models.DateTimeField(null=True, blank=True)
+    # The last snapshot of its /metrics (``deployments.replica_metrics``: the reconciler and the
+    # deploy tasks take it), which the Metrics tab and API read: what it answered at
+    # ``metrics_at``; ``metrics_checked_at`` the last time it was asked, ``metrics_error`` why that failed.
+    metrics = models.JSONField(default=dict, blank=True)
+    metrics_at = models.DateTimeField(null=True, blank=True)
+    metrics_checked_at = models.DateTimeField(null=True, blank=True)
+    metrics_error = models.TextField(blank=True)
 
     class Meta:
         ordering = ["service", "number"]

@@ -9,7 +9,6 @@ import uuid
 
 from django.db.models import Q, QuerySet
 
-from deployments import proxy
 from deployments.models import ActiveEnvironment, Environment, Service, ServiceReplica
 
 SAMPLE_KEY = "<service-key>"
@@ -34,17 +33,15 @@ def seconds_since(moment) -> int | None:
 
 
 def swarm_of(environment: Environment) -> dict | None:
-    """A cluster environment's swarm as its engine says now: {"state", "manager", "nodes",
-    "managers", "error"}; None for a local one."""
-    from compute.engine import EngineError
-    from compute.swarm import swarm_status
-
+    """A cluster environment's swarm as the worker side last saw it, from its row (never a call to
+    the engine): {"state", "manager", "nodes", "managers", "error", "checked_at",
+    "checked_seconds_ago"}, state ``unknown`` until the first check; None for a local one."""
     if environment.kind != Environment.Kind.CLUSTER:
         return None
-    try:
-        return swarm_status(environment.docker_url)
-    except EngineError as exc:
-        return {"state": "unknown", "manager": False, "nodes": 0, "managers": 0, "error": str(exc)}
+    seen = environment.swarm or {}
+    return {"state": seen.get("state") or "unknown", "manager": bool(seen.get("manager")),
+            "nodes": seen.get("nodes") or 0, "managers": seen.get("managers") or 0, "error": seen.get("error") or "",
+            "checked_at": environment.swarm_checked_at, "checked_seconds_ago": seconds_since(environment.swarm_checked_at)}
 
 
 def active_environment(user, workspace) -> Environment | None:
@@ -168,7 +165,10 @@ def service_logs(service: Service, *, tail: int = 200) -> dict:
         from deployments import cluster
 
         try:
-            text, error = cluster.logs(service, tail=tail), None
+            text, error = cluster.logs(service, tail=tail, timeout=LOGS_TIMEOUT), None
+        except EngineUnreachable as exc:
+            text, error = "", (f"the swarm of environment '{service.environment.name}' did not give the logs within "
+                               f"{LOGS_TIMEOUT} s: {exc}")
         except EngineError as exc:
             text, error = "", str(exc)
         return {"text": text + ("" if not error else f"(logs unavailable: {error})\n"),
@@ -194,32 +194,12 @@ def service_logs(service: Service, *, tail: int = 200) -> dict:
             "done": service.status in (Service.Status.FAILED, Service.Status.DELETED)}
 
 
-def service_metrics(service: Service) -> dict:
-    """Scoring requests and latency of every replica (their /metrics), and the totals."""
-    per_replica = []
-    merged: dict[float, float] = {}
-    total = {"requests": 0, "errors": 0, "latency_sum_ms": 0.0, "latency_count": 0, "by_code": {}}
-    for replica in service.replica_set.order_by("number"):
-        try:
-            summary = proxy.summarise_metrics(proxy.fetch_text(replica.host, replica.port, "/metrics"))
-        except (OSError, proxy.http.client.HTTPException) as exc:
-            per_replica.append({"replica": replica.number, "error": str(exc) or type(exc).__name__})
-            continue
-        for bound, cumulative in summary.pop("buckets"):
-            merged[bound] = merged.get(bound, 0) + cumulative
-        per_replica.append({"replica": replica.number, **summary, "error": None})
-        for field in ("requests", "errors", "latency_sum_ms", "latency_count"):
-            total[field] += summary[field]
-        for code, count in summary["by_code"].items():
-            total["by_code"][code] = total["by_code"].get(code, 0) + count
-    buckets = sorted(merged.items())
-    count = total["latency_count"]
-    return {
-        "requests": total["requests"], "errors": total["errors"], "by_code": total["by_code"],
-        "mean_latency_ms": round(total["latency_sum_ms"] / count, 3) if count else None,
-        "p50_latency_ms": proxy.quantile_ms(buckets, 0.5), "p95_latency_ms": proxy.quantile_ms(buckets, 0.95),
-        "replicas": per_replica,
-    }
+def service_metrics(service: Service, *, live: bool = False) -> dict:
+    """Scoring requests and latency of every replica and the totals, from the snapshots the
+    worker side took (``live``: asked now, with a short timeout): ``deployments.replica_metrics``."""
+    from deployments import replica_metrics
+
+    return replica_metrics.combine(service, live=live)
 
 
 def service_export(service: Service, fmt: str | None) -> tuple[str, str]:

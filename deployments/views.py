@@ -14,7 +14,7 @@ from django.views.decorators.http import require_POST
 
 from core.errors import PortalError
 from core.views_base import get_scoped_or_404, paginate, require_page_role, scoped
-from deployments import selectors, services
+from deployments import autoscaling, selectors, services
 from deployments.checks import effective_request_timeout
 from deployments.forms import EnvironmentEditForm, EnvironmentForm, FromImageForm, RealtimeForm
 from deployments.models import Environment, Service
@@ -88,23 +88,29 @@ def service_create(request):
             if mode == "realtime":
                 model = data["model_file"]
                 requirements = data.get("requirements_file")
-                service, notice = services.service_create_realtime(
-                    workspace=workspace, name=data["name"], model_file=model, model_filename=model.name,
-                    score=data["score_file"].read(), schema=data["schema_file"].read(),
-                    requirements=requirements.read() if requirements else None, user=request.user,
-                    model_name=data["model_name"] or None, environment=data["environment"] or None,
-                    replicas=data["replicas"], confirm_unknown=data["confirm_unknown"],
-                    request_timeout_s=data["request_timeout_s"],
-                )
+
+                def create(replicas):
+                    return services.service_create_realtime(
+                        workspace=workspace, name=data["name"], model_file=model, model_filename=model.name,
+                        score=data["score_file"].read(), schema=data["schema_file"].read(),
+                        requirements=requirements.read() if requirements else None, user=request.user,
+                        model_name=data["model_name"] or None, environment=data["environment"] or None,
+                        replicas=replicas, confirm_unknown=data["confirm_unknown"],
+                        request_timeout_s=data["request_timeout_s"],
+                    )
             else:
                 image = Image.objects.filter(workspace=workspace, pk=data["image"]).first()
                 if image is None:
                     raise PortalError("Choose a built image.", fields={"image": "Unknown image."})
-                service, notice = services.service_create(
-                    workspace=workspace, name=data["name"], image=image, user=request.user,
-                    environment=data["environment"] or None, replicas=data["replicas"], cpus=data["cpus"],
-                    memory_mb=data["memory_mb"], request_timeout_s=data["request_timeout_s"],
-                )
+
+                def create(replicas):
+                    return services.service_create(
+                        workspace=workspace, name=data["name"], image=image, user=request.user,
+                        environment=data["environment"] or None, replicas=replicas, cpus=data["cpus"],
+                        memory_mb=data["memory_mb"], request_timeout_s=data["request_timeout_s"],
+                    )
+            service, notice = autoscaling.create_autoscaled(create, given=form.autoscale_given(), replicas=data["replicas"],
+                                                            user=request.user)
         except PortalError as exc:
             _form_error(form, exc)
         else:
@@ -133,6 +139,7 @@ def service_detail(request, ref: str):
     return render(request, "deployments/service_detail.html", {
         "service": service, "usage": usage, "usage_error": usage_error, "images": images,
         "engine": selectors.engine_status(service.environment),
+        "metrics": selectors.service_metrics(service),  # the worker side's snapshot, never asked now
         "sample_json": json.dumps(usage["sample_body"], indent=2) if usage else "{}",
         "revisions": service.revisions.select_related("image", "created_by")[:50],
         "events": service.events.all()[:50], "steps": selectors.service_steps(service),
@@ -214,8 +221,6 @@ def service_scale(request, ref: str):
 @require_POST
 def service_autoscale(request, ref: str):
     """The Autoscale tab's form: an unticked box turns autoscaling off."""
-    from deployments import autoscaling
-
     given = autoscaling.given_in(request.POST)
     given["enabled"] = request.POST.get("autoscale_enabled") == "true"
     return _service_action(request, ref, Role.CONTRIBUTOR, lambda s: autoscaling.service_set_autoscale(
@@ -307,6 +312,7 @@ def environment_detail(request, ref: str):
     active = selectors.active_environment(request.user, environment.workspace)
     return render(request, "deployments/environment_detail.html", {
         "environment": environment, "engine": selectors.engine_status(environment),
+        "swarm": selectors.swarm_of(environment),  # what the worker side saw, never asked for this page
         "services": selectors.services_in(environment).select_related("image"),
         "is_active": active is not None and active.pk == environment.pk,
         "can_delete": _can(request, environment, Role.OWNER), "can_edit": can_edit, "form": form,

@@ -5,6 +5,7 @@ scale) and ``service_remove`` (deleting → gone), each called by a thin task in
 ``deployments.tasks``. Work on a service's containers is done under a short lease (``lock_token`` /
 ``lock_until``), so a task delivered twice, the reconciler and an update never act on the same
 containers at once. Docker calls happen outside any transaction; the row writes after them are short.
+Once new replicas serve, the task takes their metrics snapshot (``deployments.replica_metrics``).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from django.db import transaction
 from django.db.models import Max, Q
 from django.utils import timezone
 
+from deployments import replica_metrics
 from deployments.models import Environment, Service, ServiceEvent, ServiceReplica, ServiceRevision
 from deployments.services import event
 from workspaces.instance import portal_instance  # noqa: F401 (one id for runs and services; re-exported)
@@ -240,6 +242,7 @@ def service_deploy(*, service_id: str) -> str | None:
             ServiceRevision.objects.create(service=service, number=1, image=image, image_ref=image.ref,
                                            reason=ServiceRevision.Reason.CREATE, created_by_id=service.created_by_id)
             event(service.pk, f"Deployed image {image.ref}: {len(started)} replica(s) ready.")
+        replica_metrics.record_service(service.pk)
         return Service.Status.HEALTHY
     finally:
         unlock(service.pk, token)
@@ -365,6 +368,7 @@ def _roll(service: Service, op: dict) -> str | None:
         event(service.pk, f"Could not remove old containers ({'; '.join(problems)}); the reconciler retries.",
               ServiceEvent.Level.WARNING)
     _finish_change(service)
+    replica_metrics.record_service(service.pk)
     return Service.Status.HEALTHY
 
 
@@ -390,6 +394,7 @@ def _scale(service: Service, op: dict) -> str | None:
                 return None
             ServiceReplica.objects.bulk_create(replica_rows(service, started))
             event(service.pk, f"Scaled from {len(current)} to {target} replicas.")
+        replica_metrics.record_service(service.pk)
         return Service.Status.HEALTHY
     going = sorted(current, key=lambda r: r.number, reverse=True)[: len(current) - target]
     with transaction.atomic():

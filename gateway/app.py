@@ -20,6 +20,9 @@ the connection is skipped, and a request that was sent to a replica is never sen
 Each service has a concurrency limit and a queue bound, held across every web process of the host
 (``gateway.slots``); past both the answer is 503 with ``Retry-After``, so one flooded service holds
 only its own slots.
+
+Longer than 500 lines on purpose: the one request path (route, key, limit, balance, forward,
+answer headers) reads top to bottom here; its parts with state of their own are modules already.
 """
 from __future__ import annotations
 

@@ -22,7 +22,10 @@ MLPORTAL_REQUEST_TIMEOUT (seconds a scoring request may run, default 60; ``0`` l
 MLPORTAL_HEAD_TIMEOUT / MLPORTAL_BODY_TIMEOUT (seconds a request's head / body may take to arrive,
 default 10 / 60), MLPORTAL_MAX_JSON_DEPTH (default 64), MLPORTAL_ACCESS_LOG (``0`` turns the per-request line off),
 MLPORTAL_MODEL_VERSION (shown by the OIP metadata), MLPORTAL_PREIMPORT (``0`` stops the master
-importing the modules the model files name before it forks; for libraries not safe to fork).
+importing the modules the model files name before it forks; for libraries not safe to fork),
+MLPORTAL_STOP_DRAIN_SECONDS (default 0: on the first SIGTERM, keep serving this long before
+stopping, so whoever routes to it has stopped first: Swarm stops a task the moment it scales
+down or rolls, before the portal's gateway has dropped it; a second signal stops at once).
 
 Cold start: before forking, the master imports numpy/pandas when the schema needs them and the
 modules named by the app's pickle files (read with pickletools, never unpickled), builds the
@@ -136,6 +139,7 @@ class Config:
         self.score_file = args.score_file
         self.schema_file = args.schema_file
         self.internal_key = _env_or_file(env, "MLPORTAL_INTERNAL_KEY").strip().encode()
+        self.stop_drain = max(0.0, _env_float("MLPORTAL_STOP_DRAIN_SECONDS", 0.0) or 0.0)
         self.capture = True  # main() turns it off when the spool cannot be made
 
 
@@ -1431,6 +1435,8 @@ class Master:
         self.respawn_at: dict[int, float] = {}
         self.deaths: dict[int, list[float]] = {}
         self.stopping = False
+        self.drain_until: float | None = None  # serving on after a SIGTERM until then (stop_drain)
+        self.drain_logged = False
         self.exit_code = 0
 
     def spawn(self, index: int) -> None:
@@ -1456,6 +1462,9 @@ class Master:
         signal.set_wakeup_fd(wake_w)
 
         def on_stop(signum: int, frame: Any) -> None:
+            if signum == signal.SIGTERM and self.config.stop_drain and self.drain_until is None:
+                self.drain_until = time.monotonic() + self.config.stop_drain
+                return
             self.stopping = True
 
         signal.signal(signal.SIGTERM, on_stop)
@@ -1472,6 +1481,13 @@ class Master:
             self.reap()
             self.kill_stuck()
             now = time.monotonic()
+            if self.drain_until is not None and not self.stopping:
+                if now >= self.drain_until:
+                    self.stopping = True
+                    break
+                if not self.drain_logged:
+                    self.drain_logged = True
+                    _log(f"stopping in {self.config.stop_drain:g} s (serving until then, as MLPORTAL_STOP_DRAIN_SECONDS asks)")
             for index, when in list(self.respawn_at.items()):
                 if now >= when and not self.stopping:
                     del self.respawn_at[index]

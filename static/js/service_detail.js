@@ -127,6 +127,7 @@
         $("m-errors").textContent = m.errors;
         $("m-mean").textContent = fmt(m.mean_latency_ms);
         $("m-p95").textContent = fmt(m.p95_latency_ms);
+        setText($("metrics-note"), m.note); // how old the worker side's snapshot is, or who has not answered
         if (chart) {
           chart.data.labels.push(new Date().toLocaleTimeString());
           chart.data.datasets[0].data.push(m.requests);

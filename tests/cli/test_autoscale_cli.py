@@ -1,4 +1,4 @@
-"""`mlportal service update --autoscale-*` against the portal (no worker: the settings are rows)."""
+"""`mlportal service create|update --autoscale-*` against the portal (no worker: the settings are rows)."""
 from __future__ import annotations
 
 import json
@@ -31,6 +31,26 @@ def test_autoscale_flags_set_show_and_refuse_bad_values(cli, login, owner, owner
     assert off.code == 0 and "autoscaling off" in off.err, off.err
     shown = json.loads(cli("service", "show", "-n", "churnpred", "-o", "json").out)
     assert shown["autoscale"]["enabled"] is False and shown["autoscale"]["max_replicas"] == 4
+@pytest.mark.parametrize("flags, says", [
+    (["--autoscale-min-replicas", "4", "--autoscale-max-replicas", "2"], "autoscale_min_replicas (4) is above autoscale_max_replicas (2)"),
+    (["--autoscale-target-utilization", "101"], "autoscale_target_utilization must be from 1 to 100; got 101"),
+    (["--autoscale-refresh-seconds", "0"], "autoscale_refresh_seconds must be at least 1 second"),
+    (["--autoscale-max-replicas", "99"], "autoscale_max_replicas must be from 1 to 8; got 99"),
+    (["-z", "2"], "A fixed replica count and autoscaling exclude each other"),
+])
+def test_create_with_bad_autoscale_flags_says_what_to_change_and_stores_nothing(cli, login, owner, workspace, churn, flags, says):  # noqa: F811
+    from deployments.models import Service
+    from registry.models import Image, Model
+
+    for name, content in (("model.pkl", churn["model"]), ("score.py", churn["score"]), ("service_schema.json", churn["schema"])):
+        (cli.home / name).write_bytes(content)
+    login(owner)
+    refused = cli("service", "create", "realtime", "-n", "auto", "--model-file", "model.pkl", "-f", "score.py",
+                  "-s", "service_schema.json", "--autoscale-enabled", *flags)
+    assert_one_error_line(refused, contains=says)
+    assert not Service.objects.exists() and not Image.objects.exists() and not Model.objects.exists()
+
+
 def test_env_setup_cluster_on_the_swarm_manager(cli, login, owner, workspace):
     from compute import swarm
 

@@ -60,6 +60,9 @@ def test_pages_and_reads_answer_from_rows_while_the_engine_never_answers(stuck_s
     assert service["engine"]["ok"] is False
     replica = service["containers"][0]
     assert replica["state"] == "unknown" and "did not answer" in replica["state_error"]
+    for live in ("", "?live=1"):  # the metrics snapshot; a live read does not ask a silent engine either
+        metrics = owner_api.get(f"/api/v1/services/{stuck_service.pk}/metrics/{live}").json()
+        assert "environment 'far' has not answered since" in metrics["note"] and metrics["checked_at"] is None
     assert silent_engine.accepted == asked, "a page or an API read opened a connection to the engine"
 
 

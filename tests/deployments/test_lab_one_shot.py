@@ -124,7 +124,13 @@ def test_logs_and_metrics_come_from_the_containers(deploy_worker, owner_api, cre
     assert logs["replicas"][0]["replica"] == 1 and "[replica 1]" in logs["text"]
     assert "POST /score" in logs["text"]  # the scoring server's access log
     assert owner_api.get("/api/v1/services/churnpred/logs/?tail=0").status_code == 400
+    live = owner_api.get("/api/v1/services/churnpred/metrics/?live=1").json()  # asked of the container now
+    assert live["live"] and live["requests"] >= 3 and live["by_code"].get("200", 0) >= 3
+    # The default read is the snapshot the worker side takes (the deploy took one; the reconciler each sweep).
+    from deployments import replica_metrics
+
+    assert replica_metrics.record_service(Service.objects.get().pk) == 1  # the reconciler's step
     metrics = owner_api.get("/api/v1/services/churnpred/metrics/").json()
-    assert metrics["requests"] >= 3 and metrics["by_code"].get("200", 0) >= 3
+    assert metrics["requests"] >= 3 and metrics["by_code"].get("200", 0) >= 3 and "s ago" in metrics["note"]
     assert metrics["mean_latency_ms"] > 0 and metrics["replicas"][0]["error"] is None
     assert Service.objects.get().status == "healthy"

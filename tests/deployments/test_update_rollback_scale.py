@@ -72,7 +72,7 @@ def test_scaling_to_two_replicas_serves_from_both_and_back_to_one(deploy_worker,
         assert answer.json() == "0"
         served.add(answer["X-MLPortal-Replica"])
     assert served == {"1", "2"}
-    per_replica = owner_api.get("/api/v1/services/churnpred/metrics/").json()["replicas"]
+    per_replica = owner_api.get("/api/v1/services/churnpred/metrics/?live=1").json()["replicas"]
     assert [r["requests"] >= 3 for r in per_replica] == [True, True]
     assert len(service_containers(scaled["id"])) == 2
 

@@ -41,6 +41,19 @@ def test_the_issue_s_canary_is_dangerous_named_and_not_called_scikit_learn(owner
     assert Activity.objects.get(verb="model.registered").detail["scan"] == "dangerous"
 
 
+def test_a_run_output_is_scanned_before_it_becomes_a_version(owner_api, owner, workspace, tmp_path):
+    # The second way a file is registered (issue 20): a run's outputs, as the page, API and pipelines do.
+    from tests.registry.test_register_from_run import make_run
+
+    run = make_run(workspace, owner, outputs={"model.pkl": dangerous(tmp_path)})
+    response = owner_api.post("/api/v1/models/", {"name": "fromrun", "run": str(run.pk), "path": "model.pkl"}, format="json")
+    assert response.status_code == 201, response.json()
+    body = response.json()
+    assert body["framework"] == "unknown" and body["scan"]["verdict"] == "dangerous"
+    assert [g["global"] for g in body["scan"]["globals"]] == ["posix.system"]
+    assert Model.objects.get().scan_verdict == "dangerous" and not (tmp_path / "ran").exists()
+
+
 def test_the_churn_template_s_trained_model_is_safe_scikit_learn_with_its_version(owner_api, register_model, trained_churn):
     import sklearn
 

@@ -108,3 +108,43 @@ def test_the_sweep_marks_a_silent_run_lost_and_leaves_a_live_one(owner, blank, c
     assert claimed.status == "lost" and "stopped reporting" in claimed.status_reason and claimed.ended_at
     assert "stopped reporting" in log_since(claimed, 0)[0]
     assert Run.objects.get(id=fresh.id).status == "preparing"
+
+
+def test_a_script_logging_faster_than_the_database_writes_waits_so_the_worker_holds_a_bounded_number_of_points(
+        transactional_db, owner, workspace, monkeypatch):
+    """Issue 18: the worker's memory stays bounded while it ingests. While the writer is held up
+    (here: the test holds the flush lock, as a slow database would), the thread reading the
+    script's output stops reading once MAX_PENDING_METRICS points wait, so the script blocks on
+    its stdout instead of the worker buffering a million points; every point is written after."""
+    import threading
+    import time
+
+    from tests.helpers import wait_until
+
+    monkeypatch.setattr(worker, "METRIC_BATCH", 100)
+    monkeypatch.setattr(worker, "MAX_PENDING_METRICS", 200)
+    project = services.project_create(workspace=workspace, name="flood", user=owner)
+    services.project_file_put(project=project, path="a.py", content=b"", user=owner)
+    run = Run.objects.create(workspace=workspace, project=project, number=1, script="a.py", status="running",
+                             heartbeat_at=timezone.now())
+    sink = worker.RunSink(run).start()
+    read = []
+
+    def script_output():
+        for step in range(1000):
+            sink.output(METRIC_PREFIX + '{"name": "loss", "value": 0.5, "step": %d, "time": null}' % step)
+            read.append(step)
+
+    reader = threading.Thread(target=script_output, daemon=True)
+    try:
+        with sink._flush_lock:
+            reader.start()
+            time.sleep(1.5)
+            assert reader.is_alive(), "the reader went on buffering while nothing could be written"
+            assert len(read) <= 200 and sink.metric_count <= 200
+        reader.join(timeout=60)
+        assert not reader.is_alive() and len(read) == 1000
+        wait_until(lambda: Metric.objects.filter(run=run).count() == 1000, timeout=10, interval=0.1,
+                   message="every point written once the writer was free")
+    finally:
+        sink.stop()
