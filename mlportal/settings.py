@@ -296,6 +296,11 @@ MLPORTAL_SWEEP_INTERVAL_SECONDS = env_int("MLPORTAL_SWEEP_INTERVAL_SECONDS", 30,
 MLPORTAL_SWARM_WATCH_SECONDS = env_int("MLPORTAL_SWARM_WATCH_SECONDS", 5, minimum=1)
 # How often the maintenance worker pulls captured model data from the replicas (issue 16).
 MLPORTAL_CAPTURE_INTERVAL_SECONDS = env_int("MLPORTAL_CAPTURE_INTERVAL_SECONDS", 60, minimum=1)
+# Rows a replica keeps for the collector; past it the oldest go and are counted (the Data tab's
+# "dropped"). Sent with every pull, so a change reaches running replicas.
+MLPORTAL_CAPTURE_SPOOL_ROWS = env_int("MLPORTAL_CAPTURE_SPOOL_ROWS", 10_000, minimum=1)
+if MLPORTAL_CAPTURE_SPOOL_ROWS > 1_000_000:  # mlportal_runtime.capture.MAX_SPOOL_ROWS: replicas refuse more
+    raise ImproperlyConfigured(f"MLPORTAL_CAPTURE_SPOOL_ROWS={MLPORTAL_CAPTURE_SPOOL_ROWS} is above its maximum of 1000000")
 # How often a running retraining pipeline looks again at the step it waits on (a run, a build, an update).
 MLPORTAL_PIPELINE_POLL_SECONDS = env_int("MLPORTAL_PIPELINE_POLL_SECONDS", 2, minimum=1)
 # Outgoing webhooks: how often the beat turns what happened into deliveries, the first retry's
@@ -360,6 +365,7 @@ CELERY_TASK_ROUTES = {
     "retention.tasks.remove_images_of_deleted_service": {"queue": "celery"},
     "monitoring.tasks.collect_capture": {"queue": "celery"},
     "monitoring.tasks.compute_drift": {"queue": "celery"},
+    "monitoring.tasks.compute_drift_job": {"queue": "celery"},
     # The autoscaler's tick (every refresh period per autoscaled service) never waits behind a deploy.
     "deployments.tasks.autoscale_service": {"queue": "celery"},
     "deployments.tasks.watch_swarm_tasks": {"queue": "celery"},

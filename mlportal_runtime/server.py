@@ -908,17 +908,35 @@ class App:
             self._check_key(request)
             if not self.ready:
                 raise HttpError(503, "not_ready", "the model is still loading; retry shortly")
+            started = time.monotonic()
             body = parse_json_body(request.body, self.config.max_json_depth)
             try:
                 inputs, request_id = oip.parse_infer_request(self.schema, body)
             except SchemaError as exc:
                 raise HttpError(400, "invalid_input", exc.message) from None
+            if isinstance(request_id, str) and not capture.REQUEST_ID.fullmatch(request.headers.get("x-request-id") or "") \
+                    and capture.REQUEST_ID.fullmatch(request_id):
+                # An OIP client names its request in the body: that id is the one captured and
+                # answered in X-Request-Id, so ground truth can be sent by it (a valid header wins).
+                request.request_id = request_id
+            mode = self._sample()
             result = self._call_run(inputs)
             try:
-                value = json.loads(encode_result(result))
+                payload = encode_result(result)
+                value = json.loads(payload)
             except (TypeError, ValueError) as exc:
                 self.row[F_ERR_RUN] += 1
+                collector.end()
                 raise HttpError(500, "bad_result", str(exc)) from None
+            # Captured as a /score request of the same inputs would be, so both protocols' rows
+            # have one column per schema input field (and the same prediction).
+            plain = None
+            if mode in ("inputs", "both"):
+                try:
+                    plain = oip.as_score_body(self.schema, body)
+                except Exception as exc:  # noqa: BLE001 - capture is best effort next to scoring
+                    _log(f"worker {self.worker}: capture of the inputs failed ({type(exc).__name__}: {exc})")
+            self._record(mode, request, plain, payload, started)
             response = oip.infer_response(value, self.name, request_id, self.config.model_version)
             return 200, json.dumps(response).encode(), JSON_TYPE, b"", "infer"
         if method not in ("GET", "HEAD"):
