@@ -384,13 +384,25 @@ _base_events._set_nodelay = _set_nodelay
 '''
 
 
+def runtime_path(work: Path) -> str:
+    """A folder holding only ``azureml`` and ``mlportal_runtime`` (links to this checkout's), for
+    the peers' PYTHONPATH: the churn template's score.py imports ``azureml.datacollector``, which
+    our image provides; with capture off its calls do nothing, in our server and in theirs alike."""
+    folder = work / "runtime-path"
+    if not folder.exists():
+        folder.mkdir()
+        for name in ("azureml", "mlportal_runtime"):
+            (folder / name).symlink_to(common.REPO / name, target_is_directory=True)
+    return str(folder)
+
+
 def mlflow_env(work: Path, *, nodelay_patch: bool = False) -> dict[str, str]:
-    path = ""
+    path = runtime_path(work)
     if nodelay_patch:
         patch_dir = work / "mlflow-nodelay"
         patch_dir.mkdir(exist_ok=True)
         (patch_dir / "sitecustomize.py").write_text(NODELAY_PATCH)
-        path = str(patch_dir)
+        path = f"{patch_dir}{os.pathsep}{path}"
     return {
         **os.environ,
         "PATH": f"{MLFLOW_VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",  # serve finds uvicorn here
@@ -530,7 +542,7 @@ def bentoml_server(case: str, app: Path, work: Path, *, workers: int, cpu: int) 
                "--host", "127.0.0.1", "--port", str(port)]
     env = {**os.environ, "PATH": f"{VENVS / 'bentoml' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
            "BENCH_APP_DIR": str(app), "BENCH_WORKERS": str(workers), "BENTOML_DO_NOT_TRACK": "True",
-           "BENTOML_HOME": str(folder / "home"), "PYTHONPATH": str(folder)}
+           "BENTOML_HOME": str(folder / "home"), "PYTHONPATH": f"{folder}{os.pathsep}{runtime_path(work)}"}
     with peer_process(f"bentoml-{case}", command, work=folder, env=env, port=port, ready_path="/readyz") as ready:
         yield f"http://127.0.0.1:{ready}/predict"
 

@@ -2,7 +2,7 @@
 django-storages' S3 backend on any S3-compatible server, so every worker reads and writes the same
 snapshots, outputs, models, manifests and captured data, whatever host it runs on.
 
-What the portal relies on, and the one-folder storage (``workspaces.filestorage.PortalFileSystemStorage``)
+What the portal relies on, and the one-folder storage (``core.filestorage.PortalFileSystemStorage``)
 gives too:
 - a name already taken is never overwritten (``file_overwrite`` off: a free name is picked, as on
   a folder), since outputs, snapshots and models are addressed by the name first stored;

@@ -45,6 +45,10 @@ class Environment(models.Model):
     engine_error = models.TextField(blank=True)
     engine_checked_at = models.DateTimeField(null=True, blank=True)
     engine_answered_at = models.DateTimeField(null=True, blank=True, help_text="The last check the engine answered")
+    # A cluster environment's swarm as its engine last described it (compute.swarm.swarm_status:
+    # state, manager, nodes, managers, error), at ``swarm_checked_at``; empty: not seen yet.
+    swarm = models.JSONField(default=dict, blank=True)
+    swarm_checked_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["name"]

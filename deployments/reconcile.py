@@ -63,7 +63,10 @@ def services_reconcile() -> dict:
     for environment in Environment.objects.filter(kind=Environment.Kind.CLUSTER):
         clusters[environment.docker_url].append(environment)
     for base_url, environments in clusters.items():  # their pages show what was seen too
-        record_engine(environments, engine_status(base_url))
+        status = engine_status(base_url)
+        record_engine(environments, status)
+        if status["ok"]:  # a silent engine is not asked twice in one pass
+            record_swarm(environments, base_url)
     for base_url, environments in by_engine.items():
         status = engine_status(base_url)
         if not status["ok"]:
@@ -159,6 +162,21 @@ def record_engine(environments: list[Environment], status: dict) -> None:
     Environment.objects.filter(pk__in=[e.pk for e in environments]).update(**fields)
 
 
+def record_swarm(environments: list[Environment], base_url: str | None) -> dict:
+    """Asks a cluster engine for its swarm (``compute.swarm.swarm_status``) and writes the answer
+    on its environments' rows with the time: the pages and the API's ``swarm`` read these. An
+    engine that does not answer is written as state ``unknown`` with the error. Returns it."""
+    from compute.engine import EngineError
+    from compute.swarm import swarm_status
+
+    try:
+        seen = swarm_status(base_url)
+    except EngineError as exc:
+        seen = {"state": "unknown", "manager": False, "nodes": 0, "managers": 0, "error": str(exc)[:2000]}
+    Environment.objects.filter(pk__in=[e.pk for e in environments]).update(swarm=seen, swarm_checked_at=timezone.now())
+    return seen
+
+
 def environment_check(*, environment_id: str) -> dict | None:
     """Asks one environment's engine now and records the answer (after a create or an engine
     URL change, so its page need not wait for the next reconcile). Returns the status."""
@@ -168,7 +186,11 @@ def environment_check(*, environment_id: str) -> dict | None:
     if environment is None:
         return None
     status = engine_status(environment.docker_url)
-    record_engine(list(Environment.objects.filter(engine_url=environment.engine_url)), status)
+    same_engine = list(Environment.objects.filter(engine_url=environment.engine_url))
+    record_engine(same_engine, status)
+    clusters = [e for e in same_engine if e.kind == Environment.Kind.CLUSTER]
+    if clusters and status["ok"]:
+        record_swarm(clusters, environment.docker_url)
     return status
 
 

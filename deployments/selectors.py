@@ -33,17 +33,15 @@ def seconds_since(moment) -> int | None:
 
 
 def swarm_of(environment: Environment) -> dict | None:
-    """A cluster environment's swarm as its engine says now: {"state", "manager", "nodes",
-    "managers", "error"}; None for a local one."""
-    from compute.engine import EngineError
-    from compute.swarm import swarm_status
-
+    """A cluster environment's swarm as the worker side last saw it, from its row (never a call to
+    the engine): {"state", "manager", "nodes", "managers", "error", "checked_at",
+    "checked_seconds_ago"}, state ``unknown`` until the first check; None for a local one."""
     if environment.kind != Environment.Kind.CLUSTER:
         return None
-    try:
-        return swarm_status(environment.docker_url)
-    except EngineError as exc:
-        return {"state": "unknown", "manager": False, "nodes": 0, "managers": 0, "error": str(exc)}
+    seen = environment.swarm or {}
+    return {"state": seen.get("state") or "unknown", "manager": bool(seen.get("manager")),
+            "nodes": seen.get("nodes") or 0, "managers": seen.get("managers") or 0, "error": seen.get("error") or "",
+            "checked_at": environment.swarm_checked_at, "checked_seconds_ago": seconds_since(environment.swarm_checked_at)}
 
 
 def active_environment(user, workspace) -> Environment | None:
@@ -167,7 +165,10 @@ def service_logs(service: Service, *, tail: int = 200) -> dict:
         from deployments import cluster
 
         try:
-            text, error = cluster.logs(service, tail=tail), None
+            text, error = cluster.logs(service, tail=tail, timeout=LOGS_TIMEOUT), None
+        except EngineUnreachable as exc:
+            text, error = "", (f"the swarm of environment '{service.environment.name}' did not give the logs within "
+                               f"{LOGS_TIMEOUT} s: {exc}")
         except EngineError as exc:
             text, error = "", str(exc)
         return {"text": text + ("" if not error else f"(logs unavailable: {error})\n"),

@@ -1,12 +1,14 @@
 """The request side of environments and services: what a view, a viewset or a CLI call does.
 
 Each function checks (``deployments.checks``), records rows and enqueues the worker's task when the
-transaction commits, then returns; none of them calls a Docker engine. What the ``deploy`` worker
+transaction commits, then returns; none of them calls a Docker engine but the set-up of a cluster
+environment (``environment_create``, which says why). What the ``deploy`` worker
 does with the containers is in ``deployments.worker``; the periodic comparison with the engines in
 ``deployments.reconcile``.
 
 A service's status moves by guarded updates (``UPDATE … WHERE status = <expected>``), so a request
-and a worker never both move it.
+and a worker never both move it. Longer than 500 lines on purpose: environments and every change
+of a service (create, one-shot, update, rollback, scale, keys, delete) share the one change path.
 """
 from __future__ import annotations
 
@@ -41,12 +43,15 @@ from workspaces.services import activity_record, check_name, require_role
 logger = logging.getLogger(__name__)
 
 
-@transaction.atomic
 def environment_create(*, workspace: Workspace, name: str, user, kind: str = Environment.Kind.LOCAL, init_swarm: bool = False,
                        engine_url: str = "", publish_address: str = "", labels: Any = None,
                        description: str = "") -> Environment:
-    """Creates an environment (the lab's ``az ml env setup``). Only ``local`` ones for now. Choosing
-    an engine URL or a publish address (a machine the portal will talk to) takes the owner role."""
+    """Creates an environment (the lab's ``az ml env setup``): ``local`` (one engine) or ``cluster``
+    (a Docker Swarm manager). Choosing an engine URL or a publish address (a machine the portal will
+    talk to) takes the owner role. Setting up a cluster environment is the one request that asks an
+    engine (``cluster.check_environment``: is it a swarm manager, or make it one with
+    ``init_swarm``), because the owner asked for exactly that and must hear at once what to change;
+    it runs before any transaction, and what it saw is written on the row (the pages read that)."""
     require_role(user=user, workspace=workspace, role=Role.CONTRIBUTOR)
     if str(engine_url or "").strip() or str(publish_address or "").strip() not in ("", "127.0.0.1"):
         require_role(user=user, workspace=workspace, role=Role.OWNER)
@@ -59,28 +64,31 @@ def environment_create(*, workspace: Workspace, name: str, user, kind: str = Env
     engine_url = check_engine_url(engine_url)
     publish_address = check_publish_address(publish_address)
     labels = check_labels(labels)
-    notice = None
+    notice, seen = None, {}
     if kind == Environment.Kind.CLUSTER:
         from deployments import cluster
 
-        _, notice = cluster.check_environment(engine_url=engine_url, labels=labels, init_swarm=bool(init_swarm))
+        seen, notice = cluster.check_environment(engine_url=engine_url, labels=labels, init_swarm=bool(init_swarm))
     description = (description or "").strip() if isinstance(description, str) else ""
     if len(description) > 2000:
         raise field_error("description", "The description is over 2000 characters: shorten it.")
     if Environment.objects.filter(workspace=workspace, name=name).exists():
         raise field_error("name", f"Workspace '{workspace.name}' has an environment named '{name}' already: choose another name.")
+    from django.utils import timezone
+
+    seen_at = timezone.now() if seen else None
     try:
         with transaction.atomic():
             environment = Environment.objects.create(
                 workspace=workspace, name=name, kind=kind, engine_url=engine_url, publish_address=publish_address,
-                labels=labels, description=description, created_by=user,
+                labels=labels, description=description, created_by=user, swarm=seen or {}, swarm_checked_at=seen_at,
             )
+            activity_record(workspace=workspace, actor=user, verb="environment.created", target=environment,
+                            detail={"kind": kind, "engine": environment.engine_label})
+            check_engine_soon(environment)
     except IntegrityError:
         raise field_error("name", f"Workspace '{workspace.name}' has an environment named '{name}' already: choose another name.") from None
-    activity_record(workspace=workspace, actor=user, verb="environment.created", target=environment,
-                    detail={"kind": kind, "engine": environment.engine_label})
     environment.notice = notice  # said to the user (the API's "notice", a page message)
-    check_engine_soon(environment)
     return environment
 
 
@@ -138,7 +146,7 @@ def environment_update(*, environment: Environment, user, changes: dict[str, Any
         changed = {k: v for k, v in values.items() if getattr(environment, k) != v}
         if "engine_url" in changed:  # what was seen of the old engine says nothing about the new one
             changed.update(engine_ok=None, engine_version="", engine_error="", engine_checked_at=None,
-                           engine_answered_at=None)
+                           engine_answered_at=None, swarm={}, swarm_checked_at=None)
         for key, value in changed.items():
             setattr(environment, key, value)
         if changed:
@@ -493,9 +501,3 @@ def service_delete(*, service: Service, user) -> Service:
 
 def event(service_id, message: str, level: str = ServiceEvent.Level.INFO) -> None:
     ServiceEvent.objects.create(service_id=service_id, level=level, message=message[:4000])
-
-
-# Names that moved out in the rooms split (issue 11) still resolve here for this session.
-from core.moved import forward  # noqa: E402
-
-__getattr__ = forward(__name__, ["deployments.worker", "deployments.reconcile", "deployments.checks"])

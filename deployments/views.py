@@ -312,6 +312,7 @@ def environment_detail(request, ref: str):
     active = selectors.active_environment(request.user, environment.workspace)
     return render(request, "deployments/environment_detail.html", {
         "environment": environment, "engine": selectors.engine_status(environment),
+        "swarm": selectors.swarm_of(environment),  # what the worker side saw, never asked for this page
         "services": selectors.services_in(environment).select_related("image"),
         "is_active": active is not None and active.pk == environment.pk,
         "can_delete": _can(request, environment, Role.OWNER), "can_edit": can_edit, "form": form,

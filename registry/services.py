@@ -39,13 +39,6 @@ from workspaces.services import activity_record, require_role
 logger = logging.getLogger(__name__)
 
 
-class EngineUnavailable(PortalError):
-    """The Docker engine could not do what was asked (unreachable, or it refused)."""
-
-    status_code = 503
-    default_code = "engine_unavailable"
-
-
 def _create_versioned(cls, *, workspace: Workspace, name: str, **fields):
     """Creates ``cls`` as the next version of ``name`` in ``workspace`` (core.numbering)."""
     return create_next(cls, workspace_pk=workspace.pk, field="version", scope={"workspace": workspace, "name": name},
@@ -440,22 +433,28 @@ def _check_removable(image: Image) -> None:
 
 
 def image_delete(*, image: Image, user) -> None:
-    """Deletes an image record and removes it from the Docker engine (``image_remove``: no lock
-    is held across the engine call). Raises Conflict while it builds or while a service uses it
-    (naming the service) or when the engine refuses, EngineUnavailable when the engine does not
-    answer."""
-    from compute.engine import EngineError, EngineUnreachable
+    """Deletes an image record at once; its Docker image is removed after the commit, by the task
+    ``registry.tasks.remove_engine_image`` (``registry.worker.engine_image_remove``), so the request
+    neither waits on an engine nor holds a lock while one works. Raises Conflict while it builds,
+    while a service uses it (naming the service) or while retention is removing it."""
+    from django.db.models import ProtectedError, RestrictedError
+
+    from registry.tasks import remove_engine_image
 
     require_role(user=user, workspace=image.workspace, role=Role.OWNER)
-    try:
-        image_remove(image_id=image.pk, actor=user)
-    except EngineUnreachable as exc:
-        raise EngineUnavailable(f"Image {image.ref} was not deleted: {exc}") from None
-    except EngineError as exc:  # e.g. a container the portal does not manage still runs it
-        raise Conflict(f"The Docker engine refused to remove {image.tag}: {exc}", code="engine_refused") from None
-
-
-# Names that moved out in the rooms split (issue 11) still resolve here for this session.
-from core.moved import forward  # noqa: E402
-
-__getattr__ = forward(__name__, ["registry.worker", "registry.checks", "registry.inference", "registry.reconcile"])
+    with transaction.atomic():
+        locked = Image.objects.select_for_update().select_related("workspace").filter(pk=image.pk).first()
+        if locked is None:
+            return
+        if locked.status == Image.Status.DELETING:
+            raise Conflict(f"Image {locked.ref} is being removed already: it goes in a moment.", code="deleting")
+        _check_removable(locked)
+        tag, engine_id = locked.tag, locked.image_id
+        activity_record(workspace=locked.workspace, actor=user, verb="image.deleted", target=locked, detail={"tag": tag})
+        try:
+            locked.delete()
+        except (ProtectedError, RestrictedError):  # a service made from it in the moment it was checked
+            raise Conflict(f"Image {locked.ref} is used by a service created just now: delete the service first.",
+                           code="in_use") from None
+        if engine_id:
+            transaction.on_commit(lambda: remove_engine_image.delay(tag, engine_id))

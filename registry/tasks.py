@@ -1,4 +1,5 @@
-"""The image-build task (queue `builds`, routed by settings). Thin: the work is in registry.worker."""
+"""The image-build task (queue `builds`, routed by settings) and the removal of a deleted image from
+the engine (the maintenance queue). Thin: the work is in registry.worker."""
 from __future__ import annotations
 
 from celery import shared_task
@@ -23,3 +24,16 @@ def requeue_lost_builds() -> dict:
     from registry.reconcile import requeue_lost_builds as requeue
 
     return requeue()
+
+
+# Sent on commit by registry.services.image_delete, the row already gone. Idempotent (removing
+# what is gone answers "gone"), so a second delivery is harmless; only an unreachable engine is
+# retried, with backoff (5 s doubling, 6 tries): a refusal is logged, not retried.
+@shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True, max_retries=6)
+def remove_engine_image(self, tag: str, engine_id: str) -> str:
+    from compute.engine import EngineUnreachable
+
+    try:
+        return worker.engine_image_remove(tag=tag, engine_id=engine_id)
+    except EngineUnreachable as exc:
+        raise self.retry(exc=exc, countdown=min(300, 5 * 2 ** self.request.retries))

@@ -3,6 +3,8 @@
 Claims a queued image (queued → building, guarded), builds the environment image and the service
 image on the Docker engine, stores the build log as it goes (``BuildLog``) and beats a heartbeat so
 a silent step is not taken for a dead worker; then building → succeeded / failed, guarded.
+``engine_image_remove`` is what ``registry.tasks.remove_engine_image`` does once a deleted image's
+row is gone (``registry.services.image_delete`` enqueues it on commit).
 """
 from __future__ import annotations
 
@@ -182,6 +184,7 @@ def _build(image: Image) -> str:
     from compute.engine import BuildError, EngineError
     from compute.envimage import ensure_env_image
     from compute.images import build_service_image
+    from workspaces.instance import portal_instance
 
     log = BuildLog(image)
     started = time.monotonic()
@@ -194,6 +197,7 @@ def _build(image: Image) -> str:
             base_image=settings.MLPORTAL_BASE_IMAGE, requirements=requirements,
             wheel_cache=settings.MLPORTAL_WHEEL_CACHE, log=log, base_url=settings.MLPORTAL_DOCKER_URL,
             timeout_s=settings.MLPORTAL_BUILD_TIMEOUT, source_packages=settings.MLPORTAL_SOURCE_PACKAGES,
+            portal=portal_instance(),
         )
         built = build_service_image(
             tag=image.tag, env_image=env_image, app_files=image_app_files(manifest), labels=image.labels, log=log,
@@ -228,3 +232,26 @@ def _build(image: Image) -> str:
     log.flush()
     image_finish(image, status=Image.Status.SUCCEEDED, image_id=built["id"], size=built["size"], build_seconds=seconds)
     return Image.Status.SUCCEEDED
+
+
+def engine_image_remove(*, tag: str, engine_id: str) -> str:
+    """Removes a deleted image (its row is gone) from the Docker engine: the tag when it still
+    names these bytes (a newer build may have taken it: then only the old bytes go, if nothing
+    else holds them). Returns "removed", "gone" (the engine had none) or "refused" (a container
+    the portal does not manage still runs it: left, and logged). Raises EngineUnreachable, which
+    the task retries."""
+    import logging
+
+    from compute.engine import EngineError, EngineUnreachable, image_id
+    from compute.images import remove_image
+
+    base_url = settings.MLPORTAL_DOCKER_URL
+    try:
+        current = image_id(tag, base_url=base_url)
+        ref = tag if current == engine_id else engine_id
+        return "removed" if remove_image(ref, base_url=base_url) else "gone"
+    except EngineUnreachable:
+        raise
+    except EngineError as exc:
+        logging.getLogger(__name__).warning("the engine kept deleted image %s (%s): %s", tag, engine_id, exc)
+        return "refused"

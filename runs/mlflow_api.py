@@ -12,6 +12,9 @@ bearer token only (no session cookie, hence no CSRF). Errors come in MLflow's ow
 that is what the client parses: another workspace's project or run is RESOURCE_DOES_NOT_EXIST;
 NaN is stored as MLflow stores it and ±Infinity as ±1.7976931348623157e308 (as MLflow's SQL store
 does); a param over 6,000 characters or one logged again with another value is INVALID_PARAMETER_VALUE.
+
+Longer than 500 lines on purpose: every endpoint MLflow's client calls, with MLflow's error shape,
+in one module; each endpoint is a few lines over ``runs.services`` and ``runs.metrics``.
 """
 from __future__ import annotations
 

@@ -506,9 +506,3 @@ def run_set_tags(*, run_id, workspace_id, tags: Iterable[tuple[str, str]]) -> No
     _upsert_tags(run_id, workspace_id, [(k, v) for k, v in items if k != NOTE_TAG])
     if notes:
         Run.objects.filter(id=run_id).update(note=notes[-1][:NOTE_MAX])
-
-
-# Names that moved out in the rooms split (issue 11) still resolve here for this session.
-from core.moved import forward  # noqa: E402
-
-__getattr__ = forward(__name__, ["runs.worker", "runs.checks", "runs.metrics", "runs.reconcile"])

@@ -61,6 +61,14 @@ def test_an_app_file_over_about_500_lines_says_why():
     assert unexplained == [], "split these or say why in their docstring ('Longer than 500 lines …')"
 
 
+def test_the_old_import_paths_of_the_split_are_gone():
+    # Every caller imports from the new place; a module-level __getattr__ or a sys.modules alias
+    # would let an old path keep working unnoticed.
+    leftovers = [str(p.relative_to(ROOT)) for p in app_modules()
+                 if re.search(r"^__getattr__ = |^sys\.modules\[__name__\] = |core\.moved", p.read_text(), re.M)]
+    assert leftovers == [] and not (ROOT / "core" / "moved.py").exists()
+
+
 @pytest.mark.django_db
 def test_the_workspace_patch_writes_through_its_service(owner_api, workspace):
     from workspaces.models import Activity

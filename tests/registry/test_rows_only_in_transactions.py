@@ -1,15 +1,13 @@
 """``transaction.atomic()`` wraps row writes only (issue 11): an upload is stored before the
-transaction starts and a Docker call holds no row lock. Each upload is read through a file object
-that notes whether a transaction was open at each read; the image delete talks to an engine that
-accepts and never answers, and the image row is locked from another connection meanwhile."""
+transaction starts. Each upload is read through a file object that notes whether a transaction was
+open at each read. (An image delete makes no Docker call at all in the request: its engine image
+goes after the commit, in a task: test_image_delete_after_commit.)"""
 import io
 import pickle
-import threading
 
 import pytest
-from django.db import connection, transaction
+from django.db import connection
 
-from tests.helpers import SilentEngine, wait_until
 from tests.registry.conftest import REQUIREMENTS, SCORE
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -56,41 +54,3 @@ def test_a_project_file_upload_is_stored_before_its_rows_are_written(owner, work
     (row,) = project_files_upload(project=project, fileobj=upload, filename="train.py", user=owner)
     assert ProjectFile.objects.filter(pk=row.pk, path="train.py").exists()
     assert upload.in_transaction and not any(upload.in_transaction)
-
-
-def test_an_image_delete_holds_no_row_lock_while_the_engine_works(owner, workspace, owner_api, settings):
-    from deployments.checks import check_image_deployable
-    from registry.models import Image, Manifest
-
-    from core.errors import PortalError
-
-    engine = SilentEngine()
-    settings.MLPORTAL_DOCKER_URL = engine.url
-    manifest = Manifest.objects.create(workspace=workspace, name="m", version=1, content_hash="0" * 64)
-    image = Image.objects.create(workspace=workspace, name="m", version=1, manifest=manifest, tag="mlportal/ws-m:1",
-                                 status=Image.Status.SUCCEEDED, image_id="sha256:" + "2" * 64)
-    answer = {}
-
-    def delete():
-        try:
-            answer["response"] = owner_api.delete(f"/api/v1/images/{image.pk}/")
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=delete)
-    thread.start()
-    try:
-        wait_until(lambda: engine.accepted >= 1, timeout=30, message="the delete to call the engine")
-        with transaction.atomic():  # another request locks the row while the engine call runs: no wait
-            locked = Image.objects.select_for_update(nowait=True).get(pk=image.pk)
-        assert locked.status == Image.Status.DELETING
-        with pytest.raises(PortalError) as refused:  # and no service starts from an image being removed
-            check_image_deployable(locked)
-        assert "being deleted" in refused.value.message
-    finally:
-        engine.close()
-        thread.join(timeout=60)
-    response = answer["response"]
-    assert response.status_code == 503 and "was not deleted" in response.json()["error"]["message"]
-    image.refresh_from_db()
-    assert image.status == Image.Status.SUCCEEDED  # the engine did not remove it: the image stays as it was
