@@ -185,6 +185,11 @@ def run_load(port: int, key: str, body: bytes, base: str, token: str, service_id
     from datetime import datetime
 
     decisions = [(round(datetime.fromisoformat(d["at"]).timestamp() - started_wall, 2), d["message"]) for d in load["decisions"]]
+    # When the worker had the new replica ready (its scale's event), between the decision and the first answer.
+    events = api(base, token, "GET", f"services/{service_id}/")["events"]
+    decisions += [(round(datetime.fromisoformat(e["created_at"]).timestamp() - started_wall, 2), e["message"])
+                  for e in events if e["message"].startswith("Scaled from")]
+    decisions.sort()
     figure = first_answer.get("2")
     return {"replica_counts": counts, "first_answer_by_replica": {k: round(v, 2) for k, v in first_answer.items()},
             "statuses": {str(k): v for k, v in statuses.items()}, "decisions": decisions,

@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/runs_scale.py [--runs 10000] [--points-per-run 100] [--repeats 7] [--no-mlflow]
 
-Builds a throwaway portal (SQLite under a temporary MLPORTAL_DATA_DIR, migrated from scratch) with
+Builds a throwaway portal (a throwaway PostgreSQL database next to DATABASE_URL's when it names
+one, as a team runs the portal, else SQLite under a temporary MLPORTAL_DATA_DIR; migrated from scratch) with
 one workspace holding `--runs` runs of one project, each with 100 metric points: two scalars
 ("DTree Accuracy", "Naive Bayes Accuracy") and a 98-step "loss" series, bulk-inserted. Then, with
 Django's test client as a logged-in member, it times (median of `--repeats`, after one warm-up):
@@ -23,7 +24,8 @@ metric history are timed through the store itself (``search_runs``, ``get_run`` 
 ``get_metric_history``): no HTTP and no page rendering on MLflow's side, so the comparison favours it.
 
 Ends with ``runs_scale list_ratio=… sorted_ratio=… filtered_ratio=… detail_ratio=…`` (ours / MLflow's
-time; below 1 means faster).
+time; below 1 means faster). ``--explain`` prints the plan (PostgreSQL: EXPLAIN ANALYZE) of the
+slowest query of each sorted case.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -70,9 +73,12 @@ def generate(runs: int, points_per_run: int, seed: int = 42):
 
 # --- MLPortal ------------------------------------------------------------------------------------
 
-def setup_django(data_dir: Path) -> None:
+def setup_django(data_dir: Path, database_url: str | None = None) -> None:
     os.environ["MLPORTAL_DATA_DIR"] = str(data_dir)
-    os.environ.pop("DATABASE_URL", None)
+    if database_url:
+        os.environ["DATABASE_URL"] = database_url
+    else:
+        os.environ.pop("DATABASE_URL", None)
     os.environ["CELERY_BROKER_URL"] = "filesystem://"
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mlportal.settings")
     import django
@@ -101,6 +107,23 @@ def fill_portal(*, workspace_name: str, username: str, runs: int, points_per_run
     adapt = connection.ops.adapt_datetimefield_value
     sql = (f"INSERT INTO {metric_table} (workspace_id, run_id, name, value, text, step, logged_at) "
            "VALUES (%s, %s, %s, %s, '', %s, %s)")
+    postgres = connection.vendor == "postgresql"
+
+    def write(rows: list[tuple]) -> None:
+        if not postgres:
+            with connection.cursor() as cursor:
+                cursor.executemany(sql, rows)
+            return
+        from runs.metric_copy import copy_text  # one COPY, as the worker writes points
+
+        text = "".join(copy_text(str(uuid.UUID(r)), str(uuid.UUID(w)), [(n, v, "", st, at)])
+                       for w, r, n, v, st, at in rows)
+        connection.ensure_connection()
+        with connection.connection.cursor() as cursor:
+            with cursor.copy(f"COPY {metric_table} (run_id, workspace_id, name, value, text, step, logged_at) "
+                             "FROM STDIN") as copy:
+                copy.write(text)
+
     points = 0
     with transaction.atomic():
         batch = []
@@ -112,7 +135,7 @@ def fill_portal(*, workspace_name: str, username: str, runs: int, points_per_run
             params += [RunParam(workspace=workspace, run=run, name="max_depth", value=str(i % 9)),
                        RunParam(workspace=workspace, run=run, name="criterion", value=("gini", "entropy")[i % 2])]
             tags.append(RunTag(workspace=workspace, run=run, key="team", value=TEAMS[i % 3]))
-            at = adapt(end)
+            at = end if postgres else adapt(end)
             for name, value in scalars.items():
                 batch.append((workspace.pk.hex, run.pk.hex, name, value, None, at))
                 summaries.append(RunMetricSummary(workspace=workspace, run=run, name=name, value=value, count=1, logged_at=end))
@@ -122,27 +145,40 @@ def fill_portal(*, workspace_name: str, username: str, runs: int, points_per_run
                 summaries.append(RunMetricSummary(workspace=workspace, run=run, name="loss", value=series[-1][1],
                                                   step=series[-1][0], count=len(series), logged_at=end))
             if len(batch) >= 100_000:
-                with connection.cursor() as cursor:
-                    cursor.executemany(sql, batch)
+                write(batch)
                 points += len(batch)
                 batch = []
         Run.objects.bulk_create(run_rows, batch_size=2000)
         if batch:
-            with connection.cursor() as cursor:
-                cursor.executemany(sql, batch)
+            write(batch)
             points += len(batch)
         RunMetricSummary.objects.bulk_create(summaries, batch_size=5000)
         RunParam.objects.bulk_create(params, batch_size=5000)
         RunTag.objects.bulk_create(tags, batch_size=5000)
     # created_at is auto_now_add: spread it like the start times so "newest first" means something.
     with connection.cursor() as cursor:
-        cursor.execute(f"UPDATE {Run._meta.db_table} SET created_at = started_at WHERE workspace_id = %s", [workspace.pk.hex])
+        cursor.execute(f"UPDATE {Run._meta.db_table} SET created_at = started_at WHERE workspace_id = %s",
+                       [workspace.pk if postgres else workspace.pk.hex])
         cursor.execute("ANALYZE")
     return user, workspace, run_rows, points
 
 
-def time_portal(user, run_id, repeats: int) -> dict[str, dict]:
-    """Times each case for `user` (whose current workspace is the one measured): median and max ms, queries."""
+def explain(queries) -> str:
+    """The plan of the slowest SELECT among captured queries (EXPLAIN ANALYZE on PostgreSQL)."""
+    from django.db import connection
+
+    selects = [q for q in queries if q["sql"].lstrip().upper().startswith("SELECT")]
+    slowest = max(selects, key=lambda q: float(q["time"]))
+    prefix = "EXPLAIN (ANALYZE, BUFFERS) " if connection.vendor == "postgresql" else "EXPLAIN QUERY PLAN "
+    with connection.cursor() as cursor:
+        cursor.execute(prefix + slowest["sql"])
+        plan = "\n".join("    " + " ".join(str(c) for c in row) for row in cursor.fetchall())
+    return f"  {float(slowest['time']) * 1000:.1f} ms: {slowest['sql'][:600]}\n{plan}"
+
+
+def time_portal(user, run_id, repeats: int, plans: bool = False) -> dict[str, dict]:
+    """Times each case for `user` (whose current workspace is the one measured): median and max ms,
+    queries; with ``plans``, the plan of each sorted case's slowest query."""
     from django.db import connection
     from django.test import Client
     from django.test.utils import CaptureQueriesContext
@@ -172,6 +208,8 @@ def time_portal(user, run_id, repeats: int) -> dict[str, dict]:
                 res = client.get(url)
                 times.append((time.perf_counter() - t0) * 1000)
         out[name] = {"median_ms": statistics.median(times), "max_ms": max(times), "queries": len(queries)}
+        if plans and "sorted" in name:
+            out[name]["plan"] = explain(queries.captured_queries)
     return out
 
 
@@ -279,27 +317,43 @@ def time_mlflow(runs: int, per_run: int, repeats: int) -> dict | None:
 
 # --- main ----------------------------------------------------------------------------------------
 
+def measure_portal(data_dir: Path, database_url: str | None, args):
+    common.log(f"building a portal under {data_dir} on {'PostgreSQL' if database_url else 'SQLite'} "
+               f"(load average {common.loadavg()})")
+    setup_django(data_dir, database_url)
+    t0 = time.perf_counter()
+    user, workspace, runs, points = fill_portal(workspace_name="scale", username="olivia", runs=args.runs,
+                                                points_per_run=args.points_per_run)
+    common.log(f"inserted {len(runs)} runs and {points} metric points in {time.perf_counter() - t0:.1f} s")
+    small_user, _, small_runs, _ = fill_portal(workspace_name="small", username="sam", runs=10,
+                                               points_per_run=args.points_per_run)
+    ours = time_portal(user, runs[len(runs) // 2].pk, args.repeats, plans=args.explain)
+    small = time_portal(small_user, small_runs[5].pk, 2)
+    return ours, small, runs, points
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=10_000)
     parser.add_argument("--points-per-run", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--no-mlflow", action="store_true")
+    parser.add_argument("--explain", action="store_true", help="print the plan of each sorted case's slowest query")
     args = parser.parse_args()
+    import ingestion
 
     with tempfile.TemporaryDirectory(prefix="mlportal-scale-") as data_dir:
-        common.log(f"building a portal under {data_dir} (load average {common.loadavg()})")
-        setup_django(Path(data_dir))
-        t0 = time.perf_counter()
-        user, workspace, runs, points = fill_portal(workspace_name="scale", username="olivia", runs=args.runs,
-                                                    points_per_run=args.points_per_run)
-        common.log(f"inserted {len(runs)} runs and {points} metric points in {time.perf_counter() - t0:.1f} s")
-        small_user, _, small_runs, _ = fill_portal(workspace_name="small", username="sam", runs=10,
-                                                   points_per_run=args.points_per_run)
-        ours = time_portal(user, runs[len(runs) // 2].pk, args.repeats)
-        small = time_portal(small_user, small_runs[5].pk, 2)
-
-    print(f"runs_scale: {len(runs)} runs, {points} metric points (SQLite), median of {args.repeats}")
+        database_url, drop = ingestion.make_database(Path(data_dir))
+        try:
+            ours, small, runs, points = measure_portal(Path(data_dir), database_url, args)
+        finally:
+            drop()
+    engine = "PostgreSQL" if database_url else "SQLite"
+    print(f"runs_scale: {len(runs)} runs, {points} metric points ({engine}), median of {args.repeats}, "
+          f"load average {common.loadavg()}")
+    for name, row in ours.items():
+        if "plan" in row:
+            print(f"plan of the slowest query of '{name}':\n{row['plan']}")
     print(f"{'case':<14} {'median ms':>10} {'max ms':>8} {'queries':>8} {'queries@10 runs':>16}  goal <{GOAL_MS:g} ms")
     missed = []
     for name, row in ours.items():

@@ -152,7 +152,7 @@ def _write_context(out, *, base_image: str, reqs: list[str], wheels: list[Path])
 
 def ensure_env_image(*, base_image: str, requirements: list[str], wheel_cache: Path,
                      log: Callable[[str], None], base_url: str | None = None,
-                     timeout_s: int = 3600, source_packages: bool = False) -> str:
+                     timeout_s: int = 3600, source_packages: bool = False, portal: str = "") -> str:
     """Returns the tag of the environment image, building it first when the engine lacks it
     (the build log goes to ``log`` line by line; an existing image returns at once). Raises
     RequirementsError (a BuildError) for requirements pip cannot find, BuildError for a failed
@@ -174,7 +174,7 @@ def ensure_env_image(*, base_image: str, requirements: list[str], wheel_cache: P
         # Wheels only; with source_packages (an administrator's choice) a package without a wheel is
         # built in a container of the same base image without network.
         wheels = ensure_wheels(reqs, cache_dir=wheel_cache, log=log,
-                               source_build=SourceBuild(base_image, base_url) if source_packages else None)
+                               source_build=SourceBuild(base_image, base_url, portal) if source_packages else None)
         with tempfile.SpooledTemporaryFile(max_size=64 * 1024 * 1024) as context:
             _write_context(context, base_image=base_image, reqs=reqs, wheels=wheels)
             with connect(base_url, timeout=timeout_s + 60) as client:

@@ -31,7 +31,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from compute.engine import LABEL_ID, LABEL_KIND, connect, engine_errors
+from compute.engine import LABEL_ID, LABEL_KIND, LABEL_PORTAL, connect, engine_errors
 from compute.wheels import RequirementsError, SourceBuild
 
 SDIST_SUFFIXES = (".tar.gz", ".zip")
@@ -165,7 +165,8 @@ def build_source_wheels(requirements: list[str], *, cache_dir: Path, build: Sour
         with connect(build.base_url, timeout=timeout_s + 60) as client, engine_errors(build.base_url):
             container = client.containers.create(
                 build.base_image, command=["sh", "-c", BUILD_SCRIPT], name=f"mlportal-srcbuild-{secrets.token_hex(4)}",
-                labels={LABEL_KIND: "source-build", LABEL_ID: secrets.token_hex(8)}, network_mode="none",
+                labels={LABEL_KIND: "source-build", LABEL_ID: secrets.token_hex(8),
+                        **({LABEL_PORTAL: build.portal} if build.portal else {})}, network_mode="none",
                 mem_limit="2g", memswap_limit="2g", pids_limit=512, cap_drop=["ALL"], security_opt=["no-new-privileges"],
                 environment={"HOME": "/build", "PYTHONDONTWRITEBYTECODE": "1"}, working_dir="/", restart_policy={"Name": "no"})
             try:

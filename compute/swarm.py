@@ -70,7 +70,9 @@ class SwarmSpec:
     constraints: list[str] = field(default_factory=list)  # placement, e.g. node.labels.stage==production
     reservation: float = 0.25  # reservations as a share of the limits
     ready_path: str = "/ready"
-    health_interval_s: float = 2.0
+    # Swarm reports a task running only once its check passed: a replica ready 0.1 s after a check
+    # waits a whole interval more, so short (the check is a few milliseconds of bash).
+    health_interval_s: float = 1.0
     start_period_s: float = 120.0  # init() loads the model: failing checks meanwhile do not count
     monitor_s: float = 5.0  # how long an updated task must stay up before the update moves on
 
@@ -234,11 +236,16 @@ def nodes_matching(constraints: list[str], nodes: dict[str, dict]) -> list[str]:
     return found
 
 
+_network_ready: set[str] = set()  # engines whose network (and host rules) this process made sure of
+
+
 def ensure_network(base_url: str | None = None) -> str:
     """Makes sure the swarm has the ``mlportal-swarm`` bridge (swarm scope, inter-container traffic
     off) and, on the local engine, the host rules that drop what its containers send to the host."""
     from compute.network import _is_local, ensure_host_firewall
 
+    if (base_url or "") in _network_ready:  # once per engine and process, as compute.network does
+        return SWARM_NETWORK
     with connect(base_url) as client:
         try:
             client.networks.get(SWARM_NETWORK)
@@ -253,6 +260,7 @@ def ensure_network(base_url: str | None = None) -> str:
                     raise
     if _is_local(base_url):
         ensure_host_firewall([SWARM_BRIDGE])
+    _network_ready.add(base_url or "")
     return SWARM_NETWORK
 
 

@@ -209,10 +209,13 @@ def _fill_cache(req_file: Path, cache_dir: Path, *, log: Callable[[str], None], 
 @dataclass(frozen=True)
 class SourceBuild:
     """Where source packages are built when an administrator allows them: a throwaway container of
-    ``base_image`` (the images' own Python) on the engine at ``base_url``, without network."""
+    ``base_image`` (the images' own Python) on the engine at ``base_url``, without network. The
+    container carries ``portal`` (the portal instance's id) as its ``mlportal.portal`` label, as
+    every container a portal starts does."""
 
     base_image: str
     base_url: str | None = None
+    portal: str = ""
 
 
 def ensure_wheels(requirements: list[str], *, cache_dir: Path,

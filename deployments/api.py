@@ -631,12 +631,14 @@ class ServiceScoreView(APIView):
         try:
             answer = proxy.forward(proxy.round_robin(str(service.pk), replicas), path="/score", body=body,
                                    content_type=request.META.get("CONTENT_TYPE", "application/json"),
-                                   key=service.proxy_key)
+                                   key=service.proxy_key, request_id=request.headers.get("X-Request-Id"))
         except proxy.NoReplicaAnswered as exc:
             return _score_error(f"No replica of service '{service.name}' answered: {exc}", "bad_gateway", 502)
         response = HttpResponse(answer.body, status=answer.status, content_type=answer.content_type)
         response["X-MLPortal-Replica"] = str(answer.replica)
         response["X-MLPortal-Latency-Ms"] = f"{answer.latency_ms:.1f}"
+        if answer.request_id:
+            response["X-Request-Id"] = answer.request_id
         return response
 
 

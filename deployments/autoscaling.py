@@ -93,7 +93,9 @@ def autoscale_tick(*, service_id: str, token: str) -> float | None:
     refresh = float(service.autoscale_refresh_seconds)
     if service.status == Service.Status.CREATING:
         return refresh
-    if service.environment.kind == service.environment.Kind.CLUSTER:
+    if service.environment.kind == service.environment.Kind.CLUSTER and service.status in (Service.Status.HEALTHY,
+                                                                                     Service.Status.UNHEALTHY):
+        # (Not while a change runs: its worker keeps the rows, and a roll is no task "replaced".)
         from compute.engine import EngineError
         from deployments import cluster
 

@@ -48,22 +48,35 @@ def _internal_key(service: Service) -> str:
     return internal_key(service)
 
 
-def spec_for(service: Service, *, image, replicas: int | None = None) -> swarm.SwarmSpec:
+LABEL_REVISION = "mlportal.revision"  # on a canary's or shadow's Swarm service: its revision number
+
+
+def revision_name(service: Service, number: int) -> str:
+    """The Swarm service of a canary or shadow revision (within Swarm's 63 characters)."""
+    return f"mlportal-{service.name[:32]}-{service.pk.hex[:8]}-r{number}"
+
+
+def spec_for(service: Service, *, image, replicas: int | None = None, revision: int | None = None) -> swarm.SwarmSpec:
     """The Swarm spec of ``service`` running ``image``: the same environment a local replica gets,
-    minus the keys (they travel as secrets)."""
+    minus the keys (they travel as secrets). ``revision``: the spec of that canary's or shadow's
+    own Swarm service (``revision_name``), beside the live one."""
     from deployments import worker as deployments
     from workspaces.instance import portal_instance
 
     env = {k: v for k, v in deployments._container_env(service).items()
            if k not in ("MLPORTAL_SERVICE_KEYS", "MLPORTAL_INTERNAL_KEY")}
+    # Swarm stops a task the moment it scales down or rolls: it serves on until every gateway has
+    # read the rows without it (the worker syncs them within a poll).
+    env["MLPORTAL_STOP_DRAIN_SECONDS"] = f"{2 * settings.MLPORTAL_GATEWAY_REFRESH_SECONDS + POLL + 1:g}"
     environment = service.environment
+    extra = {LABEL_REVISION: str(revision)} if revision is not None else {}
     return swarm.SwarmSpec(
-        name=service.swarm_name, image=image.tag, replicas=service.replicas if replicas is None else replicas,
+        name=service.swarm_name if revision is None else revision_name(service, revision), image=image.tag, replicas=service.replicas if replicas is None else replicas,
         keys=[service.primary_key, service.secondary_key, service.proxy_key], internal_key=_internal_key(service),
         env=env, cpus=service.cpus, memory_mb=service.memory_mb,
         labels={"mlportal.id": str(service.pk), "mlportal.portal": portal_instance(),
                 "mlportal.workspace": service.workspace.name, "mlportal.service": service.name,
-                "mlportal.image": image.ref},
+                "mlportal.image": image.ref, **extra},
         constraints=swarm.placement_constraints(environment.labels),
         reservation=settings.MLPORTAL_SWARM_RESERVATION,
     )
@@ -92,15 +105,18 @@ def _logs(service: Service) -> str:
         return ""
 
 
-def wait_running(service: Service, count: int, *, since: set[str] | None = None, timeout: float = READY_TIMEOUT) -> dict[int, dict]:
-    """Waits until ``count`` tasks run healthy; returns slot → task. Raises Pending when Swarm
-    cannot place them, ClusterError when tasks keep failing or ``timeout`` passes. ``since``:
-    task ids that existed before (their failures do not count)."""
+def wait_running(service: Service, count: int, *, since: set[str] | None = None, timeout: float = READY_TIMEOUT,
+                 name: str | None = None) -> dict[int, dict]:
+    """Waits until ``count`` tasks of the Swarm service ``name`` (default: the live one) run
+    healthy; returns slot → task. Raises Pending when Swarm cannot place them, ClusterError when
+    tasks keep failing or ``timeout`` passes. ``since``: task ids that existed before (their
+    failures do not count)."""
     base_url = service.environment.docker_url
+    name = name or service.swarm_name
     deadline = time.monotonic() + timeout
     since = since or set()
     while True:
-        tasks = swarm.service_tasks(service.swarm_name, base_url=base_url)
+        tasks = swarm.service_tasks(name, base_url=base_url)
         running = swarm.running_tasks(tasks)
         if len(running) >= count:
             return running
@@ -140,6 +156,7 @@ def update(service: Service, *, image) -> tuple[bool, str]:
     deadline = time.monotonic() + UPDATE_TIMEOUT
     state = before
     while time.monotonic() < deadline:
+        sync_replicas(service, quiet=True)  # each slot's row follows its newest healthy task as Swarm rolls
         state = swarm.update_state(service.swarm_name, base_url=base_url)
         if state["started_at"] != before["started_at"] and state["state"] in swarm.SETTLED_UPDATE:
             break
@@ -178,8 +195,15 @@ def scale(service: Service, replicas: int) -> None:
 
 
 def remove(service: Service) -> None:
-    """Removes the Swarm service and its secrets (a missing one is fine)."""
-    swarm.remove_service(service.swarm_name, base_url=service.environment.docker_url)
+    """Removes the Swarm service, any canary's or shadow's beside it, and their secrets (a missing
+    one is fine)."""
+    from workspaces.instance import portal_instance
+
+    base_url = service.environment.docker_url
+    swarm.remove_service(service.swarm_name, base_url=base_url)
+    for item in swarm.list_services(portal=portal_instance(), base_url=base_url):
+        if item["labels"].get("mlportal.id") == str(service.pk):
+            swarm.remove_service(item["name"], base_url=base_url)
 
 
 def remove_old_secrets(service: Service, *, image) -> None:
@@ -190,20 +214,25 @@ def remove_old_secrets(service: Service, *, image) -> None:
         logger.warning("could not remove old secrets of %s: %s", service.pk, exc)
 
 
-def sync_replicas(service: Service, *, quiet: bool = False, tasks: list[dict] | None = None) -> dict:
+def sync_replicas(service: Service, *, quiet: bool = False, tasks: list[dict] | None = None, revision=None) -> dict:
     """Makes the service's replica rows the tasks that run healthy now (slot = replica number):
     a replaced task's row moves to the new task (restarts + 1) with an event naming both tasks'
     nodes and why the old one ended; a slot with no running task loses its row (no traffic to
-    it). ``quiet``: no events (the deploy or update reports). Returns {"running", "replaced", "lost"}."""
+    it). ``quiet``: no events (the deploy or update reports). ``revision``: the rows of that
+    canary's or shadow's Swarm service instead (numbered from REPLICA_OFFSET + 1, as on one
+    engine). Returns {"running", "replaced", "lost"}."""
+    from gateway.services import REPLICA_OFFSET
+
     environment = service.environment
+    name, offset = (service.swarm_name, 0) if revision is None else (revision_name(service, revision.number), REPLICA_OFFSET)
     if tasks is None:
-        tasks = swarm.service_tasks(service.swarm_name, base_url=environment.docker_url)
-    running = swarm.running_tasks(tasks)
+        tasks = swarm.service_tasks(name, base_url=environment.docker_url)
+    running = {offset + slot: task for slot, task in swarm.running_tasks(tasks).items()}
     by_id = {t["id"]: t for t in tasks}
     replaced = lost = 0
     now = timezone.now()
     with transaction.atomic():
-        rows = {r.number: r for r in ServiceReplica.objects.select_for_update().filter(service=service, revision__isnull=True)}
+        rows = {r.number: r for r in ServiceReplica.objects.select_for_update().filter(service=service, revision=revision)}
         for number, row in rows.items():
             task = running.get(number)
             if task is not None and task["id"] == row.task_id:
@@ -229,11 +258,11 @@ def sync_replicas(service: Service, *, quiet: bool = False, tasks: list[dict] | 
             if number in rows:
                 continue
             # Swarm keeps a few ended tasks per slot: the ones of this image that died are its restarts.
-            ended = [t for t in tasks if t["slot"] == number and t["id"] != task["id"] and t["state"] in swarm.ENDED]
+            ended = [t for t in tasks if t["slot"] == number - offset and t["id"] != task["id"] and t["state"] in swarm.ENDED]
             died = [t for t in ended if t["state"] in ("failed", "rejected", "complete") and t["image"] == task["image"]]
             ServiceReplica.objects.create(service=service, number=number, container_id=task["container_id"],
                                           host=_host(environment, task), port=task["port"], task_id=task["id"],
-                                          node=task["node"], restarts=len(died))
+                                          node=task["node"], restarts=len(died), revision=revision)
             if quiet:
                 continue
             if died:
@@ -267,7 +296,10 @@ def reconcile(environments: list[Environment], summary: dict) -> None:
     live = {str(s.pk): s for s in Service.objects.filter(environment__in=environments)
             .exclude(status=Service.Status.DELETED).select_related("environment", "workspace", "image")}
     for item in owned:
-        if item["labels"].get("mlportal.id") not in live:
+        owner = live.get(item["labels"].get("mlportal.id"))
+        if owner is not None and LABEL_REVISION in item["labels"] and not _rollout_owns(owner, item["labels"][LABEL_REVISION]):
+            owner = None  # a canary's or shadow's Swarm service left over from a rollout that ended
+        if owner is None:
             try:
                 swarm.remove_service(item["name"], base_url=base_url)
                 summary["removed"] += 1
@@ -276,8 +308,15 @@ def reconcile(environments: list[Environment], summary: dict) -> None:
     for service in live.values():
         if service.status not in (Service.Status.HEALTHY, Service.Status.UNHEALTHY):
             continue
+        if (service.rollout or {}).get("status") in ("promoting", "aborting"):
+            continue  # the worker is rolling it (promote): its rows follow the roll, which replaced nothing
         try:
             seen = sync_replicas(service)
+            rollout = service.rollout or {}
+            if rollout.get("status") == "running":  # Swarm replaces the canary's tasks too
+                revision = service.revisions.filter(number=rollout.get("revision")).first()
+                if revision is not None:
+                    sync_replicas(service, revision=revision)
         except swarm.EngineError as exc:
             logger.warning("could not read the tasks of %s: %s", service.pk, exc)
             continue
@@ -288,6 +327,29 @@ def reconcile(environments: list[Environment], summary: dict) -> None:
                                    "the others.", ServiceEvent.Level.ERROR)
         elif Service.objects.filter(pk=service.pk, status=Service.Status.UNHEALTHY).update(status=Service.Status.HEALTHY):
             _event(service.pk, "Healthy again: every task runs.")
+
+
+def watch() -> dict:
+    """The quick look at every cluster environment's tasks (the beat's ``watch-swarm-tasks``, every
+    MLPORTAL_SWARM_WATCH_SECONDS): ``reconcile`` for each engine, so a task Swarm replaced is an
+    event with its node within seconds. Returns the summary."""
+    from collections import defaultdict
+
+    summary: dict = {"restarted": 0, "removed": 0, "unreachable": []}
+    engines: dict[str | None, list[Environment]] = defaultdict(list)
+    for environment in Environment.objects.filter(kind=Environment.Kind.CLUSTER):
+        engines[environment.docker_url].append(environment)
+    for environments in engines.values():
+        reconcile(environments, summary)
+    return summary
+
+
+def _rollout_owns(service: Service, number: str) -> bool:
+    """Whether the service's rollout still needs the Swarm service of revision ``number``: one
+    starting (its number is not recorded yet), running or being finished (by the worker, which
+    removes it)."""
+    rollout = service.rollout or {}
+    return rollout.get("status") == "starting" or str(rollout.get("revision")) == str(number)
 
 
 def logs(service: Service, *, tail: int = 200, timeout: int = 60) -> str:

@@ -34,6 +34,7 @@ class Answer:
     content_type: str
     replica: int
     latency_ms: float
+    request_id: str | None = None
 
 
 class NoReplicaAnswered(Exception):
@@ -41,7 +42,7 @@ class NoReplicaAnswered(Exception):
 
 
 def forward(replicas: list, *, path: str, body: bytes, content_type: str, key: str,
-            timeout: float = SCORE_TIMEOUT) -> Answer:
+            timeout: float = SCORE_TIMEOUT, request_id: str | None = None) -> Answer:
     """POSTs ``body`` to ``path`` on the first replica (in the order given) that takes the
     connection, with the portal's own key; returns its answer as it came. Raises
     NoReplicaAnswered (with each replica's error) when none could be reached."""
@@ -50,13 +51,16 @@ def forward(replicas: list, *, path: str, body: bytes, content_type: str, key: s
         started = time.monotonic()
         connection = http.client.HTTPConnection(replica.host, replica.port, timeout=timeout)
         try:
-            connection.request("POST", path, body=body, headers={
-                "Content-Type": content_type or "application/json", "Authorization": f"Bearer {key}"})
+            headers = {"Content-Type": content_type or "application/json", "Authorization": f"Bearer {key}"}
+            if request_id:  # the replica keeps a well-formed one (else makes its own) and answers it
+                headers["X-Request-Id"] = request_id
+            connection.request("POST", path, body=body, headers=headers)
             response = connection.getresponse()
             data = response.read()
             return Answer(status=response.status, body=data,
                           content_type=response.getheader("Content-Type", "application/json"),
-                          replica=replica.number, latency_ms=(time.monotonic() - started) * 1000)
+                          replica=replica.number, latency_ms=(time.monotonic() - started) * 1000,
+                          request_id=response.getheader("X-Request-Id"))
         except (OSError, http.client.HTTPException) as exc:
             errors.append(f"replica {replica.number} ({replica.host}:{replica.port}): {exc or type(exc).__name__}")
         finally:

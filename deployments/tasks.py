@@ -6,6 +6,8 @@ expected status and under its lease, so a message delivered twice does its work 
 """
 from __future__ import annotations
 
+import time
+
 from celery import shared_task
 
 from deployments import reconcile, worker
@@ -53,13 +55,25 @@ def check_environment(environment_id: str) -> dict | None:
     return reconcile.environment_check(environment_id=environment_id)
 
 
+# Every MLPORTAL_SWARM_WATCH_SECONDS (beat, maintenance queue): the tasks Swarm replaced are shown
+# within seconds, not at the next full sweep.
+@shared_task(ignore_result=True)
+def watch_swarm_tasks() -> dict:
+    from deployments import cluster
+
+    return cluster.watch()
+
+
 # One tick per refresh period per autoscaled service (routed to the maintenance queue): it
 # re-sends itself while autoscaling stays on and its token is the service's (deployments/autoscaling.py).
 @shared_task(ignore_result=True)
 def autoscale_service(service_id: str, token: str) -> float | None:
     from deployments import autoscaling
 
+    started = time.monotonic()
     countdown = autoscaling.autoscale_tick(service_id=service_id, token=token)
     if countdown is not None:
+        # One tick per refresh period: the time this one took (metrics reads, rows) comes off the wait.
+        countdown = max(0.05, countdown - (time.monotonic() - started))
         autoscale_service.apply_async((service_id, token), countdown=countdown)
     return countdown

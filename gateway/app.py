@@ -64,10 +64,12 @@ def _error(message: str, code: str, fields: dict | None = None) -> bytes:
 
 
 class Answer:
-    __slots__ = ("status", "body", "content_type", "replica", "revision")
+    __slots__ = ("status", "body", "content_type", "replica", "revision", "request_id")
 
-    def __init__(self, status: int, body: bytes, content_type: bytes, replica: int | None, revision: Revision | None):
+    def __init__(self, status: int, body: bytes, content_type: bytes, replica: int | None, revision: Revision | None,
+                 request_id: bytes | None = None):
         self.status, self.body, self.content_type, self.replica, self.revision = status, body, content_type, replica, revision
+        self.request_id = request_id  # the replica's X-Request-Id: what its captured row is keyed by
 
 
 class Gateway:
@@ -331,7 +333,8 @@ class Gateway:
         finally:
             limiter.release(slot)
         await self._finish(send, route, answer.revision, answer.status, answer.body, started,
-                           content_type=answer.content_type, replica=answer.replica)
+                           content_type=answer.content_type, replica=answer.replica,
+                           extra=[(b"x-request-id", answer.request_id)] if answer.request_id else None)
         if forced is None and method == "POST" and answer.revision is route.live:
             shadow = mirrored(route)
             if shadow is not None:
@@ -348,6 +351,9 @@ class Gateway:
         accept = headers.get(b"accept")
         if accept:
             request_headers["Accept"] = accept.decode("latin-1")
+        request_id = headers.get(b"x-request-id")
+        if request_id:  # the replica keeps it when well formed (else makes one) and answers it
+            request_headers["X-Request-Id"] = request_id.decode("latin-1")
         in_flight = metrics.IN_FLIGHT.labels(route.workspace, route.name, str(revision.number))
         for replica in self.balancer.order(revision.replicas):
             state = self.balancer.state(replica)
@@ -358,9 +364,10 @@ class Gateway:
                                                 data=body if method not in ("GET", "HEAD") else None,
                                                 headers=request_headers, allow_redirects=False) as response:
                     data = await response.read()
+                    answered_id = response.headers.get("X-Request-Id")
                     return Answer(response.status, data,
                                   response.headers.get("Content-Type", "application/json").encode("latin-1"),
-                                  replica.number, revision)
+                                  replica.number, revision, answered_id.encode("latin-1") if answered_id else None)
             except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
                 # Never connected: the request did not reach run(); the next replica may take it.
                 self.balancer.refused(replica)
@@ -416,6 +423,10 @@ class Gateway:
         if self.shadow_in_flight.get(route.service_id, 0) >= MAX_SHADOW_PER_SERVICE:
             return
         self.shadow_in_flight[route.service_id] = self.shadow_in_flight.get(route.service_id, 0) + 1
+
+        # The copy goes without the caller's request id: the shadow's captured row gets an id of its
+        # own, so it never takes the live row's place in the service's data (rows are unique by id).
+        headers = {name: value for name, value in headers.items() if name != b"x-request-id"}
 
         async def run() -> None:
             started = time.monotonic()

@@ -139,10 +139,6 @@ def service_rollout_start(*, service: Service, image: Any, user, canary: Any = N
         raise PortalError("Say how much traffic the new revision gets: canary (percent answered by it) or shadow "
                           "(percent mirrored to it).", fields={"canary": "Required (or shadow)."})
     mode = "canary" if canary not in (None, "") else "shadow"
-    if service.environment.kind == service.environment.Kind.CLUSTER:
-        raise PortalError(f"A {mode} runs on local environments only for now; '{service.name}' runs on the swarm of "
-                          f"'{service.environment.name}': update it instead (Swarm rolls it start-first and rolls a "
-                          "failed update back).", fields={mode: "Not on a cluster environment."})
     weight = check_weight(canary if mode == "canary" else shadow, mode)
     bake = DEFAULT_BAKE_SECONDS if bake_seconds in (None, "") else check_limit(
         bake_seconds, "bake_seconds", minimum=MIN_BAKE_SECONDS, maximum=MAX_BAKE_SECONDS, what="The bake period (seconds)")

@@ -1,6 +1,7 @@
 """The worker's side of canaries and shadows: start the new revision's replicas beside the live
-ones, finish (promote or abort) leaving exactly the right containers, and compare a baking
-canary with the live revision from the gateway's per-minute figures.
+ones (on a swarm: a second Swarm service, deployments/cluster_rollout.py), finish (promote or
+abort) leaving exactly the right containers, and compare a baking canary with the live revision
+from the gateway's per-minute figures.
 
 Containers are touched under the service's lease (the same one updates and the reconciler take),
 through the deployments worker's helpers, so nothing else acts on them at the same time.
@@ -15,6 +16,8 @@ from django.db import transaction
 from django.db.models import Max, Q
 from django.utils import timezone
 
+from deployments import cluster_rollout
+from deployments.cluster import ClusterError
 from deployments.models import Service, ServiceEvent, ServiceReplica, ServiceRevision
 from gateway.models import TrafficChange, TrafficMinute
 from gateway.services import REPLICA_OFFSET
@@ -57,22 +60,30 @@ def rollout_start(*, service_id: str) -> str | None:
         if image is None:
             return _give_up(service, "its image was deleted")
         live = service.replica_set.filter(Q(revision__isnull=True) | Q(revision__role=ServiceRevision.Role.LIVE)).count()
-        numbers = [REPLICA_OFFSET + n for n in range(1, max(1, live) + 1)]
+        # No other revision is made meanwhile: changes are refused while a rollout is set.
+        number = (service.revisions.aggregate(n=Max("number"))["n"] or 0) + 1
+        on_swarm = service.environment.kind == service.environment.Kind.CLUSTER
         try:
-            started = d.start_replicas(service, image=image, numbers=numbers)
-        except d.deploy_errors() as exc:
+            if on_swarm:  # a second Swarm service beside the live one
+                started = cluster_rollout.start(service, image=image, number=number, replicas=max(1, live))
+            else:
+                started = d.start_replicas(service, image=image, numbers=[REPLICA_OFFSET + n for n in range(1, max(1, live) + 1)])
+        except (*d.deploy_errors(), ClusterError) as exc:
             d.log_tail_event(service.pk, exc)
             return _give_up(service, d.start_error(exc))
         with transaction.atomic():
             current = Service.objects.select_for_update().filter(pk=service.pk).first()
             if current is None or (current.rollout or {}).get("status") != "starting" or current.status == Service.Status.DELETING:
-                d.stop_all([item["id"] for item in started], service.environment.docker_url)
+                if on_swarm:
+                    cluster_rollout.remove(service, number)
+                else:
+                    d.stop_all([item["id"] for item in started], service.environment.docker_url)
                 return None
-            number = (service.revisions.aggregate(n=Max("number"))["n"] or 0) + 1
             role = ServiceRevision.Role.CANARY if rollout["mode"] == "canary" else ServiceRevision.Role.SHADOW
             revision = ServiceRevision.objects.create(service=service, number=number, image=image, image_ref=image.ref,
                                                       reason=role, role=role, created_by_id=rollout.get("by"))
-            ServiceReplica.objects.bulk_create(d.replica_rows(service, started, revision=revision))
+            ServiceReplica.objects.bulk_create(cluster_rollout.replica_rows(service, started, revision=revision) if on_swarm
+                                               else d.replica_rows(service, started, revision=revision))
             now = timezone.now()
             rollout.update(status="running", revision=number, started_at=now.isoformat(),
                            bake_until=(now + timedelta(seconds=rollout["bake_seconds"])).isoformat())
@@ -100,8 +111,10 @@ def rollout_finish(*, service_id: str) -> str | None:
     """Promotes or aborts a ``promoting``/``aborting`` rollout. Promote: the new revision becomes
     the live one (the service's image), its replicas take the live numbers, the old replicas'
     rows go, then (after the gateway has read that) their containers stop. Abort: the new
-    replicas' rows go, then their containers. The rollout is cleared last. Returns "promoted",
-    "aborted", WAIT or None."""
+    replicas' rows go, then their containers. On a swarm (deployments/cluster_rollout.py) promote
+    first rolls the live Swarm service to the new image (a failed roll aborts instead), and the
+    new revision's own Swarm service goes either way. The rollout is cleared last. Returns
+    "promoted", "aborted", WAIT or None."""
     d = _deployments()
     service = Service.objects.select_related("image", "environment", "workspace").filter(pk=service_id).first()
     if service is None or (service.rollout or {}).get("status") not in ("promoting", "aborting"):
@@ -116,21 +129,36 @@ def rollout_finish(*, service_id: str) -> str | None:
             return None
         new = service.revisions.filter(number=rollout["revision"]).select_related("image").first()
         promote = rollout["status"] == "promoting"
+        on_swarm = service.environment.kind == service.environment.Kind.CLUSTER
+        if on_swarm and promote and new is not None:
+            # Swarm rolls the live service to the new image while the canary still serves.
+            done, why = cluster_rollout.promote(service, image=new.image)
+            if not done:
+                promote = False
+                rollout["finish_reason"] = f"the promotion failed: {why}"
+                d.event(service.pk, f"Promoting {rollout['mode']} revision {new.number} failed: {why}. It is aborted; "
+                                    f"image {service.image.ref} goes on serving.", ServiceEvent.Level.ERROR)
         now = timezone.now()
         with transaction.atomic():
             replicas = list(service.replica_set.select_related("revision"))
             fresh = [r for r in replicas if r.revision_id == (new.pk if new else None)]
             old = [r for r in replicas if r not in fresh]
-            going = old if promote else fresh
+            # On a swarm the new revision's own Swarm service goes either way: promoted, the live one runs its image.
+            going = old if promote and not on_swarm else fresh
             ServiceReplica.objects.filter(pk__in=[r.pk for r in going]).delete()
             if promote and new is not None:
                 ServiceRevision.objects.filter(service=service, ended_at__isnull=True).exclude(pk=new.pk).update(ended_at=now)
                 ServiceRevision.objects.filter(pk=new.pk).update(role=ServiceRevision.Role.LIVE)
-                for replica in fresh:  # the live numbers (1, 2…), which the reconciler keeps running
-                    ServiceReplica.objects.filter(pk=replica.pk).update(number=replica.number - REPLICA_OFFSET)
-                Service.objects.filter(pk=service.pk).update(image=new.image, replicas=len(fresh) or service.replicas)
-                message = (f"Promoted {rollout['mode']} revision {new.number} (image {new.image_ref}): it takes all "
-                           f"traffic; {len(old)} old replica(s) stop.")
+                if on_swarm:
+                    Service.objects.filter(pk=service.pk).update(image=new.image)
+                    message = (f"Promoted {rollout['mode']} revision {new.number} (image {new.image_ref}): Swarm rolled the "
+                               f"live service to it start-first; the {rollout['mode']}'s own Swarm service stops.")
+                else:
+                    for replica in fresh:  # the live numbers (1, 2…), which the reconciler keeps running
+                        ServiceReplica.objects.filter(pk=replica.pk).update(number=replica.number - REPLICA_OFFSET)
+                    Service.objects.filter(pk=service.pk).update(image=new.image, replicas=len(fresh) or service.replicas)
+                    message = (f"Promoted {rollout['mode']} revision {new.number} (image {new.image_ref}): it takes all "
+                               f"traffic; {len(old)} old replica(s) stop.")
             else:
                 if new is not None:
                     ServiceRevision.objects.filter(pk=new.pk).update(ended_at=now)
@@ -143,7 +171,11 @@ def rollout_finish(*, service_id: str) -> str | None:
             level = ServiceEvent.Level.WARNING if rollout.get("tripped") else ServiceEvent.Level.INFO
             d.event(service.pk, message, level)
         _drain()
-        problems = d.stop_all([r.container_id for r in going], service.environment.docker_url)
+        if on_swarm:
+            problem = cluster_rollout.remove(service, rollout["revision"])
+            problems = [problem] if problem else []
+        else:
+            problems = d.stop_all([r.container_id for r in going], service.environment.docker_url)
         if problems:
             d.event(service.pk, f"Could not remove containers ({'; '.join(problems)}); the reconciler retries.",
                     ServiceEvent.Level.WARNING)

@@ -292,8 +292,15 @@ if MLPORTAL_LOCAL_RUN_ROOT.resolve().is_relative_to(DATA_DIR.resolve()):
 MLPORTAL_REQUEUE_AFTER_SECONDS = env_int("MLPORTAL_REQUEUE_AFTER_SECONDS", 120, minimum=1)
 # How often the maintenance worker's beat runs the sweeps (lost runs, lost work, reconcile).
 MLPORTAL_SWEEP_INTERVAL_SECONDS = env_int("MLPORTAL_SWEEP_INTERVAL_SECONDS", 30, minimum=1)
+# How often the maintenance worker looks at the Swarm tasks of cluster environments (replaced tasks → events).
+MLPORTAL_SWARM_WATCH_SECONDS = env_int("MLPORTAL_SWARM_WATCH_SECONDS", 5, minimum=1)
 # How often the maintenance worker pulls captured model data from the replicas (issue 16).
 MLPORTAL_CAPTURE_INTERVAL_SECONDS = env_int("MLPORTAL_CAPTURE_INTERVAL_SECONDS", 60, minimum=1)
+# Rows a replica keeps for the collector; past it the oldest go and are counted (the Data tab's
+# "dropped"). Sent with every pull, so a change reaches running replicas.
+MLPORTAL_CAPTURE_SPOOL_ROWS = env_int("MLPORTAL_CAPTURE_SPOOL_ROWS", 10_000, minimum=1)
+if MLPORTAL_CAPTURE_SPOOL_ROWS > 1_000_000:  # mlportal_runtime.capture.MAX_SPOOL_ROWS: replicas refuse more
+    raise ImproperlyConfigured(f"MLPORTAL_CAPTURE_SPOOL_ROWS={MLPORTAL_CAPTURE_SPOOL_ROWS} is above its maximum of 1000000")
 # How often a running retraining pipeline looks again at the step it waits on (a run, a build, an update).
 MLPORTAL_PIPELINE_POLL_SECONDS = env_int("MLPORTAL_PIPELINE_POLL_SECONDS", 2, minimum=1)
 # Outgoing webhooks: how often the beat turns what happened into deliveries, the first retry's
@@ -330,6 +337,9 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         # Broadcast (ping, inspect) exchanges; kombu's default is a folder in the working directory.
         "control_folder": str(_BROKER_DIR / "control"),
         "store_processed": False,
+        # A worker looks for new messages this often (kombu's default, 1 s, was added to every hop: an
+        # autoscaler tick re-sent, the scale it decides). A look is one listdir of the folder.
+        "polling_interval": 0.1,
     }
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
@@ -355,8 +365,10 @@ CELERY_TASK_ROUTES = {
     "retention.tasks.remove_images_of_deleted_service": {"queue": "celery"},
     "monitoring.tasks.collect_capture": {"queue": "celery"},
     "monitoring.tasks.compute_drift": {"queue": "celery"},
+    "monitoring.tasks.compute_drift_job": {"queue": "celery"},
     # The autoscaler's tick (every refresh period per autoscaled service) never waits behind a deploy.
     "deployments.tasks.autoscale_service": {"queue": "celery"},
+    "deployments.tasks.watch_swarm_tasks": {"queue": "celery"},
 }
 # Time limits per queue, on purpose: runs enforce their own (per-project) limit inside compute and
 # the task limit is the backstop; builds and deploys are bounded by the engine's work.
@@ -372,6 +384,8 @@ CELERY_BEAT_SCHEDULE = {
     "requeue-lost-runs": {"task": "runs.tasks.requeue_lost_runs", "schedule": float(MLPORTAL_SWEEP_INTERVAL_SECONDS)},
     "requeue-lost-builds": {"task": "registry.tasks.requeue_lost_builds", "schedule": float(MLPORTAL_SWEEP_INTERVAL_SECONDS)},
     "reconcile-services": {"task": "deployments.tasks.reconcile_services", "schedule": float(MLPORTAL_SWEEP_INTERVAL_SECONDS)},
+    # Cluster environments: the tasks Swarm replaced, seen within seconds (the full sweep is every 30 s).
+    "watch-swarm-tasks": {"task": "deployments.tasks.watch_swarm_tasks", "schedule": float(MLPORTAL_SWARM_WATCH_SECONDS)},
     # Pull the captured rows (issue 16) from every replica, store them as Parquet.
     "collect-capture": {"task": "monitoring.tasks.collect_capture", "schedule": float(MLPORTAL_CAPTURE_INTERVAL_SECONDS)},
     # Hourly: drift of every service with scheduled drift settings against its reference.

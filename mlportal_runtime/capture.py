@@ -26,6 +26,7 @@ from typing import Any
 MODES = ("off", "inputs", "predictions", "both")
 DEFAULT_SPOOL_ROWS = 10000
 MAX_PULL_ROWS = 5000
+MAX_SPOOL_ROWS = 1_000_000
 SETTINGS_TTL = 1.0  # seconds a worker trusts its cached copy of the settings
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
@@ -38,19 +39,29 @@ def request_id_from(header: str | None) -> str:
 
 
 def check_settings(value: Any) -> tuple[dict[str, Any] | None, dict[str, str]]:
-    """Validate {"mode", "percent"}; returns (settings, field errors)."""
+    """Validate {"mode", "percent", "spool_rows"?}; returns (settings, field errors).
+
+    ``spool_rows``, when given, replaces the bound the container started with
+    (MLPORTAL_CAPTURE_SPOOL_ROWS), so the portal's bound reaches running replicas with the next pull."""
     errors: dict[str, str] = {}
     if not isinstance(value, dict):
         return None, {"settings": 'send an object {"mode": "off|inputs|predictions|both", "percent": 0-100}'}
     mode = value.get("mode", "off")
     percent = value.get("percent", 100)
+    spool_rows = value.get("spool_rows")
     if mode not in MODES:
         errors["mode"] = f"mode must be one of {', '.join(MODES)}"
     if isinstance(percent, bool) or not isinstance(percent, (int, float)) or not 0 <= percent <= 100:
         errors["percent"] = "percent must be a number from 0 to 100"
+    if spool_rows is not None and (isinstance(spool_rows, bool) or not isinstance(spool_rows, int)
+                                   or not 1 <= spool_rows <= MAX_SPOOL_ROWS):
+        errors["spool_rows"] = f"spool_rows must be a whole number from 1 to {MAX_SPOOL_ROWS}"
     if errors:
         return None, errors
-    return {"mode": mode, "percent": float(percent)}, {}
+    settings: dict[str, Any] = {"mode": mode, "percent": float(percent)}
+    if spool_rows is not None:
+        settings["spool_rows"] = spool_rows
+    return settings, {}
 
 
 def env_settings(env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -125,12 +136,17 @@ class Spool:
             return None
         return mode
 
+    def bound(self) -> int:
+        """The most rows the spool keeps: the portal's last word (settings), else the start value."""
+        return self.settings().get("spool_rows") or self.max_rows
+
     def add(self, row: dict[str, Any]) -> None:
+        bound = self.bound()
         db = self._conn()
         db.execute("BEGIN IMMEDIATE")
         try:
             seq = db.execute("INSERT INTO row (data) VALUES (?)", (json.dumps(row, default=str),)).lastrowid
-            dropped = db.execute("DELETE FROM row WHERE seq <= ?", (seq - self.max_rows,)).rowcount
+            dropped = db.execute("DELETE FROM row WHERE seq <= ?", (seq - bound,)).rowcount
             if dropped > 0:
                 db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + ? WHERE key = 'dropped'", (dropped,))
             db.execute("COMMIT")
@@ -155,10 +171,11 @@ class Spool:
             db.execute("ROLLBACK")
             raise
         self._settings = None
+        stored = json.loads(meta["settings"])
         return {
             "rows": [dict(json.loads(data), seq=seq) for seq, data in rows],
             "pending": pending,
             "dropped": int(meta.get("dropped", 0)),
-            "settings": json.loads(meta["settings"]),
-            "spool_rows": self.max_rows,
+            "settings": stored,
+            "spool_rows": stored.get("spool_rows") or self.max_rows,
         }

@@ -37,8 +37,13 @@ def end() -> dict[str, list[dict[str, Any]]] | None:
     return collected or None
 
 
+_PLAIN_TYPES = (int, float, str, bool, type(None))
+
+
 def _plain(value: Any) -> Any:
     """numpy scalars and the like to plain Python values (JSON-able)."""
+    if type(value) in _PLAIN_TYPES:
+        return value
     if hasattr(value, "item") and callable(value.item) and not isinstance(value, (list, dict, str, bytes)):
         try:
             return value.item()
@@ -51,8 +56,11 @@ def to_records(data: Any, feature_names: list[str] | None, identifier: str) -> l
     """Turn what score.py passes (DataFrame, ndarray, list of records or of rows, dict, scalar)
     into records {feature: value}. Unnamed columns are named ``feature_names`` or ``<identifier>``,
     ``<identifier>_1``…"""
-    if hasattr(data, "to_dict") and hasattr(data, "columns"):  # pandas DataFrame
-        return [{str(k): _plain(v) for k, v in r.items()} for r in data.to_dict("records")]
+    if hasattr(data, "to_dict") and hasattr(data, "columns") and hasattr(data, "to_numpy"):  # pandas DataFrame
+        # One object array for the whole frame: ~9x faster than to_dict("records"), which cost a
+        # churn request about 2 ms of its ~7 (benchmarks/capture.py); numbers come out as Python's.
+        names = [str(c) for c in data.columns]
+        return [{n: _plain(v) for n, v in zip(names, r)} for r in data.to_numpy(dtype=object).tolist()]
     if hasattr(data, "to_dict") and hasattr(data, "index"):  # pandas Series: one value per record
         data = data.tolist()
     elif hasattr(data, "tolist"):  # numpy array

@@ -148,6 +148,30 @@ def parse_infer_request(schema: Schema | None, body: Any) -> tuple[dict[str, Any
     return inputs, body.get("id")
 
 
+def as_score_body(schema: Schema, body: dict) -> dict[str, Any]:
+    """Return the ``/score`` body that carries the same inputs as an infer request ``body``
+    (already accepted by :func:`parse_infer_request`): a pandas input as a list of records, a
+    numpy input as nested lists, a json input as its value. Data capture stores this, so rows
+    scored over either protocol have the same columns."""
+    tensors = {tensor["name"]: tensor for tensor in body["inputs"]}
+    several = len(schema.inputs) > 1
+    out: dict[str, Any] = {}
+    for input_name, spec in schema.inputs.items():
+        if isinstance(spec, PandasInput):
+            columns = {}
+            for column in spec.columns:
+                tensor = tensors[f"{input_name}.{column.name}" if several else column.name]
+                columns[column.name] = _flatten(tensor.get("data"), column.name)
+            n = len(next(iter(columns.values()))) if columns else 0
+            out[input_name] = [{name: values[i] for name, values in columns.items()} for i in range(n)]
+        elif isinstance(spec, NumpyInput):
+            tensor = tensors[input_name]
+            out[input_name] = _reshape(_flatten(tensor.get("data"), input_name), _shape(tensor, input_name))
+        else:
+            out[input_name] = json.loads(_flatten(tensors[input_name].get("data"), input_name)[0])
+    return out
+
+
 def _check_datatype(given: str, wanted: str, where: str) -> None:
     if given == wanted or (given in _NUMERIC and wanted in _NUMERIC):
         return

@@ -22,7 +22,10 @@ MLPORTAL_REQUEST_TIMEOUT (seconds a scoring request may run, default 60; ``0`` l
 MLPORTAL_HEAD_TIMEOUT / MLPORTAL_BODY_TIMEOUT (seconds a request's head / body may take to arrive,
 default 10 / 60), MLPORTAL_MAX_JSON_DEPTH (default 64), MLPORTAL_ACCESS_LOG (``0`` turns the per-request line off),
 MLPORTAL_MODEL_VERSION (shown by the OIP metadata), MLPORTAL_PREIMPORT (``0`` stops the master
-importing the modules the model files name before it forks; for libraries not safe to fork).
+importing the modules the model files name before it forks; for libraries not safe to fork),
+MLPORTAL_STOP_DRAIN_SECONDS (default 0: on the first SIGTERM, keep serving this long before
+stopping, so whoever routes to it has stopped first: Swarm stops a task the moment it scales
+down or rolls, before the portal's gateway has dropped it; a second signal stops at once).
 
 Cold start: before forking, the master imports numpy/pandas when the schema needs them and the
 modules named by the app's pickle files (read with pickletools, never unpickled), builds the
@@ -136,6 +139,7 @@ class Config:
         self.score_file = args.score_file
         self.schema_file = args.schema_file
         self.internal_key = _env_or_file(env, "MLPORTAL_INTERNAL_KEY").strip().encode()
+        self.stop_drain = max(0.0, _env_float("MLPORTAL_STOP_DRAIN_SECONDS", 0.0) or 0.0)
         self.capture = True  # main() turns it off when the spool cannot be made
 
 
@@ -904,17 +908,35 @@ class App:
             self._check_key(request)
             if not self.ready:
                 raise HttpError(503, "not_ready", "the model is still loading; retry shortly")
+            started = time.monotonic()
             body = parse_json_body(request.body, self.config.max_json_depth)
             try:
                 inputs, request_id = oip.parse_infer_request(self.schema, body)
             except SchemaError as exc:
                 raise HttpError(400, "invalid_input", exc.message) from None
+            if isinstance(request_id, str) and not capture.REQUEST_ID.fullmatch(request.headers.get("x-request-id") or "") \
+                    and capture.REQUEST_ID.fullmatch(request_id):
+                # An OIP client names its request in the body: that id is the one captured and
+                # answered in X-Request-Id, so ground truth can be sent by it (a valid header wins).
+                request.request_id = request_id
+            mode = self._sample()
             result = self._call_run(inputs)
             try:
-                value = json.loads(encode_result(result))
+                payload = encode_result(result)
+                value = json.loads(payload)
             except (TypeError, ValueError) as exc:
                 self.row[F_ERR_RUN] += 1
+                collector.end()
                 raise HttpError(500, "bad_result", str(exc)) from None
+            # Captured as a /score request of the same inputs would be, so both protocols' rows
+            # have one column per schema input field (and the same prediction).
+            plain = None
+            if mode in ("inputs", "both"):
+                try:
+                    plain = oip.as_score_body(self.schema, body)
+                except Exception as exc:  # noqa: BLE001 - capture is best effort next to scoring
+                    _log(f"worker {self.worker}: capture of the inputs failed ({type(exc).__name__}: {exc})")
+            self._record(mode, request, plain, payload, started)
             response = oip.infer_response(value, self.name, request_id, self.config.model_version)
             return 200, json.dumps(response).encode(), JSON_TYPE, b"", "infer"
         if method not in ("GET", "HEAD"):
@@ -1413,6 +1435,8 @@ class Master:
         self.respawn_at: dict[int, float] = {}
         self.deaths: dict[int, list[float]] = {}
         self.stopping = False
+        self.drain_until: float | None = None  # serving on after a SIGTERM until then (stop_drain)
+        self.drain_logged = False
         self.exit_code = 0
 
     def spawn(self, index: int) -> None:
@@ -1438,6 +1462,9 @@ class Master:
         signal.set_wakeup_fd(wake_w)
 
         def on_stop(signum: int, frame: Any) -> None:
+            if signum == signal.SIGTERM and self.config.stop_drain and self.drain_until is None:
+                self.drain_until = time.monotonic() + self.config.stop_drain
+                return
             self.stopping = True
 
         signal.signal(signal.SIGTERM, on_stop)
@@ -1454,6 +1481,13 @@ class Master:
             self.reap()
             self.kill_stuck()
             now = time.monotonic()
+            if self.drain_until is not None and not self.stopping:
+                if now >= self.drain_until:
+                    self.stopping = True
+                    break
+                if not self.drain_logged:
+                    self.drain_logged = True
+                    _log(f"stopping in {self.config.stop_drain:g} s (serving until then, as MLPORTAL_STOP_DRAIN_SECONDS asks)")
             for index, when in list(self.respawn_at.items()):
                 if now >= when and not self.stopping:
                     del self.respawn_at[index]

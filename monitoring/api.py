@@ -5,7 +5,9 @@ gets 404 on each):
 - ``GET data/`` rows in [since, until) as JSON, ``?output=csv`` or ``?output=parquet``;
 - ``GET data/summary/`` rows per hour (48 h), dropped count, the latest rows;
 - ``POST data/to-project/`` {"project", "path", "since"?, "until"?}: the rows as a project's CSV file;
-- ``GET drift/`` settings and reports; ``PATCH drift/`` settings; ``POST drift/`` compute now;
+- ``GET drift/`` settings, reports and the latest check; ``PATCH drift/`` settings; ``POST drift/``
+  starts a check (202 + the job; the maintenance worker computes it), ``GET drift/jobs/<id>/`` its
+  status, step and progress, then its report;
 - ``GET ground-truth/`` accuracy or MAE per day and model version; ``POST ground-truth/`` pairs
   (JSON) or a CSV upload (multipart field ``file``).
 """
@@ -62,7 +64,7 @@ def data_response(request, service):
         return answer
     rows = table.to_pylist() if table is not None else []
     if fmt == "csv":
-        columns = table.column_names if table is not None else ["request_id", "time", "model_version", "latency_ms"]
+        columns = table.column_names if table is not None else ["request_id", "time", "revision", "model_version", "latency_ms"]
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=columns)
         writer.writeheader()
@@ -108,17 +110,34 @@ class ServiceDataActions:
     def drift(self, request, **kwargs):
         """GET: settings and recent reports. PATCH: change the settings ({"reference": "file", "project",
         "path"} or {"reference": "window", "window_start", "window_end"}, "current_hours",
-        "feature_threshold", "share_threshold", "scheduled"). POST: compute now (body: since?, until?)."""
+        "feature_threshold", "share_threshold", "scheduled"). POST: start a check now (body: since?,
+        until?): 202 with the job to poll (``url``); while one runs, that one."""
         service = self.get_object()
         if request.method == "PATCH":
             services.drift_settings_update(service=service, value=request.data, user=request.user)
             return Response(selectors.drift_of(service))
         if request.method == "POST":
             body = request.data if isinstance(request.data, dict) else {}
-            report = services.drift_compute(service=service, user=request.user, since=check_moment(body.get("since"), "since"),
-                                            until=check_moment(body.get("until"), "until"))
-            return Response(selectors.report_as_dict(report), status=status.HTTP_201_CREATED)
+            job = services.drift_job_start(service=service, user=request.user, since=check_moment(body.get("since"), "since"),
+                                           until=check_moment(body.get("until"), "until"))
+            answer = Response(selectors.drift_job_as_dict(job), status=status.HTTP_202_ACCEPTED)
+            answer["Location"] = answer.data["url"]
+            return answer
         return Response(selectors.drift_of(service))
+
+    @extend_schema(responses={200: dict})
+    @action(detail=True, methods=["get"], url_path=r"drift/jobs/(?P<job_id>[0-9]+)", url_name="drift-job")
+    def drift_job(self, request, job_id=None, **kwargs):
+        """A drift check: status (queued, running, succeeded, failed), step, progress 0-1, then the
+        report or what went wrong."""
+        from core.errors import NotFound
+
+        from .models import DriftJob
+
+        job = DriftJob.objects.filter(service=self.get_object(), pk=job_id).select_related("report").first()
+        if job is None:
+            raise NotFound(f"This service has no drift check {job_id}.")
+        return Response(selectors.drift_job_as_dict(job))
 
     @extend_schema(request=dict, responses={200: dict})
     @action(detail=True, methods=["get", "post"], url_path="ground-truth")

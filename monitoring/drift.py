@@ -111,10 +111,13 @@ def categorical_drift(name: str, reference, current, threshold: float) -> Featur
                         "jensen-shannon; chisquare", _verdict(distance, chi.pvalue, threshold), histogram)
 
 
-def compare(reference, current, *, features: list[str], threshold: float) -> list[FeatureDrift]:
-    """Per feature (a column in both frames), its drift; numeric when both sides are numeric."""
+def compare(reference, current, *, features: list[str], threshold: float, progress=None) -> list[FeatureDrift]:
+    """Per feature (a column in both frames), its drift; numeric when both sides are numeric.
+    ``progress(done, total, name)``, when given, is called before each feature."""
     out = []
-    for name in features:
+    for index, name in enumerate(features):
+        if progress is not None:
+            progress(index, len(features), name)
         ref_col, cur_col = reference[name].dropna(), current[name].dropna()
         if len(cur_col) < MIN_ROWS or ref_col.empty:
             out.append(FeatureDrift(name, "unknown", None, None, None, f"fewer than {MIN_ROWS} rows", False, {}))

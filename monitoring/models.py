@@ -5,6 +5,7 @@ Rows themselves live in Parquet files in the ``capture`` storage (``MLPORTAL_DAT
 model_version=<v>/day=<YYYY-MM-DD>/``; the database holds the switch, one row per stored file
 (``CaptureFile``) and one per stored request id (``CapturedRow``, the de-duplication index).
 """
+from django.conf import settings
 from django.db import models
 
 
@@ -118,6 +119,47 @@ class DriftReport(models.Model):
 
     def __str__(self) -> str:
         return f"drift of {self.service_id} at {self.computed_at:%Y-%m-%d %H:%M}: {self.share_drifted:.0%}"
+
+
+class DriftJob(models.Model):
+    """A drift check asked for on demand (``POST drift/``), computed by a task on the maintenance
+    worker so the request never waits on pandas and scipy; the page and the CLI poll it.
+
+    ``step`` and ``progress`` (0-1) say where the computation is, ``heartbeat_at`` when the worker
+    last said so (a job open without a heartbeat for ``STALE_SECONDS`` lost its worker and is
+    closed by the next request). At most one open (queued or running) job per service.
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    OPEN = (Status.QUEUED, Status.RUNNING)
+    STALE_SECONDS = 300  # over the maintenance queue's hard time limit (180 s), with room
+
+    service = models.ForeignKey("deployments.Service", on_delete=models.CASCADE, related_name="drift_jobs")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    step = models.CharField(max_length=200, default="Waiting for the worker")
+    progress = models.FloatField(default=0.0)
+    since = models.DateTimeField(null=True, blank=True)
+    until = models.DateTimeField(null=True, blank=True)
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    report = models.ForeignKey(DriftReport, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [models.UniqueConstraint(fields=["service"], condition=models.Q(status__in=["queued", "running"]),
+                                               name="drift_job_one_open")]
+
+    def __str__(self) -> str:
+        return f"drift job {self.pk} of {self.service_id}: {self.status}"
 
 
 class GroundTruth(models.Model):

@@ -6,7 +6,7 @@ import json
 
 from django.utils import timezone
 
-from .models import Capture, CaptureFile, DriftReport, DriftSettings, GroundTruth
+from .models import Capture, CaptureFile, DriftJob, DriftReport, DriftSettings, GroundTruth
 from .worker import capture_storage
 
 LATEST_ROWS = 20
@@ -147,10 +147,34 @@ def report_as_dict(report: DriftReport, *, histograms: bool = True) -> dict:
     }
 
 
+def drift_job_as_dict(job: DriftJob, *, report: bool = True) -> dict:
+    """A drift job as the page and the CLI poll it: status, step, progress 0-1, how long ago the
+    worker last said so, the error (failed) or the report (succeeded)."""
+    from django.urls import reverse
+
+    now = timezone.now()
+    return {
+        "id": job.pk,
+        "status": job.status,
+        "done": job.status not in DriftJob.OPEN,
+        "step": job.step,
+        "progress": job.progress,
+        "error": job.error or None,
+        "created_at": job.created_at.isoformat(),
+        "started_at": job.started_at.isoformat() if job.started_at else None,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        "seconds_since_heard": round((now - job.heartbeat_at).total_seconds(), 1),
+        "url": reverse("api-service-drift-job", kwargs={"pk": str(job.service_id), "job_id": job.pk}),
+        "report": report_as_dict(job.report) if report and job.report_id else None,
+    }
+
+
 def drift_of(service) -> dict:
     reports = list(DriftReport.objects.filter(service=service)[:20])
+    job = DriftJob.objects.filter(service=service).select_related("report").first()
     return {
         "settings": drift_settings_of(service),
+        "job": drift_job_as_dict(job, report=False) if job is not None else None,
         "latest": report_as_dict(reports[0]) if reports else None,
         "reports": [{"id": r.pk, "computed_at": r.computed_at.isoformat(), "trigger": r.trigger,
                      "share_drifted": r.share_drifted, "drifted": r.drifted} for r in reports],

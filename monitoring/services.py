@@ -42,7 +42,8 @@ def set_capture(*, service, value, user) -> dict:
 def container_env(service) -> dict[str, str]:
     """What a new replica starts with: the internal key and the switch as it is now."""
     capture = Capture.objects.filter(service=service).first()
-    env = {"MLPORTAL_INTERNAL_KEY": internal_key(service)}
+    env = {"MLPORTAL_INTERNAL_KEY": internal_key(service),
+           "MLPORTAL_CAPTURE_SPOOL_ROWS": str(settings.MLPORTAL_CAPTURE_SPOOL_ROWS)}
     versions = [f"{m.name}:{m.version}" for m in service.image.manifest.model_versions.order_by("name")]
     if versions:
         env["MLPORTAL_MODEL_VERSION"] = ",".join(versions)
@@ -116,12 +117,33 @@ def drift_settings_update(*, service, value, user) -> DriftSettings:
     return settings
 
 
-def drift_compute(*, service, user, since=None, until=None):
-    """Computes drift now against the saved reference (the Data tab's and the CLI's "check now")."""
+def _close_stale_jobs(service) -> None:
+    """Closes the service's open drift job whose worker has said nothing for STALE_SECONDS (the
+    worker died, or the broker lost the message), so a new check can start."""
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from .models import DriftJob
+
+    cutoff = timezone.now() - dt.timedelta(seconds=DriftJob.STALE_SECONDS)
+    DriftJob.objects.filter(service=service, status__in=DriftJob.OPEN, heartbeat_at__lt=cutoff).update(
+        status=DriftJob.Status.FAILED, finished_at=timezone.now(), step="Failed",
+        error=f"No worker worked on this check for {DriftJob.STALE_SECONDS // 60} minutes (is the maintenance worker running?); "
+              "it was given up.")
+
+
+def drift_job_start(*, service, user, since=None, until=None):
+    """Starts a drift check against the saved reference (the Data tab's and the CLI's "check now")
+    and returns its DriftJob at once; the maintenance worker computes it. While one is queued or
+    running, that one is returned instead of a second."""
+    from django.db import IntegrityError, transaction
+
     from workspaces.models import Role
     from workspaces.services import require_role
 
-    from .worker import compute_drift
+    from .models import DriftJob
+    from .tasks import compute_drift_job
 
     require_role(user=user, workspace=service.workspace, role=Role.CONTRIBUTOR)
     settings = DriftSettings.objects.filter(service=service).select_related("project").first()
@@ -130,7 +152,18 @@ def drift_compute(*, service, user, since=None, until=None):
                           fields={"reference": "not set"})
     check_range(since, until)
     _check_reference(settings)
-    return compute_drift(service=service, settings=settings, trigger="demand", actor=user, since=since, until=until)
+    _close_stale_jobs(service)
+    for _ in range(2):  # an open job that ends between our insert and our read: insert again
+        try:
+            with transaction.atomic():
+                job = DriftJob.objects.create(service=service, since=since, until=until, requested_by=user)
+                transaction.on_commit(lambda: compute_drift_job.delay(job.pk))
+            return job
+        except IntegrityError:  # drift_job_one_open: a check is already queued or running
+            job = DriftJob.objects.filter(service=service, status__in=DriftJob.OPEN).first()
+            if job is not None:
+                return job
+    raise PortalError("A drift check of this service started and ended just now; look at its report.", code="conflict")
 
 
 # --- ground truth ------------------------------------------------------------------------------
@@ -185,6 +218,7 @@ def data_to_project(*, service, project_ref: str, path: str, since=None, until=N
     if frame.empty:
         raise PortalError("Nothing was captured in that time range; widen it or turn capture on.", fields={"since": "no rows"})
     features = input_features(frame.columns)
-    keep = ["request_id", "time", "model_version", *features.values()] + (["prediction"] if "prediction" in frame else [])
+    keep = ["request_id", "time", *(["revision"] if "revision" in frame else []), "model_version", *features.values()] + (
+        ["prediction"] if "prediction" in frame else [])
     out = frame[keep].rename(columns={column: name for name, column in features.items()})
     return project_file_put(project=project, path=path, content=out.to_csv(index=False).encode(), user=user), len(out)

@@ -3,8 +3,9 @@
 ``drift_detected`` is sent, after the commit, when a drift report finds a service drifted and the
 report before it did not (one event per episode, not one per hourly check), with
 ``sender=DriftReport`` and keyword arguments ``service`` (the Service), ``report`` (the DriftReport)
-and ``trigger`` ("schedule" or "demand"). Receivers run in the worker (or the request) that
-computed the report: keep them quick, enqueue real work.
+and ``trigger`` ("schedule" or "demand"). Receivers run in the worker that
+computed the report (the maintenance worker: hourly or a drift job asked for on demand): keep
+them quick, enqueue real work.
 """
 from django.dispatch import Signal
 

@@ -1,2 +1,12 @@
-"""Celery discovers the monitoring tasks here; they live in worker.py."""
+"""Celery discovers the monitoring tasks here; collection and the hourly drift live in worker.py."""
+from celery import shared_task
+
 from monitoring.worker import collect_capture, compute_drift_task  # noqa: F401
+
+
+@shared_task(name="monitoring.tasks.compute_drift_job")
+def compute_drift_job(job_id: int) -> str | None:
+    """A drift check asked for on demand (POST drift/), on the maintenance queue."""
+    from monitoring.drift_jobs import drift_job_run
+
+    return drift_job_run(job_id=job_id)

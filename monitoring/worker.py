@@ -107,7 +107,7 @@ def pull(replica, key: str, body: dict) -> dict | None:
         raise PullError(f"replica {replica.number}: {exc}") from None
 
 
-BASE_COLUMNS = ("request_id", "time", "model_version", "latency_ms")
+BASE_COLUMNS = ("request_id", "time", "revision", "model_version", "latency_ms")
 
 
 def _cell(value):
@@ -128,6 +128,8 @@ def flatten(row: dict) -> list[dict]:
     base = {
         "request_id": str(row["request_id"]),
         "time": dt.datetime.fromtimestamp(row["time"], tz=dt.timezone.utc),
+        # The service revision of the replica it was pulled from (collect_replica); None before that.
+        "revision": row.get("revision"),
         "model_version": row.get("model_version") or "",
         "latency_ms": float(row.get("latency_ms") or 0.0),
     }
@@ -276,9 +278,21 @@ def _one_collector():
         yield True
 
 
+def _revision_number(service, replica) -> int | None:
+    """The revision the replica serves: its own (a canary's, a shadow's), else the live one."""
+    from deployments.models import ServiceRevision
+
+    if replica.revision_id is not None:
+        return ServiceRevision.objects.filter(pk=replica.revision_id).values_list("number", flat=True).first()
+    return (ServiceRevision.objects.filter(service=service, ended_at__isnull=True, role=ServiceRevision.Role.LIVE)
+            .order_by("-number").values_list("number", flat=True).first())
+
+
 def collect_replica(service, replica, settings_now: dict) -> tuple[int, int | None]:
-    """Pull, store and acknowledge one replica's spool; returns (rows stored, dropped count)."""
+    """Pull, store and acknowledge one replica's spool; returns (rows stored, dropped count).
+    Each row is stored with the revision the replica serves (a container serves one revision)."""
     key = internal_key(service)
+    revision = _revision_number(service, replica)
     ack, stored, dropped = None, 0, None
     for _ in range(MAX_BATCHES):
         answer = pull(replica, key, {"ack": ack, "settings": settings_now, "limit": BATCH})
@@ -288,6 +302,8 @@ def collect_replica(service, replica, settings_now: dict) -> tuple[int, int | No
         rows = answer.get("rows") or []
         if not rows:
             return stored, dropped
+        for row in rows:
+            row["revision"] = revision
         stored += store(service, rows)
         ack = rows[-1]["seq"]
     pull(replica, key, {"ack": ack, "settings": settings_now, "limit": 1})
@@ -306,6 +322,8 @@ def collect_all() -> int:
         for service in Service.objects.filter(status__in=Service.SERVING).prefetch_related("replica_set"):
             capture = Capture.objects.filter(service=service).first()
             settings_now = capture.as_settings() if capture else {"mode": "off", "percent": 100.0}
+            # The spool's bound travels with the switch, so a changed bound reaches running replicas.
+            settings_now["spool_rows"] = settings.MLPORTAL_CAPTURE_SPOOL_ROWS
             dropped = dict(capture.dropped_by_replica) if capture else {}
             for replica in service.replica_set.all():
                 try:
@@ -342,7 +360,13 @@ def _reference_frame(service, settings):
         from runs.models import ProjectFile
         from core.storage import open_file
 
-        row = ProjectFile.objects.get(project_id=settings.project_id, path=settings.path)
+        from core.errors import PortalError
+
+        row = ProjectFile.objects.filter(project_id=settings.project_id, path=settings.path).first()
+        if row is None:  # deleted since the settings were saved
+            raise PortalError(f"The reference file {settings.path!r} is no longer in project "
+                              f"{settings.project.name if settings.project_id else '(deleted)'}; pick another reference.",
+                              fields={"path": "no such file in the project"})
         with open_file(row.storage_name) as handle:
             if settings.path.lower().endswith(".parquet"):
                 frame = pd.read_parquet(handle)
@@ -355,9 +379,10 @@ def _reference_frame(service, settings):
     return frame, f"capture {settings.window_start.isoformat()} to {settings.window_end.isoformat()}"
 
 
-def compute_drift(*, service, settings, trigger: str, actor=None, since=None, until=None):
+def compute_drift(*, service, settings, trigger: str, actor=None, since=None, until=None, progress=None):
     """Computes, stores and returns a DriftReport of the current capture against the reference.
-    Raises PortalError when there is nothing to compare (no current rows, no common feature)."""
+    Raises PortalError when there is nothing to compare (no current rows, no common feature).
+    ``progress(step, fraction)``, when given, hears where it is (a drift job shows it)."""
     from deployments.models import ServiceEvent
     from core.errors import PortalError
     from workspaces.services import activity_record
@@ -366,14 +391,20 @@ def compute_drift(*, service, settings, trigger: str, actor=None, since=None, un
     from .models import DriftReport
     from .selectors import captured_frame, input_features
 
+    def say(step: str, fraction: float) -> None:
+        if progress is not None:
+            progress(step, fraction)
+
     until = until or timezone.now()
     since = since or until - dt.timedelta(hours=settings.current_hours)
+    say("Reading the captured rows", 0.05)
     current = captured_frame(service, since=since, until=until)
     features = input_features(current.columns)
     if current.empty or not features:
         raise PortalError(f"No captured inputs between {since:%Y-%m-%d %H:%M} and {until:%Y-%m-%d %H:%M} UTC to compare; "
                           "turn capture on (inputs or both) or widen the window.", fields={"since": "no captured inputs"})
     current = current[list(features.values())].rename(columns={c: n for n, c in features.items()})
+    say("Reading the reference", 0.25)
     reference, described = _reference_frame(service, settings)
     common = [name for name in features if name in reference.columns]
     if not common:
@@ -385,7 +416,10 @@ def compute_drift(*, service, settings, trigger: str, actor=None, since=None, un
         current = current.tail(MAX_DRIFT_ROWS)
     if len(reference) > MAX_DRIFT_ROWS:
         reference = reference.sample(MAX_DRIFT_ROWS, random_state=0)
-    results = drift.compare(reference, current, features=common, threshold=settings.feature_threshold)
+    results = drift.compare(reference, current, features=common, threshold=settings.feature_threshold,
+                            progress=lambda done, total, name: say(f"Comparing {name} ({done + 1} of {total} features)",
+                                                                   0.4 + 0.55 * done / total))
+    say("Saving the report", 0.97)
     share = drift.share_drifted(results)
     drifted = share >= settings.share_threshold
     previous = DriftReport.objects.filter(service=service).first()

@@ -184,6 +184,7 @@ def _build(image: Image) -> str:
     from compute.engine import BuildError, EngineError
     from compute.envimage import ensure_env_image
     from compute.images import build_service_image
+    from workspaces.instance import portal_instance
 
     log = BuildLog(image)
     started = time.monotonic()
@@ -196,6 +197,7 @@ def _build(image: Image) -> str:
             base_image=settings.MLPORTAL_BASE_IMAGE, requirements=requirements,
             wheel_cache=settings.MLPORTAL_WHEEL_CACHE, log=log, base_url=settings.MLPORTAL_DOCKER_URL,
             timeout_s=settings.MLPORTAL_BUILD_TIMEOUT, source_packages=settings.MLPORTAL_SOURCE_PACKAGES,
+            portal=portal_instance(),
         )
         built = build_service_image(
             tag=image.tag, env_image=env_image, app_files=image_app_files(manifest), labels=image.labels, log=log,

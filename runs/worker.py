@@ -236,6 +236,7 @@ def _prepare(run: Run, sink: RunSink) -> dict:
         base_image=settings.MLPORTAL_BASE_IMAGE, requirements=run.project.requirement_lines,
         wheel_cache=settings.MLPORTAL_WHEEL_CACHE, log=sink.log, base_url=settings.MLPORTAL_DOCKER_URL,
         timeout_s=settings.MLPORTAL_BUILD_TIMEOUT, source_packages=settings.MLPORTAL_SOURCE_PACKAGES,
+        portal=portal_instance(),
     )
     run_mark_running(run_id=run.id, image=image)
     sink.log(f"[mlportal] environment image {image} is ready")
@@ -265,6 +266,7 @@ def _execute_script(run: Run, sink: RunSink, workdir: Path) -> dict:
             base_image=spec.base_image, requirements=spec.requirements, wheel_cache=settings.MLPORTAL_WHEEL_CACHE,
             log=lambda line: sink.log(f"[prepare] {line}"), base_url=settings.MLPORTAL_DOCKER_URL,
             timeout_s=settings.MLPORTAL_BUILD_TIMEOUT, source_packages=settings.MLPORTAL_SOURCE_PACKAGES,
+            portal=portal_instance(),
         )
         if not run_mark_running(run_id=run.id, image=image):
             return {"status": Run.Status.CANCELED, "reason": "canceled before it started", "image": image}

@@ -3,13 +3,16 @@ against a reference, and the ground truth joined with it (the service page's Dat
 from __future__ import annotations
 
 import os
+import time
 import urllib.parse
 
 from mlportal_cli.client import CliError
 from mlportal_cli.context import Context, UsageError, add_command, common_options
 from mlportal_cli.output import FORMATS, Result, columns
+from mlportal_runtime.logsafe import escape_controls
 
 DATA_FORMATS = (*FORMATS, "csv", "parquet")
+POLL_SECONDS = 0.5
 
 
 def _ref(ctx: Context) -> str:
@@ -79,7 +82,7 @@ def service_drift(ctx: Context):
         if report is None:
             raise CliError("no drift report yet: run `mlportal service drift -n NAME` to compute one")
     else:
-        report = ctx.client.post(f"services/{ref}/drift/", {"since": ctx.arg("since"), "until": ctx.arg("until")})
+        report = _check_now(ctx, ref)
     if ctx.fmt != "table" or ctx.arg("query"):
         return Result(report)
     verdict = "DRIFTED" if report["drifted"] else "no drift"
@@ -88,6 +91,22 @@ def service_drift(ctx: Context):
     return Result(report["features"], columns=columns(
         ("FEATURE", "name"), ("KIND", "kind"), ("SCORE", "score"), ("P-VALUE", "p_value"),
         ("DRIFTED", lambda f: "yes" if f["drifted"] else "no")))
+
+
+def _check_now(ctx: Context, ref: str) -> dict:
+    """Starts a drift check on the portal's worker and follows it to its report (or its error)."""
+    job = ctx.client.post(f"services/{ref}/drift/", {"since": ctx.arg("since"), "until": ctx.arg("until")})
+    said = None
+    while not job["done"]:
+        line = "waiting for the portal's worker" if job["status"] == "queued" else f"{job['step']} ({job['progress']:.0%})"
+        if line != said:
+            ctx.progress(f"Drift check {job['id']}: {escape_controls(line)}")
+            said = line
+        time.sleep(POLL_SECONDS)
+        job = ctx.client.get_patiently(job["url"].removeprefix("/api/v1/"), say=ctx.progress)
+    if job["status"] != "succeeded":
+        raise CliError(f"drift check {job['id']} failed: {job['error']}")
+    return job["report"]
 
 
 def service_ground_truth(ctx: Context):

@@ -3,8 +3,9 @@
    resolution), log scale, smoothing, a legend that hides and shows series.
 
    <div data-module="metric-chart" data-sources='[{"url": "/api/v1/runs/<id>/series/", "label": ""}]'>
-   After each draw the element carries data-state="drawn", data-series="<count>" and
-   data-max-step="<largest step drawn>" (for people reading the DOM, and for tests).
+   After each draw the element carries data-state="drawn", data-series="<count>",
+   data-max-step="<largest step drawn>", data-load-at (performance.now() when the last load began)
+   and data-draw-ms (the last draw's time), for people reading the DOM, tests and benchmarks/charts.py.
    The data is fetched exactly as the page's <link rel=preload as=fetch> asked for it, so the
    request starts as soon as the HTML arrives. */
 (function () {
@@ -90,6 +91,7 @@
     offsetX(e) { return e.clientX - this.canvas.getBoundingClientRect().left; }
 
     async load() {
+      this.root.dataset.loadAt = performance.now().toFixed(1);
       this.status.textContent = "loading…";
       const hidden = new Set(this.series.filter((s) => s.hidden).map((s) => s.label));
       const results = await Promise.all(this.sources.map(async (src) => {
@@ -139,6 +141,13 @@
     }
 
     draw(selection) {
+      const began = performance.now();
+      this.paint(selection);
+      this.root.dataset.drawMs = (performance.now() - began).toFixed(1);
+      this.root.dataset.state = "drawn";
+    }
+
+    paint(selection) {
       const c = this.canvas, ratio = window.devicePixelRatio || 1;
       const w = c.clientWidth || 600, h = c.clientHeight || 320;
       c.width = Math.round(w * ratio); c.height = Math.round(h * ratio);
@@ -164,7 +173,6 @@
       if (!lines.length || !isFinite(y0)) {
         g.fillStyle = "#666"; g.font = "13px sans-serif";
         g.fillText(this.series.length ? "No positive values to show on a log scale." : "No series logged with steps.", PAD.left, h / 2);
-        this.root.dataset.state = "drawn";
         return;
       }
       if (x1 === x0) { x0 -= 1; x1 += 1; }
@@ -200,7 +208,6 @@
         g.fillStyle = "rgba(0, 114, 178, 0.15)";
         g.fillRect(Math.min(selection[0], selection[1]), PAD.top, Math.abs(selection[1] - selection[0]), ph);
       }
-      this.root.dataset.state = "drawn";
     }
   }
 

@@ -3,11 +3,15 @@
    drift (reference, check now, per-feature verdicts with overlaid histograms). Configured by the
    panel's data-summary-url, data-data-url, data-drift-url, data-truth-url and data-project-url
    (the API's services/<id>/data/summary/, data/, drift/, ground-truth/, data/to-project/).
-   After each draw the panel carries data-loaded="true" and, once a report is shown, data-drift="drawn". */
+   "Check drift now" starts a job on the portal's worker (POST drift/ answers 202 at once) and polls
+   it (MLPortal.poll of the job's url), showing its step and progress until the report is drawn or
+   its error shown; a job still open when the page opens is followed the same way.
+   After each draw the panel carries data-loaded="true", data-drift-job="<status>" while a job is
+   followed, and, once a report is shown, data-drift="drawn". */
 (function () {
   "use strict";
   const EVERY_MS = 15000;
-  const BASE_COLUMNS = ["request_id", "time", "model_version", "prediction"];
+  const BASE_COLUMNS = ["request_id", "time", "revision", "model_version", "prediction"];
   const MAX_INPUT_COLUMNS = 6;
   const MAX_HISTOGRAMS = 6;
 
@@ -98,15 +102,47 @@
       return box;
     }
 
+    let following = null;
+    function followJob(job) {
+      if (following && following.id === job.id) return;
+      if (following) following.poller.stop();
+      const bar = $("drift-progress");
+      const show = (j) => {
+        panel.dataset.driftJob = j.status;
+        if (j.status === "failed") {
+          if (bar) bar.hidden = true;
+          $("drift-summary").className = "error";
+          $("drift-summary").textContent = `The drift check failed: ${j.error}`;
+          following = null;
+          return true;
+        }
+        if (j.status === "succeeded") {
+          if (bar) bar.hidden = true;
+          $("drift-summary").className = "";
+          following = null;
+          refreshDrift();
+          return true;
+        }
+        $("drift-summary").className = "";
+        $("drift-summary").textContent = j.status === "queued" ? "Waiting for the portal's worker…" :
+          `${j.step}… (${Math.round(j.progress * 100)} %)`;
+        if (bar) { bar.hidden = false; bar.value = j.progress; }
+        return false;
+      };
+      if (show(job) === true) return;
+      following = { id: job.id, poller: window.MLPortal.poll(job.url, show) };
+    }
+
     function renderDrift(data) {
       const s = data.settings;
       if ($("drift-project") && s.project && !$("drift-project").value) $("drift-project").value = s.project;
       if ($("drift-path") && s.path && !$("drift-path").value) $("drift-path").value = s.path;
       if ($("drift-share") && !$("drift-share").value) $("drift-share").placeholder = String(s.share_threshold);
       const report = data.latest;
+      if (data.job && !data.job.done) followJob(data.job);  // its progress is what the summary says
       if (!report) return;
       const judged = report.features.filter((f) => f.score !== null).length;
-      $("drift-summary").textContent = `${report.drifted ? "Drifted" : "No drift"}: ${report.drifted_features.length} of ${judged} features drifted` +
+      if (!following) $("drift-summary").textContent = `${report.drifted ? "Drifted" : "No drift"}: ${report.drifted_features.length} of ${judged} features drifted` +
         (report.drifted_features.length ? ` (${report.drifted_features.join(", ")})` : "") +
         ` — ${report.current_rows} rows against ${report.reference}, ${new Date(report.computed_at).toLocaleString()}.`;
       const features = report.features.slice().sort((a, b) => (b.drifted - a.drifted) || ((b.score || 0) - (a.score || 0)));
@@ -172,8 +208,8 @@
         catch (e) { $("drift-summary").className = "error"; $("drift-summary").textContent = e.message; }
       });
       $("drift-compute").addEventListener("click", async () => {
-        $("drift-summary").className = ""; $("drift-summary").textContent = "Comparing…";
-        try { await send("POST", urls.drift, {}); await refreshDrift(); }
+        $("drift-summary").className = ""; $("drift-summary").textContent = "Starting the drift check…";
+        try { followJob(await send("POST", urls.drift, {})); }
         catch (e) { $("drift-summary").className = "error"; $("drift-summary").textContent = e.message; }
       });
     }

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import io
 import tarfile
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from compute.engine import LABEL_KIND, connect
+from compute.engine import LABEL_KIND, LABEL_PORTAL, connect
 from compute.sourcebuild import build_source_wheels
 from compute.wheels import RequirementsError, SourceBuild, ensure_wheels
 from tests.compute.fixtures import BASE_IMAGE
@@ -67,13 +68,19 @@ def test_a_source_only_package_is_refused_and_its_setup_py_never_runs(tmp_path, 
 def test_an_allowed_source_package_is_built_in_a_container_without_network(tmp_path, sdist):
     requirement, marker = sdist
     logs: list[str] = []
+    portal = f"portal-{uuid.uuid4().hex[:8]}"
+    since = int(time.time()) - 1  # the engine runs on this host: one clock
     wheels = ensure_wheels([requirement], cache_dir=tmp_path / "wheels", log=logs.append,
-                           source_build=SourceBuild(BASE_IMAGE))
+                           source_build=SourceBuild(BASE_IMAGE, portal=portal))
     assert [w.name for w in wheels] == [f"{requirement.split('==')[0].replace('-', '_')}-0.1-py3-none-any.whl"]
     assert not marker.exists(), "setup.py ran on the worker's host"
     assert any("built" in line and "container without network" in line for line in logs), logs
     with connect() as client:  # the throwaway container is gone
         assert not client.containers.list(all=True, filters={"label": f"{LABEL_KIND}=source-build"})
+        # ... and it carried the label of the portal that started it, as every container a portal makes does.
+        created = list(client.events(since=since, until=int(time.time()) + 1, decode=True,
+                                     filters={"type": "container", "event": "create", "label": f"{LABEL_PORTAL}={portal}"}))
+    assert [e["Actor"]["Attributes"].get(LABEL_KIND) for e in created] == ["source-build"], created
 
 
 def test_the_build_container_has_no_network(tmp_path, sdist):

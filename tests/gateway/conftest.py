@@ -17,6 +17,7 @@ import pytest
 
 from tests.cli.conftest import cli, login, portal  # noqa: F401 (the CLI against the live server)
 from tests.conftest import worker_env
+from tests.real_parts import missing_part
 from tests.deployments.conftest import (  # noqa: F401 (shared fixtures)
     built_image, churn, create_realtime, deploy_worker, remove_our_containers, storage_root, trained_churn,
 )
@@ -113,3 +114,21 @@ def gateway_server_process(django_db_setup, django_db_blocker, tmp_path_factory)
 def gateway(gateway_server_process, transactional_db):
     """The portal's ASGI server (gateway + Django) on the test database; use with the real worker."""
     return gateway_server_process
+
+
+@pytest.fixture
+def swarm_env(owner_api):
+    """A cluster environment "production" on the shared engine (a single-node swarm manager: .ci/run
+    makes it one); afterwards every Swarm service this portal started is removed, so a failing test
+    leaves none running."""
+    from compute import swarm
+    from workspaces.instance import portal_instance
+
+    if not swarm.swarm_status()["manager"]:
+        missing_part("Docker engine", "the engine is not a swarm manager (.ci/run runs 'docker swarm init')")
+    response = owner_api.post("/api/v1/environments/", {"name": "production", "kind": "cluster",
+                                                        "labels": {"stage": "production"}}, format="json")
+    assert response.status_code == 201, response.json()
+    yield response.json()
+    for item in swarm.list_services(portal=portal_instance()):
+        swarm.remove_service(item["name"])

@@ -3,7 +3,7 @@ makes it one), with the real worker and the real gateway: the churn service depl
 environment scores "0" through the portal; its keys are not in `docker service inspect`; an
 update to a broken image is rolled back by Swarm and the portal says so; a killed task is
 replaced by Swarm and shown with its node; scaling; deletion removes the Swarm service and its
-secrets. Setting one up on an engine in no swarm says so and offers a single-node swarm (a
+secrets; a placement label no node has keeps the service creating with Swarm's reason. Setting one up on an engine in no swarm says so and offers a single-node swarm (a
 check on the states the engine reports, since the shared engine must stay a manager)."""
 from __future__ import annotations
 
@@ -16,18 +16,6 @@ from tests.helpers import wait_until
 from tests.real_parts import missing_part
 
 pytestmark = [pytest.mark.docker, pytest.mark.integration]
-
-
-@pytest.fixture
-def swarm_env(owner_api):
-    from compute import swarm
-
-    if not swarm.swarm_status()["manager"]:
-        missing_part("Docker engine", "the engine is not a swarm manager (.ci/run runs 'docker swarm init')")
-    response = owner_api.post("/api/v1/environments/", {"name": "production", "kind": "cluster",
-                                                        "labels": {"stage": "production"}}, format="json")
-    assert response.status_code == 201, response.json()
-    return response.json()
 
 
 def docker(*args: str) -> str:
@@ -62,13 +50,14 @@ def test_a_cluster_service_scores_keeps_its_keys_secret_and_survives_a_broken_up
     assert any("Swarm rolled it back" in e["message"] for e in after["events"])
     assert gateway.score("churnpred", SAMPLE_REQUEST, keys["secondary"])[2] == "0"
 
-    # A killed task: Swarm replaces it; the portal shows the event with the node.
+    # A killed task: Swarm replaces it; the portal shows the event with the node, from the quick look
+    # the beat takes every MLPORTAL_SWARM_WATCH_SECONDS (no full sweep needed).
     current = after["containers"][0]
     docker("kill", current["container_id"])
-    from deployments.reconcile import services_reconcile
+    from deployments.cluster import watch
 
     def replaced():
-        services_reconcile()
+        watch()
         body = owner_api.get("/api/v1/services/churnpred/").json()
         rows = body["containers"]
         return body if rows and rows[0]["task_id"] != current["task_id"] else None
@@ -83,8 +72,13 @@ def test_a_cluster_service_scores_keeps_its_keys_secret_and_survives_a_broken_up
     assert owner_api.post("/api/v1/services/churnpred/scale/", {"replicas": 2}, format="json").status_code == 202
     scaled = wait_settled(owner_api, "churnpred", timeout=180)
     assert scaled["replicas"] == 2 and sorted(r["number"] for r in scaled["containers"]) == [1, 2]
-    served = {gateway.score("churnpred", SAMPLE_REQUEST, keys["primary"])[1]["x-mlportal-replica"] for _ in range(6)}
-    assert served == {"1", "2"}
+    served: set[str] = set()
+
+    def both_serve():  # the gateway reads the new row within its refresh period
+        served.update(gateway.score("churnpred", SAMPLE_REQUEST, keys["primary"])[1]["x-mlportal-replica"] for _ in range(6))
+        return served == {"1", "2"} or None
+
+    wait_until(both_serve, timeout=10, interval=0.3, message="both tasks to answer")
 
     # Deleting removes the Swarm service and its secrets.
     assert owner_api.delete("/api/v1/services/churnpred/").status_code == 202
@@ -126,3 +120,24 @@ def test_cluster_setup_on_the_manager_engine_and_its_bad_input(owner_api, contri
     local_init = owner_api.post("/api/v1/environments/", {"name": "prod3", "init_swarm": True}, format="json")
     assert local_init.status_code == 400 and "init_swarm" in local_init.json()["error"]["fields"]
     assert list(Environment.objects.values_list("name", flat=True)) == ["production"]
+
+
+def test_a_placement_label_no_node_has_keeps_the_service_creating_with_swarms_reason(deploy_worker, owner_api, swarm_env,
+                                                                                    create_realtime):
+    made = owner_api.post("/api/v1/environments/", {"name": "pinned", "kind": "cluster",
+                                                    "labels": {"node.stage": "nowhere"}}, format="json")
+    assert made.status_code == 201, made.json()
+    assert create_realtime(owner_api, "pinned", environment="pinned").status_code == 201
+
+    def pending():
+        body = owner_api.get("/api/v1/services/pinned/").json()
+        assert body["status"] == "creating", body["error"]
+        return body if body["error"].startswith("pending: Swarm cannot place it") else None
+
+    body = wait_until(pending, timeout=600, interval=1, message="the service to wait for a node with its label")
+    assert "it starts once a node matches the environment's placement labels" in body["error"]
+    assert any(e["message"] == body["error"] for e in body["events"]) and not body["containers"]
+    assert owner_api.delete("/api/v1/services/pinned/").status_code == 202
+    wait_until(lambda: owner_api.get("/api/v1/services/pinned/").status_code == 404, timeout=120,
+               message="the service to be deleted")
+    assert f"mlportal-pinned-{body['id'].replace('-', '')[:8]}" not in docker("service", "ls", "--format", "{{.Name}}").split()

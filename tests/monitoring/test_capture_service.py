@@ -107,6 +107,7 @@ def test_capture_end_to_end(deploy_worker, owner_api, outsider_api, create_realt
     row = rows[0]
     assert row["in_age"] == SAMPLE_REQUEST["input_df"][0]["age"] and json.loads(row["prediction"]) == "0"
     assert row["latency_ms"] > 0 and row["model_version"].startswith("model.pkl:")
+    assert row["revision"] == 1  # the revision of the replica the rows were pulled from
     files = sorted(p.relative_to(worker.capture_root()).as_posix() for p in (worker.capture_root() / sid).rglob("*.parquet"))
     assert files and all(f.startswith(f"{sid}/model_version=") and "/day=" in f for f in files), files
     data = owner_api.get("/api/v1/services/capturesvc/data/?limit=5").json()

@@ -1,5 +1,6 @@
 """The service page's Data tab in Chromium: rows per hour, dropped count, latest rows, download,
-add to project, drift with overlaid histograms, ground truth upload — under the page's CSP."""
+add to project, drift (a check the real worker computes while the page follows it) with overlaid
+histograms, ground truth upload — under the page's CSP."""
 from __future__ import annotations
 
 import datetime as dt
@@ -13,7 +14,7 @@ pytestmark = [pytest.mark.e2e]
 
 
 def test_the_data_tab_shows_rows_drift_and_ground_truth(owner, workspace, live_server, watched_page, csp_reports,
-                                                        transactional_db, settings, tmp_path):
+                                                        celery_worker, tmp_path):
     from deployments.models import Environment, Service
     from monitoring import worker
     from monitoring.models import Capture, DriftReport
@@ -21,8 +22,7 @@ def test_the_data_tab_shows_rows_drift_and_ground_truth(owner, workspace, live_s
     from runs.models import ProjectFile
     from runs.services import project_create
 
-    settings.STORAGES = {**settings.STORAGES, "capture": {
-        "BACKEND": "core.filestorage.PortalFileSystemStorage", "OPTIONS": {"location": tmp_path / "capture"}}}
+    # The capture storage is the data folder's, which the worker computing the drift check shares.
     environment = Environment.objects.create(workspace=workspace, name="local")
     manifest = Manifest.objects.create(workspace=workspace, name="churn", version=1, content_hash="0" * 64)
     image = Image.objects.create(workspace=workspace, name="churn", version=1, manifest=manifest, tag="t:1", status="succeeded")
@@ -48,7 +48,7 @@ def test_the_data_tab_shows_rows_drift_and_ground_truth(owner, workspace, live_s
     with page.expect_download() as caught:
         page.click("[data-testid=data-download] button")
     lines = open(caught.value.path()).read().splitlines()
-    assert len(lines) == 301 and lines[0].startswith("request_id,time,model_version")
+    assert len(lines) == 301 and lines[0].startswith("request_id,time,revision,model_version")
 
     page.fill("#data-project", "churn")
     page.fill("#data-path", "data/captured.csv")
@@ -69,6 +69,9 @@ def test_the_data_tab_shows_rows_drift_and_ground_truth(owner, workspace, live_s
     page.click("#drift-settings button[type=submit]")
     page.wait_for_selector("#drift-summary:has-text('Reference saved')")
     page.click("[data-testid=drift-compute]")
+    # The page follows the worker's job (its step, then the report), never waiting on the POST.
+    page.wait_for_function("() => document.querySelector('[data-module=service-data]').dataset.driftJob === 'succeeded'",
+                           timeout=120_000)
     page.wait_for_function("() => document.querySelector('[data-module=service-data]').dataset.drift === 'drawn'")
     drifted = [r.get_attribute("data-feature") for r in page.locator("#drift-rows tr[data-drifted=true]").all()]
     assert drifted == ["age"]

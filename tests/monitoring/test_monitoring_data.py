@@ -72,6 +72,22 @@ def churn_records(n: int, *, seed: int, shift_age: int = 0) -> list[dict]:
     return out
 
 
+def check_drift_now(api, capture_callbacks, ref: str = "churnpred") -> dict:
+    """``POST drift/`` answers a queued job at once; the test then plays the maintenance worker
+    (the task, in this process, with its commit callbacks: the drift signal) and returns the
+    finished job, its report under ``report``. test_drift_jobs.py runs it on the real worker."""
+    from monitoring.tasks import compute_drift_job
+
+    with capture_callbacks() as enqueued:
+        answer = api.post(f"/api/v1/services/{ref}/drift/", {}, format="json")
+    assert answer.status_code == 202, answer.content
+    job = answer.json()
+    assert job["status"] == "queued" and job["report"] is None and len(enqueued) == 1
+    with capture_callbacks(execute=True):
+        compute_drift_job(job["id"])
+    return api.get(job["url"]).json()
+
+
 def spool_row(request_id: str, records: list[dict], prediction, *, at: float, version: str = "model.pkl:1", **extra) -> dict:
     """A row as the scoring server's spool answers it to a pull."""
     return {"request_id": request_id, "time": at, "model_version": version, "latency_ms": 2.5,
@@ -198,10 +214,9 @@ def test_age_shifted_by_30_is_flagged_as_drifted_on_age_alone(service, owner_api
         answer = owner_api.patch("/api/v1/services/churnpred/drift/",
                                  {"reference": "file", "project": "churn", "path": REFERENCE_PATH}, format="json")
         assert answer.status_code == 200, answer.content
-        with django_capture_on_commit_callbacks(execute=True):
-            answer = owner_api.post("/api/v1/services/churnpred/drift/", {}, format="json")
-        assert answer.status_code == 201, answer.content
-        report = answer.json()
+        job = check_drift_now(owner_api, django_capture_on_commit_callbacks)
+        assert job["status"] == "succeeded" and job["progress"] == 1.0, job
+        report = job["report"]
         drifted = [(f["name"], f["score"], f["p_value"]) for f in report["features"] if f["drifted"]]
         assert report["drifted_features"] == ["age"], drifted
         assert report["current_rows"] == 500 and report["reference_rows"] == 20000
@@ -217,16 +232,15 @@ def test_age_shifted_by_30_is_flagged_as_drifted_on_age_alone(service, owner_api
         assert not ServiceEvent.objects.filter(service=service, message__startswith="Drift").exists()
         # The service's own threshold: 2% of features is news.
         assert owner_api.patch("/api/v1/services/churnpred/drift/", {"share_threshold": 0.02}, format="json").status_code == 200
-        with django_capture_on_commit_callbacks(execute=True):
-            answer = owner_api.post("/api/v1/services/churnpred/drift/", {}, format="json")
+        report = check_drift_now(owner_api, django_capture_on_commit_callbacks)["report"]
     finally:
         drift_detected.disconnect(dispatch_uid="test-drift")
-    assert answer.json()["drifted"] is True
+    assert report["drifted"] is True
     event = ServiceEvent.objects.get(service=service, message__startswith="Drift")
     assert "age" in event.message and event.level == "warning"
     assert Activity.objects.filter(verb="service.drift_detected").count() == 1
     assert len(heard) == 1 and heard[0]["service"].pk == service.pk and heard[0]["trigger"] == "demand"
-    assert heard[0]["report"].pk == answer.json()["id"]
+    assert heard[0]["report"].pk == report["id"]
     # The retraining pipelines subscribe to the same signal (pipelines/signals.py), exactly once.
     from pipelines.signals import _drift_receiver
 
@@ -239,7 +253,7 @@ def test_age_shifted_by_30_is_flagged_as_drifted_on_age_alone(service, owner_api
     assert body["settings"]["path"] == REFERENCE_PATH and body["latest"]["drifted_features"] == ["age"]
 
 
-def test_a_capture_window_is_a_reference_too(service, owner_api):
+def test_a_capture_window_is_a_reference_too(service, owner_api, django_capture_on_commit_callbacks):
     from monitoring import worker
 
     now = dt.datetime.now(dt.timezone.utc)
@@ -252,7 +266,7 @@ def test_a_capture_window_is_a_reference_too(service, owner_api):
         "reference": "window", "window_start": (week_ago - dt.timedelta(hours=1)).isoformat(),
         "window_end": (week_ago + dt.timedelta(hours=1)).isoformat()}, format="json")
     assert answer.status_code == 200, answer.content
-    report = owner_api.post("/api/v1/services/churnpred/drift/", {}, format="json").json()
+    report = check_drift_now(owner_api, django_capture_on_commit_callbacks)["report"]
     assert report["drifted_features"] == ["age"] and report["reference_rows"] == 300 and report["reference"].startswith("capture")
 
 
@@ -339,15 +353,21 @@ def test_retention_deletes_partitions_older_than_the_workspaces_setting(service,
 
 
 def test_an_outsider_gets_404_on_every_data_endpoint(service, outsider_api, reader_api):
+    from monitoring.models import DriftJob
+
     sid = str(service.pk)
+    job = DriftJob.objects.create(service=service)
     for ref in ("churnpred", sid):
         base = f"/api/v1/services/{ref}"
         for method, path, body in (("get", "data/", None), ("get", "data/?output=csv", None), ("get", "data/?output=parquet", None),
                                    ("get", "data/summary/", None), ("post", "data/to-project/", {"project": "churn", "path": "x.csv"}),
                                    ("get", "drift/", None), ("patch", "drift/", {"share_threshold": 0.5}), ("post", "drift/", {}),
+                                   ("get", f"drift/jobs/{job.pk}/", None),
                                    ("get", "ground-truth/", None), ("post", "ground-truth/", {"labels": [["a", "1"]]})):
             answer = getattr(outsider_api, method)(f"{base}/{path}", body, format="json") if body is not None else getattr(outsider_api, method)(f"{base}/{path}")
             assert answer.status_code == 404, (method, path, answer.status_code)
     # A reader reads, and is refused writes with 403 (not 404: they can see the service).
     assert reader_api.get("/api/v1/services/churnpred/drift/").status_code == 200
+    assert reader_api.get(f"/api/v1/services/churnpred/drift/jobs/{job.pk}/").json()["status"] == "queued"
+    assert reader_api.post("/api/v1/services/churnpred/drift/", {}, format="json").status_code == 403
     assert reader_api.post("/api/v1/services/churnpred/ground-truth/", {"labels": [["a", "1"]]}, format="json").status_code == 403

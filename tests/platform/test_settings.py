@@ -76,7 +76,7 @@ def test_tasks_run_under_the_time_limits_of_their_queue(settings):
     limits = settings.CELERY_QUEUE_TIME_LIMITS
     checked = 0
     for name, task in app.tasks.items():
-        if name.split(".")[0] not in ("runs", "registry", "deployments"):
+        if name.split(".")[0] not in ("runs", "registry", "deployments", "monitoring"):
             continue
         queue = app.amqp.router.route({}, name)["queue"].name  # where Celery really sends it
         assert (task.soft_time_limit, task.time_limit) == limits[queue], name
@@ -99,3 +99,12 @@ def test_maintenance_never_shares_a_queue_with_runs(settings):
     assert {"runs.tasks.sweep_lost_runs", "deployments.tasks.reconcile_services"} <= periodic
     for name in periodic | {"registry.tasks.build_image", "deployments.tasks.deploy_service"}:
         assert route(name) != "runs", name
+
+
+def test_the_embedded_broker_is_looked_at_ten_times_a_second(tmp_path):
+    """kombu's file-system transport polls its folder; at its default (1 s) every hop of the
+    autoscaler (a tick re-sent, the scale it decided) waited up to a second more."""
+    result = _django(tmp_path, {"CELERY_BROKER_URL": "filesystem://"}, "shell", "-c",
+                     "from mlportal.celery import app; c = app.connection_for_read(); print(c.transport.polling_interval)")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "0.1"

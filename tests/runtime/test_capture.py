@@ -113,6 +113,24 @@ def test_a_full_spool_drops_the_oldest_and_counts_them(start_server, trained_chu
     assert answer["dropped"] == 30 and answer["pending"] == 50
 
 
+def test_the_portal_sets_the_spool_bound_of_a_running_replica_with_a_pull(start_server, trained_churn, tmp_path, sample_request):
+    """The bound comes with the switch (MLPORTAL_CAPTURE_SPOOL_ROWS on the portal), so it reaches
+    running replicas; a bad one is 400 and changes nothing."""
+    server = start(start_server, trained_churn, tmp_path, MLPORTAL_CAPTURE_MODE="predictions")
+    auth = {"Authorization": "Bearer " + INTERNAL}
+    for bad in (0, -5, 2_000_000, "20", True):
+        status, _, raw = server.request("POST", PULL, json.dumps({"settings": {"mode": "predictions", "spool_rows": bad}}), auth)
+        assert status == 400 and "spool_rows" in json.loads(raw)["error"]["message"], (bad, raw)
+    assert pull(server)["spool_rows"] == 10000
+    assert pull(server, settings={"mode": "predictions", "percent": 100, "spool_rows": 20})["spool_rows"] == 20
+    import time
+    time.sleep(1.5)  # the workers re-read the settings within 1 s
+    score(server, sample_request, 35)
+    answer = pull(server)
+    assert [r["request_id"] for r in answer["rows"]] == [f"r{i}" for i in range(15, 35)]
+    assert answer["dropped"] == 15 and answer["pending"] == 20
+
+
 def test_rows_stay_until_acknowledged_so_a_failed_store_loses_nothing(start_server, trained_churn, tmp_path, sample_request):
     server = start(start_server, trained_churn, tmp_path, MLPORTAL_CAPTURE_MODE="both")
     score(server, sample_request, 10)
@@ -164,3 +182,61 @@ def test_the_collector_outside_a_request_does_nothing_and_names_unnamed_columns(
     collector.begin(False)
     dc.collect([1, 2])
     assert collector.end() is None
+
+
+def oip_body(records: list[dict], metadata: dict, request_id: str | None = None) -> dict:
+    types = {t["name"]: t["datatype"] for t in metadata["inputs"]}
+    body = {"inputs": [{"name": name, "shape": [len(records)], "datatype": types[name], "data": [r[name] for r in records]}
+                       for name in records[0]]}
+    if request_id is not None:
+        body["id"] = request_id
+    return body
+
+
+def test_oip_infer_requests_are_captured_like_score_requests(start_server, trained_churn, tmp_path, sample_request):
+    """/v2/models/<name>/infer is sampled and spooled as /score is: same inputs shape (so the same
+    in_<field> columns), same prediction, ModelDataCollector's records, the request id answered."""
+    server = start(start_server, trained_churn, tmp_path, MLPORTAL_CAPTURE_MODE="both")
+    record = sample_request["input_df"][0]
+    records = [record, dict(record, age=70), dict(record, age=33)]
+    metadata = json.loads(server.request("GET", "/v2/models/churnpred")[2])
+    status, _, raw = server.request("POST", "/score", json.dumps({"input_df": records}), dict(KEY, **{"X-Request-Id": "by-score"}))
+    assert status == 200
+    # The OIP body's id names the request when no X-Request-Id header does; a valid header wins.
+    status, headers, by_id = server.request("POST", "/v2/models/churnpred/infer", json.dumps(oip_body(records, metadata, "oip-1")), KEY)
+    assert status == 200 and headers["X-Request-Id"] == "oip-1" and json.loads(by_id)["id"] == "oip-1"
+    status, headers, _ = server.request("POST", "/v2/models/churnpred/infer", json.dumps(oip_body(records, metadata, "body-id")),
+                                        dict(KEY, **{"X-Request-Id": "oip-2"}))
+    assert status == 200 and headers["X-Request-Id"] == "oip-2"
+    status, headers, _ = server.request("POST", "/v2/models/churnpred/infer", json.dumps(oip_body(records, metadata, "not an id")), KEY)
+    assert status == 200 and re.fullmatch(r"[0-9a-f]{32}", headers["X-Request-Id"])
+    generated = headers["X-Request-Id"]
+    # A refused infer request (bad tensor) is not captured.
+    bad = oip_body(records, metadata, "refused")
+    bad["inputs"] = bad["inputs"][1:]
+    assert server.request("POST", "/v2/models/churnpred/infer", json.dumps(bad), KEY)[0] == 400
+
+    rows = {row["request_id"]: row for row in pull(server)["rows"]}
+    assert set(rows) == {"by-score", "oip-1", "oip-2", generated}
+    for rid in ("oip-1", "oip-2", generated):
+        row = rows[rid]
+        assert row["inputs"] == rows["by-score"]["inputs"] == {"input_df": records}
+        assert row["prediction"] == rows["by-score"]["prediction"] == json.loads(raw)
+        assert row["collected"] == rows["by-score"]["collected"] and row["model_version"] == "3" and row["latency_ms"] > 0
+
+
+def test_oip_capture_follows_the_switch_and_the_sampling(start_server, trained_churn, tmp_path, sample_request):
+    server = start(start_server, trained_churn, tmp_path, MLPORTAL_CAPTURE_MODE="predictions")
+    record = sample_request["input_df"][0]
+    metadata = json.loads(server.request("GET", "/v2/models/churnpred")[2])
+    for i in range(20):
+        assert server.request("POST", "/v2/models/churnpred/infer", json.dumps(oip_body([record], metadata, f"p{i}")), KEY)[0] == 200
+    rows, _ = drain(server)
+    assert sorted(r["request_id"] for r in rows) == sorted(f"p{i}" for i in range(20))
+    assert all("inputs" not in r and r["prediction"] == "0" for r in rows)
+    pull(server, settings={"mode": "off", "percent": 100})
+    import time
+    time.sleep(1.5)
+    for i in range(20):
+        assert server.request("POST", "/v2/models/churnpred/infer", json.dumps(oip_body([record], metadata, f"q{i}")), KEY)[0] == 200
+    assert pull(server)["rows"] == []

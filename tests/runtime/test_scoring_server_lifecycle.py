@@ -135,6 +135,24 @@ def test_sigterm_stops_master_and_workers_cleanly(app, start_server):
     assert "stopped" in server.logs()
 
 
+def test_with_a_stop_drain_it_serves_on_after_sigterm_then_stops(app, start_server):
+    """Swarm stops a task as it scales down or rolls, before the gateway dropped it: the task
+    serves on for MLPORTAL_STOP_DRAIN_SECONDS, then stops cleanly; a second signal stops it at once."""
+    server = start_server(app, workers=1, MLPORTAL_STOP_DRAIN_SECONDS="2")
+    server.proc.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    time.sleep(0.8)
+    assert server.post_json("/score", {"data": {}})[0] == 200 and server.proc.poll() is None
+    assert server.proc.wait(timeout=15) == 0
+    assert time.monotonic() - signalled >= 1.9
+    assert "stopping in 2 s" in server.logs()
+    again = start_server(app, workers=1, MLPORTAL_STOP_DRAIN_SECONDS="30")
+    again.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    again.proc.send_signal(signal.SIGINT)
+    assert again.proc.wait(timeout=15) == 0
+
+
 def test_without_a_schema_run_gets_the_raw_json_text(tmp_path, start_server):
     (tmp_path / "score.py").write_text("def init():\n    pass\n\ndef run(raw):\n    return {'type': type(raw).__name__, 'raw': raw}\n")
     server = start_server(tmp_path, workers=1)
