@@ -17,6 +17,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO, worker_env
+from tests.monitoring.test_monitoring_data import make_capturing_service
 from tests.runtime.conftest import SERVICE_KEYS, sample_request, start_server, trained_churn  # noqa: F401 (session fixtures)
 
 pytestmark = [pytest.mark.integration]
@@ -48,18 +49,12 @@ def test_a_collector_killed_between_pull_and_store_loses_and_duplicates_nothing(
         transactional_db, owner, workspace, start_server, trained_churn, sample_request):  # noqa: F811
     import pyarrow.parquet as pq
 
-    from deployments.models import Environment, Service, ServiceReplica
+    from deployments.models import ServiceReplica
     from monitoring import worker
-    from monitoring.models import Capture, CapturedRow, CaptureFile
+    from monitoring.models import CapturedRow, CaptureFile
     from monitoring.services import internal_key
-    from registry.models import Image, Manifest
 
-    environment = Environment.objects.create(workspace=workspace, name="local")
-    manifest = Manifest.objects.create(workspace=workspace, name="churn", version=1, content_hash="0" * 64)
-    image = Image.objects.create(workspace=workspace, name="churn", version=1, manifest=manifest, tag="t:1", status="succeeded")
-    service = Service.objects.create(workspace=workspace, name="churnpred", environment=environment, image=image,
-                                     status="healthy", created_by=owner)
-    Capture.objects.create(service=service, mode="both", percent=100)
+    service = make_capturing_service(workspace, owner)
     server = start_server(trained_churn["app"], workers=2, MLPORTAL_SERVICE_NAME="churnpred", MLPORTAL_SERVICE_KEYS=SERVICE_KEYS,
                           MLPORTAL_INTERNAL_KEY=internal_key(service), MLPORTAL_CAPTURE_MODE="both")
     ServiceReplica.objects.create(service=service, number=1, container_id="local-server", host="127.0.0.1", port=server.port)

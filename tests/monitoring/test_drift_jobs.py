@@ -12,7 +12,7 @@ from django.test.utils import CaptureQueriesContext
 
 from tests.helpers import wait_until
 from tests.monitoring.test_monitoring_data import (REFERENCE_PATH, capture_dir, churn_project, churn_records,  # noqa: F401
-                                                   service, spool_row)
+                                                   make_capturing_service, service, spool_row)
 
 pytestmark = pytest.mark.django_db
 
@@ -129,17 +129,9 @@ def test_the_stale_limit_is_past_the_maintenance_queues_hard_time_limit():
 def test_the_real_worker_computes_a_check_asked_for_over_the_api(celery_worker, owner, workspace, owner_api):
     """Through the broker to the real maintenance worker; the capture storage is the data folder's,
     which the worker shares."""
-    from deployments.models import Environment, Service
-    from monitoring.models import Capture
-    from registry.models import Image, Manifest
     from runs.services import project_create
 
-    environment = Environment.objects.create(workspace=workspace, name="local")
-    manifest = Manifest.objects.create(workspace=workspace, name="churn", version=1, content_hash="0" * 64)
-    image = Image.objects.create(workspace=workspace, name="churn", version=1, manifest=manifest, tag="t:1", status="succeeded")
-    service = Service.objects.create(workspace=workspace, name="churnpred", environment=environment, image=image,
-                                     status="healthy", created_by=owner)
-    Capture.objects.create(service=service, mode="both", percent=100)
+    service = make_capturing_service(workspace, owner)
     project_create(workspace=workspace, name="churn", user=owner, template="churn")
     shifted_capture(service)
     reference(owner_api)

@@ -30,8 +30,8 @@ def capture_dir(settings, tmp_path):
     return folder
 
 
-@pytest.fixture
-def service(workspace, owner, capture_dir):
+def make_capturing_service(workspace, owner):
+    """A healthy service 'churnpred' (rows only, no container) capturing everything."""
     from deployments.models import Environment, Service
     from monitoring.models import Capture
     from registry.models import Image, Manifest
@@ -43,6 +43,11 @@ def service(workspace, owner, capture_dir):
                                      status="healthy", created_by=owner)
     Capture.objects.create(service=service, mode="both", percent=100)
     return service
+
+
+@pytest.fixture
+def service(workspace, owner, capture_dir):
+    return make_capturing_service(workspace, owner)
 
 
 @pytest.fixture
