@@ -1,14 +1,17 @@
 """The scoring gateway: an ASGI application in front of Django's.
 
 It answers the scoring paths of every service itself, on the event loop, over pooled keep-alive
-connections to the replicas:
+connections to the replicas (``gateway.upstream``):
 
 - ``POST /api/v1/services/<name or id>/score``
 - ``/api/v1/services/<name or id>/v2/…`` (the Open Inference Protocol paths of the container)
 - ``GET /api/v1/services/<name or id>/swagger.json``
 
 and the portal's Prometheus ``/metrics`` and static files (``gateway.static``). Everything else goes
-to Django's ASGI application.
+to Django's ASGI application. ``Gateway.score`` is the scoring path whichever server read the
+request: the portal's uvicorn protocol (``gateway.server``) calls it below the ASGI cycle for a
+plain scoring URL; ``Gateway.__call__`` calls it for one that came through the ASGI cycle (an
+escaped URL, ``Expect: 100-continue``, or uvicorn started with its own protocol).
 
 Keys are checked against the routing table (``gateway.table``), which a background task re-reads
 from the database every ``MLPORTAL_GATEWAY_REFRESH_SECONDS``. A request that finds no route, or
