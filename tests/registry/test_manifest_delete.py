@@ -103,8 +103,9 @@ def _unique_image(tag: str) -> str:
 def _engine_ids() -> set[str]:
     from compute.engine import connect
 
+    # The low-level list: images.list() inspects each image after listing, and one removed meanwhile raises.
     with connect() as client:
-        return {i.id for i in client.images.list(all=True)}
+        return {i["Id"] for i in client.api.images(all=True)}
 
 
 @pytest.mark.docker
