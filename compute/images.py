@@ -101,6 +101,16 @@ def prune_dangling(*, label: str, value: str, base_url: str | None = None) -> tu
     return len(result.get("ImagesDeleted") or []), int(result.get("SpaceReclaimed") or 0)
 
 
+def image_info(ref: str, *, base_url: str | None = None) -> dict | None:
+    """Returns ``{"id", "size"}`` of the image ``ref`` (a tag or an id), or None when the engine lacks it."""
+    with connect(base_url, timeout=30) as client:
+        try:
+            image = client.images.get(ref)
+        except docker.errors.NotFound:
+            return None
+    return {"id": image.id, "size": int(image.attrs.get("Size") or 0)}
+
+
 def image_exists(tag: str, *, base_url: str | None = None) -> bool:
     """True when the engine has an image with this tag or id."""
     return image_id(tag, base_url=base_url) is not None
