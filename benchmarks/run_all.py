@@ -57,8 +57,11 @@ def run_one(script: Path, *, timeout_s: float = TIMEOUT_S) -> tuple[int, list[st
     """Runs one benchmark, echoing its stdout; returns (exit code, stdout lines, seconds).
     A benchmark still running after ``timeout_s`` is stopped and gets code 124."""
     started = time.monotonic()
+    # SIGINT back to its default in the child: the stop relies on it, and a run_all started in the
+    # background of a script (SIGINT ignored there) would hand the ignore down to every benchmark.
     process = subprocess.Popen([sys.executable, str(script)], cwd=common.REPO, stdout=subprocess.PIPE,
-                               text=True, bufsize=1, start_new_session=True)
+                               text=True, bufsize=1, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     watchdog = threading.Timer(timeout_s, _stop, args=(process,))
     watchdog.daemon = True
     watchdog.start()

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from celery.signals import before_task_publish
 from django.conf import settings
 from rest_framework.test import APIClient
 
@@ -173,9 +175,10 @@ def celery_worker_process(django_db_setup, django_db_blocker, tmp_path_factory):
         db_settings = dict(connection.settings_dict)
     log_path = tmp_path_factory.mktemp("worker") / "worker.log"
     log = open(log_path, "w")
+    node = f"test-worker-{os.getpid()}@{socket.gethostname()}"
     proc = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "mlportal", "worker", "-Q", "runs,builds,deploy,celery",
-         "-c", "3", "--loglevel", "INFO", "-n", f"test-worker-{os.getpid()}@%h", "--without-gossip", "--without-mingle"],
+         "-c", "3", "--loglevel", "INFO", "-n", node, "--without-gossip", "--without-mingle"],
         cwd=REPO, env=worker_env(db_settings), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     from mlportal.celery import app
@@ -192,7 +195,11 @@ def celery_worker_process(django_db_setup, django_db_blocker, tmp_path_factory):
     else:
         raise RuntimeError(f"Celery worker did not answer within 60 s:\n{log_path.read_text()[-3000:]}")
     proc.log_path = log_path
+    proc.node = node
+    proc.broker_url = app.conf.broker_url
+    _session_worker.append(proc)
     yield proc
+    _session_worker.clear()
     os.killpg(proc.pid, signal.SIGTERM)
     try:
         proc.wait(timeout=20)
@@ -204,6 +211,65 @@ def celery_worker_process(django_db_setup, django_db_blocker, tmp_path_factory):
 @pytest.fixture
 def celery_worker(celery_worker_process, transactional_db):
     return celery_worker_process
+
+
+# A test that sends tasks leaves them to the session worker, which may still be running them on
+# the test database when the test ends: its open transaction (a row lock) and the flush's TRUNCATE
+# then deadlock, the flush fails, and the next test finds the last one's rows (a CI run saw
+# "couldn't be flushed" then "olivia already exists"). So a test that published a task waits,
+# before its fixtures are torn down, until the worker has nothing queued, reserved or running.
+_session_worker: list = []
+_published_in_test: list = []
+WORKER_QUEUES = ("runs", "builds", "deploy", "celery")
+IDLE_WAIT_SECONDS = 60
+
+
+@before_task_publish.connect(weak=False)
+def _note_publish(**_):
+    _published_in_test.append(True)
+
+
+def _worker_backlog(app, node: str) -> int:
+    """Tasks queued in the broker for the session worker's queues, plus those it holds."""
+    with app.connection_for_write() as conn:
+        client = conn.default_channel.client
+        queued = sum(client.llen(key) for queue in WORKER_QUEUES for key in client.scan_iter(match=f"{queue}*")
+                     if client.type(key) == b"list")
+    inspect = app.control.inspect(destination=[node], timeout=2)
+    held = 0
+    for reply in (inspect.active(), inspect.reserved()):
+        held += sum(len(tasks) for tasks in (reply or {}).values())
+    return queued + held
+
+
+def wait_for_idle_worker(limit: float = IDLE_WAIT_SECONDS) -> bool:
+    """True once the session worker has no work left (or none runs); False past `limit` seconds."""
+    if not _session_worker or _session_worker[0].poll() is not None:
+        return True
+    from mlportal.celery import app
+
+    worker = _session_worker[0]
+    if app.conf.broker_url != worker.broker_url:  # a test on a broker of its own (tests/durable)
+        return True
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            if _worker_backlog(app, worker.node) == 0:
+                return True
+        except Exception as exc:  # the broker is down (a test stopped it): nothing to wait for
+            print(f"\nwaiting for the session worker: {exc!r}", file=sys.stderr)
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_teardown(item, nextitem):
+    published = bool(_published_in_test)
+    _published_in_test.clear()
+    if published and not wait_for_idle_worker():
+        print(f"\n{item.nodeid}: the session worker still had work {IDLE_WAIT_SECONDS} s after the test", file=sys.stderr)
+    yield
 
 
 # --- the browser (one Chromium for the whole session, shared by every app's page tests) ----------

@@ -133,8 +133,11 @@ def test_the_log_streams_while_the_run_is_still_running(cli, project_folder, por
     # machine delivers the first log line late (4 s of sleep left too little room in CI).
     (project_folder / "slow.py").write_text(SLOW.replace("time.sleep(4)", "time.sleep(15)"))
     env = {**os.environ, "MLPORTAL_CONFIG": str(cli.config), "PYTHONUNBUFFERED": "1"}
+    # The CLI as a terminal starts it: SIGINT at its default, even when this suite runs in the
+    # background of a script, where SIGINT is ignored and children inherit that.
     proc = subprocess.Popen([sys.executable, "-m", "mlportal_cli", "experiment", "submit", "-c", "local", "slow.py"],
-                            cwd=project_folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=project_folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         seen = {}
         for line in proc.stdout:
@@ -162,8 +165,11 @@ def test_ctrl_c_while_following_a_run_exits_130_quietly_and_the_run_goes_on(cli,
     # machine delivers the first log line late (4 s of sleep left too little room in CI).
     (project_folder / "slow.py").write_text(SLOW.replace("time.sleep(4)", "time.sleep(15)"))
     env = {**os.environ, "MLPORTAL_CONFIG": str(cli.config), "PYTHONUNBUFFERED": "1"}
+    # The CLI as a terminal starts it: SIGINT at its default, even when this suite runs in the
+    # background of a script, where SIGINT is ignored and children inherit that.
     proc = subprocess.Popen([sys.executable, "-m", "mlportal_cli", "experiment", "submit", "-c", "local", "slow.py"],
-                            cwd=project_folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=project_folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for line in proc.stdout:  # the portal's header line, then the script's
             if line.strip() == "first line":
