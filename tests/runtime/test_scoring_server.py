@@ -222,7 +222,7 @@ def test_metrics_count_requests_across_workers(churn_server, sample_request):
 
 def test_each_request_gets_one_access_log_line(churn_server):
     churn_server.request("GET", "/health?probe=log-line")
-    # The worker writes its access log once it is idle (at the latest 0.1 s later when busy).
+    # The worker writes its access log once it has been idle 2 ms (at the latest 0.1 s later when busy).
     wait_until(lambda: re.search(r'^w\d 127\.0\.0\.1 "GET /health\?probe=log-line" 200 \d+ [0-9.]+ms$',
                                  churn_server.logs(), re.M), timeout=5, message="the access-log line")
     assert len(re.findall(r'"GET /health\?probe=log-line"', churn_server.logs())) == 1
