@@ -51,4 +51,4 @@ USER mlportal
 EXPOSE 8000
 # The ASGI server: the scoring gateway in front of Django (mlportal/asgi.py); see scripts/run_portal.py.
 ENV WEB_WORKERS=3 PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus
-CMD ["sh", "-c", "rm -rf $PROMETHEUS_MULTIPROC_DIR && mkdir -p $PROMETHEUS_MULTIPROC_DIR && exec uvicorn mlportal.asgi:application --host 0.0.0.0 --port 8000 --workers $WEB_WORKERS --loop uvloop --http httptools --lifespan on --timeout-keep-alive 30 --no-server-header"]
+CMD ["sh", "-c", "rm -rf $PROMETHEUS_MULTIPROC_DIR && mkdir -p $PROMETHEUS_MULTIPROC_DIR && exec uvicorn mlportal.asgi:application --host 0.0.0.0 --port 8000 --workers $WEB_WORKERS --loop uvloop --http gateway.server:GatewayHttpProtocol --lifespan on --timeout-keep-alive 30 --no-server-header"]

@@ -128,7 +128,7 @@ def portal_server(work: Path, cpu: int | None) -> Iterator[int]:
     """The portal's ASGI server as `make run` starts it (one process, no access log), pinned to ``cpu``."""
     port = common.free_port()
     command = [str(Path(sys.executable).parent / "uvicorn"), "mlportal.asgi:application", "--host", "127.0.0.1",
-               "--port", str(port), "--workers", "1", "--loop", "uvloop", "--http", "httptools", "--lifespan", "on",
+               "--port", str(port), "--workers", "1", "--loop", "uvloop", "--http", "gateway.server:GatewayHttpProtocol", "--lifespan", "on",
                "--no-access-log", "--timeout-keep-alive", "30"]
     if cpu is not None:
         command = ["taskset", "-c", str(cpu), *command]

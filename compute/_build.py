@@ -41,9 +41,11 @@ class _LineSplitter:
 
 def build_image(client: docker.DockerClient, *, context: IO[bytes], tag: str,
                 labels: dict[str, str], log: Callable[[str], None], timeout_s: int,
-                base_url: str | None) -> str:
+                base_url: str | None, buildargs: dict[str, str] | None = None) -> str:
     """Builds ``context`` (an uncompressed tar holding a Dockerfile) as ``tag`` and returns the
-    image id. Each log line goes to ``log`` as it comes. Raises BuildError naming the failing
+    image id. ``labels`` go on the final image only (the legacy builder does not put them on a
+    build stage or on the step images a failed build leaves): a Dockerfile that wants its every
+    image labelled says so itself, from ``buildargs``. Each log line goes to ``log`` as it comes. Raises BuildError naming the failing
     step (with the last log lines, pip's ``ERROR:`` line in the message when there is one) or
     saying the build went over ``timeout_s``; EngineError when the engine fails."""
     state = {"step": "", "container": None}
@@ -83,7 +85,7 @@ def build_image(client: docker.DockerClient, *, context: IO[bytes], tag: str,
     watchdog.start()
     try:
         stream = client.api.build(
-            fileobj=context, custom_context=True, tag=tag, labels=labels, rm=True,
+            fileobj=context, custom_context=True, tag=tag, labels=labels, buildargs=buildargs or None, rm=True,
             forcerm=True, pull=False, decode=True, timeout=timeout_s + 30,
         )
         for chunk in stream:

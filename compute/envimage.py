@@ -44,9 +44,16 @@ IMAGE_REF_RE = re.compile(
 )
 
 # A fixed template: only validated image references are substituted, never user text.
-# Requirements travel in requirements.txt, wheels in wheels/.
+# Requirements travel in requirements.txt, wheels in wheels/. PORTAL_LABEL right after each FROM
+# labels every image the build makes with the portal that built it, the build stage's (left
+# untagged: a dangling image the size of the venv) and the step images of a failed build
+# included, so retention prunes them (compute.images.prune_dangling), and only them.
+# (No braces around the variable: the template goes through str.format.)
+PORTAL_LABEL = "ARG MLPORTAL_PORTAL=\nLABEL mlportal.portal=$MLPORTAL_PORTAL\n"
+PORTAL_ARG = "MLPORTAL_PORTAL"
 DOCKERFILE = """\
 FROM {base} AS build
+""" + PORTAL_LABEL + """\
 COPY requirements.txt /tmp/mlportal-build/requirements.txt
 COPY wheels/ /tmp/mlportal-build/wheels/
 RUN python3 -m venv /opt/venv \\
@@ -57,6 +64,7 @@ RUN python3 -m venv /opt/venv \\
     fi
 
 FROM {base}
+""" + PORTAL_LABEL + """\
 COPY --from=build /opt/venv /opt/venv
 # runtime/: the runtime packages and sitecustomize.py, which appends the mlflow shim after site-packages
 COPY runtime/ {runtime_dir}/
@@ -180,7 +188,8 @@ def ensure_env_image(*, base_image: str, requirements: list[str], wheel_cache: P
             with connect(base_url, timeout=timeout_s + 60) as client:
                 build_image(client, context=context, tag=tag,
                             labels={LABEL_KIND: "env", LABEL_ID: tag.split(":", 1)[1]},
-                            log=log, timeout_s=timeout_s, base_url=base_url)
+                            log=log, timeout_s=timeout_s, base_url=base_url,
+                            buildargs={PORTAL_ARG: portal} if portal else None)
     log(f"environment image {tag} is ready (built)")
     return tag
 

@@ -14,8 +14,8 @@ import docker.errors
 
 from compute import _archive
 from compute._build import build_image
-from compute.engine import LABEL_KIND, connect, image_id
-from compute.envimage import RUN_USER, check_image_ref
+from compute.engine import LABEL_KIND, LABEL_PORTAL, connect, image_id
+from compute.envimage import PORTAL_ARG, PORTAL_LABEL, RUN_USER, check_image_ref
 
 SERVICE_PORT = 5001
 APP_DIR = "/app"
@@ -23,6 +23,7 @@ APP_DIR = "/app"
 # A fixed template: only the validated environment image reference is substituted.
 DOCKERFILE = """\
 FROM {env_image}
+""" + PORTAL_LABEL + """\
 USER root
 COPY app/ {app_dir}/
 RUN python -m compileall -q {app_dir}
@@ -73,7 +74,8 @@ def build_service_image(*, tag: str, env_image: str, app_files: dict[str, bytes]
         with connect(base_url, timeout=timeout_s + 60) as client:
             built = build_image(client, context=context, tag=tag,
                                 labels={LABEL_KIND: "image", **labels}, log=log,
-                                timeout_s=timeout_s, base_url=base_url)
+                                timeout_s=timeout_s, base_url=base_url,
+                                buildargs={PORTAL_ARG: labels[LABEL_PORTAL]} if labels.get(LABEL_PORTAL) else None)
             size = client.images.get(built).attrs.get("Size", 0)
     return {"id": built, "size": int(size)}
 
@@ -97,6 +99,16 @@ def prune_dangling(*, label: str, value: str, base_url: str | None = None) -> tu
     with connect(base_url, timeout=300) as client:
         result = client.images.prune(filters={"dangling": True, "label": f"{label}={value}"})
     return len(result.get("ImagesDeleted") or []), int(result.get("SpaceReclaimed") or 0)
+
+
+def image_info(ref: str, *, base_url: str | None = None) -> dict | None:
+    """Returns ``{"id", "size"}`` of the image ``ref`` (a tag or an id), or None when the engine lacks it."""
+    with connect(base_url, timeout=30) as client:
+        try:
+            image = client.images.get(ref)
+        except docker.errors.NotFound:
+            return None
+    return {"id": image.id, "size": int(image.attrs.get("Size") or 0)}
 
 
 def image_exists(tag: str, *, base_url: str | None = None) -> bool:

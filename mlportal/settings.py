@@ -242,6 +242,10 @@ MLPORTAL_ENGINE_SSH = env_bool("MLPORTAL_ENGINE_SSH", False)
 MLPORTAL_CACHE_DIR = env_path("MLPORTAL_CACHE_DIR", Path.home() / ".cache" / "mlportal")
 MLPORTAL_WHEEL_CACHE = env_path("MLPORTAL_WHEEL_CACHE", MLPORTAL_CACHE_DIR / "wheels")
 MLPORTAL_WORK_DIR = env_path("MLPORTAL_WORK_DIR", DATA_DIR / "work")
+# Environment images (mlportal-env:<hash>) nothing used this many days go at the daily retention,
+# except the last N used (retention.envimages).
+MLPORTAL_ENV_IMAGE_KEEP_DAYS = env_int("MLPORTAL_ENV_IMAGE_KEEP_DAYS", 14, minimum=0)
+MLPORTAL_ENV_IMAGE_KEEP_LAST = env_int("MLPORTAL_ENV_IMAGE_KEEP_LAST", 3, minimum=0)
 MLPORTAL_RUN_TIMEOUT_MAX = env_int("MLPORTAL_RUN_TIMEOUT_MAX", 6 * 3600, minimum=10)
 # Packages published only as source are refused (their build code would run); on, they are built in a
 # throwaway container of the base image without network (compute/sourcebuild.py), never on the worker.
@@ -266,6 +270,8 @@ MLPORTAL_GATEWAY_PROBE_SECONDS = env_float("MLPORTAL_GATEWAY_PROBE_SECONDS", 1.0
 MLPORTAL_GATEWAY_CONCURRENCY = env_int("MLPORTAL_GATEWAY_CONCURRENCY", 32, minimum=1)
 MLPORTAL_GATEWAY_QUEUE = env_int("MLPORTAL_GATEWAY_QUEUE", 64, minimum=0)
 MLPORTAL_GATEWAY_QUEUE_TIMEOUT = env_float("MLPORTAL_GATEWAY_QUEUE_TIMEOUT", 30.0, minimum=0.1)
+# How long a scoring request's body may take to arrive after its head (gateway/server.py): past it, 408.
+MLPORTAL_GATEWAY_BODY_TIMEOUT = env_float("MLPORTAL_GATEWAY_BODY_TIMEOUT", 30.0, minimum=0.1)
 # Where the gateway's per-service slots live (a lock file per service, gateway/slots.py): every web
 # process of one host must see the same folder, so a service's limits hold across the processes.
 MLPORTAL_GATEWAY_SLOTS_DIR = env_path("MLPORTAL_GATEWAY_SLOTS_DIR", DATA_DIR / "gateway-slots")

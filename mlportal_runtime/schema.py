@@ -270,6 +270,9 @@ class PandasInput(InputSpec):
         self._dtypes = tuple(_dtype(c.dtype) for c in columns)
         self._name_set = frozenset(self.names)
         self._getter = itemgetter(*self.names)
+        # A tuple of the values in column order, for one column too (itemgetter of one name is not).
+        self._row_getter = self._getter if len(self.names) > 1 else (lambda record, name=self.names[0]: (record[name],))
+        self._blocks: tuple | None = None  # _prepare's plan for building a request's frame block by block
         self._prepared = False
 
     def to_dict(self) -> dict:
@@ -363,6 +366,93 @@ class PandasInput(InputSpec):
                 self._fast_frame = list(fast.dtypes) == list(slow.dtypes) and fast.equals(slow)
             except Exception:  # noqa: BLE001 - any failure just means: use the public constructor
                 self._fast_frame = False
+        self._blocks = self._block_plan() if self._fast_frame else None
+
+    def _block_plan(self) -> tuple | None:
+        """Return how to build a frame's blocks straight from the records, or None to build it column by column.
+
+        The DataFrame the column path builds keeps the numeric columns of one dtype together in one
+        2-D block and each string column in a block of its own; that layout is fixed by the schema.
+        Read once from the example's frame, it lets a request make one array per block instead of
+        one per column, and hand them to ``pandas.api.internals.create_dataframe_from_blocks``
+        (pandas 3), skipping the column path's consolidation. Only int, float, bool and str
+        columns; only when the result is the same frame, block for block, as the column path's.
+        """
+        pd, np = self._pd, self._np
+        make = getattr(getattr(getattr(pd, "api", None), "internals", None), "create_dataframe_from_blocks", None)
+        if make is None:
+            return None
+        try:
+            records, _ = self._records(self.example_value(), self.name)
+            reference = self._frame(self._arrays_from_records(records, False), len(records))
+            plan = []
+            for block in reference._mgr.blocks:
+                locs = tuple(int(i) for i in block.mgr_locs.as_array)
+                families = {self._dtypes[i].family for i in locs}
+                if len(families) != 1:
+                    return None
+                family = families.pop()
+                if family in ("int", "float", "bool") and isinstance(block.dtype, np.dtype) and block.dtype == self._np_dtypes[locs[0]]:
+                    spec = self._dtypes[locs[0]]
+                    narrow = family == "int" and spec.name != "int64"
+                    plan.append((family, block.dtype, locs, np.array(locs, dtype=np.intp), narrow, spec))
+                elif family == "str" and self._str_array is not None and len(locs) == 1 and block.dtype == self._str_dtype:
+                    plan.append(("str", type(block.values), locs, np.array(locs, dtype=np.intp), False, None))
+                else:
+                    return None
+            import pyarrow
+
+            plan_t = (make, pyarrow, pyarrow.large_string(), tuple(plan))
+            built = self._frame_from_blocks(plan_t, list(map(self._row_getter, records)))
+        except Exception:  # noqa: BLE001 - any failure just means: build column by column
+            return None
+        if built is None or not self._same_frame(built, reference):
+            return None
+        return plan_t
+
+    @staticmethod
+    def _same_frame(a: Any, b: Any) -> bool:
+        """Whether two frames hold the same columns, dtypes, values and block layout."""
+        layout = [(str(blk.dtype), tuple(blk.mgr_locs.as_array), blk.values.shape, type(blk.values)) for blk in a._mgr.blocks]
+        return (list(a.columns) == list(b.columns) and a.columns.dtype == b.columns.dtype and list(a.dtypes) == list(b.dtypes)
+                and a.index.equals(b.index) and a.equals(b)
+                and layout == [(str(blk.dtype), tuple(blk.mgr_locs.as_array), blk.values.shape, type(blk.values)) for blk in b._mgr.blocks])
+
+    def _frame_from_blocks(self, plan: tuple, rows: list) -> Any:
+        """Return the frame of ``rows`` (tuples in column order) built block by block; None when a value
+        is not one the fast path takes as is (the column path then converts it or names it)."""
+        make, pa, large_string, blocks_plan = plan
+        np = self._np
+        n = len(rows)
+        blocks = []
+        try:
+            for family, dtype, locs, placement, narrow, spec in blocks_plan:
+                # Column-major, so one column's values sit together: row j of the block is column locs[j].
+                values = [row[i] for i in locs for row in rows]
+                types = set(map(type, values))
+                if family == "str":
+                    if types != {str}:
+                        return None  # null (and anything else) takes the column path
+                    blocks.append((dtype(pa.array(values, type=large_string), dtype=self._str_dtype), placement))
+                    continue
+                if family == "int":
+                    if types != {int} or (narrow and (min(values) < spec.low or max(values) > spec.high)):
+                        return None
+                    array = np.array(values, dtype=dtype)  # OverflowError beyond 64 bits
+                elif family == "float":
+                    if not types <= {float, int}:
+                        return None
+                    array = np.array(values, dtype=dtype)
+                    if float in types and not np.isfinite(array).all():
+                        return None
+                else:
+                    if types != {bool}:
+                        return None
+                    array = np.array(values, dtype=dtype)
+                blocks.append((array.reshape(len(locs), n), placement))
+        except (ValueError, TypeError, OverflowError):  # pyarrow's ArrowInvalid is a ValueError
+            return None
+        return make(blocks, index=self._pd.RangeIndex(n), columns=self._pd_columns)
 
     def build(self, value: Any, where: str | None = None) -> Any:
         """Return a DataFrame with the recorded columns and dtypes; SchemaError names the field."""
@@ -370,6 +460,15 @@ class PandasInput(InputSpec):
             self._prepare()
         where = where or self.name
         records, single = self._records(value, where)
+        if self._blocks is not None:
+            try:
+                rows = list(map(self._row_getter, records))
+                if not any(map(len(self.names).__ne__, map(len, records))):
+                    frame = self._frame_from_blocks(self._blocks, rows)
+                    if frame is not None:
+                        return frame
+            except (KeyError, TypeError, IndexError):
+                pass  # the column path names the record and column at fault
         return self._frame(self._arrays_from_records(records, single, where), len(records))
 
     def build_from_columns(self, columns: Mapping[str, list], locate: Callable[[str, int], str]) -> Any:

@@ -163,6 +163,8 @@ class Image(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     tag = models.CharField(max_length=255)
     image_id = models.CharField(max_length=80, blank=True, help_text="The engine's id (sha256:…)")
+    # The environment image it was built FROM: retention keeps that one while this row exists.
+    env_image = models.CharField(max_length=255, blank=True)
     size = models.BigIntegerField(null=True, blank=True)
     build_seconds = models.FloatField(null=True, blank=True)
     labels = models.JSONField(default=dict, blank=True)

@@ -326,18 +326,59 @@ def manifest_file(manifest: Manifest, path: str) -> bytes:
     return read_file(info["storage"])
 
 
-@transaction.atomic
-def manifest_delete(*, manifest: Manifest, user) -> None:
-    """Deletes a manifest and its files. Raises Conflict naming the images built from it."""
+def manifest_delete(*, manifest: Manifest, user) -> list[Image]:
+    """Deletes a manifest, its files and the images built from it; returns those images. Their
+    Docker images leave the engine after the commit (``registry.tasks.remove_engine_image``: the
+    tag, and the bytes when no other tag holds them). Raises Conflict naming the services that run
+    one of its images (or are being removed with one), or an image that is building or being removed."""
+    from django.db.models import ProtectedError, RestrictedError
+
+    from registry.tasks import remove_engine_image
+
     require_role(user=user, workspace=manifest.workspace, role=Role.OWNER)
-    images = list(manifest.images.order_by("name", "version")[:6])
-    if images:
-        names = ", ".join(i.ref for i in images[:5]) + (" …" if len(images) > 5 else "")
-        raise Conflict(f"Manifest {manifest.ref} is used by image {names}: delete the image first.", code="in_use")
-    activity_record(workspace=manifest.workspace, actor=user, verb="manifest.deleted", target=manifest)
-    stored = [info["storage"] for info in manifest.files.values()]
-    manifest.delete()
-    delete_files_on_commit(stored)
+    with transaction.atomic():
+        images = list(Image.objects.select_for_update().filter(manifest_id=manifest.pk).order_by("name", "version"))
+        _check_manifest_removable(manifest, images)
+        for image in images:
+            activity_record(workspace=manifest.workspace, actor=user, verb="image.deleted", target=image,
+                            detail={"tag": image.tag, "by": f"manifest {manifest.ref} deleted"})
+        activity_record(workspace=manifest.workspace, actor=user, verb="manifest.deleted", target=manifest,
+                        detail={"images": [i.ref for i in images]} if images else None)
+        stored = [info["storage"] for info in manifest.files.values()]
+        try:
+            Image.objects.filter(pk__in=[i.pk for i in images]).delete()
+        except (ProtectedError, RestrictedError):  # a service made from one in the moment it was checked
+            raise Conflict(f"Manifest {manifest.ref} has an image a service was created from just now: delete the "
+                           "service first.", code="in_use") from None
+        manifest.delete()
+        delete_files_on_commit(stored)
+        removals = [(i.tag, i.image_id) for i in images if i.image_id]
+        transaction.on_commit(lambda: [remove_engine_image.delay(tag, engine_id) for tag, engine_id in removals])
+    return images
+
+
+def _check_manifest_removable(manifest: Manifest, images: list[Image]) -> None:
+    def refs(items) -> str:
+        return ", ".join(items[:5]) + (" …" if len(items) > 5 else "")
+
+    services = selectors.services_using_images([i.pk for i in images], include_deleted=True)
+    live = [s for s in services if getattr(s, "status", "") != "deleted"]
+    if live:
+        raise Conflict(f"Manifest {manifest.ref} has an image used by service {refs([s.name for s in live])}: "
+                       "delete the service, or update it to an image of another manifest, then delete the manifest.",
+                       code="in_use")
+    if services:  # a deleted service's row lingers until its containers are gone, and still points here
+        raise Conflict(f"Manifest {manifest.ref} has an image still held by service "
+                       f"{refs([s.name for s in services])}, which is being removed: try again in a minute.",
+                       code="in_use")
+    building = [i.ref for i in images if i.status == Image.Status.BUILDING]
+    if building:
+        raise Conflict(f"Image {refs(building)} of manifest {manifest.ref} is building: wait for the build to finish, "
+                       "then delete the manifest.", code="building")
+    deleting = [i.ref for i in images if i.status == Image.Status.DELETING]
+    if deleting:
+        raise Conflict(f"Image {refs(deleting)} of manifest {manifest.ref} is being removed: try again in a minute.",
+                       code="deleting")
 
 
 def image_repository(workspace: Workspace, name: str) -> str:

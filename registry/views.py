@@ -337,11 +337,12 @@ def manifest_delete(request, ref: str):
     manifest = _find(request, Manifest.objects.all(), ref)
     require_page_role(request, manifest.workspace, Role.OWNER)
     try:
-        services.manifest_delete(manifest=manifest, user=request.user)
+        images = services.manifest_delete(manifest=manifest, user=request.user)
     except PortalError as exc:
         messages.error(request, exc.message)
         return redirect("manifest-detail", ref=str(manifest.pk))
-    messages.success(request, f"Deleted manifest {manifest.ref}.")
+    gone = f" and its image{'s' if len(images) > 1 else ''} {', '.join(i.ref for i in images)}" if images else ""
+    messages.success(request, f"Deleted manifest {manifest.ref}{gone}.")
     return redirect("manifest-list")
 
 

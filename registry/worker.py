@@ -182,9 +182,8 @@ def image_build(*, image_id: str) -> str | None:
 def _build(image: Image) -> str:
     from celery.exceptions import SoftTimeLimitExceeded
     from compute.engine import BuildError, EngineError
-    from compute.envimage import ensure_env_image
     from compute.images import build_service_image
-    from workspaces.instance import portal_instance
+    from retention.envimages import env_image_prepare
 
     log = BuildLog(image)
     started = time.monotonic()
@@ -193,12 +192,7 @@ def _build(image: Image) -> str:
         log(f"building {image.tag} from manifest {manifest.ref} (hash {manifest.content_hash[:12]})")
         requirements = image_build_requirements(manifest, log=log)
         log(f"requirements: {', '.join(requirements) or '(none)'}")
-        env_image = ensure_env_image(
-            base_image=settings.MLPORTAL_BASE_IMAGE, requirements=requirements,
-            wheel_cache=settings.MLPORTAL_WHEEL_CACHE, log=log, base_url=settings.MLPORTAL_DOCKER_URL,
-            timeout_s=settings.MLPORTAL_BUILD_TIMEOUT, source_packages=settings.MLPORTAL_SOURCE_PACKAGES,
-            portal=portal_instance(),
-        )
+        env_image = env_image_prepare(requirements=requirements, log=log)
         built = build_service_image(
             tag=image.tag, env_image=env_image, app_files=image_app_files(manifest), labels=image.labels, log=log,
             timeout_s=settings.MLPORTAL_BUILD_TIMEOUT, base_url=settings.MLPORTAL_DOCKER_URL,
@@ -230,7 +224,8 @@ def _build(image: Image) -> str:
     seconds = time.monotonic() - started
     log(f"built {image.tag} ({built['id'][:19]}, {built['size']} bytes) in {seconds:.1f} s")
     log.flush()
-    image_finish(image, status=Image.Status.SUCCEEDED, image_id=built["id"], size=built["size"], build_seconds=seconds)
+    image_finish(image, status=Image.Status.SUCCEEDED, image_id=built["id"], size=built["size"], build_seconds=seconds,
+                 env_image=env_image)
     return Image.Status.SUCCEEDED
 
 

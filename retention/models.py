@@ -30,3 +30,25 @@ class RetentionPolicy(models.Model):
 
     def __str__(self) -> str:
         return f"retention of {self.workspace_id}"
+
+
+class EnvironmentImage(models.Model):
+    """An environment image (``mlportal-env:<hash>``, compute.envimage) this portal built or reused:
+    portal-wide, shared by every workspace's runs and service images. ``last_used_at`` moves each
+    time a run or an image build prepares it (retention.envimages.env_image_prepare); the daily
+    retention removes the ones nothing uses past MLPORTAL_ENV_IMAGE_KEEP_DAYS, keeping the
+    MLPORTAL_ENV_IMAGE_KEEP_LAST most recently used."""
+
+    tag = models.CharField(max_length=255, unique=True)
+    engine_id = models.CharField(max_length=80, blank=True, help_text="The engine's id (sha256:…) when last seen")
+    size = models.BigIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-last_used_at"]
+        # Retention reads them newest use first (the last N kept).
+        indexes = [models.Index(fields=["-last_used_at"], name="envimage_last_used")]
+
+    def __str__(self) -> str:
+        return self.tag

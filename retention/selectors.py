@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from registry.models import Image, Model
 from registry.selectors import services_using_images
-from retention.models import RetentionPolicy
+from retention.models import EnvironmentImage, RetentionPolicy
 from runs.models import Project, ProjectFile, Run, RunOutput
 from workspaces.models import Workspace
 
@@ -29,14 +29,43 @@ def _kept(*, at, rank: int, days: int | None, last: int | None, now) -> bool:
 class Plan:
     runs: list[dict] = field(default_factory=list)  # {"id", "name", "project", "bytes"}
     images: list[dict] = field(default_factory=list)  # {"id", "ref", "tag", "bytes"}
+    # Portal-wide, whichever workspace asks: {"id", "tag", "engine_id", "bytes", "last_used_at"}
+    environment_images: list[dict] = field(default_factory=list)
 
     @property
     def bytes(self) -> int:
-        return sum(r["bytes"] for r in self.runs) + sum(i["bytes"] or 0 for i in self.images)
+        return (sum(r["bytes"] for r in self.runs) + sum(i["bytes"] or 0 for i in self.images)
+                + sum(e["bytes"] or 0 for e in self.environment_images))
 
     def as_dict(self) -> dict:
-        return {"runs": self.runs, "images": self.images, "run_count": len(self.runs), "image_count": len(self.images),
-                "bytes": self.bytes}
+        environment = [{**e, "last_used_at": e["last_used_at"].isoformat()} for e in self.environment_images]
+        return {"runs": self.runs, "images": self.images, "environment_images": environment,
+                "run_count": len(self.runs), "image_count": len(self.images),
+                "environment_image_count": len(environment), "bytes": self.bytes}
+
+
+def environment_images_in_use(tags) -> set[str]:
+    """Which of these environment images a service image was built from (its row exists) or an
+    unfinished run runs in."""
+    tags = list(tags)
+    return (set(Image.objects.filter(env_image__in=tags).values_list("env_image", flat=True))
+            | set(Run.objects.filter(image__in=tags, status__in=Run.ACTIVE).values_list("image", flat=True)))
+
+
+def environment_images_plan(*, now=None) -> list[dict]:
+    """The environment images the daily retention removes now: not used for
+    MLPORTAL_ENV_IMAGE_KEEP_DAYS, not among the MLPORTAL_ENV_IMAGE_KEEP_LAST most recently used,
+    and not in use (environment_images_in_use); oldest use first."""
+    from django.conf import settings
+
+    now = now or timezone.now()
+    rows = list(EnvironmentImage.objects.order_by("-last_used_at", "-id")
+                .values("id", "tag", "engine_id", "size", "last_used_at"))
+    candidates = [r for r in rows[settings.MLPORTAL_ENV_IMAGE_KEEP_LAST:]
+                  if r["last_used_at"] < now - timedelta(days=settings.MLPORTAL_ENV_IMAGE_KEEP_DAYS)]
+    used = environment_images_in_use(r["tag"] for r in candidates)
+    return [{"id": r["id"], "tag": r["tag"], "engine_id": r["engine_id"], "bytes": r["size"] or 0,
+             "last_used_at": r["last_used_at"]} for r in reversed(candidates) if r["tag"] not in used]
 
 
 def retention_plan(workspace: Workspace, *, now=None) -> Plan:
@@ -66,6 +95,7 @@ def retention_plan(workspace: Workspace, *, now=None) -> Plan:
                                      last=policy.unused_images_keep_last, now=now):
             continue
         plan.images.append({"id": str(image.pk), "ref": image.ref, "tag": image.tag, "bytes": image.size or 0})
+    plan.environment_images = environment_images_plan(now=now)
     return plan
 
 
@@ -96,8 +126,19 @@ def storage_usage(workspace: Workspace) -> dict:
                    "services": used.get(i.pk, [])} for i in images]
     for rows in (projects, models, image_rows):
         rows.sort(key=lambda r: -r["bytes"])
+    environment = environment_images_usage()
     return {
-        "projects": projects, "models": models, "images": image_rows,
+        "projects": projects, "models": models, "images": image_rows, "environment_images": environment,
         "totals": {"projects": sum(p["bytes"] for p in projects), "models": sum(m["bytes"] for m in models),
-                   "images": sum(i["bytes"] for i in image_rows)},
+                   "images": sum(i["bytes"] for i in image_rows),
+                   "environment_images": sum(e["bytes"] for e in environment)},
     }
+
+
+def environment_images_usage() -> list[dict]:
+    """Every tracked environment image (portal-wide), most recently used first, with whether
+    something uses it now: {"tag", "bytes", "last_used_at" (ISO), "in_use"}."""
+    rows = list(EnvironmentImage.objects.order_by("-last_used_at", "-id")[:200])
+    used = environment_images_in_use(r.tag for r in rows)
+    return [{"tag": r.tag, "bytes": r.size or 0, "last_used_at": r.last_used_at.isoformat(), "in_use": r.tag in used}
+            for r in rows]

@@ -122,8 +122,10 @@ def images_of_deleted_service_remove(*, workspace_id, image_ids: list[str], serv
 
 
 def retention_apply(*, workspace_id=None) -> dict:
-    """Applies retention in one workspace (or all) and prunes the portal's dangling image layers.
-    Returns {"runs": n, "images": n, "bytes": freed, "layers": n, "layer_bytes": freed, "capture_rows": n,
+    """Applies retention in one workspace (or all), then removes the environment images nothing
+    uses (portal-wide: retention.envimages) and prunes the portal's dangling image layers.
+    Returns {"runs": n, "images": n, "bytes": freed, "environment_images": n,
+    "environment_image_bytes": freed, "layers": n, "layer_bytes": freed, "capture_rows": n,
     "errors": [...]}; captured scoring data older than the policy's capture_keep_days goes too."""
     from compute.engine import EngineError
     from compute.images import prune_dangling
@@ -154,11 +156,16 @@ def retention_apply(*, workspace_id=None) -> dict:
 
             summary["capture_rows"] += apply_capture_retention(workspace_id=workspace.pk, keep_days=keep_capture, today=now.date())
         RetentionPolicy.objects.filter(workspace=workspace).update(last_applied_at=now)
+    from retention.envimages import environment_images_remove
+
+    environment = environment_images_remove(now=now)
+    summary["environment_images"], summary["environment_image_bytes"] = environment["images"], environment["bytes"]
+    summary["errors"] += environment["errors"]
     try:
         summary["layers"], summary["layer_bytes"] = prune_dangling(label=LABEL_PORTAL, value=portal_instance(),
                                                                    base_url=settings.MLPORTAL_DOCKER_URL)
     except EngineError as exc:
         summary["errors"].append(f"pruning dangling layers: {exc}")
-    if summary["runs"] or summary["images"] or summary["layers"]:
+    if summary["runs"] or summary["images"] or summary["environment_images"] or summary["layers"]:
         logger.info("retention freed %s", summary)
     return summary

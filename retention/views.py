@@ -1,6 +1,7 @@
 """The Storage page: usage per project, model and image, the retention form, what it frees next."""
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db import transaction
@@ -54,4 +55,5 @@ def storage_page(request):
     return render(request, "retention/storage.html", {
         "usage": selectors.storage_usage(workspace), "plan": selectors.retention_plan(workspace),
         "policy": policy, "fields": fields, "is_owner": is_owner, "form_error": errors.get(""),
+        "env_keep_days": settings.MLPORTAL_ENV_IMAGE_KEEP_DAYS, "env_keep_last": settings.MLPORTAL_ENV_IMAGE_KEEP_LAST,
     })

@@ -22,13 +22,13 @@ from django.db import connections, transaction
 from django.utils import timezone
 
 from compute.engine import BuildError, EngineError
-from compute.envimage import ensure_env_image
 from compute.runner import LocalSandbox, RunSpec, python_for_user, run_in_docker, run_local
 from core.errors import PortalError
 from core.logs import next_seq
 from core.paths import clean_path
 from core.storage import chunks_of, delete_files, open_file, save_file
 from mlportal_runtime import parse_line
+from retention.envimages import env_image_prepare
 from runs import checks
 from runs.metrics import run_record_metrics
 from runs.models import Run, RunLogChunk, RunOutput, Target, requirement_lines
@@ -232,12 +232,7 @@ def prepare_charts(run_id) -> None:
 
 def _prepare(run: Run, sink: RunSink) -> dict:
     sink.log(f"[mlportal] preparing the environment of project {run.project.name} for target docker")
-    image = ensure_env_image(
-        base_image=settings.MLPORTAL_BASE_IMAGE, requirements=run.project.requirement_lines,
-        wheel_cache=settings.MLPORTAL_WHEEL_CACHE, log=sink.log, base_url=settings.MLPORTAL_DOCKER_URL,
-        timeout_s=settings.MLPORTAL_BUILD_TIMEOUT, source_packages=settings.MLPORTAL_SOURCE_PACKAGES,
-        portal=portal_instance(),
-    )
+    image = env_image_prepare(requirements=run.project.requirement_lines, log=sink.log)
     run_mark_running(run_id=run.id, image=image)
     sink.log(f"[mlportal] environment image {image} is ready")
     return {"status": Run.Status.COMPLETED, "image": image, "exit_code": 0}
@@ -262,12 +257,7 @@ def _execute_script(run: Run, sink: RunSink, workdir: Path) -> dict:
     command = " ".join(["python", run.script, *spec.args])
     sink.log(f"[mlportal] run {run}: {command} on target {run.target}")
     if run.target == Target.DOCKER:
-        image = ensure_env_image(
-            base_image=spec.base_image, requirements=spec.requirements, wheel_cache=settings.MLPORTAL_WHEEL_CACHE,
-            log=lambda line: sink.log(f"[prepare] {line}"), base_url=settings.MLPORTAL_DOCKER_URL,
-            timeout_s=settings.MLPORTAL_BUILD_TIMEOUT, source_packages=settings.MLPORTAL_SOURCE_PACKAGES,
-            portal=portal_instance(),
-        )
+        image = env_image_prepare(requirements=spec.requirements, log=lambda line: sink.log(f"[prepare] {line}"))
         if not run_mark_running(run_id=run.id, image=image):
             return {"status": Run.Status.CANCELED, "reason": "canceled before it started", "image": image}
         already_said = f"[prepare] environment image {image} is ready (reused)"

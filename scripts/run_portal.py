@@ -79,7 +79,7 @@ def web_command(bin_dir: Path, host: str, port: str) -> list[str]:
         folder.mkdir(parents=True, exist_ok=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
     command = [str(bin_dir / "uvicorn"), "mlportal.asgi:application", "--host", host, "--port", str(port),
-               "--workers", workers, "--loop", "uvloop", "--http", "httptools", "--lifespan", "on",
+               "--workers", workers, "--loop", "uvloop", "--http", "gateway.server:GatewayHttpProtocol", "--lifespan", "on",
                "--timeout-keep-alive", "30", "--no-server-header"]
     if os.environ.get("MLPORTAL_ACCESS_LOG", "1") in ("0", "false", "no"):
         command.append("--no-access-log")

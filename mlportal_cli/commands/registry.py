@@ -1,4 +1,4 @@
-"""`model register|list|show|download`, `manifest create|list|show`, `image create|list|show|usage|logs`.
+"""`model register|list|show|download`, `manifest create|list|show|delete`, `image create|list|show|usage|logs|delete`.
 
 Models, manifests and images are named by id, `name:version`, or name (its latest version);
 images also by Docker tag.
@@ -169,6 +169,15 @@ def manifest_show(ctx: Context):
     return Result(ctx.client.get(f"manifests/{_ref(ctx, 'manifest')}/"))
 
 
+def manifest_delete(ctx: Context):
+    manifest = ctx.client.get(f"manifests/{_ref(ctx, 'manifest')}/")
+    images, _total = ctx.client.list("images/", params={"manifest": manifest["id"], "ordering": "version"})
+    ctx.client.delete(f"manifests/{manifest['id']}/")
+    gone = f" and its image(s) {', '.join(i['ref'] for i in images)} (their Docker images leave the engine next)" if images else ""
+    ctx.progress(f"Deleted manifest {manifest['ref']}{gone}.")
+    return Result({"manifest": manifest["ref"], "images": [i["ref"] for i in images]})
+
+
 # --- images ---------------------------------------------------------------------------------------
 
 def follow_image_log(ctx: Context, image: dict, *, to_stderr: bool = True) -> dict:
@@ -247,6 +256,13 @@ def image_logs(ctx: Context):
     return 0
 
 
+def image_delete(ctx: Context):
+    image = ctx.client.get(f"images/{_ref(ctx, 'image')}/")
+    ctx.client.delete(f"images/{image['id']}/")
+    ctx.progress(f"Deleted image {image['ref']} ({image['tag']}: it leaves the Docker engine next).")
+    return Result({"image": image["ref"], "tag": image["tag"]})
+
+
 # --- parser ---------------------------------------------------------------------------------------
 
 def _ref_args(parser, what: str) -> None:
@@ -313,8 +329,13 @@ def register(subparsers) -> None:
     parser = add_command(manifest, "show", help="Show a manifest.", example="mlportal manifest show churnpred:1",
                          func=manifest_show)
     _ref_args(parser, "manifest")
+    parser = add_command(manifest, "delete", help="Delete a manifest and the images built from it (owner; refused while "
+                         "a service runs one of them).", example="mlportal manifest delete churnpred:1",
+                         func=manifest_delete)
+    _ref_args(parser, "manifest")
 
-    image = add_group(subparsers, "image", help="Docker images built from manifests: create, list, show, usage, logs.")
+    image = add_group(subparsers, "image", help="Docker images built from manifests: create, list, show, usage, logs, "
+                      "delete.")
     parser = add_command(image, "create", help="Build a Docker image from a manifest, showing its build log.",
                          example="mlportal image create -n churnpred --manifest-id churnpred:1", func=image_create)
     parser.add_argument("--manifest-id", "--manifest", dest="manifest", required=True, metavar="MANIFEST",
@@ -334,3 +355,6 @@ def register(subparsers) -> None:
                          example="mlportal image logs churnpred:1 -f", func=image_logs)
     _ref_args(parser, "image (or its Docker tag)")
     parser.add_argument("-f", "--follow", action="store_true", help="keep printing until the build ends")
+    parser = add_command(image, "delete", help="Delete an image from the portal and the Docker engine (owner; refused "
+                         "while a service runs it).", example="mlportal image delete churnpred:1", func=image_delete)
+    _ref_args(parser, "image (or its Docker tag)")

@@ -30,6 +30,9 @@ def _rows(body: dict) -> list[dict]:
     rows += [{"kind": "image", "name": i["ref"], "bytes": i["bytes"], "size": human(i["bytes"]),
               "detail": ("used by " + ", ".join(i["services"])) if i["services"] else "no service uses it"}
              for i in body["images"]]
+    rows += [{"kind": "environment image", "name": e["tag"], "bytes": e["bytes"], "size": human(e["bytes"]),
+              "detail": f"last used {e['last_used_at']}" + ("; in use" if e["in_use"] else "")}
+             for e in body.get("environment_images", [])]
     return rows
 
 
@@ -38,8 +41,8 @@ def storage_show(ctx: Context):
     if ctx.fmt == "json" or ctx.arg("query"):
         return Result(body)
     plan = body["next"]
-    ctx.note(f"retention frees next: {plan['run_count']} runs' logs and outputs, {plan['image_count']} images "
-             f"({human(plan['bytes'])})")
+    ctx.note(f"retention frees next: {plan['run_count']} runs' logs and outputs, {plan['image_count']} images, "
+             f"{plan.get('environment_image_count', 0)} environment images ({human(plan['bytes'])})")
     return Result(_rows(body), USAGE_COLUMNS)
 
 

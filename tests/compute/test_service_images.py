@@ -50,7 +50,7 @@ def score(port: int, payload: dict) -> dict:
 
 def test_a_built_image_serves_scores_on_a_published_localhost_port(service_image):
     assert service_image["id"].startswith("sha256:") and service_image["size"] > 0
-    assert any(line.startswith("Step 3/") and "COPY app/ /app/" in line for line in service_image["logs"])
+    assert any(line.startswith("Step ") and "COPY app/ /app/" in line for line in service_image["logs"])
     started = start_service_container(image=TAG, service_id="svc-test", replica=0,
                                       name=f"mlportal-test-svc-{os.getpid()}", env={}, memory_mb=256)
     try:
@@ -87,7 +87,7 @@ def test_a_failing_dockerfile_step_raises_build_error_with_the_step(small_env):
     with pytest.raises(BuildError) as caught:
         build_service_image(tag=f"{TAG}-broken", env_image=small_env["tag"],
                             app_files={"score.py": b"def init(:\n"}, labels={}, log=lambda line: None)
-    assert caught.value.step.startswith("4/") and "compileall" in caught.value.step
+    assert caught.value.step.startswith("6/") and "compileall" in caught.value.step
     assert "SyntaxError" in caught.value.log_tail or "invalid syntax" in caught.value.log_tail
     assert "\n" not in str(caught.value)
     assert not image_exists(f"{TAG}-broken")

@@ -72,7 +72,7 @@ def start_server(db_settings: dict, log_path: Path, *, workers: int = 1, extra_e
     log = open(log_path, "w")
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "uvicorn"), "mlportal.asgi:application", "--host", "127.0.0.1",
-         "--port", str(port), "--workers", str(workers), "--loop", "uvloop", "--http", "httptools", "--lifespan", "on",
+         "--port", str(port), "--workers", str(workers), "--loop", "uvloop", "--http", "gateway.server:GatewayHttpProtocol", "--lifespan", "on",
          "--no-access-log"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     server = Server(proc, port, log_path)
     deadline = time.monotonic() + 60

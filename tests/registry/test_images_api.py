@@ -117,12 +117,6 @@ def test_the_list_filters_by_status_searches_and_orders(owner_api, owner, manife
     assert [i["name"] for i in owner_api.get("/api/v1/images/?ordering=name").json()["results"]] == ["churnpred", "other"]
 
 
-def test_a_manifest_with_images_cannot_be_deleted(owner_api, owner, manifest):
-    services.image_create(manifest=manifest, user=owner)
-    response = owner_api.delete("/api/v1/manifests/churnpred:1/")
-    assert response.status_code == 409 and "churnpred:1" in response.json()["error"]["message"]
-
-
 def test_an_image_no_service_runs_has_no_users(owner, manifest):
     image = services.image_create(manifest=manifest, user=owner)
     assert selectors.services_using_images([image.pk]) == []

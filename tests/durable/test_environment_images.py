@@ -1,0 +1,122 @@
+"""Environment images (`mlportal-env:<hash>`) no longer pile up (issue 14: nothing pruned them):
+runs and image builds record each use, and the daily retention removes from the engine those
+nothing used for MLPORTAL_ENV_IMAGE_KEEP_DAYS, except the MLPORTAL_ENV_IMAGE_KEEP_LAST used last
+and any a service image was built from or an unfinished run runs in. The Storage API shows them
+and what goes next."""
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from compute.engine import connect
+from registry.models import Image, Manifest
+from retention.models import EnvironmentImage
+from runs import services as runs
+from runs.models import Run
+from tests.helpers import build_unique_image, engine_image_ids
+
+pytestmark = pytest.mark.docker
+
+
+def _tracked(tag: str, *, days_ago: float, engine_id: str = "", size: int | None = None) -> EnvironmentImage:
+    return EnvironmentImage.objects.create(tag=tag, engine_id=engine_id, size=size,
+                                           last_used_at=timezone.now() - timedelta(days=days_ago))
+
+
+@pytest.mark.django_db
+def test_the_daily_retention_removes_only_the_environment_images_nothing_uses(settings, owner, workspace, owner_api,
+                                                                            page_client):
+    from retention.services import retention_apply
+
+    settings.MLPORTAL_ENV_IMAGE_KEEP_DAYS, settings.MLPORTAL_ENV_IMAGE_KEEP_LAST = 14, 2
+    suffix = uuid.uuid4().hex[:10]
+    stale_tag, served_tag = f"mlportal-env:stale{suffix}", f"mlportal-env:served{suffix}"
+    try:
+        stale_id, served_id = build_unique_image(stale_tag), build_unique_image(served_tag)
+        _tracked(f"mlportal-env:recent{suffix}", days_ago=0)  # used today
+        _tracked(f"mlportal-env:lastkept{suffix}", days_ago=16)  # the second used last: KEEP_LAST keeps it
+        _tracked(served_tag, days_ago=18, engine_id=served_id, size=100)
+        _tracked(stale_tag, days_ago=20, engine_id=stale_id, size=5000)
+        running_tag = f"mlportal-env:running{suffix}"
+        _tracked(running_tag, days_ago=22)
+        manifest = Manifest.objects.create(workspace=workspace, name="m", version=1, content_hash="0" * 64)
+        Image.objects.create(workspace=workspace, manifest=manifest, name="m", version=1, tag="mlportal/team-m:1",
+                             status="succeeded", env_image=served_tag)  # a service image built FROM it
+        project = runs.project_create(workspace=workspace, name="envs", user=owner)
+        runs.project_file_put(project=project, path="train.py", content=b"print(1)\n", user=owner)
+        run = runs.run_submit(project=project, script="train.py", target="docker", user=owner)
+        Run.objects.filter(id=run.id).update(status=Run.Status.RUNNING, image=running_tag)
+
+        body = owner_api.get("/api/v1/storage/").json()
+        assert [e["tag"] for e in body["next"]["environment_images"]] == [stale_tag]
+        assert body["next"]["environment_image_count"] == 1 and body["next"]["bytes"] >= 5000
+        in_use = {e["tag"]: e["in_use"] for e in body["environment_images"]}
+        assert in_use[served_tag] and in_use[running_tag] and not in_use[stale_tag]
+        page = page_client(owner).get("/storage/").content.decode()
+        assert f"environment image <code>{stale_tag}</code>" in page and re.search(r"1 environment\s+image:", page)
+        assert {stale_id, served_id} <= engine_image_ids()
+
+        summary = retention_apply()
+        assert summary["environment_images"] == 1 and summary["environment_image_bytes"] == 5000, summary
+        ids = engine_image_ids()
+        assert stale_id not in ids  # the engine's image list shrank
+        assert served_id in ids  # a service image was built from it: kept
+        assert not EnvironmentImage.objects.filter(tag=stale_tag).exists()
+        assert EnvironmentImage.objects.count() == 4
+    finally:
+        with connect() as client:
+            for tag in (stale_tag, served_tag):
+                try:
+                    client.images.remove(tag)
+                except Exception:  # noqa: BLE001 - removed by the test already
+                    pass
+
+
+@pytest.mark.django_db
+def test_an_environment_image_a_container_still_runs_is_left_and_named(settings):
+    from retention.envimages import environment_images_remove
+
+    settings.MLPORTAL_ENV_IMAGE_KEEP_DAYS, settings.MLPORTAL_ENV_IMAGE_KEEP_LAST = 1, 0
+    tag = f"mlportal-env:held{uuid.uuid4().hex[:10]}"
+    image_id = build_unique_image(tag)
+    with connect() as client:
+        container = client.containers.create(tag, command=["true"])
+    try:
+        _tracked(tag, days_ago=3, engine_id=image_id)
+        summary = environment_images_remove()
+        assert summary["images"] == 0 and tag in summary["errors"][0]
+        assert image_id in engine_image_ids() and EnvironmentImage.objects.filter(tag=tag, engine_id=image_id).exists()
+    finally:
+        with connect() as client:
+            container.remove(force=True)
+            client.images.remove(tag)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_runs_and_image_builds_record_the_environment_image_they_use(owner, workspace, owner_api):
+    from registry import services as registry
+    from registry.worker import image_build
+    from runs.worker import execute
+    from tests.registry.test_image_lifecycle import small_manifest
+
+    project = runs.project_create(workspace=workspace, name="prepared", user=owner)
+    run = runs.run_prepare(project=project, user=owner)
+    assert execute(str(run.id)) == Run.Status.COMPLETED
+    run.refresh_from_db()
+    first = EnvironmentImage.objects.get(tag=run.image)
+    assert first.engine_id.startswith("sha256:") and first.size > 0
+    assert timezone.now() - first.last_used_at < timedelta(minutes=5)
+
+    manifest = small_manifest(owner_api)
+    image = registry.image_create(manifest=Manifest.objects.get(pk=manifest["id"]), user=owner)
+    assert image_build(image_id=str(image.pk)) == Image.Status.SUCCEEDED
+    image.refresh_from_db()
+    assert image.env_image.startswith("mlportal-env:")
+    assert EnvironmentImage.objects.filter(tag=image.env_image).exists()
+    again = runs.run_prepare(project=project, user=owner)
+    execute(str(again.id))
+    assert EnvironmentImage.objects.get(tag=run.image).last_used_at > first.last_used_at  # the use moved
