@@ -86,6 +86,31 @@ class Reply:
 UNAUTHORIZED = [(b"www-authenticate", b'Bearer realm="service"')]
 
 
+class Labelled:
+    """What the answers of one revision of a route carry and are counted under, made once per
+    routing table: the revision headers and the metrics' children (``labels()`` takes a lock and
+    builds its key on every call). Holds the route and the revision, so the ids it is found by
+    stay theirs while it is kept."""
+
+    __slots__ = ("route", "revision", "headers", "in_flight", "latency", "requests")
+
+    def __init__(self, route: Route, revision: Revision | None) -> None:
+        self.route, self.revision = route, revision
+        self.headers = _route_headers(route, revision)
+        number = str(revision.number) if revision is not None else ""
+        self.in_flight = metrics.IN_FLIGHT.labels(route.workspace, route.name, number)
+        self.latency = metrics.LATENCY.labels(route.workspace, route.name, number)
+        self.requests: dict[int, Any] = {}
+
+    def counter(self, status: int) -> Any:
+        counter = self.requests.get(status)
+        if counter is None:
+            number = str(self.revision.number) if self.revision is not None else ""
+            counter = self.requests[status] = metrics.REQUESTS.labels(
+                self.route.workspace, self.route.name, number, str(status))
+        return counter
+
+
 class Gateway:
     def __init__(self, django_app: Callable, *, refresh_seconds: float, probe_seconds: float, max_body: int,
                  queue_timeout: float, slots_dir: str | os.PathLike | None = None, metrics_token: str = "",
@@ -109,6 +134,7 @@ class Gateway:
         self.limiters: dict[str, Limiter] = {}
         self.shadow_in_flight: dict[str, int] = {}
         self.model_versions: dict = {}
+        self.labelled: dict[tuple[int, int], Labelled] = {}  # (id(route), id(revision)): emptied with each new table
         self.upstream = Upstream(connect_timeout=CONNECT_TIMEOUT)  # keep-alive connections to the replicas
         self.db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-table")
         self._started: asyncio.Future | None = None
@@ -155,6 +181,7 @@ class Gateway:
             table = await loop.run_in_executor(
                 self.db, lambda: load_table(model_versions=self.model_versions))
             self.table = table
+            self.labelled = {}
             self.loaded_at = time.monotonic()
             self.balancer.forget_except(table.replicas())
             self._refreshing.set_result(table)
@@ -366,7 +393,7 @@ class Gateway:
             request_headers += b"X-Request-Id: %s\r\n" % request_id
         data = body if method not in ("GET", "HEAD") else None
         verb, target = method.encode("ascii"), path.encode("latin-1")
-        in_flight = metrics.IN_FLIGHT.labels(route.workspace, route.name, str(revision.number))
+        in_flight = self._labelled(route, revision).in_flight
         for replica in self.balancer.order(revision.replicas):
             state = self.balancer.state(replica)
             state.outstanding += 1
@@ -410,20 +437,27 @@ class Gateway:
         return Answer(503, _error(f"No replica of service '{route.name}' took the request ({detail}); try again shortly.",
                                   "not_ready"), b"application/json", None, revision)
 
+    def _labelled(self, route: Route, revision: Revision | None) -> Labelled:
+        key = (id(route), id(revision))
+        labelled = self.labelled.get(key)
+        if labelled is None or labelled.route is not route or labelled.revision is not revision:
+            labelled = self.labelled[key] = Labelled(route, revision)
+        return labelled
+
     def _finish(self, route: Route, revision: Revision | None, status: int, body: bytes, started: float, *,
                 content_type: bytes = b"application/json", replica: int | None = None,
                 extra: list | None = None) -> Reply:
         """The reply of a request that found its service, counted in the metrics and traffic rows."""
         seconds = time.monotonic() - started
-        headers = _route_headers(route, revision)
+        labelled = self._labelled(route, revision)
+        headers = labelled.headers.copy()
         if replica is not None:
-            headers.append((b"x-mlportal-replica", str(replica).encode()))
-        headers.append((b"x-mlportal-latency-ms", f"{seconds * 1000:.1f}".encode()))
+            headers.append((b"x-mlportal-replica", b"%d" % replica))
+        headers.append((b"x-mlportal-latency-ms", b"%.1f" % (seconds * 1000)))
         if extra:
             headers += extra
-        number = str(revision.number) if revision is not None else ""
-        metrics.REQUESTS.labels(route.workspace, route.name, number, str(status)).inc()
-        metrics.LATENCY.labels(route.workspace, route.name, number).observe(seconds)
+        labelled.counter(status).inc()
+        labelled.latency.observe(seconds)
         if self.recorder is not None and revision is not None:
             self.recorder.count(route.service_id, revision.number, status, seconds)
         return Reply(status, body, content_type, headers)

@@ -37,19 +37,19 @@ class Figures:
         self.dirty = True
 
 
-def _minute(now: float) -> datetime:
-    return datetime.fromtimestamp(now - now % 60, tz=timezone.utc)
+def _minute(number: int) -> datetime:
+    return datetime.fromtimestamp(number * 60, tz=timezone.utc)
 
 
 class Recorder:
     def __init__(self) -> None:
         self.writer = secrets.token_hex(8)
-        self.rows: dict[tuple[str, int, datetime], Figures] = {}
+        self.rows: dict[tuple[str, int, int], Figures] = {}  # (service, revision, minute since the epoch)
         self.lock = threading.Lock()  # count() runs on the loop, flush() on the database thread
         self.pruned = 0.0
 
     def _row(self, service_id: str, revision: int) -> Figures:
-        key = (service_id, revision, _minute(time.time()))
+        key = (service_id, revision, int(time.time() // 60))  # a datetime is made at the flush only
         row = self.rows.get(key)
         if row is None:
             row = self.rows[key] = Figures()
@@ -88,7 +88,7 @@ class Recorder:
 
         if reconnect:
             close_old_connections()
-        current = _minute(time.time())
+        current = int(time.time() // 60)
         with self.lock:
             changed = [(key, row.requests, row.errors, row.latency_sum, list(row.buckets), row.shadow_requests,
                         row.shadow_agreed) for key, row in self.rows.items() if row.dirty]
@@ -98,7 +98,7 @@ class Recorder:
                     del self.rows[key]
         if changed:
             alive = set(str(pk) for pk in Service.objects.filter(pk__in={key[0] for key, *_ in changed}).values_list("pk", flat=True))
-            objs = [TrafficMinute(service_id=key[0], revision=key[1], minute=key[2], writer=self.writer, requests=requests,
+            objs = [TrafficMinute(service_id=key[0], revision=key[1], minute=_minute(key[2]), writer=self.writer, requests=requests,
                                   errors=errors, latency_sum=latency_sum, latency_buckets=buckets,
                                   shadow_requests=shadow_requests, shadow_agreed=shadow_agreed)
                     for key, requests, errors, latency_sum, buckets, shadow_requests, shadow_agreed in changed

@@ -62,10 +62,12 @@ class _Connection(asyncio.Protocol):
     """One connection to a replica; one request at a time."""
 
     __slots__ = ("pool", "key", "transport", "parser", "waiter", "timer", "closed", "idle_since", "head_only",
-                 "status", "content_type", "request_id", "chunks", "size", "head_size", "complete", "framed")
+                 "status", "content_type", "request_id", "chunks", "size", "head_size", "complete", "framed", "host_line")
 
     def __init__(self, pool: Upstream, key: tuple[str, int]) -> None:
         self.pool, self.key = pool, key
+        host, port = key
+        self.host_line = (f"Host: [{host}]:{port}\r\n" if ":" in host else f"Host: {host}:{port}\r\n").encode("latin-1")
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future | None = None
@@ -223,12 +225,11 @@ class Upstream:
         connection = self._take((host, port))
         if connection is None:
             connection = await self._connect(host, port)
-        netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         if body is None:
-            data = b"%s %s HTTP/1.1\r\nHost: %s\r\n%s\r\n" % (method, target, netloc.encode(), headers)
+            data = b"%s %s HTTP/1.1\r\n%s%s\r\n" % (method, target, connection.host_line, headers)
         else:
-            data = b"%s %s HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n%s\r\n%s" % (
-                method, target, netloc.encode(), len(body), headers, body)
+            data = b"%s %s HTTP/1.1\r\n%sContent-Length: %d\r\n%s\r\n%s" % (
+                method, target, connection.host_line, len(body), headers, body)
         self.busy.add(connection)
         waiter = connection.send(data, method == b"HEAD", timeout)
         try:

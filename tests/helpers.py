@@ -42,3 +42,27 @@ class SilentEngine:
         self.server.close()
         for conn in self.held:
             conn.close()
+
+
+def engine_image_ids() -> set[str]:
+    """Every image id the engine holds (untagged ones too). The low-level list: images.list()
+    inspects each listed image, and one removed meanwhile (by a worker, by another test) raises."""
+    from compute.engine import connect
+
+    with connect() as client:
+        return {i["Id"] for i in client.api.images(all=True)}
+
+
+def build_unique_image(tag: str) -> str:
+    """Builds ``tag``: the base image plus one layer of its own bytes, so its id leaves the engine
+    when the tag is removed; returns the id."""
+    import io
+    import uuid
+
+    from django.conf import settings
+
+    from compute.engine import connect
+
+    dockerfile = f"FROM {settings.MLPORTAL_BASE_IMAGE}\nRUN echo {uuid.uuid4().hex} > /marker\n".encode()
+    with connect() as client:
+        return client.images.build(fileobj=io.BytesIO(dockerfile), tag=tag, rm=True)[0].id

@@ -1,4 +1,4 @@
-"""Following a run rides out a portal restart: the CLI says it is reconnecting, retries with a
+"""Following a run or a build rides out a portal restart: the CLI says it is reconnecting, retries with a
 back-off, and goes on printing the log once the portal is back (the issue saw exit 1 at the first
 refused connection). The portal is a real gunicorn process on the test database, stopped and
 started again on the same port; the run is recorded through the worker-side services."""
@@ -121,3 +121,46 @@ def test_following_gives_up_after_its_patience_with_one_error_line(followed):
     err_lines = start_cli.text("err.txt").strip().splitlines()
     assert err_lines[-1].startswith("error: cannot reach the portal") and "gave up reconnecting after 3 s" in err_lines[-1]
     assert "Traceback" not in start_cli.text("err.txt")
+
+
+def test_following_a_build_rides_out_a_portal_restart(transactional_db, owner, workspace, tmp_path):
+    """`mlportal image logs -f` goes on through a restart as following a run does (the same
+    patient read), and ends with the build's outcome."""
+    from registry.models import Image, Manifest
+    from registry.worker import BuildLog, image_finish
+
+    manifest = Manifest.objects.create(workspace=workspace, name="m", version=1, content_hash="0" * 64)
+    image = Image.objects.create(workspace=workspace, name="m", version=1, manifest=manifest, tag="mlportal/t:1",
+                                 status=Image.Status.BUILDING)
+    log = BuildLog(image)
+    log("step 1/3 : FROM mlportal-env")
+    log.flush()
+    _, token = token_create(user=owner, name="cli")
+    portal = Portal(_free_port(), open(tmp_path / "gunicorn.log", "w"))
+    portal.start()
+    text = lambda name: (tmp_path / name).read_text()  # noqa: E731
+    env = {**portal.env, "MLPORTAL_URL": f"http://127.0.0.1:{portal.port}", "MLPORTAL_TOKEN": token,
+           "MLPORTAL_CONFIG": str(tmp_path / "cli.json")}
+    cli = subprocess.Popen([sys.executable, "-m", "mlportal_cli", "image", "logs", str(image.pk), "-f"], cwd=tmp_path,
+                           env=env, stdout=open(tmp_path / "out.txt", "w"), stderr=open(tmp_path / "err.txt", "w"))
+    try:
+        wait_until(lambda: "step 1/3" in text("out.txt"), timeout=30, message="the first line")
+        portal.stop()
+        log("step 2/3 : COPY app (while the portal was away)")
+        log.flush()
+        wait_until(lambda: text("err.txt").count("reconnecting") >= 2, timeout=30, message="the CLI to say it reconnects")
+        assert cli.poll() is None, text("err.txt")
+        portal.start()
+        log("step 3/3 : LABEL")
+        log.flush()
+        wait_until(lambda: "step 3/3" in text("out.txt"), timeout=30, message="the log after the restart")
+        assert image_finish(image, status=Image.Status.SUCCEEDED, image_id="sha256:" + "1" * 64)
+        assert cli.wait(timeout=30) == 0, text("err.txt")
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+        if portal.proc.poll() is None:
+            portal.stop()
+    assert text("out.txt").splitlines() == ["step 1/3 : FROM mlportal-env", "step 2/3 : COPY app (while the portal was away)",
+                                            "step 3/3 : LABEL"]
+    assert "reconnected to the portal after" in text("err.txt") and "Traceback" not in text("err.txt")

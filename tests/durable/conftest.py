@@ -142,15 +142,20 @@ class Workers:
                 raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{logs}")
             time.sleep(interval)
 
-    def stop_all(self) -> None:
-        for proc in self.procs.values():
+    def stop(self, *names: str) -> None:
+        """Stops these workers (all when none is named): SIGTERM, SIGKILL after 20 s."""
+        procs = [self.procs[n] for n in names] if names else list(self.procs.values())
+        for proc in procs:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs.values():
+        for proc in procs:
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
+
+    def stop_all(self) -> None:
+        self.stop()
 
 
 @pytest.fixture

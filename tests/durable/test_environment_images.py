@@ -5,7 +5,6 @@ and any a service image was built from or an unfinished run runs in. The Storage
 and what goes next."""
 from __future__ import annotations
 
-import io
 import re
 import uuid
 from datetime import timedelta
@@ -18,21 +17,9 @@ from registry.models import Image, Manifest
 from retention.models import EnvironmentImage
 from runs import services as runs
 from runs.models import Run
+from tests.helpers import build_unique_image, engine_image_ids
 
 pytestmark = pytest.mark.docker
-
-
-def _engine_ids() -> set[str]:
-    with connect() as client:
-        return {i["Id"] for i in client.api.images(all=True)}
-
-
-def _build(tag: str) -> str:
-    from django.conf import settings
-
-    dockerfile = f"FROM {settings.MLPORTAL_BASE_IMAGE}\nRUN echo {uuid.uuid4().hex} > /marker\n".encode()
-    with connect() as client:
-        return client.images.build(fileobj=io.BytesIO(dockerfile), tag=tag, rm=True)[0].id
 
 
 def _tracked(tag: str, *, days_ago: float, engine_id: str = "", size: int | None = None) -> EnvironmentImage:
@@ -49,7 +36,7 @@ def test_the_daily_retention_removes_only_the_environment_images_nothing_uses(se
     suffix = uuid.uuid4().hex[:10]
     stale_tag, served_tag = f"mlportal-env:stale{suffix}", f"mlportal-env:served{suffix}"
     try:
-        stale_id, served_id = _build(stale_tag), _build(served_tag)
+        stale_id, served_id = build_unique_image(stale_tag), build_unique_image(served_tag)
         _tracked(f"mlportal-env:recent{suffix}", days_ago=0)  # used today
         _tracked(f"mlportal-env:lastkept{suffix}", days_ago=16)  # the second used last: KEEP_LAST keeps it
         _tracked(served_tag, days_ago=18, engine_id=served_id, size=100)
@@ -71,11 +58,11 @@ def test_the_daily_retention_removes_only_the_environment_images_nothing_uses(se
         assert in_use[served_tag] and in_use[running_tag] and not in_use[stale_tag]
         page = page_client(owner).get("/storage/").content.decode()
         assert f"environment image <code>{stale_tag}</code>" in page and re.search(r"1 environment\s+image:", page)
-        assert {stale_id, served_id} <= _engine_ids()
+        assert {stale_id, served_id} <= engine_image_ids()
 
         summary = retention_apply()
         assert summary["environment_images"] == 1 and summary["environment_image_bytes"] == 5000, summary
-        ids = _engine_ids()
+        ids = engine_image_ids()
         assert stale_id not in ids  # the engine's image list shrank
         assert served_id in ids  # a service image was built from it: kept
         assert not EnvironmentImage.objects.filter(tag=stale_tag).exists()
@@ -95,14 +82,14 @@ def test_an_environment_image_a_container_still_runs_is_left_and_named(settings)
 
     settings.MLPORTAL_ENV_IMAGE_KEEP_DAYS, settings.MLPORTAL_ENV_IMAGE_KEEP_LAST = 1, 0
     tag = f"mlportal-env:held{uuid.uuid4().hex[:10]}"
-    image_id = _build(tag)
+    image_id = build_unique_image(tag)
     with connect() as client:
         container = client.containers.create(tag, command=["true"])
     try:
         _tracked(tag, days_ago=3, engine_id=image_id)
         summary = environment_images_remove()
         assert summary["images"] == 0 and tag in summary["errors"][0]
-        assert image_id in _engine_ids() and EnvironmentImage.objects.filter(tag=tag, engine_id=image_id).exists()
+        assert image_id in engine_image_ids() and EnvironmentImage.objects.filter(tag=tag, engine_id=image_id).exists()
     finally:
         with connect() as client:
             container.remove(force=True)

@@ -6,14 +6,13 @@ a manifest with images answered 409 "delete the image first", one image at a tim
 had no delete verb for either.)"""
 from __future__ import annotations
 
-import io
 import uuid
 
 import pytest
 
 from registry.models import Image, ImageLogChunk, Manifest
 from tests.cli.conftest import cli, login, portal  # noqa: F401
-from tests.helpers import wait_until
+from tests.helpers import build_unique_image, engine_image_ids, wait_until
 from workspaces.models import Activity
 
 
@@ -89,25 +88,6 @@ def test_a_building_image_or_a_service_being_removed_holds_it_back(owner, worksp
     assert Image.objects.filter(pk=image.pk).exists()
 
 
-def _unique_image(tag: str) -> str:
-    """Builds a one-layer image of its own bytes (so its id goes when it is removed); returns its id."""
-    from django.conf import settings
-
-    from compute.engine import connect
-
-    dockerfile = f"FROM {settings.MLPORTAL_BASE_IMAGE}\nRUN echo {uuid.uuid4().hex} > /marker\n".encode()
-    with connect() as client:
-        return client.images.build(fileobj=io.BytesIO(dockerfile), tag=tag, rm=True)[0].id
-
-
-def _engine_ids() -> set[str]:
-    from compute.engine import connect
-
-    # The low-level list: images.list() inspects each image after listing, and one removed meanwhile raises.
-    with connect() as client:
-        return {i["Id"] for i in client.api.images(all=True)}
-
-
 @pytest.mark.docker
 @pytest.mark.integration
 def test_the_cli_deletes_a_manifest_and_an_image_and_the_engine_list_shrinks(
@@ -121,24 +101,24 @@ def test_the_cli_deletes_a_manifest_and_an_image_and_the_engine_list_shrinks(
     tags = [f"mlportal/team-deltest{suffix}:{v}" for v in (1, 2)]
     lone_tag = f"mlportal/team-deltest{suffix}-lone:1"
     try:
-        ids = [_unique_image(t) for t in (*tags, lone_tag)]
+        ids = [build_unique_image(t) for t in (*tags, lone_tag)]
         manifest = _manifest(workspace, owner, name=f"deltest{suffix}")
         for version, (tag, engine_id) in enumerate(zip(tags, ids), start=1):
             _image(manifest, version=version, tag=tag, engine_id=engine_id)
         other = _manifest(workspace, owner, name=f"deltest{suffix}-lone")
         _image(other, tag=lone_tag, engine_id=ids[2])
-        assert set(ids) <= _engine_ids()
+        assert set(ids) <= engine_image_ids()
         login(owner)
 
         deleted = cli("manifest", "delete", f"deltest{suffix}:1")
         assert deleted.code == 0, deleted.err
         assert f"Deleted manifest deltest{suffix}:1 and its image(s) deltest{suffix}:1, deltest{suffix}:2" in deleted.err
-        wait_until(lambda: not set(ids[:2]) & _engine_ids(), timeout=60, message="the worker to remove both images")
-        assert ids[2] in _engine_ids()  # another manifest's image stays
+        wait_until(lambda: not set(ids[:2]) & engine_image_ids(), timeout=60, message="the worker to remove both images")
+        assert ids[2] in engine_image_ids()  # another manifest's image stays
 
         gone = cli("image", "delete", f"deltest{suffix}-lone:1")
         assert gone.code == 0, gone.err
-        wait_until(lambda: ids[2] not in _engine_ids(), timeout=60, message="the worker to remove the image")
+        wait_until(lambda: ids[2] not in engine_image_ids(), timeout=60, message="the worker to remove the image")
         assert not Image.objects.exists()
         missing = cli("image", "delete", f"deltest{suffix}-lone:1")
         assert missing.code != 0 and "deltest" in missing.err

@@ -8,6 +8,7 @@ import tarfile
 
 import pytest
 from django.conf import settings
+from django.db import transaction
 
 from runs import services, worker
 from runs.metrics import run_record_metrics
@@ -46,8 +47,11 @@ def finished_run():
     -> a Run that went through the worker-side services as a worker would record it."""
 
     def make(project, user, *, metrics=None, outputs=None, status=Run.Status.COMPLETED, log=("hello",), script="train.py", args=None):
-        run = services.run_submit(project=project, script=script, args=args or [], target="docker", user=user)
-        assert worker.run_claim(run_id=run.id, worker="tests") is not None
+        # Claimed in the submit's own transaction: a transactional test's session worker would
+        # otherwise take the run as soon as the commit sends its task (a CI run saw that race).
+        with transaction.atomic():
+            run = services.run_submit(project=project, script=script, args=args or [], target="docker", user=user)
+            assert worker.run_claim(run_id=run.id, worker="tests") is not None
         worker.run_mark_running(run_id=run.id, image="mlportal-env:test")
         worker.run_append_log(run_id=run.id, workspace_id=run.workspace_id, lines=list(log))
         points = []
