@@ -213,6 +213,20 @@ def celery_worker(celery_worker_process, transactional_db):
     return celery_worker_process
 
 
+@pytest.fixture
+def remove_our_containers():
+    """Removes, after the test, every service container this test session's portal started, so a
+    failing test leaves nothing running."""
+    yield
+    from compute.runner import list_containers, remove_container
+    from deployments.worker import LABEL_PORTAL, portal_instance
+
+    instance = portal_instance()
+    for container in list_containers("service"):
+        if container["labels"].get(LABEL_PORTAL) == instance:
+            remove_container(container["id"])
+
+
 # A test that sends tasks leaves them to the session worker, which may still be running them on
 # the test database when the test ends: its open transaction (a row lock) and the flush's TRUNCATE
 # then deadlock, the flush fails, and the next test finds the last one's rows (a CI run saw

@@ -160,20 +160,6 @@ def storage_root(request, tmp_path):
 
 
 @pytest.fixture
-def remove_our_containers():
-    """Removes, after the test, every service container this test session's portal started, so a
-    failing test leaves nothing running."""
-    yield
-    from compute.runner import list_containers, remove_container
-    from deployments.worker import LABEL_PORTAL, portal_instance
-
-    instance = portal_instance()
-    for container in list_containers("service"):
-        if container["labels"].get(LABEL_PORTAL) == instance:
-            remove_container(container["id"])
-
-
-@pytest.fixture
 def deploy_worker(celery_worker, remove_our_containers):
     """The real worker, and a clean engine afterwards."""
     from compute.engine import engine_status

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.deployments.conftest import built_image, churn, remove_our_containers, wait_for  # noqa: F401
+from tests.deployments.conftest import built_image, churn, wait_for  # noqa: F401
 from tests.runtime.conftest import trained_churn  # noqa: F401
 
 pytestmark = [pytest.mark.docker, pytest.mark.integration]

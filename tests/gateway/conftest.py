@@ -19,7 +19,7 @@ from tests.cli.conftest import cli, login, portal  # noqa: F401 (the CLI against
 from tests.conftest import worker_env
 from tests.real_parts import missing_part
 from tests.deployments.conftest import (  # noqa: F401 (shared fixtures)
-    built_image, churn, create_realtime, deploy_worker, remove_our_containers, storage_root, trained_churn,
+    built_image, churn, create_realtime, deploy_worker, storage_root, trained_churn,
 )
 
 REPO = Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ import hashlib
 import pytest
 
 from tests.deployments.conftest import (  # noqa: F401 (shared fixtures)
-    churn, create_realtime, deploy_worker, remove_our_containers, storage_root, trained_churn,
+    churn, create_realtime, deploy_worker, storage_root, trained_churn,
 )
 from tests.runs.conftest import churn_env_image, finished_run, make_tar  # noqa: F401
 

@@ -6,7 +6,9 @@ import pytest
 from tests.platform.test_races import THREADS, race
 from tests.registry.conftest import REQUIREMENTS, SCORE, upload
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# The session worker, when it runs, deploys the 20 services from the committed rows: their
+# containers go after the test (20 churn containers stayed running after a full run).
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("remove_our_containers")]
 
 
 def test_concurrent_first_services_share_one_automatic_local_environment(owner, workspace, churn_schema, api_for):
