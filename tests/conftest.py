@@ -163,6 +163,9 @@ def worker_env(db_settings: dict) -> dict[str, str]:
     return env
 
 
+WORKER_QUEUES = ("runs", "builds", "deploy", "celery")  # the session worker's, and what its idle wait counts
+
+
 @pytest.fixture(scope="session")
 def celery_worker_process(django_db_setup, django_db_blocker, tmp_path_factory):
     """A real Celery worker (queues runs, builds, deploy, celery) on the test database, for the session.
@@ -177,7 +180,7 @@ def celery_worker_process(django_db_setup, django_db_blocker, tmp_path_factory):
     log = open(log_path, "w")
     node = f"test-worker-{os.getpid()}@{socket.gethostname()}"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "mlportal", "worker", "-Q", "runs,builds,deploy,celery",
+        [sys.executable, "-m", "celery", "-A", "mlportal", "worker", "-Q", ",".join(WORKER_QUEUES),
          "-c", "3", "--loglevel", "INFO", "-n", node, "--without-gossip", "--without-mingle"],
         cwd=REPO, env=worker_env(db_settings), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
@@ -234,7 +237,6 @@ def remove_our_containers():
 # before its fixtures are torn down, until the worker has nothing queued, reserved or running.
 _session_worker: list = []
 _published_in_test: list = []
-WORKER_QUEUES = ("runs", "builds", "deploy", "celery")
 IDLE_WAIT_SECONDS = 60
 
 
