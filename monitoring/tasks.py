@@ -16,6 +16,6 @@ def compute_drift_job(job_id: int) -> str | None:
 def remove_service_capture(service_id: str) -> int:
     """Sent after the commit that deleted a service's row (monitoring/receivers.py); idempotent,
     so a worker lost on the way runs it again."""
-    from monitoring.worker import service_capture_remove
+    from monitoring.cleanup import service_capture_remove
 
     return service_capture_remove(service_id=service_id)

@@ -61,7 +61,7 @@ def test_a_rolled_back_delete_keeps_the_files_and_a_missed_removal_is_swept(owne
     from django.db import transaction
 
     from deployments.models import Environment, Service
-    from monitoring import worker
+    from monitoring import cleanup, worker
     from monitoring.selectors import captured_rows
     from workspaces.services import workspace_create
 
@@ -83,7 +83,7 @@ def test_a_rolled_back_delete_keeps_the_files_and_a_missed_removal_is_swept(owne
             raise RuntimeError("the deleting transaction fails")
     assert callbacks == [] and _files(capture_dir, service.pk)
     # The task never removes the files of a service that still exists.
-    assert worker.service_capture_remove(service_id=str(service.pk)) == 0 and _files(capture_dir, service.pk)
+    assert cleanup.service_capture_remove(service_id=str(service.pk)) == 0 and _files(capture_dir, service.pk)
 
     # The other workspace goes with its service; the removal task it sends is lost (not run).
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
@@ -96,7 +96,7 @@ def test_a_rolled_back_delete_keeps_the_files_and_a_missed_removal_is_swept(owne
     assert _files(capture_dir, service.pk) and stray.read_text() == "left alone"
     assert sorted(r["request_id"] for r in captured_rows(service)) == ["a-0", "a-1", "a-2"]
     # Run late, the lost task finds nothing left and fails on nothing.
-    assert worker.service_capture_remove(service_id=str(other.pk)) == 0
+    assert cleanup.service_capture_remove(service_id=str(other.pk)) == 0
 
 
 def test_the_removal_task_is_on_the_maintenance_queue_and_runs_again_when_its_worker_is_lost():
