@@ -76,6 +76,28 @@ def env_settings(env: dict[str, str] | None = None) -> dict[str, Any]:
     return settings if settings and not errors else {"mode": "off", "percent": 0.0}
 
 
+def json_text(body: bytes | bytearray | memoryview) -> str | None:
+    """The request body as the JSON text it already is, when it can go into a row unchanged: UTF-8
+    without a BOM or NUL bytes (json.loads also takes UTF-16/32 and a BOM, which spliced into a
+    row would break it). None: encode the parsed value instead."""
+    try:
+        text = (body if isinstance(body, (bytes, bytearray)) else bytes(body)).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if text[:1] == "\ufeff" or "\x00" in text:
+        return None
+    return text
+
+
+def row_text(fields: dict[str, Any], raw: dict[str, str]) -> str:
+    """A spool row's JSON text: ``fields`` encoded, then each of ``raw`` (JSON text already: the
+    request body, the answer) spliced in as it is, so neither is decoded and encoded again."""
+    text = json.dumps(fields, default=str)
+    if not raw:
+        return text
+    return text[:-1] + "".join(f',"{key}":{value}' for key, value in raw.items()) + "}"
+
+
 class Spool:
     """The bounded spool; every method is safe to call from several processes at once."""
 
@@ -140,12 +162,15 @@ class Spool:
         """The most rows the spool keeps: the portal's last word (settings), else the start value."""
         return self.settings().get("spool_rows") or self.max_rows
 
-    def add(self, row: dict[str, Any]) -> None:
+    def add(self, row: dict[str, Any] | str) -> None:
+        """Spool one row (a dict, or its JSON text from ``row_text``); drops and counts the oldest
+        rows past the bound in the same transaction."""
+        data = row if isinstance(row, str) else json.dumps(row, default=str)
         bound = self.bound()
         db = self._conn()
         db.execute("BEGIN IMMEDIATE")
         try:
-            seq = db.execute("INSERT INTO row (data) VALUES (?)", (json.dumps(row, default=str),)).lastrowid
+            seq = db.execute("INSERT INTO row (data) VALUES (?)", (data,)).lastrowid
             dropped = db.execute("DELETE FROM row WHERE seq <= ?", (seq - bound,)).rowcount
             if dropped > 0:
                 db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + ? WHERE key = 'dropped'", (dropped,))
@@ -155,7 +180,13 @@ class Spool:
             raise
 
     def pull(self, ack: int | None, settings: dict[str, Any] | None, limit: int) -> dict[str, Any]:
-        """Delete what `ack` acknowledges, store new settings, answer the oldest `limit` rows left."""
+        """``pull_text`` decoded."""
+        return json.loads(self.pull_text(ack, settings, limit))
+
+    def pull_text(self, ack: int | None, settings: dict[str, Any] | None, limit: int) -> str:
+        """Delete what `ack` acknowledges, store new settings, answer the oldest `limit` rows left
+        as JSON text ({"rows": [{"seq", …the row}], "pending", "dropped", "settings", "spool_rows"}),
+        each row's stored text spliced in with its sequence number, not decoded and encoded again."""
         db = self._conn()
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -172,10 +203,7 @@ class Spool:
             raise
         self._settings = None
         stored = json.loads(meta["settings"])
-        return {
-            "rows": [dict(json.loads(data), seq=seq) for seq, data in rows],
-            "pending": pending,
-            "dropped": int(meta.get("dropped", 0)),
-            "settings": stored,
-            "spool_rows": stored.get("spool_rows") or self.max_rows,
-        }
+        head = json.dumps({"pending": pending, "dropped": int(meta.get("dropped", 0)), "settings": stored,
+                           "spool_rows": stored.get("spool_rows") or self.max_rows})
+        # A row's text is an object with request_id first, so "{" + "seq" + its members is one too.
+        return head[:-1] + ',"rows":[' + ",".join(f'{{"seq":{seq},{data[1:]}' for seq, data in rows) + "]}"

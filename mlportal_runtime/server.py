@@ -807,7 +807,7 @@ class App:
             settings, errors = capture.check_settings(body["settings"])
             if errors:
                 raise HttpError(400, "invalid_input", "; ".join(errors.values()))
-        return 200, json.dumps(self.spool.pull(ack, settings, limit), default=str).encode(), JSON_TYPE, b"", "other"
+        return 200, self.spool.pull_text(ack, settings, limit).encode(), JSON_TYPE, b"", "other"
 
     def _sample(self) -> str | None:
         """Whether this request is captured (its mode) or not (None); starts score.py's collectors."""
@@ -819,23 +819,32 @@ class App:
         collector.begin(mode is not None)
         return mode
 
-    def _record(self, mode: str | None, request: Request, body: Any, payload: bytes, started: float) -> None:
-        """Put a sampled request into the spool; a capture failure never fails the request."""
+    def _record(self, mode: str | None, request: Request, body: Any, payload: bytes, started: float,
+                body_text: str | None = None) -> None:
+        """Put a sampled request into the spool; a capture failure never fails the request.
+
+        ``body_text`` is the inputs' JSON text when the request body is it (``/score``): it goes
+        into the row as it came, as the answer's bytes do, so only the row's own fields and what
+        score.py collected are encoded here (the cheapest row: benchmarks/capture.py)."""
         collected = collector.end()
         if mode is None:
             return
         try:
-            row: dict[str, Any] = {
+            fields: dict[str, Any] = {
                 "request_id": request.request_id, "time": time.time(), "service": self.name,
                 "model_version": self.config.model_version, "latency_ms": (time.monotonic() - started) * 1000,
             }
+            raw: dict[str, str] = {}
             if mode in ("inputs", "both"):
-                row["inputs"] = body
-            if mode in ("predictions", "both"):
-                row["prediction"] = json.loads(payload)
+                if body_text is not None:
+                    raw["inputs"] = body_text
+                else:
+                    fields["inputs"] = body
             if collected:
-                row["collected"] = collected
-            self.spool.add(row)
+                fields["collected"] = collected
+            if mode in ("predictions", "both"):
+                raw["prediction"] = payload.decode("utf-8")  # encode_result's JSON, so spliced as is
+            self.spool.add(capture.row_text(fields, raw))
         except Exception as exc:  # noqa: BLE001 - capture is best effort next to scoring
             _log(f"worker {self.worker}: capture failed ({type(exc).__name__}: {exc})")
 
@@ -877,7 +886,8 @@ class App:
             self.row[F_ERR_RUN] += 1
             collector.end()
             raise HttpError(500, "bad_result", str(exc)) from None
-        self._record(mode, request, body, payload, started)
+        self._record(mode, request, body, payload, started,
+                     capture.json_text(request.body) if mode in ("inputs", "both") else None)
         return 200, payload, JSON_TYPE, b"", "score"
 
     def _oip(self, request: Request) -> tuple[int, bytes, bytes, bytes, str]:

@@ -104,6 +104,25 @@ def test_100_percent_captures_every_call_and_10_percent_about_a_tenth(start_serv
     assert all(r["request_id"].startswith("tenth-") and "prediction" not in r and "inputs" in r for r in rows)
 
 
+def test_inputs_go_into_the_row_as_sent_and_any_encoding_json_takes_is_captured_too(start_server, trained_churn, tmp_path,
+                                                                                      sample_request):
+    """A UTF-8 body is spliced into the row as its text (not decoded and encoded again); a body the
+    server also accepts with a BOM, in UTF-16 or with non-ASCII text is captured as the same value."""
+    server = start(start_server, trained_churn, tmp_path, MLPORTAL_CAPTURE_MODE="both")
+    record = dict(sample_request["input_df"][0], state="Québec")
+    plain = json.dumps({"input_df": [record]}, ensure_ascii=False, indent=1)
+    bodies = {"utf8": plain.encode(), "bom": b"\xef\xbb\xbf" + plain.encode(), "utf16": plain.encode("utf-16"),
+              "escaped": json.dumps({"input_df": [record]}).encode()}
+    for name, body in bodies.items():
+        status, headers, raw = server.request("POST", "/score", body, dict(KEY, **{"X-Request-Id": name}))
+        assert status == 200 and headers["X-Request-Id"] == name, (name, raw)
+    rows = {row["request_id"]: row for row in drain(server)[0]}
+    assert set(rows) == set(bodies)
+    for name, row in rows.items():
+        assert row["inputs"] == {"input_df": [record]}, name
+        assert row["prediction"] == "0" and row["collected"]["inputs"][0]["state"] == "Québec", name
+
+
 def test_a_full_spool_drops_the_oldest_and_counts_them(start_server, trained_churn, tmp_path, sample_request):
     server = start(start_server, trained_churn, tmp_path, MLPORTAL_CAPTURE_MODE="predictions",
                    MLPORTAL_CAPTURE_SPOOL_ROWS="50")
