@@ -203,6 +203,26 @@ def test_the_collector_outside_a_request_does_nothing_and_names_unnamed_columns(
     assert collector.end() is None
 
 
+def test_a_frame_is_collected_block_by_block_with_the_values_of_its_object_array():
+    """The collector reads a DataFrame's blocks (its fast way); every dtype gives what the public
+    to_numpy(dtype=object) gives, in the frame's column order, for a slice too."""
+    import numpy as np
+    import pandas as pd
+
+    from mlportal_runtime import collector
+
+    frame = pd.DataFrame({"i": [1, 2, 3], "f": [1.5, np.nan, 3.0], "s": ["a", None, "c"], "b": [True, False, True],
+                          "cat": pd.Categorical(["x", "y", "x"]), "t": pd.to_datetime(["2026-01-01", None, "2026-01-03"]),
+                          "n": pd.array([1, None, 3], dtype="Int64"), "o": [{"k": 1}, [1], "z"], "i2": [4, 5, 6]})
+    frame = frame[["f", "i", "s", "i2", "b", "cat", "t", "n", "o"]]  # blocks out of column order
+    for data in (frame, frame.iloc[1:], frame.iloc[:, ::-1]):
+        assert collector._frame_columns(data) is not None
+        names = [str(c) for c in data.columns]
+        public = [{n: collector._plain(v) for n, v in zip(names, row)} for row in data.to_numpy(dtype=object).tolist()]
+        assert json.dumps(collector.to_records(data, None, "x"), default=str) == json.dumps(public, default=str)
+    assert collector.to_records(pd.DataFrame({"a": []}), None, "x") == []
+
+
 def oip_body(records: list[dict], metadata: dict, request_id: str | None = None) -> dict:
     types = {t["name"]: t["datatype"] for t in metadata["inputs"]}
     body = {"inputs": [{"name": name, "shape": [len(records)], "datatype": types[name], "data": [r[name] for r in records]}
