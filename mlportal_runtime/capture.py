@@ -188,12 +188,21 @@ class Spool:
         as JSON text ({"rows": [{"seq", …the row}], "pending", "dropped", "settings", "spool_rows"}),
         each row's stored text spliced in with its sequence number, not decoded and encoded again."""
         db = self._conn()
-        db.execute("BEGIN IMMEDIATE")
+        if ack is not None or settings is not None:
+            # The write lock only for the writes: scoring workers wait on it (sleeping in SQLite's
+            # busy handler, 1 ms at least), so the reading below must not hold it.
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if ack is not None:
+                    db.execute("DELETE FROM row WHERE seq <= ?", (ack,))
+                if settings is not None:
+                    db.execute("INSERT OR REPLACE INTO meta VALUES ('settings', ?)", (json.dumps(settings),))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        db.execute("BEGIN")  # one WAL snapshot for rows, count and meta; writers go on meanwhile
         try:
-            if ack is not None:
-                db.execute("DELETE FROM row WHERE seq <= ?", (ack,))
-            if settings is not None:
-                db.execute("INSERT OR REPLACE INTO meta VALUES ('settings', ?)", (json.dumps(settings),))
             rows = db.execute("SELECT seq, data FROM row ORDER BY seq LIMIT ?", (limit,)).fetchall()
             pending = db.execute("SELECT COUNT(*) FROM row").fetchone()[0]
             meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
