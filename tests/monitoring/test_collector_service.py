@@ -52,6 +52,11 @@ def test_collector_drift_and_ground_truth_on_a_real_service(deploy_worker, creat
     project_create(workspace=workspace, name="churn", user=owner, template="churn")
     login(owner)
 
+    # Sampling outside 0-100 from the CLI: one line saying what to change, nothing changed.
+    for bad in ("150", "-1"):
+        assert_one_error_line(cli("service", "update", "-n", "collectsvc", "--capture", "both", "--capture-percent", bad),
+                              contains="from 0 to 100")
+    assert owner_api.get("/api/v1/services/collectsvc/").json()["capture"]["mode"] == "off"
     # Capture on through the CLI; the worker's next pull carries it to the running replica.
     assert cli("service", "update", "-n", "collectsvc", "--capture", "both", "--capture-percent", "100").code == 0
     collect_capture.delay()

@@ -182,6 +182,49 @@ def test_model_data_collector_in_the_templates_score_py_adds_to_the_captured_row
     assert status == 200 and pull(server)["rows"] == []
 
 
+OWN_COLLECT_SCORE = """
+import json
+import pickle
+
+from mlportal_runtime import collect
+
+model = None
+
+
+def init():
+    global model
+    with open("model.pkl", "rb") as handle:
+        model = pickle.load(handle)
+
+
+def run(input_df):
+    collect(input_df, identifier="features")
+    predictions = model.predict(input_df)
+    collect(predictions, identifier="scores", feature_names=["churn"])
+    return json.dumps([str(p) for p in predictions])
+"""
+
+
+def test_the_portals_own_collect_adds_to_the_captured_row_as_the_azure_class_does(start_server, trained_churn, tmp_path,
+                                                                                  sample_request):
+    import shutil
+
+    app = tmp_path / "app"
+    shutil.copytree(trained_churn["app"], app)
+    (app / "score.py").write_text(OWN_COLLECT_SCORE)
+    server = start_server(app, workers=2, MLPORTAL_SERVICE_NAME="churnpred", MLPORTAL_SERVICE_KEYS=SERVICE_KEYS,
+                          MLPORTAL_INTERNAL_KEY=INTERNAL, MLPORTAL_MODEL_VERSION="3", MLPORTAL_CAPTURE_DIR=str(tmp_path),
+                          MLPORTAL_CAPTURE_MODE="inputs")
+    record = sample_request["input_df"][0]
+    status, _, raw = server.request("POST", "/score", json.dumps({"input_df": [record, dict(record, age=71)]}),
+                                    dict(KEY, **{"X-Request-Id": "own-1"}))
+    assert status == 200, raw
+    (row,) = pull(server)["rows"]
+    assert row["request_id"] == "own-1" and "prediction" not in row
+    assert [r["age"] for r in row["collected"]["features"]] == [record["age"], 71]
+    assert row["collected"]["scores"] == [{"churn": int(p)} for p in json.loads(raw)]
+
+
 def test_the_collector_outside_a_request_does_nothing_and_names_unnamed_columns():
     import numpy as np
     import pandas as pd
