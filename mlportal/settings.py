@@ -373,6 +373,7 @@ CELERY_TASK_ROUTES = {
     "monitoring.tasks.collect_capture": {"queue": "celery"},
     "monitoring.tasks.compute_drift": {"queue": "celery"},
     "monitoring.tasks.compute_drift_job": {"queue": "celery"},
+    "monitoring.tasks.remove_service_capture": {"queue": "celery"},
     # The autoscaler's tick (every refresh period per autoscaled service) never waits behind a deploy.
     "deployments.tasks.autoscale_service": {"queue": "celery"},
     "deployments.tasks.watch_swarm_tasks": {"queue": "celery"},
