@@ -114,7 +114,8 @@ class Labelled:
 class Gateway:
     def __init__(self, django_app: Callable, *, refresh_seconds: float, probe_seconds: float, max_body: int,
                  queue_timeout: float, slots_dir: str | os.PathLike | None = None, metrics_token: str = "",
-                 recorder: Any = None, static: Any = None, body_timeout: float = 30.0) -> None:
+                 recorder: Any = None, static: Any = None, body_timeout: float = 30.0,
+                 head_timeout: float = 10.0) -> None:
         self.django = django_app
         self.static = static  # gateway.static.StaticFiles: /static/ answered here, off Django's one sync thread
         self.refresh_seconds = refresh_seconds
@@ -122,6 +123,7 @@ class Gateway:
         self.max_body = max_body
         self.queue_timeout = queue_timeout
         self.body_timeout = body_timeout  # gateway.server: a scoring body must arrive this soon after its head
+        self.head_timeout = head_timeout  # gateway.server: any head must arrive this soon after its first byte
         # Shared by every web process of this host, so a service's limits hold across workers.
         self.slots = SlotFolder(slots_dir) if slots_dir is not None else None
         # Touched by table.mark_changed() after a key is regenerated or a service deleted.
@@ -575,6 +577,7 @@ def build(django_app: Callable) -> Gateway:
         django_app, refresh_seconds=settings.MLPORTAL_GATEWAY_REFRESH_SECONDS,
         probe_seconds=settings.MLPORTAL_GATEWAY_PROBE_SECONDS, max_body=settings.MLPORTAL_MAX_BODY_BYTES,
         queue_timeout=settings.MLPORTAL_GATEWAY_QUEUE_TIMEOUT, body_timeout=settings.MLPORTAL_GATEWAY_BODY_TIMEOUT,
+        head_timeout=settings.MLPORTAL_GATEWAY_HEAD_TIMEOUT,
         slots_dir=settings.MLPORTAL_GATEWAY_SLOTS_DIR,
         metrics_token=settings.MLPORTAL_METRICS_TOKEN, recorder=Recorder(), static=StaticFiles(),
     )

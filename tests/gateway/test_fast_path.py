@@ -6,6 +6,7 @@ a clear answer, and the server keeps answering."""
 from __future__ import annotations
 
 import re
+import select
 import socket
 import socketserver
 import threading
@@ -150,6 +151,46 @@ def test_a_body_that_does_not_arrive_is_answered_408_and_a_client_gone_mid_body_
         assert b"connection: close" in answer and time.monotonic() - started < 5
         with socket.create_connection(("127.0.0.1", server.port)) as sock:  # gone before its body came
             sock.sendall(_score_head("nosuch", 100, key="any") + b"{")
+        assert server.request("GET", "/login/")[0] == 200
+        assert "Traceback" not in server.log()
+    finally:
+        stop_server(server)
+
+
+def test_a_head_trickled_byte_by_byte_is_answered_408_and_a_silent_connection_is_closed(gateway, tmp_path):
+    """A client that sends a head a byte at a time (each byte well inside the keep-alive timeout),
+    or connects and sends nothing, holds its connection no longer than the head deadline."""
+    from django.db import connection
+
+    from tests.gateway.conftest import start_server, stop_server
+
+    server = start_server(dict(connection.settings_dict), tmp_path / "slow-head.log",
+                          extra_env={"MLPORTAL_GATEWAY_HEAD_TIMEOUT": "1.5"})
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            started = time.monotonic()
+            answer = b""
+            for byte in b"GET /login/ HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 200:
+                try:
+                    sock.sendall(bytes([byte]))
+                except OSError:
+                    break  # the server ended the connection: what it answered is in the buffer
+                if select.select([sock], [], [], 0.05)[0]:
+                    break  # the server answered: read it below
+            sock.settimeout(5)
+            try:
+                while chunk := sock.recv(65536):
+                    answer += chunk
+            except (socket.timeout, ConnectionResetError):
+                pass
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:300]
+        assert b"did not arrive within 1.5 s" in answer and b"connection: close" in answer
+        assert time.monotonic() - started < 5
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:  # says nothing at all
+            started = time.monotonic()
+            assert sock.recv(65536) == b""  # closed by the server, with nothing to answer
+            assert 1.0 < time.monotonic() - started < 5
+        # A head that comes whole is answered as ever, and so is one on a connection kept alive.
         assert server.request("GET", "/login/")[0] == 200
         assert "Traceback" not in server.log()
     finally:
