@@ -14,7 +14,8 @@
     (root || document).querySelectorAll("time[datetime]").forEach((el) => {
       const d = new Date(el.getAttribute("datetime"));
       if (isNaN(d)) return;
-      localFormat = localFormat || new Intl.DateTimeFormat(undefined, { dateStyle: "short", timeStyle: "medium" });
+      localFormat = localFormat || new Intl.DateTimeFormat(undefined, {
+        year: "numeric", month: "numeric", day: "numeric", hour: "numeric", minute: "numeric", second: "numeric" });
       el.textContent = localFormat.format(d);
     });
   }
