@@ -48,7 +48,8 @@ def _is_local(base_url: str | None) -> bool:
 def ensure_network(name: str, *, base_url: str | None = None) -> str:
     """Returns ``name`` after making sure the engine has that isolated bridge network (and, for
     the local engine, the host rules that drop its traffic to the host). Creating one that
-    another worker created at the same moment is fine. Raises EngineError."""
+    another worker (another process, or another host's worker on the same engine) created at the
+    same moment is fine. Raises EngineError."""
     if name not in BRIDGES:
         raise ValueError(f"unknown MLPortal network {name!r}")
     key = (base_url or "", name)
@@ -66,9 +67,15 @@ def ensure_network(name: str, *, base_url: str | None = None) -> str:
                                  "com.docker.network.bridge.name": BRIDGES[name]},
                         labels={LABEL_KIND: "network"},
                     )
-                except docker.errors.APIError as exc:
-                    if exc.status_code != 409:  # 409: made meanwhile by another worker
-                        raise
+                except docker.errors.APIError as refused:
+                    # Another worker made it at the same moment: Docker answers 409 (the name is
+                    # taken) or, when both creates passed its name check, 403 (the fixed bridge
+                    # interface name is taken). Whatever the refusal, the network that now exists
+                    # is the answer; with none behind it, the refusal is.
+                    try:
+                        client.networks.get(name)
+                    except docker.errors.NotFound:
+                        raise refused from None
         if _is_local(base_url):
             ensure_host_firewall([BRIDGES[name]])
         _ready.add(key)

@@ -165,10 +165,11 @@ def service_spec(spec: SwarmSpec, *, secret_ids: dict[str, str] | None = None) -
 
 # --- the swarm itself -----------------------------------------------------------------------------
 
-def swarm_status(base_url: str | None = None) -> dict:
+def swarm_status(base_url: str | None = None, *, timeout: float = 10) -> dict:
     """``{"state", "manager", "node_id", "nodes", "managers"}`` of the engine's swarm membership
-    (state ``inactive`` when it is in none). Raises EngineError when the engine does not answer."""
-    with connect(base_url, timeout=10) as client:
+    (state ``inactive`` when it is in none). Raises EngineError when the engine does not answer
+    within ``timeout`` seconds."""
+    with connect(base_url, timeout=timeout) as client:
         info = client.info().get("Swarm") or {}
     return {"state": info.get("LocalNodeState") or "inactive", "manager": bool(info.get("ControlAvailable")),
             "node_id": info.get("NodeID") or "", "nodes": info.get("Nodes") or 0, "managers": info.get("Managers") or 0,

@@ -207,8 +207,11 @@ def create_autoscaled(create, *, given: dict, replicas, user) -> tuple[Service, 
 def apply_settings(service: Service, values: dict, *, user, created: bool = False) -> Service:
     """Stores checked settings on the service; turning autoscaling on (or changing it while on)
     starts a tick chain; an event and an activity line say what it is now."""
+    from django.conf import settings as django_settings
+
     from workspaces.services import activity_record
 
+    cap = django_settings.MLPORTAL_MAX_REPLICAS
     before = service.autoscale
     fields = {f"autoscale_{name}": values[name] for name in autoscale.FIELDS}
     Service.objects.filter(pk=service.pk).update(**fields)
@@ -220,6 +223,9 @@ def apply_settings(service: Service, values: dict, *, user, created: bool = Fals
         description = (f"Autoscaling on: {values['min_replicas']} to {values['max_replicas']} replicas, target "
                        f"{values['target_utilization']}% of scoring workers busy over {values['refresh_seconds']} s, "
                        f"scaling down after {values['stable_seconds']} s of less.")
+        if values["max_replicas"] == cap < autoscale.DEFAULT_MAX:
+            description += (f" (The maximum is this portal's MLPORTAL_MAX_REPLICAS, {cap}, below Azure ML's default of "
+                            f"{autoscale.DEFAULT_MAX}: an administrator raises it for more.)")
         autoscale_start(service.pk)
     elif before["enabled"]:
         description = f"Autoscaling off: the service keeps {service.replicas} replica(s) until scaled."

@@ -24,6 +24,10 @@ READY_TIMEOUT = 120  # seconds every task has to run healthy (init() loads the m
 UPDATE_TIMEOUT = 300  # a rolling update (start-first, one task at a time) settles within this
 FAILED_TASKS_LIMIT = 3  # a new service whose tasks failed this often will not start: give up
 POLL = 0.5
+# The one engine call a request makes: setting up (or moving) a cluster environment asks whether
+# the engine is a swarm manager, and waits no longer than this for the answer (pages and reads
+# never ask: they show what the worker side saw).
+DOOR_TIMEOUT = 3
 
 
 class ClusterError(Exception):
@@ -451,23 +455,31 @@ def service_apply_change(service: Service, op: dict) -> str | None:
 
 # --- the request side: setting up a cluster environment -------------------------------------------
 
-def check_environment(*, engine_url: str, labels: dict, init_swarm: bool) -> tuple[dict, str | None]:
-    """Checks that the engine of a new cluster environment is a swarm manager and that its labels
-    make valid placement constraints; with ``init_swarm`` an engine in no swarm is made the manager
-    of a new single-node swarm first. Returns (swarm status, notice or None); raises PortalError
-    (code ``not_a_swarm_manager``) saying how to make it one."""
+def check_labels(labels: dict) -> None:
+    """Raises PortalError when ``labels`` make no valid Swarm placement constraints (no engine asked)."""
     from core.errors import PortalError
 
-    base_url = engine_url or settings.MLPORTAL_DOCKER_URL
     try:
         swarm.placement_constraints(labels)
     except ValueError as exc:
         raise PortalError(f"Label {exc}.", fields={"labels": str(exc)}) from None
+
+
+def check_environment(*, engine_url: str, labels: dict, init_swarm: bool) -> tuple[dict, str | None]:
+    """Checks that the engine of a new (or moved) cluster environment is a swarm manager, asking it
+    within DOOR_TIMEOUT seconds, and that its labels make valid placement constraints; with
+    ``init_swarm`` an engine in no swarm is made the manager of a new single-node swarm first.
+    Returns (swarm status, notice or None); raises PortalError: ``engine_unreachable`` when the
+    engine did not answer in time, ``not_a_swarm_manager`` saying how to make it one."""
+    from core.errors import PortalError
+
+    base_url = engine_url or settings.MLPORTAL_DOCKER_URL
+    check_labels(labels)
     try:
-        status = swarm.swarm_status(base_url)
+        status = swarm.swarm_status(base_url, timeout=DOOR_TIMEOUT)
     except swarm.EngineError as exc:
-        raise PortalError(f"Cannot set up a cluster environment: {exc}", code="engine_unreachable",
-                          fields={"engine_url": str(exc)}) from None
+        message = f"Cannot set up a cluster environment (its engine was given {DOOR_TIMEOUT} s to answer): {exc}"
+        raise PortalError(message, code="engine_unreachable", fields={"engine_url": str(exc)}) from None
     if status["manager"]:
         notice = "The engine is a swarm manager already: nothing was initialised." if init_swarm else None
         return status, notice

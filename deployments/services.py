@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from typing import IO, Any
 
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from core.errors import Conflict, PortalError
 from core.storage import delete_files
@@ -52,7 +53,9 @@ def environment_create(*, workspace: Workspace, name: str, user, kind: str = Env
     talk to) takes the owner role. Setting up a cluster environment is the one request that asks an
     engine (``cluster.check_environment``: is it a swarm manager, or make it one with
     ``init_swarm``), because the owner asked for exactly that and must hear at once what to change;
-    it runs before any transaction, and what it saw is written on the row (the pages read that)."""
+    it runs before any transaction, within ``cluster.DOOR_TIMEOUT`` seconds, and what it saw is
+    written on the row (the pages read that). Moving a cluster to another engine
+    (``environment_update``) passes the same door."""
     require_role(user=user, workspace=workspace, role=Role.CONTRIBUTOR)
     if str(engine_url or "").strip() or str(publish_address or "").strip() not in ("", "127.0.0.1"):
         require_role(user=user, workspace=workspace, role=Role.OWNER)
@@ -75,8 +78,6 @@ def environment_create(*, workspace: Workspace, name: str, user, kind: str = Env
         raise field_error("description", "The description is over 2000 characters: shorten it.")
     if Environment.objects.filter(workspace=workspace, name=name).exists():
         raise field_error("name", f"Workspace '{workspace.name}' has an environment named '{name}' already: choose another name.")
-    from django.utils import timezone
-
     seen_at = timezone.now() if seen else None
     try:
         with transaction.atomic():
@@ -114,7 +115,9 @@ def environment_update(*, environment: Environment, user, changes: dict[str, Any
     """Changes an environment's description, labels, engine URL or publish address (only the keys
     given). The engine and the publish address stay as they are while services run in it (those
     replicas live on that engine, at that address): refused, naming the services. Names and kinds
-    do not change (scripts and services refer to environments by name)."""
+    do not change (scripts and services refer to environments by name). A cluster's new engine is
+    asked at the door, as at its set-up (``cluster.check_environment``, within DOOR_TIMEOUT):
+    one that does not answer, or is no swarm manager, is refused and nothing changes."""
     require_role(user=user, workspace=environment.workspace, role=Role.CONTRIBUTOR)
     unknown = sorted(set(changes) - set(UPDATABLE_ENVIRONMENT_FIELDS))
     if unknown:
@@ -135,6 +138,16 @@ def environment_update(*, environment: Environment, user, changes: dict[str, Any
         values["engine_url"] = check_engine_url(changes["engine_url"])
     if "publish_address" in changes:
         values["publish_address"] = check_publish_address(changes["publish_address"])
+    seen = None
+    if environment.kind == Environment.Kind.CLUSTER:
+        from deployments import cluster
+
+        if "labels" in values:
+            cluster.check_labels(values["labels"])
+        if "engine_url" in values and values["engine_url"] != environment.engine_url:
+            # The same door as the set-up: a cluster moves only to an engine that is a swarm manager.
+            seen, _ = cluster.check_environment(engine_url=values["engine_url"], labels=values.get("labels", environment.labels),
+                                                init_swarm=False)
     with transaction.atomic():
         environment = Environment.objects.select_for_update().get(pk=environment.pk)
         moved = [f for f in ("engine_url", "publish_address") if f in values and values[f] != getattr(environment, f)]
@@ -147,7 +160,7 @@ def environment_update(*, environment: Environment, user, changes: dict[str, Any
         changed = {k: v for k, v in values.items() if getattr(environment, k) != v}
         if "engine_url" in changed:  # what was seen of the old engine says nothing about the new one
             changed.update(engine_ok=None, engine_version="", engine_error="", engine_checked_at=None,
-                           engine_answered_at=None, swarm={}, swarm_checked_at=None)
+                           engine_answered_at=None, swarm=seen or {}, swarm_checked_at=timezone.now() if seen else None)
         for key, value in changed.items():
             setattr(environment, key, value)
         if changed:

@@ -251,7 +251,8 @@ MLPORTAL_RUN_TIMEOUT_MAX = env_int("MLPORTAL_RUN_TIMEOUT_MAX", 6 * 3600, minimum
 # throwaway container of the base image without network (compute/sourcebuild.py), never on the worker.
 MLPORTAL_SOURCE_PACKAGES = env_bool("MLPORTAL_SOURCE_PACKAGES", False)
 MLPORTAL_BUILD_TIMEOUT = env_int("MLPORTAL_BUILD_TIMEOUT", 1800, minimum=30)
-MLPORTAL_MAX_REPLICAS = env_int("MLPORTAL_MAX_REPLICAS", 8, minimum=1)
+# At least Azure ML's default autoscale maximum (10), so `--autoscale-enabled` alone gets that default.
+MLPORTAL_MAX_REPLICAS = env_int("MLPORTAL_MAX_REPLICAS", 10, minimum=1)
 # Swarm reserves this share of a replica's CPU and memory limits on its node (cluster environments).
 MLPORTAL_SWARM_RESERVATION = env_float("MLPORTAL_SWARM_RESERVATION", 0.25, minimum=0.0)
 # The port a swarm the portal initialises listens on for other nodes (docker swarm join HOST:PORT).
@@ -272,6 +273,9 @@ MLPORTAL_GATEWAY_QUEUE = env_int("MLPORTAL_GATEWAY_QUEUE", 64, minimum=0)
 MLPORTAL_GATEWAY_QUEUE_TIMEOUT = env_float("MLPORTAL_GATEWAY_QUEUE_TIMEOUT", 30.0, minimum=0.1)
 # How long a scoring request's body may take to arrive after its head (gateway/server.py): past it, 408.
 MLPORTAL_GATEWAY_BODY_TIMEOUT = env_float("MLPORTAL_GATEWAY_BODY_TIMEOUT", 30.0, minimum=0.1)
+# How long any request head may take from its first byte, and a new connection may stay silent
+# (gateway/server.py): past it, 408 and the connection closed.
+MLPORTAL_GATEWAY_HEAD_TIMEOUT = env_float("MLPORTAL_GATEWAY_HEAD_TIMEOUT", 10.0, minimum=0.1)
 # Where the gateway's per-service slots live (a lock file per service, gateway/slots.py): every web
 # process of one host must see the same folder, so a service's limits hold across the processes.
 MLPORTAL_GATEWAY_SLOTS_DIR = env_path("MLPORTAL_GATEWAY_SLOTS_DIR", DATA_DIR / "gateway-slots")
@@ -372,6 +376,7 @@ CELERY_TASK_ROUTES = {
     "monitoring.tasks.collect_capture": {"queue": "celery"},
     "monitoring.tasks.compute_drift": {"queue": "celery"},
     "monitoring.tasks.compute_drift_job": {"queue": "celery"},
+    "monitoring.tasks.remove_service_capture": {"queue": "celery"},
     # The autoscaler's tick (every refresh period per autoscaled service) never waits behind a deploy.
     "deployments.tasks.autoscale_service": {"queue": "celery"},
     "deployments.tasks.watch_swarm_tasks": {"queue": "celery"},

@@ -241,8 +241,12 @@ def store(service, rows: list[dict], *, after_write=None) -> int:
 
 
 def recover() -> None:
-    """Finish renames of committed files; delete temp files whose transaction never committed."""
+    """Remove deleted services' folders; finish renames of committed files; delete temp files whose
+    transaction never committed."""
+    from monitoring.cleanup import sweep_deleted_services
+
     storage = capture_storage()
+    sweep_deleted_services(storage)
     for name in list(_walk(storage)):
         base = name.rsplit("/", 1)[-1]
         if not (base.startswith(".part-") and base.endswith(".parquet.tmp")):

@@ -128,6 +128,16 @@ def outsider_api(outsider):
 
 
 @pytest.fixture
+def silent_engine():
+    """An engine (or a replica) that accepts connections and never answers: tests.helpers.SilentEngine."""
+    from tests.helpers import SilentEngine
+
+    engine = SilentEngine()
+    yield engine
+    engine.close()
+
+
+@pytest.fixture
 def page_client(client):
     """page_client(user) -> Django's test client logged in as `user` (for HTML pages)."""
 

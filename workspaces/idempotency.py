@@ -8,7 +8,8 @@ success (2xx) is kept: after an error the key is free, so a corrected retry is p
 request that died half-way (no answer after MLPORTAL_IDEMPOTENCY_STALE_SECONDS) frees its key too.
 
 The body is hashed as it is read, spooled to a temporary file beyond a few MiB, so an upload of
-hundreds of MiB is never held in memory for it.
+hundreds of MiB is never held in memory for it. A multipart body is hashed by its parts, so a retry
+that a client framed with a new boundary (they pick a random one each time) is still the same body.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.http import JsonResponse
 from django.utils import timezone
+from django.utils.http import parse_header_parameters
 
 from core.errors import error_body
 
@@ -47,12 +49,61 @@ def _sender(request) -> str | None:
     return None
 
 
+class _PartsDigest:
+    """Hashes a multipart body as the sequence of what lies between its delimiters (``--`` and the
+    boundary), each part hashed on its own, so the same parts under another boundary hash the same
+    and no two different sequences of parts do. The delimiter is split where Django's parser
+    splits, so what the view will see as parts is exactly what is hashed. Fed chunk by chunk; a
+    delimiter across two chunks is found through the tail kept from the first."""
+
+    def __init__(self, boundary: bytes) -> None:
+        self.delimiter = b"--" + boundary
+        self.parts = hashlib.sha256(b"multipart\n")
+        self.part = hashlib.sha256()
+        self.tail = b""
+
+    def update(self, chunk: bytes) -> None:
+        data = self.tail + chunk
+        start = 0
+        while (at := data.find(self.delimiter, start)) != -1:
+            self.part.update(data[start:at])
+            self.parts.update(self.part.digest())
+            self.part = hashlib.sha256()
+            start = at + len(self.delimiter)
+        cut = max(start, len(data) - len(self.delimiter) + 1)
+        self.part.update(data[start:cut])
+        self.tail = data[cut:]
+
+    def hexdigest(self) -> str:
+        self.part.update(self.tail)
+        self.parts.update(self.part.digest())
+        return self.parts.hexdigest()
+
+
+def _multipart_boundary(request) -> bytes | None:
+    """The boundary of a multipart body, None for any other body (or a multipart one without a
+    usable boundary, which is then hashed as sent)."""
+    content_type, params = parse_header_parameters(request.META.get("CONTENT_TYPE", ""))
+    if not content_type.startswith("multipart/"):
+        return None
+    boundary = params.get("boundary", "")
+    try:
+        return boundary.encode("ascii") if 0 < len(boundary) <= 200 else None
+    except UnicodeEncodeError:
+        return None
+
+
 def _fingerprint(request) -> str:
-    """SHA-256 of method, path, query and body; the body is re-installed so the view reads it as sent."""
-    digest = hashlib.sha256(f"{request.method} {request.get_full_path()}\n".encode())
+    """SHA-256 of method, path, query and body; the body is re-installed so the view reads it as sent.
+
+    A multipart body is hashed by its parts, not its framing: a client retrying an upload (requests,
+    curl, a browser) picks a new random boundary each time, and that retry is the same request."""
+    head = f"{request.method} {request.get_full_path()}\n".encode()
+    boundary = _multipart_boundary(request)
+    body = _PartsDigest(boundary) if boundary else hashlib.sha256(head)
     spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)
     while chunk := request.read(1024 * 1024):
-        digest.update(chunk)
+        body.update(chunk)
         spool.write(chunk)
     spool.seek(0)
     request._stream = spool
@@ -60,7 +111,9 @@ def _fingerprint(request) -> str:
     if hasattr(request, "_body"):
         del request._body
     request._idempotency_spool = spool
-    return digest.hexdigest()
+    if boundary:
+        return hashlib.sha256(head + body.hexdigest().encode()).hexdigest()
+    return body.hexdigest()
 
 
 def _conflict(message: str, code: str, *, retry_after: int | None = None) -> JsonResponse:

@@ -65,6 +65,8 @@ def env_setup(ctx: Context):
     if ctx.arg("publish_address"):
         body["publish_address"] = ctx.arg("publish_address")
     env = ctx.client.post("environments/", body)
+    if env.get("notice"):  # e.g. that --init-swarm made the engine a single-node swarm manager, and how hosts join
+        ctx.note(env["notice"])
     ctx.progress(f"Created environment {env['name']} ({env['kind']}; engine {_engine(env)}). "
                  f"Make it your active one with 'mlportal env set -n {env['name']}'.")
     return Result(env)

@@ -35,7 +35,7 @@ def test_autoscale_flags_set_show_and_refuse_bad_values(cli, login, owner, owner
     (["--autoscale-min-replicas", "4", "--autoscale-max-replicas", "2"], "autoscale_min_replicas (4) is above autoscale_max_replicas (2)"),
     (["--autoscale-target-utilization", "101"], "autoscale_target_utilization must be from 1 to 100; got 101"),
     (["--autoscale-refresh-seconds", "0"], "autoscale_refresh_seconds must be at least 1 second"),
-    (["--autoscale-max-replicas", "99"], "autoscale_max_replicas must be from 1 to 8; got 99"),
+    (["--autoscale-max-replicas", "99"], "autoscale_max_replicas must be from 1 to 10; got 99"),
     (["-z", "2"], "A fixed replica count and autoscaling exclude each other"),
 ])
 def test_create_with_bad_autoscale_flags_says_what_to_change_and_stores_nothing(cli, login, owner, workspace, churn, flags, says):  # noqa: F811

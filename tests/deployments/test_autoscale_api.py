@@ -25,12 +25,24 @@ def test_autoscale_on_create_takes_azure_mls_defaults_and_starts_at_min(owner_ap
                                                     "autoscale_min_replicas": 2}, format="json")
     assert response.status_code == 201, response.json()
     body = response.json()
-    assert body["autoscale"] == {"enabled": True, "min_replicas": 2, "max_replicas": 8, "target_utilization": 70,
+    assert body["autoscale"] == {"enabled": True, "min_replicas": 2, "max_replicas": 10, "target_utilization": 70,
                                  "refresh_seconds": 1, "stable_seconds": 60}
     assert body["replicas"] == 2
     service = Service.objects.get(name="auto")
     assert service.autoscale_token is not None
-    assert any("Autoscaling on: 2 to 8 replicas, target 70%" in e.message for e in service.events.all())
+    assert any("Autoscaling on: 2 to 10 replicas, target 70%" in e.message for e in service.events.all())
+    assert not any("MLPORTAL_MAX_REPLICAS" in e.message for e in service.events.all())
+
+
+def test_a_portal_cap_below_azure_mls_default_maximum_is_the_default_and_the_event_says_so(owner_api, built, settings):
+    settings.MLPORTAL_MAX_REPLICAS = 6
+    response = owner_api.post("/api/v1/services/", {"name": "auto", "image": "churnpred:1", "autoscale_enabled": True},
+                              format="json")
+    assert response.status_code == 201, response.json()
+    assert response.json()["autoscale"]["max_replicas"] == 6
+    messages = [e.message for e in Service.objects.get(name="auto").events.all()]
+    assert any("Autoscaling on: 1 to 6 replicas" in m and "MLPORTAL_MAX_REPLICAS, 6, below Azure ML's default of 10" in m
+               for m in messages), messages
 
 
 @pytest.mark.parametrize("fields, field, words", [

@@ -88,7 +88,7 @@ def test_a_mistake_in_any_step_answers_400_and_stores_nothing(owner_api, create_
 
 @pytest.mark.parametrize("fields, field, says", [
     ({"replicas": 0}, "replicas", "at least 1"),
-    ({"replicas": 9}, "replicas", "at most 8"),
+    ({"replicas": 11}, "replicas", "at most 10"),
     ({"replicas": "two"}, "replicas", "whole number"),
     ({"environment": "nowhere"}, "environment", "Unknown environment 'nowhere'"),
     ({"cpus": 0}, "cpus", "from 0.1"),

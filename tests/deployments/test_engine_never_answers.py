@@ -5,16 +5,9 @@ page, and their API reads all answer at once, say the engine has not answered si
 time, and open no connection to that engine while doing so (the socket counts them)."""
 import pytest
 
-from tests.helpers import SilentEngine
 
 pytestmark = pytest.mark.django_db
 
-
-@pytest.fixture
-def silent_engine():
-    engine = SilentEngine()
-    yield engine
-    engine.close()
 
 
 @pytest.fixture

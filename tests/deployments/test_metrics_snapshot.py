@@ -16,7 +16,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from django.utils import timezone
 
-from tests.helpers import SilentEngine
 
 pytestmark = pytest.mark.django_db
 
@@ -64,12 +63,6 @@ def replica():
     server.close()
 
 
-@pytest.fixture
-def silent():
-    engine = SilentEngine()
-    yield engine
-    engine.close()
-
 
 def make_service(workspace, *, port: int, engine_ok: bool = True, name: str = "svc"):
     from deployments.models import Environment, Service, ServiceReplica
@@ -111,11 +104,11 @@ def test_the_reconciler_takes_the_snapshot_and_the_api_answers_from_it(workspace
 
 
 def test_a_replica_that_never_answers_keeps_its_last_snapshot_and_the_reads_say_since_when(workspace, owner_api,
-                                                                                          page_client, owner, silent):
+                                                                                          page_client, owner, silent_engine):
     from deployments import replica_metrics
     from deployments.models import ServiceReplica
 
-    service = make_service(workspace, port=silent.port)
+    service = make_service(workspace, port=silent_engine.port)
     seen = timezone.now() - timedelta(minutes=5)
     ServiceReplica.objects.filter(service=service).update(metrics={"requests": 7, "by_code": {"200": 7}, "errors": 0,
                                                                    "latency_sum_ms": 28.0, "latency_count": 7,
@@ -125,36 +118,36 @@ def test_a_replica_that_never_answers_keeps_its_last_snapshot_and_the_reads_say_
     assert time.monotonic() - started < replica_metrics.SNAPSHOT_TIMEOUT + 2
     row = ServiceReplica.objects.get(service=service)
     assert row.metrics["requests"] == 7 and row.metrics_at == seen and "did not answer /metrics within 1 s" in row.metrics_error
-    asked = silent.accepted
+    asked = silent_engine.accepted
 
     started = time.monotonic()
     body = owner_api.get(f"/api/v1/services/{service.pk}/metrics/").json()
     page = page_client(owner).get(f"/services/{service.pk}/").content.decode()
     assert time.monotonic() - started < 2  # the default read answers from rows; the old code waited 3 s per replica
-    assert silent.accepted == asked, "a read opened a connection to the replica"
+    assert silent_engine.accepted == asked, "a read opened a connection to the replica"
     assert body["requests"] == 7 and body["mean_latency_ms"] == 4.0 and body["p95_latency_ms"] == 5.0
     assert body["checked_seconds_ago"] >= 300
     since = f"last answer: {timezone.localtime(seen):%Y-%m-%d %H:%M:%S}"
     assert since in body["note"] and since in page and "did not answer /metrics" in page
 
 
-def test_a_live_read_never_asks_an_engine_that_is_down_and_says_since_when(workspace, owner_api, silent):
+def test_a_live_read_never_asks_an_engine_that_is_down_and_says_since_when(workspace, owner_api, silent_engine):
     from deployments.models import Environment
 
-    service = make_service(workspace, port=silent.port, engine_ok=False)
+    service = make_service(workspace, port=silent_engine.port, engine_ok=False)
     answered = Environment.objects.get(pk=service.environment_id).engine_answered_at
     started = time.monotonic()
     body = owner_api.get(f"/api/v1/services/{service.pk}/metrics/?live=1").json()
-    assert time.monotonic() - started < 1 and silent.accepted == 0
+    assert time.monotonic() - started < 1 and silent_engine.accepted == 0
     assert body["live"] is False and body["checked_at"] is None
     assert (f"The Docker engine of environment 'env-svc' has not answered since "
             f"{timezone.localtime(answered):%Y-%m-%d %H:%M:%S}") in body["note"]
 
 
-def test_a_live_read_of_a_silent_replica_answers_within_its_short_timeout(workspace, owner_api, silent):
+def test_a_live_read_of_a_silent_replica_answers_within_its_short_timeout(workspace, owner_api, silent_engine):
     from deployments.replica_metrics import LIVE_TIMEOUT
 
-    service = make_service(workspace, port=silent.port)
+    service = make_service(workspace, port=silent_engine.port)
     started = time.monotonic()
     body = owner_api.get(f"/api/v1/services/{service.pk}/metrics/?live=1").json()
     assert time.monotonic() - started < LIVE_TIMEOUT + 1.5
@@ -162,12 +155,12 @@ def test_a_live_read_of_a_silent_replica_answers_within_its_short_timeout(worksp
     assert "Replica 1 did not answer" in body["note"]
 
 
-def test_the_reconciler_leaves_replicas_on_a_silent_engine_alone(workspace, silent):
+def test_the_reconciler_leaves_replicas_on_a_silent_engine_alone(workspace, silent_engine):
     from deployments import reconcile
     from deployments.models import ServiceReplica
 
-    service = make_service(workspace, port=silent.port, engine_ok=False)
-    assert reconcile._record_metrics() == 0 and silent.accepted == 0
+    service = make_service(workspace, port=silent_engine.port, engine_ok=False)
+    assert reconcile._record_metrics() == 0 and silent_engine.accepted == 0
     assert ServiceReplica.objects.get(service=service).metrics_checked_at is None
 
 

@@ -142,3 +142,31 @@ def test_a_deploy_on_an_engine_that_left_its_swarm_fails_with_how_to_fix_it(owne
     environment_check(environment_id=str(service.environment_id))
     environment = owner_api.get("/api/v1/environments/production/").json()
     assert environment["swarm"]["state"] == "inactive" and environment["swarm"]["manager"] is False
+
+
+def test_moving_a_cluster_asks_the_new_engine_at_the_door_and_keeps_what_it_said(owner_api, workspace, engine):
+    # A cluster moves only to a swarm manager (the same door as its set-up), and what the new
+    # engine said replaces what the old one had said.
+    old = {"state": "active", "manager": True, "node_id": "old", "nodes": 3, "managers": 1, "error": ""}
+    environment = Environment.objects.create(workspace=workspace, name="production", kind=Environment.Kind.CLUSTER,
+                                             engine_url="tcp://127.0.0.1:9", swarm=old)
+    refused = owner_api.patch(f"/api/v1/environments/{environment.pk}/", {"engine_url": engine.url}, format="json")
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "not_a_swarm_manager"
+    assert f"The Docker engine at {engine.url} is not in a swarm" in refused.json()["error"]["message"]
+    environment.refresh_from_db()
+    assert environment.engine_url == "tcp://127.0.0.1:9" and environment.swarm == old
+
+    engine.swarm = dict(MANAGER)
+    moved = owner_api.patch(f"/api/v1/environments/{environment.pk}/", {"engine_url": engine.url}, format="json")
+    assert moved.status_code == 200, moved.json()
+    environment.refresh_from_db()
+    assert environment.engine_url == engine.url and environment.swarm["node_id"] == "fake0node"
+    assert environment.swarm_checked_at is not None and environment.engine_checked_at is None
+
+
+def test_a_cluster_label_that_makes_no_placement_constraint_is_refused_on_edit(owner_api, workspace):
+    environment = Environment.objects.create(workspace=workspace, name="production", kind=Environment.Kind.CLUSTER)
+    response = owner_api.patch(f"/api/v1/environments/{environment.pk}/", {"labels": {"node.zone": "a=b"}}, format="json")
+    assert response.status_code == 400 and "labels" in response.json()["error"]["fields"], response.json()
+    environment.refresh_from_db()
+    assert environment.labels == {}

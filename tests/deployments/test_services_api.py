@@ -37,7 +37,7 @@ def test_deploying_an_unknown_image_or_environment_is_named(owner_api, service):
     dup = owner_api.post("/api/v1/services/", {"name": "churnpred", "image": "churnpred:1"}, format="json")
     assert dup.status_code == 400 and "already" in dup.json()["error"]["message"]
     over = owner_api.post("/api/v1/services/", {"name": "second", "image": "churnpred:1", "replicas": 20}, format="json")
-    assert over.status_code == 400 and "at most 8" in over.json()["error"]["message"]
+    assert over.status_code == 400 and "at most 10" in over.json()["error"]["message"]
     assert Service.objects.count() == 1
 
 

@@ -76,8 +76,8 @@ def test_scaling_to_two_replicas_serves_from_both_and_back_to_one(deploy_worker,
     assert [r["requests"] >= 3 for r in per_replica] == [True, True]
     assert len(service_containers(scaled["id"])) == 2
 
-    over = owner_api.post("/api/v1/services/churnpred/scale/", {"replicas": 9}, format="json")
-    assert over.status_code == 400 and "at most 8" in over.json()["error"]["message"]
+    over = owner_api.post("/api/v1/services/churnpred/scale/", {"replicas": 11}, format="json")
+    assert over.status_code == 400 and "at most 10" in over.json()["error"]["message"]
     assert owner_api.post("/api/v1/services/churnpred/scale/", {"replicas": 1}, format="json").status_code == 202
     down = wait_settled(owner_api, "churnpred")
     assert down["replicas"] == 1 and [c["number"] for c in down["containers"]] == [1]

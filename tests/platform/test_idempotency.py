@@ -5,7 +5,9 @@ import threading
 from datetime import timedelta
 
 import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
+from django.test.client import encode_multipart
 from django.utils import timezone
 
 from runs import services as run_services
@@ -79,6 +81,79 @@ def test_a_multipart_model_upload_is_replayed(owner_api, workspace):
     assert second.status_code == 201 and second.json()["id"] == first.json()["id"]
     from registry.models import Model
 
+    assert Model.objects.count() == 1
+
+
+def _upload_framed(api, boundary: str, content: bytes, key: str = "upload-2"):
+    body = encode_multipart(boundary, {"name": "model.pkl", "file": SimpleUploadedFile("model.pkl", content)})
+    return api.post("/api/v1/models/", data=body, content_type=f"multipart/form-data; boundary={boundary}",
+                    HTTP_IDEMPOTENCY_KEY=key)
+
+
+def test_a_multipart_retry_framed_with_a_new_boundary_is_the_same_request(owner_api, workspace):
+    # Clients pick a random boundary for every body they frame, so a retry of an upload differs
+    # from the first only there: it is answered with the first result, not a 409.
+    first = _upload_framed(owner_api, "first-boundary-1f3a", b"pickle bytes" * 1000)
+    second = _upload_framed(owner_api, "another-boundary-77c0e9", b"pickle bytes" * 1000)
+    assert first.status_code == 201, first.content[:300]
+    assert second.status_code == 201 and second["Idempotent-Replayed"] == "true"
+    assert second.json()["id"] == first.json()["id"]
+    from registry.models import Model
+
+    assert Model.objects.count() == 1
+
+
+def test_another_file_under_a_new_boundary_is_409(owner_api, workspace):
+    assert _upload_framed(owner_api, "first-boundary-1f3a", b"pickle bytes" * 1000).status_code == 201
+    other = _upload_framed(owner_api, "another-boundary-77c0e9", b"other bytes" * 1000)
+    assert other.status_code == 409 and other.json()["error"]["code"] == "idempotency_mismatch"
+    # The same bytes in another part (another field name, or split differently) are another body too.
+    moved = owner_api.post("/api/v1/models/", data=encode_multipart("b3", {"name": "model.pkl", "upload": SimpleUploadedFile(
+        "model.pkl", b"pickle bytes" * 1000)}), content_type="multipart/form-data; boundary=b3",
+        HTTP_IDEMPOTENCY_KEY="upload-2")
+    assert moved.status_code == 409
+    from registry.models import Model
+
+    assert Model.objects.count() == 1
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 1024 * 1024])
+def test_the_parts_digest_finds_delimiters_across_chunk_edges(chunk):
+    from workspaces.idempotency import _PartsDigest
+
+    def digest(boundary: str, content: bytes) -> str:
+        body = encode_multipart(boundary, {"name": "m", "file": SimpleUploadedFile("m.bin", content)})
+        parts = _PartsDigest(boundary.encode())
+        for at in range(0, len(body), chunk):
+            parts.update(body[at:at + chunk])
+        return parts.hexdigest()
+
+    content = bytes(range(256)) * 50 + b"--" + b"x" * 30  # a near-delimiter inside the file
+    assert digest("BoUnDaRy-one", content) == digest("other-boundary-of-another-length", content)
+    assert digest("BoUnDaRy-one", content) != digest("BoUnDaRy-one", content + b"!")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_retry_by_a_real_http_client_is_replayed(live_server, owner, workspace):
+    # requests (what the CLI and most scripts use) frames each send with a new random boundary.
+    import requests
+
+    from registry.models import Model
+    from workspaces import services as workspace_services
+
+    _, secret = workspace_services.token_create(user=owner, name="retry")
+
+    def send():
+        return requests.post(f"{live_server.url}/api/v1/models/", data={"name": "model.pkl"},
+                             files={"file": ("model.pkl", io.BytesIO(b"pickle bytes" * 1000))},
+                             headers={"Authorization": f"Bearer {secret}", "Idempotency-Key": "requests-retry"},
+                             timeout=30)
+
+    first, second = send(), send()
+    assert first.status_code == 201, first.text[:300]
+    assert first.request.headers["Content-Type"] != second.request.headers["Content-Type"]  # new boundary
+    assert second.status_code == 201 and second.headers["Idempotent-Replayed"] == "true"
+    assert second.json()["id"] == first.json()["id"]
     assert Model.objects.count() == 1
 
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.helpers import SilentEngine, wait_until
+from tests.helpers import wait_until
 from tests.real_parts import missing_part
 
 
@@ -25,22 +25,18 @@ def _image(workspace, *, tag: str, engine_id: str, status: str = "succeeded"):
 
 
 @pytest.mark.django_db
-def test_the_delete_answers_at_once_while_the_engine_never_answers(owner, workspace, owner_api, settings,
+def test_the_delete_answers_at_once_while_the_engine_never_answers(owner, workspace, owner_api, settings, silent_engine,
                                                                    django_capture_on_commit_callbacks):
     from registry.models import Image, ImageLogChunk
     from workspaces.models import Activity
 
-    engine = SilentEngine()
-    settings.MLPORTAL_DOCKER_URL = engine.url
+    settings.MLPORTAL_DOCKER_URL = silent_engine.url
     image = _image(workspace, tag="mlportal/team-m:1", engine_id="sha256:" + "2" * 64)
-    try:
-        started = time.monotonic()
-        with django_capture_on_commit_callbacks(execute=False) as callbacks:
-            response = owner_api.delete(f"/api/v1/images/{image.pk}/")
-        assert response.status_code == 204, response.content
-        assert time.monotonic() - started < 2 and engine.accepted == 0  # the old delete waited on the engine here
-    finally:
-        engine.close()
+    started = time.monotonic()
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        response = owner_api.delete(f"/api/v1/images/{image.pk}/")
+    assert response.status_code == 204, response.content
+    assert time.monotonic() - started < 2 and silent_engine.accepted == 0  # the old delete waited on the engine here
     assert not Image.objects.filter(pk=image.pk).exists() and not ImageLogChunk.objects.exists()
     assert Activity.objects.filter(verb="image.deleted").exists()
     assert len(callbacks) == 1  # the engine's removal, sent once the row's delete commits
