@@ -273,6 +273,9 @@ MLPORTAL_GATEWAY_QUEUE = env_int("MLPORTAL_GATEWAY_QUEUE", 64, minimum=0)
 MLPORTAL_GATEWAY_QUEUE_TIMEOUT = env_float("MLPORTAL_GATEWAY_QUEUE_TIMEOUT", 30.0, minimum=0.1)
 # How long a scoring request's body may take to arrive after its head (gateway/server.py): past it, 408.
 MLPORTAL_GATEWAY_BODY_TIMEOUT = env_float("MLPORTAL_GATEWAY_BODY_TIMEOUT", 30.0, minimum=0.1)
+# How long any request head may take from its first byte, and a new connection may stay silent
+# (gateway/server.py): past it, 408 and the connection closed.
+MLPORTAL_GATEWAY_HEAD_TIMEOUT = env_float("MLPORTAL_GATEWAY_HEAD_TIMEOUT", 10.0, minimum=0.1)
 # Where the gateway's per-service slots live (a lock file per service, gateway/slots.py): every web
 # process of one host must see the same folder, so a service's limits hold across the processes.
 MLPORTAL_GATEWAY_SLOTS_DIR = env_path("MLPORTAL_GATEWAY_SLOTS_DIR", DATA_DIR / "gateway-slots")

@@ -4,7 +4,9 @@ Claims a queued image (queued → building, guarded), builds the environment ima
 image on the Docker engine, stores the build log as it goes (``BuildLog``) and beats a heartbeat so
 a silent step is not taken for a dead worker; then building → succeeded / failed, guarded.
 ``engine_image_remove`` is what ``registry.tasks.remove_engine_image`` does once a deleted image's
-row is gone (``registry.services.image_delete`` enqueues it on commit).
+row is gone (``registry.services.image_delete`` enqueues it on commit); ``image_remove`` is
+retention's removal of an unused image, engine first, then its row, with no lock held across the
+engine call.
 """
 from __future__ import annotations
 
@@ -250,3 +252,42 @@ def engine_image_remove(*, tag: str, engine_id: str) -> str:
     except EngineError as exc:
         logging.getLogger(__name__).warning("the engine kept deleted image %s (%s): %s", tag, engine_id, exc)
         return "refused"
+
+
+def image_remove(*, image_id, actor=None, detail: dict | None = None) -> Image | None:
+    """Removes an image from the Docker engine, then its row, holding no lock across the engine
+    call: a short transaction checks it may go and marks it ``deleting`` (so no service starts
+    from it), the engine removes it outside any transaction, a second one deletes the row. Raises
+    Conflict (building, used by a service), the engine's EngineError (the image is back to its
+    status). Returns the deleted image, or None when it was gone already."""
+    from compute.engine import EngineError
+    from compute.images import remove_image
+    from core.errors import Conflict
+    from registry import selectors
+    from registry.services import image_check_removable
+    from workspaces.services import activity_record
+
+    with transaction.atomic():
+        image = Image.objects.select_for_update().select_related("workspace").filter(pk=image_id).first()
+        if image is None:
+            return None
+        image_check_removable(image)
+        previous = Image.Status.SUCCEEDED if image.status == Image.Status.DELETING else image.status
+        if image.image_id:
+            Image.objects.filter(pk=image.pk).update(status=Image.Status.DELETING)
+    if image.image_id:
+        try:
+            remove_image(image.tag, base_url=settings.MLPORTAL_DOCKER_URL)
+        except EngineError:
+            Image.objects.filter(pk=image.pk, status=Image.Status.DELETING).update(status=previous)
+            raise
+    with transaction.atomic():
+        if selectors.services_using_images([image.pk], include_deleted=True):  # made in the moment it was checked
+            Image.objects.filter(pk=image.pk).update(status=Image.Status.FAILED,
+                                                     error="removed from the Docker engine while a service was created from it")
+            raise Conflict(f"Image {image.ref} was removed from the engine while a service was created from it: "
+                           "delete that service, then the image.", code="in_use")
+        activity_record(workspace=image.workspace, actor=actor, verb="image.deleted", target=image,
+                        detail={"tag": image.tag, **(detail or {})})
+        image.delete()
+    return image
