@@ -35,6 +35,8 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import HEADER_VALUE_RE, STATUS_LINE, HttpToolsProtocol
 from uvicorn.protocols.utils import get_client_addr
 
+from gateway.app import ClientGone
+
 logger = logging.getLogger("mlportal.gateway")
 
 MAX_HEAD_BYTES = 64 * 1024
@@ -85,10 +87,6 @@ class _Wake:
 def _wake(waiter: asyncio.Future) -> None:
     if not waiter.done():
         waiter.set_result(None)
-
-
-class ClientGone(Exception):
-    """The caller closed the connection before its body arrived: nobody to answer."""
 
 
 class BodyTimeout(Exception):
