@@ -18,7 +18,7 @@ from django.views.decorators.http import require_POST
 from core.errors import PortalError
 from core.paths import clean_path
 from core.storage import open_file
-from core.views_base import get_scoped_or_404, paginate, require_page_role, scoped
+from core.views_base import form_error, get_scoped_or_404, page_action, paginate, require_page_role, scoped
 from runs import catalog, chart_cache, selectors, services
 from runs.api import attachment, runs_to_compare
 from runs.forms import EditFileForm, NewFileForm, ProjectForm, RunForm, SettingsForm, UploadForm
@@ -28,17 +28,6 @@ from workspaces.selectors import has_role, role_in
 
 PREVIEW_TEXT_BYTES = 256 * 1024
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif"}
-
-
-def _form_error(form, exc: PortalError) -> None:
-    placed = False
-    for field, errors in exc.fields.items():
-        if field in form.fields:
-            for error in errors:
-                form.add_error(field, error)
-            placed = True
-    if not placed:
-        form.add_error(None, exc.message)
 
 
 def _is_text(data: bytes) -> bool:
@@ -67,7 +56,7 @@ def project_list(request):
             try:
                 project = services.project_create(workspace=request.workspace, user=request.user, **form.cleaned_data)
             except PortalError as exc:
-                _form_error(form, exc)
+                form_error(form, exc)
             else:
                 messages.success(request, f"Project '{project.name}' created" + (f" from template '{project.template}'." if project.template else "."))
                 return redirect(project.get_absolute_url())
@@ -144,7 +133,7 @@ def project_run(request, ref):
                 run = services.run_submit(project=project, script=form.cleaned_data["script"], args=args,
                                           target=form.cleaned_data["target"], user=request.user)
             except PortalError as exc:
-                _form_error(form, exc)
+                form_error(form, exc)
             else:
                 messages.success(request, f"Run {run} submitted.")
                 return redirect(run.get_absolute_url())
@@ -155,14 +144,10 @@ def project_run(request, ref):
 @require_POST
 def project_prepare(request, ref):
     project = _project(request, ref)
-    require_page_role(request, project.workspace, Role.CONTRIBUTOR)
-    try:
-        run = services.run_prepare(project=project, target="docker", user=request.user)
-    except PortalError as exc:
-        messages.error(request, exc.message)
-        return redirect(project.get_absolute_url())
-    messages.success(request, f"Preparing the Docker environment of '{project.name}' ({run}).")
-    return redirect(run.get_absolute_url())
+    return page_action(request, project.workspace, role=Role.CONTRIBUTOR,
+                       act=lambda: services.run_prepare(project=project, target="docker", user=request.user),
+                       done=lambda run: f"Preparing the Docker environment of '{project.name}' ({run}).",
+                       back=project.get_absolute_url(), then=lambda run: run.get_absolute_url())
 
 
 @login_required
@@ -178,7 +163,7 @@ def project_settings(request, ref):
         try:
             services.project_update_settings(project=project, user=request.user, **data)
         except PortalError as exc:
-            _form_error(form, exc)
+            form_error(form, exc)
         else:
             messages.success(request, "Settings saved.")
             return redirect(project.get_absolute_url() + "#settings")
@@ -199,7 +184,7 @@ def project_upload(request, ref):
                 path=form.cleaned_data["path"] or None, extract=form.cleaned_data["extract"], replace=form.cleaned_data["replace"],
             )
         except PortalError as exc:
-            _form_error(form, exc)
+            form_error(form, exc)
             return _render_project(request, project, role, upload_form=form, status=exc.status_code)
         messages.success(request, f"{len(rows)} file{'s' if len(rows) != 1 else ''} uploaded.")
         return redirect(project.get_absolute_url() + "#files")
@@ -219,7 +204,7 @@ def project_file_new(request, ref):
                 raise PortalError(f"'{path}' exists already: open it to edit it.", fields={"path": "Exists already."})
             services.project_file_put(project=project, path=path, content=b"", user=request.user)
         except PortalError as exc:
-            _form_error(form, exc)
+            form_error(form, exc)
         else:
             return redirect(reverse("project-file", args=[project.pk, path]) + "?edit=1")
     return _render_project(request, project, role, new_file_form=form, status=400)
@@ -254,7 +239,7 @@ def project_file(request, ref, path):
             try:
                 services.project_file_put(project=project, path=row.path, content=form.cleaned_data["content"].replace("\r\n", "\n").encode(), user=request.user)
             except PortalError as exc:
-                _form_error(form, exc)
+                form_error(form, exc)
             else:
                 messages.success(request, f"'{row.path}' saved.")
                 return redirect(reverse("project-file", args=[project.pk, row.path]))
@@ -382,13 +367,9 @@ def run_annotate(request, run_id):
 @require_POST
 def run_cancel(request, run_id):
     run = _run(request, run_id)
-    require_page_role(request, run.workspace, Role.CONTRIBUTOR)
-    try:
-        services.run_cancel(run=run, user=request.user)
-        messages.success(request, f"Run {run} canceled.")
-    except PortalError as exc:
-        messages.error(request, exc.message)
-    return redirect(run.get_absolute_url())
+    return page_action(request, run.workspace, role=Role.CONTRIBUTOR,
+                       act=lambda: services.run_cancel(run=run, user=request.user), done=f"Run {run} canceled.",
+                       back=run.get_absolute_url())
 
 
 @login_required
