@@ -105,14 +105,25 @@
       } catch (e) { $("test-status").textContent = "Could not send: " + e.message; }
     });
 
+    // Container logs are the one thing this page asks of the engine (on demand, within the
+    // server's short timeout): only while the Logs tab shows and the window is visible, so a page
+    // left open on another tab asks the engine nothing.
     const logs = $("service-logs");
-    MLPortal.poll(cfg.logsUrl + "?tail=200", (data) => {
-      const atBottom = logs.scrollHeight - logs.scrollTop - logs.clientHeight < 40;
-      // Replaced only when it changed, so the live region announces new lines, not every poll.
-      setText(logs, data.text || "(no output yet)");
-      if (atBottom) logs.scrollTop = logs.scrollHeight;
-      return false;
-    });
+    const logsPanel = logs.closest("[data-panel]");
+    const logsPollMs = () => parseInt(document.body.dataset.pollMs || "1000", 10);
+    async function logsTick() {
+      if (!(logsPanel && logsPanel.hidden) && !document.hidden) {
+        try {
+          const data = await MLPortal.getJSON(cfg.logsUrl + "?tail=200");
+          const atBottom = logs.scrollHeight - logs.scrollTop - logs.clientHeight < 40;
+          // Replaced only when it changed, so the live region announces new lines, not every poll.
+          setText(logs, data.text || "(no output yet)");
+          if (atBottom) logs.scrollTop = logs.scrollHeight;
+        } catch (e) { /* transient: try again next tick */ }
+      }
+      setTimeout(logsTick, logsPollMs());
+    }
+    logsTick();
 
     const fmt = (v) => v == null ? "—" : (Math.round(v * 10) / 10).toString();
     const chart = window.Chart ? new Chart($("metrics-chart"), {

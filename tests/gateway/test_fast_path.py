@@ -14,6 +14,8 @@ import time
 
 import pytest
 
+from tests.helpers import raw_exchange
+
 pytestmark = [pytest.mark.integration]
 
 KEY = "fast-path-key-0123456789"
@@ -79,24 +81,10 @@ def _service(workspace, owner, name: str, replica: FakeReplica):
     return service
 
 
-def _exchange(port: int, data: bytes, *, timeout: float = 10, until_close: bool = True) -> bytes:
+def _exchange(port: int, data: bytes, *, timeout: float = 10) -> bytes:
     """Sends ``data`` on a new connection and returns what came back until the server closed it
     (or ``timeout``)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(data)
-        got = b""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                chunk = sock.recv(65536)
-            except socket.timeout:
-                break
-            if not chunk:
-                break
-            got += chunk
-            if not until_close and got.count(b"\r\n\r\n") and b"content-length: 0" not in got:
-                break
-        return got
+    return raw_exchange(port, data, timeout=timeout)[0]
 
 
 def _score_head(name: str, length: int, key: str = KEY) -> bytes:

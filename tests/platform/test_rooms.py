@@ -52,6 +52,14 @@ def test_run_numbers_and_versions_come_from_core_numbering_only():
     assert copies == [], f"take the next number with core.numbering.create_next: {copies}"
 
 
+def test_the_page_helpers_exist_once_in_core():
+    # Checking a role, sorting, a service's error on its form and the POST behind a button lived in
+    # two or three views.py each (core.views_base: can, sorted_by, form_error, page_action, …).
+    copies = [str(p.relative_to(ROOT)) for p in app_modules() if p != ROOT / "core" / "views_base.py"
+              and re.search(r"^def _?(can|current_workspace|sorted|sorted_by|form_error|page_action)\(", p.read_text(), re.M)]
+    assert copies == [], f"use core.views_base: {copies}"
+
+
 def test_an_app_file_over_about_500_lines_says_why():
     unexplained = []
     for path in app_modules():
