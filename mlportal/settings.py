@@ -377,8 +377,9 @@ CELERY_TASK_ROUTES = {
     "monitoring.tasks.compute_drift": {"queue": "celery"},
     "monitoring.tasks.compute_drift_job": {"queue": "celery"},
     "monitoring.tasks.remove_service_capture": {"queue": "celery"},
-    # The autoscaler's tick (every refresh period per autoscaled service) never waits behind a deploy.
-    "deployments.tasks.autoscale_service": {"queue": "celery"},
+    # The autoscaler's one chain (a round per due refresh period, for every autoscaled service) never
+    # waits behind a deploy.
+    "deployments.tasks.autoscale_services": {"queue": "celery"},
     "deployments.tasks.watch_swarm_tasks": {"queue": "celery"},
 }
 # Time limits per queue, on purpose: runs enforce their own (per-project) limit inside compute and

@@ -47,11 +47,19 @@ def whole_series_gzip(run: Run) -> bytes:
 _BLOCK_ESCAPES = ((b"&", b"\\u0026"), (b"<", b"\\u003c"), (b">", b"\\u003e"))
 
 
+# Above this (gzipped) the page does not carry the answer: a run of hundreds of series would make
+# every visit of its page unpack and gzip megabytes; its chart fetches the kept answer instead.
+PAGE_DATA_MAX_GZIP_BYTES = 200 * 1024
+
+
 def whole_series_data_block(run: Run) -> str:
     """The kept answer of ``whole_series_gzip`` as JSON text safe inside a ``<script
     type="application/json">`` element (what Django's json_script writes, without decoding and
-    encoding the ten series again)."""
-    text = gzip.decompress(whole_series_gzip(run))
+    encoding the ten series again); "" when it is over PAGE_DATA_MAX_GZIP_BYTES."""
+    body = whole_series_gzip(run)
+    if len(body) > PAGE_DATA_MAX_GZIP_BYTES:
+        return ""
+    text = gzip.decompress(body)
     for raw, escaped in _BLOCK_ESCAPES:
         text = text.replace(raw, escaped)
     return text.decode("ascii")

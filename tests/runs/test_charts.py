@@ -155,6 +155,21 @@ def test_a_series_name_cannot_end_the_pages_data_block(page_client, owner, blank
 
 
 @pytest.mark.django_db
+def test_a_page_whose_series_answer_is_too_big_to_carry_preloads_it_instead(page_client, owner, blank, monkeypatch):
+    from runs import chart_cache
+
+    run = _run_with_series(owner, blank, {"loss": 3_000, "acc": 3_000})
+    worker.prepare_charts(run.id)
+    worker.run_finish(run_id=run.id, status="completed", exit_code=0)
+    kept = len(chart_cache.whole_series_gzip(run))
+    monkeypatch.setattr(chart_cache, "PAGE_DATA_MAX_GZIP_BYTES", kept - 1)
+    page = page_client(owner).get(f"/runs/{run.id}/").content.decode()
+    assert f'<link rel="preload" href="/api/v1/runs/{run.pk}/series/"' in page and "run-series-data" not in page
+    monkeypatch.setattr(chart_cache, "PAGE_DATA_MAX_GZIP_BYTES", kept)
+    assert "run-series-data" in page_client(owner).get(f"/runs/{run.id}/").content.decode()
+
+
+@pytest.mark.django_db
 def test_an_active_runs_page_preloads_its_series_instead(page_client, owner, blank):
     run = _run_with_series(owner, blank, {"loss": 30})
     page = page_client(owner).get(f"/runs/{run.id}/").content.decode()
