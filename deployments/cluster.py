@@ -71,7 +71,7 @@ def spec_for(service: Service, *, image, replicas: int | None = None, revision: 
     environment = service.environment
     extra = {LABEL_REVISION: str(revision)} if revision is not None else {}
     return swarm.SwarmSpec(
-        name=service.swarm_name if revision is None else revision_name(service, revision), image=image.tag, replicas=service.replicas if replicas is None else replicas,
+        name=service.swarm_name if revision is None else revision_name(service, revision), image=image.image_id or image.tag, replicas=service.replicas if replicas is None else replicas,
         keys=[service.primary_key, service.secondary_key, service.proxy_key], internal_key=_internal_key(service),
         env=env, cpus=service.cpus, memory_mb=service.memory_mb,
         labels={"mlportal.id": str(service.pk), "mlportal.portal": portal_instance(),

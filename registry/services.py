@@ -382,10 +382,12 @@ def _check_manifest_removable(manifest: Manifest, images: list[Image]) -> None:
 
 
 def image_repository(workspace: Workspace, name: str) -> str:
-    """Returns ``mlportal/<workspace>-<name>``: a valid Docker repository name for any workspace
-    name (its runs of separators are folded, since Docker allows single ones only)."""
+    """Returns ``mlportal/<workspace>/<name>``: a valid Docker repository name for any workspace
+    name (its runs of separators are folded, since Docker allows single ones only). The ``/``
+    keeps two workspaces apart: with a ``-`` between them, workspace ``team-a``'s image ``churn``
+    and workspace ``team``'s ``a-churn`` had one tag, and each build took it from the other."""
     ws = re.sub(r"[-_.]{2,}", "-", workspace.name).strip("-_.") or "ws"
-    return f"mlportal/{ws}-{name}"
+    return f"mlportal/{ws}/{name}"
 
 
 def image_labels(*, image: Image, manifest: Manifest) -> dict[str, str]:

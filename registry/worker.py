@@ -239,19 +239,28 @@ def engine_image_remove(*, tag: str, engine_id: str) -> str:
     the task retries."""
     import logging
 
-    from compute.engine import EngineError, EngineUnreachable, image_id
-    from compute.images import remove_image
+    from compute.engine import EngineError, EngineUnreachable
 
-    base_url = settings.MLPORTAL_DOCKER_URL
     try:
-        current = image_id(tag, base_url=base_url)
-        ref = tag if current == engine_id else engine_id
-        return "removed" if remove_image(ref, base_url=base_url) else "gone"
+        return "removed" if remove_own_image(tag=tag, engine_id=engine_id) else "gone"
     except EngineUnreachable:
         raise
     except EngineError as exc:
         logging.getLogger(__name__).warning("the engine kept deleted image %s (%s): %s", tag, engine_id, exc)
         return "refused"
+
+
+def remove_own_image(*, tag: str, engine_id: str) -> bool:
+    """Removes the image built as ``tag`` with id ``engine_id``: by the tag while it still names
+    these bytes, else by the id alone. The tag may have moved to other bytes since (a rebuild, or
+    another portal on a shared engine that built the same name): removing by the tag would then
+    take someone else's image. Returns False when the engine had neither."""
+    from compute.engine import image_id as engine_image_id
+    from compute.images import remove_image
+
+    base_url = settings.MLPORTAL_DOCKER_URL
+    ref = tag if engine_image_id(tag, base_url=base_url) == engine_id else engine_id
+    return remove_image(ref, base_url=base_url)
 
 
 def image_remove(*, image_id, actor=None, detail: dict | None = None) -> Image | None:
@@ -261,7 +270,6 @@ def image_remove(*, image_id, actor=None, detail: dict | None = None) -> Image |
     Conflict (building, used by a service), the engine's EngineError (the image is back to its
     status). Returns the deleted image, or None when it was gone already."""
     from compute.engine import EngineError
-    from compute.images import remove_image
     from core.errors import Conflict
     from registry import selectors
     from registry.services import image_check_removable
@@ -277,7 +285,7 @@ def image_remove(*, image_id, actor=None, detail: dict | None = None) -> Image |
             Image.objects.filter(pk=image.pk).update(status=Image.Status.DELETING)
     if image.image_id:
         try:
-            remove_image(image.tag, base_url=settings.MLPORTAL_DOCKER_URL)
+            remove_own_image(tag=image.tag, engine_id=image.image_id)
         except EngineError:
             Image.objects.filter(pk=image.pk, status=Image.Status.DELETING).update(status=previous)
             raise

@@ -131,24 +131,36 @@
       data: { labels: [], datasets: [{ label: "requests", data: [], yAxisID: "y" }, { label: "mean latency (ms)", data: [], yAxisID: "y1" }] },
       options: { animation: false, maintainAspectRatio: false, scales: { y: { beginAtZero: true, position: "left" }, y1: { beginAtZero: true, position: "right", grid: { drawOnChartArea: false } } } },
     }) : null;
+    function showMetrics(m) {
+      $("m-requests").textContent = m.requests;
+      $("m-errors").textContent = m.errors;
+      $("m-mean").textContent = fmt(m.mean_latency_ms);
+      $("m-p95").textContent = fmt(m.p95_latency_ms);
+      setText($("metrics-note"), m.note); // how old the worker side's snapshot is, or who has not answered
+      if (chart) {
+        chart.data.labels.push(new Date().toLocaleTimeString());
+        chart.data.datasets[0].data.push(m.requests);
+        chart.data.datasets[1].data.push(m.mean_latency_ms);
+        if (chart.data.labels.length > 120) { chart.data.labels.shift(); chart.data.datasets.forEach((d) => d.data.shift()); }
+        chart.update();
+      }
+    }
+    // The tab reads the snapshot the worker side took (and says how old it is) every 5 s.
     async function metrics() {
-      try {
-        const m = await MLPortal.getJSON(cfg.metricsUrl);
-        $("m-requests").textContent = m.requests;
-        $("m-errors").textContent = m.errors;
-        $("m-mean").textContent = fmt(m.mean_latency_ms);
-        $("m-p95").textContent = fmt(m.p95_latency_ms);
-        setText($("metrics-note"), m.note); // how old the worker side's snapshot is, or who has not answered
-        if (chart) {
-          chart.data.labels.push(new Date().toLocaleTimeString());
-          chart.data.datasets[0].data.push(m.requests);
-          chart.data.datasets[1].data.push(m.mean_latency_ms);
-          if (chart.data.labels.length > 120) { chart.data.labels.shift(); chart.data.datasets.forEach((d) => d.data.shift()); }
-          chart.update();
-        }
-      } catch (e) { $("metrics-note").textContent = "Metrics unavailable: " + e.message; }
+      try { showMetrics(await MLPortal.getJSON(cfg.metricsUrl)); }
+      catch (e) { $("metrics-note").textContent = "Metrics unavailable: " + e.message; }
       setTimeout(metrics, 5000);
     }
     metrics();
+    // Asking the replicas now is an explicit refresh: ?live=1, answered within the server's short
+    // timeout (never sent to an engine known to be down; the note says which did not answer).
+    const refresh = $("metrics-refresh");
+    refresh.hidden = false;
+    refresh.addEventListener("click", async () => {
+      refresh.disabled = true;
+      try { showMetrics(await MLPortal.getJSON(cfg.metricsUrl + "?live=1")); }
+      catch (e) { $("metrics-note").textContent = "Metrics unavailable: " + e.message; }
+      refresh.disabled = false;
+    });
   });
 })();

@@ -54,3 +54,29 @@ def test_the_service_page_asks_for_logs_only_while_the_logs_tab_shows(live_serve
     page.wait_for_timeout(3000)
     assert silent_engine.accepted == asked, "the page went on asking for logs behind another tab"
     problems.assert_none()
+
+
+def test_the_metrics_tab_reads_the_snapshot_and_asks_the_replicas_only_on_refresh(live_server, watched_page, owner,
+                                                                                  far_service, silent_engine):
+    # The replica's port is the silent socket too: the tab's 5 s reads never reach it, the
+    # "Ask the replicas now" button does (?live=1), and says within its 1 s timeout who did not answer.
+    from deployments.models import Environment
+    from deployments.replica_metrics import LIVE_TIMEOUT
+    from django.utils import timezone
+
+    Environment.objects.filter(pk=far_service.environment_id).update(engine_ok=True, engine_checked_at=timezone.now(),
+                                                                    engine_answered_at=timezone.now())
+    page, problems = watched_page(owner)
+    page.goto(f"{live_server.url}/services/{far_service.pk}/#metrics")
+    refresh = page.locator("[data-testid=metrics-refresh]")
+    refresh.wait_for(state="visible")
+    page.wait_for_timeout(6000)  # one of the tab's snapshot reads
+    assert silent_engine.accepted == 0, "the Metrics tab's periodic read reached a replica"
+    started = time.monotonic()
+    refresh.click()
+    page.wait_for_function("() => document.getElementById('metrics-note').textContent.includes('did not answer')",
+                           timeout=(LIVE_TIMEOUT + 5) * 1000)
+    assert time.monotonic() - started < LIVE_TIMEOUT + 5 and silent_engine.accepted == 1
+    assert f"did not answer /metrics within {LIVE_TIMEOUT:g} s" in page.locator("#metrics-note").inner_text()
+    assert refresh.is_enabled()
+    problems.assert_none()
