@@ -20,9 +20,13 @@ networks (the internet, through NAT) is left as it is.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
+import os
 import shutil
 import subprocess
+import tempfile
 import threading
 
 import docker.errors
@@ -36,6 +40,7 @@ RUN_NETWORK = "mlportal-runs"
 # Interface names of the bridges (at most 15 characters), fixed so the host's rules can name them.
 BRIDGES = {SERVICE_NETWORK: "mlp-services0", RUN_NETWORK: "mlp-runs0"}
 FIREWALL_CHAIN = "MLPORTAL-ISOLATE"
+FIREWALL_LOCK = "mlportal-firewall.lock"  # in /run: one per host
 
 _ready: set[tuple[str, str]] = set()  # (engine, network) pairs made and firewalled by this process
 _lock = threading.Lock()
@@ -112,20 +117,42 @@ def ensure_host_firewall(bridges: list[str]) -> bool:
                        "scripts/isolate_containers.sh as root on the engine's host")
         return False
     try:
-        listed = _iptables("-S", FIREWALL_CHAIN)
-        if listed.returncode != 0:
-            _must("-N", FIREWALL_CHAIN)
-            rules = []
-        else:
-            rules = [line for line in listed.stdout.splitlines() if line.startswith("-A ")]
-        if rules != CHAIN_RULES:
-            _must("-F", FIREWALL_CHAIN)
-            _must("-A", FIREWALL_CHAIN, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "RETURN")
-            _must("-A", FIREWALL_CHAIN, "-j", "DROP")
-        for bridge in sorted(set(bridges) | set(BRIDGES.values())):
-            if _iptables("-C", "INPUT", "-i", bridge, "-j", FIREWALL_CHAIN).returncode != 0:
-                _must("-I", "INPUT", "1", "-i", bridge, "-j", FIREWALL_CHAIN)
+        with _host_lock():
+            _install_rules(bridges)
     except (OSError, subprocess.SubprocessError, EngineError) as exc:
         logger.warning("%s; run scripts/isolate_containers.sh as root on the engine's host", exc)
         return False
     return True
+
+
+@contextlib.contextmanager
+def _host_lock():
+    """Holds the host-wide lock the portal's processes take turns at iptables under: each check
+    then insert (``-C`` / ``-I``, ``-F`` / ``-A``) is two commands, and workers starting together
+    otherwise each added the same rules (iptables' own ``-w`` lock covers one command only)."""
+    # /run: only root changes iptables, and a file another user made in /tmp could not be opened
+    # by root there (fs.protected_regular).
+    folder = "/run" if os.access("/run", os.W_OK) else tempfile.gettempdir()
+    fd = os.open(os.path.join(folder, FIREWALL_LOCK), os.O_RDONLY | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _install_rules(bridges: list[str]) -> None:
+    """The chain and the INPUT jumps, added where missing (under the host lock). Raises EngineError."""
+    listed = _iptables("-S", FIREWALL_CHAIN)
+    if listed.returncode != 0:
+        _must("-N", FIREWALL_CHAIN)
+        rules = []
+    else:
+        rules = [line for line in listed.stdout.splitlines() if line.startswith("-A ")]
+    if rules != CHAIN_RULES:
+        _must("-F", FIREWALL_CHAIN)
+        _must("-A", FIREWALL_CHAIN, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "RETURN")
+        _must("-A", FIREWALL_CHAIN, "-j", "DROP")
+    for bridge in sorted(set(bridges) | set(BRIDGES.values())):
+        if _iptables("-C", "INPUT", "-i", bridge, "-j", FIREWALL_CHAIN).returncode != 0:
+            _must("-I", "INPUT", "1", "-i", bridge, "-j", FIREWALL_CHAIN)

@@ -403,15 +403,31 @@ def running_tasks(tasks: list[dict]) -> dict[int, dict]:
 def service_logs(name: str, *, tail: int = 200, base_url: str | None = None, timeout: int = 60) -> str:
     """The last ``tail`` lines of every task of the service (control characters escaped), within
     ``timeout`` seconds of socket silence."""
+    return "".join(f"{line}\n" for _, line in service_log_lines(name, tail=tail, base_url=base_url, timeout=timeout))
+
+
+def service_log_lines(name: str, *, tail: int = 200, base_url: str | None = None, timeout: int = 60) -> list[tuple[str, str]]:
+    """``[(task id, line)]``: the last ``tail`` lines of each task of the service, in Swarm's order
+    (control characters escaped), within ``timeout`` seconds of socket silence. Swarm's details
+    (``com.docker.swarm.task.id=…`` before each line) say which task wrote it; a line without them
+    has task id ""."""
     from mlportal_runtime.logsafe import escape_controls
 
     with connect(base_url, timeout=timeout) as client:
         try:
-            raw = client.api.service_logs(name, stdout=True, stderr=True, tail=tail, timestamps=False, details=False)
+            raw = client.api.service_logs(name, stdout=True, stderr=True, tail=tail, timestamps=False, details=True)
         except docker.errors.NotFound:
-            return ""
+            return []
         data = b"".join(raw) if not isinstance(raw, (bytes, bytearray)) else bytes(raw)
-    return escape_controls(data.decode("utf-8", "replace"))
+    lines = []
+    for line in data.decode("utf-8", "replace").splitlines():
+        task = ""
+        head, _, rest = line.partition(" ")
+        if head.startswith("com.docker.swarm."):
+            details = dict(item.partition("=")[::2] for item in head.split(","))
+            task, line = details.get("com.docker.swarm.task.id", ""), rest
+        lines.append((task, escape_controls(line)))
+    return lines
 
 
 def list_services(*, portal: str | None = None, base_url: str | None = None) -> list[dict]:

@@ -1,16 +1,22 @@
-"""The autoscaler's worker side: one tick per refresh period per autoscaled service.
+"""The autoscaler's worker side: one tick chain for every autoscaled service.
 
-A tick reads every serving replica's ``/metrics`` (its busy-seconds counter and worker count),
-writes a ``ServiceLoad`` sample (busy workers averaged since the last tick), asks the rule in
-``deployments/autoscale.py`` what to run, and when that differs from what runs (and the service
-is healthy, with no other change or rollout under way) records the decision as an event with
-its figures and starts the scale as any other change. The tick re-sends itself while autoscaling
-stays on; ``Service.autoscale_token`` names the one chain allowed to act (turning autoscaling on
-again, or the reconciler reviving a chain that stopped, starts a new one and the old one ends).
+One task (``deployments.tasks.autoscale_services``) at a time takes a round: every service whose
+refresh period is up gets its tick, and the task re-sends itself for when the next one is due,
+carrying each service's next time. A tick reads every serving replica's ``/metrics`` (its
+busy-seconds counter and worker count), writes a ``ServiceLoad`` sample (busy workers averaged
+since the last tick), asks the rule in ``deployments/autoscale.py`` what to run, and when that
+differs from what runs (and the service is healthy, with no other change or rollout under way)
+records the decision as an event with its figures and starts the scale as any other change.
+``Service.autoscale_token`` names the chain a service belongs to: turning autoscaling on (or
+changing its settings, or the reconciler finding a chain gone) starts a new chain and gives it
+every autoscaled service, so the old chain finds none of its own at its next round and ends. So
+the maintenance worker spends at most one slot on the autoscaler, however many services it scales,
+where it spent one task per service per second before.
 """
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from datetime import timedelta
 
@@ -26,15 +32,72 @@ KEEP = timedelta(hours=24)
 METRICS_TIMEOUT = 2.0  # a saturated replica answers /metrics after the requests queued before it
 
 
-def autoscale_start(service_id) -> str:
-    """Starts a new tick chain for the service (the old one, if any, ends at its next tick)."""
-    from deployments.tasks import autoscale_service
+MAX_WAIT = 30.0  # a round at least this often, whatever the refresh periods (a message waits no longer in the broker)
+PARALLEL = 8  # services whose ticks run at once in a round (each mostly waits on its replicas' /metrics)
+
+
+def autoscale_start(service_id=None) -> str:
+    """Starts a new tick chain and gives it every autoscaled service (``service_id``'s included,
+    whose row may just have been turned on in this transaction); a chain running before ends at
+    its next round, finding no service of its own. Returns the new chain's token."""
+    from deployments.tasks import autoscale_services
 
     token = str(uuid.uuid4())
-    Service.objects.filter(pk=service_id).update(autoscale_token=token)
-    sid = str(service_id)
-    transaction.on_commit(lambda: autoscale_service.delay(sid, token))
+    mine = Service.objects.filter(autoscale_enabled=True)
+    if service_id is not None:
+        mine = mine | Service.objects.filter(pk=service_id)
+    Service.objects.filter(pk__in=list(mine.values_list("pk", flat=True))).update(autoscale_token=token)
+    transaction.on_commit(lambda: autoscale_services.delay(token))
     return token
+
+
+def autoscale_round(*, token: str, schedule: dict[str, float], clock=time.time) -> tuple[float | None, dict[str, float]]:
+    """One round of the chain ``token``: ticks each of its services whose time in ``schedule``
+    (service id → epoch seconds; a service not in it is due now) has come, several at once.
+    Returns (seconds until the next round, the schedule for it), or (None, {}) when the chain has
+    no service left (another chain took them, or autoscaling went off everywhere). A tick that
+    raises is logged and tried again after its refresh period; the others go on."""
+    services = {str(pk): refresh for pk, refresh in Service.objects.filter(autoscale_token=token, autoscale_enabled=True)
+                .exclude(status__in=(Service.Status.DELETING, Service.Status.DELETED, Service.Status.FAILED))
+                .values_list("pk", "autoscale_refresh_seconds")}
+    if not services:
+        return None, {}
+    started = clock()
+    due = [sid for sid in services if schedule.get(sid, 0.0) <= started + 0.02]
+    following = {sid: float(schedule[sid]) for sid in services if sid not in due}
+    for sid, wait in _ticks(due, token).items():
+        if wait is not None:
+            following[sid] = started + (wait if wait >= 0 else float(services[sid]))
+    if not following:
+        return None, {}
+    return min(MAX_WAIT, max(0.05, min(following.values()) - clock())), following
+
+
+def _ticks(service_ids: list[str], token: str) -> dict[str, float | None]:
+    """service id → what its tick returned (-1: it raised); several at once in threads of their own
+    (each with its own database connection, closed after)."""
+    if len(service_ids) <= 1:
+        return {sid: _one_tick(sid, token) for sid in service_ids}
+    from concurrent.futures import ThreadPoolExecutor
+
+    def in_thread(sid: str) -> float | None:
+        from django.db import connections
+
+        try:
+            return _one_tick(sid, token)
+        finally:
+            connections.close_all()  # this thread's own
+
+    with ThreadPoolExecutor(max_workers=min(PARALLEL, len(service_ids)), thread_name_prefix="autoscale") as pool:
+        return dict(zip(service_ids, pool.map(in_thread, service_ids)))
+
+
+def _one_tick(service_id: str, token: str) -> float | None:
+    try:
+        return autoscale_tick(service_id=service_id, token=token)
+    except Exception:  # noqa: BLE001 (one service's failure must not stop the others' autoscaling)
+        logger.exception("autoscaler: the tick of service %s failed; it is tried again after its refresh period", service_id)
+        return -1.0
 
 
 def settings_of(service: Service) -> autoscale.Settings:
@@ -147,16 +210,16 @@ def _scale(service: Service, decision: autoscale.Decision) -> None:
 
 
 def revive_chains() -> int:
-    """Starts a tick chain for every autoscaled, serving service whose last sample is old (its
-    chain was lost: a worker restart). Returns how many were started."""
-    count = 0
+    """Starts a new tick chain (for every autoscaled service) when a serving autoscaled service's
+    last sample is old: its chain was lost (a worker restart, a message the broker forgot).
+    Returns 1 when it started one, else 0."""
     now = timezone.now()
     for service in Service.objects.filter(autoscale_enabled=True, status__in=Service.SERVING):
         last = ServiceLoad.objects.filter(service=service).order_by("-at").values_list("at", flat=True).first()
         if last is None or (now - last).total_seconds() > max(30, 10 * service.autoscale_refresh_seconds):
-            autoscale_start(service.pk)
-            count += 1
-    return count
+            autoscale_start()
+            return 1
+    return 0
 
 
 # --- the request side: settings from a form, the API or the CLI ------------------------------------

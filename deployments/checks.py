@@ -1,5 +1,7 @@
 """Checks on what users send for environments and services: each returns the cleaned value or
-raises PortalError naming the field and saying what to change. No database writes here."""
+raises PortalError naming the field and saying what to change. No database writes here. One check
+asks an engine (``check_cluster_engine``, within DOOR_TIMEOUT): a cluster environment's is a swarm
+manager, or made one when the owner asked."""
 from __future__ import annotations
 
 import ipaddress
@@ -188,3 +190,57 @@ def effective_request_timeout(service) -> float:
     if service.request_timeout_s is not None:
         return service.request_timeout_s
     return settings.MLPORTAL_SCORING_TIMEOUT_SECONDS
+
+# --- the one check that asks an engine: setting up (or moving) a cluster environment ---------------
+
+# Setting up a cluster environment asks its engine whether it is a swarm manager, and waits no
+# longer than this for the answer (pages and reads never ask: they show what the worker side saw).
+DOOR_TIMEOUT = 3
+
+def check_cluster_labels(labels: dict) -> None:
+    """Raises PortalError when ``labels`` make no valid Swarm placement constraints (no engine asked)."""
+    from compute import swarm
+
+    try:
+        swarm.placement_constraints(labels)
+    except ValueError as exc:
+        raise PortalError(f"Label {exc}.", fields={"labels": str(exc)}) from None
+
+
+def check_cluster_engine(*, engine_url: str, labels: dict, init_swarm: bool) -> tuple[dict, str | None]:
+    """Checks that the engine of a new (or moved) cluster environment is a swarm manager, asking it
+    within DOOR_TIMEOUT seconds, and that its labels make valid placement constraints; with
+    ``init_swarm`` an engine in no swarm is made the manager of a new single-node swarm first.
+    Returns (swarm status, notice or None); raises PortalError: ``engine_unreachable`` when the
+    engine did not answer in time, ``not_a_swarm_manager`` saying how to make it one."""
+    from compute import swarm
+
+    base_url = engine_url or settings.MLPORTAL_DOCKER_URL
+    check_cluster_labels(labels)
+    try:
+        status = swarm.swarm_status(base_url, timeout=DOOR_TIMEOUT)
+    except swarm.EngineError as exc:
+        message = f"Cannot set up a cluster environment (its engine was given {DOOR_TIMEOUT} s to answer): {exc}"
+        raise PortalError(message, code="engine_unreachable", fields={"engine_url": str(exc)}) from None
+    if status["manager"]:
+        notice = "The engine is a swarm manager already: nothing was initialised." if init_swarm else None
+        return status, notice
+    where = engine_url or "this machine's Docker engine"
+    if not init_swarm or status["state"] != "inactive":
+        try:
+            swarm.check_manager(status, where=where)
+        except swarm.NotAManager as exc:
+            offer = (" Or let the portal do it: set up the environment again with init_swarm (the form's "
+                     "'Initialise a single-node swarm' box, the API's \"init_swarm\": true, the CLI's --init-swarm)."
+                     if status["state"] == "inactive" else "")
+            message = f"{exc}{offer}"
+            raise PortalError(message, code="not_a_swarm_manager",
+                              fields={"kind": message, "init_swarm": "Tick to make it a single-node swarm manager."}) from None
+    advertise = (urlsplit(engine_url).hostname if engine_url else None) or "127.0.0.1"
+    try:
+        status = swarm.swarm_init(base_url, advertise_addr=advertise, listen_port=settings.MLPORTAL_SWARM_LISTEN_PORT)
+    except swarm.EngineError as exc:
+        raise PortalError(f"Could not initialise a swarm on {where}: {exc}", code="swarm_init_failed",
+                          fields={"init_swarm": str(exc)}) from None
+    return status, (f"Initialised a single-node swarm on {where} (advertised on {advertise}); other hosts join it with "
+                    "'docker swarm join --token <token> <this host>:2377' (the token: 'docker swarm join-token worker').")

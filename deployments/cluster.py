@@ -24,10 +24,6 @@ READY_TIMEOUT = 120  # seconds every task has to run healthy (init() loads the m
 UPDATE_TIMEOUT = 300  # a rolling update (start-first, one task at a time) settles within this
 FAILED_TASKS_LIMIT = 3  # a new service whose tasks failed this often will not start: give up
 POLL = 0.5
-# The one engine call a request makes: setting up (or moving) a cluster environment asks whether
-# the engine is a swarm manager, and waits no longer than this for the answer (pages and reads
-# never ask: they show what the worker side saw).
-DOOR_TIMEOUT = 3
 
 
 class ClusterError(Exception):
@@ -75,7 +71,7 @@ def spec_for(service: Service, *, image, replicas: int | None = None, revision: 
     environment = service.environment
     extra = {LABEL_REVISION: str(revision)} if revision is not None else {}
     return swarm.SwarmSpec(
-        name=service.swarm_name if revision is None else revision_name(service, revision), image=image.tag, replicas=service.replicas if replicas is None else replicas,
+        name=service.swarm_name if revision is None else revision_name(service, revision), image=image.image_id or image.tag, replicas=service.replicas if replicas is None else replicas,
         keys=[service.primary_key, service.secondary_key, service.proxy_key], internal_key=_internal_key(service),
         env=env, cpus=service.cpus, memory_mb=service.memory_mb,
         labels={"mlportal.id": str(service.pk), "mlportal.portal": portal_instance(),
@@ -356,8 +352,9 @@ def _rollout_owns(service: Service, number: str) -> bool:
     return rollout.get("status") == "starting" or str(rollout.get("revision")) == str(number)
 
 
-def logs(service: Service, *, tail: int = 200, timeout: int = 60) -> str:
-    return swarm.service_logs(service.swarm_name, tail=tail, base_url=service.environment.docker_url, timeout=timeout)
+def logs(service: Service, *, tail: int = 200, timeout: int = 60) -> list[tuple[str, str]]:
+    """``[(task id, line)]`` of the live Swarm service's tasks (compute.swarm.service_log_lines)."""
+    return swarm.service_log_lines(service.swarm_name, tail=tail, base_url=service.environment.docker_url, timeout=timeout)
 
 
 # --- what the deploy worker does for a cluster service (called under the service's lease) --------
@@ -451,56 +448,3 @@ def service_apply_change(service: Service, op: dict) -> str | None:
             _event(service.pk, f"Keys changed: Swarm restarted the tasks with the new {op.get('key', '')} key (a new secret).")
     deployments._finish_change(service)
     return Service.Status.HEALTHY
-
-
-# --- the request side: setting up a cluster environment -------------------------------------------
-
-def check_labels(labels: dict) -> None:
-    """Raises PortalError when ``labels`` make no valid Swarm placement constraints (no engine asked)."""
-    from core.errors import PortalError
-
-    try:
-        swarm.placement_constraints(labels)
-    except ValueError as exc:
-        raise PortalError(f"Label {exc}.", fields={"labels": str(exc)}) from None
-
-
-def check_environment(*, engine_url: str, labels: dict, init_swarm: bool) -> tuple[dict, str | None]:
-    """Checks that the engine of a new (or moved) cluster environment is a swarm manager, asking it
-    within DOOR_TIMEOUT seconds, and that its labels make valid placement constraints; with
-    ``init_swarm`` an engine in no swarm is made the manager of a new single-node swarm first.
-    Returns (swarm status, notice or None); raises PortalError: ``engine_unreachable`` when the
-    engine did not answer in time, ``not_a_swarm_manager`` saying how to make it one."""
-    from core.errors import PortalError
-
-    base_url = engine_url or settings.MLPORTAL_DOCKER_URL
-    check_labels(labels)
-    try:
-        status = swarm.swarm_status(base_url, timeout=DOOR_TIMEOUT)
-    except swarm.EngineError as exc:
-        message = f"Cannot set up a cluster environment (its engine was given {DOOR_TIMEOUT} s to answer): {exc}"
-        raise PortalError(message, code="engine_unreachable", fields={"engine_url": str(exc)}) from None
-    if status["manager"]:
-        notice = "The engine is a swarm manager already: nothing was initialised." if init_swarm else None
-        return status, notice
-    where = engine_url or "this machine's Docker engine"
-    if not init_swarm or status["state"] != "inactive":
-        try:
-            swarm.check_manager(status, where=where)
-        except swarm.NotAManager as exc:
-            offer = (" Or let the portal do it: set up the environment again with init_swarm (the form's "
-                     "'Initialise a single-node swarm' box, the API's \"init_swarm\": true, the CLI's --init-swarm)."
-                     if status["state"] == "inactive" else "")
-            message = f"{exc}{offer}"
-            raise PortalError(message, code="not_a_swarm_manager",
-                              fields={"kind": message, "init_swarm": "Tick to make it a single-node swarm manager."}) from None
-    from urllib.parse import urlsplit
-
-    advertise = (urlsplit(engine_url).hostname if engine_url else None) or "127.0.0.1"
-    try:
-        status = swarm.swarm_init(base_url, advertise_addr=advertise, listen_port=settings.MLPORTAL_SWARM_LISTEN_PORT)
-    except swarm.EngineError as exc:
-        raise PortalError(f"Could not initialise a swarm on {where}: {exc}", code="swarm_init_failed",
-                          fields={"init_swarm": str(exc)}) from None
-    return status, (f"Initialised a single-node swarm on {where} (advertised on {advertise}); other hosts join it with "
-                    "'docker swarm join --token <token> <this host>:2377' (the token: 'docker swarm join-token worker').")

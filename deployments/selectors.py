@@ -6,6 +6,7 @@ import hmac
 import json
 import shlex
 import uuid
+from collections import defaultdict
 
 from django.db.models import Q, QuerySet
 
@@ -152,6 +153,45 @@ def service_usage(service: Service, *, portal_url: str) -> dict:
     }
 
 
+def _cluster_logs(service: Service, *, tail: int) -> dict:
+    """A cluster service's logs as a local one's: one entry per replica row (its task's lines), the
+    lines of tasks no row holds any more (Swarm replaced them, or the service rolled) after them as
+    ``[task <id>]``; one question to Swarm, within LOGS_TIMEOUT."""
+    from compute.engine import EngineError, EngineUnreachable
+    from deployments import cluster
+
+    rows = sorted(service.replica_set.filter(revision__isnull=True) | service.replica_set.filter(revision__role="live"),
+                  key=lambda row: row.number)  # the live Swarm service's tasks (a canary's are a service of their own)
+    try:
+        lines, error = cluster.logs(service, tail=tail, timeout=LOGS_TIMEOUT), None
+    except EngineUnreachable as exc:
+        lines, error = [], (f"the swarm of environment '{service.environment.name}' did not give the logs within "
+                            f"{LOGS_TIMEOUT} s: {exc}")
+    except EngineError as exc:
+        lines, error = [], str(exc)
+    by_task: dict[str, list[str]] = defaultdict(list)
+    for task, line in lines:
+        by_task[task].append(line)
+    replicas, parts = [], []
+    for row in rows:
+        own = by_task.pop(row.task_id, []) if row.task_id else []
+        replicas.append({"replica": row.number, "container_id": row.container_id, "task_id": row.task_id,
+                         "text": "".join(f"{line}\n" for line in own), "error": error})
+        parts.extend(f"[replica {row.number}] {line}" for line in own)
+        if error:
+            parts.append(f"[replica {row.number}] (logs unavailable: {error})")
+    for task, own in by_task.items():
+        label = f"task {task[:12]}" if task else "swarm"
+        replicas.append({"replica": None, "container_id": "", "task_id": task, "text": "".join(f"{line}\n" for line in own),
+                         "error": None})
+        parts.extend(f"[{label}] {line}" for line in own)
+    if error and not rows:
+        replicas.append({"replica": None, "container_id": "", "task_id": "", "text": "", "error": error})
+        parts.append(f"(logs unavailable: {error})")
+    return {"text": "\n".join(parts) + ("\n" if parts else ""), "replicas": replicas,
+            "done": service.status in (Service.Status.FAILED, Service.Status.DELETED)}
+
+
 def service_logs(service: Service, *, tail: int = 200) -> dict:
     """The last ``tail`` lines of each replica's container: ``{"text", "replicas": [...], "done"}``
     (``text`` joins them, each line prefixed with its replica)."""
@@ -162,18 +202,7 @@ def service_logs(service: Service, *, tail: int = 200) -> dict:
     parts = []
     base_url = service.environment.docker_url
     if service.environment.kind == Environment.Kind.CLUSTER:
-        from deployments import cluster
-
-        try:
-            text, error = cluster.logs(service, tail=tail, timeout=LOGS_TIMEOUT), None
-        except EngineUnreachable as exc:
-            text, error = "", (f"the swarm of environment '{service.environment.name}' did not give the logs within "
-                               f"{LOGS_TIMEOUT} s: {exc}")
-        except EngineError as exc:
-            text, error = "", str(exc)
-        return {"text": text + ("" if not error else f"(logs unavailable: {error})\n"),
-                "replicas": [{"replica": None, "container_id": "", "text": text, "error": error}],
-                "done": service.status in (Service.Status.FAILED, Service.Status.DELETED)}
+        return _cluster_logs(service, tail=tail)
     engine_error = None  # one engine that does not answer is asked once per request, not per replica
     for replica in service.replica_set.order_by("number"):
         text, error = "", engine_error

@@ -25,6 +25,8 @@ from django.utils import timezone
 from core.errors import Conflict, PortalError
 from core.storage import delete_files
 from deployments.checks import (
+    check_cluster_engine,
+    check_cluster_labels,
     check_cpus,
     check_deployable,
     check_engine_url,
@@ -51,9 +53,9 @@ def environment_create(*, workspace: Workspace, name: str, user, kind: str = Env
     """Creates an environment (the lab's ``az ml env setup``): ``local`` (one engine) or ``cluster``
     (a Docker Swarm manager). Choosing an engine URL or a publish address (a machine the portal will
     talk to) takes the owner role. Setting up a cluster environment is the one request that asks an
-    engine (``cluster.check_environment``: is it a swarm manager, or make it one with
+    engine (``checks.check_cluster_engine``: is it a swarm manager, or make it one with
     ``init_swarm``), because the owner asked for exactly that and must hear at once what to change;
-    it runs before any transaction, within ``cluster.DOOR_TIMEOUT`` seconds, and what it saw is
+    it runs before any transaction, within ``checks.DOOR_TIMEOUT`` seconds, and what it saw is
     written on the row (the pages read that). Moving a cluster to another engine
     (``environment_update``) passes the same door."""
     require_role(user=user, workspace=workspace, role=Role.CONTRIBUTOR)
@@ -70,9 +72,7 @@ def environment_create(*, workspace: Workspace, name: str, user, kind: str = Env
     labels = check_labels(labels)
     notice, seen = None, {}
     if kind == Environment.Kind.CLUSTER:
-        from deployments import cluster
-
-        seen, notice = cluster.check_environment(engine_url=engine_url, labels=labels, init_swarm=bool(init_swarm))
+        seen, notice = check_cluster_engine(engine_url=engine_url, labels=labels, init_swarm=bool(init_swarm))
     description = (description or "").strip() if isinstance(description, str) else ""
     if len(description) > 2000:
         raise field_error("description", "The description is over 2000 characters: shorten it.")
@@ -116,7 +116,7 @@ def environment_update(*, environment: Environment, user, changes: dict[str, Any
     given). The engine and the publish address stay as they are while services run in it (those
     replicas live on that engine, at that address): refused, naming the services. Names and kinds
     do not change (scripts and services refer to environments by name). A cluster's new engine is
-    asked at the door, as at its set-up (``cluster.check_environment``, within DOOR_TIMEOUT):
+    asked at the door, as at its set-up (``checks.check_cluster_engine``, within DOOR_TIMEOUT):
     one that does not answer, or is no swarm manager, is refused and nothing changes."""
     require_role(user=user, workspace=environment.workspace, role=Role.CONTRIBUTOR)
     unknown = sorted(set(changes) - set(UPDATABLE_ENVIRONMENT_FIELDS))
@@ -140,13 +140,11 @@ def environment_update(*, environment: Environment, user, changes: dict[str, Any
         values["publish_address"] = check_publish_address(changes["publish_address"])
     seen = None
     if environment.kind == Environment.Kind.CLUSTER:
-        from deployments import cluster
-
         if "labels" in values:
-            cluster.check_labels(values["labels"])
+            check_cluster_labels(values["labels"])
         if "engine_url" in values and values["engine_url"] != environment.engine_url:
             # The same door as the set-up: a cluster moves only to an engine that is a swarm manager.
-            seen, _ = cluster.check_environment(engine_url=values["engine_url"], labels=values.get("labels", environment.labels),
+            seen, _ = check_cluster_engine(engine_url=values["engine_url"], labels=values.get("labels", environment.labels),
                                                 init_swarm=False)
     with transaction.atomic():
         environment = Environment.objects.select_for_update().get(pk=environment.pk)

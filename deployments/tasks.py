@@ -6,7 +6,6 @@ expected status and under its lease, so a message delivered twice does its work 
 """
 from __future__ import annotations
 
-import time
 
 from celery import shared_task
 
@@ -64,16 +63,15 @@ def watch_swarm_tasks() -> dict:
     return cluster.watch()
 
 
-# One tick per refresh period per autoscaled service (routed to the maintenance queue): it
-# re-sends itself while autoscaling stays on and its token is the service's (deployments/autoscaling.py).
+# The autoscaler: one chain for every autoscaled service (routed to the maintenance queue), one
+# round per due refresh period, re-sent while any service is its own (deployments/autoscaling.py).
 @shared_task(ignore_result=True)
-def autoscale_service(service_id: str, token: str) -> float | None:
+def autoscale_services(token: str, schedule: dict | None = None) -> float | None:
     from deployments import autoscaling
 
-    started = time.monotonic()
-    countdown = autoscaling.autoscale_tick(service_id=service_id, token=token)
+    countdown, following = autoscaling.autoscale_round(token=token, schedule=schedule or {})
     if countdown is not None:
-        # One tick per refresh period: the time this one took (metrics reads, rows) comes off the wait.
-        countdown = max(0.05, countdown - (time.monotonic() - started))
-        autoscale_service.apply_async((service_id, token), countdown=countdown)
+        # Each service's next time is its tick's start plus its refresh period: the round's own time
+        # (reading every replica's /metrics) comes off the wait.
+        autoscale_services.apply_async((token, following), countdown=countdown)
     return countdown

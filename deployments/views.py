@@ -7,36 +7,21 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db.models import Q
-from django.http import Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from core.errors import PortalError
-from core.views_base import get_scoped_or_404, paginate, require_page_role, scoped
+from core.views_base import (
+    can, current_workspace, form_error, get_scoped_or_404, page_action, paginate, require_page_role, scoped,
+    sorted_by,
+)
 from deployments import autoscaling, selectors, services
 from deployments.checks import effective_request_timeout
 from deployments.forms import EnvironmentEditForm, EnvironmentForm, FromImageForm, RealtimeForm
 from deployments.models import Environment, Service
 from workspaces.models import Role
-from workspaces.selectors import has_role, role_in
-from workspaces.views import _form_error
-
-
-def _can(request, obj, role: str) -> bool:
-    return has_role(role_in(request.user, obj.workspace_id), role)
-
-
-def _current_workspace(request, role: str = Role.CONTRIBUTOR):
-    if request.workspace is None:
-        raise Http404("You belong to no workspace yet.")
-    require_page_role(request, request.workspace, role)
-    return request.workspace
-
-
-def _sorted(request, qs, allowed: dict[str, str], default: str):
-    sort = request.GET.get("sort", default)
-    return qs.order_by(allowed.get(sort, allowed[default]), "-pk"), (sort if sort in allowed else default)
+from workspaces.selectors import has_role
 
 
 def _service(request, ref: str) -> Service:
@@ -59,7 +44,7 @@ def service_list(request):
     filters = {k: request.GET.get(k, "").strip() for k in ("q", "status", "environment")}
     qs = selectors.filter_services(scoped(request, Service.objects.select_related("environment", "image", "created_by")),
                                    **filters)
-    qs, sort = _sorted(request, qs, {"name": "name", "-name": "-name", "status": "status", "-created": "-created_at",
+    qs, sort = sorted_by(request, qs, {"name": "name", "-name": "-name", "status": "status", "-created": "-created_at",
                                      "created": "created_at"}, "name")
     environments = scoped(request, Environment.objects.all()).order_by("name")
     return render(request, "deployments/service_list.html", {
@@ -72,7 +57,7 @@ def service_list(request):
 def service_create(request):
     from registry.models import Image
 
-    workspace = _current_workspace(request)
+    workspace = current_workspace(request)
     environments = _environment_choices(workspace)
     images = Image.objects.filter(workspace=workspace, status=Image.Status.SUCCEEDED).order_by("-created_at")[:200]
     image_choices = [(str(i.pk), f"{i.name} v{i.version} ({i.tag})") for i in images]
@@ -112,7 +97,7 @@ def service_create(request):
             service, notice = autoscaling.create_autoscaled(create, given=form.autoscale_given(), replicas=data["replicas"],
                                                             user=request.user)
         except PortalError as exc:
-            _form_error(form, exc)
+            form_error(form, exc)
         else:
             if notice:
                 messages.info(request, notice)
@@ -143,7 +128,7 @@ def service_detail(request, ref: str):
         "sample_json": json.dumps(usage["sample_body"], indent=2) if usage else "{}",
         "revisions": service.revisions.select_related("image", "created_by")[:50],
         "events": service.events.all()[:50], "steps": selectors.service_steps(service),
-        "can_change": _can(request, service, Role.CONTRIBUTOR), "can_delete": _can(request, service, Role.OWNER),
+        "can_change": can(request, service, Role.CONTRIBUTOR), "can_delete": can(request, service, Role.OWNER),
         "max_replicas": settings.MLPORTAL_MAX_REPLICAS,
         "request_timeout": effective_request_timeout(service),
         "max_request_timeout": settings.MLPORTAL_SCORING_TIMEOUT_MAX_SECONDS,
@@ -162,14 +147,8 @@ def service_detail(request, ref: str):
 
 def _service_action(request, ref: str, role: str, act, done: str):
     service = _service(request, ref)
-    require_page_role(request, service.workspace, role)
-    try:
-        act(service)
-    except PortalError as exc:
-        messages.error(request, exc.message)
-    else:
-        messages.success(request, done.format(service=service))
-    return redirect("service-detail", ref=str(service.pk))
+    return page_action(request, service.workspace, role=role, act=lambda: act(service), done=done.format(service=service),
+                       back=reverse("service-detail", kwargs={"ref": str(service.pk)}))
 
 
 @login_required
@@ -249,14 +228,10 @@ def service_regenerate_key(request, ref: str):
 @require_POST
 def service_delete(request, ref: str):
     service = _service(request, ref)
-    require_page_role(request, service.workspace, Role.OWNER)
-    try:
-        services.service_delete(service=service, user=request.user)
-    except PortalError as exc:
-        messages.error(request, exc.message)
-        return redirect("service-detail", ref=str(service.pk))
-    messages.success(request, f"Deleting service '{service.name}': its containers are being removed.")
-    return redirect("service-list")
+    return page_action(request, service.workspace, role=Role.OWNER,
+                       act=lambda: services.service_delete(service=service, user=request.user),
+                       done=f"Deleting service '{service.name}': its containers are being removed.",
+                       back=reverse("service-detail", kwargs={"ref": str(service.pk)}), then="service-list")
 
 
 # --- environments ---------------------------------------------------------------------------------
@@ -265,12 +240,12 @@ def service_delete(request, ref: str):
 def environment_list(request):
     form = EnvironmentForm(request.POST or None)
     if request.method == "POST":
-        workspace = _current_workspace(request)
+        workspace = current_workspace(request)
         if form.is_valid():
             try:
                 environment = services.environment_create(workspace=workspace, user=request.user, **form.cleaned_data)
             except PortalError as exc:
-                _form_error(form, exc)
+                form_error(form, exc)
             else:
                 if getattr(environment, "notice", None):
                     messages.info(request, environment.notice)
@@ -280,7 +255,7 @@ def environment_list(request):
     qs = scoped(request, Environment.objects.select_related("created_by"))
     if q:
         qs = qs.filter(Q(name__icontains=q) | Q(description__icontains=q) | Q(engine_url__icontains=q))
-    qs, sort = _sorted(request, qs, {"name": "name", "-name": "-name", "-created": "-created_at", "created": "created_at"}, "name")
+    qs, sort = sorted_by(request, qs, {"name": "name", "-name": "-name", "-created": "-created_at", "created": "created_at"}, "name")
     page = paginate(request, qs)
     rows = [{"env": e, "engine": selectors.engine_status(e), "services": selectors.services_in(e).count()} for e in page]
     return render(request, "deployments/environment_list.html", {
@@ -293,7 +268,7 @@ def environment_list(request):
 @login_required
 def environment_detail(request, ref: str):
     environment = _environment(request, ref)
-    can_edit = _can(request, environment, Role.CONTRIBUTOR)
+    can_edit = can(request, environment, Role.CONTRIBUTOR)
     current = {"description": environment.description, "labels": environment.labels,
                "engine_url": environment.engine_url, "publish_address": environment.publish_address}
     form = EnvironmentEditForm(request.POST or None,
@@ -305,7 +280,7 @@ def environment_detail(request, ref: str):
             try:
                 services.environment_update(environment=environment, user=request.user, changes=changes)
             except PortalError as exc:
-                _form_error(form, exc)
+                form_error(form, exc)
             else:
                 messages.success(request, f"Environment '{environment.name}' saved." if changes else "Nothing changed.")
                 return redirect("environment-detail", ref=str(environment.pk))
@@ -315,7 +290,7 @@ def environment_detail(request, ref: str):
         "swarm": selectors.swarm_of(environment),  # what the worker side saw, never asked for this page
         "services": selectors.services_in(environment).select_related("image"),
         "is_active": active is not None and active.pk == environment.pk,
-        "can_delete": _can(request, environment, Role.OWNER), "can_edit": can_edit, "form": form,
+        "can_delete": can(request, environment, Role.OWNER), "can_edit": can_edit, "form": form,
     })
 
 
@@ -332,11 +307,7 @@ def environment_activate(request, ref: str):
 @require_POST
 def environment_delete(request, ref: str):
     environment = _environment(request, ref)
-    require_page_role(request, environment.workspace, Role.OWNER)
-    try:
-        services.environment_delete(environment=environment, user=request.user)
-    except PortalError as exc:
-        messages.error(request, exc.message)
-        return redirect("environment-detail", ref=str(environment.pk))
-    messages.success(request, f"Deleted environment '{environment.name}'.")
-    return redirect("environment-list")
+    return page_action(request, environment.workspace, role=Role.OWNER,
+                       act=lambda: services.environment_delete(environment=environment, user=request.user),
+                       done=f"Deleted environment '{environment.name}'.",
+                       back=reverse("environment-detail", kwargs={"ref": str(environment.pk)}), then="environment-list")

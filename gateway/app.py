@@ -54,6 +54,11 @@ PROBE_TIMEOUT = 1.0
 FORCE_HEADER = b"x-mlportal-revision"
 MISS_REFRESH_SECONDS = 0.2  # a flood of wrong keys reads the table at most five times a second
 MAX_SHADOW_PER_SERVICE = 16  # mirrored requests in flight per service; past it a request is not mirrored
+SHADOW_WARN_SECONDS = 10.0  # a failing shadow is logged at most this often per service
+
+
+class ClientGone(Exception):
+    """The caller closed the connection before its body arrived: nobody to answer, nothing to forward."""
 
 
 def _json(data: Any) -> bytes:
@@ -114,7 +119,8 @@ class Labelled:
 class Gateway:
     def __init__(self, django_app: Callable, *, refresh_seconds: float, probe_seconds: float, max_body: int,
                  queue_timeout: float, slots_dir: str | os.PathLike | None = None, metrics_token: str = "",
-                 recorder: Any = None, static: Any = None, body_timeout: float = 30.0) -> None:
+                 recorder: Any = None, static: Any = None, body_timeout: float = 30.0,
+                 head_timeout: float = 10.0) -> None:
         self.django = django_app
         self.static = static  # gateway.static.StaticFiles: /static/ answered here, off Django's one sync thread
         self.refresh_seconds = refresh_seconds
@@ -122,6 +128,7 @@ class Gateway:
         self.max_body = max_body
         self.queue_timeout = queue_timeout
         self.body_timeout = body_timeout  # gateway.server: a scoring body must arrive this soon after its head
+        self.head_timeout = head_timeout  # gateway.server: any head must arrive this soon after its first byte
         # Shared by every web process of this host, so a service's limits hold across workers.
         self.slots = SlotFolder(slots_dir) if slots_dir is not None else None
         # Touched by table.mark_changed() after a key is regenerated or a service deleted.
@@ -133,6 +140,7 @@ class Gateway:
         self.balancer = Balancer()
         self.limiters: dict[str, Limiter] = {}
         self.shadow_in_flight: dict[str, int] = {}
+        self.shadow_warned: dict[str, float] = {}  # service id -> when its shadow's failure was last logged
         self.model_versions: dict = {}
         self.labelled: dict[tuple[int, int], Labelled] = {}  # (id(route), id(revision)): emptied with each new table
         self.upstream = Upstream(connect_timeout=CONNECT_TIMEOUT)  # keep-alive connections to the replicas
@@ -293,8 +301,11 @@ class Gateway:
 
     async def _scoring(self, scope: dict, receive: Callable, send: Callable, ref: str, rest: str) -> None:
         headers = dict(scope["headers"])
-        reply = await self.score(scope["method"], ref, rest, scope.get("query_string") or b"", headers,
-                                 lambda: _read_body(receive, headers, self.max_body))
+        try:
+            reply = await self.score(scope["method"], ref, rest, scope.get("query_string") or b"", headers,
+                                     lambda: _read_body(receive, headers, self.max_body))
+        except ClientGone:
+            return  # a part of a body is never forwarded: it could score a truncated input
         await _respond(send, reply.status, reply.body, reply.content_type, extra=reply.headers)
 
     async def score(self, method: str, ref: str, rest: str, query: bytes, headers: dict,
@@ -483,12 +494,26 @@ class Gateway:
                 metrics.SHADOW.labels(route.workspace, route.name, str(shadow.number), "yes" if agreed else "no").inc()
                 if self.recorder is not None:
                     self.recorder.shadow(route.service_id, shadow.number, answer.status, seconds, agreed)
+                if answer.status >= 500:
+                    self._warn_shadow(route, shadow, f"answered {answer.status}: {_message(answer.body)}")
+            except Exception as exc:  # noqa: BLE001 - the caller has its answer; the shadow's failure is logged
+                self._warn_shadow(route, shadow, f"failed ({type(exc).__name__}: {exc})", exc_info=True)
             finally:
                 self.shadow_in_flight[route.service_id] -= 1
 
         task = asyncio.get_running_loop().create_task(run())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    def _warn_shadow(self, route: Route, shadow: Revision, what: str, *, exc_info: bool = False) -> None:
+        """Logs that the shadow revision of ``route`` failed a copy, at most every SHADOW_WARN_SECONDS
+        per service (a shadow failing on every request must not flood the log)."""
+        now = time.monotonic()
+        if now - self.shadow_warned.get(route.service_id, -SHADOW_WARN_SECONDS) < SHADOW_WARN_SECONDS:
+            return
+        self.shadow_warned[route.service_id] = now
+        logger.warning("the shadow revision %s of service '%s' %s (callers are unaffected; logged at most every %g s)",
+                       shadow.number, route.name, what, SHADOW_WARN_SECONDS, exc_info=exc_info)
 
 
 def _same_json(a: bytes, b: bytes) -> bool:
@@ -531,8 +556,18 @@ def _route_headers(route: Route, revision: Revision | None) -> list[tuple[bytes,
     return headers
 
 
+def _message(body: bytes) -> str:
+    """The error message of a JSON error answer, or the start of the body, printable and short."""
+    try:
+        text = str(json.loads(body)["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        text = body[:200].decode("utf-8", "replace")
+    return "".join(c if c.isprintable() else "?" for c in text[:200])
+
+
 async def _read_body(receive: Callable, headers: dict, limit: int) -> bytes | None:
-    """The request body, or None when it is over ``limit`` bytes (stops reading there)."""
+    """The request body, or None when it is over ``limit`` bytes (stops reading there); raises
+    ClientGone when the caller disconnects before it is whole."""
     declared = headers.get(b"content-length")
     if declared is not None:
         try:
@@ -544,7 +579,7 @@ async def _read_body(receive: Callable, headers: dict, limit: int) -> bytes | No
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            break
+            raise ClientGone()
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
@@ -575,6 +610,7 @@ def build(django_app: Callable) -> Gateway:
         django_app, refresh_seconds=settings.MLPORTAL_GATEWAY_REFRESH_SECONDS,
         probe_seconds=settings.MLPORTAL_GATEWAY_PROBE_SECONDS, max_body=settings.MLPORTAL_MAX_BODY_BYTES,
         queue_timeout=settings.MLPORTAL_GATEWAY_QUEUE_TIMEOUT, body_timeout=settings.MLPORTAL_GATEWAY_BODY_TIMEOUT,
+        head_timeout=settings.MLPORTAL_GATEWAY_HEAD_TIMEOUT,
         slots_dir=settings.MLPORTAL_GATEWAY_SLOTS_DIR,
         metrics_token=settings.MLPORTAL_METRICS_TOKEN, recorder=Recorder(), static=StaticFiles(),
     )

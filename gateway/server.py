@@ -17,7 +17,10 @@ and ``--limit-concurrency``'s task count work the same.
 
 For every request, on every path, it also bounds what uvicorn's protocol did not: the request head
 (``MAX_HEAD_BYTES``, ``MAX_HEADERS`` fields; past them 431 and the connection closed, before the
-head is held whole), and on the scoring paths the time a body may take to arrive once its head
+head is held whole), the time a head may take from its first byte, or from the connect on a new
+connection (``Gateway.head_timeout``; past it 408 and closed) and the time a new connection may stay silent (the same bound; then closed, as
+uvicorn's keep-alive timeout closes an idle one), so a client that trickles a head or never sends
+one holds no connection for long; and on the scoring paths the time a body may take to arrive once its head
 has (``Gateway.body_timeout``; past it 408). A malformed request is answered 400 and closed, as
 uvicorn does; an error in the gateway is logged and answered 500, never raised into the loop.
 """
@@ -32,10 +35,13 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import HEADER_VALUE_RE, STATUS_LINE, HttpToolsProtocol
 from uvicorn.protocols.utils import get_client_addr
 
+from gateway.app import ClientGone
+
 logger = logging.getLogger("mlportal.gateway")
 
 MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 128
+HEAD_TIMEOUT = 10.0  # when the app carries no gateway (Gateway.head_timeout otherwise)
 # After answering a body too large before it was read whole, the rest is read and dropped for up
 # to this long before the connection closes, so the caller gets to read the 413 (closing with
 # unread data would reset the connection under it).
@@ -81,10 +87,6 @@ class _Wake:
 def _wake(waiter: asyncio.Future) -> None:
     if not waiter.done():
         waiter.set_result(None)
-
-
-class ClientGone(Exception):
-    """The caller closed the connection before its body arrived: nobody to answer."""
 
 
 class BodyTimeout(Exception):
@@ -233,6 +235,36 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.head_bytes = 0
         self.lingering = False
         self.draining: int | None = None  # bytes dropped since a refusal (None: not refused)
+        self.head_timeout = getattr(self.gateway, "head_timeout", HEAD_TIMEOUT)
+        self.head_timer: asyncio.TimerHandle | None = None  # runs from a head's first byte to its end
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._start_head_timer()  # a connection that never sends a head is closed in time too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def _start_head_timer(self) -> None:
+        if self.head_timer is None:
+            self.head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self.head_timer = None
+        if self.transport.is_closing() or self.draining is not None or not self.in_head:
+            return
+        if self.head_bytes == 0 and (self.cycle is None or self.cycle.response_complete):
+            self.transport.close()  # nothing asked: close quietly, as an idle keep-alive connection
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            return  # a pipelined head waits behind an answer still being made: not the client's delay
+        self._refuse(408, f"The request head did not arrive within {self.head_timeout:g} s: send it whole, at once.")
 
     def linger(self) -> None:
         """Reads and drops the rest of the request being answered, then closes (LINGER_SECONDS at most)."""
@@ -252,6 +284,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._unset_keepalive_if_required()
         if self.in_head:
             self.head_bytes += len(data)
+            self._start_head_timer()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -305,6 +338,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self.in_head = False
         self.head_bytes = 0
+        self._cancel_head_timer()
         if self.gateway is not None and not self.expect_100_continue:
             match = SCORING_TARGET.match(self.url)
             if match is not None and not self.parser.should_upgrade():

@@ -273,6 +273,9 @@ MLPORTAL_GATEWAY_QUEUE = env_int("MLPORTAL_GATEWAY_QUEUE", 64, minimum=0)
 MLPORTAL_GATEWAY_QUEUE_TIMEOUT = env_float("MLPORTAL_GATEWAY_QUEUE_TIMEOUT", 30.0, minimum=0.1)
 # How long a scoring request's body may take to arrive after its head (gateway/server.py): past it, 408.
 MLPORTAL_GATEWAY_BODY_TIMEOUT = env_float("MLPORTAL_GATEWAY_BODY_TIMEOUT", 30.0, minimum=0.1)
+# How long any request head may take from its first byte, and a new connection may stay silent
+# (gateway/server.py): past it, 408 and the connection closed.
+MLPORTAL_GATEWAY_HEAD_TIMEOUT = env_float("MLPORTAL_GATEWAY_HEAD_TIMEOUT", 10.0, minimum=0.1)
 # Where the gateway's per-service slots live (a lock file per service, gateway/slots.py): every web
 # process of one host must see the same folder, so a service's limits hold across the processes.
 MLPORTAL_GATEWAY_SLOTS_DIR = env_path("MLPORTAL_GATEWAY_SLOTS_DIR", DATA_DIR / "gateway-slots")
@@ -374,8 +377,9 @@ CELERY_TASK_ROUTES = {
     "monitoring.tasks.compute_drift": {"queue": "celery"},
     "monitoring.tasks.compute_drift_job": {"queue": "celery"},
     "monitoring.tasks.remove_service_capture": {"queue": "celery"},
-    # The autoscaler's tick (every refresh period per autoscaled service) never waits behind a deploy.
-    "deployments.tasks.autoscale_service": {"queue": "celery"},
+    # The autoscaler's one chain (a round per due refresh period, for every autoscaled service) never
+    # waits behind a deploy.
+    "deployments.tasks.autoscale_services": {"queue": "celery"},
     "deployments.tasks.watch_swarm_tasks": {"queue": "celery"},
 }
 # Time limits per queue, on purpose: runs enforce their own (per-project) limit inside compute and

@@ -5,6 +5,11 @@ A script inside a run container logs with ``get_logger().log("Accuracy", 0.93)``
 ``<PREFIX> + json``, and flushes it, so no network is needed inside the container: the worker that
 streams the container's output recognises the line with ``parse_line`` and stores it instead of
 showing it in the plain log.
+
+NaN and the infinities are logged as MLflow's client logs them (a diverged loss is a fact about
+the run, not an error of the script): the line carries JSON's ``NaN`` / ``Infinity`` /
+``-Infinity`` literals, and the portal stores them as MLflow's SQL store and the portal's own
+MLflow API do (NaN as NaN, ±Infinity as ±1.7976931348623157e308).
 """
 
 from __future__ import annotations
@@ -66,6 +71,15 @@ def _reject_constant(token: str) -> Any:
     raise ValueError(f"{token} is not a valid metric value")
 
 
+_CONSTANTS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def _metric_constant(token: str) -> float:
+    """A metric line's NaN / Infinity / -Infinity; where any other field holds one, that field's
+    own check (a whole step, a finite time, a text name) refuses the line."""
+    return _CONSTANTS[token]
+
+
 def _check_name(name: Any) -> str | None:
     """Return why ``name`` is not a valid metric name, or None when it is."""
     if not isinstance(name, str) or not name.strip():
@@ -87,15 +101,11 @@ def _check_step(step: Any) -> int | None:
     return step
 
 
-class NonFiniteMetric(ValueError):
-    """A NaN or infinite metric value."""
-
-
 def _normalize_value(value: Any) -> int | float | str:
     """Return ``value`` with numpy scalars turned into Python ones.
 
-    Raises TypeError for a value that is not a number or string, ValueError for one out of range
-    (NonFiniteMetric for NaN and infinities).
+    Raises TypeError for a value that is not a number or string, ValueError for one out of range.
+    NaN and the infinities pass (the portal stores them as MLflow does).
     """
     if hasattr(value, "item") and not isinstance(value, (int, float, str)):
         try:
@@ -109,8 +119,6 @@ def _normalize_value(value: Any) -> int | float | str:
             raise ValueError("an integer metric value must fit in 64 bits")
         return value
     if isinstance(value, float):
-        if not math.isfinite(value):
-            raise NonFiniteMetric(f"a metric value must be a finite number, not {value}")
         return value
     if isinstance(value, str):
         if len(value) > MAX_STRING_VALUE_LENGTH:
@@ -170,43 +178,35 @@ class RunLogger:
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:
         """Log several metrics at one step, on as few lines as possible (100 a line): what a
         training loop logging ten series per step should call, a tenth of the lines of ``log``.
-        Checks as ``log`` does, every item before any is written; NaN/inf items are reported and skipped."""
+        Checks as ``log`` does, every item before any is written."""
         step = _check_step(step)
         values: dict[str, Any] = {}
         for name, value in dict(metrics).items():
             problem = _check_name(name)
             if problem:
                 raise ValueError(f"{problem}: {name!r:.80}")
-            try:
-                values[name] = _normalize_value(value)
-            except NonFiniteMetric as exc:
-                print(f"mlportal: metric {name!r} not logged: {exc}", file=sys.stderr, flush=True)
+            values[name] = _normalize_value(value)
         items = list(values.items())
         now = time.time()
         for start in range(0, len(items), METRICS_PER_LINE):
             self._write(METRICS_PREFIX + json.dumps({"metrics": dict(items[start:start + METRICS_PER_LINE]), "step": step,
-                                                     "time": now}, ensure_ascii=True, allow_nan=False))
+                                                     "time": now}, ensure_ascii=True))
 
     def log(self, name: str, value: Any, step: int | None = None) -> None:
         """Log a scalar metric (no ``step``) or one point of a series (``step=N``).
 
         Raises TypeError/ValueError for a bad name, step or value type. A NaN or infinite value
-        (a diverged loss, say) is not an error of the script: it is reported on stderr and
-        skipped, because JSON and the metric store cannot hold it.
+        (a diverged loss, say) is logged as MLflow logs it: the portal keeps NaN as NaN and
+        clamps ±Infinity to ±1.7976931348623157e308.
         """
         problem = _check_name(name)
         if problem:
             raise ValueError(f"{problem}: {name!r:.80}")
         step = _check_step(step)
-        try:
-            normalized = _normalize_value(value)
-        except NonFiniteMetric as exc:
-            print(f"mlportal: metric {name!r} not logged: {exc}", file=sys.stderr, flush=True)
-            return
+        normalized = _normalize_value(value)
         line = METRIC_PREFIX + json.dumps(
             {"name": name, "value": normalized, "step": step, "time": time.time()},
             ensure_ascii=True,
-            allow_nan=False,
         )
         self._write(line)
 
@@ -229,7 +229,7 @@ def parse_metric_line(line: str | bytes) -> dict | None:
     """Return ``{"name", "value", "step", "time"}`` for a well-formed metric line, else None.
 
     Trailing newline/whitespace is ignored; the prefix must start the line. None is returned for
-    anything else: other output, broken JSON, NaN/Infinity, non-finite or non-scalar values,
+    anything else: other output, broken JSON, non-scalar values (NaN and ±Infinity are values),
     names that are empty or longer than 200 characters, strings over 1000 characters, a step that
     is not an integer, a time that is not a finite number. ``time`` is None when the line has none.
     """
@@ -243,8 +243,8 @@ def parse_metric_line(line: str | bytes) -> dict | None:
     if len(line) > _MAX_LINE_LENGTH:
         return None
     try:
-        data = json.loads(line[len(METRIC_PREFIX):].rstrip(), parse_constant=_reject_constant)
-    except ValueError:  # JSONDecodeError and the rejected NaN/Infinity
+        data = json.loads(line[len(METRIC_PREFIX):].rstrip(), parse_constant=_metric_constant)
+    except ValueError:  # JSONDecodeError
         return None
     if not isinstance(data, dict) or _check_name(data.get("name")) is not None:
         return None
@@ -289,7 +289,7 @@ def _parse_metrics_line(line: str) -> list[dict] | None:
     if len(line) > _MAX_METRICS_LINE_LENGTH:
         return None
     try:
-        data = json.loads(line[len(METRICS_PREFIX):].rstrip(), parse_constant=_reject_constant)
+        data = json.loads(line[len(METRICS_PREFIX):].rstrip(), parse_constant=_metric_constant)
     except ValueError:
         return None
     if not isinstance(data, dict) or not isinstance(data.get("metrics"), dict) or not data["metrics"]:

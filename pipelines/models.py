@@ -246,6 +246,9 @@ class WebhookDelivery(models.Model):
     class Status(models.TextChoices):
         PENDING = "pending", "Pending"
         RETRYING = "retrying", "Retrying"
+        # Claimed by a worker for one attempt, until next_attempt_at (a lease: a worker lost mid-POST
+        # leaves it to be tried again once that passes).
+        SENDING = "sending", "Sending"
         SUCCEEDED = "succeeded", "Succeeded"
         FAILED = "failed", "Failed"
 

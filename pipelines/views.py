@@ -17,12 +17,9 @@ from runs.models import Project
 from core.errors import PortalError
 from workspaces.models import Role
 from workspaces.selectors import has_role, role_in
-from workspaces.views import _form_error
-from core.views_base import get_scoped_or_404, paginate, require_page_role, scoped
-
-
-def _can(request, obj, role: str = Role.CONTRIBUTOR) -> bool:
-    return has_role(role_in(request.user, obj.workspace_id), role)
+from core.views_base import (
+    can, form_error, get_scoped_or_404, page_action, paginate, require_page_role, scoped,
+)
 
 
 @login_required
@@ -42,7 +39,7 @@ def pipeline_list(request):
             try:
                 pipeline = services.pipeline_create(workspace=workspace, user=request.user, **form.cleaned_data)
             except PortalError as exc:
-                _form_error(form, exc)
+                form_error(form, exc)
             else:
                 messages.success(request, f"Pipeline '{pipeline.name}' created.")
                 return redirect("pipeline-detail", ref=str(pipeline.pk))
@@ -61,7 +58,7 @@ def pipeline_detail(request, ref: str):
     from pipelines.forms import PipelineEditForm
 
     pipeline = _pipeline(request, ref)
-    can_change = _can(request, pipeline)
+    can_change = can(request, pipeline)
     initial = {f: getattr(pipeline, f) for f in ("gate", "schedule", "trigger_on_data", "trigger_on_drift", "mode",
                                                   "rollout", "when_busy", "enabled")}
     form = PipelineEditForm(request.POST if request.method == "POST" and can_change else None, initial=initial)
@@ -78,7 +75,7 @@ def pipeline_detail(request, ref: str):
             try:
                 services.pipeline_update(pipeline=pipeline, user=request.user, changes=form.cleaned_data)
             except PortalError as exc:
-                _form_error(form, exc)
+                form_error(form, exc)
             else:
                 messages.success(request, f"Pipeline '{pipeline.name}' saved.")
                 return redirect("pipeline-detail", ref=str(pipeline.pk))
@@ -86,7 +83,7 @@ def pipeline_detail(request, ref: str):
     hook_url = request.build_absolute_uri(reverse("api-pipeline-hook", kwargs={"pk": pipeline.pk}))
     return render(request, "pipelines/pipeline_detail.html", {
         "pipeline": pipeline, "page": paginate(request, runs), "can_change": can_change, "form": form,
-        "can_delete": _can(request, pipeline, Role.OWNER), "new_secret": new_secret, "hook_url": hook_url,
+        "can_delete": can(request, pipeline, Role.OWNER), "new_secret": new_secret, "hook_url": hook_url,
     })
 
 
@@ -111,14 +108,10 @@ def pipeline_run_now(request, ref: str):
 @require_POST
 def pipeline_delete(request, ref: str):
     pipeline = _pipeline(request, ref)
-    require_page_role(request, pipeline.workspace, Role.OWNER)
-    try:
-        services.pipeline_delete(pipeline=pipeline, user=request.user)
-    except PortalError as exc:
-        messages.error(request, exc.message)
-        return redirect("pipeline-detail", ref=str(pipeline.pk))
-    messages.success(request, f"Pipeline '{pipeline.name}' deleted.")
-    return redirect("pipeline-list")
+    return page_action(request, pipeline.workspace, role=Role.OWNER,
+                       act=lambda: services.pipeline_delete(pipeline=pipeline, user=request.user),
+                       done=f"Pipeline '{pipeline.name}' deleted.",
+                       back=reverse("pipeline-detail", kwargs={"ref": str(pipeline.pk)}), then="pipeline-list")
 
 
 @login_required
@@ -129,7 +122,7 @@ def pipeline_run_detail(request, ref: str):
     return render(request, "pipelines/pipeline_run_detail.html", {
         "prun": run, "steps": run.steps.order_by("position"),
         "status_url": reverse("api-pipeline-run-detail", kwargs={"pk": run.pk}),
-        "can_change": _can(request, run),
+        "can_change": can(request, run),
     })
 
 
@@ -156,7 +149,7 @@ def _webhook(request, ref: str):
 def _webhook_page(request, webhook, *, new_secret: str = ""):
     return render(request, "pipelines/webhook_detail.html", {
         "webhook": webhook, "page": paginate(request, webhook.deliveries.order_by("-created_at")),
-        "new_secret": new_secret, "can_test": _can(request, webhook), "can_delete": _can(request, webhook, Role.OWNER),
+        "new_secret": new_secret, "can_test": can(request, webhook), "can_delete": can(request, webhook, Role.OWNER),
     })
 
 
@@ -177,7 +170,7 @@ def webhook_list(request):
             try:
                 webhook = webhooks.webhook_create(workspace=workspace, user=request.user, **form.cleaned_data)
             except PortalError as exc:
-                _form_error(form, exc)
+                form_error(form, exc)
             else:
                 # The secret is shown on this answer only (never stored in a message or a cookie).
                 return _webhook_page(request, webhook, new_secret=webhook.secret)

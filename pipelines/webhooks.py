@@ -21,9 +21,12 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
+import urllib3
+
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from pipelines.models import PipelineRun, Webhook, WebhookCursor, WebhookDelivery
@@ -34,6 +37,8 @@ from workspaces.services import activity_record, check_name, require_role
 
 LOOK_BACK = timedelta(seconds=120)  # rows committed this late after their timestamp are still seen
 TIMEOUT_SECONDS = 10
+# A claimed attempt (status sending) is another worker's for this long: past it, it is tried again.
+LEASE_SECONDS = 2 * TIMEOUT_SECONDS + 30
 SIGNATURE_HEADER = "X-MLPortal-Signature-256"
 
 
@@ -241,58 +246,102 @@ def sign(secret: str, body: bytes) -> str:
 
 def delivery_attempt(*, delivery_id) -> float | None:
     """Sends one delivery once; returns the seconds until the next attempt, or None when it is over
-    (succeeded, failed for good, or someone else has it)."""
-    import requests
+    (succeeded, failed for good, or someone else has it).
 
+    No row lock is held across the POST (up to TIMEOUT_SECONDS): the delivery is claimed in one
+    short transaction (status sending, with a lease in ``next_attempt_at``), sent, and its outcome
+    written in another. A worker lost mid-POST leaves the lease to run out; ``deliveries_due`` then
+    hands it out again (a receiver may see an attempt twice: the delivery id says it is the same)."""
+    now = timezone.now()
     with transaction.atomic():
         delivery = (WebhookDelivery.objects.select_for_update(skip_locked=True).select_related("webhook")
-                    .filter(pk=delivery_id, status__in=[WebhookDelivery.Status.PENDING, WebhookDelivery.Status.RETRYING])
+                    .filter(Q(status__in=[WebhookDelivery.Status.PENDING, WebhookDelivery.Status.RETRYING])
+                            | Q(status=WebhookDelivery.Status.SENDING, next_attempt_at__lt=now), pk=delivery_id)
                     .first())
         if delivery is None:
             return None
-        webhook = delivery.webhook
-        body = json.dumps({**delivery.payload, "sent_at": timezone.now().isoformat(), "attempt": delivery.attempts + 1},
-                          separators=(",", ":")).encode()
-        headers = {"Content-Type": "application/json", "User-Agent": "MLPortal-Webhook/1",
-                   "X-MLPortal-Event": delivery.event, "X-MLPortal-Delivery": str(delivery.pk),
-                   SIGNATURE_HEADER: sign(webhook.secret, body)}
-        started = time.monotonic()
-        code, error = None, ""
-        try:
-            # Checked at each attempt: a name may since resolve to an address of the portal's network.
-            check_public_host(urlsplit(webhook.url).hostname or "", settings.MLPORTAL_WEBHOOK_HOSTS,
-                              setting="MLPORTAL_WEBHOOK_HOSTS")
-            response = requests.post(webhook.url, data=body, headers=headers, timeout=TIMEOUT_SECONDS, allow_redirects=False)
-            code = response.status_code
-            if not 200 <= code < 300:
-                error = f"the receiver answered {code}" + (" (a redirect: the portal does not follow them)" if 300 <= code < 400 else "")
-        except NotAllowed as exc:
-            error = f"not sent: {exc}"
-        except requests.RequestException as exc:
-            error = f"{type(exc).__name__}: {str(exc)[:300]}"
-        latency = round((time.monotonic() - started) * 1000, 1)
-        now = timezone.now()
-        delivery.attempts += 1
-        delivery.log = [*delivery.log, {"at": now.isoformat(), "response_code": code, "latency_ms": latency, "error": error}][-20:]
-        delivery.response_code, delivery.latency_ms, delivery.error = code, latency, error
-        wait = None
-        if not error:
-            delivery.status, delivery.delivered_at, delivery.next_attempt_at = WebhookDelivery.Status.SUCCEEDED, now, None
-        elif delivery.attempts >= settings.MLPORTAL_WEBHOOK_ATTEMPTS:
-            delivery.status, delivery.next_attempt_at = WebhookDelivery.Status.FAILED, None
-            delivery.error = f"{error}; gave up after {delivery.attempts} attempts"
-        else:
-            wait = settings.MLPORTAL_WEBHOOK_RETRY_SECONDS * 2 ** (delivery.attempts - 1)
-            delivery.status, delivery.next_attempt_at = WebhookDelivery.Status.RETRYING, now + timedelta(seconds=wait)
-        delivery.save(update_fields=["attempts", "log", "response_code", "latency_ms", "error", "status", "delivered_at",
-                                     "next_attempt_at"])
+        delivery.status = WebhookDelivery.Status.SENDING
+        delivery.next_attempt_at = now + timedelta(seconds=LEASE_SECONDS)
+        delivery.save(update_fields=["status", "next_attempt_at"])
+    webhook = delivery.webhook
+    body = json.dumps({**delivery.payload, "sent_at": timezone.now().isoformat(), "attempt": delivery.attempts + 1},
+                      separators=(",", ":")).encode()
+    headers = {"Content-Type": "application/json", "User-Agent": "MLPortal-Webhook/1",
+               "X-MLPortal-Event": delivery.event, "X-MLPortal-Delivery": str(delivery.pk),
+               SIGNATURE_HEADER: sign(webhook.secret, body)}
+    started = time.monotonic()
+    code, error = None, ""
+    try:
+        code = post_pinned(webhook.url, body, headers)
+        if not 200 <= code < 300:
+            error = f"the receiver answered {code}" + (" (a redirect: the portal does not follow them)" if 300 <= code < 400 else "")
+    except NotAllowed as exc:
+        error = f"not sent: {exc}"
+    except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+        error = f"{type(exc).__name__}: {str(exc)[:300]}"
+    latency = round((time.monotonic() - started) * 1000, 1)
+    with transaction.atomic():
+        claimed = (WebhookDelivery.objects.select_for_update()
+                   .filter(pk=delivery.pk, status=WebhookDelivery.Status.SENDING).first())
+        if claimed is None:
+            return None  # deleted with its webhook meanwhile
+        return _record_attempt(claimed, code=code, latency=latency, error=error)
+
+
+def _record_attempt(delivery: WebhookDelivery, *, code: int | None, latency: float, error: str) -> float | None:
+    now = timezone.now()
+    delivery.attempts += 1
+    delivery.log = [*delivery.log, {"at": now.isoformat(), "response_code": code, "latency_ms": latency, "error": error}][-20:]
+    delivery.response_code, delivery.latency_ms, delivery.error = code, latency, error
+    wait = None
+    if not error:
+        delivery.status, delivery.delivered_at, delivery.next_attempt_at = WebhookDelivery.Status.SUCCEEDED, now, None
+    elif delivery.attempts >= settings.MLPORTAL_WEBHOOK_ATTEMPTS:
+        delivery.status, delivery.next_attempt_at = WebhookDelivery.Status.FAILED, None
+        delivery.error = f"{error}; gave up after {delivery.attempts} attempts"
+    else:
+        wait = settings.MLPORTAL_WEBHOOK_RETRY_SECONDS * 2 ** (delivery.attempts - 1)
+        delivery.status, delivery.next_attempt_at = WebhookDelivery.Status.RETRYING, now + timedelta(seconds=wait)
+    delivery.save(update_fields=["attempts", "log", "response_code", "latency_ms", "error", "status", "delivered_at",
+                                 "next_attempt_at"])
     return wait
 
 
+def post_pinned(url: str, body: bytes, headers: dict) -> int:
+    """POSTs ``body`` to ``url`` and returns the status code, connecting to the very address that
+    was checked (``check_public_host``, at each attempt: a name may since resolve to an address of
+    the portal's network). A second lookup by the HTTP client could answer another address (DNS
+    rebinding), so the connection goes to the checked address, with the name in ``Host`` and, for
+    https, in SNI and the certificate check. Redirects are not followed."""
+    parts = urlsplit(url)
+    hostname = parts.hostname or ""
+    addresses = check_public_host(hostname, settings.MLPORTAL_WEBHOOK_HOSTS, setting="MLPORTAL_WEBHOOK_HOSTS")
+    address = str(addresses[0])
+    https = parts.scheme == "https"
+    port = parts.port or (443 if https else 80)
+    timeout = urllib3.Timeout(connect=TIMEOUT_SECONDS, read=TIMEOUT_SECONDS)
+    if https:
+        import certifi
+
+        pool = urllib3.HTTPSConnectionPool(address, port, timeout=timeout, retries=False, server_hostname=hostname,
+                                           assert_hostname=hostname, cert_reqs="CERT_REQUIRED", ca_certs=certifi.where())
+    else:
+        pool = urllib3.HTTPConnectionPool(address, port, timeout=timeout, retries=False)
+    default_port = port == (443 if https else 80)
+    host_header = hostname if ":" not in hostname else f"[{hostname}]"
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    with pool:
+        response = pool.urlopen("POST", target, body=body, redirect=False, preload_content=True,
+                                headers={**headers, "Host": host_header if default_port else f"{host_header}:{port}"})
+        return response.status
+
+
 def deliveries_due() -> list[str]:
-    """Retries whose time came (their countdown message lost with a restarted worker)."""
+    """Retries whose time came (their countdown message lost with a restarted worker), and attempts
+    whose worker was lost mid-POST (their lease ran out)."""
     now = timezone.now()
     stale = now - timedelta(seconds=60)
-    due = WebhookDelivery.objects.filter(status=WebhookDelivery.Status.RETRYING, next_attempt_at__lt=stale)
+    due = WebhookDelivery.objects.filter(status__in=[WebhookDelivery.Status.RETRYING, WebhookDelivery.Status.SENDING],
+                                         next_attempt_at__lt=stale)
     pending = WebhookDelivery.objects.filter(status=WebhookDelivery.Status.PENDING, created_at__lt=stale)
     return [str(pk) for pk in (due | pending).values_list("pk", flat=True)[:500]]

@@ -441,8 +441,9 @@ class ImageViewSet(RefLookupMixin, CreateListRetrieveDestroyViewSet):
     ordering_fields = ["name", "version", "created_at", "status", "size", "build_seconds"]
     ordering = ["-created_at"]
     ref_by_tag = True
-    # A tag (mlportal/<ws>-<name>:<version>) holds one '/'; the ':<n>' keeps 'x/log' from matching.
-    lookup_value_regex = r"(?:mlportal/[^/:]+:\d+|[^/]+)"
+    # A tag (mlportal/<ws>/<name>:<version>, or mlportal/<ws>-<name>:<version> before) holds one or two
+    # '/'; the ':<n>' keeps 'x/log' from matching.
+    lookup_value_regex = r"(?:mlportal/[^/:]+(?:/[^/:]+)?:\d+|[^/]+)"
 
     @extend_schema(request=ImageCreateSerializer, responses={201: ImageSerializer})
     def create(self, request, *args, **kwargs):

@@ -149,7 +149,7 @@ class Image(models.Model):
         BUILDING = "building", "Building"
         SUCCEEDED = "succeeded", "Succeeded"
         FAILED = "failed", "Failed"
-        # Being removed from the engine (registry.services.image_remove): no service may start
+        # Being removed from the engine (registry.worker.image_remove): no service may start
         # from it; the row goes once the engine removed it, or returns to its status if it refused.
         DELETING = "deleting", "Deleting"
 

@@ -382,10 +382,12 @@ def _check_manifest_removable(manifest: Manifest, images: list[Image]) -> None:
 
 
 def image_repository(workspace: Workspace, name: str) -> str:
-    """Returns ``mlportal/<workspace>-<name>``: a valid Docker repository name for any workspace
-    name (its runs of separators are folded, since Docker allows single ones only)."""
+    """Returns ``mlportal/<workspace>/<name>``: a valid Docker repository name for any workspace
+    name (its runs of separators are folded, since Docker allows single ones only). The ``/``
+    keeps two workspaces apart: with a ``-`` between them, workspace ``team-a``'s image ``churn``
+    and workspace ``team``'s ``a-churn`` had one tag, and each build took it from the other."""
     ws = re.sub(r"[-_.]{2,}", "-", workspace.name).strip("-_.") or "ws"
-    return f"mlportal/{ws}-{name}"
+    return f"mlportal/{ws}/{name}"
 
 
 def image_labels(*, image: Image, manifest: Manifest) -> dict[str, str]:
@@ -426,42 +428,9 @@ def image_create(*, manifest: Manifest, user, name: str | None = None) -> Image:
     return image
 
 
-def image_remove(*, image_id, actor=None, detail: dict | None = None) -> Image | None:
-    """Removes an image from the Docker engine, then its row, holding no lock across the engine
-    call: a short transaction checks it may go and marks it ``deleting`` (so no service starts
-    from it), the engine removes it outside any transaction, a second one deletes the row. Raises
-    Conflict (building, used by a service), the engine's EngineError (the image is back to its
-    status). Returns the deleted image, or None when it was gone already."""
-    from compute.engine import EngineError
-    from compute.images import remove_image
-
-    with transaction.atomic():
-        image = Image.objects.select_for_update().select_related("workspace").filter(pk=image_id).first()
-        if image is None:
-            return None
-        _check_removable(image)
-        previous = Image.Status.SUCCEEDED if image.status == Image.Status.DELETING else image.status
-        if image.image_id:
-            Image.objects.filter(pk=image.pk).update(status=Image.Status.DELETING)
-    if image.image_id:
-        try:
-            remove_image(image.tag, base_url=settings.MLPORTAL_DOCKER_URL)
-        except EngineError:
-            Image.objects.filter(pk=image.pk, status=Image.Status.DELETING).update(status=previous)
-            raise
-    with transaction.atomic():
-        if selectors.services_using_images([image.pk], include_deleted=True):  # made in the moment it was checked
-            Image.objects.filter(pk=image.pk).update(status=Image.Status.FAILED,
-                                                     error="removed from the Docker engine while a service was created from it")
-            raise Conflict(f"Image {image.ref} was removed from the engine while a service was created from it: "
-                           "delete that service, then the image.", code="in_use")
-        activity_record(workspace=image.workspace, actor=actor, verb="image.deleted", target=image,
-                        detail={"tag": image.tag, **(detail or {})})
-        image.delete()
-    return image
-
-
-def _check_removable(image: Image) -> None:
+def image_check_removable(image: Image) -> None:
+    """Raises Conflict while ``image`` builds or a service (a deleted one too, until its containers
+    are gone) points at it: what must hold before its row and engine image go."""
     if image.status == Image.Status.BUILDING:
         raise Conflict(f"Image {image.ref} is building: wait for the build to finish, then delete it.", code="building")
     services = selectors.services_using_images([image.pk])
@@ -489,7 +458,7 @@ def image_delete(*, image: Image, user) -> None:
             return
         if locked.status == Image.Status.DELETING:
             raise Conflict(f"Image {locked.ref} is being removed already: it goes in a moment.", code="deleting")
-        _check_removable(locked)
+        image_check_removable(locked)
         tag, engine_id = locked.tag, locked.image_id
         activity_record(workspace=locked.workspace, actor=user, verb="image.deleted", target=locked, detail={"tag": tag})
         try:

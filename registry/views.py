@@ -13,13 +13,14 @@ from django.urls import NoReverseMatch, reverse
 from django.views.decorators.http import require_POST
 
 from core.errors import PortalError
-from core.views_base import paginate, require_page_role, scoped
+from core.views_base import (
+    can, current_workspace, form_error, page_action, paginate, require_page_role, scoped, sorted_by,
+)
 from registry import aliases, model_scan, selectors, services
 from registry.api import model_file_response
 from registry.forms import ImageCreateForm, ManifestForm, ModelEditForm, ModelRegisterForm
 from registry.models import Image, Manifest, Model
 from workspaces.models import Role
-from workspaces.selectors import has_role, role_in
 
 
 def _find(request, qs, ref: str, *, tag: bool = False):
@@ -29,34 +30,6 @@ def _find(request, qs, ref: str, *, tag: bool = False):
     if obj is None:
         raise Http404("No such resource in your workspaces.")
     return obj
-
-
-def _current_workspace(request, role: str = Role.CONTRIBUTOR):
-    if request.workspace is None:
-        raise Http404("You belong to no workspace yet.")
-    require_page_role(request, request.workspace, role)
-    return request.workspace
-
-
-def _form_error(form, exc: PortalError) -> None:
-    """Puts a service's message next to the field at fault, or on top of the form."""
-    placed = False
-    for field, errors in exc.fields.items():
-        if field in form.fields:
-            for error in errors:
-                form.add_error(field, error)
-            placed = True
-    if not placed or exc.message not in sum(exc.fields.values(), []):
-        form.add_error(None, exc.message)
-
-
-def _can(request, obj, role: str) -> bool:
-    return has_role(role_in(request.user, obj.workspace_id), role)
-
-
-def _sorted(request, qs, allowed: dict[str, str], default: str):
-    sort = request.GET.get("sort", default)
-    return qs.order_by(allowed.get(sort, allowed[default]), "-pk"), (sort if sort in allowed else default)
 
 
 # --- models ---------------------------------------------------------------------------------------
@@ -98,7 +71,7 @@ def model_register(request):
         workspace = run.workspace
         require_page_role(request, workspace, Role.CONTRIBUTOR)
     else:
-        workspace = _current_workspace(request)
+        workspace = current_workspace(request)
     initial = {"name": path.rsplit("/", 1)[-1]} if run else {}
     form = ModelRegisterForm(request.POST or None, request.FILES or None, from_run=bool(run), initial=initial)
     if request.method == "POST" and form.is_valid():
@@ -114,7 +87,7 @@ def model_register(request):
                 upload = data["file"]
                 model = services.model_register_upload(workspace=workspace, fileobj=upload, filename=upload.name, **common)
         except PortalError as exc:
-            _form_error(form, exc)
+            form_error(form, exc)
         else:
             messages.success(request, f"Registered {model.name} version {model.version}.")
             if model.scan_verdict in ("dangerous", "unknown") or model.scan_needs_confirmation:
@@ -135,8 +108,8 @@ def model_detail(request, ref: str):
         version.run_url = _url("run-detail", getattr(version, "run_id", None))
     return render(request, "registry/model_detail.html", {
         "model": model, "versions": versions, "usage": selectors.model_usage(model),
-        "edit_form": edit_form, "can_edit": _can(request, model, Role.CONTRIBUTOR), "can_delete": _can(request, model, Role.OWNER),
-        "lineage": _lineage(model), "can_accept": _can(request, model, Role.OWNER),
+        "edit_form": edit_form, "can_edit": can(request, model, Role.CONTRIBUTOR), "can_delete": can(request, model, Role.OWNER),
+        "lineage": _lineage(model), "can_accept": can(request, model, Role.OWNER),
         "aliases": aliases.aliases_of(model.workspace_id, model.name),
         "alias_history": aliases.alias_history(model.workspace_id, model.name),
     })
@@ -221,14 +194,9 @@ def model_edit(request, ref: str):
 @require_POST
 def model_delete(request, ref: str):
     model = _find(request, Model.objects.all(), ref)
-    require_page_role(request, model.workspace, Role.OWNER)
-    try:
-        services.model_delete(model=model, user=request.user)
-    except PortalError as exc:
-        messages.error(request, exc.message)
-        return redirect("model-detail", ref=str(model.pk))
-    messages.success(request, f"Deleted {model.ref}.")
-    return redirect("model-list")
+    return page_action(request, model.workspace, role=Role.OWNER,
+                       act=lambda: services.model_delete(model=model, user=request.user), done=f"Deleted {model.ref}.",
+                       back=reverse("model-detail", kwargs={"ref": str(model.pk)}), then="model-list")
 
 
 # --- manifests ------------------------------------------------------------------------------------
@@ -239,7 +207,7 @@ def manifest_list(request):
     qs = scoped(request, Manifest.objects.select_related("created_by").prefetch_related("model_versions"))
     if q:
         qs = qs.filter(Q(name__icontains=q) | Q(content_hash__startswith=q.lower()))
-    qs, sort = _sorted(request, qs, {"name": "name", "-created": "-created_at", "created": "created_at"}, "-created")
+    qs, sort = sorted_by(request, qs, {"name": "name", "-created": "-created_at", "created": "created_at"}, "-created")
     return render(request, "registry/manifest_list.html", {"page": paginate(request, qs), "q": q, "sort": sort})
 
 
@@ -261,7 +229,7 @@ def _model_choice(model: Model) -> str:
 
 @login_required
 def manifest_create(request):
-    workspace = _current_workspace(request)
+    workspace = current_workspace(request)
     models = Model.objects.filter(workspace=workspace).order_by("name", "-version")[:500]
     form = ManifestForm(request.POST or None, request.FILES or None,
                         model_choices=[(str(m.pk), _model_choice(m)) for m in models],
@@ -290,7 +258,7 @@ def manifest_create(request):
                     user=request.user, confirm_unknown=data["confirm_unknown"],
                 )
         except PortalError as exc:
-            _form_error(form, exc)
+            form_error(form, exc)
         else:
             messages.success(request, f"Created manifest {manifest.name} version {manifest.version}.")
             return redirect("manifest-detail", ref=str(manifest.pk))
@@ -309,7 +277,7 @@ def manifest_detail(request, ref: str):
         "manifest": manifest, "files": files, "fields": selectors.schema_fields(manifest),
         "models": [mm.model for mm in manifest.manifest_models.select_related("model").order_by("position")],
         "images": manifest.images.order_by("-created_at")[:50], "image_form": ImageCreateForm(),
-        "can_build": _can(request, manifest, Role.CONTRIBUTOR), "can_delete": _can(request, manifest, Role.OWNER),
+        "can_build": can(request, manifest, Role.CONTRIBUTOR), "can_delete": can(request, manifest, Role.OWNER),
         "project_url": _url("project-detail", manifest.project_id),
     })
 
@@ -335,15 +303,14 @@ def manifest_build(request, ref: str):
 @require_POST
 def manifest_delete(request, ref: str):
     manifest = _find(request, Manifest.objects.all(), ref)
-    require_page_role(request, manifest.workspace, Role.OWNER)
-    try:
-        images = services.manifest_delete(manifest=manifest, user=request.user)
-    except PortalError as exc:
-        messages.error(request, exc.message)
-        return redirect("manifest-detail", ref=str(manifest.pk))
-    gone = f" and its image{'s' if len(images) > 1 else ''} {', '.join(i.ref for i in images)}" if images else ""
-    messages.success(request, f"Deleted manifest {manifest.ref}{gone}.")
-    return redirect("manifest-list")
+
+    def done(images) -> str:
+        gone = f" and its image{'s' if len(images) > 1 else ''} {', '.join(i.ref for i in images)}" if images else ""
+        return f"Deleted manifest {manifest.ref}{gone}."
+
+    return page_action(request, manifest.workspace, role=Role.OWNER,
+                       act=lambda: services.manifest_delete(manifest=manifest, user=request.user), done=done,
+                       back=reverse("manifest-detail", kwargs={"ref": str(manifest.pk)}), then="manifest-list")
 
 
 # --- images ---------------------------------------------------------------------------------------
@@ -357,7 +324,7 @@ def image_list(request):
         qs = qs.filter(Q(name__icontains=q) | Q(tag__icontains=q) | Q(manifest__name__icontains=q))
     if status:
         qs = qs.filter(status=status)
-    qs, sort = _sorted(request, qs, {"-created": "-created_at", "created": "created_at", "name": "name", "size": "size",
+    qs, sort = sorted_by(request, qs, {"-created": "-created_at", "created": "created_at", "name": "name", "size": "size",
                                      "status": "status"}, "-created")
     return render(request, "registry/image_list.html", {"page": paginate(request, qs), "q": q, "sort": sort,
                                                         "status": status, "statuses": Image.Status.values})
@@ -371,7 +338,7 @@ def image_detail(request, ref: str):
         "image": image, "usage": usage, "sample_json": json.dumps(usage["sample_body"], indent=2),
         "models": [mm.model for mm in image.manifest.manifest_models.select_related("model").order_by("position")],
         "services": selectors.services_using_images([image.pk]),
-        "can_delete": _can(request, image, Role.OWNER), "can_build": _can(request, image, Role.CONTRIBUTOR),
+        "can_delete": can(request, image, Role.OWNER), "can_build": can(request, image, Role.CONTRIBUTOR),
         "log_url": reverse("api-image-log", kwargs={"pk": image.pk}),
         "status_url": reverse("api-image-detail", kwargs={"pk": image.pk}),
     })
@@ -381,11 +348,6 @@ def image_detail(request, ref: str):
 @require_POST
 def image_delete(request, ref: str):
     image = _find(request, Image.objects.all(), ref, tag=True)
-    require_page_role(request, image.workspace, Role.OWNER)
-    try:
-        services.image_delete(image=image, user=request.user)
-    except PortalError as exc:
-        messages.error(request, exc.message)
-        return redirect("image-detail", ref=str(image.pk))
-    messages.success(request, f"Deleted image {image.tag}.")
-    return redirect("image-list")
+    return page_action(request, image.workspace, role=Role.OWNER,
+                       act=lambda: services.image_delete(image=image, user=request.user), done=f"Deleted image {image.tag}.",
+                       back=reverse("image-detail", kwargs={"ref": str(image.pk)}), then="image-list")

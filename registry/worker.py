@@ -4,7 +4,9 @@ Claims a queued image (queued → building, guarded), builds the environment ima
 image on the Docker engine, stores the build log as it goes (``BuildLog``) and beats a heartbeat so
 a silent step is not taken for a dead worker; then building → succeeded / failed, guarded.
 ``engine_image_remove`` is what ``registry.tasks.remove_engine_image`` does once a deleted image's
-row is gone (``registry.services.image_delete`` enqueues it on commit).
+row is gone (``registry.services.image_delete`` enqueues it on commit); ``image_remove`` is
+retention's removal of an unused image, engine first, then its row, with no lock held across the
+engine call.
 """
 from __future__ import annotations
 
@@ -237,16 +239,63 @@ def engine_image_remove(*, tag: str, engine_id: str) -> str:
     the task retries."""
     import logging
 
-    from compute.engine import EngineError, EngineUnreachable, image_id
-    from compute.images import remove_image
+    from compute.engine import EngineError, EngineUnreachable
 
-    base_url = settings.MLPORTAL_DOCKER_URL
     try:
-        current = image_id(tag, base_url=base_url)
-        ref = tag if current == engine_id else engine_id
-        return "removed" if remove_image(ref, base_url=base_url) else "gone"
+        return "removed" if remove_own_image(tag=tag, engine_id=engine_id) else "gone"
     except EngineUnreachable:
         raise
     except EngineError as exc:
         logging.getLogger(__name__).warning("the engine kept deleted image %s (%s): %s", tag, engine_id, exc)
         return "refused"
+
+
+def remove_own_image(*, tag: str, engine_id: str) -> bool:
+    """Removes the image built as ``tag`` with id ``engine_id``: by the tag while it still names
+    these bytes, else by the id alone. The tag may have moved to other bytes since (a rebuild, or
+    another portal on a shared engine that built the same name): removing by the tag would then
+    take someone else's image. Returns False when the engine had neither."""
+    from compute.engine import image_id as engine_image_id
+    from compute.images import remove_image
+
+    base_url = settings.MLPORTAL_DOCKER_URL
+    ref = tag if engine_image_id(tag, base_url=base_url) == engine_id else engine_id
+    return remove_image(ref, base_url=base_url)
+
+
+def image_remove(*, image_id, actor=None, detail: dict | None = None) -> Image | None:
+    """Removes an image from the Docker engine, then its row, holding no lock across the engine
+    call: a short transaction checks it may go and marks it ``deleting`` (so no service starts
+    from it), the engine removes it outside any transaction, a second one deletes the row. Raises
+    Conflict (building, used by a service), the engine's EngineError (the image is back to its
+    status). Returns the deleted image, or None when it was gone already."""
+    from compute.engine import EngineError
+    from core.errors import Conflict
+    from registry import selectors
+    from registry.services import image_check_removable
+    from workspaces.services import activity_record
+
+    with transaction.atomic():
+        image = Image.objects.select_for_update().select_related("workspace").filter(pk=image_id).first()
+        if image is None:
+            return None
+        image_check_removable(image)
+        previous = Image.Status.SUCCEEDED if image.status == Image.Status.DELETING else image.status
+        if image.image_id:
+            Image.objects.filter(pk=image.pk).update(status=Image.Status.DELETING)
+    if image.image_id:
+        try:
+            remove_own_image(tag=image.tag, engine_id=image.image_id)
+        except EngineError:
+            Image.objects.filter(pk=image.pk, status=Image.Status.DELETING).update(status=previous)
+            raise
+    with transaction.atomic():
+        if selectors.services_using_images([image.pk], include_deleted=True):  # made in the moment it was checked
+            Image.objects.filter(pk=image.pk).update(status=Image.Status.FAILED,
+                                                     error="removed from the Docker engine while a service was created from it")
+            raise Conflict(f"Image {image.ref} was removed from the engine while a service was created from it: "
+                           "delete that service, then the image.", code="in_use")
+        activity_record(workspace=image.workspace, actor=actor, verb="image.deleted", target=image,
+                        detail={"tag": image.tag, **(detail or {})})
+        image.delete()
+    return image

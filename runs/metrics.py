@@ -2,6 +2,7 @@
 (runs logged from outside); read back by ``runs.selectors`` and ``runs.downsample``."""
 from __future__ import annotations
 
+import sys
 import uuid
 from datetime import datetime, timezone as dt_timezone
 
@@ -11,11 +12,15 @@ from django.utils import timezone
 from runs.metric_copy import copy_text
 from runs.models import Metric, RunMetricSummary
 
+DOUBLE_MAX = sys.float_info.max  # what MLflow's SQL store keeps for ±Infinity
+
 
 def run_record_metrics(*, run_id, workspace_id, points: list[dict]) -> None:
     """Stores parsed metric points ({"name", "value", "step", "time"}) and updates each name's last value.
 
-    A float NaN is kept as MLflow keeps it (no number, the text "NaN"); on PostgreSQL the points go
+    A float NaN is kept as MLflow keeps it (no number, the text "NaN") and ±Infinity becomes
+    ±DOUBLE_MAX as in MLflow's SQL store, whichever way the point came (a run's line, the MLflow
+    API); on PostgreSQL the points go
     in with one COPY of their text, built in one pass (``runs.metric_copy``: psycopg's
     ``write_row`` adapted every value in Python, most of what a 1,000-metric MLflow log-batch cost)."""
     if not points:
@@ -47,6 +52,8 @@ def rows_of(points: list[dict]) -> list[tuple]:
             value = float(value)
             if value != value:  # NaN
                 value, text = None, "NaN"
+            elif value - value != 0:  # ±Infinity, clamped as MLflow's SQL store does
+                value = DOUBLE_MAX if value > 0 else -DOUBLE_MAX
         when = p.get("time")
         if isinstance(when, (int, float)):
             logged_at = stamps.get(when)

@@ -1,6 +1,7 @@
 """Pages: projects (files, settings, run form, prepare), all runs, run details, compare."""
 from __future__ import annotations
 
+import gzip
 import mimetypes
 import shlex
 
@@ -17,8 +18,8 @@ from django.views.decorators.http import require_POST
 from core.errors import PortalError
 from core.paths import clean_path
 from core.storage import open_file
-from core.views_base import get_scoped_or_404, paginate, require_page_role, scoped
-from runs import catalog, selectors, services
+from core.views_base import form_error, get_scoped_or_404, page_action, paginate, require_page_role, scoped
+from runs import catalog, chart_cache, selectors, services
 from runs.api import attachment, runs_to_compare
 from runs.forms import EditFileForm, NewFileForm, ProjectForm, RunForm, SettingsForm, UploadForm
 from runs.models import Project, Run
@@ -27,17 +28,6 @@ from workspaces.selectors import has_role, role_in
 
 PREVIEW_TEXT_BYTES = 256 * 1024
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif"}
-
-
-def _form_error(form, exc: PortalError) -> None:
-    placed = False
-    for field, errors in exc.fields.items():
-        if field in form.fields:
-            for error in errors:
-                form.add_error(field, error)
-            placed = True
-    if not placed:
-        form.add_error(None, exc.message)
 
 
 def _is_text(data: bytes) -> bool:
@@ -66,7 +56,7 @@ def project_list(request):
             try:
                 project = services.project_create(workspace=request.workspace, user=request.user, **form.cleaned_data)
             except PortalError as exc:
-                _form_error(form, exc)
+                form_error(form, exc)
             else:
                 messages.success(request, f"Project '{project.name}' created" + (f" from template '{project.template}'." if project.template else "."))
                 return redirect(project.get_absolute_url())
@@ -143,7 +133,7 @@ def project_run(request, ref):
                 run = services.run_submit(project=project, script=form.cleaned_data["script"], args=args,
                                           target=form.cleaned_data["target"], user=request.user)
             except PortalError as exc:
-                _form_error(form, exc)
+                form_error(form, exc)
             else:
                 messages.success(request, f"Run {run} submitted.")
                 return redirect(run.get_absolute_url())
@@ -154,14 +144,10 @@ def project_run(request, ref):
 @require_POST
 def project_prepare(request, ref):
     project = _project(request, ref)
-    require_page_role(request, project.workspace, Role.CONTRIBUTOR)
-    try:
-        run = services.run_prepare(project=project, target="docker", user=request.user)
-    except PortalError as exc:
-        messages.error(request, exc.message)
-        return redirect(project.get_absolute_url())
-    messages.success(request, f"Preparing the Docker environment of '{project.name}' ({run}).")
-    return redirect(run.get_absolute_url())
+    return page_action(request, project.workspace, role=Role.CONTRIBUTOR,
+                       act=lambda: services.run_prepare(project=project, target="docker", user=request.user),
+                       done=lambda run: f"Preparing the Docker environment of '{project.name}' ({run}).",
+                       back=project.get_absolute_url(), then=lambda run: run.get_absolute_url())
 
 
 @login_required
@@ -177,7 +163,7 @@ def project_settings(request, ref):
         try:
             services.project_update_settings(project=project, user=request.user, **data)
         except PortalError as exc:
-            _form_error(form, exc)
+            form_error(form, exc)
         else:
             messages.success(request, "Settings saved.")
             return redirect(project.get_absolute_url() + "#settings")
@@ -198,7 +184,7 @@ def project_upload(request, ref):
                 path=form.cleaned_data["path"] or None, extract=form.cleaned_data["extract"], replace=form.cleaned_data["replace"],
             )
         except PortalError as exc:
-            _form_error(form, exc)
+            form_error(form, exc)
             return _render_project(request, project, role, upload_form=form, status=exc.status_code)
         messages.success(request, f"{len(rows)} file{'s' if len(rows) != 1 else ''} uploaded.")
         return redirect(project.get_absolute_url() + "#files")
@@ -218,7 +204,7 @@ def project_file_new(request, ref):
                 raise PortalError(f"'{path}' exists already: open it to edit it.", fields={"path": "Exists already."})
             services.project_file_put(project=project, path=path, content=b"", user=request.user)
         except PortalError as exc:
-            _form_error(form, exc)
+            form_error(form, exc)
         else:
             return redirect(reverse("project-file", args=[project.pk, path]) + "?edit=1")
     return _render_project(request, project, role, new_file_form=form, status=400)
@@ -253,7 +239,7 @@ def project_file(request, ref, path):
             try:
                 services.project_file_put(project=project, path=row.path, content=form.cleaned_data["content"].replace("\r\n", "\n").encode(), user=request.user)
             except PortalError as exc:
-                _form_error(form, exc)
+                form_error(form, exc)
             else:
                 messages.success(request, f"'{row.path}' saved.")
                 return redirect(reverse("project-file", args=[project.pk, row.path]))
@@ -329,10 +315,26 @@ def run_detail(request, run_id):
         ext = "." + output.path.rsplit(".", 1)[-1].lower() if "." in output.path else ""
         output.is_image = ext in IMAGE_TYPES
         output.is_text = (mimetypes.guess_type(output.path)[0] or "").startswith("text/") or ext in (".json", ".log", ".txt", ".csv", ".md", ".yaml", ".yml", ".py")
-    return render(request, "runs/run_detail.html", {
+    has_series = any(m.step is not None for m in summaries)
+    # A finished run's chart answer is kept (runs/chart_cache.py): the page carries it, so the
+    # metrics tab draws without a second request queueing behind the page's scripts.
+    series_data = chart_cache.whole_series_data_block(run) if has_series and not run.is_active else ""
+    response = render(request, "runs/run_detail.html", {
         "run": run, "can_write": has_role(role, Role.CONTRIBUTOR), "summaries": summaries, "outputs": outputs,
-        "has_series": any(m.step is not None for m in summaries),
+        "has_series": has_series, "series_data": series_data,
     })
+    return gzipped_page(request, response) if series_data else response
+
+
+def gzipped_page(request, response):
+    """``response`` gzipped at level 1 for a client that takes it: a page carrying a chart's
+    numbers (about a third of the bytes once compressed; level 1 is a fifth of level 6's time).
+    Its CSRF tokens are masked afresh in every response, so compression leaks no secret (BREACH)."""
+    response["Vary"] = "Accept-Encoding" if not response.has_header("Vary") else response["Vary"] + ", Accept-Encoding"
+    if "gzip" in request.META.get("HTTP_ACCEPT_ENCODING", "") and not response.has_header("Content-Encoding"):
+        response.content = gzip.compress(response.content, compresslevel=1, mtime=0)
+        response["Content-Encoding"] = "gzip"
+    return response
 
 
 @login_required
@@ -365,13 +367,9 @@ def run_annotate(request, run_id):
 @require_POST
 def run_cancel(request, run_id):
     run = _run(request, run_id)
-    require_page_role(request, run.workspace, Role.CONTRIBUTOR)
-    try:
-        services.run_cancel(run=run, user=request.user)
-        messages.success(request, f"Run {run} canceled.")
-    except PortalError as exc:
-        messages.error(request, exc.message)
-    return redirect(run.get_absolute_url())
+    return page_action(request, run.workspace, role=Role.CONTRIBUTOR,
+                       act=lambda: services.run_cancel(run=run, user=request.user), done=f"Run {run} canceled.",
+                       back=run.get_absolute_url())
 
 
 @login_required

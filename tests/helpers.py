@@ -1,4 +1,5 @@
 """Small helpers for tests (import as `from tests.helpers import wait_until`)."""
+import socket
 import time
 
 
@@ -12,6 +13,44 @@ def wait_until(predicate, *, timeout: float = 60, interval: float = 0.25, messag
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {message}")
         time.sleep(interval)
+
+
+def raw_exchange(port: int, payload: bytes, *, timeout: float = 10,
+                 close_wait: float | None = None) -> tuple[bytes, bool]:
+    """Sends ``payload`` (raw bytes, any HTTP a test wants to try) on a fresh connection to
+    127.0.0.1:``port``; returns (what came back, whether the server closed the connection).
+
+    It reads until the server closes, a reset, or ``timeout``. With ``close_wait``, once a whole
+    answer is in (a head and its Content-Length body), a silence that long ends the wait too
+    (closed False): for servers that should close after refusing but may keep a good answer alive."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(payload)
+        data = b""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(65536)
+            except socket.timeout:
+                return data, False
+            except ConnectionResetError:
+                return data, True
+            if not chunk:
+                return data, True
+            data += chunk
+            if close_wait is not None and _whole_answer(data):
+                sock.settimeout(close_wait)
+        return data, False
+
+
+def _whole_answer(data: bytes) -> bool:
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(body) >= int(value)
+    return False
 
 
 class SilentEngine:

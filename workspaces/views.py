@@ -12,7 +12,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from core.errors import PortalError
-from core.views_base import paginate, scoped
+from core.views_base import form_error, paginate, scoped
 from workspaces import selectors, services
 from workspaces.forms import MemberForm, PortalPasswordChangeForm, RoleForm, TokenForm, WorkspaceForm
 from workspaces.models import ApiToken, Role
@@ -42,17 +42,6 @@ def _url(name: str) -> str:
         return "#"
 
 
-def _form_error(form, exc: PortalError) -> None:
-    placed = False
-    for field, errors in exc.fields.items():
-        if field in form.fields:
-            for error in errors:
-                form.add_error(field, error)
-            placed = True
-    if not placed or exc.message not in sum(exc.fields.values(), []):
-        form.add_error(None, exc.message)
-
-
 @login_required
 def dashboard(request):
     workspace = request.workspace
@@ -80,7 +69,7 @@ def workspace_list(request):
         try:
             workspace = services.workspace_create(user=request.user, **form.cleaned_data)
         except PortalError as exc:
-            _form_error(form, exc)
+            form_error(form, exc)
         else:
             messages.success(request, f"Workspace '{workspace.name}' created; it is now your current workspace.")
             return redirect("workspace-detail", ref=workspace.name)
@@ -103,7 +92,7 @@ def workspace_detail(request, ref: str):
         try:
             services.membership_add(workspace=workspace, user=request.user, **form.cleaned_data)
         except PortalError as exc:
-            _form_error(form, exc)
+            form_error(form, exc)
         else:
             messages.success(request, f"{form.cleaned_data['username']} added as {form.cleaned_data['role']}.")
             return redirect("workspace-detail", ref=workspace.name)
@@ -163,7 +152,7 @@ def token_list(request):
                                                       expires_in_days=form.cleaned_data["expires_in_days"],
                                                       read_only=form.cleaned_data["read_only"])
         except PortalError as exc:
-            _form_error(form, exc)
+            form_error(form, exc)
         else:
             form = TokenForm()
             messages.success(request, f"Token '{token.name}' created. Copy it now: it will not be shown again.")

@@ -7,7 +7,9 @@
    data-max-step="<largest step drawn>", data-load-at (performance.now() when the last load began)
    and data-draw-ms (the last draw's time), for people reading the DOM, tests and benchmarks/charts.py.
    The data is fetched exactly as the page's <link rel=preload as=fetch> asked for it, so the
-   request starts as soon as the HTML arrives. */
+   request starts as soon as the HTML arrives; a finished run's page carries its first answer in a
+   data block instead (data-first="<id of a <script type=application/json>>", read once, then
+   zoom and reset fetch), and data-from says which: "page" or "fetch". */
 (function () {
   "use strict";
   const COLORS = ["#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00", "#f0e442", "#000000",
@@ -94,7 +96,10 @@
       this.root.dataset.loadAt = performance.now().toFixed(1);
       this.status.textContent = "loading…";
       const hidden = new Set(this.series.filter((s) => s.hidden).map((s) => s.label));
-      const results = await Promise.all(this.sources.map(async (src) => {
+      const first = !this.range && this.root.dataset.first && document.getElementById(this.root.dataset.first);
+      delete this.root.dataset.first;
+      this.root.dataset.from = first ? "page" : "fetch";
+      const results = first ? [{ src: this.sources[0], data: JSON.parse(first.textContent) }] : await Promise.all(this.sources.map(async (src) => {
         const url = new URL(src.url, location.href);
         if (this.range) { url.searchParams.set("min_step", this.range[0]); url.searchParams.set("max_step", this.range[1]); }
         if (src.names) url.searchParams.set("names", src.names.join(","));

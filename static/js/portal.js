@@ -9,10 +9,14 @@
   "use strict";
   const pollMs = () => parseInt(document.body.dataset.pollMs || "1000", 10);
 
+  let localFormat = null;  // one formatter for every time of the page (each toLocaleString() is a lookup)
   function localTimes(root) {
     (root || document).querySelectorAll("time[datetime]").forEach((el) => {
       const d = new Date(el.getAttribute("datetime"));
-      if (!isNaN(d)) el.textContent = d.toLocaleString();
+      if (isNaN(d)) return;
+      localFormat = localFormat || new Intl.DateTimeFormat(undefined, {
+        year: "numeric", month: "numeric", day: "numeric", hour: "numeric", minute: "numeric", second: "numeric" });
+      el.textContent = localFormat.format(d);
     });
   }
 
@@ -181,9 +185,12 @@
   confirmations();
   // Deferred page scripts (loaded after this one) register their modules before DOMContentLoaded.
   document.addEventListener("DOMContentLoaded", () => {
-    localTimes();
     document.querySelectorAll(".tabs[data-tabs]").forEach(tabs);
     document.documentElement.classList.add("tabs-ready");
     startModules();
+    // The page's times (shown in UTC until then) turn local after the first frame: the first use
+    // of the locale's calendar costs 60-100 ms in a fresh browser context on a busy machine,
+    // which the page's first paint (a run's chart, say) should not wait for.
+    requestAnimationFrame(() => setTimeout(() => localTimes(), 0));
   });
 })();

@@ -105,14 +105,25 @@
       } catch (e) { $("test-status").textContent = "Could not send: " + e.message; }
     });
 
+    // Container logs are the one thing this page asks of the engine (on demand, within the
+    // server's short timeout): only while the Logs tab shows and the window is visible, so a page
+    // left open on another tab asks the engine nothing.
     const logs = $("service-logs");
-    MLPortal.poll(cfg.logsUrl + "?tail=200", (data) => {
-      const atBottom = logs.scrollHeight - logs.scrollTop - logs.clientHeight < 40;
-      // Replaced only when it changed, so the live region announces new lines, not every poll.
-      setText(logs, data.text || "(no output yet)");
-      if (atBottom) logs.scrollTop = logs.scrollHeight;
-      return false;
-    });
+    const logsPanel = logs.closest("[data-panel]");
+    const logsPollMs = () => parseInt(document.body.dataset.pollMs || "1000", 10);
+    async function logsTick() {
+      if (!(logsPanel && logsPanel.hidden) && !document.hidden) {
+        try {
+          const data = await MLPortal.getJSON(cfg.logsUrl + "?tail=200");
+          const atBottom = logs.scrollHeight - logs.scrollTop - logs.clientHeight < 40;
+          // Replaced only when it changed, so the live region announces new lines, not every poll.
+          setText(logs, data.text || "(no output yet)");
+          if (atBottom) logs.scrollTop = logs.scrollHeight;
+        } catch (e) { /* transient: try again next tick */ }
+      }
+      setTimeout(logsTick, logsPollMs());
+    }
+    logsTick();
 
     const fmt = (v) => v == null ? "—" : (Math.round(v * 10) / 10).toString();
     const chart = window.Chart ? new Chart($("metrics-chart"), {
@@ -120,24 +131,36 @@
       data: { labels: [], datasets: [{ label: "requests", data: [], yAxisID: "y" }, { label: "mean latency (ms)", data: [], yAxisID: "y1" }] },
       options: { animation: false, maintainAspectRatio: false, scales: { y: { beginAtZero: true, position: "left" }, y1: { beginAtZero: true, position: "right", grid: { drawOnChartArea: false } } } },
     }) : null;
+    function showMetrics(m) {
+      $("m-requests").textContent = m.requests;
+      $("m-errors").textContent = m.errors;
+      $("m-mean").textContent = fmt(m.mean_latency_ms);
+      $("m-p95").textContent = fmt(m.p95_latency_ms);
+      setText($("metrics-note"), m.note); // how old the worker side's snapshot is, or who has not answered
+      if (chart) {
+        chart.data.labels.push(new Date().toLocaleTimeString());
+        chart.data.datasets[0].data.push(m.requests);
+        chart.data.datasets[1].data.push(m.mean_latency_ms);
+        if (chart.data.labels.length > 120) { chart.data.labels.shift(); chart.data.datasets.forEach((d) => d.data.shift()); }
+        chart.update();
+      }
+    }
+    // The tab reads the snapshot the worker side took (and says how old it is) every 5 s.
     async function metrics() {
-      try {
-        const m = await MLPortal.getJSON(cfg.metricsUrl);
-        $("m-requests").textContent = m.requests;
-        $("m-errors").textContent = m.errors;
-        $("m-mean").textContent = fmt(m.mean_latency_ms);
-        $("m-p95").textContent = fmt(m.p95_latency_ms);
-        setText($("metrics-note"), m.note); // how old the worker side's snapshot is, or who has not answered
-        if (chart) {
-          chart.data.labels.push(new Date().toLocaleTimeString());
-          chart.data.datasets[0].data.push(m.requests);
-          chart.data.datasets[1].data.push(m.mean_latency_ms);
-          if (chart.data.labels.length > 120) { chart.data.labels.shift(); chart.data.datasets.forEach((d) => d.data.shift()); }
-          chart.update();
-        }
-      } catch (e) { $("metrics-note").textContent = "Metrics unavailable: " + e.message; }
+      try { showMetrics(await MLPortal.getJSON(cfg.metricsUrl)); }
+      catch (e) { $("metrics-note").textContent = "Metrics unavailable: " + e.message; }
       setTimeout(metrics, 5000);
     }
     metrics();
+    // Asking the replicas now is an explicit refresh: ?live=1, answered within the server's short
+    // timeout (never sent to an engine known to be down; the note says which did not answer).
+    const refresh = $("metrics-refresh");
+    refresh.hidden = false;
+    refresh.addEventListener("click", async () => {
+      refresh.disabled = true;
+      try { showMetrics(await MLPortal.getJSON(cfg.metricsUrl + "?live=1")); }
+      catch (e) { $("metrics-note").textContent = "Metrics unavailable: " + e.message; }
+      refresh.disabled = false;
+    });
   });
 })();

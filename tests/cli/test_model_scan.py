@@ -52,3 +52,24 @@ def test_manifest_create_takes_an_unknown_version_with_confirm_unknown(cli, logi
     assert_one_error_line(cli(*args), contains="--confirm-unknown")
     made = cli(*args, "--confirm-unknown")
     assert made.code == 0, made.err
+
+
+def test_service_create_realtime_refuses_a_canary_and_asks_to_confirm_an_unknown_file(
+        cli, login, owner, workspace, service_files, tmp_path):
+    # The third way a file is registered (issue 20): the one-shot, from the terminal. Nothing of a
+    # refused one-shot is kept, and the canary never ran.
+    from deployments.models import Service
+    from registry.models import Image, Manifest, Model
+
+    login(owner)
+    (service_files / "model.pkl").write_bytes(pickle.dumps(OsSystem(tmp_path / "ran")))
+    args = ("service", "create", "realtime", "-n", "barscanary", "--model-file", "model.pkl", "-f", "score.py",
+            "-s", "service_schema.json")
+    refused = cli(*args)
+    assert_one_error_line(refused, contains="posix.system")
+    assert "mlportal model accept" in refused.err
+    assert (Model.objects.count(), Manifest.objects.count(), Image.objects.count(), Service.objects.count()) == (0, 0, 0, 0)
+    assert not (tmp_path / "ran").exists()
+    (service_files / "model.pkl").write_bytes(UNKNOWN_PICKLE)
+    assert_one_error_line(cli(*args), contains="--confirm-unknown")
+    assert Model.objects.count() == 0 and Service.objects.count() == 0

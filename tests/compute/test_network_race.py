@@ -1,7 +1,8 @@
 """Workers that make MLPortal's bridge network at the same moment all get it: Docker refuses every
 create but one, with 409 (the name is taken) or 403 (the bridge's fixed interface name is taken, what
 Docker 20.10 answers when two creates pass its name check together), and `ensure_network` then finds
-the network the other worker made instead of failing the deploy or the run.
+the network the other worker made instead of failing the deploy or the run; and the host's rules
+for the bridge go in once, not once per process.
 
 The race is between processes (one process's threads take turns under the module's lock), so the
 creates come from forked processes released together; the network has a name of this test's own."""
@@ -66,6 +67,11 @@ def test_concurrent_creates_of_one_network_all_succeed(monkeypatch):
             options = client.api.inspect_network(made[0].id)["Options"]
         assert options["com.docker.network.bridge.enable_icc"] == "false"
         assert options["com.docker.network.bridge.name"] == bridge
+        # The host rule for its bridge went in once, and the chain holds its two rules once: the
+        # processes took turns at iptables.
+        rules = subprocess.run(["iptables", "-w", "-S"], capture_output=True, text=True, check=True).stdout.splitlines()
+        assert rules.count(f"-A INPUT -i {bridge} -j {network.FIREWALL_CHAIN}") == 1, rules
+        assert [r for r in rules if r.startswith(f"-A {network.FIREWALL_CHAIN} ")] == network.CHAIN_RULES
     finally:
         for child in children:
             if child.is_alive():

@@ -17,6 +17,7 @@ import pytest
 
 from compute.containers import container_logs, start_service_container, stop_container, wait_ready
 from compute.images import build_service_image, remove_image
+from tests.helpers import raw_exchange
 
 pytestmark = pytest.mark.docker
 
@@ -72,35 +73,9 @@ def service(hardening_image):
 
 
 def exchange(port: int, payload: bytes, timeout: float = 10) -> tuple[bytes, bool]:
-    """Sends ``payload`` on a fresh connection; returns (what came back, whether the server closed)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(payload)
-        data = b""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                chunk = sock.recv(65536)
-            except socket.timeout:
-                return data, False
-            except ConnectionResetError:
-                return data, True
-            if not chunk:
-                return data, True
-            data += chunk
-            if _complete(data):
-                sock.settimeout(1.0)  # a refused request must also end the connection
-        return data, False
-
-
-def _complete(data: bytes) -> bool:
-    head, sep, body = data.partition(b"\r\n\r\n")
-    if not sep:
-        return False
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            return len(body) >= int(value)
-    return False
+    """Sends ``payload`` on a fresh connection; returns (what came back, whether the server closed);
+    a refused request must also end the connection, so after a whole answer it waits 1 s for that."""
+    return raw_exchange(port, payload, timeout=timeout, close_wait=1.0)
 
 
 def status_of(data: bytes) -> int:

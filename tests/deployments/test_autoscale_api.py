@@ -89,6 +89,30 @@ def test_an_update_changes_only_what_it_names_and_fixed_scaling_waits_until_it_i
     assert owner_api.post("/api/v1/services/churnpred/scale/", {"replicas": 2}, format="json").status_code == 202
 
 
+@pytest.mark.parametrize("fields, field, words", [
+    ({"autoscale_min_replicas": 5}, "autoscale_min_replicas", "autoscale_min_replicas (5) is above autoscale_max_replicas (4)"),
+    ({"autoscale_target_utilization": 0}, "autoscale_target_utilization", "must be from 1 to 100; got 0"),
+    ({"autoscale_target_utilization": 101}, "autoscale_target_utilization", "must be from 1 to 100; got 101"),
+    ({"autoscale_refresh_seconds": 0.5}, "autoscale_refresh_seconds", "must be at least 1 second; got 0.5"),
+    ({"autoscale_max_replicas": 11}, "autoscale_max_replicas", "must be from 1 to 10; got 11"),
+])
+def test_a_bad_update_is_refused_by_the_api_and_the_autoscale_tab_and_changes_nothing(owner_api, page_client, owner, built,
+                                                                                       fields, field, words):
+    assert owner_api.post("/api/v1/services/churnpred/autoscale/", {"autoscale_enabled": True, "autoscale_max_replicas": 4},
+                          format="json").status_code == 200
+    service = Service.objects.get()
+    before, events = service.autoscale, service.events.count()
+    api = owner_api.post("/api/v1/services/churnpred/autoscale/", fields, format="json")
+    assert api.status_code == 400, api.json()
+    error = api.json()["error"]
+    assert error["code"] == "invalid_autoscale" and field in error["fields"] and words in error["message"], error
+    page = page_client(owner).post(f"/services/{service.pk}/autoscale/", {"autoscale_enabled": "true",
+                                                                         **{k: str(v) for k, v in fields.items()}}, follow=True)
+    assert words in page.content.decode().replace("&#x27;", "'")
+    service.refresh_from_db()
+    assert service.autoscale == before and service.events.count() == events
+
+
 def test_the_samples_come_back_for_the_chart(owner_api, built):
     from django.utils import timezone
 

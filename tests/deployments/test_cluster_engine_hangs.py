@@ -94,7 +94,7 @@ def test_setting_up_a_cluster_on_an_engine_that_never_answers_is_refused_within_
         owner_api, owner, page_client, silent_engine):
     # Setting up a cluster is the one request that asks an engine (is it a swarm manager?); it waits
     # DOOR_TIMEOUT for the answer, not the 10 s an engine read gets on the worker side.
-    from deployments.cluster import DOOR_TIMEOUT
+    from deployments.checks import DOOR_TIMEOUT
     from deployments.models import Environment
 
     started = time.monotonic()
@@ -115,7 +115,7 @@ def test_setting_up_a_cluster_on_an_engine_that_never_answers_is_refused_within_
 
 def test_moving_a_cluster_to_an_engine_that_never_answers_is_refused_and_changes_nothing(cluster_service, owner_api,
                                                                                          silent_engine):
-    from deployments.cluster import DOOR_TIMEOUT
+    from deployments.checks import DOOR_TIMEOUT
     from deployments.models import Environment, Service
 
     Service.objects.filter(pk=cluster_service.pk).delete()

@@ -54,6 +54,8 @@ def test_containers_of_gone_services_and_strays_are_removed_but_not_another_port
     service = wait_for(owner_api, "churnpred", ("healthy", "failed"))
     image = Service.objects.get().image.image_id
     ours = {"mlportal.portal": portal_instance()}
+    # What the deploy started carries this portal's label: that is what the reconciler goes by.
+    assert [c["labels"].get(LABEL_PORTAL) for c in service_containers(service["id"])] == [portal_instance()]
     orphan = start_service_container(image=image, service_id=str(uuid.uuid4()), replica=1, env={},
                                      name=f"mlportal-test-orphan-{uuid.uuid4().hex[:6]}", labels=ours)
     stray = start_service_container(image=image, service_id=service["id"], replica=7, env={},

@@ -37,20 +37,6 @@ def test_beat_looks_at_the_swarm_tasks_every_5_seconds_on_the_maintenance_queue(
     assert app.amqp.router.route({}, "deployments.tasks.watch_swarm_tasks")["queue"].name == "celery"
 
 
-def test_an_autoscaler_tick_waits_only_what_is_left_of_its_refresh_period(monkeypatch):
-    """The tick's own time (reading every replica's /metrics) comes off the countdown, so a
-    1 s refresh is one decision a second, not one every 1 s + tick."""
-    import time
-
-    from deployments import autoscaling, tasks
-
-    sent = []
-    monkeypatch.setattr(autoscaling, "autoscale_tick", lambda **_: (time.sleep(0.3), 1.0)[1])
-    monkeypatch.setattr(tasks.autoscale_service, "apply_async", lambda args, countdown: sent.append(countdown))
-    tasks.autoscale_service.run("service-id", "token")
-    assert len(sent) == 1 and 0.6 < sent[0] <= 0.71
-
-
 def test_a_lease_outlasts_no_deploy_task():
     from deployments.worker import LEASE_SECONDS
 

@@ -47,7 +47,7 @@ def _unlabelled_leftover(base: str) -> str:
 def test_the_portals_build_leftovers_are_pruned_and_an_unlabelled_one_stays(settings, monkeypatch):
     from compute import envimage
     from compute.images import build_service_image
-    from retention.services import retention_apply
+    from retention.worker import retention_apply
     from workspaces.instance import portal_instance
 
     suffix = uuid.uuid4().hex[:10]

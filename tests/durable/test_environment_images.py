@@ -30,7 +30,7 @@ def _tracked(tag: str, *, days_ago: float, engine_id: str = "", size: int | None
 @pytest.mark.django_db
 def test_the_daily_retention_removes_only_the_environment_images_nothing_uses(settings, owner, workspace, owner_api,
                                                                             page_client):
-    from retention.services import retention_apply
+    from retention.worker import retention_apply
 
     settings.MLPORTAL_ENV_IMAGE_KEEP_DAYS, settings.MLPORTAL_ENV_IMAGE_KEEP_LAST = 14, 2
     suffix = uuid.uuid4().hex[:10]

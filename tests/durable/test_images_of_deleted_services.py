@@ -9,7 +9,7 @@ import pytest
 from deployments.models import Environment, Service, ServiceRevision
 from registry.models import Image, Manifest
 from retention.models import RetentionPolicy
-from retention.services import images_of_deleted_service_remove
+from retention.worker import images_of_deleted_service_remove
 
 pytestmark = pytest.mark.django_db
 

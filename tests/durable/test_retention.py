@@ -15,6 +15,7 @@ from django.utils import timezone
 from compute.engine import connect
 from registry.models import Image
 from retention import services as retention
+from retention import worker as retention_worker
 from retention.models import RetentionPolicy
 from runs import services
 from runs.models import Run, RunLogChunk, RunOutput
@@ -48,7 +49,7 @@ def test_runs_logs_and_outputs_past_the_policy_are_deleted_files_and_rows(owner,
     plan = retention_plan(workspace)
     assert {r["id"] for r in plan.runs} == {str(old.id), str(older.id)}
     assert plan.bytes >= 5100
-    summary = retention.retention_apply(workspace_id=workspace.pk)
+    summary = retention_worker.retention_apply(workspace_id=workspace.pk)
     assert summary["runs"] == 2 and summary["bytes"] >= 5100
     assert not RunOutput.objects.filter(run__in=[old, older]).exists()
     assert not any(default_storage.exists(n) for n in names)
@@ -62,7 +63,7 @@ def test_runs_logs_and_outputs_past_the_policy_are_deleted_files_and_rows(owner,
     newer = [finished_run(project, owner, outputs={"c.txt": b"c"}) for _ in range(2)]
     retention.retention_policy_update(workspace=workspace, user=owner, run_files_keep_days=None, run_files_keep_last=2)
     assert [r["id"] for r in retention_plan(workspace).runs] == [str(recent.id)]  # the two newer ones are kept
-    retention.retention_apply(workspace_id=workspace.pk)
+    retention_worker.retention_apply(workspace_id=workspace.pk)
     assert RunOutput.objects.filter(run__in=newer).count() == 2 and not RunOutput.objects.filter(run=recent).exists()
 
 
@@ -102,7 +103,7 @@ def test_unused_images_leave_the_engine_and_dangling_layers_of_the_portal_are_pr
         assert res.status_code == 200 and res.json()["unused_images_keep_days"] == 7
         assert owner_api.get("/api/v1/storage/").json()["next"]["images"][0]["tag"] == tag
 
-        summary = retention.retention_apply(workspace_id=workspace.pk)
+        summary = retention_worker.retention_apply(workspace_id=workspace.pk)
         assert summary["images"] == 1 and summary["layers"] >= 1, summary
         with connect() as client:
             ids_after = {i.id for i in client.images.list(all=True)}

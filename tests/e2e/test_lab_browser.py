@@ -289,7 +289,7 @@ def test_the_lab_clicked_through_in_a_browser_ends_with_the_service_predicting_0
     wait_in_page(page, "() => document.getElementById('image-id').textContent.trim().startsWith('sha256:')",
                  timeout=10, what="the image id")
     page.click("button[data-tab=overview]")
-    assert page.locator("[data-testid=image-tag]").inner_text() == "mlportal/churnlab-churnpred:1"
+    assert page.locator("[data-testid=image-tag]").inner_text() == "mlportal/churnlab/churnpred:1"
     assert page.locator("#image-finished time").count() == 1  # filled in without a reload
     shot(page, "07-image")
 
@@ -299,7 +299,7 @@ def test_the_lab_clicked_through_in_a_browser_ends_with_the_service_predicting_0
     landed_on(page, "/services/new/")
     form = page.locator("[data-testid=image-form]")
     form.locator("#id_name").fill("churnpred")
-    assert form.locator("select[name=image] option:checked").inner_text() == "churnpred v1 (mlportal/churnlab-churnpred:1)"
+    assert form.locator("select[name=image] option:checked").inner_text() == "churnpred v1 (mlportal/churnlab/churnpred:1)"
     form.locator("button:has-text('Deploy')").click()
     service_url = landed_on(page, "/services/*/")
     wait_in_page(page, badge_is("[data-testid=service-status] .badge", ("healthy", "failed")), timeout=DEPLOY_TIMEOUT,
@@ -319,7 +319,7 @@ def test_the_lab_clicked_through_in_a_browser_ends_with_the_service_predicting_0
 
     # Everything is in its list.
     expectations = [("Models", "model-table", "model.pkl"), ("Manifests", "manifest-table", "churnpred"),
-                    ("Images", "image-table", "mlportal/churnlab-churnpred:1"), ("Services", "service-table", "churnpred")]
+                    ("Images", "image-table", "mlportal/churnlab/churnpred:1"), ("Services", "service-table", "churnpred")]
     for section, table, name in expectations:
         go(page, section)
         rows = table_rows(page, table)

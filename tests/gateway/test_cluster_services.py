@@ -40,6 +40,12 @@ def test_a_cluster_service_scores_keeps_its_keys_secret_and_survives_a_broken_up
     inspected = docker("service", "inspect", name)
     assert keys["primary"] not in inspected and keys["secondary"] not in inspected
     assert "MLPORTAL_SERVICE_KEYS=" not in inspected and "/run/secrets/mlportal-keys" in inspected
+    # The spec names the image by its id, not its tag: a tag may move to another build (another
+    # portal on a shared engine built the same name), and Swarm would start that one for a new task.
+    from registry.models import Image
+
+    built = Image.objects.get(pk=service["image_id"])
+    assert docker("service", "inspect", "-f", "{{.Spec.TaskTemplate.ContainerSpec.Image}}", name).strip() == built.image_id
 
     # An update to an image whose init() raises: Swarm rolls it back, the portal says so.
     broken = built_image(owner_api, "broken", score=BROKEN_SCORE)

@@ -6,12 +6,15 @@ a clear answer, and the server keeps answering."""
 from __future__ import annotations
 
 import re
+import select
 import socket
 import socketserver
 import threading
 import time
 
 import pytest
+
+from tests.helpers import raw_exchange
 
 pytestmark = [pytest.mark.integration]
 
@@ -26,6 +29,7 @@ class FakeReplica(socketserver.ThreadingTCPServer):
 
     def __init__(self, mode: str) -> None:
         self.mode = mode
+        self.seen: list[bytes] = []  # the bodies of the scoring requests it got
         super().__init__(("127.0.0.1", 0), _ReplicaHandler)
         self.port = self.server_address[1]
         threading.Thread(target=self.serve_forever, daemon=True).start()
@@ -44,9 +48,10 @@ class _ReplicaHandler(socketserver.StreamRequestHandler):
             for line in head.split(b"\r\n"):
                 if line.lower().startswith(b"content-length:"):
                     length = int(line.split(b":", 1)[1])
-            if length:
-                self.rfile.read(length)
+            body = self.rfile.read(length) if length else b""
             path = head.split(b" ", 2)[1]
+            if path != b"/ready":
+                self.server.seen.append(body)
             if path == b"/ready" or self.server.mode == "ok":
                 body = b'{"ready": true}' if path == b"/ready" else b'"0"'
                 self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
@@ -76,24 +81,10 @@ def _service(workspace, owner, name: str, replica: FakeReplica):
     return service
 
 
-def _exchange(port: int, data: bytes, *, timeout: float = 10, until_close: bool = True) -> bytes:
+def _exchange(port: int, data: bytes, *, timeout: float = 10) -> bytes:
     """Sends ``data`` on a new connection and returns what came back until the server closed it
     (or ``timeout``)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(data)
-        got = b""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                chunk = sock.recv(65536)
-            except socket.timeout:
-                break
-            if not chunk:
-                break
-            got += chunk
-            if not until_close and got.count(b"\r\n\r\n") and b"content-length: 0" not in got:
-                break
-        return got
+    return raw_exchange(port, data, timeout=timeout)[0]
 
 
 def _score_head(name: str, length: int, key: str = KEY) -> bytes:
@@ -154,6 +145,102 @@ def test_a_body_that_does_not_arrive_is_answered_408_and_a_client_gone_mid_body_
         assert "Traceback" not in server.log()
     finally:
         stop_server(server)
+
+
+def test_a_head_trickled_byte_by_byte_is_answered_408_and_a_silent_connection_is_closed(gateway, tmp_path):
+    """A client that sends a head a byte at a time (each byte well inside the keep-alive timeout),
+    or connects and sends nothing, holds its connection no longer than the head deadline."""
+    from django.db import connection
+
+    from tests.gateway.conftest import start_server, stop_server
+
+    server = start_server(dict(connection.settings_dict), tmp_path / "slow-head.log",
+                          extra_env={"MLPORTAL_GATEWAY_HEAD_TIMEOUT": "1.5"})
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            started = time.monotonic()
+            answer = b""
+            for byte in b"GET /login/ HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 200:
+                try:
+                    sock.sendall(bytes([byte]))
+                except OSError:
+                    break  # the server ended the connection: what it answered is in the buffer
+                if select.select([sock], [], [], 0.05)[0]:
+                    break  # the server answered: read it below
+            sock.settimeout(5)
+            try:
+                while chunk := sock.recv(65536):
+                    answer += chunk
+            except (socket.timeout, ConnectionResetError):
+                pass
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:300]
+        assert b"did not arrive within 1.5 s" in answer and b"connection: close" in answer
+        assert time.monotonic() - started < 5
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:  # says nothing at all
+            started = time.monotonic()
+            assert sock.recv(65536) == b""  # closed by the server, with nothing to answer
+            assert 1.0 < time.monotonic() - started < 5
+        # A head that comes whole is answered as ever, and so is one on a connection kept alive.
+        assert server.request("GET", "/login/")[0] == 200
+        assert "Traceback" not in server.log()
+    finally:
+        stop_server(server)
+
+
+def test_a_caller_gone_mid_body_on_the_asgi_path_is_never_forwarded(gateway, workspace, owner):
+    """A scoring URL in another form (a %-escape) takes uvicorn's ASGI cycle; a caller that closes
+    before its body is whole sends nothing to a replica (a truncated body could score a truncated
+    input), and the same URL whole is answered."""
+    replica = FakeReplica("ok")
+    try:
+        _service(workspace, owner, "fake-partial", replica)
+        assert _wait_for_status(gateway, "fake-partial", 200)[0] == 200
+        replica.seen.clear()
+        escaped = "fake%2Dpartial"
+        with socket.create_connection(("127.0.0.1", gateway.port)) as sock:
+            sock.sendall(_score_head(escaped, 100) + b'{"data": [{"a": 1}')
+            time.sleep(0.3)
+        time.sleep(1.0)
+        assert replica.seen == []
+        whole = b'{"data": [{"a": 1}]}'
+        answer = _exchange(gateway.port, _score_head(escaped, len(whole)).replace(b"HTTP/1.1\r\n", b"HTTP/1.1\r\nConnection: close\r\n", 1)
+                           + whole)
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
+        assert replica.seen == [whole]
+    finally:
+        replica.shutdown()
+        replica.server_close()
+
+
+def test_a_failing_shadow_is_logged_at_most_every_few_seconds_and_callers_are_unaffected(
+        gateway, workspace, owner):
+    from deployments.models import ServiceReplica, ServiceRevision
+
+    live, shadow = FakeReplica("ok"), FakeReplica("garbage")
+    try:
+        service = _service(workspace, owner, "fake-shadowed", live)
+        revision = ServiceRevision.objects.create(service=service, number=2, image=service.image,
+                                                  image_ref=service.image.ref, reason="shadow", role="shadow")
+        ServiceReplica.objects.create(service=service, number=2, container_id="fake-shadow", host="127.0.0.1",
+                                      port=shadow.port, revision=revision)
+        service.rollout = {"mode": "shadow", "status": "running", "revision": 2, "weight": 100}
+        service.save(update_fields=["rollout"])
+        assert _wait_for_status(gateway, "fake-shadowed", 200)[0] == 200
+        deadline = time.monotonic() + 10
+        while not shadow.seen and time.monotonic() < deadline:  # the table has the shadow once it mirrors
+            assert gateway.score("fake-shadowed", {"a": 1}, KEY)[0] == 200
+            time.sleep(0.1)
+        assert shadow.seen, "the shadow revision never got a copy"
+        for _ in range(5):
+            assert gateway.score("fake-shadowed", {"a": 1}, KEY)[0] == 200
+        time.sleep(0.5)
+        warnings = re.findall(r"the shadow revision 2 of service 'fake-shadowed' answered 502: .*", gateway.log_path.read_text(errors="replace"))
+        assert len(warnings) == 1, gateway.log()[-2000:]
+        assert "not HTTP/1.1" in warnings[0] and "callers are unaffected" in warnings[0]
+    finally:
+        for replica in (live, shadow):
+            replica.shutdown()
+            replica.server_close()
 
 
 def test_a_replica_that_closes_mid_answer_or_answers_garbage_is_a_502_and_the_others_keep_working(

@@ -338,7 +338,7 @@ def _upload(name: str, text: str):
 def test_retention_deletes_partitions_older_than_the_workspaces_setting(service, owner_api, workspace, capture_dir):
     from monitoring import worker
     from monitoring.models import CapturedRow, CaptureFile
-    from retention.services import retention_apply
+    from retention.worker import retention_apply
 
     today = dt.datetime.now(dt.timezone.utc).replace(hour=12, minute=0, second=0, microsecond=0)
     records = churn_records(3, seed=10)

@@ -20,7 +20,7 @@ def app_modules():
 
 
 def test_only_core_talks_to_the_default_storage():
-    allowed = {ROOT / "core" / "storage.py", ROOT / "core" / "filestorage.py", ROOT / "workspaces" / "s3storage.py",
+    allowed = {ROOT / "core" / "storage.py", ROOT / "core" / "filestorage.py", ROOT / "core" / "s3storage.py",
                ROOT / "workspaces" / "management" / "commands" / "check_storage.py"}  # the backends, and a probe of them
     users = [str(p.relative_to(ROOT)) for p in app_modules()
              if p not in allowed and re.search(r"\bdefault_storage\.(save|delete|open|exists)\(", p.read_text())]
@@ -52,6 +52,14 @@ def test_run_numbers_and_versions_come_from_core_numbering_only():
     assert copies == [], f"take the next number with core.numbering.create_next: {copies}"
 
 
+def test_the_page_helpers_exist_once_in_core():
+    # Checking a role, sorting, a service's error on its form and the POST behind a button lived in
+    # two or three views.py each (core.views_base: can, sorted_by, form_error, page_action, …).
+    copies = [str(p.relative_to(ROOT)) for p in app_modules() if p != ROOT / "core" / "views_base.py"
+              and re.search(r"^def _?(can|current_workspace|sorted|sorted_by|form_error|page_action)\(", p.read_text(), re.M)]
+    assert copies == [], f"use core.views_base: {copies}"
+
+
 def test_an_app_file_over_about_500_lines_says_why():
     unexplained = []
     for path in app_modules():
@@ -67,6 +75,23 @@ def test_the_old_import_paths_of_the_split_are_gone():
     leftovers = [str(p.relative_to(ROOT)) for p in app_modules()
                  if re.search(r"^__getattr__ = |^sys\.modules\[__name__\] = |core\.moved", p.read_text(), re.M)]
     assert leftovers == [] and not (ROOT / "core" / "moved.py").exists()
+
+
+def test_the_request_side_services_modules_call_no_engine():
+    # services.py is the request side: from compute/ it may take constants and error types, never a
+    # function that talks to an engine (that is a worker.py's job, after the commit). The one door
+    # check (a cluster's set-up) goes through deployments.cluster with its short timeout.
+    engine_calls = []
+    for path in app_modules():
+        if path.name != "services.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                engine_calls += [a.name for a in node.names if a.name.split(".")[0] in ("compute", "docker")]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in ("compute", "docker"):
+                engine_calls += [f"{path.relative_to(ROOT)}: {node.module}.{a.name}" for a in node.names
+                                 if not (a.name.isupper() or a.name.endswith(("Error", "Unreachable")))]
+    assert engine_calls == [], "move engine calls to the app's worker.py (a task after the commit)"
 
 
 @pytest.mark.django_db

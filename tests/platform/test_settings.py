@@ -108,3 +108,15 @@ def test_the_embedded_broker_is_looked_at_ten_times_a_second(tmp_path):
                      "from mlportal.celery import app; c = app.connection_for_read(); print(c.transport.polling_interval)")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "0.1"
+
+
+def test_an_administrators_scan_allow_list_comes_from_the_environment_and_a_bad_entry_stops_startup(tmp_path):
+    # Issue 20: the allow list is a setting a portal administrator extends (MLPORTAL_SCAN_ALLOW).
+    judge = ("import io; from registry import model_scan, scanning; "
+             "data = b'\\x80\\x04\\x8c\\x0cmylab.models\\x8c\\x06Ranker\\x93)\\x81.'; "
+             "print(scanning.scan_file(io.BytesIO(data), allow=model_scan.scan_allow()).verdict)")
+    assert _django(tmp_path, {}, "shell", "-v", "0", "-c", judge).stdout.split() == ["unknown"]
+    allowed = _django(tmp_path, {"MLPORTAL_SCAN_ALLOW": "otherlab, mylab.models:Ranker"}, "shell", "-v", "0", "-c", judge)
+    assert allowed.stdout.split() == ["safe"], allowed.stderr
+    bad = _django(tmp_path, {"MLPORTAL_SCAN_ALLOW": "my lab"}, "check")
+    assert bad.returncode != 0 and "MLPORTAL_SCAN_ALLOW" in bad.stderr and "is not a package" in bad.stderr

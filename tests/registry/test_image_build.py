@@ -134,7 +134,7 @@ def records_100(trained_churn):
 
 def test_creating_an_image_answers_201_queued_with_its_tag(churn_build):
     created = churn_build["created"]
-    assert created["status"] == "queued" and created["tag"] == "mlportal/regbuild-churnpred:1"
+    assert created["status"] == "queued" and created["tag"] == "mlportal/regbuild/churnpred:1"
     assert created["name"] == "churnpred" and created["version"] == 1
 
 
@@ -154,21 +154,21 @@ def test_the_image_is_found_by_its_tag(churn_build):
 
 def test_the_build_log_ends_done_with_the_whole_build(churn_build):
     log = churn_build["log"]
-    assert "COPY app/ /app/" in log and "built mlportal/regbuild-churnpred:1" in log
+    assert "COPY app/ /app/" in log and "built mlportal/regbuild/churnpred:1" in log
     assert churn_build["log_end"]["done"] is True and churn_build["log_end"]["status"] == "succeeded"
 
 
 def test_usage_gives_the_docker_run_line_and_a_curl_with_the_schema_example(churn_build):
     usage = churn_build["usage"]
     assert usage["docker_run"].startswith("docker run -p 127.0.0.1:5001:5001 -e MLPORTAL_SERVICE_KEYS=")
-    assert usage["docker_run"].endswith(" mlportal/regbuild-churnpred:1")
+    assert usage["docker_run"].endswith(" mlportal/regbuild/churnpred:1")
     assert usage["scoring_path"] == "/score" and usage["sample_body"] == SAMPLE_REQUEST
     assert usage["curl"].startswith("curl -X POST http://127.0.0.1:5001/score") and '"callfailurerate": 0' in usage["curl"]
 
 
 def test_the_image_page_shows_overview_log_and_usage(churn_build):
     html = churn_build["html"]
-    for needle in ("mlportal/regbuild-churnpred:1", 'data-tab="log"', 'data-tab="usage"', "docker run -p 127.0.0.1:5001:5001",
+    for needle in ("mlportal/regbuild/churnpred:1", 'data-tab="log"', 'data-tab="usage"', "docker run -p 127.0.0.1:5001:5001",
                    'data-status="succeeded"', "/api/v1/images/"):
         assert needle in html
 

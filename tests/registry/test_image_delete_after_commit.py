@@ -118,3 +118,40 @@ def test_the_removal_task_is_retried_only_for_an_unreachable_engine_on_the_maint
 
     assert settings.CELERY_TASK_ROUTES[remove_engine_image.name] == {"queue": "celery"}
     assert remove_engine_image.acks_late and remove_engine_image.max_retries == 6
+
+
+@pytest.mark.docker
+@pytest.mark.django_db
+def test_removing_an_image_whose_tag_another_build_took_removes_only_its_own_bytes(workspace):
+    """Another portal on the same engine (or a rebuild) built the same tag since: removing our
+    image (retention, a deleted service's images) takes our bytes by their id and leaves the tag,
+    which names the other build. It used to remove the tag, and with it the other build."""
+    from compute.engine import image_id
+    from registry.worker import image_remove
+    from tests.helpers import build_unique_image, engine_image_ids
+
+    _engine_or_skip()
+    tag = f"mlportal/team/shared-tag:{int(time.time())}"
+    ours = build_unique_image(tag)
+    theirs = build_unique_image(tag)  # the tag moves to the other build; ours stays, untagged
+    try:
+        assert ours != theirs and image_id(tag) == theirs
+        image = _image(workspace, tag=tag, engine_id=ours)
+        assert image_remove(image_id=image.pk) is not None
+        assert image_id(tag) == theirs  # the other build keeps its tag and its bytes
+        assert ours not in engine_image_ids()
+    finally:
+        subprocess.run(["docker", "rmi", "-f", tag, ours], capture_output=True)
+
+
+@pytest.mark.django_db
+def test_two_workspaces_never_share_an_image_tag(owner):
+    """Workspace team-a's image churn and workspace team's image a-churn had one tag
+    (mlportal/team-a-churn:1), so each build moved it from the other workspace's image."""
+    from registry.services import image_repository
+    from workspaces.services import workspace_create
+
+    first = workspace_create(name="tagged-a", user=owner)
+    second = workspace_create(name="tagged", user=owner)
+    assert image_repository(first, "churn") != image_repository(second, "a-churn")
+    assert image_repository(first, "churn") == "mlportal/tagged-a/churn"

@@ -78,7 +78,7 @@ def test_a_requirement_missing_from_pypi_fails_with_the_resolvers_message_on_top
 
     # While pip looks for the package (seconds), the log endpoint already serves the build's lines.
     live = wait_until(first_text, timeout=120, interval=0.2, message="the first build log lines")
-    assert live["status"] == "building" and not live["done"] and "building mlportal/team-small:1" in live["text"]
+    assert live["status"] == "building" and not live["done"] and "building mlportal/team/small:1" in live["text"]
     final = wait_finished(owner_api, image["id"])
     assert final["status"] == "failed"
     assert "this-package-does-not-exist-mlp" in final["error"]

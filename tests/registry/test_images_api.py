@@ -23,7 +23,7 @@ def test_creating_an_image_queues_its_build_after_commit(owner_api, manifest, dj
         response = owner_api.post("/api/v1/images/", {"manifest": "churnpred:1"}, format="json")
     assert response.status_code == 201
     body = response.json()
-    assert body["status"] == "queued" and body["tag"] == "mlportal/team-churnpred:1" and body["manifest"] == "churnpred:1"
+    assert body["status"] == "queued" and body["tag"] == "mlportal/team/churnpred:1" and body["manifest"] == "churnpred:1"
     assert body["labels"]["mlportal.manifest_hash"] == manifest.content_hash and body["labels"]["mlportal.models"] == "model.pkl:1"
     assert len(callbacks) == 1
     assert Activity.objects.filter(verb="image.created", target_id=body["id"]).exists()
@@ -32,7 +32,7 @@ def test_creating_an_image_queues_its_build_after_commit(owner_api, manifest, dj
 def test_image_versions_count_per_name_and_a_name_can_be_given(owner_api, manifest):
     tags = [owner_api.post("/api/v1/images/", {"manifest": "churnpred"}, format="json").json()["tag"] for _ in range(2)]
     named = owner_api.post("/api/v1/images/", {"manifest": str(manifest.pk), "name": "churn-canary"}, format="json").json()
-    assert tags == ["mlportal/team-churnpred:1", "mlportal/team-churnpred:2"] and named["tag"] == "mlportal/team-churn-canary:1"
+    assert tags == ["mlportal/team/churnpred:1", "mlportal/team/churnpred:2"] and named["tag"] == "mlportal/team/churn-canary:1"
     bad = owner_api.post("/api/v1/images/", {"manifest": "churnpred", "name": "Bad Name"}, format="json")
     assert bad.status_code == 400 and "image name" in bad.json()["error"]["message"]
 
@@ -50,9 +50,9 @@ def test_an_image_is_found_by_id_name_name_version_and_tag(owner_api, owner, man
     assert owner_api.get(f"/api/v1/images/{first.pk}/").json()["version"] == 1
     assert owner_api.get("/api/v1/images/churnpred/").json()["id"] == str(second.pk)
     assert owner_api.get("/api/v1/images/churnpred:1/").json()["id"] == str(first.pk)
-    assert owner_api.get("/api/v1/images/mlportal/team-churnpred:1/").json()["id"] == str(first.pk)
-    assert owner_api.get("/api/v1/images/mlportal/team-churnpred:1/log/").status_code == 200
-    assert owner_api.get("/api/v1/images/?tag=mlportal/team-churnpred:2").json()["results"][0]["id"] == str(second.pk)
+    assert owner_api.get("/api/v1/images/mlportal/team/churnpred:1/").json()["id"] == str(first.pk)
+    assert owner_api.get("/api/v1/images/mlportal/team/churnpred:1/log/").status_code == 200
+    assert owner_api.get("/api/v1/images/?tag=mlportal/team/churnpred:2").json()["results"][0]["id"] == str(second.pk)
 
 
 def test_the_log_endpoint_serves_the_log_from_an_offset_until_done(owner_api, owner, manifest, settings):
@@ -92,7 +92,7 @@ def test_usage_gives_the_run_line_the_curl_and_the_example_body(owner_api, owner
     usage = owner_api.get(f"/api/v1/images/{image.pk}/usage/").json()
     assert set(usage) == {"docker_run", "curl", "sample_body", "scoring_path"}
     assert usage["sample_body"] == SAMPLE_REQUEST and usage["scoring_path"] == "/score"
-    assert "mlportal/team-churnpred:1" in usage["docker_run"] and "'Authorization: Bearer " in usage["curl"]
+    assert "mlportal/team/churnpred:1" in usage["docker_run"] and "'Authorization: Bearer " in usage["curl"]
 
 
 def test_readers_read_but_cannot_create_or_delete_and_outsiders_get_404(owner, owner_api, reader_api, outsider_api, manifest):

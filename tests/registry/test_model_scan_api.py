@@ -291,3 +291,16 @@ def test_the_manifest_page_shows_each_version_s_scan(page_client, owner, owner_a
     manifest = create_manifest(owner_api, models=["barscanary:1"]).json()
     page = page_client(owner).get(f"/manifests/{manifest['id']}/").content.decode()
     assert 'data-verdict="dangerous"' in page and 'data-testid="accepted-badge"' in page
+
+
+def test_the_register_page_scans_an_upload_and_warns_of_the_canary(page_client, owner, workspace, tmp_path):
+    # The portal's own upload form goes through the same scan as the API.
+    client = page_client(owner)
+    response = client.post("/models/register/", {"name": "barscanary", "file": upload("model.pkl", dangerous(tmp_path))},
+                           follow=True)
+    assert response.status_code == 200
+    model = Model.objects.get()
+    assert (model.scan_verdict, model.framework, model.scan_globals[0]["global"]) == ("dangerous", "unknown", "posix.system")
+    page = response.content.decode()
+    assert "Scan: dangerous" in page and "posix.system" in page and 'data-testid="accept"' in page
+    assert not (tmp_path / "ran").exists()

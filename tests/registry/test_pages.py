@@ -156,7 +156,7 @@ def test_building_from_the_manifest_page_queues_an_image(page_client, owner, man
         response = page_client(owner).post(f"/manifests/{manifest.pk}/build/", {"name": ""})
     image = Image.objects.get()
     assert response.status_code == 302 and response["Location"] == f"/images/{image.pk}/"
-    assert image.status == "queued" and image.tag == "mlportal/team-churnpred:1" and len(callbacks) == 1
+    assert image.status == "queued" and image.tag == "mlportal/team/churnpred:1" and len(callbacks) == 1
     html = page_client(owner).get(f"/images/{image.pk}/").content.decode()
     assert 'data-status="queued"' in html and "docker run -p 127.0.0.1:5001:5001" in html
     assert f'data-log-url="/api/v1/images/{image.pk}/log/"' in html  # the page tails the build log

@@ -156,6 +156,14 @@ def test_a_run_executed_twice_at_once_starts_one_container(transactional_db, chu
                              f"label=mlportal.id={run.id}", "--filter", "event=create", "--format", "{{.ID}}"],
                             capture_output=True, text=True, check=True, timeout=30).stdout.split()
     assert len(events) == 1
+    # ... and that container carried this portal's label (what its sweeps, and no other portal's, go by).
+    from workspaces.instance import portal_instance
+
+    labelled = subprocess.run(["docker", "events", "--since", since, "--until", str(int(time.time()) + 1), "--filter",
+                               f"label=mlportal.id={run.id}", "--filter", f"label=mlportal.portal={portal_instance()}",
+                               "--filter", "event=create", "--format", "{{.ID}}"],
+                              capture_output=True, text=True, check=True, timeout=30).stdout.split()
+    assert labelled == events
     run.refresh_from_db()
     assert [o.path for o in run.outputs.all()] == ["hello.txt"]
 

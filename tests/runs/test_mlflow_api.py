@@ -175,3 +175,46 @@ def test_log_batch_refuses_one_param_twice_and_stores_nan_and_infinities_as_mlfl
     assert stored == {"a": (None, "NaN", 1), "b": (1.7976931348623157e308, "", 1), "c": (-1.7976931348623157e308, "", 1),
                       "d": (0.25, "", 2), "e": (3.0, "", 0)}
     assert Metric.objects.get(run_id=run_id, name="d").logged_at.timestamp() == 2.0
+
+
+SAME_CALLS = r'''
+import mlflow
+mlflow.set_experiment("churnpred")
+with mlflow.start_run():
+    mlflow.log_metric("diverged", float("nan"), step=1)
+    mlflow.log_metric("huge", float("inf"), step=2)
+    mlflow.log_metrics({"floor": float("-inf"), "fine": 0.5}, step=3)
+'''
+
+
+def test_nan_and_infinities_logged_inside_a_run_are_stored_as_the_mlflow_api_stores_them(tracking, owner, workspace,
+                                                                                      tmp_path):
+    # The same mlflow calls, (a) by the real client against the portal's MLflow API, (b) inside a run
+    # through the runtime's shim, its stdout read by the worker's own sink: the rows must be the same
+    # (the runtime used to skip NaN and infinities while the API stored them).
+    from runs import worker
+    from tests.runtime.test_mlflow_shim import _bare_venv, _run, _runtime_lib
+
+    project = services.project_create(workspace=workspace, name="churnpred", user=owner)
+    services.project_file_put(project=project, path="train.py", content=b"print(1)\n", user=owner)
+    done = subprocess.run([sys.executable, "-c", SAME_CALLS], env={"PATH": "/usr/bin:/bin", "HOME": "/tmp", **tracking},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    external = Run.objects.get(project=project, target="external")
+
+    work = tmp_path / "work"
+    work.mkdir()
+    shim = _run(_bare_venv(tmp_path) / "bin" / "python", _runtime_lib(tmp_path), work, SAME_CALLS)
+    assert shim.returncode == 0 and "not logged" not in shim.stderr, shim.stderr
+    inside = worker.run_claim(run_id=services.run_submit(project=project, script="train.py", user=owner).id, worker="t:1")
+    sink = worker.RunSink(inside)
+    for line in shim.stdout.splitlines():
+        sink.output(line)
+    sink.flush()
+
+    def rows(run):
+        return sorted((m.name, m.value, m.text, m.step) for m in Metric.objects.filter(run=run))
+
+    top = 1.7976931348623157e308
+    assert rows(inside) == rows(external) == [("diverged", None, "NaN", 1), ("fine", 0.5, "", 3),
+                                              ("floor", -top, "", 3), ("huge", top, "", 2)]

@@ -27,6 +27,10 @@ def test_a_docker_run_logs_mlflow_calls_into_the_portal_run(celery_worker, churn
     assert body["params"] == {"criterion": "gini", "lr": "0.1", "max_depth": "4"}
     assert body["tags"]["team"] == "churn" and body["tags"]["stage"] == "dev" and body["note"] == "first try"
     assert body["metrics"]["DTree Accuracy"] == 0.93 and body["metrics"]["loss"] == pytest.approx(1 / 3)
+    from runs.models import Metric
+
+    diverged = Metric.objects.get(run_id=run_id, name="diverged")  # NaN stored as the MLflow API stores it
+    assert (diverged.value, diverged.text, diverged.step) == (None, "NaN", 9)
     outputs = {o["path"] for o in owner_api.get(f"/api/v1/runs/{run_id}/outputs/").json()["results"]}
     assert {"model.txt", "nested/dir/model.txt", "meta/info.json"} <= outputs
     log = owner_api.get(f"/api/v1/runs/{run_id}/log/").json()["text"]

@@ -35,7 +35,7 @@ def test_a_metrics_line_is_all_or_nothing_and_feeds_the_sink(owner, blank):
     from mlportal_runtime import METRICS_PREFIX
     from runs.models import Metric
 
-    assert parse_line(METRICS_PREFIX + '{"metrics": {"a": 1, "b": NaN}, "step": 1, "time": 1.0}') is None
+    assert parse_line(METRICS_PREFIX + '{"metrics": {"a": 1, "b": [2]}, "step": 1, "time": 1.0}') is None
     assert parse_line(METRICS_PREFIX + '{"metrics": {"a": 1, "": 2}, "step": 1, "time": 1.0}') is None
     assert parse_line(METRICS_PREFIX + '{"metrics": {}, "step": 1}') is None
     assert parse_line(METRICS_PREFIX + '{"metrics": {"a": 1}, "step": 1.5}') is None

@@ -30,6 +30,7 @@ with mlflow.start_run(run_name="baseline", tags={"team": "churn"}, description="
     except MlflowException as exc:
         print("refused:", exc)
     mlflow.log_metric("DTree Accuracy", 0.93)
+    mlflow.log_metric("diverged", float("nan"), step=9)  # kept as MLflow keeps it, not skipped
     for step in range(3):
         mlflow.log_metrics({"loss": 1.0 / (step + 1), "val_loss": 2.0 / (step + 1)}, step=step)
     mlflow.set_tags({"stage": "dev"})
@@ -77,7 +78,8 @@ def test_mlflow_calls_become_the_runs_metrics_params_tags_and_outputs(tmp_path):
     assert params == {"max_depth": "4", "criterion": "gini", "lr": "0.1"}
     assert tags == {"mlflow.experimentName": "churn", "mlflow.runName": "baseline", "team": "churn",
                     "mlflow.note.content": "first try", "stage": "dev"}
-    assert ("DTree Accuracy", 0.93, None) in metrics and ("val_loss", 1.0, 1) in metrics and len(metrics) == 7
+    assert ("DTree Accuracy", 0.93, None) in metrics and ("val_loss", 1.0, 1) in metrics and len(metrics) == 8
+    assert [(n, s) for n, v, s in metrics if v != v] == [("diverged", 9)] and "not logged" not in done.stderr
     assert "refused: Changing param values is not allowed" in done.stdout and "'4'" in done.stdout
     assert (work / "outputs/model.txt").read_text() == "model" and (work / "outputs/nested/dir/model.txt").exists()
     assert json.loads((work / "outputs/meta/info.json").read_text()) == {"a": 1}

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from mlportal_runtime import METRIC_PREFIX, get_logger, parse_metric_line
+from mlportal_runtime import METRIC_PREFIX, get_logger, parse_line, parse_metric_line
 from mlportal_runtime.logger import RunLogger
 
 
@@ -44,11 +44,21 @@ def test_numpy_scalars_and_strings_are_logged_as_plain_values():
     assert type(values[0]) is int
 
 
-def test_a_nan_value_is_skipped_with_a_warning_not_a_crash(capsys):
+def test_nan_and_infinities_are_logged_as_mlflow_logs_them_not_skipped(capsys):
+    # MLflow's client logs a diverged loss; the portal stores it as MLflow does (tests/runs/test_ingest.py).
     stream = io.StringIO()
-    RunLogger(stream).log("loss", float("nan"))
-    assert stream.getvalue() == ""
-    assert "not logged" in capsys.readouterr().err
+    logger = RunLogger(stream)
+    logger.log("loss", float("nan"), step=7)
+    logger.log("grad", np.float64("inf"))
+    logger.log("floor", float("-inf"))
+    logger.log_metrics({"a": float("nan"), "b": 1.0}, step=8)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 4 and capsys.readouterr().err == ""
+    values = [parse_metric_line(line)["value"] for line in lines[:3]]
+    assert math.isnan(values[0]) and values[1:] == [math.inf, -math.inf]
+    assert parse_metric_line(lines[0])["step"] == 7
+    kind, points = parse_line(lines[3])
+    assert kind == "metrics" and math.isnan(points[0]["value"]) and points[1]["value"] == 1.0
 
 
 @pytest.mark.parametrize("name", ["", "x" * 201, None, 3])
@@ -87,10 +97,9 @@ def test_parse_fills_a_missing_time_with_none():
         METRIC_PREFIX + "not json",
         METRIC_PREFIX + "[1, 2]",
         METRIC_PREFIX + '{"name": "a"}',
-        METRIC_PREFIX + '{"name": "a", "value": NaN}',
-        METRIC_PREFIX + '{"name": "a", "value": Infinity}',
-        METRIC_PREFIX + '{"name": "a", "value": -Infinity}',
-        METRIC_PREFIX + '{"name": "a", "value": 1e999}',
+        METRIC_PREFIX + '{"name": "a", "value": 1, "step": NaN}',
+        METRIC_PREFIX + '{"name": "a", "value": 1, "time": Infinity}',
+        METRIC_PREFIX + '{"name": NaN, "value": 1}',
         METRIC_PREFIX + '{"name": "a", "value": true}',
         METRIC_PREFIX + '{"name": "a", "value": [1]}',
         METRIC_PREFIX + '{"name": "a", "value": {"b": 1}}',
