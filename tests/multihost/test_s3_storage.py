@@ -75,6 +75,23 @@ def test_capture_files_live_under_the_capture_prefix_and_recovery_works_there(s3
         assert handle.read() == b"rows a"
 
 
+def test_a_deleted_services_capture_prefix_goes_from_the_bucket_too(s3_storages, s3_server, db):
+    import uuid
+
+    from monitoring import cleanup, worker
+
+    storage = worker.capture_storage()
+    gone, swept = str(uuid.uuid4()), str(uuid.uuid4())  # no Service row has either id
+    for service_id in (gone, swept):
+        for day in ("2026-12-01", "2026-12-02"):
+            storage.save(f"{service_id}/model_version=m:1/day={day}/part-{day}.parquet", ContentFile(b"rows"))
+    storage.save("svc/note.txt", ContentFile(b"not a service's"))
+    assert cleanup.service_capture_remove(service_id=gone) == 2  # the task sent on the delete's commit
+    assert not [k for k in s3_server.keys(s3_storages) if gone in k]
+    worker.recover()  # a removal that never ran: the collector's round sweeps the prefix
+    assert s3_server.keys(s3_storages) == ["capture/svc/note.txt"]
+
+
 def test_the_storage_check_command_says_where_the_files_go(s3_storages):
     from django.core.management import call_command
 
