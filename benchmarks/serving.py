@@ -205,7 +205,16 @@ def floor_child(app_dir: str, body_file: str, repeats: int = 5) -> None:
 
     run_s = per_call(lambda: score.run(**inputs))
     parse_s = per_call(lambda: build_inputs(schema, json.loads(body_bytes)))
-    print(json.dumps({"run_ms": run_s * 1000, "request_path_ms": parse_s * 1000}))
+    # One call at a time, as a server at one connection makes them: the spread of run() itself on
+    # this machine, a floor under any server's p99 at c=1.
+    calls = []
+    for _ in range(5000):
+        started = time.perf_counter()
+        score.run(**inputs)
+        calls.append(time.perf_counter() - started)
+    calls.sort()
+    print(json.dumps({"run_ms": run_s * 1000, "request_path_ms": parse_s * 1000,
+                      "run_p50_ms": calls[len(calls) // 2] * 1000, "run_p99_ms": calls[int(len(calls) * 0.99)] * 1000}))
 
 
 def measure_floor(app_dir: Path, body: bytes, cpu: int) -> dict:
@@ -607,6 +616,11 @@ def report(results: dict, workers: int) -> list[str]:
         floor = result["floor"]
         lines.append(f"{case}: floor run() {floor['run_ms']:.3f} ms in-process; request path (json + schema) "
                      f"{floor['request_path_ms']:.3f} ms")
+        if "run_p99_ms" in floor:  # a zero-cost server's p99 at c=1 could not be below run()'s own
+            best_p99 = min(result[peer]["load"][1]["p99"] for peer in peers_of(result)) if peers_of(result) else 0
+            lines.append(f"{case}: run() alone, one call at a time: p50 {floor['run_p50_ms']:.3f} ms, p99 "
+                         f"{floor['run_p99_ms']:.3f} ms, which is {common.fmt_ratio(common.ratio(floor['run_p99_ms'], best_p99))} "
+                         f"of the best peer's p99 at c=1 (the lowest p99 ratio any server could reach)")
         lines.append(header)
         for server in ("ours", *(["ours_host"] if "ours_host" in result else []), *peers_of(result)):
             for c, fig in result[server]["load"].items():
