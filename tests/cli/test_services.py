@@ -51,7 +51,7 @@ def test_image_create_builds_a_manifest_and_shows_its_log_usage_and_details(cli,
     assert built.code == 0, built.err
     assert "Successfully built" in built.err  # the build log, streamed as it was written
     image = json.loads(built.out)
-    assert (image["ref"], image["status"]) == ("churn:1", "succeeded") and image["tag"].endswith("-churn:1")
+    assert (image["ref"], image["status"]) == ("churn:1", "succeeded") and image["tag"].endswith("/churn:1")
     assert json.loads(cli("image", "show", image["tag"], "-o", "json", "--query", "id").out) == image["id"]
     usage = cli("image", "usage", "churn:1").out
     assert "docker run -p 127.0.0.1:5001:5001" in usage and image["tag"] in usage and "curl -X POST" in usage
