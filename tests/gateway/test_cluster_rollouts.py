@@ -61,5 +61,6 @@ def test_a_canary_and_a_shadow_run_as_second_swarm_services(deploy_worker, gatew
     assert any("Swarm rolled the live service to it start-first" in e["message"] for e in promoted["events"])
     wait_until(lambda: list(swarm_services(service["id"])) == [live_name] or None, timeout=60,
                message="only the live Swarm service")
-    assert swarm_services(service["id"])[live_name].startswith(other["tag"].split(":")[0])
+    # The live Swarm service now runs the promoted image, named by its id (never a tag that may move).
+    assert swarm_services(service["id"])[live_name] == other["image_id"]
     assert {(h["x-mlportal-revision"], b) for _, h, b in _hammer(gateway, key, 12)} == {(str(revision), 1)}
