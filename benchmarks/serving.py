@@ -12,7 +12,11 @@ connections, at 1 and 16 connections:
   copy) with its ``score.py`` and a ``service_schema.json`` made by ``churn_schema_gen.py``.
 
 MLPortal: the image ``compute.images.build_service_image`` builds on the environment image,
-started with ``compute.containers.start_service_container`` (port published on 127.0.0.1).
+started with ``compute.containers.start_service_container`` (port published on 127.0.0.1),
+measured at the container's own address (``ours``: reached as every peer is, at the server's
+own socket) and through the published port (``ours_published``: while the engine runs its
+userland proxy, the default, every connection to 127.0.0.1 passes ``docker-proxy``, one more
+process and one more copy of each byte, whose scheduling shows in the tail at one connection).
 The peers, each in its own venv under ``~/.cache/mlportal/bench-venvs/<peer>`` with the same
 numpy/pandas/scikit-learn, pinned (PEER_PACKAGES), installed from PyPI on first use:
 
@@ -75,6 +79,9 @@ PEER_DISTRIBUTION = {"mlflow": "mlflow", "mlserver": "mlserver", "bentoml": "ben
 PEERS = tuple(PEER_PACKAGES)
 PEER_TITLES = {"mlflow": "MLflow", "mlserver": "MLServer", "bentoml": "BentoML", "best": "best peer"}
 CONNECTIONS = (1, 16)
+# Our server reached other ways than ``ours`` (the container at its own address, as each peer is
+# reached at its own socket): rows of their own, goal lines and ratio lines against the best peer.
+VARIANTS = {"ours_published": "through the published port", "ours_host": "as a host process"}
 CASES = ("light", "churn")
 
 # Goals per case and peer ("best": the best of the three at each figure, the highest throughput
@@ -238,9 +245,12 @@ def measure_floor(app_dir: Path, body: bytes, cpu: int) -> dict:
 
 
 @contextlib.contextmanager
-def our_server(case: str, app: Path, *, env_image: str, workers: int, cpu: int) -> Iterator[str]:
-    """Builds the service image, runs it pinned to ``cpu``; yields the /score URL; always
-    removes the container and the image."""
+def our_server(case: str, app: Path, *, env_image: str, workers: int, cpu: int) -> Iterator[dict[str, str]]:
+    """Builds the service image, runs it pinned to ``cpu``; yields its /score URLs: ``own`` at
+    the container's own address (as every peer is reached, at its own socket) and
+    ``published`` at the port the engine publishes on 127.0.0.1 (through the engine's
+    userland proxy, ``docker-proxy``, while the engine runs with it); always removes the
+    container and the image."""
     tag = common.image_tag(f"mlportal-bench-{case}", app)
     common.log(f"{case}: building the service image {tag}")
     common.build_app_image(tag=tag, app_dir=app, env=env_image)
@@ -248,10 +258,11 @@ def our_server(case: str, app: Path, *, env_image: str, workers: int, cpu: int) 
         env = {"MLPORTAL_WORKERS": str(workers), "MLPORTAL_SERVICE_NAME": case}
         with common.bench_container(image=tag, name=f"mlportal-bench-{case}-{os.getpid()}", cpu=cpu,
                                     env=env) as started:
-            from compute.containers import wait_ready
+            from compute.containers import SERVICE_PORT, wait_ready
 
             wait_ready(host=started["host"], port=started["port"], timeout_s=120, container_id=started["id"])
-            yield f"http://{started['host']}:{started['port']}/score"
+            yield {"own": f"http://{common.container_address(started['id'])}:{SERVICE_PORT}/score",
+                   "published": f"http://{started['host']}:{started['port']}/score"}
     finally:
         common.remove_image(tag)
 
@@ -569,6 +580,10 @@ def overhead_ms(figures: dict, connections: int, floor_ms: float) -> float:
     return 1000.0 / figures["rps"] - floor_ms
 
 
+def variants_of(result: dict) -> list[str]:
+    return [variant for variant in VARIANTS if variant in result]
+
+
 def peers_of(result: dict) -> list[str]:
     return [peer for peer in PEERS if peer in result]
 
@@ -610,7 +625,7 @@ def report(results: dict, workers: int) -> list[str]:
         f"MLflow {'as shipped' if results['mlflow_as_shipped'] else 'with TCP_NODELAY restored (uvicorn#3149)'}; "
         f"load average at start {results['loadavg']}",
     ]
-    header = (f"{'case':<6} {'server':<9} {'c':>3} {'req/s':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
+    header = (f"{'case':<6} {'server':<14} {'c':>3} {'req/s':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
               f"{'overhead ms':>12}")
     for case, result in results["cases"].items():
         floor = result["floor"]
@@ -622,27 +637,30 @@ def report(results: dict, workers: int) -> list[str]:
                          f"{floor['run_p99_ms']:.3f} ms, which is {common.fmt_ratio(common.ratio(floor['run_p99_ms'], best_p99))} "
                          f"of the best peer's p99 at c=1 (the lowest p99 ratio any server could reach)")
         lines.append(header)
-        for server in ("ours", *(["ours_host"] if "ours_host" in result else []), *peers_of(result)):
+        for server in ("ours", *variants_of(result), *peers_of(result)):
             for c, fig in result[server]["load"].items():
-                lines.append(f"{case:<6} {server:<9} {c:>3} {fig['rps']:>8.0f} {fig['p50']:>8.2f} {fig['p90']:>8.2f} "
+                lines.append(f"{case:<6} {server:<14} {c:>3} {fig['rps']:>8.0f} {fig['p50']:>8.2f} {fig['p90']:>8.2f} "
                              f"{fig['p99']:>8.2f} {overhead_ms(fig, c, floor['run_ms']):>12.3f}")
     lines.append("goals:")
     for case, result in results["cases"].items():
-        for against in ("mlflow", "best"):
-            if against != "best" and against not in result:
-                continue
-            for c in CONNECTIONS:
-                verdicts = goal_verdicts(case, ratios(result, c, against), against)
-                if verdicts:
-                    lines.append(f"  {case} c={c} vs {PEER_TITLES[against]}: " + "; ".join(verdicts))
+        for variant in ("ours", *variants_of(result)):
+            as_ours = {**result, "ours": result[variant]}
+            for against in ("mlflow", "best"):
+                if against != "best" and against not in result:
+                    continue
+                for c in CONNECTIONS:
+                    verdicts = goal_verdicts(case, ratios(as_ours, c, against), against)
+                    if verdicts:
+                        label = "" if variant == "ours" else f" ({VARIANTS[variant]})"
+                        lines.append(f"  {case} c={c} vs {PEER_TITLES[against]}{label}: " + "; ".join(verdicts))
     for case, result in results["cases"].items():
         for against in (*peers_of(result), "best"):
             for c in CONNECTIONS:
                 lines.append(common.ratio_line(f"{case} {against} c={c}", **ratios(result, c, against)))
-        if "ours_host" in result:  # the same server outside a container, against the best peer
-            host = {**result, "ours": result["ours_host"]}
+        for variant in variants_of(result):  # the same server reached another way, against the best peer
+            as_ours = {**result, "ours": result[variant]}
             for c in CONNECTIONS:
-                lines.append(common.ratio_line(f"{case} ours_host best c={c}", **ratios(host, c, "best")))
+                lines.append(common.ratio_line(f"{case} {variant} best c={c}", **ratios(as_ours, c, "best")))
     return lines
 
 
@@ -690,8 +708,8 @@ def main(argv: list[str] | None = None) -> int:
             result: dict = {"floor": measure_floor(app, body, server_cpu)}
             common.log(f"{case}: floor {result['floor']['run_ms']:.3f} ms")
             with contextlib.ExitStack() as stack:
-                targets = {"ours": (stack.enter_context(our_server(case, app, env_image=env_image, workers=args.workers,
-                                                                     cpu=server_cpu)), body)}
+                urls = stack.enter_context(our_server(case, app, env_image=env_image, workers=args.workers, cpu=server_cpu))
+                targets = {"ours": (urls["own"], body), "ours_published": (urls["published"], body)}
                 if args.ours_host:
                     targets["ours_host"] = (stack.enter_context(our_host_server(case, app, work, workers=args.workers,
                                                                                 cpu=server_cpu)), body)
@@ -716,7 +734,7 @@ def main(argv: list[str] | None = None) -> int:
                                     load_cpu=load_cpu)
             for name in targets:
                 result[name]["load"] = figures[name]
-                if name not in ("ours", "ours_host") and not same_answer(result["ours"]["answer"], result[name]["answer"]):
+                if name not in ("ours", *VARIANTS) and not same_answer(result["ours"]["answer"], result[name]["answer"]):
                     raise RuntimeError(f"{case}: the servers disagree: ours {result['ours']['answer']!r}, "
                                        f"{name} {result[name]['answer']!r}")
             results["cases"][case] = result
