@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import json
 import os
 import shutil
@@ -199,7 +200,7 @@ def floor_child(app_dir: str, body_file: str, repeats: int = 5) -> None:
     import score  # noqa: PLC0415 - the app's module, found on the path set just above
 
     score.init()
-    body_bytes = Path(body_file).read_bytes()
+    body_bytes = sys.stdin.buffer.read() if body_file == "-" else Path(body_file).read_bytes()
     schema = load_schema(Path("service_schema.json").read_text())
     inputs = build_inputs(schema, json.loads(body_bytes))
 
@@ -222,6 +223,25 @@ def floor_child(app_dir: str, body_file: str, repeats: int = 5) -> None:
     calls.sort()
     print(json.dumps({"run_ms": run_s * 1000, "request_path_ms": parse_s * 1000,
                       "run_p50_ms": calls[len(calls) // 2] * 1000, "run_p99_ms": calls[int(len(calls) * 0.99)] * 1000}))
+
+
+def floor_script() -> str:
+    """floor_child as a script of its own (``python -c <script> APP_DIR -`` reads the body from
+    stdin), for an interpreter that has the app and ``mlportal_runtime`` but not this file."""
+    return ("import json, os, sys, time\nfrom pathlib import Path\n" + inspect.getsource(floor_child)
+            + "\nfloor_child(sys.argv[1], sys.argv[2])\n")
+
+
+def measure_floor_in_container(container_id: str, body: bytes) -> dict:
+    """The floor on the container's own interpreter and libraries, the ones our server runs on
+    (this venv's interpreter is slower at the churn pipeline: the peers' floor stays this venv's)."""
+    from compute.images import APP_DIR
+
+    done = subprocess.run(["docker", "exec", "-i", container_id, "python", "-c", floor_script(), APP_DIR, "-"],
+                          input=body, capture_output=True, timeout=300)
+    if done.returncode != 0:
+        raise RuntimeError(f"floor measurement in the container failed: {done.stderr.decode(errors='replace').strip()[-500:]}")
+    return json.loads(done.stdout.decode().strip().splitlines()[-1])
 
 
 def measure_floor(app_dir: Path, body: bytes, cpu: int) -> dict:
@@ -262,7 +282,7 @@ def our_server(case: str, app: Path, *, env_image: str, workers: int, cpu: int) 
 
             wait_ready(host=started["host"], port=started["port"], timeout_s=120, container_id=started["id"])
             yield {"own": f"http://{common.container_address(started['id'])}:{SERVICE_PORT}/score",
-                   "published": f"http://{started['host']}:{started['port']}/score"}
+                   "published": f"http://{started['host']}:{started['port']}/score", "id": started["id"]}
     finally:
         common.remove_image(tag)
 
@@ -592,6 +612,7 @@ def ratios(result: dict, connections: int, against: str = "mlflow") -> dict[str,
     """ours / theirs for ``against`` (a peer, or "best": the best peer figure by figure)."""
     ours = result["ours"]["load"][connections]
     floor = result["floor"]["run_ms"]
+    ours_floor = result["ours"].get("floor_ms", floor)
     if against == "best":
         loads = [result[peer]["load"][connections] for peer in peers_of(result)]
         rps = max(load["rps"] for load in loads)
@@ -603,7 +624,7 @@ def ratios(result: dict, connections: int, against: str = "mlflow") -> dict[str,
     return {
         "throughput_ratio": common.ratio(ours["rps"], rps),
         "p99_ratio": common.ratio(ours["p99"], p99),
-        "overhead_ratio": common.ratio(overhead_ms(ours, connections, floor), overhead),
+        "overhead_ratio": common.ratio(overhead_ms(ours, connections, ours_floor), overhead),
     }
 
 
@@ -631,6 +652,9 @@ def report(results: dict, workers: int) -> list[str]:
         floor = result["floor"]
         lines.append(f"{case}: floor run() {floor['run_ms']:.3f} ms in-process; request path (json + schema) "
                      f"{floor['request_path_ms']:.3f} ms")
+        if "floor_container" in result:
+            lines.append(f"{case}: floor run() in our container {result['floor_container']['run_ms']:.3f} ms "
+                         f"(ours and ours_published: overhead above this one)")
         if "run_p99_ms" in floor:  # a zero-cost server's p99 at c=1 could not be below run()'s own
             best_p99 = min(result[peer]["load"][1]["p99"] for peer in peers_of(result)) if peers_of(result) else 0
             lines.append(f"{case}: run() alone, one call at a time: p50 {floor['run_p50_ms']:.3f} ms, p99 "
@@ -640,7 +664,7 @@ def report(results: dict, workers: int) -> list[str]:
         for server in ("ours", *variants_of(result), *peers_of(result)):
             for c, fig in result[server]["load"].items():
                 lines.append(f"{case:<6} {server:<14} {c:>3} {fig['rps']:>8.0f} {fig['p50']:>8.2f} {fig['p90']:>8.2f} "
-                             f"{fig['p99']:>8.2f} {overhead_ms(fig, c, floor['run_ms']):>12.3f}")
+                             f"{fig['p99']:>8.2f} {overhead_ms(fig, c, result[server].get('floor_ms', floor['run_ms'])):>12.3f}")
     lines.append("goals:")
     for case, result in results["cases"].items():
         for variant in ("ours", *variants_of(result)):
@@ -710,6 +734,8 @@ def main(argv: list[str] | None = None) -> int:
             with contextlib.ExitStack() as stack:
                 urls = stack.enter_context(our_server(case, app, env_image=env_image, workers=args.workers, cpu=server_cpu))
                 targets = {"ours": (urls["own"], body), "ours_published": (urls["published"], body)}
+                result["floor_container"] = measure_floor_in_container(urls["id"], body)
+                common.log(f"{case}: floor in our container {result['floor_container']['run_ms']:.3f} ms")
                 if args.ours_host:
                     targets["ours_host"] = (stack.enter_context(our_host_server(case, app, work, workers=args.workers,
                                                                                 cpu=server_cpu)), body)
@@ -728,6 +754,8 @@ def main(argv: list[str] | None = None) -> int:
                                           json.dumps({"records": [record]}).encode())
                 for name, (url, payload) in targets.items():
                     result[name] = {"answer": answer(url, payload)}
+                    if name in ("ours", "ours_published"):  # the container's interpreter: its own floor
+                        result[name]["floor_ms"] = result["floor_container"]["run_ms"]
                     common.log(f"{case}: {name} answers {result[name]['answer'][:70]}")
                 common.log(f"{case}: loading {', '.join(targets)} in turn")
                 figures = load_both(targets, seconds=args.seconds, warmup=args.warmup, repeats=args.repeats,

@@ -168,3 +168,25 @@ def test_nodelay_patch_sets_tcp_nodelay_on_a_socket_with_proto_zero():
 def test_cold_start_probe_times_the_two_imports():
     assert "import pandas, sklearn" in cold_start.IMPORT_PROBE
     compile(cold_start.IMPORT_PROBE, "probe", "exec")
+
+
+def test_our_overhead_is_taken_above_the_floor_of_our_own_interpreter():
+    figures = result({1: load(1200, 0.8, 1.0)}, {1: load(300, 3.5, 5.0)}, floor_ms=0.5)
+    figures["ours"]["floor_ms"] = 0.3  # the container's Python runs run() faster than this venv's
+
+    values = serving.ratios(figures, 1)
+
+    assert values["overhead_ratio"] == pytest.approx(0.5 / 3.0)  # (0.8 - 0.3) / (3.5 - 0.5)
+
+
+def test_the_floor_script_runs_on_an_interpreter_without_this_file(tmp_path):
+    (tmp_path / "score.py").write_text("def init():\n    pass\n\ndef run(data):\n    return len(data)\n")
+    (tmp_path / "service_schema.json").write_text(json.dumps(
+        {"input": {"data": {"internal": "", "swagger": {"type": "array", "items": {"type": "integer"}},
+                            "type": 0, "example": [1]}}}))
+    done = subprocess.run([sys.executable, "-c", serving.floor_script(), str(tmp_path), "-"], input=b'{"data": [1, 2]}',
+                          capture_output=True, timeout=120, cwd="/", env={"PYTHONPATH": str(serving.common.REPO)})
+
+    assert done.returncode == 0, done.stderr.decode()
+    figures = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    assert figures["run_ms"] > 0 and figures["run_p99_ms"] >= figures["run_p50_ms"] > 0
