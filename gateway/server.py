@@ -21,7 +21,10 @@ head is held whole), the time a head may take from its first byte, or from the c
 connection (``Gateway.head_timeout``; past it 408 and closed) and the time a new connection may stay silent (the same bound; then closed, as
 uvicorn's keep-alive timeout closes an idle one), so a client that trickles a head or never sends
 one holds no connection for long; and on the scoring paths the time a body may take to arrive once its head
-has (``Gateway.body_timeout``; past it 408). A malformed request is answered 400 and closed, as
+has (``Gateway.body_timeout``; past it 408), and on every other path (pages, the REST API: uvicorn's
+ASGI cycle) the same bound from the end of the head to the end of the body, moved later by each
+byte that arrives (``BODY_MIN_RATE``, so a large upload on a slow link still gets through; past it
+408 and closed; Django reads a body whole before a view runs, so a view never sees part of one). A malformed request is answered 400 and closed, as
 uvicorn does; an error in the gateway is logged and answered 500, never raised into the loop.
 """
 from __future__ import annotations
@@ -42,6 +45,11 @@ logger = logging.getLogger("mlportal.gateway")
 MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 128
 HEAD_TIMEOUT = 10.0  # when the app carries no gateway (Gateway.head_timeout otherwise)
+BODY_TIMEOUT = 30.0  # when the app carries no gateway (Gateway.body_timeout otherwise)
+# On the ASGI path every body byte that arrives moves the body's deadline this much later (as
+# Apache's mod_reqtimeout MinRate does): a large upload over a slow link still gets through, a
+# byte a minute does not.
+BODY_MIN_RATE = 1024  # bytes per second
 # After answering a body too large before it was read whole, the rest is read and dropped for up
 # to this long before the connection closes, so the caller gets to read the 413 (closing with
 # unread data would reset the connection under it).
@@ -237,6 +245,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.draining: int | None = None  # bytes dropped since a refusal (None: not refused)
         self.head_timeout = getattr(self.gateway, "head_timeout", HEAD_TIMEOUT)
         self.head_timer: asyncio.TimerHandle | None = None  # runs from a head's first byte to its end
+        self.body_timeout = getattr(self.gateway, "body_timeout", BODY_TIMEOUT)
+        self.body_timer: asyncio.TimerHandle | None = None  # an ASGI request's: from its head's end to its body's
+        self.body_deadline = 0.0  # loop time; each body byte moves it 1/BODY_MIN_RATE s later
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -244,7 +255,27 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        self._cancel_body_timer()
         super().connection_lost(exc)
+
+    def _cancel_body_timer(self) -> None:
+        if self.body_timer is not None:
+            self.body_timer.cancel()
+            self.body_timer = None
+
+    def _body_timed_out(self) -> None:
+        self.body_timer = None
+        if self.loop.time() < self.body_deadline:  # the body kept coming: its deadline moved
+            self.body_timer = self.loop.call_at(self.body_deadline, self._body_timed_out)
+            return
+        cycle = self.cycle
+        if self.transport.is_closing() or self.draining is not None or cycle is None or cycle.response_complete:
+            return
+        if cycle.response_started:  # answered without its body: nothing more can be said on this connection
+            self.transport.close()
+            return
+        self._refuse(408, f"The request body did not arrive within {self.body_timeout:g} s of its head: "
+                          f"send it whole, at once.")
 
     def _start_head_timer(self) -> None:
         if self.head_timer is None:
@@ -285,6 +316,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if self.in_head:
             self.head_bytes += len(data)
             self._start_head_timer()
+        elif self.body_timer is not None:
+            self.body_deadline += len(data) / BODY_MIN_RATE
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -345,6 +378,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                 self._start_scoring(match)
                 return
         super().on_headers_complete()
+        # Cancelled by on_message_complete: for a request without a body, in this same feed.
+        self.body_deadline = self.loop.time() + self.body_timeout
+        self.body_timer = self.loop.call_at(self.body_deadline, self._body_timed_out)
 
     def _start_scoring(self, match: re.Match) -> None:
         parser = self.parser
@@ -363,6 +399,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self.pipeline.appendleft((cycle, self.app))
 
     def on_message_complete(self) -> None:
+        self._cancel_body_timer()
         super().on_message_complete()
         self.in_head = True
         self.head_bytes = 0

@@ -187,6 +187,60 @@ def test_a_head_trickled_byte_by_byte_is_answered_408_and_a_silent_connection_is
         stop_server(server)
 
 
+def _trickle(port: int, head: bytes, pieces: list[bytes], gap: float) -> tuple[bytes, float]:
+    """Sends ``head``, then each piece ``gap`` seconds apart while the server has not answered;
+    returns what it answered (until it closed, or 5 s of silence) and the seconds that took."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        started = time.monotonic()
+        sock.sendall(head)
+        for piece in pieces:
+            if select.select([sock], [], [], gap)[0]:
+                break  # the server answered: read it below
+            try:
+                sock.sendall(piece)
+            except OSError:
+                break
+        sock.settimeout(5)
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+                if b"\r\n\r\n" in answer and b"connection: close" not in answer.lower():
+                    break  # answered on a connection kept alive
+        except (socket.timeout, ConnectionResetError):
+            pass
+        return answer, time.monotonic() - started
+
+
+def test_a_page_body_trickled_on_the_asgi_path_is_answered_408_and_a_slow_steady_upload_is_not(gateway, tmp_path):
+    """A client that sends a page's POST body a byte at a time holds its connection (and a request
+    waiting in Django's ASGI handler) no longer than the body deadline; a body that keeps coming
+    at a modest rate moves the deadline later and gets through."""
+    from django.db import connection
+
+    from tests.gateway.conftest import start_server, stop_server
+
+    server = start_server(dict(connection.settings_dict), tmp_path / "slow-body.log",
+                          extra_env={"MLPORTAL_GATEWAY_BODY_TIMEOUT": "1.5"})
+    try:
+        head = b"POST /login/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+        answer, took = _trickle(server.port, head + b"Content-Length: 1000\r\n\r\nusername=a", [b"a"] * 60, 0.2)
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:300]
+        assert b"body did not arrive within 1.5 s" in answer and b"connection: close" in answer
+        assert took < 5
+        # 40 KiB in 4 KiB pieces a quarter of a second apart: 2.5 s, longer than the deadline,
+        # but every piece moves it later.
+        body = b"username=" + b"a" * (40 * 1024 - 9)
+        pieces = [body[i:i + 4096] for i in range(0, len(body), 4096)]
+        answer, took = _trickle(server.port, head + b"Content-Length: %d\r\n\r\n" % len(body), pieces, 0.25)
+        assert took > 2.0
+        assert answer.startswith(b"HTTP/1.1 ") and not answer.startswith(b"HTTP/1.1 408 "), answer[:300]
+        assert server.request("GET", "/login/")[0] == 200
+        assert "Traceback" not in server.log()
+    finally:
+        stop_server(server)
+
+
 def test_a_caller_gone_mid_body_on_the_asgi_path_is_never_forwarded(gateway, workspace, owner):
     """A scoring URL in another form (a %-escape) takes uvicorn's ASGI cycle; a caller that closes
     before its body is whole sends nothing to a replica (a truncated body could score a truncated
