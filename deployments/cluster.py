@@ -352,9 +352,11 @@ def _rollout_owns(service: Service, number: str) -> bool:
     return rollout.get("status") == "starting" or str(rollout.get("revision")) == str(number)
 
 
-def logs(service: Service, *, tail: int = 200, timeout: int = 60) -> list[tuple[str, str]]:
-    """``[(task id, line)]`` of the live Swarm service's tasks (compute.swarm.service_log_lines)."""
-    return swarm.service_log_lines(service.swarm_name, tail=tail, base_url=service.environment.docker_url, timeout=timeout)
+def logs(service: Service, *, tail: int = 200, timeout: int = 60, revision: int | None = None) -> list[tuple[str, str]]:
+    """``[(task id, line)]`` of the live Swarm service's tasks, or (``revision``) of that canary's or
+    shadow's own Swarm service (compute.swarm.service_log_lines)."""
+    name = service.swarm_name if revision is None else revision_name(service, revision)
+    return swarm.service_log_lines(name, tail=tail, base_url=service.environment.docker_url, timeout=timeout)
 
 
 # --- what the deploy worker does for a cluster service (called under the service's lease) --------
