@@ -137,6 +137,16 @@ def bench_container(*, image: str, name: str, env: dict[str, str] | None = None,
             stop_container(started["id"], timeout=2)
 
 
+def container_address(container_id: str) -> str:
+    """The container's own address on its network (the first one it has)."""
+    done = subprocess.run(["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
+                           container_id], check=True, capture_output=True, text=True, timeout=30)
+    addresses = done.stdout.split()
+    if not addresses:
+        raise RuntimeError(f"container {container_id[:12]} has no network address")
+    return addresses[0]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -12,7 +12,11 @@ connections, at 1 and 16 connections:
   copy) with its ``score.py`` and a ``service_schema.json`` made by ``churn_schema_gen.py``.
 
 MLPortal: the image ``compute.images.build_service_image`` builds on the environment image,
-started with ``compute.containers.start_service_container`` (port published on 127.0.0.1).
+started with ``compute.containers.start_service_container`` (port published on 127.0.0.1),
+measured at the container's own address (``ours``: reached as every peer is, at the server's
+own socket) and through the published port (``ours_published``: while the engine runs its
+userland proxy, the default, every connection to 127.0.0.1 passes ``docker-proxy``, one more
+process and one more copy of each byte, whose scheduling shows in the tail at one connection).
 The peers, each in its own venv under ``~/.cache/mlportal/bench-venvs/<peer>`` with the same
 numpy/pandas/scikit-learn, pinned (PEER_PACKAGES), installed from PyPI on first use:
 
@@ -45,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import json
 import os
 import shutil
@@ -75,6 +80,9 @@ PEER_DISTRIBUTION = {"mlflow": "mlflow", "mlserver": "mlserver", "bentoml": "ben
 PEERS = tuple(PEER_PACKAGES)
 PEER_TITLES = {"mlflow": "MLflow", "mlserver": "MLServer", "bentoml": "BentoML", "best": "best peer"}
 CONNECTIONS = (1, 16)
+# Our server reached other ways than ``ours`` (the container at its own address, as each peer is
+# reached at its own socket): rows of their own, goal lines and ratio lines against the best peer.
+VARIANTS = {"ours_published": "through the published port", "ours_host": "as a host process"}
 CASES = ("light", "churn")
 
 # Goals per case and peer ("best": the best of the three at each figure, the highest throughput
@@ -192,7 +200,7 @@ def floor_child(app_dir: str, body_file: str, repeats: int = 5) -> None:
     import score  # noqa: PLC0415 - the app's module, found on the path set just above
 
     score.init()
-    body_bytes = Path(body_file).read_bytes()
+    body_bytes = sys.stdin.buffer.read() if body_file == "-" else Path(body_file).read_bytes()
     schema = load_schema(Path("service_schema.json").read_text())
     inputs = build_inputs(schema, json.loads(body_bytes))
 
@@ -217,6 +225,25 @@ def floor_child(app_dir: str, body_file: str, repeats: int = 5) -> None:
                       "run_p50_ms": calls[len(calls) // 2] * 1000, "run_p99_ms": calls[int(len(calls) * 0.99)] * 1000}))
 
 
+def floor_script() -> str:
+    """floor_child as a script of its own (``python -c <script> APP_DIR -`` reads the body from
+    stdin), for an interpreter that has the app and ``mlportal_runtime`` but not this file."""
+    return ("import json, os, sys, time\nfrom pathlib import Path\n" + inspect.getsource(floor_child)
+            + "\nfloor_child(sys.argv[1], sys.argv[2])\n")
+
+
+def measure_floor_in_container(container_id: str, body: bytes) -> dict:
+    """The floor on the container's own interpreter and libraries, the ones our server runs on
+    (this venv's interpreter is slower at the churn pipeline: the peers' floor stays this venv's)."""
+    from compute.images import APP_DIR
+
+    done = subprocess.run(["docker", "exec", "-i", container_id, "python", "-c", floor_script(), APP_DIR, "-"],
+                          input=body, capture_output=True, timeout=300)
+    if done.returncode != 0:
+        raise RuntimeError(f"floor measurement in the container failed: {done.stderr.decode(errors='replace').strip()[-500:]}")
+    return json.loads(done.stdout.decode().strip().splitlines()[-1])
+
+
 def measure_floor(app_dir: Path, body: bytes, cpu: int) -> dict:
     with tempfile.NamedTemporaryFile("wb", suffix=".json", delete=False) as handle:
         handle.write(body)
@@ -238,9 +265,12 @@ def measure_floor(app_dir: Path, body: bytes, cpu: int) -> dict:
 
 
 @contextlib.contextmanager
-def our_server(case: str, app: Path, *, env_image: str, workers: int, cpu: int) -> Iterator[str]:
-    """Builds the service image, runs it pinned to ``cpu``; yields the /score URL; always
-    removes the container and the image."""
+def our_server(case: str, app: Path, *, env_image: str, workers: int, cpu: int) -> Iterator[dict[str, str]]:
+    """Builds the service image, runs it pinned to ``cpu``; yields its /score URLs: ``own`` at
+    the container's own address (as every peer is reached, at its own socket) and
+    ``published`` at the port the engine publishes on 127.0.0.1 (through the engine's
+    userland proxy, ``docker-proxy``, while the engine runs with it); always removes the
+    container and the image."""
     tag = common.image_tag(f"mlportal-bench-{case}", app)
     common.log(f"{case}: building the service image {tag}")
     common.build_app_image(tag=tag, app_dir=app, env=env_image)
@@ -248,10 +278,11 @@ def our_server(case: str, app: Path, *, env_image: str, workers: int, cpu: int) 
         env = {"MLPORTAL_WORKERS": str(workers), "MLPORTAL_SERVICE_NAME": case}
         with common.bench_container(image=tag, name=f"mlportal-bench-{case}-{os.getpid()}", cpu=cpu,
                                     env=env) as started:
-            from compute.containers import wait_ready
+            from compute.containers import SERVICE_PORT, wait_ready
 
             wait_ready(host=started["host"], port=started["port"], timeout_s=120, container_id=started["id"])
-            yield f"http://{started['host']}:{started['port']}/score"
+            yield {"own": f"http://{common.container_address(started['id'])}:{SERVICE_PORT}/score",
+                   "published": f"http://{started['host']}:{started['port']}/score", "id": started["id"]}
     finally:
         common.remove_image(tag)
 
@@ -569,6 +600,10 @@ def overhead_ms(figures: dict, connections: int, floor_ms: float) -> float:
     return 1000.0 / figures["rps"] - floor_ms
 
 
+def variants_of(result: dict) -> list[str]:
+    return [variant for variant in VARIANTS if variant in result]
+
+
 def peers_of(result: dict) -> list[str]:
     return [peer for peer in PEERS if peer in result]
 
@@ -577,6 +612,7 @@ def ratios(result: dict, connections: int, against: str = "mlflow") -> dict[str,
     """ours / theirs for ``against`` (a peer, or "best": the best peer figure by figure)."""
     ours = result["ours"]["load"][connections]
     floor = result["floor"]["run_ms"]
+    ours_floor = result["ours"].get("floor_ms", floor)
     if against == "best":
         loads = [result[peer]["load"][connections] for peer in peers_of(result)]
         rps = max(load["rps"] for load in loads)
@@ -588,7 +624,7 @@ def ratios(result: dict, connections: int, against: str = "mlflow") -> dict[str,
     return {
         "throughput_ratio": common.ratio(ours["rps"], rps),
         "p99_ratio": common.ratio(ours["p99"], p99),
-        "overhead_ratio": common.ratio(overhead_ms(ours, connections, floor), overhead),
+        "overhead_ratio": common.ratio(overhead_ms(ours, connections, ours_floor), overhead),
     }
 
 
@@ -610,39 +646,45 @@ def report(results: dict, workers: int) -> list[str]:
         f"MLflow {'as shipped' if results['mlflow_as_shipped'] else 'with TCP_NODELAY restored (uvicorn#3149)'}; "
         f"load average at start {results['loadavg']}",
     ]
-    header = (f"{'case':<6} {'server':<9} {'c':>3} {'req/s':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
+    header = (f"{'case':<6} {'server':<14} {'c':>3} {'req/s':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
               f"{'overhead ms':>12}")
     for case, result in results["cases"].items():
         floor = result["floor"]
         lines.append(f"{case}: floor run() {floor['run_ms']:.3f} ms in-process; request path (json + schema) "
                      f"{floor['request_path_ms']:.3f} ms")
+        if "floor_container" in result:
+            lines.append(f"{case}: floor run() in our container {result['floor_container']['run_ms']:.3f} ms "
+                         f"(ours and ours_published: overhead above this one)")
         if "run_p99_ms" in floor:  # a zero-cost server's p99 at c=1 could not be below run()'s own
             best_p99 = min(result[peer]["load"][1]["p99"] for peer in peers_of(result)) if peers_of(result) else 0
             lines.append(f"{case}: run() alone, one call at a time: p50 {floor['run_p50_ms']:.3f} ms, p99 "
                          f"{floor['run_p99_ms']:.3f} ms, which is {common.fmt_ratio(common.ratio(floor['run_p99_ms'], best_p99))} "
                          f"of the best peer's p99 at c=1 (the lowest p99 ratio any server could reach)")
         lines.append(header)
-        for server in ("ours", *(["ours_host"] if "ours_host" in result else []), *peers_of(result)):
+        for server in ("ours", *variants_of(result), *peers_of(result)):
             for c, fig in result[server]["load"].items():
-                lines.append(f"{case:<6} {server:<9} {c:>3} {fig['rps']:>8.0f} {fig['p50']:>8.2f} {fig['p90']:>8.2f} "
-                             f"{fig['p99']:>8.2f} {overhead_ms(fig, c, floor['run_ms']):>12.3f}")
+                lines.append(f"{case:<6} {server:<14} {c:>3} {fig['rps']:>8.0f} {fig['p50']:>8.2f} {fig['p90']:>8.2f} "
+                             f"{fig['p99']:>8.2f} {overhead_ms(fig, c, result[server].get('floor_ms', floor['run_ms'])):>12.3f}")
     lines.append("goals:")
     for case, result in results["cases"].items():
-        for against in ("mlflow", "best"):
-            if against != "best" and against not in result:
-                continue
-            for c in CONNECTIONS:
-                verdicts = goal_verdicts(case, ratios(result, c, against), against)
-                if verdicts:
-                    lines.append(f"  {case} c={c} vs {PEER_TITLES[against]}: " + "; ".join(verdicts))
+        for variant in ("ours", *variants_of(result)):
+            as_ours = {**result, "ours": result[variant]}
+            for against in ("mlflow", "best"):
+                if against != "best" and against not in result:
+                    continue
+                for c in CONNECTIONS:
+                    verdicts = goal_verdicts(case, ratios(as_ours, c, against), against)
+                    if verdicts:
+                        label = "" if variant == "ours" else f" ({VARIANTS[variant]})"
+                        lines.append(f"  {case} c={c} vs {PEER_TITLES[against]}{label}: " + "; ".join(verdicts))
     for case, result in results["cases"].items():
         for against in (*peers_of(result), "best"):
             for c in CONNECTIONS:
                 lines.append(common.ratio_line(f"{case} {against} c={c}", **ratios(result, c, against)))
-        if "ours_host" in result:  # the same server outside a container, against the best peer
-            host = {**result, "ours": result["ours_host"]}
+        for variant in variants_of(result):  # the same server reached another way, against the best peer
+            as_ours = {**result, "ours": result[variant]}
             for c in CONNECTIONS:
-                lines.append(common.ratio_line(f"{case} ours_host best c={c}", **ratios(host, c, "best")))
+                lines.append(common.ratio_line(f"{case} {variant} best c={c}", **ratios(as_ours, c, "best")))
     return lines
 
 
@@ -690,8 +732,10 @@ def main(argv: list[str] | None = None) -> int:
             result: dict = {"floor": measure_floor(app, body, server_cpu)}
             common.log(f"{case}: floor {result['floor']['run_ms']:.3f} ms")
             with contextlib.ExitStack() as stack:
-                targets = {"ours": (stack.enter_context(our_server(case, app, env_image=env_image, workers=args.workers,
-                                                                     cpu=server_cpu)), body)}
+                urls = stack.enter_context(our_server(case, app, env_image=env_image, workers=args.workers, cpu=server_cpu))
+                targets = {"ours": (urls["own"], body), "ours_published": (urls["published"], body)}
+                result["floor_container"] = measure_floor_in_container(urls["id"], body)
+                common.log(f"{case}: floor in our container {result['floor_container']['run_ms']:.3f} ms")
                 if args.ours_host:
                     targets["ours_host"] = (stack.enter_context(our_host_server(case, app, work, workers=args.workers,
                                                                                 cpu=server_cpu)), body)
@@ -710,13 +754,15 @@ def main(argv: list[str] | None = None) -> int:
                                           json.dumps({"records": [record]}).encode())
                 for name, (url, payload) in targets.items():
                     result[name] = {"answer": answer(url, payload)}
+                    if name in ("ours", "ours_published"):  # the container's interpreter: its own floor
+                        result[name]["floor_ms"] = result["floor_container"]["run_ms"]
                     common.log(f"{case}: {name} answers {result[name]['answer'][:70]}")
                 common.log(f"{case}: loading {', '.join(targets)} in turn")
                 figures = load_both(targets, seconds=args.seconds, warmup=args.warmup, repeats=args.repeats,
                                     load_cpu=load_cpu)
             for name in targets:
                 result[name]["load"] = figures[name]
-                if name not in ("ours", "ours_host") and not same_answer(result["ours"]["answer"], result[name]["answer"]):
+                if name not in ("ours", *VARIANTS) and not same_answer(result["ours"]["answer"], result[name]["answer"]):
                     raise RuntimeError(f"{case}: the servers disagree: ours {result['ours']['answer']!r}, "
                                        f"{name} {result[name]['answer']!r}")
             results["cases"][case] = result

@@ -91,7 +91,26 @@ def test_report_ends_with_one_ratio_line_per_case_and_connection_count():
     ]
     assert any("light c=16 vs MLflow:" in line and "met" in line for line in lines)
     assert any("light c=1 vs best peer:" in line for line in lines)
-    assert any(line.startswith("light  mlserver   16") for line in lines)
+    assert any(line.startswith("light  mlserver        16") for line in lines)
+
+
+def test_report_shows_our_server_through_the_published_port_beside_its_own_address():
+    own = {1: load(1200, 0.8, 1.0), 16: load(1500, 10.0, 20.0)}
+    published = {1: load(1000, 1.0, 2.0), 16: load(1400, 11.0, 30.0)}
+    theirs = {1: load(300, 3.5, 5.0), 16: load(400, 40.0, 120.0)}
+    figures = result(own, theirs)
+    figures["ours_published"] = {"answer": "[1]", "load": published}
+    results = {"date": "2026-12-02", "server_cpu": 0, "load_cpu": 1, "seconds": 5, "repeats": 2,
+               "mlflow_as_shipped": False, "loadavg": "0.10", "cases": {"light": figures}}
+
+    lines = serving.report(results, workers=2)
+
+    assert any(line.startswith("light  ours_published   1     1000") for line in lines)
+    assert "light ours_published best c=1 throughput_ratio=3.33 p99_ratio=0.40 overhead_ratio=0.17" in lines
+    assert any(line.startswith("  light c=1 vs MLflow (through the published port): throughput_ratio=3.33")
+               and "p99_ratio=0.40 (goal <= 0.33): MISSED" in line for line in lines)
+    assert any(line.startswith("  light c=1 vs MLflow: throughput_ratio=4.00") and "p99_ratio=0.20 (goal <= 0.33): met"
+               in line for line in lines)
 
 
 @pytest.mark.parametrize(("ours", "theirs", "same"), [
@@ -149,3 +168,25 @@ def test_nodelay_patch_sets_tcp_nodelay_on_a_socket_with_proto_zero():
 def test_cold_start_probe_times_the_two_imports():
     assert "import pandas, sklearn" in cold_start.IMPORT_PROBE
     compile(cold_start.IMPORT_PROBE, "probe", "exec")
+
+
+def test_our_overhead_is_taken_above_the_floor_of_our_own_interpreter():
+    figures = result({1: load(1200, 0.8, 1.0)}, {1: load(300, 3.5, 5.0)}, floor_ms=0.5)
+    figures["ours"]["floor_ms"] = 0.3  # the container's Python runs run() faster than this venv's
+
+    values = serving.ratios(figures, 1)
+
+    assert values["overhead_ratio"] == pytest.approx(0.5 / 3.0)  # (0.8 - 0.3) / (3.5 - 0.5)
+
+
+def test_the_floor_script_runs_on_an_interpreter_without_this_file(tmp_path):
+    (tmp_path / "score.py").write_text("def init():\n    pass\n\ndef run(data):\n    return len(data)\n")
+    (tmp_path / "service_schema.json").write_text(json.dumps(
+        {"input": {"data": {"internal": "", "swagger": {"type": "array", "items": {"type": "integer"}},
+                            "type": 0, "example": [1]}}}))
+    done = subprocess.run([sys.executable, "-c", serving.floor_script(), str(tmp_path), "-"], input=b'{"data": [1, 2]}',
+                          capture_output=True, timeout=120, cwd="/", env={"PYTHONPATH": str(serving.common.REPO)})
+
+    assert done.returncode == 0, done.stderr.decode()
+    figures = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    assert figures["run_ms"] > 0 and figures["run_p99_ms"] >= figures["run_p50_ms"] > 0
