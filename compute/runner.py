@@ -567,11 +567,15 @@ def remove_container(container_id: str, *, base_url: str | None = None) -> None:
             pass
 
 
-def list_containers(kind: str, *, base_url: str | None = None, portal: str | None = None) -> list[dict]:
+def list_containers(kind: str, *, base_url: str | None = None, portal: str | None = None,
+                    owner_id: str | None = None) -> list[dict]:
     """Returns the product's containers labelled ``mlportal.kind=<kind>`` (and, when ``portal`` is
-    given, ``mlportal.portal=<portal>``: that portal's only), stopped ones too:
-    ``{"id", "name", "status", "labels", "running"}`` each."""
-    labels = [f"{LABEL_KIND}={kind}"] + ([f"{LABEL_PORTAL}={portal}"] if portal else [])
+    given, ``mlportal.portal=<portal>``: that portal's only; when ``owner_id`` is given,
+    ``mlportal.id=<owner_id>``: one run's or service's), stopped ones too:
+    ``{"id", "name", "status", "labels", "running"}`` each. Ids are only unique within a portal:
+    what removes a run's or a service's containers passes both."""
+    labels = ([f"{LABEL_KIND}={kind}"] + ([f"{LABEL_PORTAL}={portal}"] if portal else [])
+              + ([f"{LABEL_ID}={owner_id}"] if owner_id else []))
     with connect(base_url) as client:
         found = client.api.containers(all=True, filters={"label": labels})
     return [

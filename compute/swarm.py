@@ -438,28 +438,43 @@ def list_services(*, portal: str | None = None, base_url: str | None = None) -> 
     return [{"id": s["ID"], "name": s["Spec"]["Name"], "labels": s["Spec"].get("Labels") or {}} for s in services]
 
 
-def remove_service(name: str, *, base_url: str | None = None) -> None:
-    """Removes the Swarm service (its tasks stop) and its secrets; a missing one is fine."""
+def remove_service(name: str, *, portal: str, base_url: str | None = None) -> bool:
+    """Removes the Swarm service ``name`` (its tasks stop) and its secrets when it is ``portal``'s
+    (its ``mlportal.portal`` label): two portals on one swarm may hold a service of the same name
+    (a portal restored from another's backup has the same service ids), and another portal's is
+    never touched. Returns whether one was removed; a missing one is fine."""
+    if not portal:
+        raise ValueError("remove_service needs the portal: it never removes another portal's service")
     with connect(base_url) as client:
-        service = None
         try:
             service = client.api.inspect_service(name)
+        except docker.errors.NotFound:
+            return False
+        labels = (service.get("Spec") or {}).get("Labels") or {}
+        if labels.get(LABEL_PORTAL) != portal:
+            return False
+        try:
             client.api.remove_service(service["ID"])
         except docker.errors.NotFound:
             pass
-        service_id = ((service or {}).get("Spec") or {}).get("Labels", {}).get(LABEL_ID)
-    if service_id:
-        remove_secrets(service_id, keep=(), base_url=base_url)
+    if labels.get(LABEL_ID):
+        remove_secrets(labels[LABEL_ID], portal=portal, keep=(), base_url=base_url)
+    return True
 
 
-def remove_secrets(service_id: str, *, keep: tuple[str, ...] | list[str], base_url: str | None = None) -> list[str]:
-    """Removes the secrets labelled with this portal service's id except ``keep``; a secret a task
-    still uses stays (removed on a later call). Returns the names removed."""
+def remove_secrets(service_id: str, *, portal: str, keep: tuple[str, ...] | list[str],
+                   base_url: str | None = None) -> list[str]:
+    """Removes the secrets labelled with this service's id and ``portal`` (both: service ids are
+    only unique within one portal) except ``keep``; a secret a task still uses stays (removed on a
+    later call). Returns the names removed."""
+    if not portal or not service_id:
+        raise ValueError("remove_secrets needs a service id and the portal: it never removes another portal's secrets")
     removed = []
     with connect(base_url) as client:
-        for secret in client.api.secrets(filters={"label": [f"{LABEL_ID}={service_id}"]}):
+        for secret in client.api.secrets(filters={"label": [f"{LABEL_ID}={service_id}", f"{LABEL_PORTAL}={portal}"]}):
+            labels = (secret.get("Spec") or {}).get("Labels") or {}
             name = secret["Spec"]["Name"]
-            if name in keep:
+            if name in keep or labels.get(LABEL_ID) != service_id or labels.get(LABEL_PORTAL) != portal:
                 continue
             try:
                 client.api.remove_secret(secret["ID"])

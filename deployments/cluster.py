@@ -199,17 +199,19 @@ def remove(service: Service) -> None:
     one is fine)."""
     from workspaces.instance import portal_instance
 
-    base_url = service.environment.docker_url
-    swarm.remove_service(service.swarm_name, base_url=base_url)
-    for item in swarm.list_services(portal=portal_instance(), base_url=base_url):
+    base_url, portal = service.environment.docker_url, portal_instance()
+    swarm.remove_service(service.swarm_name, portal=portal, base_url=base_url)
+    for item in swarm.list_services(portal=portal, base_url=base_url):
         if item["labels"].get("mlportal.id") == str(service.pk):
-            swarm.remove_service(item["name"], base_url=base_url)
+            swarm.remove_service(item["name"], portal=portal, base_url=base_url)
 
 
 def remove_old_secrets(service: Service, *, image) -> None:
+    from workspaces.instance import portal_instance
+
     try:
         keep = swarm.secret_names(spec_for(service, image=image))
-        swarm.remove_secrets(str(service.pk), keep=keep, base_url=service.environment.docker_url)
+        swarm.remove_secrets(str(service.pk), portal=portal_instance(), keep=keep, base_url=service.environment.docker_url)
     except swarm.EngineError as exc:
         logger.warning("could not remove old secrets of %s: %s", service.pk, exc)
 
@@ -301,7 +303,7 @@ def reconcile(environments: list[Environment], summary: dict) -> None:
             owner = None  # a canary's or shadow's Swarm service left over from a rollout that ended
         if owner is None:
             try:
-                swarm.remove_service(item["name"], base_url=base_url)
+                swarm.remove_service(item["name"], portal=portal_instance(), base_url=base_url)
                 summary["removed"] += 1
             except swarm.EngineError as exc:
                 logger.warning("could not remove orphan swarm service %s: %s", item["name"], exc)
@@ -352,9 +354,11 @@ def _rollout_owns(service: Service, number: str) -> bool:
     return rollout.get("status") == "starting" or str(rollout.get("revision")) == str(number)
 
 
-def logs(service: Service, *, tail: int = 200, timeout: int = 60) -> list[tuple[str, str]]:
-    """``[(task id, line)]`` of the live Swarm service's tasks (compute.swarm.service_log_lines)."""
-    return swarm.service_log_lines(service.swarm_name, tail=tail, base_url=service.environment.docker_url, timeout=timeout)
+def logs(service: Service, *, tail: int = 200, timeout: int = 60, revision: int | None = None) -> list[tuple[str, str]]:
+    """``[(task id, line)]`` of the live Swarm service's tasks, or (``revision``) of that canary's or
+    shadow's own Swarm service (compute.swarm.service_log_lines)."""
+    name = service.swarm_name if revision is None else revision_name(service, revision)
+    return swarm.service_log_lines(name, tail=tail, base_url=service.environment.docker_url, timeout=timeout)
 
 
 # --- what the deploy worker does for a cluster service (called under the service's lease) --------

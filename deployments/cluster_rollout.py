@@ -51,8 +51,11 @@ def promote(service: Service, *, image) -> tuple[bool, str]:
 def remove(service: Service, number: int) -> str:
     """Removes revision ``number``'s Swarm service; returns "" or why it could not (the reconciler
     removes it later: it carries a revision no rollout owns)."""
+    from workspaces.instance import portal_instance
+
     try:
-        swarm.remove_service(cluster.revision_name(service, number), base_url=service.environment.docker_url)
+        swarm.remove_service(cluster.revision_name(service, number), portal=portal_instance(),
+                             base_url=service.environment.docker_url)
     except swarm.EngineError as exc:
         return str(exc)
     return ""

@@ -156,38 +156,50 @@ def service_usage(service: Service, *, portal_url: str) -> dict:
 def _cluster_logs(service: Service, *, tail: int) -> dict:
     """A cluster service's logs as a local one's: one entry per replica row (its task's lines), the
     lines of tasks no row holds any more (Swarm replaced them, or the service rolled) after them as
-    ``[task <id>]``; one question to Swarm, within LOGS_TIMEOUT."""
+    ``[task <id>]``. A canary or shadow is a Swarm service of its own (deployments/cluster_rollout.py):
+    its rows and tasks follow the live ones', labelled with their role (``[canary replica 101]``,
+    ``[canary task <id>]``). One question to Swarm per Swarm service, each within LOGS_TIMEOUT; a
+    swarm that did not answer is not asked again in the same request."""
     from compute.engine import EngineError, EngineUnreachable
     from deployments import cluster
 
-    rows = sorted(service.replica_set.filter(revision__isnull=True) | service.replica_set.filter(revision__role="live"),
-                  key=lambda row: row.number)  # the live Swarm service's tasks (a canary's are a service of their own)
-    try:
-        lines, error = cluster.logs(service, tail=tail, timeout=LOGS_TIMEOUT), None
-    except EngineUnreachable as exc:
-        lines, error = [], (f"the swarm of environment '{service.environment.name}' did not give the logs within "
-                            f"{LOGS_TIMEOUT} s: {exc}")
-    except EngineError as exc:
-        lines, error = [], str(exc)
-    by_task: dict[str, list[str]] = defaultdict(list)
-    for task, line in lines:
-        by_task[task].append(line)
-    replicas, parts = [], []
+    rows = sorted(service.replica_set.select_related("revision"), key=lambda row: row.number)
+    groups: dict[int | None, tuple[str, list[ServiceReplica]]] = {None: ("live", [])}  # revision → (role, rows)
     for row in rows:
-        own = by_task.pop(row.task_id, []) if row.task_id else []
-        replicas.append({"replica": row.number, "container_id": row.container_id, "task_id": row.task_id,
-                         "text": "".join(f"{line}\n" for line in own), "error": error})
-        parts.extend(f"[replica {row.number}] {line}" for line in own)
-        if error:
-            parts.append(f"[replica {row.number}] (logs unavailable: {error})")
-    for task, own in by_task.items():
-        label = f"task {task[:12]}" if task else "swarm"
-        replicas.append({"replica": None, "container_id": "", "task_id": task, "text": "".join(f"{line}\n" for line in own),
-                         "error": None})
-        parts.extend(f"[{label}] {line}" for line in own)
-    if error and not rows:
-        replicas.append({"replica": None, "container_id": "", "task_id": "", "text": "", "error": error})
-        parts.append(f"(logs unavailable: {error})")
+        if row.revision is None or row.revision.role == "live":
+            groups[None][1].append(row)
+        else:
+            groups.setdefault(row.revision.number, (row.revision.role, []))[1].append(row)
+    replicas, parts, unreachable = [], [], None
+    for number, (role, group) in groups.items():
+        lines, error = [], unreachable
+        if error is None:
+            try:
+                lines = cluster.logs(service, tail=tail, timeout=LOGS_TIMEOUT, revision=number)
+            except EngineUnreachable as exc:
+                error = unreachable = (f"the swarm of environment '{service.environment.name}' did not give the logs "
+                                       f"within {LOGS_TIMEOUT} s: {exc}")
+            except EngineError as exc:
+                error = str(exc)
+        by_task: dict[str, list[str]] = defaultdict(list)
+        for task, line in lines:
+            by_task[task].append(line)
+        prefix = "" if role == "live" else f"{role} "
+        for row in group:
+            own = by_task.pop(row.task_id, []) if row.task_id else []
+            replicas.append({"replica": row.number, "role": role, "container_id": row.container_id, "task_id": row.task_id,
+                             "text": "".join(f"{line}\n" for line in own), "error": error})
+            parts.extend(f"[{prefix}replica {row.number}] {line}" for line in own)
+            if error:
+                parts.append(f"[{prefix}replica {row.number}] (logs unavailable: {error})")
+        for task, own in by_task.items():
+            label = f"{prefix}task {task[:12]}" if task else f"{prefix}swarm".strip()
+            replicas.append({"replica": None, "role": role, "container_id": "", "task_id": task,
+                             "text": "".join(f"{line}\n" for line in own), "error": None})
+            parts.extend(f"[{label}] {line}" for line in own)
+        if error and not group:
+            replicas.append({"replica": None, "role": role, "container_id": "", "task_id": "", "text": "", "error": error})
+            parts.append(f"(logs unavailable: {error})")
     return {"text": "\n".join(parts) + ("\n" if parts else ""), "replicas": replicas,
             "done": service.status in (Service.Status.FAILED, Service.Status.DELETED)}
 

@@ -416,7 +416,7 @@ def service_remove(*, service_id: str) -> str | None:
     """Removes a ``deleting`` service's containers, then its row (deleting → deleted → gone).
     Returns "deleted", WAIT (another worker holds it), "retry" (the engine could not remove
     them: the error is kept on the service), or None."""
-    from compute.engine import LABEL_ID, EngineError, EngineUnreachable
+    from compute.engine import EngineError, EngineUnreachable
     from compute.runner import list_containers
 
     service = Service.objects.select_related("environment", "workspace").filter(pk=service_id).first()
@@ -436,8 +436,9 @@ def service_remove(*, service_id: str) -> str | None:
                 ids = set()
             else:
                 try:
-                    ids |= {c["id"] for c in list_containers("service", base_url=base_url)
-                            if c["labels"].get(LABEL_ID) == str(service.pk)}
+                    # Both labels: another portal on this engine may have a service of the same id.
+                    ids |= {c["id"] for c in list_containers("service", base_url=base_url, portal=portal_instance(),
+                                                             owner_id=str(service.pk))}
                 except EngineUnreachable:
                     if ids:
                         raise

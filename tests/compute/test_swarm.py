@@ -58,8 +58,8 @@ def images(small_env, swarm_manager):
         build_service_image(tag=tag, env_image=small_env["tag"], app_files={"score.py": score},
                             labels={"mlportal.test": "yes"}, log=lambda line: None)
     yield {"good": TAG, "broken": BROKEN_TAG}
-    swarm.remove_service(NAME)
-    swarm.remove_service(NAME + "-pinned")
+    swarm.remove_service(NAME, portal="test-swarm")
+    swarm.remove_service(NAME + "-pinned", portal="test-swarm")
 
     def containers_gone():
         listed = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=mlportal.id={SERVICE_ID}"],

@@ -131,4 +131,4 @@ def swarm_env(owner_api):
     assert response.status_code == 201, response.json()
     yield response.json()
     for item in swarm.list_services(portal=portal_instance()):
-        swarm.remove_service(item["name"])
+        swarm.remove_service(item["name"], portal=portal_instance())

@@ -78,7 +78,7 @@ def test_this_portals_watch_and_reconcile_never_touch_a_second_portals_swarm_ser
         assert [s["name"] for s in swarm.list_services(portal=OTHER_PORTAL)] == [theirs.name]
     finally:
         for spec in (theirs, ours):
-            swarm.remove_service(spec.name)
+            swarm.remove_service(spec.name, portal=spec.labels["mlportal.portal"])
         if stray is not None:
             from compute.runner import remove_container
 

@@ -64,3 +64,56 @@ def test_a_canary_and_a_shadow_run_as_second_swarm_services(deploy_worker, gatew
     # The live Swarm service now runs the promoted image, named by its id (never a tag that may move).
     assert swarm_services(service["id"])[live_name] == other["image_id"]
     assert {(h["x-mlportal-revision"], b) for _, h, b in _hammer(gateway, key, 12)} == {(str(revision), 1)}
+
+
+# A canary that writes control characters (OSC title, BEL, CSI clear screen) to its log on every request.
+LOUD_CANARY_SCORE = b'''def init():
+    pass
+
+
+def run(input_df):
+    print("canary says \\x1b]0;owned\\x07 then \\x1b[2J cleared", flush=True)
+    return "1"
+'''
+
+
+def test_a_canarys_own_swarm_service_is_in_the_services_logs_labelled_and_escaped(deploy_worker, gateway, owner_api,
+                                                                                   swarm_env, create_realtime, built_image,
+                                                                                   cli, login, owner):
+    assert create_realtime(owner_api, "churnpred", environment="production").status_code == 201
+    service = wait_for(owner_api, "churnpred", ("healthy", "failed"))
+    assert service["status"] == "healthy", service["error"]
+    key = owner_api.get("/api/v1/services/churnpred/keys/").json()["primary"]
+    loud = built_image(owner_api, "churn-loud", score=LOUD_CANARY_SCORE)
+    assert owner_api.post("/api/v1/services/churnpred/update/", {"image": loud["ref"], "canary": 10},
+                          format="json").status_code == 202
+    running = _running(owner_api)
+    revision = running["rollout"]["revision"]
+    canary_row = next(c for c in running["containers"] if c["number"] > 100)
+    forced = {"X-MLPortal-Revision": str(revision)}
+    assert {(s, b) for s, _, b in _hammer(gateway, key, 4, threads=1, headers=forced)} == {(200, 1)}
+
+    def canary_logged():
+        body = owner_api.get("/api/v1/services/churnpred/logs/?tail=200").json()
+        return body if "canary says" in body["text"] else None
+
+    logs = wait_until(canary_logged, timeout=30, interval=0.5, message="the canary's lines in the service's logs")
+    by_number = {entry["replica"]: entry for entry in logs["replicas"]}
+    assert by_number[1]["role"] == "live" and by_number[1]["error"] is None
+    canary = by_number[canary_row["number"]]
+    assert (canary["role"], canary["task_id"], canary["error"]) == ("canary", canary_row["task_id"], None), logs
+    escaped = "canary says \\x1b]0;owned\\x07 then \\x1b[2J cleared"
+    assert escaped in canary["text"]
+    assert f"[canary replica {canary_row['number']}] {escaped}" in logs["text"], logs["text"][-2000:]
+    assert "canary says" not in by_number[1]["text"]  # the live replica's lines stay its own
+    for text in (logs["text"], canary["text"]):
+        assert not any(ch in text for ch in "\x1b\x07")
+
+    # `mlportal service logs` prints the same, labelled and escaped.
+    login(owner)
+    printed = cli("service", "logs", "realtime", "-i", "churnpred", "--tail", "200")
+    assert printed.code == 0, printed.err
+    assert f"[canary replica {canary_row['number']}] {escaped}" in printed.out and "[replica 1] " in printed.out
+    assert not any(ch in printed.out for ch in "\x1b\x07")
+    assert owner_api.post("/api/v1/services/churnpred/abort/").status_code == 202
+    _settled(owner_api)
