@@ -14,9 +14,10 @@ plain scoring URL; ``Gateway.__call__`` calls it for one that came through the A
 escaped URL, ``Expect: 100-continue``, or uvicorn started with its own protocol).
 
 Keys are checked against the routing table (``gateway.table``), which a background task re-reads
-from the database every ``MLPORTAL_GATEWAY_REFRESH_SECONDS``. A request that finds no route, or
-no ready replica, re-reads it once (at most every ``MISS_REFRESH_SECONDS``, shared by concurrent
-callers), so a service answers as soon as it is healthy; every other request is served from memory.
+from the database every ``MLPORTAL_GATEWAY_REFRESH_SECONDS``. A request that finds no route, no
+ready replica, or a forced revision the table does not hold, re-reads it once (at most every
+``MISS_REFRESH_SECONDS``, shared by concurrent callers), so a service answers as soon as it is
+healthy and a canary as soon as its rollout runs; every other request is served from memory.
 A request goes to the revision its weight picks (or the one the ``X-MLPortal-Revision`` header
 forces), to the ready replica of it with the fewest outstanding requests; a replica that refuses
 the connection is skipped, and a request that was sent to a replica is never sent to another.
@@ -179,6 +180,16 @@ class Gateway:
         self.db.shutdown(wait=False)
         metrics.forget_process()
 
+    def _may_reread(self) -> bool:
+        return time.monotonic() - self.loaded_at >= MISS_REFRESH_SECONDS
+
+    async def _reread(self, ref: str, key: str) -> Route | None:
+        """The route of ``ref`` for ``key`` in a fresh read of the table (the one we have if it fails)."""
+        try:
+            return (await self.refresh()).find(ref, key)
+        except Exception:  # noqa: BLE001 - answered with the table we have
+            return self.table.find(ref, key)
+
     async def refresh(self) -> Table:
         """Re-reads the table (concurrent callers share one read)."""
         if self._refreshing is not None:
@@ -330,19 +341,23 @@ class Gateway:
                                      "too_large"))
         route = self.table.find(ref, key)
         if (route is not None and (route.live is None or not route.live.replicas)) \
-                or (route is None and time.monotonic() - self.loaded_at >= MISS_REFRESH_SECONDS):
+                or (route is None and self._may_reread()):
             # No ready replica: always read again (one read in flight, shared), since the table
             # may be from just before the service turned healthy. An unknown key: at most every 0.2 s.
-            try:
-                route = (await self.refresh()).find(ref, key)
-            except Exception:  # noqa: BLE001 - answered with the table we have
-                route = self.table.find(ref, key)
+            route = await self._reread(ref, key)
         if route is None:
             return Reply(401, _error(f"No service '{ref[:80]}' accepts this key: check the service name and its keys.",
                                      "unauthorized"), extra=UNAUTHORIZED)
         forced = None
         if FORCE_HEADER in headers:
             forced, problem = _forced_revision(route, headers[FORCE_HEADER])
+            wanted = route.revision(forced) if forced is not None else None
+            if (problem or not wanted.replicas) and self._may_reread():
+                # A rollout started since the last read (seen in CI: a canary's revision forced
+                # right after it turned running got 400 'does not serve revision 2'). At most
+                # every 0.2 s, as for an unknown key.
+                route = await self._reread(ref, key) or route
+                forced, problem = _forced_revision(route, headers[FORCE_HEADER])
             if problem:
                 return Reply(400, _error(problem, "unknown_revision", {"X-MLPortal-Revision": problem}),
                              extra=_route_headers(route, route.live))

@@ -76,12 +76,31 @@ def _container_ids(service_id) -> set[str]:
 
 def test_a_ten_percent_canary_forced_revisions_weights_and_promote(deploy_worker, gateway, owner_api, create_realtime,
                                                                     built_image):
+    from django.db import connection
+
+    from tests.gateway.conftest import start_server, stop_server
+
     service, key = _service(owner_api, create_realtime)
     live_ids = _container_ids(service["id"])
     other = built_image(owner_api, "churn-one", score=ONE_SCORE)
-    started = owner_api.post("/api/v1/services/churnpred/update/", {"image": other["ref"], "canary": 10}, format="json")
-    assert started.status_code == 202, started.json()
-    running = _running(owner_api)
+    # A second web process whose table is a minute old: it knows the service, not the canary yet.
+    slow = start_server(dict(connection.settings_dict), gateway.log_path.parent / "slow-rollout.log",
+                        extra_env={"MLPORTAL_GATEWAY_REFRESH_SECONDS": "60"})
+    try:
+        first = slow.score("churnpred", SAMPLE_REQUEST, key)
+        assert (first[0], first[2]) == (200, "0"), first[2]
+        started = owner_api.post("/api/v1/services/churnpred/update/", {"image": other["ref"], "canary": 10},
+                                 format="json")
+        assert started.status_code == 202, started.json()
+        running = _running(owner_api)
+        # Seen in CI: the canary's revision forced right after the rollout turned running got 400
+        # "does not serve revision 2" from a table read before it started. It re-reads instead.
+        status, headers, body = slow.score("churnpred", SAMPLE_REQUEST, key, headers={"X-MLPortal-Revision": "2"})
+        assert (status, headers.get("x-mlportal-revision"), body) == (200, "2", 1), body
+        unknown = slow.score("churnpred", SAMPLE_REQUEST, key, headers={"X-MLPortal-Revision": "7"})
+        assert unknown[0] == 400 and "serves revision 1, 2" in unknown[2]["error"]["message"], unknown[2]
+    finally:
+        stop_server(slow)
     assert running["rollout"]["revision"] == 2 and running["rollout"]["weight"] == 10
     canary_ids = _container_ids(service["id"]) - live_ids
     assert len(canary_ids) == 1
