@@ -189,8 +189,9 @@ class Score:
 # --------------------------------------------------------------------------------------------
 
 
-def floor_child(app_dir: str, body_file: str, repeats: int = 5) -> None:
-    """Prints JSON timings of run() on a prepared input and of the request path (json + schema)."""
+def floor_child(app_dir: str, repeats: int = 5) -> None:
+    """Prints JSON timings of run() on a prepared input (the request body read from stdin) and of
+    the request path (json + schema)."""
     import timeit
 
     from mlportal_runtime.schema import build_inputs, load_schema
@@ -200,7 +201,7 @@ def floor_child(app_dir: str, body_file: str, repeats: int = 5) -> None:
     import score  # noqa: PLC0415 - the app's module, found on the path set just above
 
     score.init()
-    body_bytes = sys.stdin.buffer.read() if body_file == "-" else Path(body_file).read_bytes()
+    body_bytes = sys.stdin.buffer.read()
     schema = load_schema(Path("service_schema.json").read_text())
     inputs = build_inputs(schema, json.loads(body_bytes))
 
@@ -226,10 +227,18 @@ def floor_child(app_dir: str, body_file: str, repeats: int = 5) -> None:
 
 
 def floor_script() -> str:
-    """floor_child as a script of its own (``python -c <script> APP_DIR -`` reads the body from
-    stdin), for an interpreter that has the app and ``mlportal_runtime`` but not this file."""
+    """floor_child as a script of its own (``python -c <script> APP_DIR``, the body on stdin), for
+    any interpreter that has the app and ``mlportal_runtime``: this venv's or the container's."""
     return ("import json, os, sys, time\nfrom pathlib import Path\n" + inspect.getsource(floor_child)
-            + "\nfloor_child(sys.argv[1], sys.argv[2])\n")
+            + "\nfloor_child(sys.argv[1])\n")
+
+
+def _run_floor(python: list[str], app_dir: str, body: bytes, *, where: str, env: dict | None = None) -> dict:
+    done = subprocess.run([*python, "-c", floor_script(), app_dir], input=body, capture_output=True, timeout=300,
+                          env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"floor measurement {where} failed: {done.stderr.decode(errors='replace').strip()[-500:]}")
+    return json.loads(done.stdout.decode().strip().splitlines()[-1])
 
 
 def measure_floor_in_container(container_id: str, body: bytes) -> dict:
@@ -237,26 +246,13 @@ def measure_floor_in_container(container_id: str, body: bytes) -> dict:
     (this venv's interpreter is slower at the churn pipeline: the peers' floor stays this venv's)."""
     from compute.images import APP_DIR
 
-    done = subprocess.run(["docker", "exec", "-i", container_id, "python", "-c", floor_script(), APP_DIR, "-"],
-                          input=body, capture_output=True, timeout=300)
-    if done.returncode != 0:
-        raise RuntimeError(f"floor measurement in the container failed: {done.stderr.decode(errors='replace').strip()[-500:]}")
-    return json.loads(done.stdout.decode().strip().splitlines()[-1])
+    return _run_floor(["docker", "exec", "-i", container_id, "python"], APP_DIR, body, where="in the container")
 
 
 def measure_floor(app_dir: Path, body: bytes, cpu: int) -> dict:
-    with tempfile.NamedTemporaryFile("wb", suffix=".json", delete=False) as handle:
-        handle.write(body)
-    try:
-        done = subprocess.run(
-            ["taskset", "-c", str(cpu), sys.executable, __file__, "--floor-child", str(app_dir), handle.name],
-            capture_output=True, text=True, timeout=300,
-            env={**os.environ, "PYTHONPATH": str(common.REPO)})
-    finally:
-        os.unlink(handle.name)
-    if done.returncode != 0:
-        raise RuntimeError(f"floor measurement failed: {done.stderr.strip()[-500:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    """The floor on this venv's interpreter, pinned to ``cpu`` (the peers' floor)."""
+    return _run_floor(["taskset", "-c", str(cpu), sys.executable], str(app_dir), body, where="on the host",
+                      env={**os.environ, "PYTHONPATH": str(common.REPO)})
 
 
 # --------------------------------------------------------------------------------------------
@@ -608,11 +604,17 @@ def peers_of(result: dict) -> list[str]:
     return [peer for peer in PEERS if peer in result]
 
 
+def floor_of(result: dict, server: str) -> float:
+    """The floor ``server``'s overhead is taken above: its own interpreter's if measured there
+    (ours, in its container), else this venv's."""
+    return result[server].get("floor_ms", result["floor"]["run_ms"])
+
+
 def ratios(result: dict, connections: int, against: str = "mlflow") -> dict[str, float]:
     """ours / theirs for ``against`` (a peer, or "best": the best peer figure by figure)."""
     ours = result["ours"]["load"][connections]
     floor = result["floor"]["run_ms"]
-    ours_floor = result["ours"].get("floor_ms", floor)
+    ours_floor = floor_of(result, "ours")
     if against == "best":
         loads = [result[peer]["load"][connections] for peer in peers_of(result)]
         rps = max(load["rps"] for load in loads)
@@ -664,7 +666,7 @@ def report(results: dict, workers: int) -> list[str]:
         for server in ("ours", *variants_of(result), *peers_of(result)):
             for c, fig in result[server]["load"].items():
                 lines.append(f"{case:<6} {server:<14} {c:>3} {fig['rps']:>8.0f} {fig['p50']:>8.2f} {fig['p90']:>8.2f} "
-                             f"{fig['p99']:>8.2f} {overhead_ms(fig, c, result[server].get('floor_ms', floor['run_ms'])):>12.3f}")
+                             f"{fig['p99']:>8.2f} {overhead_ms(fig, c, floor_of(result, server)):>12.3f}")
     lines.append("goals:")
     for case, result in results["cases"].items():
         for variant in ("ours", *variants_of(result)):
@@ -701,11 +703,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ours-host", action="store_true",
                         help="also run our server as a host process (as the peers run), reported as ours_host")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
-    parser.add_argument("--floor-child", nargs=2, metavar=("APP_DIR", "BODY_FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.floor_child:
-        floor_child(*args.floor_child)
-        return 0
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = [c for c in cases if c not in PREPARE]
     if unknown:

@@ -184,7 +184,7 @@ def test_the_floor_script_runs_on_an_interpreter_without_this_file(tmp_path):
     (tmp_path / "service_schema.json").write_text(json.dumps(
         {"input": {"data": {"internal": "", "swagger": {"type": "array", "items": {"type": "integer"}},
                             "type": 0, "example": [1]}}}))
-    done = subprocess.run([sys.executable, "-c", serving.floor_script(), str(tmp_path), "-"], input=b'{"data": [1, 2]}',
+    done = subprocess.run([sys.executable, "-c", serving.floor_script(), str(tmp_path)], input=b'{"data": [1, 2]}',
                           capture_output=True, timeout=120, cwd="/", env={"PYTHONPATH": str(serving.common.REPO)})
 
     assert done.returncode == 0, done.stderr.decode()
