@@ -20,6 +20,7 @@ import time
 import uuid
 from datetime import timedelta
 
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
@@ -49,6 +50,20 @@ def autoscale_start(service_id=None) -> str:
     Service.objects.filter(pk__in=list(mine.values_list("pk", flat=True))).update(autoscale_token=token)
     transaction.on_commit(lambda: autoscale_services.delay(token))
     return token
+
+
+def adopt_old_tick(*, service_id: str, token: str) -> bool:
+    """An old per-service tick message (``deployments.tasks.autoscale_service``): when ``token`` is
+    still its service's and autoscaling on, starts one chain for every autoscaled service and
+    returns True; else nothing (another message or the reconciler did it, or autoscaling went off)."""
+    try:
+        owned = Service.objects.filter(pk=service_id, autoscale_token=token, autoscale_enabled=True).exists()
+    except (ValueError, ValidationError):  # not an id: a message nothing of ours sent
+        return False
+    if owned:
+        with transaction.atomic():
+            autoscale_start()
+    return owned
 
 
 def autoscale_round(*, token: str, schedule: dict[str, float], clock=time.time) -> tuple[float | None, dict[str, float]]:

@@ -75,3 +75,14 @@ def autoscale_services(token: str, schedule: dict | None = None) -> float | None
         # (reading every replica's /metrics) comes off the wait.
         autoscale_services.apply_async((token, following), countdown=countdown)
     return countdown
+
+
+# The per-service tick this chain replaced (one message per autoscaled service, re-sent every refresh
+# period). Messages of it may still sit in a broker after an upgrade: registered, so none is refused
+# as unknown; the first one whose service it still owns hands every autoscaled service to one new
+# chain at once (no wait for the reconciler), the rest find their token gone and end.
+@shared_task(ignore_result=True)
+def autoscale_service(service_id: str, token: str) -> bool:
+    from deployments import autoscaling
+
+    return autoscaling.adopt_old_tick(service_id=service_id, token=token)

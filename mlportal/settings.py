@@ -380,6 +380,7 @@ CELERY_TASK_ROUTES = {
     # The autoscaler's one chain (a round per due refresh period, for every autoscaled service) never
     # waits behind a deploy.
     "deployments.tasks.autoscale_services": {"queue": "celery"},
+    "deployments.tasks.autoscale_service": {"queue": "celery"},  # the old per-service tick, adopted
     "deployments.tasks.watch_swarm_tasks": {"queue": "celery"},
 }
 # Time limits per queue, on purpose: runs enforce their own (per-project) limit inside compute and

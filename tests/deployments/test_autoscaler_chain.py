@@ -12,7 +12,6 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from django.conf import settings
 from django.utils import timezone
 
 from deployments import autoscaling, tasks
@@ -137,4 +136,27 @@ def test_the_chain_goes_to_the_maintenance_queue():
 
     app.loader.import_default_modules()
     assert app.amqp.router.route({}, "deployments.tasks.autoscale_services")["queue"].name == "celery"
-    assert "deployments.tasks.autoscale_service" not in settings.CELERY_TASK_ROUTES
+    # The old per-service tick's messages, still in a broker after an upgrade, are adopted there too.
+    assert app.amqp.router.route({}, "deployments.tasks.autoscale_service")["queue"].name == "celery"
+    assert "deployments.tasks.autoscale_service" in app.tasks
+
+
+def test_an_old_per_service_tick_hands_every_service_to_one_new_chain_once(db, workspace, owner,
+                                                                         django_capture_on_commit_callbacks):
+    """Seen after the upgrade to one chain: the worker refused the messages the per-service ticks
+    had queued ('Received unregistered task ... autoscale_service') and autoscaling stopped until
+    the reconciler's next sweep. The first old message now starts the new chain; the others end."""
+    old_first, old_second = str(uuid.uuid4()), str(uuid.uuid4())
+    first, = _services(workspace, owner, 1, token=old_first)
+    second = Service.objects.create(workspace=workspace, name="auto-b", environment=first.environment,
+                                    image=first.image, status="healthy", created_by=owner, autoscale_enabled=True,
+                                    autoscale_token=old_second)
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        assert tasks.autoscale_service.run(str(first.pk), old_first) is True
+    assert len(callbacks) == 1  # one chain started
+    tokens = set(Service.objects.values_list("autoscale_token", flat=True))
+    assert len(tokens) == 1 and {str(t) for t in tokens}.isdisjoint({old_first, old_second})
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        assert tasks.autoscale_service.run(str(second.pk), old_second) is False  # its service moved on
+        assert tasks.autoscale_service.run("not-an-id", old_second) is False
+    assert callbacks == []
