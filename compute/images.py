@@ -102,13 +102,15 @@ def prune_dangling(*, label: str, value: str, base_url: str | None = None) -> tu
 
 
 def image_info(ref: str, *, base_url: str | None = None) -> dict | None:
-    """Returns ``{"id", "size"}`` of the image ``ref`` (a tag or an id), or None when the engine lacks it."""
+    """Returns ``{"id", "size", "portal"}`` of the image ``ref`` (a tag or an id; "portal" is the
+    ``mlportal.portal`` label of the portal that built it, "" for none), or None when the engine lacks it."""
     with connect(base_url, timeout=30) as client:
         try:
             image = client.images.get(ref)
         except docker.errors.NotFound:
             return None
-    return {"id": image.id, "size": int(image.attrs.get("Size") or 0)}
+    labels = (image.attrs.get("Config") or {}).get("Labels") or {}
+    return {"id": image.id, "size": int(image.attrs.get("Size") or 0), "portal": labels.get(LABEL_PORTAL, "")}
 
 
 def image_exists(tag: str, *, base_url: str | None = None) -> bool:

@@ -3,8 +3,10 @@ prepare them, and removed by the daily retention once nothing has used them for
 MLPORTAL_ENV_IMAGE_KEEP_DAYS, except the MLPORTAL_ENV_IMAGE_KEEP_LAST most recently used.
 
 They are portal-wide (every workspace's runs and service images share them), so the rule is the
-administrator's setting, not a workspace's policy. Worker side only: every function here may call
-the engine.
+administrator's setting, not a workspace's policy. Their tag is their content, so two portals on one
+engine may use the same image; it carries the ``mlportal.portal`` label of the one that built it, and
+only that portal removes it (another forgets its use and leaves the image to its owner). Worker side
+only: every function here may call the engine.
 """
 from __future__ import annotations
 
@@ -54,18 +56,24 @@ def environment_image_used(*, tag: str) -> EnvironmentImage:
 def environment_images_remove(*, now=None) -> dict:
     """Removes from the engine, then forgets, the environment images retention_plan's rule picks
     (retention.selectors.environment_images_plan). One used again since it was picked is left.
-    Returns {"images": n, "bytes": freed, "errors": [...]}; an image a container still runs is
-    left (the engine refuses) and named in the errors."""
+    Returns {"images": n, "bytes": freed, "errors": [...], "others": [tags]}; an image a container
+    still runs is left (the engine refuses) and named in the errors; one another portal built is
+    forgotten but left in the engine, and named in "others"."""
     from compute.engine import EngineError
-    from compute.images import remove_image
+    from compute.images import image_info, remove_image
     from retention.selectors import environment_images_plan
+    from workspaces.instance import portal_instance
 
-    summary = {"images": 0, "bytes": 0, "errors": []}
+    summary = {"images": 0, "bytes": 0, "errors": [], "others": []}
     for row in environment_images_plan(now=now):
         # Forget it first, guarded on the use seen: a run or a build that used it meanwhile keeps it.
         if not EnvironmentImage.objects.filter(pk=row["id"], last_used_at=row["last_used_at"]).delete()[0]:
             continue
         try:
+            info = image_info(row["tag"], base_url=settings.MLPORTAL_DOCKER_URL)
+            if info and info["portal"] and info["portal"] != portal_instance():
+                summary["others"].append(row["tag"])  # another portal built it: its retention decides
+                continue
             remove_image(row["tag"], base_url=settings.MLPORTAL_DOCKER_URL)
         except EngineError as exc:
             EnvironmentImage.objects.get_or_create(tag=row["tag"], defaults={

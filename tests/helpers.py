@@ -92,9 +92,9 @@ def engine_image_ids() -> set[str]:
         return {i["Id"] for i in client.api.images(all=True)}
 
 
-def build_unique_image(tag: str) -> str:
-    """Builds ``tag``: the base image plus one layer of its own bytes, so its id leaves the engine
-    when the tag is removed; returns the id."""
+def build_unique_image(tag: str, *, labels: dict[str, str] | None = None) -> str:
+    """Builds ``tag`` (with ``labels``): the base image plus one layer of its own bytes, so its id
+    leaves the engine when the tag is removed; returns the id."""
     import io
     import uuid
 
@@ -104,4 +104,4 @@ def build_unique_image(tag: str) -> str:
 
     dockerfile = f"FROM {settings.MLPORTAL_BASE_IMAGE}\nRUN echo {uuid.uuid4().hex} > /marker\n".encode()
     with connect() as client:
-        return client.images.build(fileobj=io.BytesIO(dockerfile), tag=tag, rm=True)[0].id
+        return client.images.build(fileobj=io.BytesIO(dockerfile), tag=tag, rm=True, labels=labels or {})[0].id

@@ -96,6 +96,39 @@ def test_an_environment_image_a_container_still_runs_is_left_and_named(settings)
             client.images.remove(tag)
 
 
+@pytest.mark.django_db
+def test_an_environment_image_another_portal_built_is_left_to_it(settings):
+    """Environment images are tagged by content, so two portals on one engine share them; the
+    daily retention of one removed the image the other had built and still used (its next run had
+    to build it again). Now each portal removes only the ones it built, by their mlportal.portal label."""
+    from compute.engine import LABEL_PORTAL
+    from retention.envimages import environment_images_remove
+    from workspaces.instance import portal_instance
+
+    settings.MLPORTAL_ENV_IMAGE_KEEP_DAYS, settings.MLPORTAL_ENV_IMAGE_KEEP_LAST = 1, 0
+    suffix = uuid.uuid4().hex[:10]
+    theirs_tag, ours_tag = f"mlportal-env:theirs{suffix}", f"mlportal-env:ours{suffix}"
+    try:
+        theirs = build_unique_image(theirs_tag, labels={LABEL_PORTAL: "another-portal"})
+        ours = build_unique_image(ours_tag, labels={LABEL_PORTAL: portal_instance()})
+        _tracked(theirs_tag, days_ago=3, engine_id=theirs, size=10)
+        _tracked(ours_tag, days_ago=3, engine_id=ours, size=20)
+
+        summary = environment_images_remove()
+
+        assert (summary["images"], summary["bytes"], summary["others"], summary["errors"]) == (1, 20, [theirs_tag], [])
+        ids = engine_image_ids()
+        assert theirs in ids and ours not in ids
+        assert not EnvironmentImage.objects.filter(tag__in=[theirs_tag, ours_tag]).exists()  # this portal's use is over
+    finally:
+        with connect() as client:
+            for tag in (theirs_tag, ours_tag):
+                try:
+                    client.images.remove(tag)
+                except Exception:  # noqa: BLE001 - removed by the test already
+                    pass
+
+
 @pytest.mark.django_db(transaction=True)
 def test_runs_and_image_builds_record_the_environment_image_they_use(owner, workspace, owner_api):
     from registry import services as registry
