@@ -11,7 +11,7 @@ import logging
 import shutil
 import uuid
 
-from monitoring.worker import _is_folder, _walk, capture_storage
+from monitoring.store import capture_storage, is_folder, walk
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +26,10 @@ def service_capture_remove(*, service_id: str) -> int:
         return 0
     storage = capture_storage()
     deleted = 0
-    for name in list(_walk(storage, str(service_id))):
+    for name in list(walk(storage, str(service_id))):
         storage.delete(name)
         deleted += 1
-    if _is_folder(storage):
+    if is_folder(storage):
         # What is left are empty folders (or a file a round renamed meanwhile, as much an orphan).
         shutil.rmtree(storage.path(str(service_id)), ignore_errors=True)
     return deleted

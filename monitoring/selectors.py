@@ -7,7 +7,7 @@ import json
 from django.utils import timezone
 
 from .models import Capture, CaptureFile, DriftJob, DriftReport, DriftSettings, GroundTruth
-from .worker import capture_storage
+from .store import capture_storage
 
 LATEST_ROWS = 20
 

@@ -1,24 +1,19 @@
-"""Task side of data capture: pull the replicas' spools, store Parquet, acknowledge.
+"""Task side of data capture: pull the replicas' spools, store Parquet, acknowledge; drift.
 
 At-least-once, stored once: rows leave a replica's spool only when a later pull acknowledges them,
-which happens after they are committed here; the request ids stored are indexed (CapturedRow), so
-rows answered again (the worker died between store and acknowledgement) are skipped. A file is
-written under a temporary name first, recorded in the same transaction as its request ids, then
-renamed; ``recover()`` finishes a rename the worker died before and deletes files whose
-transaction never committed. Files go through the ``capture`` storage (a folder under the data folder,
-or a prefix of the portal's S3 bucket when workers run on several hosts: there a "rename" is a copy
-then a delete). One collector at a time across every host (a PostgreSQL advisory lock; on SQLite,
-which serves one host, a file lock in the data folder).
+which happens after they are committed (``monitoring/store.py``: a file under a temporary name,
+recorded with its request ids in one transaction, then renamed; ``recover()`` at each round's start
+finishes what a dead worker left); the request ids stored are indexed (CapturedRow), so rows
+answered again (the worker died between store and acknowledgement) are skipped. One collector at a
+time across every host (a PostgreSQL advisory lock; on SQLite, which serves one host, a file lock
+in the data folder).
 """
 from __future__ import annotations
 
 import datetime as dt
 import fcntl
-import io
 import json
 import logging
-import os
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from urllib import error as urlerror
@@ -26,13 +21,12 @@ from urllib import request as urlrequest
 
 from celery import shared_task
 from django.conf import settings
-from django.core.files.base import ContentFile
-from django.core.files.storage import storages
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from .models import Capture, CapturedRow, CaptureFile
+from .models import Capture
 from .services import internal_key
+from .store import recover, store
 
 log = logging.getLogger(__name__)
 PULL_PATH = "/_mlportal/capture"
@@ -43,49 +37,6 @@ TIMEOUT = 10.0
 
 # pg_advisory_lock key of the collector ("mlpcaptr" as a big-endian integer).
 LOCK_KEY = int.from_bytes(b"mlpcaptr", "big") - 2**63
-
-
-def capture_storage():
-    """Where the Parquet files live (settings.STORAGES["capture"]); names are relative to it."""
-    return storages["capture"]
-
-
-def capture_root() -> Path:
-    """The capture folder on this host, when the capture storage is a folder (the default)."""
-    return Path(capture_storage().location)
-
-
-def _is_folder(storage) -> bool:
-    try:
-        storage.path("")
-    except NotImplementedError:
-        return False
-    return True
-
-
-def _finish(storage, temp: str, final: str) -> None:
-    """Moves a committed file from its temporary name to its final one (idempotent)."""
-    if _is_folder(storage):
-        os.replace(storage.path(temp), storage.path(final))
-        return
-    if not storage.exists(final):  # a copy that a dead worker had made is kept, not copied again
-        with storage.open(temp, "rb") as handle:
-            stored = storage.save(final, handle)
-        if stored != final:  # never: names are new uuids
-            raise RuntimeError(f"capture file {final} was stored as {stored}")
-    storage.delete(temp)
-
-
-def _walk(storage, folder: str = ""):
-    """Every file name under ``folder`` of ``storage`` (a folder or a bucket prefix)."""
-    try:
-        folders, files = storage.listdir(folder)
-    except FileNotFoundError:
-        return
-    for name in files:
-        yield f"{folder}/{name}" if folder else name
-    for sub in folders:
-        yield from _walk(storage, f"{folder}/{sub}" if folder else sub)
 
 
 class PullError(Exception):
@@ -105,157 +56,6 @@ def pull(replica, key: str, body: dict) -> dict | None:
         raise PullError(f"replica {replica.number} answered {exc.code}") from None
     except (OSError, ValueError) as exc:
         raise PullError(f"replica {replica.number}: {exc}") from None
-
-
-BASE_COLUMNS = ("request_id", "time", "revision", "model_version", "latency_ms")
-
-
-def _cell(value):
-    """A value as one Parquet cell: scalars stay, anything nested becomes its JSON text."""
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return json.dumps(value, default=str)
-
-
-def flatten(row: dict) -> list[dict]:
-    """One stored row per input record, one column per schema input field (``in_<field>``).
-
-    A request whose input is a batch of n records (``{"input_df": [{...}, ...]}``) becomes n rows,
-    ``<request id>#<i>`` when n > 1 (``#`` never occurs in a request id, so these never collide);
-    a list prediction of the same length is split the same way. What ``score.py`` collected with
-    ``ModelDataCollector`` becomes ``<identifier>.<feature>`` columns, split likewise.
-    """
-    base = {
-        "request_id": str(row["request_id"]),
-        "time": dt.datetime.fromtimestamp(row["time"], tz=dt.timezone.utc),
-        # The service revision of the replica it was pulled from (collect_replica); None before that.
-        "revision": row.get("revision"),
-        "model_version": row.get("model_version") or "",
-        "latency_ms": float(row.get("latency_ms") or 0.0),
-    }
-    inputs = row.get("inputs")
-    records: list[dict] | None = None
-    shared: dict = {}
-    if isinstance(inputs, dict):
-        for name, value in inputs.items():
-            if records is None and isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-                records = [{f"in_{field}": _cell(cell) for field, cell in record.items()} for record in value]
-            else:
-                shared[f"in_{name}"] = _cell(value)
-    elif inputs is not None:
-        shared["inputs"] = json.dumps(inputs)
-    n = len(records) if records else 1
-    prediction = row.get("prediction", ...)
-    collected = row.get("collected") or {}
-    out = []
-    for i in range(n):
-        flat = dict(base, **shared)
-        if n > 1:
-            flat["request_id"] = f"{base['request_id']}#{i}"
-        if records:
-            flat.update(records[i])
-        if prediction is not ...:
-            split = isinstance(prediction, list) and n > 1 and len(prediction) == n
-            flat["prediction"] = json.dumps(prediction[i] if split else prediction)
-        for identifier, items in collected.items():
-            if not isinstance(items, list) or not items:
-                continue
-            item = items[i] if len(items) == n else items[0] if len(items) == 1 else {"all": items}
-            for feature, cell in (item.items() if isinstance(item, dict) else [("value", item)]):
-                flat[f"{identifier}.{feature}"] = _cell(cell)
-        out.append(flat)
-    return out
-
-
-def _table(flat: list[dict]):
-    import pyarrow as pa
-
-    columns: dict[str, None] = {}
-    for row in flat:  # from_pylist takes its columns from the first row only: give it them all
-        columns.update(dict.fromkeys(row))
-    data = {name: [row.get(name) for row in flat] for name in columns}
-    arrays = {}
-    for name, values in data.items():
-        try:
-            arrays[name] = pa.array(values)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):  # a field whose type changes between rows: text
-            arrays[name] = pa.array([None if v is None else str(v) for v in values], type=pa.string())
-    return pa.table(arrays)
-
-
-def _partition(service_id, version: str, day: dt.date) -> str:
-    return f"{service_id}/model_version={version or 'none'}/day={day.isoformat()}"
-
-
-def store(service, rows: list[dict], *, after_write=None) -> int:
-    """Store the rows not stored yet; returns how many were new. Raises when nothing could be stored
-    (then nothing was: the caller must not acknowledge)."""
-    import pyarrow.parquet as pq
-
-    seen: dict[str, dict] = {}
-    for row in rows:
-        for flat in flatten(row):
-            seen.setdefault(flat["request_id"], flat)
-    known = set()
-    ids = list(seen)
-    for start in range(0, len(ids), 5000):
-        known |= set(CapturedRow.objects.filter(service=service, request_id__in=ids[start:start + 5000])
-                     .values_list("request_id", flat=True))
-    fresh = [row for rid, row in seen.items() if rid not in known]
-    if not fresh:
-        return 0
-    groups: dict[tuple[str, dt.date], list[dict]] = {}
-    for row in fresh:
-        groups.setdefault((row["model_version"], row["time"].date()), []).append(row)
-    storage = capture_storage()
-    written: list[tuple[dict, list[dict]]] = []
-    try:
-        for (version, day), group in groups.items():
-            folder = _partition(service.pk, version, day)
-            name = uuid.uuid4().hex
-            temp, final = f"{folder}/.part-{name}.parquet.tmp", f"{folder}/part-{name}.parquet"
-            buffer = io.BytesIO()
-            pq.write_table(_table(group), buffer)
-            temp = storage.save(temp, ContentFile(buffer.getvalue()))
-            if _is_folder(storage):
-                with open(storage.path(temp), "rb") as handle:
-                    os.fsync(handle.fileno())
-            written.append(({"model_version": version, "day": day, "path": final, "temp": temp}, group))
-        if after_write is not None:
-            after_write()  # tests: die between writing and recording
-        with transaction.atomic():
-            for fields, group in written:
-                record = CaptureFile.objects.create(service=service, rows=len(group), **fields)
-                CapturedRow.objects.bulk_create(
-                    [CapturedRow(service=service, request_id=str(r["request_id"]), file=record) for r in group])
-    except BaseException:
-        for fields, _ in written:
-            try:
-                storage.delete(fields["temp"])
-            except OSError as exc:
-                log.warning("capture: could not remove %s: %s", fields["temp"], exc)
-        raise
-    for fields, _ in written:
-        _finish(storage, fields["temp"], fields["path"])
-    return len(fresh)
-
-
-def recover() -> None:
-    """Remove deleted services' folders; finish renames of committed files; delete temp files whose
-    transaction never committed."""
-    from monitoring.cleanup import sweep_deleted_services
-
-    storage = capture_storage()
-    sweep_deleted_services(storage)
-    for name in list(_walk(storage)):
-        base = name.rsplit("/", 1)[-1]
-        if not (base.startswith(".part-") and base.endswith(".parquet.tmp")):
-            continue
-        record = CaptureFile.objects.filter(temp=name).first()
-        if record is not None:
-            _finish(storage, name, record.path)
-        else:
-            storage.delete(name)
 
 
 @contextmanager
@@ -476,27 +276,3 @@ def compute_drift_task() -> int:
 
 
 # --- retention ----------------------------------------------------------------------------------
-
-def apply_capture_retention(*, workspace_id, keep_days: int | None, today: dt.date | None = None) -> int:
-    """Deletes the workspace's capture partitions (files, their rows' dedupe index) older than
-    ``keep_days`` days; returns the rows deleted. None keeps everything."""
-    if not keep_days:
-        return 0
-    cutoff = (today or timezone.now().date()) - dt.timedelta(days=keep_days)
-    storage = capture_storage()
-    deleted = 0
-    old = CaptureFile.objects.filter(service__workspace_id=workspace_id, day__lt=cutoff)
-    for record in list(old):
-        with transaction.atomic():
-            CaptureFile.objects.filter(pk=record.pk).delete()  # its CapturedRows go with it
-        try:
-            storage.delete(record.path)
-        except OSError as exc:  # the row is gone, so the file is only space: say so and go on
-            log.warning("capture retention: could not delete %s: %s", record.path, exc)
-        deleted += record.rows
-        if _is_folder(storage):
-            try:
-                os.rmdir(os.path.dirname(storage.path(record.path)))  # the day's folder, once empty
-            except OSError:
-                pass
-    return deleted

@@ -121,7 +121,7 @@ def retention_apply(*, workspace_id=None) -> dict:
             summary["images"] += 1
         keep_capture = RetentionPolicy.objects.filter(workspace=workspace).values_list("capture_keep_days", flat=True).first()
         if keep_capture:
-            from monitoring.worker import apply_capture_retention
+            from monitoring.store import apply_capture_retention
 
             summary["capture_rows"] += apply_capture_retention(workspace_id=workspace.pk, keep_days=keep_capture, today=now.date())
         RetentionPolicy.objects.filter(workspace=workspace).update(last_applied_at=now)

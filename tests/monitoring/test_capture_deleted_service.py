@@ -33,7 +33,7 @@ def _files(root, service_id) -> list[str]:
 def test_deleting_a_service_removes_its_capture_files_after_the_commit(deploy_worker, owner, workspace, owner_api):
     from deployments.models import Environment, Service
     from monitoring.models import CaptureFile
-    from monitoring.worker import capture_root
+    from monitoring.store import capture_root
 
     # The worker process shares this capture folder (the data folder's), so no settings override.
     service = make_capturing_service(workspace, owner)

@@ -49,7 +49,7 @@ def stored_ids(service_id) -> list[str]:
 def parquet_rows(service_id) -> list[dict]:
     import pyarrow.parquet as pq
 
-    from monitoring.worker import capture_root
+    from monitoring.store import capture_root
 
     folder = capture_root() / str(service_id)
     return [row for path in sorted(folder.rglob("part-*.parquet")) for row in pq.read_table(path).to_pylist()]
@@ -108,7 +108,7 @@ def test_capture_end_to_end(deploy_worker, owner_api, outsider_api, create_realt
     assert row["in_age"] == SAMPLE_REQUEST["input_df"][0]["age"] and json.loads(row["prediction"]) == "0"
     assert row["latency_ms"] > 0 and row["model_version"].startswith("model.pkl:")
     assert row["revision"] == 1  # the revision of the replica the rows were pulled from
-    files = sorted(p.relative_to(worker.capture_root()).as_posix() for p in (worker.capture_root() / sid).rglob("*.parquet"))
+    files = sorted(p.relative_to(capture_root()).as_posix() for p in (capture_root() / sid).rglob("*.parquet"))
     assert files and all(f.startswith(f"{sid}/model_version=") and "/day=" in f for f in files), files
     data = owner_api.get("/api/v1/services/capturesvc/data/?limit=5").json()
     assert data["count"] == 5
@@ -147,7 +147,7 @@ def test_capture_end_to_end(deploy_worker, owner_api, outsider_api, create_realt
         finally:
             worker.store = original
     assert not any(r.startswith("crash-") for r in stored_ids(sid))
-    assert not list((worker.capture_root() / sid).rglob("*.tmp"))
+    assert not list(capture_root().rglob("*.tmp"))  # the staging folder's included
     # Stored but never acknowledged (died after the commit): the next pull answers them again.
     answer = worker.pull(replica_row, worker.internal_key(service_row), {"limit": 1000})
     assert {r["request_id"] for r in answer["rows"]} == {f"crash-{i}" for i in range(30)}

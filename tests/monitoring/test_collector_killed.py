@@ -31,8 +31,8 @@ worker.collect_all()
 """
 KILLED_AFTER_COMMIT = """
 import os, signal
-from monitoring import worker
-worker._finish = lambda storage, temp, final: os.kill(os.getpid(), signal.SIGKILL)
+from monitoring import store, worker
+store._finish = lambda storage, temp, final: os.kill(os.getpid(), signal.SIGKILL)
 worker.collect_all()
 """
 
@@ -52,6 +52,7 @@ def test_a_collector_killed_between_pull_and_store_loses_and_duplicates_nothing(
     from deployments.models import ServiceReplica
     from monitoring import worker
     from monitoring.models import CapturedRow, CaptureFile
+    from monitoring.store import STAGING, capture_root
     from monitoring.services import internal_key
 
     service = make_capturing_service(workspace, owner)
@@ -61,11 +62,12 @@ def test_a_collector_killed_between_pull_and_store_loses_and_duplicates_nothing(
     key = {"Authorization": "Bearer " + SERVICE_KEYS.split(",")[0]}
     for i in range(30):
         assert server.request("POST", "/score", json.dumps(sample_request), dict(key, **{"X-Request-Id": f"k{i}"}))[0] == 200
-    folder = worker.capture_root() / str(service.pk)
+    folder = capture_root() / str(service.pk)
+    staging = capture_root() / STAGING  # where every file is written before its rename
 
     died = collector(KILLED_AFTER_WRITE)
     assert died.returncode == -signal.SIGKILL, died.stderr[-2000:]
-    assert len(list(folder.rglob(".part-*.parquet.tmp"))) == 1 and not list(folder.rglob("part-*.parquet"))
+    assert len(list(staging.glob(".part-*.parquet.tmp"))) == 1 and not list(folder.rglob("part-*.parquet"))
     assert not CapturedRow.objects.filter(service=service).exists() and not CaptureFile.objects.exists()
 
     # The next collector finds the orphan file (deletes it), stores the unacknowledged rows, dies before the rename.
@@ -73,11 +75,11 @@ def test_a_collector_killed_between_pull_and_store_loses_and_duplicates_nothing(
     assert died.returncode == -signal.SIGKILL, died.stderr[-2000:]
     (record,) = CaptureFile.objects.filter(service=service)
     assert CapturedRow.objects.filter(service=service).count() == 30
-    assert [p.name for p in folder.rglob(".part-*.parquet.tmp")] == [record.temp.rsplit("/", 1)[-1]]
+    assert [p.name for p in staging.glob(".part-*.parquet.tmp")] == [record.temp.rsplit("/", 1)[-1]]
 
     # A clean round: the rename is finished, the rows answered again are skipped, then acknowledged.
     assert worker.collect_all() == 0
-    assert not list(folder.rglob("*.tmp"))
+    assert not list(staging.glob("*.tmp")) and not list(folder.rglob("*.tmp"))
     rows = [r for path in folder.rglob("part-*.parquet") for r in pq.read_table(path).to_pylist()]
     assert sorted(r["request_id"] for r in rows) == sorted(f"k{i}" for i in range(30))
     assert sorted(CapturedRow.objects.filter(service=service).values_list("request_id", flat=True)) == sorted(f"k{i}" for i in range(30))

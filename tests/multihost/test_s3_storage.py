@@ -60,16 +60,16 @@ def test_a_model_uploaded_through_the_api_is_stored_in_the_bucket_only(s3_storag
 
 
 def test_capture_files_live_under_the_capture_prefix_and_recovery_works_there(s3_storages, s3_server, db):
-    from monitoring import worker
+    from monitoring import store
 
-    storage = worker.capture_storage()
+    storage = store.capture_storage()
     folder = "svc/model_version=m:1/day=2026-12-01"
-    committed = storage.save(f"{folder}/.part-a.parquet.tmp", ContentFile(b"rows a"))
-    orphan = storage.save(f"{folder}/.part-b.parquet.tmp", ContentFile(b"rows b"))
+    committed = storage.save(f"{store.STAGING}/.part-a.parquet.tmp", ContentFile(b"rows a"))
+    orphan = storage.save(f"{store.STAGING}/.part-b.parquet.tmp", ContentFile(b"rows b"))
     assert set(s3_server.keys(s3_storages)) == {f"capture/{committed}", f"capture/{orphan}"}
-    worker._finish(storage, committed, f"{folder}/part-a.parquet")
-    worker._finish(storage, committed, f"{folder}/part-a.parquet")  # a second round changes nothing
-    worker.recover()  # no CaptureFile row names the orphan: it is deleted
+    store._finish(storage, committed, f"{folder}/part-a.parquet")
+    store._finish(storage, committed, f"{folder}/part-a.parquet")  # a second round changes nothing
+    store.recover()  # no CaptureFile row names the orphan: it is deleted
     assert s3_server.keys(s3_storages) == [f"capture/{folder}/part-a.parquet"]
     with storage.open(f"{folder}/part-a.parquet", "rb") as handle:
         assert handle.read() == b"rows a"
@@ -78,9 +78,9 @@ def test_capture_files_live_under_the_capture_prefix_and_recovery_works_there(s3
 def test_a_deleted_services_capture_prefix_goes_from_the_bucket_too(s3_storages, s3_server, db):
     import uuid
 
-    from monitoring import cleanup, worker
+    from monitoring import cleanup, store
 
-    storage = worker.capture_storage()
+    storage = store.capture_storage()
     gone, swept = str(uuid.uuid4()), str(uuid.uuid4())  # no Service row has either id
     for service_id in (gone, swept):
         for day in ("2026-12-01", "2026-12-02"):
@@ -88,7 +88,7 @@ def test_a_deleted_services_capture_prefix_goes_from_the_bucket_too(s3_storages,
     storage.save("svc/note.txt", ContentFile(b"not a service's"))
     assert cleanup.service_capture_remove(service_id=gone) == 2  # the task sent on the delete's commit
     assert not [k for k in s3_server.keys(s3_storages) if gone in k]
-    worker.recover()  # a removal that never ran: the collector's round sweeps the prefix
+    store.recover()  # a removal that never ran: the collector's round sweeps the prefix
     assert s3_server.keys(s3_storages) == ["capture/svc/note.txt"]
 
 
