@@ -37,11 +37,14 @@ class EnvironmentImage(models.Model):
     portal-wide, shared by every workspace's runs and service images. ``last_used_at`` moves each
     time a run or an image build prepares it (retention.envimages.env_image_prepare); the daily
     retention removes the ones nothing uses past MLPORTAL_ENV_IMAGE_KEEP_DAYS, keeping the
-    MLPORTAL_ENV_IMAGE_KEEP_LAST most recently used."""
+    MLPORTAL_ENV_IMAGE_KEEP_LAST most recently used. One another portal on the same engine built
+    (``built_by``) is only forgotten there: its builder's retention removes it."""
 
     tag = models.CharField(max_length=255, unique=True)
     engine_id = models.CharField(max_length=80, blank=True, help_text="The engine's id (sha256:…) when last seen")
     size = models.BigIntegerField(null=True, blank=True)
+    built_by = models.CharField(max_length=64, blank=True,
+                                help_text="The mlportal.portal label of the portal that built it ('' when unknown)")
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField()
 

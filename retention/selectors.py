@@ -29,7 +29,8 @@ def _kept(*, at, rank: int, days: int | None, last: int | None, now) -> bool:
 class Plan:
     runs: list[dict] = field(default_factory=list)  # {"id", "name", "project", "bytes"}
     images: list[dict] = field(default_factory=list)  # {"id", "ref", "tag", "bytes"}
-    # Portal-wide, whichever workspace asks: {"id", "tag", "engine_id", "bytes", "last_used_at"}
+    # Portal-wide, whichever workspace asks: {"id", "tag", "engine_id", "bytes" (freed: 0 for another
+    # portal's, which is only forgotten), "size", "ours", "last_used_at"}
     environment_images: list[dict] = field(default_factory=list)
 
     @property
@@ -55,17 +56,27 @@ def environment_images_in_use(tags) -> set[str]:
 def environment_images_plan(*, now=None) -> list[dict]:
     """The environment images the daily retention removes now: not used for
     MLPORTAL_ENV_IMAGE_KEEP_DAYS, not among the MLPORTAL_ENV_IMAGE_KEEP_LAST most recently used,
-    and not in use (environment_images_in_use); oldest use first."""
+    and not in use (environment_images_in_use); oldest use first. One another portal built
+    ("ours" False) is only forgotten: it frees no bytes here (retention.envimages)."""
     from django.conf import settings
+
+    from workspaces.instance import portal_instance
 
     now = now or timezone.now()
     rows = list(EnvironmentImage.objects.order_by("-last_used_at", "-id")
-                .values("id", "tag", "engine_id", "size", "last_used_at"))
+                .values("id", "tag", "engine_id", "size", "last_used_at", "built_by"))
     candidates = [r for r in rows[settings.MLPORTAL_ENV_IMAGE_KEEP_LAST:]
                   if r["last_used_at"] < now - timedelta(days=settings.MLPORTAL_ENV_IMAGE_KEEP_DAYS)]
     used = environment_images_in_use(r["tag"] for r in candidates)
-    return [{"id": r["id"], "tag": r["tag"], "engine_id": r["engine_id"], "bytes": r["size"] or 0,
-             "last_used_at": r["last_used_at"]} for r in reversed(candidates) if r["tag"] not in used]
+    me = portal_instance()
+    plan = []
+    for r in reversed(candidates):
+        if r["tag"] in used:
+            continue
+        ours = r["built_by"] in ("", me)
+        plan.append({"id": r["id"], "tag": r["tag"], "engine_id": r["engine_id"], "bytes": (r["size"] or 0) if ours else 0,
+                     "size": r["size"] or 0, "ours": ours, "last_used_at": r["last_used_at"]})
+    return plan
 
 
 def retention_plan(workspace: Workspace, *, now=None) -> Plan:

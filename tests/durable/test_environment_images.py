@@ -97,12 +97,12 @@ def test_an_environment_image_a_container_still_runs_is_left_and_named(settings)
 
 
 @pytest.mark.django_db
-def test_an_environment_image_another_portal_built_is_left_to_it(settings):
+def test_an_environment_image_another_portal_built_is_left_to_it(settings, owner_api):
     """Environment images are tagged by content, so two portals on one engine share them; the
     daily retention of one removed the image the other had built and still used (its next run had
     to build it again). Now each portal removes only the ones it built, by their mlportal.portal label."""
     from compute.engine import LABEL_PORTAL
-    from retention.envimages import environment_images_remove
+    from retention.envimages import environment_image_used, environment_images_remove
     from workspaces.instance import portal_instance
 
     settings.MLPORTAL_ENV_IMAGE_KEEP_DAYS, settings.MLPORTAL_ENV_IMAGE_KEEP_LAST = 1, 0
@@ -111,8 +111,17 @@ def test_an_environment_image_another_portal_built_is_left_to_it(settings):
     try:
         theirs = build_unique_image(theirs_tag, labels={LABEL_PORTAL: "another-portal"})
         ours = build_unique_image(ours_tag, labels={LABEL_PORTAL: portal_instance()})
-        _tracked(theirs_tag, days_ago=3, engine_id=theirs, size=10)
-        _tracked(ours_tag, days_ago=3, engine_id=ours, size=20)
+        for tag in (theirs_tag, ours_tag):  # a run of this portal used each: the use records the builder
+            environment_image_used(tag=tag)
+        assert dict(EnvironmentImage.objects.filter(tag__in=[theirs_tag, ours_tag]).values_list("tag", "built_by")) == {
+            theirs_tag: "another-portal", ours_tag: portal_instance()}
+        EnvironmentImage.objects.filter(tag__in=[theirs_tag, ours_tag]).update(last_used_at=timezone.now() - timedelta(days=3))
+        EnvironmentImage.objects.filter(tag=theirs_tag).update(size=10)
+        EnvironmentImage.objects.filter(tag=ours_tag).update(size=20)
+        # The Storage page's "what it frees next" frees nothing for theirs, and says so.
+        planned = {e["tag"]: e for e in owner_api.get("/api/v1/storage/").json()["next"]["environment_images"]}
+        assert (planned[theirs_tag]["ours"], planned[theirs_tag]["bytes"]) == (False, 0)
+        assert (planned[ours_tag]["ours"], planned[ours_tag]["bytes"]) == (True, 20)
 
         summary = environment_images_remove()
 
