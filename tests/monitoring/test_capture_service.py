@@ -62,6 +62,7 @@ def set_capture(api, ref: str, **capture):
 def test_capture_end_to_end(deploy_worker, owner_api, outsider_api, create_realtime):
     from deployments.models import Service
     from monitoring import worker
+    from monitoring.store import capture_root
 
     created = create_realtime(owner_api, "capturesvc")
     assert created.status_code in (201, 202), created.content
