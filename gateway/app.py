@@ -138,6 +138,7 @@ class Gateway:
         self.recorder = recorder
         self.table = Table()
         self.loaded_at = 0.0
+        self.read_tried_at = 0.0
         self.balancer = Balancer()
         self.limiters: dict[str, Limiter] = {}
         self.shadow_in_flight: dict[str, int] = {}
@@ -181,7 +182,9 @@ class Gateway:
         metrics.forget_process()
 
     def _may_reread(self) -> bool:
-        return time.monotonic() - self.loaded_at >= MISS_REFRESH_SECONDS
+        """At most one miss-driven read every MISS_REFRESH_SECONDS, counted from the last attempt
+        (a failing database is not asked again by every request)."""
+        return time.monotonic() - max(self.loaded_at, self.read_tried_at) >= MISS_REFRESH_SECONDS
 
     async def _reread(self, ref: str, key: str) -> Route | None:
         """The route of ``ref`` for ``key`` in a fresh read of the table (the one we have if it fails)."""
@@ -196,6 +199,7 @@ class Gateway:
             return await asyncio.shield(self._refreshing)
         loop = asyncio.get_running_loop()
         self._refreshing = loop.create_future()
+        self.read_tried_at = time.monotonic()
         try:
             table = await loop.run_in_executor(
                 self.db, lambda: load_table(model_versions=self.model_versions))
@@ -352,11 +356,14 @@ class Gateway:
         if FORCE_HEADER in headers:
             forced, problem = _forced_revision(route, headers[FORCE_HEADER])
             wanted = route.revision(forced) if forced is not None else None
-            if (problem or not wanted.replicas) and self._may_reread():
+            if (wanted is None or not wanted.replicas) and _is_number(headers[FORCE_HEADER]) and self._may_reread():
                 # A rollout started since the last read (seen in CI: a canary's revision forced
                 # right after it turned running got 400 'does not serve revision 2'). At most
                 # every 0.2 s, as for an unknown key.
-                route = await self._reread(ref, key) or route
+                route = await self._reread(ref, key)
+                if route is None:  # the key stopped working meanwhile
+                    return Reply(401, _error(f"No service '{ref[:80]}' accepts this key: check the service name and "
+                                             "its keys.", "unauthorized"), extra=UNAUTHORIZED)
                 forced, problem = _forced_revision(route, headers[FORCE_HEADER])
             if problem:
                 return Reply(400, _error(problem, "unknown_revision", {"X-MLPortal-Revision": problem}),
@@ -546,6 +553,14 @@ def _bearer(header: bytes) -> str | None:
     if scheme.lower() != "bearer" or not key:
         return None
     return key
+
+
+def _is_number(value: bytes) -> bool:
+    try:
+        int(value.decode("latin-1").strip())
+    except ValueError:
+        return False
+    return True
 
 
 def _forced_revision(route: Route, value: bytes) -> tuple[int | None, str | None]:

@@ -6,6 +6,7 @@ SECRET_KEY, ALLOWED_HOSTS). MLPORTAL_MODE=production refuses to start without a 
 """
 from __future__ import annotations
 
+import re
 import secrets
 from datetime import timedelta
 from pathlib import Path
@@ -231,6 +232,12 @@ MLPORTAL_BASE_IMAGE = env_str("MLPORTAL_BASE_IMAGE", "python:3.11-slim")
 # The debootstrap that builds the base image offline when it cannot be pulled (default: on PATH).
 MLPORTAL_DEBOOTSTRAP = env_str("MLPORTAL_DEBOOTSTRAP") or None
 MLPORTAL_DOCKER_URL = env_str("DOCKER_HOST") or None  # None: the local engine
+# The mlportal.portal label on everything this portal starts or builds on the engine (workspaces.instance):
+# set it when two portals share an engine and their databases have the same name.
+MLPORTAL_INSTANCE_ID = env_str("MLPORTAL_INSTANCE_ID").strip()
+if MLPORTAL_INSTANCE_ID and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", MLPORTAL_INSTANCE_ID):
+    raise ImproperlyConfigured(f"MLPORTAL_INSTANCE_ID={MLPORTAL_INSTANCE_ID!r} must be 1 to 64 letters, digits, "
+                               "'.', '_' or '-', starting with a letter or digit")
 # Machines workspace owners may point environments at (deployments/hosts.py): engine hosts (names,
 # addresses, CIDR networks), publish addresses, and whether ssh:// engines are allowed at all.
 # Loopback, link-local, 0.0.0.0 and the portal's own addresses need to be listed themselves.

@@ -4,8 +4,8 @@ A batch is flattened (one row per input record, one column per input field) and 
 partition ``<service id>/model_version=<v>/day=<d>/part-<uuid>.parquet``, under a temporary name in
 the staging folder first (``.staging/.part-<uuid>.parquet.tmp``), recorded in the same transaction
 as its request ids (CapturedRow, the dedupe index), then renamed. ``recover()`` finishes a rename a
-worker died before and deletes files whose transaction never committed: it lists the staging
-folder only, so each collection round's recovery stays as cheap with a year of files as with one.
+worker died before and deletes files whose transaction never committed: each round it lists the
+staging folder and the top level only, so it stays as cheap with a year of files as with one.
 Files go through the ``capture`` storage (a folder under the data folder, or a prefix of the
 portal's S3 bucket when workers run on several hosts: there a "rename" is a copy then a delete).
 The collector (``monitoring/worker.py``) pulls the replicas and calls ``store``.
@@ -224,9 +224,9 @@ def recover() -> None:
     storage = capture_storage()
     sweep_deleted_services(storage)
     names = list(walk(storage, STAGING))
-    if not _whole_store_checked:
+    whole = not _whole_store_checked
+    if whole:
         names += [name for name in walk(storage) if not name.startswith(STAGING + "/")]
-        _whole_store_checked = True
     for name in names:
         base = name.rsplit("/", 1)[-1]
         if not (base.startswith(".part-") and base.endswith(".parquet.tmp")):
@@ -236,6 +236,8 @@ def recover() -> None:
             _finish(storage, name, record.path)
         else:
             storage.delete(name)
+    if whole:
+        _whole_store_checked = True  # only once every file it found was handled
 
 
 def apply_capture_retention(*, workspace_id, keep_days: int | None, today: dt.date | None = None) -> int:

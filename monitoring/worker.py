@@ -273,6 +273,3 @@ def compute_scheduled_drift() -> int:
 @shared_task(name="monitoring.tasks.compute_drift")
 def compute_drift_task() -> int:
     return compute_scheduled_drift()
-
-
-# --- retention ----------------------------------------------------------------------------------

@@ -49,7 +49,7 @@ def environment_image_used(*, tag: str) -> EnvironmentImage:
         logger.warning("environment image %s: its size is unknown (%s)", tag, exc)
         info = None
     if info:
-        fields.update(engine_id=info["id"], size=info["size"], built_by=info["portal"])
+        fields.update(engine_id=info["id"], size=info["size"], built_by=info["portal"][:64])
     return EnvironmentImage.objects.update_or_create(tag=tag, defaults=fields)[0]
 
 
@@ -77,7 +77,8 @@ def environment_images_remove(*, now=None) -> dict:
             remove_image(row["tag"], base_url=settings.MLPORTAL_DOCKER_URL)
         except EngineError as exc:
             EnvironmentImage.objects.get_or_create(tag=row["tag"], defaults={
-                "last_used_at": row["last_used_at"], "engine_id": row["engine_id"], "size": row["size"] or None})
+                "last_used_at": row["last_used_at"], "engine_id": row["engine_id"], "size": row["size"] or None,
+                "built_by": row["built_by"]})
             summary["errors"].append(f"{row['tag']}: {exc}")
             continue
         summary["images"] += 1

@@ -75,7 +75,7 @@ def environment_images_plan(*, now=None) -> list[dict]:
             continue
         ours = r["built_by"] in ("", me)
         plan.append({"id": r["id"], "tag": r["tag"], "engine_id": r["engine_id"], "bytes": (r["size"] or 0) if ours else 0,
-                     "size": r["size"] or 0, "ours": ours, "last_used_at": r["last_used_at"]})
+                     "size": r["size"] or 0, "ours": ours, "built_by": r["built_by"], "last_used_at": r["last_used_at"]})
     return plan
 
 

@@ -95,7 +95,8 @@ def retention_apply(*, workspace_id=None) -> dict:
     uses (portal-wide: retention.envimages) and prunes the portal's dangling image layers.
     Returns {"runs": n, "images": n, "bytes": freed, "environment_images": n,
     "environment_image_bytes": freed, "layers": n, "layer_bytes": freed, "capture_rows": n,
-    "errors": [...]}; captured scoring data older than the policy's capture_keep_days goes too."""
+    "errors": [...], "environment_images_left_to_others": [tags another portal built: forgotten here,
+    left in the engine]}; captured scoring data older than the policy's capture_keep_days goes too."""
     from compute.engine import EngineError
     from compute.images import prune_dangling
     from deployments.worker import LABEL_PORTAL
@@ -130,6 +131,7 @@ def retention_apply(*, workspace_id=None) -> dict:
     environment = environment_images_remove(now=now)
     summary["environment_images"], summary["environment_image_bytes"] = environment["images"], environment["bytes"]
     summary["errors"] += environment["errors"]
+    summary["environment_images_left_to_others"] = environment["others"]
     try:
         summary["layers"], summary["layer_bytes"] = prune_dangling(label=LABEL_PORTAL, value=portal_instance(),
                                                                    base_url=settings.MLPORTAL_DOCKER_URL)

@@ -42,6 +42,16 @@ def test_embedded_mode_keeps_one_secret_key_per_data_folder(tmp_path):
     assert (tmp_path / "secret_key").read_text() == key
 
 
+def test_the_instance_id_comes_from_the_environment_and_a_bad_one_is_refused(tmp_path):
+    """README documented MLPORTAL_INSTANCE_ID, but the settings never read it: two portals on one
+    engine whose databases had the same name shared one label and swept each other's containers."""
+    shown = _django(tmp_path, {"MLPORTAL_INSTANCE_ID": "portal-b"}, "shell", "-c",
+                    "from workspaces.instance import portal_instance; print(portal_instance())")
+    assert shown.returncode == 0 and shown.stdout.strip().splitlines()[-1] == "portal-b", shown.stdout + shown.stderr
+    bad = _django(tmp_path, {"MLPORTAL_INSTANCE_ID": "two words"}, "check")
+    assert bad.returncode != 0 and "MLPORTAL_INSTANCE_ID='two words' must be 1 to 64 letters" in bad.stderr
+
+
 def test_a_bad_value_names_the_variable(tmp_path):
     result = _django(tmp_path, {"MLPORTAL_MAX_REPLICAS": "many"}, "check")
     assert result.returncode != 0 and "MLPORTAL_MAX_REPLICAS='many' is not an integer" in result.stderr
