@@ -350,20 +350,19 @@ class Gateway:
             # may be from just before the service turned healthy. An unknown key: at most every 0.2 s.
             route = await self._reread(ref, key)
         if route is None:
-            return Reply(401, _error(f"No service '{ref[:80]}' accepts this key: check the service name and its keys.",
-                                     "unauthorized"), extra=UNAUTHORIZED)
+            return _no_service_for_key(ref)
         forced = None
         if FORCE_HEADER in headers:
             forced, problem = _forced_revision(route, headers[FORCE_HEADER])
-            wanted = route.revision(forced) if forced is not None else None
-            if (wanted is None or not wanted.replicas) and _is_number(headers[FORCE_HEADER]) and self._may_reread():
+            number = _revision_number(headers[FORCE_HEADER])
+            wanted = route.revision(number) if number is not None else None
+            if number is not None and (wanted is None or not wanted.replicas) and self._may_reread():
                 # A rollout started since the last read (seen in CI: a canary's revision forced
                 # right after it turned running got 400 'does not serve revision 2'). At most
                 # every 0.2 s, as for an unknown key.
                 route = await self._reread(ref, key)
                 if route is None:  # the key stopped working meanwhile
-                    return Reply(401, _error(f"No service '{ref[:80]}' accepts this key: check the service name and "
-                                             "its keys.", "unauthorized"), extra=UNAUTHORIZED)
+                    return _no_service_for_key(ref)
                 forced, problem = _forced_revision(route, headers[FORCE_HEADER])
             if problem:
                 return Reply(400, _error(problem, "unknown_revision", {"X-MLPortal-Revision": problem}),
@@ -555,20 +554,23 @@ def _bearer(header: bytes) -> str | None:
     return key
 
 
-def _is_number(value: bytes) -> bool:
+def _no_service_for_key(ref: str) -> Reply:
+    return Reply(401, _error(f"No service '{ref[:80]}' accepts this key: check the service name and its keys.",
+                             "unauthorized"), extra=UNAUTHORIZED)
+
+
+def _revision_number(value: bytes) -> int | None:
+    """The X-MLPortal-Revision header's number, or None when it is not one."""
     try:
-        int(value.decode("latin-1").strip())
+        return int(value.decode("latin-1").strip())
     except ValueError:
-        return False
-    return True
+        return None
 
 
 def _forced_revision(route: Route, value: bytes) -> tuple[int | None, str | None]:
-    text = value.decode("latin-1").strip()
     serving = ", ".join(str(r.number) for r in route.revisions if r.role != "shadow") or "none"
-    try:
-        number = int(text)
-    except ValueError:
+    number = _revision_number(value)
+    if number is None:
         return None, f"X-MLPortal-Revision must be a revision number; service '{route.name}' serves revision {serving}."
     revision = route.revision(number)
     if revision is None or revision.role == "shadow":

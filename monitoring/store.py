@@ -223,10 +223,8 @@ def recover() -> None:
     global _whole_store_checked
     storage = capture_storage()
     sweep_deleted_services(storage)
-    names = list(walk(storage, STAGING))
     whole = not _whole_store_checked
-    if whole:
-        names += [name for name in walk(storage) if not name.startswith(STAGING + "/")]
+    names = list(walk(storage) if whole else walk(storage, STAGING))  # the whole store includes the staging folder
     for name in names:
         base = name.rsplit("/", 1)[-1]
         if not (base.startswith(".part-") and base.endswith(".parquet.tmp")):

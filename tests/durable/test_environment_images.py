@@ -27,6 +27,16 @@ def _tracked(tag: str, *, days_ago: float, engine_id: str = "", size: int | None
                                            last_used_at=timezone.now() - timedelta(days=days_ago))
 
 
+def _remove_images(*tags: str) -> None:
+    """Removes the test's tags from the engine, those the test removed already included."""
+    with connect() as client:
+        for tag in tags:
+            try:
+                client.images.remove(tag)
+            except Exception:  # noqa: BLE001 - removed by the test already
+                pass
+
+
 @pytest.mark.django_db
 def test_the_daily_retention_removes_only_the_environment_images_nothing_uses(settings, owner, workspace, owner_api,
                                                                             page_client):
@@ -68,12 +78,7 @@ def test_the_daily_retention_removes_only_the_environment_images_nothing_uses(se
         assert not EnvironmentImage.objects.filter(tag=stale_tag).exists()
         assert EnvironmentImage.objects.count() == 4
     finally:
-        with connect() as client:
-            for tag in (stale_tag, served_tag):
-                try:
-                    client.images.remove(tag)
-                except Exception:  # noqa: BLE001 - removed by the test already
-                    pass
+        _remove_images(stale_tag, served_tag)
 
 
 @pytest.mark.django_db
@@ -130,12 +135,7 @@ def test_an_environment_image_another_portal_built_is_left_to_it(settings, owner
         assert theirs in ids and ours not in ids
         assert not EnvironmentImage.objects.filter(tag__in=[theirs_tag, ours_tag]).exists()  # this portal's use is over
     finally:
-        with connect() as client:
-            for tag in (theirs_tag, ours_tag):
-                try:
-                    client.images.remove(tag)
-                except Exception:  # noqa: BLE001 - removed by the test already
-                    pass
+        _remove_images(theirs_tag, ours_tag)
 
 
 @pytest.mark.django_db(transaction=True)
