@@ -289,6 +289,49 @@ def wait_for_idle_worker(limit: float = IDLE_WAIT_SECONDS) -> bool:
     return False
 
 
+# Processes the session keeps running on the test database (the ASGI server re-reads its routing
+# table every quarter second with joins across services, images and replicas) take their locks one
+# table at a time, as the flush's TRUNCATE of every table does: PostgreSQL then finds a deadlock and
+# cancels the flush, whose transaction rolls back whole (a CI run saw "couldn't be flushed", then the
+# next test's "olivia already exists"). The flush is retried on a deadlock or a lock it could not
+# get; any other failure is raised as before.
+FLUSH_ATTEMPTS = 6
+LOCK_CONFLICTS = {"40P01", "55P03"}  # deadlock_detected, lock_not_available
+
+
+def _lock_conflict(exc: BaseException | None) -> bool:
+    while exc is not None:
+        if getattr(exc, "sqlstate", None) in LOCK_CONFLICTS:
+            return True
+        exc = exc.__cause__
+    return False
+
+
+def _retry_flush_on_lock_conflicts() -> None:
+    from django.core.management.base import CommandError
+    from django.core.management.commands import flush
+
+    handle = flush.Command.handle
+    if getattr(handle, "retries_lock_conflicts", False):
+        return
+
+    def retrying(self, **options):
+        for attempt in range(1, FLUSH_ATTEMPTS + 1):
+            try:
+                return handle(self, **options)
+            except CommandError as exc:
+                if attempt == FLUSH_ATTEMPTS or not _lock_conflict(exc.__cause__):
+                    raise
+                print(f"\nthe flush met a lock conflict ({exc.__cause__}); attempt {attempt + 1}", file=sys.stderr)
+                time.sleep(0.1 * attempt)
+
+    retrying.retries_lock_conflicts = True
+    flush.Command.handle = retrying
+
+
+_retry_flush_on_lock_conflicts()
+
+
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_runtest_teardown(item, nextitem):
     published = bool(_published_in_test)
