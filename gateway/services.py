@@ -9,6 +9,7 @@ from django.db import transaction
 
 from deployments.models import Service
 from core.errors import PortalError
+from gateway.table import mark_changed
 from workspaces.models import Role
 from workspaces.services import activity_record, require_role
 
@@ -35,8 +36,8 @@ def check_limit(value: Any, field: str, *, minimum: int, maximum: int, what: str
 def service_set_limits(*, service: Service, user, changes: dict[str, Any]) -> Service:
     """Sets the service's gateway limits: ``concurrency`` (requests answered at once) and
     ``queue`` (requests that may wait; past both, 503 with Retry-After). A key left out keeps its
-    value; ``null`` / "default" goes back to the portal's default. The gateway applies them
-    within its refresh interval."""
+    value; ``null`` / "default" goes back to the portal's default. The gateways on this host
+    apply them at once; those on other hosts within their refresh interval."""
     require_role(user=user, workspace=service.workspace, role=Role.CONTRIBUTOR)
     unknown = sorted(set(changes) - {"concurrency", "queue"})
     if unknown:
@@ -53,6 +54,7 @@ def service_set_limits(*, service: Service, user, changes: dict[str, Any]) -> Se
         values["max_queue"] = check_limit(changes["queue"], "queue", minimum=0, maximum=MAX_QUEUE, what="The queue bound")
     with transaction.atomic():
         Service.objects.filter(pk=service.pk).update(**values)
+        transaction.on_commit(mark_changed)
         service.refresh_from_db()
         activity_record(workspace=service.workspace, actor=user, verb="service.limits", target=service,
                         detail=limits_of(service))
@@ -186,6 +188,7 @@ def service_rollout_weight(*, service: Service, weight: Any, user) -> Service:
         before = rollout.get("weight")
         rollout["weight"] = weight
         Service.objects.filter(pk=service.pk).update(rollout=rollout)
+        transaction.on_commit(mark_changed)  # every gateway on this host takes the new share at once
         TrafficChange.objects.create(service=current, revision=rollout["revision"], mode=rollout["mode"], action="weight",
                                      weight=weight, detail=f"from {before}%", created_by=user)
         deployments.event(service.pk, f"The {rollout['mode']} of revision {rollout['revision']} now gets {weight}% "
@@ -212,6 +215,7 @@ def service_rollout_finish(*, service: Service, user, action: str) -> Service:
         rollout.update(status="promoting" if action == "promote" else "aborting", finish_by=getattr(user, "pk", None),
                        finish_reason=f"{action}d by {getattr(user, 'username', 'someone')}")
         Service.objects.filter(pk=service.pk).update(rollout=rollout)
+        transaction.on_commit(mark_changed)  # promoting or aborting, the new revision's share is 0 at once
         activity_record(workspace=service.workspace, actor=user, verb=f"service.{rollout['mode']}_{action}", target=service,
                         detail={"revision": rollout["revision"]})
         sid = str(service.pk)

@@ -22,6 +22,7 @@ from deployments.models import Service, ServiceEvent, ServiceReplica, ServiceRev
 from gateway.models import TrafficChange, TrafficMinute
 from gateway.services import REPLICA_OFFSET
 from gateway.metrics import LATENCY_BUCKETS
+from gateway.table import mark_changed
 
 WAIT = "wait"
 
@@ -88,6 +89,7 @@ def rollout_start(*, service_id: str) -> str | None:
             rollout.update(status="running", revision=number, started_at=now.isoformat(),
                            bake_until=(now + timedelta(seconds=rollout["bake_seconds"])).isoformat())
             Service.objects.filter(pk=service.pk).update(rollout=rollout)
+            transaction.on_commit(mark_changed)  # the gateways on this host split traffic at once
             TrafficChange.objects.create(service=service, revision=number, mode=rollout["mode"], action="start",
                                          weight=rollout["weight"], detail=f"image {image.ref}", created_by_id=rollout.get("by"))
             d.event(service.pk, f"{rollout['mode'].capitalize()} revision {number} (image {image.ref}) is ready with "
@@ -164,6 +166,7 @@ def rollout_finish(*, service_id: str) -> str | None:
                     ServiceRevision.objects.filter(pk=new.pk).update(ended_at=now)
                 message = (f"Aborted {rollout['mode']} revision {rollout['revision']} ({rollout.get('finish_reason', 'aborted')}): "
                            f"revision {_live_number(service)} takes all traffic; {len(fresh)} new replica(s) stop.")
+            transaction.on_commit(mark_changed)  # read before the drain below stops any container
             TrafficChange.objects.create(service=service, revision=rollout["revision"], mode=rollout["mode"],
                                          action="promote" if promote else ("rollback" if rollout.get("tripped") else "abort"),
                                          weight=100 if promote else 0, detail=rollout.get("finish_reason", "")[:2000],
@@ -262,6 +265,7 @@ def rollout_check(*, service_id: str) -> str | None:
             rollout.update(status="aborting", tripped=True, finish_reason=f"rolled back automatically: {reason}")
             if not moved.update(rollout=rollout):
                 return None
+            transaction.on_commit(mark_changed)  # the canary's share drops to 0 at once
             d.event(service.pk, f"Canary revision {rollout['revision']} is rolled back automatically during its bake period: "
                                 f"{reason}.", ServiceEvent.Level.ERROR)
         return "tripped"

@@ -83,28 +83,49 @@ def test_a_ten_percent_canary_forced_revisions_weights_and_promote(deploy_worker
     service, key = _service(owner_api, create_realtime)
     live_ids = _container_ids(service["id"])
     other = built_image(owner_api, "churn-one", score=ONE_SCORE)
-    # A second web process whose table is a minute old: it knows the service, not the canary yet.
-    slow = start_server(dict(connection.settings_dict), gateway.log_path.parent / "slow-rollout.log",
-                        extra_env={"MLPORTAL_GATEWAY_REFRESH_SECONDS": "60"})
+    # Two more web processes whose periodic read is a minute apart: `near` shares this host's
+    # change file, so each rollout step reaches it at once; `far` (its own slots folder, as on
+    # another host) knows the service, not the canary, until a forced revision makes it re-read.
+    far = near = None
+    log_dir = gateway.log_path.parent
     try:
-        first = slow.score("churnpred", SAMPLE_REQUEST, key)
-        assert (first[0], first[2]) == (200, "0"), first[2]
-        started = owner_api.post("/api/v1/services/churnpred/update/", {"image": other["ref"], "canary": 10},
-                                 format="json")
-        assert started.status_code == 202, started.json()
-        running = _running(owner_api)
-        # Seen in CI: the canary's revision forced right after the rollout turned running got 400
-        # "does not serve revision 2" from a table read before it started. It re-reads instead.
-        status, headers, body = slow.score("churnpred", SAMPLE_REQUEST, key, headers={"X-MLPortal-Revision": "2"})
-        assert (status, headers.get("x-mlportal-revision"), body) == (200, "2", 1), body
-        unknown = slow.score("churnpred", SAMPLE_REQUEST, key, headers={"X-MLPortal-Revision": "7"})
-        assert unknown[0] == 400 and "serves revision 1, 2" in unknown[2]["error"]["message"], unknown[2]
+        far = start_server(dict(connection.settings_dict), log_dir / "far-rollout.log",
+                           extra_env={"MLPORTAL_GATEWAY_REFRESH_SECONDS": "60",
+                                      "MLPORTAL_GATEWAY_SLOTS_DIR": str(log_dir / "far-slots")})
+        near = start_server(dict(connection.settings_dict), log_dir / "near-rollout.log",
+                            extra_env={"MLPORTAL_GATEWAY_REFRESH_SECONDS": "60"})
+        for server in (far, near):
+            first = server.score("churnpred", SAMPLE_REQUEST, key)
+            assert (first[0], first[2]) == (200, "0"), first[2]
+        _canary_weights_and_promote(owner_api, gateway, far, near, key, service, live_ids, other, built_image)
     finally:
-        stop_server(slow)
+        for server in (far, near):
+            if server is not None:
+                stop_server(server)
+
+
+def _share(results) -> float:
+    return sum(1 for _, headers, _ in results if headers.get("x-mlportal-revision") == "2") / len(results) * 100
+
+
+def _canary_weights_and_promote(owner_api, gateway, far, near, key, service, live_ids, other, built_image):
+    started = owner_api.post("/api/v1/services/churnpred/update/", {"image": other["ref"], "canary": 10},
+                             format="json")
+    assert started.status_code == 202, started.json()
+    running = _running(owner_api)
+    # Seen in CI: the canary's revision forced right after the rollout turned running got 400
+    # "does not serve revision 2" from a table read before it started. It re-reads instead.
+    status, headers, body = far.score("churnpred", SAMPLE_REQUEST, key, headers={"X-MLPortal-Revision": "2"})
+    assert (status, headers.get("x-mlportal-revision"), body) == (200, "2", 1), body
+    unknown = far.score("churnpred", SAMPLE_REQUEST, key, headers={"X-MLPortal-Revision": "7"})
+    assert unknown[0] == 400 and "serves revision 1, 2" in unknown[2]["error"]["message"], unknown[2]
     assert running["rollout"]["revision"] == 2 and running["rollout"]["weight"] == 10
     canary_ids = _container_ids(service["id"]) - live_ids
     assert len(canary_ids) == 1
     time.sleep(0.6)  # the gateway reads the new revision
+    # The rollout's start, weight and promotion reach a process on this host at once, not at its
+    # next read a minute later (they used to wait for it).
+    assert 4 <= _share(_hammer(near, key, 400)) <= 17
 
     results = _hammer(gateway, key, 2000)
     assert {status for status, _, _ in results} == {200}
@@ -135,6 +156,8 @@ def test_a_ten_percent_canary_forced_revisions_weights_and_promote(deploy_worker
     traffic = changed.json()
     assert {r["number"]: r["weight"] for r in traffic["revisions"] if r["serving"]} == {1: 50, 2: 50}
     assert [h["action"] for h in traffic["history"]][:2] == ["weight", "start"]
+    time.sleep(0.3)  # the change file is looked at every 0.05 s, then one read
+    assert 37 <= _share(_hammer(near, key, 400)) <= 63
     time.sleep(2.5)  # the gateway's figures reach the database every 2 s
     traffic = owner_api.get("/api/v1/services/churnpred/traffic/").json()
     figures = {r["number"]: r["last_hour"] for r in traffic["revisions"]}
@@ -147,6 +170,7 @@ def test_a_ten_percent_canary_forced_revisions_weights_and_promote(deploy_worker
     time.sleep(0.6)
     status, headers, body = gateway.score("churnpred", SAMPLE_REQUEST, key)
     assert (status, headers["x-mlportal-revision"], body) == (200, "2", 1)
+    assert {(s, h["x-mlportal-revision"], b) for s, h, b in _hammer(near, key, 40)} == {(200, "2", 1)}
     history = owner_api.get("/api/v1/services/churnpred/traffic/").json()["history"]
     assert [h["action"] for h in history] == ["promote", "weight", "start"]
 
