@@ -1,6 +1,5 @@
 """The offline base image for air-gapped sites."""
 
-import os
 import time
 
 import pytest
@@ -9,7 +8,6 @@ from compute.baseimage import ensure_base_image
 from compute.engine import image_id
 from compute.images import remove_image
 from tests.compute.fixtures import BASE_IMAGE
-from tests.real_parts import required
 
 pytestmark = pytest.mark.docker
 
@@ -21,10 +19,7 @@ def test_a_present_base_image_returns_at_once(docker_engine):
     assert time.monotonic() - started < 3 and "is present" in logs[0]
 
 
-# About a minute and a Debian mirror: always in CI (MLPORTAL_REQUIRE_REAL_PARTS=1), where it used
-# to be skipped; locally on request.
-@pytest.mark.skipif(not required() and os.environ.get("MLPORTAL_TEST_DEBOOTSTRAP") != "1",
-                    reason="about a minute and a Debian mirror: set MLPORTAL_TEST_DEBOOTSTRAP=1")
+# About a minute and a Debian mirror (scripts/install_system_packages.sh installs debootstrap).
 def test_a_missing_base_image_is_built_offline_with_debootstrap(docker_engine):
     name = "mlportal-test-base:bookworm"
     remove_image(name)
