@@ -4,11 +4,12 @@ database and never sees half of a change.
 
 ``load_table`` is synchronous (the Django ORM); the gateway runs it off the event loop every
 ``MLPORTAL_GATEWAY_REFRESH_SECONDS``. A change that must take effect at once — a key regenerated,
-a service deleted, a rollout started, reweighted, promoted or aborted, limits set — also calls ``mark_changed()`` once it is committed: that touches a file beside
-the gateway's slots, whose modification time every web process on the host looks at every
-``CHANGE_POLL_SECONDS`` (one ``stat``, no query), reading the table as soon as it moves. So an old
-key stops working within about a twentieth of a second plus one query, whatever the refresh
-period; web processes on other hosts still see it at their next periodic read.
+a service deleted, a rollout started, reweighted, promoted or aborted, limits set — also calls
+``mark_changed()`` once it is committed: that touches a file beside the gateway's slots, whose
+modification time every web process on the host looks at every ``CHANGE_POLL_SECONDS`` (one
+``stat``, no query), reading the table as soon as it moves. So an old key stops working within
+about a twentieth of a second plus one query, whatever the refresh period; web processes on other
+hosts still see it at their next periodic read.
 """
 from __future__ import annotations
 
